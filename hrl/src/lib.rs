@@ -1,0 +1,1 @@
+//! The HRL change-log format.

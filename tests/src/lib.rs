@@ -1,0 +1,1 @@
+//! Shared helpers for sitrep's cross-crate integration tests.
