@@ -1,0 +1,162 @@
+//! One open log file: create atomically, append batches, seal.
+//!
+//! Durability protocol (each step's failure leaves no half-made log visible):
+//! 1. create: write the header to `NAME.tmp`, fdatasync, rename to `NAME`, fsync the
+//!    directory — a log either exists with a valid header or not at all;
+//! 2. append: one `pwrite` of a whole batch at the end offset, then one fdatasync (group
+//!    commit); the end offset advances only after both succeed;
+//! 3. seal: `pwrite` the seal block into header sector 1, fdatasync. A crash before the seal
+//!    leaves an unsealed log whose tail the reader validates record by record.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::HEADER_SIZE;
+use crate::format::header::{LogHeader, SEAL_OFFSET, Seal, encode_header, encode_seal};
+use crate::units::SeqNo;
+
+/// When to make appended records durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fdatasync after every batch (production).
+    #[default]
+    Data,
+    /// Never sync (benchmarks of the encoder, tests that do not model power loss).
+    Never,
+}
+
+/// An open, unsealed log file.
+#[derive(Debug)]
+pub(crate) struct LogFile {
+    file: File,
+    path: PathBuf,
+    header: LogHeader,
+    end: u64,
+    next_seq: SeqNo,
+    record_count: u64,
+}
+
+impl LogFile {
+    /// Creates `path` with `header` (atomically, see the module docs).
+    pub(crate) fn create(path: &Path, header: LogHeader, sync: SyncPolicy) -> Result<Self> {
+        let tmp = path.with_extension("hrl.tmp");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create", e))?;
+        let bytes = encode_header(&header);
+        file.write_all_at(&bytes, 0)
+            .map_err(|e| Error::io(&tmp, "write header of", e))?;
+        if sync == SyncPolicy::Data {
+            file.sync_data()
+                .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into", e))?;
+        if sync == SyncPolicy::Data {
+            sync_dir(path)?;
+        }
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            header,
+            end: HEADER_SIZE as u64,
+            next_seq: header.first_seq,
+            record_count: 0,
+        })
+    }
+
+    /// Reopens an unsealed log whose valid records end at `end` (found by the reader),
+    /// cutting off any torn tail, so it can be sealed.
+    pub(crate) fn reopen_truncated(
+        path: &Path,
+        header: LogHeader,
+        end: u64,
+        next_seq: SeqNo,
+        record_count: u64,
+    ) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, "open", e))?;
+        file.set_len(end)
+            .map_err(|e| Error::io(path, "truncate torn tail of", e))?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            header,
+            end,
+            next_seq,
+            record_count,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn header(&self) -> &LogHeader {
+        &self.header
+    }
+
+    /// Offset one past the last appended record.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Writes a batch of encoded records at the end, then syncs per `sync`.
+    pub(crate) fn append_batch(
+        &mut self,
+        batch: &[u8],
+        records: u64,
+        sync: SyncPolicy,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(batch, self.end)
+            .map_err(|e| Error::io(&self.path, "append to", e))?;
+        if sync == SyncPolicy::Data {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io(&self.path, "fdatasync", e))?;
+        }
+        self.end += batch.len() as u64;
+        self.record_count += records;
+        self.next_seq = SeqNo(self.next_seq.0 + records);
+        Ok(())
+    }
+
+    /// Writes the seal block and syncs; the log is then immutable.
+    pub(crate) fn seal(self, recovered: bool, sync: SyncPolicy) -> Result<(PathBuf, Seal)> {
+        let seal = Seal {
+            end_offset: self.end,
+            record_count: self.record_count,
+            next_seq: self.next_seq,
+            sealed_unix_ns: crate::now_unix_ns(),
+            recovered,
+        };
+        self.file
+            .write_all_at(&encode_seal(&seal), SEAL_OFFSET as u64)
+            .map_err(|e| Error::io(&self.path, "write seal of", e))?;
+        if sync == SyncPolicy::Data {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io(&self.path, "fdatasync", e))?;
+        }
+        Ok((self.path, seal))
+    }
+}
+
+/// fsyncs the directory holding `path`, so a create or rename in it is durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "fsync directory", e))
+}
