@@ -1,0 +1,317 @@
+//! The writer: group commit, rotation, space cap, crash recovery, locking.
+
+mod common;
+
+use std::path::Path;
+
+use common::{DISK_SIZE, cfg, ext, open, spec, write};
+use hrl::chain::{check_link, list_logs};
+use hrl::{
+    Error, GapReason, GapScope, GroupId, LogReader, LogWriter, Record, RecordBody, RecordFlags,
+    RecoveryMode, Resume, SeqNo, Tail, WriterConfig,
+};
+
+/// Every record of every log in `dir`, validating each link of the chain.
+fn read_chain(dir: &Path) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut prev: Option<(hrl::LogHeader, Option<hrl::Seal>)> = None;
+    for (_, path) in list_logs(dir).unwrap() {
+        let mut r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+        if let Some((h, s)) = &prev {
+            check_link(h, s.as_ref(), r.header()).unwrap();
+        }
+        out.extend(r.read_all().unwrap());
+        prev = Some((*r.header(), r.seal().copied()));
+    }
+    out
+}
+
+fn all_kinds() -> Vec<(RecordFlags, RecordBody)> {
+    vec![
+        (RecordFlags::empty(), RecordBody::Write(vec![ext(0, 4096), ext(8192, 512)])),
+        (
+            RecordFlags::FUA,
+            RecordBody::WriteData {
+                offset: DISK_SIZE - 1024,
+                data: (0..1024u32).map(|i| (i % 251) as u8).collect(),
+            },
+        ),
+        (RecordFlags::empty(), RecordBody::Discard(vec![ext(1 << 20, 1 << 20)])),
+        (RecordFlags::empty(), RecordBody::SecureErase(vec![ext(0, 512)])),
+        (RecordFlags::empty(), RecordBody::WriteZeroes(vec![ext(4096, 4096)])),
+        (RecordFlags::PREFLUSH, RecordBody::Flush),
+        (
+            RecordFlags::empty(),
+            RecordBody::ConsistencyTag {
+                group: GroupId([3; 16]),
+                tag: 1,
+            },
+        ),
+        (
+            RecordFlags::empty(),
+            RecordBody::AppConsistentTag {
+                group: GroupId([3; 16]),
+                tag: 2,
+                label: "fsfreeze /srv".into(),
+            },
+        ),
+        (
+            RecordFlags::empty(),
+            RecordBody::TrackingGap {
+                reason: GapReason::NoCleanPredecessor,
+                scope: GapScope::WholeDisk,
+            },
+        ),
+        (
+            RecordFlags::empty(),
+            RecordBody::TrackingGap {
+                reason: GapReason::EventsLost,
+                scope: GapScope::Extents(vec![ext(0, 1 << 20)]),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn every_kind_round_trips_through_a_sealed_log() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, resume) = open(d.path());
+    assert_eq!(resume, Resume::Fresh);
+    for (f, b) in all_kinds() {
+        w.append(f, &b).unwrap();
+    }
+    let sealed = w.close().unwrap();
+    assert_eq!(sealed.seal.record_count, 10);
+    assert_eq!(sealed.seal.next_seq, SeqNo(11));
+    let recs = read_chain(d.path());
+    let got: Vec<_> = recs.iter().map(|r| (r.flags, r.body.clone())).collect();
+    assert_eq!(got, all_kinds());
+    assert_eq!(recs[0].seq, SeqNo(1));
+}
+
+#[test]
+fn group_commit_writes_one_batch_for_many_records() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    for i in 0..100 {
+        write(&mut w, i * 512, 512);
+    }
+    assert_eq!(w.durable_seq(), None, "nothing is durable before commit");
+    assert!(w.commit_deadline().is_some());
+    assert_eq!(w.commit().unwrap(), Some(SeqNo(100)));
+    let s = w.stats();
+    assert_eq!((s.records, s.commits), (100, 1));
+    assert!(w.commit_deadline().is_none());
+    // Committed records are readable before the log is sealed.
+    let path = w.current_path().unwrap().to_owned();
+    let mut r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+    assert_eq!(r.read_all().unwrap().len(), 100);
+    assert_eq!(r.tail(), Some(&Tail::UnsealedClean));
+}
+
+#[test]
+fn batch_limits_commit_automatically() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        max_batch_records: 10,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    for i in 0..25 {
+        write(&mut w, i * 512, 512);
+    }
+    assert_eq!(w.stats().commits, 2);
+    assert_eq!(w.durable_seq(), Some(SeqNo(20)));
+}
+
+#[test]
+fn rotation_chains_logs_and_total_bytes_matches_the_files() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        max_log_bytes: 16 << 10,
+        max_batch_records: 8,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    for i in 0..2000 {
+        write(&mut w, (i % 1000) * 4096, 4096);
+    }
+    w.commit().unwrap();
+    assert!(w.stats().rotations >= 5, "{:?}", w.stats());
+    let on_disk: u64 = list_logs(d.path())
+        .unwrap()
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(w.total_bytes(), on_disk);
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 2000);
+    assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+}
+
+#[test]
+fn release_frees_shipped_logs_but_not_the_open_one() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 4096);
+    let sealed = w.rotate().unwrap();
+    let before = w.total_bytes();
+    w.release(&sealed.path).unwrap();
+    assert_eq!(w.total_bytes(), before - sealed.seal.end_offset);
+    let cur = w.current_path().unwrap().to_owned();
+    assert!(matches!(w.release(&cur), Err(Error::Config(_))));
+}
+
+#[test]
+fn space_cap_refuses_appends_but_always_takes_a_gap_record() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        max_total_bytes: Some(4096 + 10 * 56),
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    for i in 0..10 {
+        write(&mut w, i * 512, 512);
+    }
+    let e = w
+        .append(RecordFlags::empty(), &RecordBody::Write(vec![ext(0, 512)]))
+        .unwrap_err();
+    assert!(matches!(e, Error::Full { .. }) && e.is_recoverable(), "{e}");
+    let gap = RecordBody::TrackingGap {
+        reason: GapReason::LogSpaceExhausted,
+        scope: GapScope::WholeDisk,
+    };
+    assert_eq!(w.append(RecordFlags::empty(), &gap).unwrap(), SeqNo(11));
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 11, "the refused record left no trace");
+    assert_eq!(recs[10].body, gap);
+}
+
+#[test]
+fn invalid_records_are_refused_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    let cases = [
+        RecordBody::Write(vec![]),
+        RecordBody::Write(vec![ext(DISK_SIZE - 512, 1024)]),
+        RecordBody::Discard(vec![ext(100, 512)]),
+    ];
+    for b in cases {
+        let e = w.append(RecordFlags::empty(), &b).unwrap_err();
+        assert!(matches!(e, Error::InvalidRecord { .. }), "{e}");
+    }
+    let e = w.append(RecordFlags::FUA, &RecordBody::Discard(vec![ext(0, 512)]));
+    assert!(e.is_err());
+    assert_eq!(w.next_seq(), SeqNo(1), "refused records consume no sequence number");
+}
+
+#[test]
+fn clean_close_resumes_without_loss() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 512);
+    let first = w.close().unwrap();
+    let (mut w, resume) = open(d.path());
+    assert_eq!(resume, Resume::Clean { prev: first.path });
+    assert_eq!(write(&mut w, 512, 512), SeqNo(2));
+    w.close().unwrap();
+    assert_eq!(read_chain(d.path()).len(), 2);
+}
+
+#[test]
+fn crash_recovery_truncates_the_torn_tail_and_continues_the_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    for i in 0..5 {
+        write(&mut w, i * 512, 512);
+    }
+    w.commit().unwrap();
+    let path = w.current_path().unwrap().to_owned();
+    std::mem::forget(w); // a crash: no seal (the lock goes with the fd... see below)
+    // Simulate a torn append: half a record after the committed ones.
+    let f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &f, &[0x38, 0, 0, 0, 1, 0, 0]).unwrap();
+    drop(f);
+    // `forget` leaked the locked fd; a crashed process's lock dies with it. Release it.
+    release_leaked_lock(d.path());
+    let (mut w, resume) = open(d.path());
+    assert_eq!(
+        resume,
+        Resume::Recovered {
+            prev: path.clone(),
+            records_kept: 5,
+            bytes_truncated: 7
+        }
+    );
+    assert_eq!(write(&mut w, 0, 512), SeqNo(6));
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 6);
+    let r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+    assert!(r.seal().unwrap().recovered);
+}
+
+/// Closes every fd of this process open on `dir/LOCK` (after a deliberate `mem::forget`).
+fn release_leaked_lock(dir: &Path) {
+    let lock = std::fs::canonicalize(dir.join("LOCK")).unwrap();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let e = e.unwrap();
+        if std::fs::read_link(e.path()).ok().as_deref() == Some(lock.as_path()) {
+            let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+            // SAFETY: the fd belongs to a File leaked with mem::forget that nothing will
+            // use again.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (_w, _) = open(d.path());
+    let e = LogWriter::open(d.path(), spec(), cfg()).unwrap_err();
+    assert!(e.to_string().contains("locked by another log writer"), "{e}");
+}
+
+#[test]
+fn a_different_disk_is_refused_before_anything_is_touched() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 512);
+    w.commit().unwrap();
+    let path = w.current_path().unwrap().to_owned();
+    drop(w); // unsealed, lock released
+    let before = std::fs::read(&path).unwrap();
+    let mut other = spec();
+    other.disk.size *= 2;
+    let e = LogWriter::open(d.path(), other, cfg()).unwrap_err();
+    assert!(matches!(e, Error::Config(_)) && e.to_string().contains("describes disk"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the log was not modified");
+    assert_eq!(list_logs(d.path()).unwrap().len(), 1, "no log was created");
+}
+
+#[test]
+fn missing_directory_is_a_clear_error() {
+    let e = LogWriter::open(Path::new("/nonexistent/sitrep-logs"), spec(), cfg()).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/sitrep-logs"), "{e}");
+}
+
+#[test]
+fn journal_write_data_matches_the_generic_append() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    let data = vec![0x5a; 8192];
+    w.append_write_data(RecordFlags::FUA, 4096, &data).unwrap();
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(
+        recs[0].body,
+        RecordBody::WriteData {
+            offset: 4096,
+            data
+        }
+    );
+    assert_eq!(recs[0].flags, RecordFlags::FUA);
+}
