@@ -1,2 +1,53 @@
 //! `sitrep`: the primary-side agent, the secondary-side server and the operator CLI.
-fn main() {}
+//!
+//! Exit codes (stable, for scripts): 0 success; 1 an error (the message names the disk or
+//! file and the cause); 2 usage error (from clap); 3 a log or chain failed validation — the
+//! disk needs a resync or an operator's look.
+
+mod cli;
+mod human;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Site recovery for Linux block devices.
+///
+/// sitrep records every change to a disk into per-disk HRL change logs, ships them to a
+/// secondary site, and keeps recovery points there for failover.
+#[derive(Parser)]
+#[command(name = "sitrep", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, verify and create HRL change logs.
+    #[command(subcommand)]
+    Log(cli::log::LogCommand),
+}
+
+/// What a command reports back to `main`.
+pub(crate) enum Outcome {
+    /// Everything checked out.
+    Ok,
+    /// The command ran, and found a log or chain that failed validation.
+    Invalid,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Log(cmd) => cli::log::run(cmd),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Invalid) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("sitrep: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommands of the `sitrep` CLI, one module per noun.
+
+pub(crate) mod log;
