@@ -46,6 +46,8 @@
 
 mod coarse;
 mod fine;
+#[cfg(test)]
+mod tests;
 
 use std::collections::btree_map;
 use std::mem;
