@@ -47,6 +47,8 @@
 mod coarse;
 mod fine;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::btree_map;
