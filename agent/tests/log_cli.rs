@@ -1,4 +1,5 @@
 //! `sitrep log …` end to end through the real binary: exit codes, text and JSON output.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -12,11 +13,18 @@ fn sitrep(args: &[&str]) -> Output {
 
 fn demo(dir: &Path) {
     let out = sitrep(&["log", "demo", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn log(dir: &Path, n: u64) -> String {
-    dir.join(format!("{n:020}.hrl")).to_str().unwrap().to_owned()
+    dir.join(format!("{n:020}.hrl"))
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -62,7 +70,10 @@ fn a_corrupt_record_is_reported_with_file_and_offset() {
     let out = sitrep(&["log", "inspect", &path]);
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ERROR") && text.contains("crc mismatch"), "{text}");
+    assert!(
+        text.contains("ERROR") && text.contains("crc mismatch"),
+        "{text}"
+    );
     assert!(text.contains(&path), "{text}");
     let out = sitrep(&["log", "verify", d.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));

@@ -232,10 +232,7 @@ impl fmt::Display for Corrupt {
                 sealed,
                 found,
                 what,
-            } => write!(
-                f,
-                "seal {what} is {sealed} but the records give {found}"
-            ),
+            } => write!(f, "seal {what} is {sealed} but the records give {found}"),
             Corrupt::RecordTruncated { need, have } => {
                 write!(f, "record needs {need} bytes but only {have} remain")
             }
@@ -299,7 +296,10 @@ impl fmt::Display for ChainBreak {
                 "names predecessor {found} but the previous log is {expected}"
             ),
             ChainBreak::LogSeq { expected, found } => {
-                write!(f, "log sequence {found} follows, expected {expected} (a log is missing)")
+                write!(
+                    f,
+                    "log sequence {found} follows, expected {expected} (a log is missing)"
+                )
             }
             ChainBreak::RecordSeq { expected, found } => write!(
                 f,

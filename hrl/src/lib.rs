@@ -7,13 +7,14 @@
 //! journal mode carrying data, consistency tags shared by a group of disks, and explicit
 //! tracking-gap records so a lost change always turns into a resync instead of silence.
 //!
-//! - [`format`]: the byte layout (pure encode/decode; docs/hrl-format.md is its prose copy);
+//! - [`format`](mod@format): the byte layout (pure encode/decode; docs/hrl-format.md is its prose copy);
 //! - [`LogWriter`]: group commit, rotation, space cap, crash recovery of the last log;
 //! - [`LogReader`]: streaming validation with a caller-chosen [`RecoveryMode`];
 //! - [`chain`]: naming, listing and linking the logs of one disk;
-
+//! - [`dirty`]: the bounded-memory dirty-extent map interceptors coalesce changes in.
 
 pub mod chain;
+pub mod dirty;
 pub mod error;
 mod file;
 pub mod format;

@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Corrupt, Error, Result};
 use crate::format::HEADER_SIZE;
 use crate::format::header::{HeaderError, LogHeader, Seal, decode_header};
-use crate::format::record::{
-    RECORD_HEADER_SIZE, Record, decode_record, parse_record_header,
-};
+use crate::format::record::{RECORD_HEADER_SIZE, Record, decode_record, parse_record_header};
 use crate::units::SeqNo;
 
 /// What to do with a torn tail in an unsealed log.
@@ -236,14 +234,8 @@ impl LogReader {
         let mut rest = vec![0u8; usize::try_from(need).unwrap_or(usize::MAX) - RECORD_HEADER_SIZE];
         self.input.read_exact(&mut rest).map_err(ReadFail::Io)?;
         let (payload, padding) = rest.split_at(h.payload_len());
-        let rec = decode_record(
-            &self.header.log_id,
-            &hb,
-            &h,
-            payload,
-            self.header.disk.size,
-        )
-        .map_err(ReadFail::Bad)?;
+        let rec = decode_record(&self.header.log_id, &hb, &h, payload, self.header.disk.size)
+            .map_err(ReadFail::Bad)?;
         if padding.iter().any(|&b| b != 0) {
             return Err(ReadFail::Bad(Corrupt::NonZeroReserved));
         }

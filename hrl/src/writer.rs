@@ -166,7 +166,10 @@ impl LogWriter {
         }
         let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, "open log directory", e))?;
         if !meta.is_dir() {
-            return Err(Error::Config(format!("{} is not a directory", dir.display())));
+            return Err(Error::Config(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
         let lock = lock_dir(dir)?;
         let logs = list_logs(dir)?;
@@ -185,9 +188,11 @@ impl LogWriter {
         }
         let (log_seq, prev_id, first_seq) = match &prev {
             None => (LogSeq(0), LogId::NIL, FIRST_SEQ),
-            Some(s) => {
-                (LogSeq(s.header.log_seq.0 + 1), s.header.log_id, s.seal.next_seq)
-            }
+            Some(s) => (
+                LogSeq(s.header.log_seq.0 + 1),
+                s.header.log_id,
+                s.seal.next_seq,
+            ),
         };
         let mut w = Self {
             dir: dir.to_owned(),
@@ -218,7 +223,11 @@ impl LogWriter {
             created_unix_ns: crate::now_unix_ns(),
             first_seq,
         };
-        LogFile::create(&self.dir.join(log_file_name(log_seq)), header, self.cfg.sync)
+        LogFile::create(
+            &self.dir.join(log_file_name(log_seq)),
+            header,
+            self.cfg.sync,
+        )
     }
 
     fn current(&self) -> Result<&LogFile> {
@@ -233,17 +242,22 @@ impl LogWriter {
     /// # Errors
     /// [`Error::InvalidRecord`] (nothing appended), [`Error::Full`], or a commit's errors.
     pub fn append(&mut self, flags: RecordFlags, body: &RecordBody) -> Result<SeqNo> {
-        validate_body(body, flags, self.spec.disk.size).map_err(|reason| {
-            Error::InvalidRecord {
-                disk_size: self.spec.disk.size,
-                reason,
-            }
+        validate_body(body, flags, self.spec.disk.size).map_err(|reason| Error::InvalidRecord {
+            disk_size: self.spec.disk.size,
+            reason,
         })?;
         let exempt = matches!(body, RecordBody::TrackingGap { .. });
         let log_id = self.current()?.header().log_id;
         let start = self.batch.len();
         let seq = self.next_seq;
-        encode_record(&log_id, seq, crate::now_unix_ns(), flags, body, &mut self.batch);
+        encode_record(
+            &log_id,
+            seq,
+            crate::now_unix_ns(),
+            flags,
+            body,
+            &mut self.batch,
+        );
         self.admit(start, exempt)
     }
 
@@ -258,12 +272,17 @@ impl LogWriter {
         data: &[u8],
     ) -> Result<SeqNo> {
         if !self.spec.journal {
-            return Err(Error::Config("write data logged to a non-journal log".into()));
+            return Err(Error::Config(
+                "write data logged to a non-journal log".into(),
+            ));
         }
         let disk_size = self.spec.disk.size;
         let invalid = |reason: String| Error::InvalidRecord { disk_size, reason };
         if data.len() > crate::format::MAX_PAYLOAD - 8 {
-            return Err(invalid(format!("{} bytes exceed the record cap", data.len())));
+            return Err(invalid(format!(
+                "{} bytes exceed the record cap",
+                data.len()
+            )));
         }
         crate::format::record::check_extent(offset, data.len() as u64, disk_size)
             .map_err(|c| invalid(c.to_string()))?;
@@ -487,9 +506,12 @@ fn recover_last(path: &Path, spec: &ChainSpec, sync: SyncPolicy) -> Result<(Seal
             header,
             seal,
         };
-        return Ok((sealed, Resume::Clean {
-            prev: path.to_owned(),
-        }));
+        return Ok((
+            sealed,
+            Resume::Clean {
+                prev: path.to_owned(),
+            },
+        ));
     }
     let file_len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, "stat", e))?

@@ -1,4 +1,5 @@
 //! Each kind of damage produces its documented error (docs/hrl-format.md, "Errors").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 mod common;
 
@@ -29,7 +30,11 @@ fn zero(path: &Path, at: u64, n: usize) {
 }
 
 fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
@@ -56,7 +61,10 @@ const REC: u64 = 4096 + 56; // second record starts here (32 + 24 payload)
 fn intact_logs_read_fully() {
     let d = tempfile::tempdir().unwrap();
     let (sealed, unsealed) = logs(d.path());
-    assert_eq!(read(&sealed, RecoveryMode::Strict).unwrap(), (3, Some(Tail::Sealed)));
+    assert_eq!(
+        read(&sealed, RecoveryMode::Strict).unwrap(),
+        (3, Some(Tail::Sealed))
+    );
     assert_eq!(
         read(&unsealed, RecoveryMode::Strict).unwrap(),
         (3, Some(Tail::UnsealedClean))
@@ -118,7 +126,14 @@ fn unknown_version_is_a_version_mismatch() {
     f.write_all_at(&2u16.to_le_bytes(), 8).unwrap();
     let e = read(&sealed, RecoveryMode::TruncateTail).unwrap_err();
     assert!(
-        matches!(e, Error::VersionMismatch { found: 2, supported: 1, .. }),
+        matches!(
+            e,
+            Error::VersionMismatch {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -237,8 +252,14 @@ fn broken_chain_is_detected_from_headers() {
     write(&mut w, 512, 512);
     let second = w.rotate().unwrap();
     let third = w.close().unwrap();
-    assert_eq!(check_link(&first.header, Some(&first.seal), &second.header), Ok(()));
-    assert_eq!(check_link(&second.header, Some(&second.seal), &third.header), Ok(()));
+    assert_eq!(
+        check_link(&first.header, Some(&first.seal), &second.header),
+        Ok(())
+    );
+    assert_eq!(
+        check_link(&second.header, Some(&second.seal), &third.header),
+        Ok(())
+    );
     // Skipping a log breaks the chain.
     let e = check_link(&first.header, Some(&first.seal), &third.header).unwrap_err();
     assert!(matches!(e, ChainBreak::LogSeq { .. }), "{e}");
@@ -251,7 +272,10 @@ fn broken_chain_is_detected_from_headers() {
     let e = check_link(&first.header, Some(&first.seal), &foreign).unwrap_err();
     assert!(matches!(e, ChainBreak::PrevId { .. }), "{e}");
     let msg = hrl::chain::broken(&second.path, e).to_string();
-    assert!(msg.contains("broken log chain") && msg.contains("00000000000000000001.hrl"), "{msg}");
+    assert!(
+        msg.contains("broken log chain") && msg.contains("00000000000000000001.hrl"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -260,15 +284,29 @@ fn sequence_gap_with_valid_crc_is_corruption_even_unsealed() {
     let d = tempfile::tempdir().unwrap();
     let (w, _) = open(d.path());
     let path = w.current_path().unwrap().to_owned();
-    let log_id = hrl::LogReader::open(&path, RecoveryMode::Strict)
+    let log_id = LogReader::open(&path, RecoveryMode::Strict)
         .unwrap()
         .header()
         .log_id;
     drop(w);
     let mut buf = Vec::new();
     let body = hrl::RecordBody::Flush;
-    hrl::format::record::encode_record(&log_id, hrl::SeqNo(1), 0, Default::default(), &body, &mut buf);
-    hrl::format::record::encode_record(&log_id, hrl::SeqNo(5), 0, Default::default(), &body, &mut buf);
+    hrl::format::record::encode_record(
+        &log_id,
+        hrl::SeqNo(1),
+        0,
+        Default::default(),
+        &body,
+        &mut buf,
+    );
+    hrl::format::record::encode_record(
+        &log_id,
+        hrl::SeqNo(5),
+        0,
+        Default::default(),
+        &body,
+        &mut buf,
+    );
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&buf, 4096).unwrap();
     let e = read(&path, RecoveryMode::TruncateTail).unwrap_err();

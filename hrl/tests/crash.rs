@@ -1,6 +1,7 @@
 //! Crash test with real processes: a child appends and commits (fdatasync) records and
 //! reports each durable sequence number on stdout; the parent SIGKILLs it at a random point.
 //! Reopening must recover every record the child reported durable, with a valid chain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 mod common;
 
@@ -58,7 +59,10 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         for line in out.lines() {
             let Ok(line) = line else { break };
             if let Ok(n) = line.trim().parse::<u64>() {
-                assert!(n > last_reported, "sequence numbers keep growing across restarts");
+                assert!(
+                    n > last_reported,
+                    "sequence numbers keep growing across restarts"
+                );
                 last_reported = n;
                 seen += 1;
             }
@@ -94,5 +98,8 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         count += r.read_all().unwrap().len() as u64;
         prev = Some((*r.header(), r.seal().copied()));
     }
-    assert_eq!(count, last_reported, "records are numbered 1..=n without holes");
+    assert_eq!(
+        count, last_reported,
+        "records are numbered 1..=n without holes"
+    );
 }

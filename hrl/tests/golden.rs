@@ -1,5 +1,6 @@
 //! Golden bytes: the encoding must match docs/hrl-format.md exactly. If one of these fails,
 //! the on-disk format changed: bump FORMAT_VERSION and document the change, or fix the bug.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 use hrl::format::header::{decode_header, encode_header, encode_seal};
 use hrl::format::record::{encode_record, parse_record_header};

@@ -1,6 +1,7 @@
 //! Property tests: any record sequence round-trips through the writer and reader across
 //! rotations; any damage to a log gives records or a typed error, never a panic, and never
 //! a record that was not written.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 mod common;
 
@@ -25,7 +26,11 @@ fn body() -> impl Strategy<Value = (RecordFlags, RecordBody)> {
     let exts = || prop::collection::vec(extent(), 1..8);
     prop_oneof![
         (exts(), any::<bool>()).prop_map(|(v, fua)| (
-            if fua { RecordFlags::FUA } else { RecordFlags::empty() },
+            if fua {
+                RecordFlags::FUA
+            } else {
+                RecordFlags::empty()
+            },
             RecordBody::Write(v)
         )),
         (0..DISK_SIZE / 512 - 8, 1..8usize, any::<u8>()).prop_map(|(s, n, b)| (
@@ -66,7 +71,14 @@ fn body() -> impl Strategy<Value = (RecordFlags, RecordBody)> {
 
 /// (record, commit after it, rotate after it)
 fn script() -> impl Strategy<Value = Vec<((RecordFlags, RecordBody), bool, bool)>> {
-    prop::collection::vec((body(), prop::bool::weighted(0.3), prop::bool::weighted(0.05)), 0..60)
+    prop::collection::vec(
+        (
+            body(),
+            prop::bool::weighted(0.3),
+            prop::bool::weighted(0.05),
+        ),
+        0..60,
+    )
 }
 
 proptest! {

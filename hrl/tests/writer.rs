@@ -1,4 +1,5 @@
 //! The writer: group commit, rotation, space cap, crash recovery, locking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
 mod common;
 
@@ -28,7 +29,10 @@ fn read_chain(dir: &Path) -> Vec<Record> {
 
 fn all_kinds() -> Vec<(RecordFlags, RecordBody)> {
     vec![
-        (RecordFlags::empty(), RecordBody::Write(vec![ext(0, 4096), ext(8192, 512)])),
+        (
+            RecordFlags::empty(),
+            RecordBody::Write(vec![ext(0, 4096), ext(8192, 512)]),
+        ),
         (
             RecordFlags::FUA,
             RecordBody::WriteData {
@@ -36,9 +40,18 @@ fn all_kinds() -> Vec<(RecordFlags, RecordBody)> {
                 data: (0..1024u32).map(|i| (i % 251) as u8).collect(),
             },
         ),
-        (RecordFlags::empty(), RecordBody::Discard(vec![ext(1 << 20, 1 << 20)])),
-        (RecordFlags::empty(), RecordBody::SecureErase(vec![ext(0, 512)])),
-        (RecordFlags::empty(), RecordBody::WriteZeroes(vec![ext(4096, 4096)])),
+        (
+            RecordFlags::empty(),
+            RecordBody::Discard(vec![ext(1 << 20, 1 << 20)]),
+        ),
+        (
+            RecordFlags::empty(),
+            RecordBody::SecureErase(vec![ext(0, 512)]),
+        ),
+        (
+            RecordFlags::empty(),
+            RecordBody::WriteZeroes(vec![ext(4096, 4096)]),
+        ),
         (RecordFlags::PREFLUSH, RecordBody::Flush),
         (
             RecordFlags::empty(),
@@ -204,7 +217,11 @@ fn invalid_records_are_refused_with_the_reason() {
     }
     let e = w.append(RecordFlags::FUA, &RecordBody::Discard(vec![ext(0, 512)]));
     assert!(e.is_err());
-    assert_eq!(w.next_seq(), SeqNo(1), "refused records consume no sequence number");
+    assert_eq!(
+        w.next_seq(),
+        SeqNo(1),
+        "refused records consume no sequence number"
+    );
 }
 
 #[test]
@@ -231,7 +248,10 @@ fn crash_recovery_truncates_the_torn_tail_and_continues_the_chain() {
     let path = w.current_path().unwrap().to_owned();
     std::mem::forget(w); // a crash: no seal (the lock goes with the fd... see below)
     // Simulate a torn append: half a record after the committed ones.
-    let f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     std::io::Write::write_all(&mut &f, &[0x38, 0, 0, 0, 1, 0, 0]).unwrap();
     drop(f);
     // `forget` leaked the locked fd; a crashed process's lock dies with it. Release it.
@@ -272,7 +292,10 @@ fn a_second_writer_on_the_same_directory_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_w, _) = open(d.path());
     let e = LogWriter::open(d.path(), spec(), cfg()).unwrap_err();
-    assert!(e.to_string().contains("locked by another log writer"), "{e}");
+    assert!(
+        e.to_string().contains("locked by another log writer"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -287,8 +310,15 @@ fn a_different_disk_is_refused_before_anything_is_touched() {
     let mut other = spec();
     other.disk.size *= 2;
     let e = LogWriter::open(d.path(), other, cfg()).unwrap_err();
-    assert!(matches!(e, Error::Config(_)) && e.to_string().contains("describes disk"), "{e}");
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the log was not modified");
+    assert!(
+        matches!(e, Error::Config(_)) && e.to_string().contains("describes disk"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the log was not modified"
+    );
     assert_eq!(list_logs(d.path()).unwrap().len(), 1, "no log was created");
 }
 
@@ -306,12 +336,6 @@ fn journal_write_data_matches_the_generic_append() {
     w.append_write_data(RecordFlags::FUA, 4096, &data).unwrap();
     w.close().unwrap();
     let recs = read_chain(d.path());
-    assert_eq!(
-        recs[0].body,
-        RecordBody::WriteData {
-            offset: 4096,
-            data
-        }
-    );
+    assert_eq!(recs[0].body, RecordBody::WriteData { offset: 4096, data });
     assert_eq!(recs[0].flags, RecordFlags::FUA);
 }

@@ -8,8 +8,7 @@ use clap::{Args, Subcommand};
 use hrl::chain::{check_link, list_logs};
 use hrl::{
     ChainSpec, DiskId, DiskIdentity, Extent, GapReason, GapScope, Generation, GroupId, LogHeader,
-    LogReader, LogWriter, Record, RecordBody, RecordFlags, RecoveryMode, Seal, Tail,
-    WriterConfig,
+    LogReader, LogWriter, Record, RecordBody, RecordFlags, RecoveryMode, Seal, Tail, WriterConfig,
 };
 use serde::Serialize;
 
@@ -213,7 +212,11 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<Outcome> {
     } else {
         print_report(&rep);
     }
-    Ok(if rep.ok() { Outcome::Ok } else { Outcome::Invalid })
+    Ok(if rep.ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Invalid
+    })
 }
 
 fn print_report(rep: &LogReport) {
@@ -222,7 +225,11 @@ fn print_report(rep: &LogReport) {
         println!(
             "format    HRL v{}{}",
             hrl::FORMAT_VERSION,
-            if h.journal { ", journal (records carry data)" } else { "" }
+            if h.journal {
+                ", journal (records carry data)"
+            } else {
+                ""
+            }
         );
         println!(
             "disk      {}  size {} ({} bytes)  logical block {}",
@@ -231,9 +238,19 @@ fn print_report(rep: &LogReport) {
             h.disk.size,
             h.disk.logical_block_size
         );
-        let prev = if h.prev_log_id.is_nil() { "none".to_owned() } else { h.prev_log_id.to_string() };
-        println!("chain     log #{}  id {}  prev {}", h.log_seq, h.log_id, prev);
-        println!("          generation {}  first record {}", h.generation, h.first_seq);
+        let prev = if h.prev_log_id.is_nil() {
+            "none".to_owned()
+        } else {
+            h.prev_log_id.to_string()
+        };
+        println!(
+            "chain     log #{}  id {}  prev {}",
+            h.log_seq, h.log_id, prev
+        );
+        println!(
+            "          generation {}  first record {}",
+            h.generation, h.first_seq
+        );
         println!("created   {}", human::timestamp(h.created_unix_ns));
     }
     let state = match (rep.state, &rep.seal, &rep.tail) {
@@ -247,9 +264,9 @@ fn print_report(rep: &LogReport) {
              commit may be missing",
             human::timestamp(s.sealed_unix_ns)
         ),
-        ("unsealed-torn", _, Some(Tail::Truncated { offset, cause })) => format!(
-            "NOT SEALED, torn tail at byte {offset} ({cause}): the writer died mid-append"
-        ),
+        ("unsealed-torn", _, Some(Tail::Truncated { offset, cause })) => {
+            format!("NOT SEALED, torn tail at byte {offset} ({cause}): the writer died mid-append")
+        }
         ("unsealed", ..) => {
             "NOT SEALED: still being written, or the writer died between commits".to_owned()
         }
@@ -273,8 +290,16 @@ fn print_report(rep: &LogReport) {
         );
     }
     for line in rep.record_list.iter().flatten() {
-        let flags = if line.flags.is_empty() { String::new() } else { format!(" [{}]", line.flags.join(",")) };
-        let detail = line.detail.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        let flags = if line.flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", line.flags.join(","))
+        };
+        let detail = line
+            .detail
+            .as_deref()
+            .map(|d| format!(" {d}"))
+            .unwrap_or_default();
         println!(
             "  #{:<8} {} {}{flags} {}{detail}",
             line.seq,
@@ -320,7 +345,9 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
         let r = report(path, false);
         if let (Some(prev), Some(h)) = (rep.logs.last(), &r.header) {
             let error = match &prev.header {
-                Some(ph) => check_link(ph, prev.seal.as_ref(), h).err().map(|c| c.to_string()),
+                Some(ph) => check_link(ph, prev.seal.as_ref(), h)
+                    .err()
+                    .map(|c| c.to_string()),
                 None => Some("previous log is unreadable".to_owned()),
             };
             rep.links.push(LinkReport {
@@ -337,7 +364,11 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
     } else {
         print_chain(&rep);
     }
-    Ok(if rep.ok { Outcome::Ok } else { Outcome::Invalid })
+    Ok(if rep.ok {
+        Outcome::Ok
+    } else {
+        Outcome::Invalid
+    })
 }
 
 fn print_chain(rep: &ChainReport) {
@@ -348,7 +379,11 @@ fn print_chain(rep: &ChainReport) {
         human::bytes(rep.total_bytes)
     );
     for (i, l) in rep.logs.iter().enumerate() {
-        let name = l.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = l
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let seqs = match (l.first_seq, l.last_seq) {
             (Some(f), Some(s)) => format!("seq {f}..={s}"),
             _ => "empty".to_owned(),
@@ -356,7 +391,11 @@ fn print_chain(rep: &ChainReport) {
         let status = l.error.as_deref().unwrap_or(l.state);
         println!("  {name}  {:>6} records  {seqs:<24} {status}", l.records);
         if let Some(link) = rep.links.get(i).filter(|k| k.error.is_some()) {
-            let to = link.to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let to = link
+                .to
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
             println!(
                 "  BROKEN CHAIN before {to}: {}",
                 link.error.as_deref().unwrap_or_default()
@@ -376,7 +415,10 @@ fn print_chain(rep: &ChainReport) {
 fn demo(a: &DemoArgs) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     if !list_logs(&a.dir)?.is_empty() {
-        bail!("{} already holds logs; choose an empty directory", a.dir.display());
+        bail!(
+            "{} already holds logs; choose an empty directory",
+            a.dir.display()
+        );
     }
     let spec = ChainSpec {
         disk: DiskIdentity {
@@ -401,11 +443,23 @@ fn demo(a: &DemoArgs) -> anyhow::Result<Outcome> {
     for cycle in 0..3u64 {
         for i in 0..100u64 {
             let off = ((cycle * 7919 + i * 104_729) % 262_144) * 4096;
-            w.append(RecordFlags::empty(), &RecordBody::Write(vec![ext(off, 4096)?]))?;
+            w.append(
+                RecordFlags::empty(),
+                &RecordBody::Write(vec![ext(off, 4096)?]),
+            )?;
         }
-        w.append(RecordFlags::empty(), &RecordBody::Discard(vec![ext(cycle << 24, 1 << 20)?]))?;
+        w.append(
+            RecordFlags::empty(),
+            &RecordBody::Discard(vec![ext(cycle << 24, 1 << 20)?]),
+        )?;
         w.append(RecordFlags::PREFLUSH, &RecordBody::Flush)?;
-        w.append(RecordFlags::empty(), &RecordBody::ConsistencyTag { group, tag: cycle + 1 })?;
+        w.append(
+            RecordFlags::empty(),
+            &RecordBody::ConsistencyTag {
+                group,
+                tag: cycle + 1,
+            },
+        )?;
         w.commit()?;
         let sealed = if cycle < 2 { w.rotate()? } else { break };
         println!("sealed {}", sealed.path.display());

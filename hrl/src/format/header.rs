@@ -55,6 +55,8 @@ pub const SEAL_OFFSET: usize = 512;
 pub const SEAL_SIZE: usize = 48;
 
 const IDENTITY_CRC_AT: usize = 252;
+const HEADER_SIZE_U32: u32 = 4096;
+const _: () = assert!(HEADER_SIZE_U32 as usize == HEADER_SIZE);
 const FLAG_JOURNAL: u16 = 1;
 const SEAL_FLAG_RECOVERED: u32 = 1;
 
@@ -82,7 +84,7 @@ impl DiskIdentity {
                 value: u64::from(lbs),
             });
         }
-        if self.size == 0 || self.size % u64::from(lbs) != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(u64::from(lbs)) {
             return Err(Corrupt::HeaderField {
                 field: "disk_size",
                 value: self.size,
@@ -165,7 +167,7 @@ pub fn encode_header(h: &LogHeader) -> [u8; HEADER_SIZE] {
     put(&mut b, 8, &FORMAT_VERSION.to_le_bytes());
     let flags = if h.journal { FLAG_JOURNAL } else { 0 };
     put(&mut b, 10, &flags.to_le_bytes());
-    put(&mut b, 12, &(HEADER_SIZE as u32).to_le_bytes());
+    put(&mut b, 12, &HEADER_SIZE_U32.to_le_bytes());
     put(&mut b, 16, &h.disk.id.0);
     put(&mut b, 32, &h.disk.size.to_le_bytes());
     put(&mut b, 40, &h.disk.logical_block_size.to_le_bytes());
@@ -254,7 +256,9 @@ pub fn decode_header(b: &[u8]) -> Result<(LogHeader, Option<Seal>), HeaderError>
     }
     let reserved_ok = b[112..IDENTITY_CRC_AT].iter().all(|&x| x == 0)
         && b[256..SEAL_OFFSET].iter().all(|&x| x == 0)
-        && b[SEAL_OFFSET + SEAL_SIZE..HEADER_SIZE].iter().all(|&x| x == 0);
+        && b[SEAL_OFFSET + SEAL_SIZE..HEADER_SIZE]
+            .iter()
+            .all(|&x| x == 0);
     if !reserved_ok {
         return Err(Corrupt::NonZeroReserved.into());
     }
@@ -291,7 +295,8 @@ pub fn decode_seal(b: &[u8]) -> Result<Option<Seal>, Corrupt> {
             f & SEAL_FLAG_RECOVERED != 0
         },
     };
-    if s.end_offset < HEADER_SIZE as u64 || s.end_offset % super::RECORD_ALIGN as u64 != 0 {
+    if s.end_offset < HEADER_SIZE as u64 || !s.end_offset.is_multiple_of(super::RECORD_ALIGN as u64)
+    {
         return Err(Corrupt::BadSeal);
     }
     Ok(Some(s))

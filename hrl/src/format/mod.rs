@@ -1,6 +1,6 @@
 //! The HRL byte layout: pure encode/decode, no IO.
 //!
-//! A log file is a 4096-byte [header](header) followed by [records](record), each starting
+//! A log file is a 4096-byte [header] followed by [records](record), each starting
 //! at an 8-byte aligned offset. All integers are little-endian. docs/hrl-format.md is the
 //! human-readable copy of the layouts documented on each type here; golden-byte tests in
 //! `hrl/tests/golden.rs` fail if the encoding drifts from it.

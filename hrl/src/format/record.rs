@@ -265,9 +265,9 @@ impl RecordBody {
                 scope: GapScope::Extents(e),
                 ..
             } => e.clone(),
-            RecordBody::WriteData { offset, data } => {
-                Extent::new(*offset, data.len() as u64).into_iter().collect()
-            }
+            RecordBody::WriteData { offset, data } => Extent::new(*offset, data.len() as u64)
+                .into_iter()
+                .collect(),
             RecordBody::TrackingGap {
                 scope: GapScope::WholeDisk,
                 ..
@@ -383,7 +383,11 @@ pub fn decode_record(
                     | RecordKind::Flush
             ));
     if !flags_ok {
-        return Err(bad(format!("flags {:#x} not valid on {}", h.flags, kind.name())));
+        return Err(bad(format!(
+            "flags {:#x} not valid on {}",
+            h.flags,
+            kind.name()
+        )));
     }
     let body = decode_body(kind, payload, disk_size)?;
     Ok(Record {
@@ -522,12 +526,18 @@ pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> R
         } => list(v)?,
         RecordBody::WriteData { offset, data } => {
             if data.len() > MAX_PAYLOAD - 8 {
-                return Err(format!("{} bytes of data exceed the record cap", data.len()));
+                return Err(format!(
+                    "{} bytes of data exceed the record cap",
+                    data.len()
+                ));
             }
             check_extent(*offset, data.len() as u64, disk_size).map_err(|c| c.to_string())?;
         }
         RecordBody::AppConsistentTag { label, .. } if label.len() > MAX_LABEL => {
-            return Err(format!("label of {} bytes exceeds {MAX_LABEL}", label.len()));
+            return Err(format!(
+                "label of {} bytes exceeds {MAX_LABEL}",
+                label.len()
+            ));
         }
         _ => {}
     }
@@ -541,7 +551,11 @@ pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> R
                     | RecordKind::Flush
             ))
     {
-        return Err(format!("flags {:#x} not valid on {}", flags.bits(), kind.name()));
+        return Err(format!(
+            "flags {:#x} not valid on {}",
+            flags.bits(),
+            kind.name()
+        ));
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the hrl integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::Path;
 
@@ -38,6 +38,9 @@ pub fn ext(offset: u64, len: u64) -> Extent {
 }
 
 pub fn write(w: &mut LogWriter, offset: u64, len: u64) -> hrl::SeqNo {
-    w.append(RecordFlags::empty(), &RecordBody::Write(vec![ext(offset, len)]))
-        .unwrap()
+    w.append(
+        RecordFlags::empty(),
+        &RecordBody::Write(vec![ext(offset, len)]),
+    )
+    .unwrap()
 }
