@@ -3,7 +3,8 @@
 //! Every failure message carries the exact command line (shell-quoted, so it can be pasted
 //! into a terminal), the exit status and the tool's stderr.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, bail};
 
@@ -15,6 +16,27 @@ pub fn try_run(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .output()
         .with_context(|| format!("could not start `{line}` (is {program} installed?)"))?;
+    check_output(&line, &output)
+}
+
+/// Runs `program args...` with `input` on its stdin (e.g. an sfdisk script).
+pub fn try_run_with_stdin(program: &str, args: &[&str], input: &str) -> anyhow::Result<String> {
+    let line = command_line(program, args);
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}` (is {program} installed?)"))?;
+    let mut stdin = child.stdin.take().context("child stdin")?;
+    stdin
+        .write_all(input.as_bytes())
+        .with_context(|| format!("write stdin of `{line}`"))?;
+    drop(stdin); // EOF
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("wait for `{line}`"))?;
     check_output(&line, &output)
 }
 
@@ -88,6 +110,14 @@ mod tests {
         assert!(err.contains("sh -c 'echo boom >&2; exit 3'"), "{err}");
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn stdin_reaches_the_program() {
+        assert_eq!(
+            try_run_with_stdin("tr", &["a-z", "A-Z"], "label: dos\n").unwrap(),
+            "LABEL: DOS"
+        );
     }
 
     #[test]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# THE test command: installs what is missing, then runs every tier and prints a summary.
+#
+#   sudo scripts/test-all.sh
+#
+# Tiers (see docs/testing.md):
+#   deps   scripts/install-deps.sh (idempotent; ~1 s when everything is present)
+#   host   cargo test --workspace: unit tests + root tier (tests/tests/root_*.rs); VM-tier tests
+#          print SKIP on the host, because the next step runs them
+#   vm     scripts/vm-tests.sh: VM tier inside the Debian 6.12 kernel
+#   fuzz   scripts/fuzz.sh, if present and executable
+#
+# SITREP_REQUIRE_TIERS=1 is exported, so a test whose capability is missing fails instead of
+# skipping. Every tier runs even if an earlier one failed (except deps, which all depend on);
+# exit status is non-zero if any tier failed.
+set -uo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$SITREP_ROOT"
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (root and VM tiers need it)"
+export SITREP_REQUIRE_TIERS=1
+
+names=()
+verdicts=()
+passed=0
+failed=0
+skipped=0
+
+# tier NAME COMMAND... — run one tier, record PASS/FAIL and its duration.
+tier() {
+    local name=$1 start rc
+    shift
+    log "=== tier $name: $* ==="
+    start=$SECONDS
+    "$@"
+    rc=$?
+    names+=("$name")
+    if [[ $rc -eq 0 ]]; then
+        verdicts+=("PASS  $((SECONDS - start))s")
+        passed=$((passed + 1))
+    else
+        verdicts+=("FAIL  $((SECONDS - start))s (exit $rc)")
+        failed=$((failed + 1))
+    fi
+    log "=== tier $name: ${verdicts[-1]} ==="
+    return $rc
+}
+
+total_start=$SECONDS
+if ! tier deps scripts/install-deps.sh; then
+    die "dependencies could not be installed; no test ran"
+fi
+# The scripts dir of pip (virtme-ng's vng) may be missing from a non-interactive PATH.
+ensure_vng_on_path
+tier host cargo test --workspace
+tier vm scripts/vm-tests.sh
+if [[ -x scripts/fuzz.sh ]]; then
+    tier fuzz scripts/fuzz.sh
+else
+    names+=(fuzz)
+    verdicts+=("SKIP  (scripts/fuzz.sh not present)")
+    skipped=$((skipped + 1))
+fi
+
+log "=== summary ($((SECONDS - total_start))s) ==="
+for i in "${!names[@]}"; do
+    printf '  %-6s %s\n' "${names[$i]}" "${verdicts[$i]}"
+done
+echo "tiers: $passed passed, $failed failed, $skipped skipped"
+[[ $failed -eq 0 ]]
