@@ -14,6 +14,23 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::ptr::NonNull;
 
+/// One mebibyte, for sizes and offsets.
+pub const MIB: u64 = 1024 * 1024;
+
+/// `n` MiB as a buffer length.
+pub fn mib(n: u64) -> usize {
+    usize::try_from(n * MIB).expect("buffer size fits usize")
+}
+
+/// Reads a decimal number from a file such as a sysfs attribute (a partition's `start` or
+/// `size` in sectors, `/sys/block/X/queue/logical_block_size`).
+pub fn read_u64_file(path: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("parse {path} ({text:?}): {e}"))
+}
+
 /// Alignment of [`AlignedBuf`]: the largest logical block size we meet.
 pub const ALIGN: usize = 4096;
 

@@ -6,12 +6,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use sitrep_tests::io::{AlignedBuf, assert_same, direct_read, direct_round_trip};
+use sitrep_tests::io::{AlignedBuf, MIB, assert_same, direct_read, direct_round_trip};
 use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::netns::NetNsPair;
 use sitrep_tests::{Need, bpf, require};
-
-const MIB: u64 = 1024 * 1024;
 
 #[test]
 fn loop_device_round_trips_o_direct_writes() {

@@ -24,24 +24,13 @@ use std::time::Duration;
 
 use sitrep_tests::cmd::{run, try_run_with_stdin};
 use sitrep_tests::dm::{DmDevice, linear_table};
-use sitrep_tests::io::{AlignedBuf, assert_same, direct_read, direct_round_trip};
+use sitrep_tests::io::{
+    AlignedBuf, MIB, assert_same, direct_read, direct_round_trip, mib, read_u64_file as sysfs_u64,
+};
 use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::{Need, require};
 
-const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = 512;
-
-fn mib(n: u64) -> usize {
-    usize::try_from(n * MIB).unwrap()
-}
-
-/// Reads a number from a sysfs file (e.g. a partition's `start` or `size`, in sectors).
-fn sysfs_u64(path: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("parse {path} ({text:?}): {e}"))
-}
 
 #[test]
 fn guest_runs_the_debian_6_12_kernel_with_ublk_loaded() {
