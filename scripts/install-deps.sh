@@ -24,6 +24,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+trap 'die "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get, dpkg, depmod)"
 
@@ -72,13 +73,15 @@ install_apt_packages() {
 
 install_virtme_ng() {
     local have
-    have="$(python3 -m pip show virtme-ng 2>/dev/null | sed -n 's/^Version: //p')"
+    have="$( (python3 -m pip show virtme-ng 2>/dev/null || true) | sed -n "s/^Version: //p")"
     if [[ "$have" == "$VIRTME_NG_VERSION" ]]; then
         log "virtme-ng $have present"
     else
         log "pip install virtme-ng==$VIRTME_NG_VERSION (had: ${have:-none})"
-        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-            "virtme-ng==$VIRTME_NG_VERSION"
+        local pip=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+        # Debian's own python3 is "externally managed" (PEP 668); the machines' pyenv one is not.
+        "${pip[@]}" "virtme-ng==$VIRTME_NG_VERSION" ||
+            "${pip[@]}" --break-system-packages "virtme-ng==$VIRTME_NG_VERSION"
     fi
     ensure_vng_on_path
 }

@@ -9,6 +9,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+trap 'die "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 
 if [[ -n "${SITREP_VM_KERNEL:-}" ]]; then
     [[ -f "$SITREP_VM_KERNEL" ]] || die "SITREP_VM_KERNEL=$SITREP_VM_KERNEL does not exist"

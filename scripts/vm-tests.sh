@@ -18,6 +18,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+trap 'die "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 cd "$SITREP_ROOT"
 
 [[ "${1:-}" == "--" ]] && shift
