@@ -2,8 +2,10 @@
 //! never panic, hang, or allocate past its caps.
 //!
 //! Input byte 0 picks the shape: even → the rest is a whole log file; odd → a valid
-//! header (sealed or not, per bit 1) followed by the rest as the record area, which
-//! reaches the record decoder on almost every run.
+//! header (sealed or not, per bit 1) followed by a record area. With bit 2 clear the rest
+//! is the record area as is; with bit 2 set it is re-framed into records with correct
+//! sequence numbers and crcs (`len u16, kind u16, flags u16, payload`), so the payload
+//! decoders are reached on almost every run instead of stopping at the crc.
 #![no_main]
 
 use std::io::Write;
@@ -44,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
             h[512..512 + seal.len()].copy_from_slice(&seal);
         }
         file.write_all(&h).unwrap();
-        file.write_all(rest).unwrap();
+        if shape & 4 == 0 {
+            file.write_all(rest).unwrap();
+        } else {
+            file.write_all(&reframe(rest)).unwrap();
+        }
     }
     let path = file_path();
     for mode in [RecoveryMode::Strict, RecoveryMode::TruncateTail] {
@@ -55,6 +61,36 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Frames arbitrary chunks as records with valid headers and crcs.
+fn reframe(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut seq = 1u64;
+    while rest.len() >= 6 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])) % 600;
+        let kind = u16::from_le_bytes([rest[2], rest[3]]) % 11;
+        let flags = u16::from_le_bytes([rest[4], rest[5]]) % 5;
+        rest = &rest[6..];
+        let payload = &rest[..len.min(rest.len())];
+        rest = &rest[payload.len()..];
+        let start = out.len();
+        out.extend_from_slice(&((32 + payload.len()) as u32).to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[2; 16]);
+        h.update(&out[start..start + 28]);
+        h.update(payload);
+        out.extend_from_slice(&h.finalize().to_le_bytes());
+        out.extend_from_slice(payload);
+        out.resize(out.len().next_multiple_of(8), 0);
+        seq += 1;
+    }
+    out
+}
 
 fn file_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("hrl-fuzz-{}.hrl", std::process::id()))
