@@ -79,9 +79,12 @@ install_virtme_ng() {
     else
         log "pip install virtme-ng==$VIRTME_NG_VERSION (had: ${have:-none})"
         local pip=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
-        # Debian's own python3 is "externally managed" (PEP 668); the machines' pyenv one is not.
-        "${pip[@]}" "virtme-ng==$VIRTME_NG_VERSION" ||
-            "${pip[@]}" --break-system-packages "virtme-ng==$VIRTME_NG_VERSION"
+        # Debian's own python3 is "externally managed" (PEP 668) and refuses a plain install;
+        # the machines' pyenv python is not. vng is a leaf tool, so installing anyway is safe.
+        if [[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]]; then
+            pip+=(--break-system-packages)
+        fi
+        "${pip[@]}" "virtme-ng==$VIRTME_NG_VERSION"
     fi
     ensure_vng_on_path
 }

@@ -54,7 +54,7 @@ if ! tier deps scripts/install-deps.sh; then
 fi
 # The scripts dir of pip (virtme-ng's vng) may be missing from a non-interactive PATH.
 ensure_vng_on_path
-tier host cargo test --workspace
+tier host cargo test --workspace --no-fail-fast
 tier vm scripts/vm-tests.sh
 if [[ -x scripts/fuzz.sh ]]; then
     tier fuzz scripts/fuzz.sh
