@@ -1,15 +1,37 @@
 //! eBPF change tracking of live block devices, with no kernel module.
 //!
-//! **Status: not built yet** (issue "tracker-bpf"). This crate will hold:
-//! - a CO-RE BPF program in C attached to `tp_btf/block_bio_queue` (raw tracepoint fallback)
-//!   that classifies each bio by `bi_opf` (write, discard, secure erase, write-zeroes,
-//!   preflush, FUA) for a selected set of devices, with a sequence number on every event and
-//!   an in-kernel coarse dirty bitmap as the fallback when the ring buffer is full;
-//! - the loader (libbpf-rs skeleton built by `build.rs`) and a userspace consumer thread that
-//!   coalesces events into extents and appends them to the disk's HRL log through [`hrl`].
+//! A CO-RE BPF program (`src/bpf/tracker.bpf.c`) attached to `tp_btf/block_bio_queue`
+//! (raw tracepoint fallback) reports every write, discard, secure erase, write-zeroes and
+//! preflush queued to a selected set of devices (up to 64, changeable while attached) into
+//! a ring buffer, with a sequence number on every event. When the ring is full it sets bits
+//! in a per-device coarse bitmap instead, so an overflow loses no information.
 //!
-//! Nothing here may lose a completed write silently: any unaccounted event becomes a
-//! tracking-gap record in the log, which forces a bounded resync.
+//! In userspace ([`Tracker`]) one poller thread owns the BPF object, drains the ring and
+//! the bitmaps, and accounts for every sequence number; one log thread per device owns that
+//! device's [`hrl::LogWriter`], coalesces events into extents and appends them with group
+//! commit. Anything unaccounted for becomes a tracking-gap record, which forces a resync:
+//! nothing here loses a completed write silently. See docs/tracking.md for exactly which
+//! windows are covered.
+//!
+//! Layout: [`event`] (the ring-buffer record), [`device`] (dev_t, sysfs, counters),
+//! [`coalesce`], `disk` (log thread), `poller` (BPF owner), [`continuity`] (clean stop and
+//! restart), [`Tracker`] (the API).
+
+pub mod coalesce;
+pub mod continuity;
+pub mod device;
+mod disk;
+pub mod error;
+pub mod event;
+mod poller;
+mod skel;
+mod tracker;
+
+pub use device::{DeviceInfo, IoCounters};
+pub use disk::{DiskStats, StopReport};
+pub use error::{Error, Result};
+pub use poller::{AttachMode, Attached, KernelStats, MAX_DEVICES};
+pub use tracker::{AddReport, Tracker, TrackerConfig, TrackerStats};
 
 /// The change-log crate every interceptor writes through.
 pub use hrl;

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0) */
+/*
+ * Layouts shared by the BPF program (tracker.bpf.c) and its Rust loader (src/event.rs).
+ * Rust mirrors these with #[repr(C)] types and size assertions; change both together.
+ */
+#ifndef SITREP_TRACKER_H
+#define SITREP_TRACKER_H
+
+/* Devices tracked at once (slots); each has its own fallback bitmap. */
+#define TRK_MAX_DEVS 64
+/* Fallback bitmap words per device: 2048 x 64 = 131072 granules. */
+#define TRK_BITMAP_WORDS 2048
+/* A bio covering more bitmap words than this marks its whole device dirty instead. */
+#define TRK_MAX_WORD_LOOP 64
+
+/* Event kinds (sitrep's own numbering; the kernel's REQ_OP_* are resolved from BTF). */
+#define TRK_OP_WRITE 1
+#define TRK_OP_DISCARD 2
+#define TRK_OP_SECURE_ERASE 3
+#define TRK_OP_WRITE_ZEROES 4
+#define TRK_OP_FLUSH 5 /* an empty write carrying PREFLUSH */
+
+/* Event flags. */
+#define TRK_F_FUA 1
+#define TRK_F_PREFLUSH 2
+
+/* One block-layer change on a tracked device: 32 bytes in the ring buffer. */
+struct trk_event {
+	__u64 seq;    /* global, +1 per tracked bio, including those that fell back */
+	__u64 sector; /* relative to the tracked device (partition start removed), 512 B units */
+	__u32 bytes;  /* bio size in bytes (0 for a flush) */
+	__u32 dev;    /* kernel dev_t: major << 20 | minor */
+	__u16 slot;   /* the device's slot, as configured by userspace */
+	__u8 op;      /* TRK_OP_* */
+	__u8 flags;   /* TRK_F_* */
+	__u32 _pad;
+};
+
+/* Per-device configuration, keyed by kernel dev_t in the `devices` map. */
+struct trk_dev_cfg {
+	__u64 start_sect; /* partition start on its disk (0 for a whole disk) */
+	__u64 nr_sects;   /* device size in 512 B sectors */
+	__u32 slot;       /* index into the fallback bitmap and overflow array */
+	__u32 granule_shift; /* log2 of sectors per bitmap bit */
+};
+
+/* Per-CPU counters. */
+struct trk_stats {
+	__u64 events;        /* events submitted to the ring buffer */
+	__u64 bytes;         /* bytes covered by those events */
+	__u64 drops;         /* ring buffer reservations that failed (each fell back) */
+	__u64 fallback_bits; /* bitmap words touched by fallbacks */
+	__u64 overflows;     /* fallbacks that marked a whole device dirty */
+	__u64 excluded;      /* bios from sitrep's own process, not tracked */
+	__u64 ignored_ops;   /* tracked-device bios that are not changes (reads, ...) */
+};
+
+#endif

@@ -1,0 +1,205 @@
+//! What the kernel says about a block device: its `dev_t`, size, partition start, and I/O
+//! counters — read from the device node, ioctls and sysfs.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The kernel's in-kernel `dev_t` encoding (`MKDEV`): major in the top 12 bits, minor in the
+/// low 20. Userspace `st_rdev` uses glibc's different encoding; never compare the two raw.
+#[must_use]
+pub fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// A block device as the tracker needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// The path the operator gave.
+    pub path: PathBuf,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size in bytes.
+    pub logical_block_size: u32,
+    /// First sector on the whole disk, for a partition (0 for a whole disk).
+    pub start_sect: u64,
+}
+
+impl DeviceInfo {
+    /// Reads the device at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Device`] if it is missing, not a block device, or cannot be queried.
+    pub fn probe(path: &Path) -> Result<Self> {
+        let err = |why: String| Error::Device {
+            path: path.to_owned(),
+            why,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if !meta.file_type().is_block_device() {
+            return Err(err("not a block device".into()));
+        }
+        let rdev = meta.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        let f = File::open(path).map_err(|e| err(format!("open: {e}")))?;
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &raw mut size) };
+        if rc != 0 {
+            return Err(err(format!(
+                "BLKGETSIZE64: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let mut lbs: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer, which points to `lbs`.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET, &raw mut lbs) };
+        if rc != 0 {
+            return Err(err(format!(
+                "BLKSSZGET: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let sys = sysfs_dir(major, minor);
+        let start_sect = match std::fs::read_to_string(sys.join("start")) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("bad {}/start", sys.display())))?,
+            Err(_) => 0,
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            major,
+            minor,
+            size,
+            logical_block_size: u32::try_from(lbs).map_err(|_| err(format!("block size {lbs}")))?,
+            start_sect,
+        })
+    }
+
+    /// The kernel `dev_t` the BPF program sees in `bio->bi_bdev->bd_dev`.
+    #[must_use]
+    pub fn kernel_dev(&self) -> u32 {
+        kernel_dev(self.major, self.minor)
+    }
+
+    /// The device's I/O counters now.
+    ///
+    /// # Errors
+    /// If sysfs cannot be read.
+    pub fn io_counters(&self) -> Result<IoCounters> {
+        let p = sysfs_dir(self.major, self.minor).join("stat");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::Device {
+            path: self.path.clone(),
+            why: format!("{}: {e}", p.display()),
+        })?;
+        IoCounters::parse(&text).ok_or_else(|| Error::Device {
+            path: self.path.clone(),
+            why: format!("unexpected format of {}", p.display()),
+        })
+    }
+}
+
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+fn sysfs_dir(major: u32, minor: u32) -> PathBuf {
+    PathBuf::from(format!("/sys/dev/block/{major}:{minor}"))
+}
+
+/// The change-related counters of `/sys/dev/block/M:m/stat` (Documentation/block/stat.rst).
+/// They only grow while the system is up, so equal counters at two instants, with nothing in
+/// flight, mean no change was completed in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoCounters {
+    /// Write requests completed (write-zeroes count as writes).
+    pub writes: u64,
+    /// Sectors written.
+    pub write_sectors: u64,
+    /// Discard requests completed.
+    pub discards: u64,
+    /// Sectors discarded.
+    pub discard_sectors: u64,
+    /// Requests in flight.
+    pub in_flight: u64,
+}
+
+impl IoCounters {
+    /// Parses the `stat` file's fields.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(Self {
+            writes: *f.get(4)?,
+            write_sectors: *f.get(6)?,
+            in_flight: *f.get(8)?,
+            discards: f.get(11).copied().unwrap_or(0),
+            discard_sectors: f.get(13).copied().unwrap_or(0),
+        })
+    }
+
+    /// The same counters, ignoring what is in flight.
+    #[must_use]
+    pub fn completed(&self) -> (u64, u64, u64, u64) {
+        (
+            self.writes,
+            self.write_sectors,
+            self.discards,
+            self.discard_sectors,
+        )
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): counters are only comparable within
+/// one boot.
+///
+/// # Errors
+/// If procfs cannot be read.
+pub fn boot_id() -> Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| Error::Device {
+            path: "/proc/sys/kernel/random/boot_id".into(),
+            why: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_encoding() {
+        assert_eq!(kernel_dev(7, 0), 7 << 20);
+        assert_eq!(kernel_dev(259, 1), (259 << 20) | 1);
+    }
+
+    #[test]
+    fn parses_stat() {
+        let s = "  100 0 800 10  42 3 336 7  0 20 30  5 0 2048 1  9 2\n";
+        let c = IoCounters::parse(s).unwrap();
+        assert_eq!(
+            c,
+            IoCounters {
+                writes: 42,
+                write_sectors: 336,
+                discards: 5,
+                discard_sectors: 2048,
+                in_flight: 0
+            }
+        );
+        assert_eq!(IoCounters::parse("1 2 3"), None);
+    }
+}

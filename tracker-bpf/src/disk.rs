@@ -1,0 +1,265 @@
+//! One tracked disk's log thread: it alone owns the disk's `LogWriter`.
+//!
+//! Messages arrive from the poller (events, bitmap fallbacks, gaps) and from the tracker
+//! API (rotate, stop). Events are coalesced for `delay`, then appended and committed as one
+//! group. Nothing here can block the application: if the log is over its space cap the
+//! window is logged as a tracking gap (always accepted) instead; if the log cannot be
+//! written at all the window is kept and retried on the next tick.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags, SealedLog};
+
+use crate::coalesce::{Coalescer, MAX_EXTENTS_PER_RECORD};
+use crate::continuity::{self, CleanStop};
+use crate::error::{Error, Result};
+use crate::event::{Event, Op};
+
+/// Messages to a disk thread.
+pub(crate) enum DiskMsg {
+    /// Change events from the ring buffer.
+    Events(Vec<Event>),
+    /// Ranges recovered from the in-kernel fallback bitmap, or the whole disk.
+    Fallback { extents: Vec<Extent>, whole: bool },
+    /// Record a tracking gap over the whole disk.
+    Gap { reason: GapReason, why: String },
+    /// Seal the current log and start the next.
+    Rotate(Sender<Result<SealedLog>>),
+    /// Flush, seal, and (if given) write the clean-stop record.
+    Stop(Option<CleanStop>, Sender<Result<StopReport>>),
+}
+
+/// Counters of one disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskStats {
+    /// Change events received.
+    pub events: u64,
+    /// Bytes those events covered.
+    pub event_bytes: u64,
+    /// Extents logged after coalescing (events / extents is the coalescing ratio).
+    pub extents: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Group commits.
+    pub commits: u64,
+    /// Extents recovered from the fallback bitmap.
+    pub fallback_extents: u64,
+    /// Tracking-gap records written.
+    pub gaps: u64,
+    /// Bytes of all logs in the directory.
+    pub log_bytes: u64,
+    /// Log write failures (retried).
+    pub log_errors: u64,
+    /// The last log failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// What a clean stop produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// The device.
+    pub device: PathBuf,
+    /// The sealed last log.
+    pub sealed: SealedLog,
+    /// Whether a clean-stop record was written (a restart may then continue without resync).
+    pub clean: bool,
+    /// Final counters.
+    pub stats: DiskStats,
+}
+
+pub(crate) struct DiskThread {
+    pub(crate) device: PathBuf,
+    pub(crate) writer: LogWriter,
+    pub(crate) rx: Receiver<DiskMsg>,
+    pub(crate) stats: Arc<Mutex<DiskStats>>,
+    pub(crate) delay: Duration,
+    pub(crate) disk_size: u64,
+}
+
+/// Pending events above which a window is flushed early.
+const MAX_WINDOW_EVENTS: u64 = 1 << 16;
+
+impl DiskThread {
+    pub(crate) fn run(mut self) {
+        let mut window = Coalescer::default();
+        let mut since: Option<Instant> = None;
+        loop {
+            let timeout = since.map_or(Duration::from_millis(100), |t| {
+                self.delay.saturating_sub(t.elapsed())
+            });
+            match self.rx.recv_timeout(timeout) {
+                Ok(DiskMsg::Events(evs)) => {
+                    for e in &evs {
+                        self.bump(|s| {
+                            s.events += 1;
+                            s.event_bytes += u64::from(e.bytes);
+                        });
+                        if e.op == Op::Flush {
+                            self.flush(&mut window);
+                            self.append(RecordFlags::PREFLUSH, &RecordBody::Flush);
+                        } else {
+                            window.push(e);
+                        }
+                    }
+                    if !window.is_empty() {
+                        since.get_or_insert_with(Instant::now);
+                    }
+                    if window.len() >= MAX_WINDOW_EVENTS {
+                        self.flush(&mut window);
+                        since = None;
+                    }
+                }
+                Ok(DiskMsg::Fallback { extents, whole }) => self.fallback(&extents, whole),
+                Ok(DiskMsg::Gap { reason, why }) => {
+                    tracing::warn!(device = %self.device.display(), %why, "tracking gap");
+                    self.gap(reason, GapScope::WholeDisk);
+                }
+                Ok(DiskMsg::Rotate(reply)) => {
+                    self.flush(&mut window);
+                    since = None;
+                    let r = self.writer.rotate().map_err(|e| self.log_err(e));
+                    let _ = reply.send(r);
+                }
+                Ok(DiskMsg::Stop(clean, reply)) => {
+                    self.flush(&mut window);
+                    let _ = reply.send(self.stop(clean));
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush(&mut window);
+                    since = None;
+                }
+                // The tracker was dropped without a stop: leave the log unsealed (the next
+                // start recovers it and records a gap), like a crash would.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(&mut window);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut DiskStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn log_err(&self, e: hrl::Error) -> Error {
+        Error::Log {
+            device: self.device.clone(),
+            source: e,
+        }
+    }
+
+    /// Appends one record; over the space cap, logs its ranges as a gap instead.
+    fn append(&mut self, flags: RecordFlags, body: &RecordBody) {
+        match self.writer.append(flags, body) {
+            Ok(_) => self.bump(|s| s.records += 1),
+            Err(hrl::Error::Full { .. }) => {
+                let scope = body
+                    .extents()
+                    .map_or(GapScope::WholeDisk, GapScope::Extents);
+                self.gap(GapReason::LogSpaceExhausted, scope);
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn gap(&mut self, reason: GapReason, scope: GapScope) {
+        let scope = match scope {
+            GapScope::Extents(v) if v.is_empty() => return,
+            s => s,
+        };
+        match self.writer.append(
+            RecordFlags::empty(),
+            &RecordBody::TrackingGap { reason, scope },
+        ) {
+            Ok(_) => self.bump(|s| {
+                s.records += 1;
+                s.gaps += 1;
+            }),
+            Err(e) => self.failed(&e),
+        }
+        self.commit();
+    }
+
+    fn failed(&self, e: &hrl::Error) {
+        tracing::error!(device = %self.device.display(), error = %e, "change log append failed");
+        self.bump(|s| {
+            s.log_errors += 1;
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    fn flush(&mut self, window: &mut Coalescer) {
+        if !window.is_empty() {
+            let d = window.drain(self.disk_size);
+            for (flags, body) in &d.records {
+                self.append(*flags, body);
+            }
+            self.bump(|s| s.extents += d.extents);
+            if d.out_of_range > 0 {
+                // The device is not what we think it is: never trust a partial picture.
+                self.gap(GapReason::EventsLost, GapScope::WholeDisk);
+            }
+        }
+        self.commit();
+    }
+
+    fn commit(&mut self) {
+        match self.writer.commit() {
+            Ok(_) => {}
+            Err(e) => self.failed(&e),
+        }
+        let (commits, bytes) = (self.writer.stats().commits, self.writer.total_bytes());
+        self.bump(|s| {
+            s.commits = commits;
+            s.log_bytes = bytes;
+        });
+    }
+
+    fn fallback(&mut self, extents: &[Extent], whole: bool) {
+        if whole {
+            self.gap(GapReason::EventsLost, GapScope::WholeDisk);
+        }
+        for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
+            self.append(RecordFlags::empty(), &RecordBody::Write(chunk.to_vec()));
+        }
+        self.bump(|s| s.fallback_extents += extents.len() as u64);
+        self.commit();
+    }
+
+    fn stop(self, clean: Option<CleanStop>) -> Result<StopReport> {
+        let device = self.device.clone();
+        let stats = self.stats.clone();
+        let dir = self.writer.dir().to_owned();
+        let sealed = self.writer.close().map_err(|e| Error::Log {
+            device: device.clone(),
+            source: e,
+        })?;
+        let mut clean_written = false;
+        if let Some(mut c) = clean {
+            c.sealed_log_id = sealed.header.log_id.to_string();
+            continuity::save(&dir, &c).map_err(|e| Error::Log {
+                device: device.clone(),
+                source: hrl::Error::Io {
+                    path: dir.join(continuity::STATE_FILE),
+                    op: "write",
+                    source: e,
+                },
+            })?;
+            clean_written = true;
+        }
+        let stats = stats.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok(StopReport {
+            device,
+            sealed,
+            clean: clean_written,
+            stats,
+        })
+    }
+}

@@ -1,0 +1,585 @@
+//! The poller thread: it owns the loaded BPF object, drains the ring buffer and the
+//! fallback bitmaps, routes events to the disks' log threads, and accounts for every
+//! sequence number the program handed out.
+//!
+//! Owning the BPF object in one thread (rather than behind a lock) follows the skeleton's
+//! lifetime rules and keeps the hot loop free of synchronisation: control requests
+//! (add/remove device, stop) arrive on a channel between polls.
+
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use hrl::Extent;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
+
+use crate::disk::DiskMsg;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder, types};
+
+/// Devices tracked at once (`TRK_MAX_DEVS`).
+pub const MAX_DEVICES: usize = 64;
+/// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
+pub(crate) const BITMAP_WORDS: usize = 2048;
+const STATS_SIZE: usize = 7 * 8;
+
+/// How to attach to the block layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum AttachMode {
+    /// `tp_btf/block_bio_queue`, falling back to the raw tracepoint if that fails.
+    #[default]
+    Auto,
+    /// Only `tp_btf/block_bio_queue`.
+    TpBtf,
+    /// Only `raw_tp/block_bio_queue` (kernels without BTF-typed tracepoints).
+    RawTp,
+}
+
+/// Which attachment is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Attached {
+    /// `tp_btf/block_bio_queue`.
+    TpBtf,
+    /// `raw_tp/block_bio_queue`.
+    RawTp,
+}
+
+/// Kernel-side counters plus the consumer's accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    /// Events the program submitted to the ring buffer.
+    pub events: u64,
+    /// Bytes those events covered.
+    pub bytes: u64,
+    /// Failed ring-buffer reservations (each fell back to the bitmap).
+    pub drops: u64,
+    /// Bitmap words touched by fallbacks.
+    pub fallback_bits: u64,
+    /// Fallbacks that marked a whole device dirty.
+    pub overflows: u64,
+    /// Bios from sitrep's own process, not tracked.
+    pub excluded: u64,
+    /// Tracked-device bios that change nothing (reads, ...).
+    pub ignored_ops: u64,
+    /// Sequence numbers handed out (events + drops).
+    pub seq: u64,
+    /// Events the consumer received.
+    pub received: u64,
+    /// Sequence numbers neither received nor dropped after a grace period (should be 0;
+    /// each loss turned into a whole-disk gap on every tracked disk).
+    pub unaccounted: u64,
+    /// Events for no registered slot (device removed while its bio was in flight).
+    pub orphans: u64,
+}
+
+pub(crate) struct SlotCfg {
+    pub(crate) dev: u32,
+    pub(crate) start_sect: u64,
+    pub(crate) nr_sects: u64,
+    pub(crate) granule_shift: u32,
+    pub(crate) tx: Sender<DiskMsg>,
+}
+
+pub(crate) enum Ctrl {
+    Add(u16, SlotCfg, Sender<Result<()>>),
+    Remove(u16, Sender<Result<()>>),
+    Stop,
+}
+
+pub(crate) struct PollerConfig {
+    pub(crate) ring_bytes: u32,
+    pub(crate) attach: AttachMode,
+    pub(crate) exclude_tgid: u32,
+    pub(crate) pause: Option<Arc<AtomicBool>>,
+    pub(crate) poll: Duration,
+}
+
+/// Runs the poller until `Ctrl::Stop` or the control channel closes. Reports readiness (or
+/// the load/attach error) once on `ready`.
+pub(crate) fn run(
+    cfg: PollerConfig,
+    ctrl: Receiver<Ctrl>,
+    ready: Sender<Result<Attached>>,
+    stats: Arc<Mutex<KernelStats>>,
+) {
+    let mut obj = MaybeUninit::uninit();
+    let (skel, attached, _link) = match load(&cfg, &mut obj) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut p = match Poller::new(&skel, stats) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let inbox = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let sink = inbox.clone();
+    let bad = Arc::new(AtomicU64::new(0));
+    let bad_cb = bad.clone();
+    let mut rb = RingBufferBuilder::new();
+    let added = rb.add(&skel.maps.events, move |data: &[u8]| {
+        match Event::parse(data) {
+            Some(e) => {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+            None => {
+                bad_cb.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        0
+    });
+    let built = match added {
+        Ok(_) => rb.build(),
+        Err(e) => Err(e),
+    };
+    let ring = match built {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(Error::Bpf(format!("ring buffer: {e}"))));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(attached));
+    loop {
+        loop {
+            match ctrl.try_recv() {
+                Ok(Ctrl::Add(slot, c, reply)) => {
+                    let _ = reply.send(p.add(&skel, slot, c));
+                }
+                Ok(Ctrl::Remove(slot, reply)) => {
+                    let consume = || {
+                        let _ = ring.consume();
+                    };
+                    let _ = reply.send(p.remove(&skel, slot, consume, &inbox));
+                }
+                Ok(Ctrl::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+            }
+        }
+        let paused = cfg
+            .pause
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if paused {
+            std::thread::sleep(cfg.poll);
+        } else {
+            let _ = ring.poll(cfg.poll);
+        }
+        p.bad_events += bad.swap(0, Ordering::Relaxed);
+        p.route(&inbox);
+        p.drain_bitmaps();
+        p.account(&skel);
+    }
+}
+
+type Loaded<'obj> = (TrackerSkel<'obj>, Attached, Link);
+
+fn load<'obj>(
+    cfg: &PollerConfig,
+    obj: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<Loaded<'obj>> {
+    let order: &[Attached] = match cfg.attach {
+        AttachMode::Auto => &[Attached::TpBtf, Attached::RawTp],
+        AttachMode::TpBtf => &[Attached::TpBtf],
+        AttachMode::RawTp => &[Attached::RawTp],
+    };
+    let mut errors = Vec::new();
+    // Each attempt needs a fresh object: a failed load consumes it.
+    let obj: *mut MaybeUninit<libbpf_rs::OpenObject> = obj;
+    for kind in order {
+        // SAFETY: `obj` outlives 'obj (it is the caller's storage). Only one attempt's
+        // skeleton is alive at a time: a failed attempt's skeleton is dropped (dropping the
+        // object it initialised) before the next attempt writes the storage again.
+        let storage = unsafe { &mut *obj };
+        match try_load(cfg, *kind, storage) {
+            Ok((skel, link)) => return Ok((skel, *kind, link)),
+            Err(e) => errors.push(format!("{kind:?}: {e}")),
+        }
+    }
+    Err(Error::Bpf(format!(
+        "could not attach to block_bio_queue ({}); sitrep needs root, CONFIG_BPF_SYSCALL and \
+         BTF (/sys/kernel/btf/vmlinux)",
+        errors.join("; ")
+    )))
+}
+
+fn try_load<'obj>(
+    cfg: &PollerConfig,
+    kind: Attached,
+    obj: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> std::result::Result<(TrackerSkel<'obj>, Link), libbpf_rs::Error> {
+    let mut open: OpenTrackerSkel<'obj> = TrackerSkelBuilder::default().open(obj)?;
+    open.maps.events.set_max_entries(cfg.ring_bytes)?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.exclude_tgid = cfg.exclude_tgid;
+    }
+    open.progs
+        .on_bio_queue_btf
+        .set_autoload(kind == Attached::TpBtf);
+    open.progs
+        .on_bio_queue_raw
+        .set_autoload(kind == Attached::RawTp);
+    let skel = open.load()?;
+    let link = match kind {
+        Attached::TpBtf => skel.progs.on_bio_queue_btf.attach()?,
+        Attached::RawTp => skel.progs.on_bio_queue_raw.attach()?,
+    };
+    Ok((skel, link))
+}
+
+/// A shared, writable mapping of an `BPF_F_MMAPABLE` array map of u64.
+struct MappedWords {
+    ptr: *mut AtomicU64,
+    len: usize,
+    map_len: usize,
+}
+
+impl MappedWords {
+    fn new(map: &dyn MapCore, words: usize) -> Result<Self> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let map_len = (words * 8).next_multiple_of(page);
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, shared and read/write, at offset
+        // 0 for at most its size rounded to a page (the kernel's own rule for these maps).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Bpf(format!(
+                "mmap of the fallback bitmap: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Self {
+            ptr: p.cast(),
+            len: words,
+            map_len,
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping holds `len` naturally aligned u64s (page-aligned start) and
+        // lives as long as `self`; the BPF program updates them only with atomic ops, so
+        // viewing them as AtomicU64 matches how they are shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mmap returned; no references outlive self.
+        unsafe { libc::munmap(self.ptr.cast(), self.map_len) };
+    }
+}
+
+struct Poller {
+    slots: BTreeMap<u16, SlotCfg>,
+    bitmap: MappedWords,
+    overflow: MappedWords,
+    next_seq: *const AtomicU64,
+    stats: Arc<Mutex<KernelStats>>,
+    received: u64,
+    bad_events: u64,
+    orphans: u64,
+    unaccounted: u64,
+    /// (seq handed out at the previous check, when): everything below it must be received
+    /// or dropped by the next check.
+    checkpoint: (u64, Instant),
+}
+
+impl Poller {
+    fn new(skel: &TrackerSkel<'_>, stats: Arc<Mutex<KernelStats>>) -> Result<Self> {
+        let bss = skel
+            .maps
+            .bss_data
+            .as_deref()
+            .ok_or_else(|| Error::Bpf("the .bss map is not mapped".into()))?;
+        let next_seq: *const u64 = &raw const bss.next_seq;
+        Ok(Self {
+            slots: BTreeMap::new(),
+            bitmap: MappedWords::new(&skel.maps.bitmap, MAX_DEVICES * BITMAP_WORDS)?,
+            overflow: MappedWords::new(&skel.maps.overflow, MAX_DEVICES)?,
+            next_seq: next_seq.cast(),
+            stats,
+            received: 0,
+            bad_events: 0,
+            orphans: 0,
+            unaccounted: 0,
+            checkpoint: (0, Instant::now()),
+        })
+    }
+
+    fn kernel_seq(&self) -> u64 {
+        // SAFETY: points into the mmapped .bss of the loaded object, which lives as long as
+        // the poller (both are owned by `run`); the program updates it atomically.
+        unsafe { (*self.next_seq).load(Ordering::Acquire) }
+    }
+
+    fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, c: SlotCfg) -> Result<()> {
+        let base = usize::from(slot) * BITMAP_WORDS;
+        for w in &self.bitmap.words()[base..base + BITMAP_WORDS] {
+            w.store(0, Ordering::Relaxed);
+        }
+        if let Some(o) = self.overflow.words().get(usize::from(slot)) {
+            o.store(0, Ordering::Relaxed);
+        }
+        let v = types::trk_dev_cfg {
+            start_sect: c.start_sect,
+            nr_sects: c.nr_sects,
+            slot: u32::from(slot),
+            granule_shift: c.granule_shift,
+        };
+        // SAFETY: trk_dev_cfg is a plain #[repr(C)] struct of integers; viewing it as bytes
+        // to hand to the map is what libbpf expects.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const v).cast::<u8>(), size_of::<types::trk_dev_cfg>())
+        };
+        skel.maps
+            .devices
+            .update(&c.dev.to_ne_bytes(), bytes, MapFlags::NO_EXIST)
+            .map_err(|e| Error::Bpf(format!("registering device: {e}")))?;
+        self.slots.insert(slot, c);
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        skel: &TrackerSkel<'_>,
+        slot: u16,
+        mut consume: impl FnMut(),
+        inbox: &Mutex<Vec<Event>>,
+    ) -> Result<()> {
+        let Some(dev) = self.slots.get(&slot).map(|c| c.dev) else {
+            return Err(Error::Invalid(format!("slot {slot} is not tracked")));
+        };
+        skel.maps
+            .devices
+            .delete(&dev.to_ne_bytes())
+            .map_err(|e| Error::Bpf(format!("unregistering device: {e}")))?;
+        // Every sequence number handed out before the delete is either in the ring, or was
+        // dropped into the bitmap. Wait (bounded) until all are accounted for.
+        let target = self.kernel_seq();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            consume();
+            self.route(inbox);
+            if self.received + self.kernel_drops(skel) >= target || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.drain_bitmaps();
+        self.slots.remove(&slot);
+        Ok(())
+    }
+
+    fn route(&mut self, inbox: &Mutex<Vec<Event>>) {
+        let events = match inbox.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => return,
+        };
+        if events.is_empty() {
+            return;
+        }
+        self.received += events.len() as u64;
+        let mut per: BTreeMap<u16, Vec<Event>> = BTreeMap::new();
+        for e in events {
+            match self.slots.get(&e.slot) {
+                Some(c) if c.dev == e.dev => per.entry(e.slot).or_default().push(e),
+                _ => self.orphans += 1,
+            }
+        }
+        for (slot, evs) in per {
+            if let Some(c) = self.slots.get(&slot) {
+                // Blocking send: a slow log thread stalls the ring, which then falls back
+                // to the bitmap in the kernel. Backpressure never reaches the application.
+                let _ = c.tx.send(DiskMsg::Events(evs));
+            }
+        }
+    }
+
+    fn drain_bitmaps(&mut self) {
+        for (&slot, c) in &self.slots {
+            let base = usize::from(slot) * BITMAP_WORDS;
+            let words = &self.bitmap.words()[base..base + BITMAP_WORDS];
+            let whole = self
+                .overflow
+                .words()
+                .get(usize::from(slot))
+                .is_some_and(|o| {
+                    o.load(Ordering::Relaxed) != 0 && o.swap(0, Ordering::AcqRel) != 0
+                });
+            let extents = drain_words(words, c.granule_shift, c.nr_sects);
+            if whole || !extents.is_empty() {
+                let _ = c.tx.send(DiskMsg::Fallback { extents, whole });
+            }
+        }
+    }
+
+    fn kernel_drops(&self, skel: &TrackerSkel<'_>) -> u64 {
+        read_stats(skel).map_or(0, |s| s.drops)
+    }
+
+    fn account(&mut self, skel: &TrackerSkel<'_>) {
+        let mut k = read_stats(skel).unwrap_or_default();
+        let seq = self.kernel_seq();
+        let accounted = self.received + k.drops + self.bad_events;
+        let (prev, when) = self.checkpoint;
+        if when.elapsed() >= Duration::from_secs(1) {
+            // Sequence numbers handed out a second ago must all have arrived by now.
+            if accounted + self.unaccounted < prev {
+                let lost = prev - accounted - self.unaccounted;
+                self.unaccounted += lost;
+                tracing::error!(lost, "tracker lost events; recording whole-disk gaps");
+                for c in self.slots.values() {
+                    let _ = c.tx.send(DiskMsg::Gap {
+                        reason: hrl::GapReason::EventsLost,
+                        why: format!("{lost} tracker events unaccounted for"),
+                    });
+                }
+            }
+            self.checkpoint = (seq, Instant::now());
+        }
+        k.seq = seq;
+        k.received = self.received;
+        k.unaccounted = self.unaccounted + self.bad_events;
+        k.orphans = self.orphans;
+        if let Ok(mut s) = self.stats.lock() {
+            *s = k;
+        }
+    }
+}
+
+fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
+    let per_cpu = skel
+        .maps
+        .stats
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()??;
+    let mut k = KernelStats::default();
+    for cpu in per_cpu {
+        let f = |i: usize| -> u64 {
+            cpu.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
+        if cpu.len() < STATS_SIZE {
+            continue;
+        }
+        k.events += f(0);
+        k.bytes += f(1);
+        k.drops += f(2);
+        k.fallback_bits += f(3);
+        k.overflows += f(4);
+        k.excluded += f(5);
+        k.ignored_ops += f(6);
+    }
+    Some(k)
+}
+
+/// Atomically takes the set bits of one device's bitmap and turns them into byte extents
+/// (granule-aligned, clamped to the device, adjacent granules merged).
+pub(crate) fn drain_words(words: &[AtomicU64], granule_shift: u32, nr_sects: u64) -> Vec<Extent> {
+    let disk_end = nr_sects.saturating_mul(hrl::SECTOR_SIZE);
+    let granule = hrl::SECTOR_SIZE << granule_shift;
+    let mut out: Vec<Extent> = Vec::new();
+    let mut run: Option<(u64, u64)> = None;
+    for (wi, w) in words.iter().enumerate() {
+        if w.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let mut bits = w.swap(0, Ordering::AcqRel);
+        while bits != 0 {
+            let b = u64::from(bits.trailing_zeros());
+            bits &= bits - 1;
+            let g = wi as u64 * 64 + b;
+            let (s, e) = (g * granule, ((g + 1) * granule).min(disk_end));
+            if s >= e {
+                continue;
+            }
+            run = match run {
+                Some((rs, re)) if s == re => Some((rs, e)),
+                Some((rs, re)) => {
+                    out.extend(Extent::from_bounds(rs, re));
+                    Some((s, e))
+                }
+                None => Some((s, e)),
+            };
+        }
+    }
+    if let Some((rs, re)) = run {
+        out.extend(Extent::from_bounds(rs, re));
+    }
+    out
+}
+
+/// The smallest granule (as log2 sectors, at least 4 KiB) whose bitmap covers the device.
+#[must_use]
+pub(crate) fn granule_shift_for(nr_sects: u64) -> u32 {
+    let bits = (BITMAP_WORDS * 64) as u64;
+    let mut shift = 3;
+    while shift < 63 && (nr_sects.div_ceil(1 << shift)) > bits {
+        shift += 1;
+    }
+    shift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granule_fits_the_bitmap() {
+        assert_eq!(granule_shift_for(1 << 17), 3); // 64 MiB: 4 KiB granules
+        let tib = 1u64 << 31; // 1 TiB in sectors
+        let s = granule_shift_for(tib);
+        assert!(tib.div_ceil(1 << s) <= (BITMAP_WORDS * 64) as u64);
+        assert!(tib.div_ceil(1 << (s - 1)) > (BITMAP_WORDS * 64) as u64);
+    }
+
+    #[test]
+    fn bitmap_words_become_merged_extents_and_are_cleared() {
+        let words: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        words[0].store(0b1110 | (1 << 63), Ordering::Relaxed);
+        words[1].store(1, Ordering::Relaxed); // continues bit 63 of word 0
+        words[3].store(1 << 5, Ordering::Relaxed); // past the disk end: clamped away
+        // granule 4 KiB (shift 3), disk of 66 granules + 1 sector
+        let nr_sects = 66 * 8 + 1;
+        let got = drain_words(&words, 3, nr_sects);
+        assert_eq!(
+            got,
+            vec![
+                Extent::new(4096, 3 * 4096).unwrap(),
+                Extent::new(63 * 4096, 2 * 4096).unwrap(),
+            ]
+        );
+        assert!(words.iter().all(|w| w.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn last_partial_granule_is_clamped_to_the_disk() {
+        let words: Vec<AtomicU64> = (0..1).map(|_| AtomicU64::new(1 << 2)).collect();
+        let got = drain_words(&words, 3, 2 * 8 + 3);
+        assert_eq!(got, vec![Extent::new(2 * 4096, 3 * 512).unwrap()]);
+    }
+}

@@ -1,0 +1,13 @@
+//! The generated skeleton of `src/bpf/tracker.bpf.c` (built by `build.rs`).
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    unsafe_op_in_unsafe_fn,
+    unused_qualifications,
+    non_camel_case_types
+)]
+
+include!(concat!(env!("OUT_DIR"), "/tracker.skel.rs"));

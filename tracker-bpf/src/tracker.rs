@@ -1,0 +1,434 @@
+//! The public face of the tracker: start it, add and remove devices while it is attached,
+//! read counters, rotate logs, stop cleanly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded};
+use hrl::chain::list_logs;
+use hrl::{
+    ChainSpec, DiskId, DiskIdentity, GapReason, Generation, LogReader, LogWriter, RecoveryMode,
+    Resume, SealedLog, WriterConfig,
+};
+
+use crate::continuity::{self, CleanStop};
+use crate::device::{DeviceInfo, IoCounters, boot_id};
+use crate::disk::{DiskMsg, DiskStats, DiskThread, StopReport};
+use crate::error::{Error, Result};
+use crate::poller::{
+    self, AttachMode, Attached, Ctrl, KernelStats, MAX_DEVICES, PollerConfig, SlotCfg,
+    granule_shift_for,
+};
+
+/// How to run the tracker.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Ring buffer size in bytes (a power of two, ≥ 4096; default 16 MiB ≈ 512 k events).
+    pub ring_bytes: u32,
+    /// Which tracepoint attachment to use.
+    pub attach: AttachMode,
+    /// Do not track bios issued by this process (its own log writes, when the log
+    /// directory lives on a tracked device). Default true.
+    pub exclude_self: bool,
+    /// How the disks' logs are written.
+    pub writer: WriterConfig,
+    /// How long events are coalesced before they are logged (default 5 ms).
+    pub coalesce: Duration,
+    /// Test seam: while set, the poller stops draining the ring buffer (a stalled
+    /// consumer), so the kernel falls back to the bitmap.
+    pub pause: Option<Arc<AtomicBool>>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 16 << 20,
+            attach: AttachMode::Auto,
+            exclude_self: true,
+            writer: WriterConfig::default(),
+            coalesce: Duration::from_millis(5),
+            pause: None,
+        }
+    }
+}
+
+/// What `add_device` found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddReport {
+    /// The device.
+    pub info: DeviceInfo,
+    /// Its slot in the BPF maps.
+    pub slot: u16,
+    /// The disk id its logs carry.
+    pub disk_id: DiskId,
+    /// How the log directory looked.
+    pub resume: Resume,
+    /// `None` if tracking continues the previous chain with nothing missed; otherwise why
+    /// the log starts with a whole-disk gap.
+    pub gap: Option<String>,
+}
+
+/// Counters of the whole tracker.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TrackerStats {
+    /// Kernel-side counters and loss accounting.
+    pub kernel: KernelStats,
+    /// Per device.
+    pub disks: Vec<(PathBuf, DiskStats)>,
+}
+
+struct Disk {
+    info: DeviceInfo,
+    tx: Sender<DiskMsg>,
+    thread: JoinHandle<()>,
+    stats: Arc<Mutex<DiskStats>>,
+}
+
+/// A running eBPF change tracker. See the crate docs.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    ctrl: Sender<Ctrl>,
+    poller: Option<JoinHandle<()>>,
+    kernel: Arc<Mutex<KernelStats>>,
+    attached: Attached,
+    disks: BTreeMap<u16, Disk>,
+}
+
+impl Tracker {
+    /// Loads and attaches the BPF program.
+    ///
+    /// # Errors
+    /// [`Error::Bpf`] if the program cannot be loaded or attached (not root, no BTF, ...).
+    pub fn start(cfg: TrackerConfig) -> Result<Self> {
+        if cfg.ring_bytes < 4096 || !cfg.ring_bytes.is_power_of_two() {
+            return Err(Error::Invalid(format!(
+                "ring buffer size {} must be a power of two of at least 4096",
+                cfg.ring_bytes
+            )));
+        }
+        let (ctrl, ctrl_rx) = bounded(16);
+        let (ready_tx, ready_rx) = bounded(1);
+        let kernel = Arc::new(Mutex::new(KernelStats::default()));
+        let pcfg = PollerConfig {
+            ring_bytes: cfg.ring_bytes,
+            attach: cfg.attach,
+            exclude_tgid: if cfg.exclude_self {
+                std::process::id()
+            } else {
+                0
+            },
+            pause: cfg.pause.clone(),
+            poll: Duration::from_millis(10),
+        };
+        let k = kernel.clone();
+        let poller = std::thread::Builder::new()
+            .name("sitrep-bpf-poll".into())
+            .spawn(move || poller::run(pcfg, ctrl_rx, ready_tx, k))
+            .map_err(|e| Error::Bpf(format!("spawning the poller thread: {e}")))?;
+        let attached = ready_rx
+            .recv()
+            .map_err(|_| Error::Bpf("poller thread exited during load".into()))??;
+        Ok(Self {
+            cfg,
+            ctrl,
+            poller: Some(poller),
+            kernel,
+            attached,
+            disks: BTreeMap::new(),
+        })
+    }
+
+    /// The attachment in use.
+    #[must_use]
+    pub fn attached(&self) -> Attached {
+        self.attached
+    }
+
+    /// Starts tracking `device`, logging into `log_dir` (which must exist). Works while the
+    /// tracker is attached and other devices are tracked.
+    ///
+    /// # Errors
+    /// The device is missing or already tracked, no slot is free, the log directory is
+    /// unusable (missing, locked, holds another disk's logs), or BPF refused the update.
+    pub fn add_device(&mut self, device: &Path, log_dir: &Path) -> Result<AddReport> {
+        let info = DeviceInfo::probe(device)?;
+        if self
+            .disks
+            .values()
+            .any(|d| d.info.kernel_dev() == info.kernel_dev())
+        {
+            return Err(Error::Invalid(format!(
+                "{} ({}:{}) is already tracked",
+                device.display(),
+                info.major,
+                info.minor
+            )));
+        }
+        let slot = (0..MAX_DEVICES)
+            .filter_map(|s| u16::try_from(s).ok())
+            .find(|s| !self.disks.contains_key(s))
+            .ok_or_else(|| Error::Invalid(format!("already tracking {MAX_DEVICES} devices")))?;
+        let log_err = |e| Error::Log {
+            device: device.to_owned(),
+            source: e,
+        };
+        let disk_id = existing_disk_id(log_dir)
+            .map_or_else(DiskId::random, Ok)
+            .map_err(|e| {
+                log_err(hrl::Error::Io {
+                    path: log_dir.to_owned(),
+                    op: "random disk id for",
+                    source: e,
+                })
+            })?;
+        let spec = ChainSpec {
+            disk: DiskIdentity {
+                id: disk_id,
+                size: info.size,
+                logical_block_size: info.logical_block_size,
+            },
+            journal: false,
+            generation: Generation(1),
+        };
+        let (writer, resume) =
+            LogWriter::open(log_dir, spec, self.cfg.writer.clone()).map_err(log_err)?;
+        // Read after the writer holds the directory lock: the record is ours alone.
+        let saved = continuity::take(log_dir);
+        let prev_clean_id = match &resume {
+            Resume::Clean { prev } => LogReader::open(prev, RecoveryMode::Strict)
+                .ok()
+                .map(|r| r.header().log_id.to_string()),
+            _ => None,
+        };
+        let (tx, rx) = bounded(64);
+        let stats = Arc::new(Mutex::new(DiskStats::default()));
+        let t = DiskThread {
+            device: device.to_owned(),
+            writer,
+            rx,
+            stats: stats.clone(),
+            delay: self.cfg.coalesce,
+            disk_size: info.size,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("sitrep-log-{slot}"))
+            .spawn(move || t.run())
+            .map_err(|e| Error::Invalid(format!("spawning a log thread: {e}")))?;
+        let nr_sects = info.size / hrl::SECTOR_SIZE;
+        let slot_cfg = SlotCfg {
+            dev: info.kernel_dev(),
+            start_sect: info.start_sect,
+            nr_sects,
+            granule_shift: granule_shift_for(nr_sects),
+            tx: tx.clone(),
+        };
+        let registered = self.control(|reply| Ctrl::Add(slot, slot_cfg, reply));
+        if let Err(e) = registered {
+            drop(tx);
+            let _ = thread.join();
+            return Err(e);
+        }
+        // Tracking is live: only now may the counters vouch for the untracked interval.
+        let gap = match (boot_id(), info.io_counters()) {
+            (Ok(boot), Ok(now)) => {
+                continuity::check(saved.as_ref(), prev_clean_id.as_deref(), &info, &boot, &now)
+                    .err()
+            }
+            (Err(e), _) | (_, Err(e)) => Some(format!("cannot read device counters: {e}")),
+        };
+        if let Some(why) = &gap {
+            let reason = match resume {
+                Resume::Clean { .. } => GapReason::NotTracking,
+                _ => GapReason::NoCleanPredecessor,
+            };
+            let _ = tx.send(DiskMsg::Gap {
+                reason,
+                why: why.clone(),
+            });
+        }
+        self.disks.insert(
+            slot,
+            Disk {
+                info: info.clone(),
+                tx,
+                thread,
+                stats,
+            },
+        );
+        Ok(AddReport {
+            info,
+            slot,
+            disk_id,
+            resume,
+            gap,
+        })
+    }
+
+    fn control(&self, msg: impl FnOnce(Sender<Result<()>>) -> Ctrl) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        self.ctrl
+            .send(msg(tx))
+            .map_err(|_| Error::Stopped("poller thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Stopped("poller thread is gone".into()))?
+    }
+
+    fn slot_of(&self, device: &Path) -> Result<u16> {
+        let dev = DeviceInfo::probe(device).map(|i| i.kernel_dev()).ok();
+        self.disks
+            .iter()
+            .find(|(_, d)| d.info.path == device || Some(d.info.kernel_dev()) == dev)
+            .map(|(s, _)| *s)
+            .ok_or_else(|| Error::Invalid(format!("{} is not tracked", device.display())))
+    }
+
+    /// Stops tracking `device` cleanly: its log is sealed, and if the device was quiet a
+    /// clean-stop record lets the next start continue without a resync.
+    ///
+    /// # Errors
+    /// The device is not tracked, or its log could not be sealed.
+    pub fn remove_device(&mut self, device: &Path) -> Result<StopReport> {
+        let slot = self.slot_of(device)?;
+        self.stop_slot(slot)
+    }
+
+    fn stop_slot(&mut self, slot: u16) -> Result<StopReport> {
+        let Some(disk) = self.disks.remove(&slot) else {
+            return Err(Error::Invalid(format!("slot {slot} is not tracked")));
+        };
+        // Counters first, while still tracked: see continuity.rs for why this order.
+        let quiet = quiet_counters(&disk.info);
+        let removed = self.control(|reply| Ctrl::Remove(slot, reply));
+        let clean = match (quiet, boot_id(), &removed) {
+            (Some(c), Ok(boot), Ok(())) => Some(CleanStop {
+                version: 1,
+                boot_id: boot,
+                major: disk.info.major,
+                minor: disk.info.minor,
+                start_sect: disk.info.start_sect,
+                size: disk.info.size,
+                counters: c,
+                sealed_log_id: String::new(),
+            }),
+            _ => None,
+        };
+        let (tx, rx) = bounded(1);
+        disk.tx
+            .send(DiskMsg::Stop(clean, tx))
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?;
+        let report = rx
+            .recv()
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?;
+        let _ = disk.thread.join();
+        removed?;
+        report
+    }
+
+    /// Seals the device's current log and opens the next (the sealed one can be shipped).
+    ///
+    /// # Errors
+    /// The device is not tracked, or the log failed.
+    pub fn rotate(&self, device: &Path) -> Result<SealedLog> {
+        let slot = self.slot_of(device)?;
+        let disk = self
+            .disks
+            .get(&slot)
+            .ok_or_else(|| Error::Invalid(format!("{} is not tracked", device.display())))?;
+        let (tx, rx) = bounded(1);
+        disk.tx
+            .send(DiskMsg::Rotate(tx))
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?
+    }
+
+    /// Counters now.
+    #[must_use]
+    pub fn stats(&self) -> TrackerStats {
+        TrackerStats {
+            kernel: self.kernel.lock().map(|k| *k).unwrap_or_default(),
+            disks: self
+                .disks
+                .values()
+                .map(|d| {
+                    (
+                        d.info.path.clone(),
+                        d.stats.lock().map(|s| s.clone()).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The tracked devices.
+    #[must_use]
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.disks.values().map(|d| d.info.clone()).collect()
+    }
+
+    /// Stops every device cleanly, then detaches.
+    ///
+    /// # Errors
+    /// The first device that could not be stopped cleanly (the others are still stopped).
+    pub fn stop(mut self) -> Result<Vec<StopReport>> {
+        let slots: Vec<u16> = self.disks.keys().copied().collect();
+        let mut reports = Vec::new();
+        let mut first_err = None;
+        for s in slots {
+            match self.stop_slot(s) {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.shutdown();
+        first_err.map_or(Ok(reports), Err)
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.ctrl.send(Ctrl::Stop);
+        if let Some(p) = self.poller.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    /// Without `stop`, logs are left unsealed — as after a crash — and the next start
+    /// records a gap. Threads are still shut down.
+    fn drop(&mut self) {
+        self.shutdown();
+        for (_, d) in std::mem::take(&mut self.disks) {
+            drop(d.tx);
+            let _ = d.thread.join();
+        }
+    }
+}
+
+/// The device's counters with nothing in flight, trying for up to ~0.5 s; `None` if the
+/// device never went quiet (the next start will then record a gap).
+fn quiet_counters(info: &DeviceInfo) -> Option<IoCounters> {
+    for _ in 0..50 {
+        match info.io_counters() {
+            Ok(c) if c.in_flight == 0 => return Some(c),
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The disk id of the newest readable log in `dir`, so a restart keeps the disk's identity.
+fn existing_disk_id(dir: &Path) -> Option<DiskId> {
+    let logs = list_logs(dir).ok()?;
+    logs.iter().rev().find_map(|(_, p)| {
+        LogReader::open(p, RecoveryMode::TruncateTail)
+            .ok()
+            .map(|r| r.header().disk.id)
+    })
+}
