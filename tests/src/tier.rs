@@ -80,7 +80,9 @@ pub fn require(name: &str, needs: &[Need]) -> bool {
         Decision::Run => true,
         Decision::Skip(reason) => {
             // Write to the stream directly: eprintln! would be swallowed by libtest's capture.
-            let _ = writeln!(std::io::stderr(), "SKIP {name}: {reason}");
+            // One write call, so lines from parallel tests and libtest's own output don't mix.
+            let line = format!("SKIP {name}: {reason}\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             false
         }
         Decision::Fail(reason) => {
