@@ -10,6 +10,7 @@
 SITREP_VM_DIR="${SITREP_VM_DIR:-/var/lib/sitrep/vm-kernels}"
 
 # Root of the repository this file belongs to.
+# shellcheck disable=SC2034  # used by the scripts that source this file
 SITREP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # log MESSAGE... — a timestamped progress line on stderr.

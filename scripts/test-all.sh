@@ -17,7 +17,7 @@ set -uo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
-cd "$SITREP_ROOT"
+cd "$SITREP_ROOT" || exit 1
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (root and VM tiers need it)"
 export SITREP_REQUIRE_TIERS=1
