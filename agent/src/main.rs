@@ -27,6 +27,13 @@ enum Command {
     /// Inspect, verify and create HRL change logs.
     #[command(subcommand)]
     Log(cli::log::LogCommand),
+    /// Track a block device's changes with eBPF, in the foreground (needs root).
+    ///
+    /// Every write, discard, secure erase, write-zeroes and flush queued to DEVICE is logged
+    /// into chained HRL logs in --log-dir. Ctrl-C (or SIGTERM) seals the log cleanly; a later
+    /// start on the same directory continues the chain without a resync if the device was
+    /// not written meanwhile, and otherwise starts with a whole-disk gap record.
+    Track(cli::track::TrackArgs),
 }
 
 /// What a command reports back to `main`.
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(cmd) => cli::log::run(cmd),
+        Command::Track(a) => cli::track::run(&a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

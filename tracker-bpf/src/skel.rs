@@ -4,6 +4,7 @@
     unreachable_pub,
     clippy::all,
     clippy::pedantic,
+    clippy::restriction,
     clippy::undocumented_unsafe_blocks,
     unsafe_op_in_unsafe_fn,
     unused_qualifications,

@@ -1,3 +1,4 @@
 //! Subcommands of the `sitrep` CLI, one module per noun.
 
 pub(crate) mod log;
+pub(crate) mod track;
