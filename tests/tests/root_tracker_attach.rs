@@ -1,0 +1,107 @@
+//! Root tier: both attachments of the tracker (tp_btf and the raw-tracepoint fallback) see a
+//! write, a discard, a write-zeroes and a flush on a loop device, with exact extents.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use hrl::chain::list_logs;
+use hrl::{Extent, LogReader, RecordBody, RecoveryMode};
+use sitrep_tests::io::{AlignedBuf, MIB, direct_round_trip};
+use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
+use sitrep_tests::{Need, require};
+use tracker_bpf::{AttachMode, Attached, Tracker, TrackerConfig};
+
+fn records(dir: &std::path::Path) -> Vec<RecordBody> {
+    let mut v = Vec::new();
+    for (_, p) in list_logs(dir).unwrap() {
+        let mut r = LogReader::open(&p, RecoveryMode::Strict).unwrap();
+        v.extend(r.read_all().unwrap().into_iter().map(|r| r.body));
+    }
+    v
+}
+
+fn each_kind_is_logged(mode: AttachMode, want: Attached) {
+    let dev = LoopDevice::new(16 * MIB, LoopOptions::default()).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut t = Tracker::start(TrackerConfig {
+        attach: mode,
+        exclude_self: false,
+        ..TrackerConfig::default()
+    })
+    .unwrap();
+    assert_eq!(t.attached(), want);
+    t.add_device(dev.path(), logs.path()).unwrap();
+    direct_round_trip(dev.path(), MIB, &AlignedBuf::with_pattern(65536, 1, MIB));
+    let d = dev.path().to_str().unwrap();
+    let ok = |args: &[&str]| {
+        assert!(
+            Command::new("blkdiscard")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    ok(&["-o", "4194304", "-l", "1048576", d]);
+    ok(&["-z", "-o", "8388608", "-l", "65536", d]);
+    // An fsync of the block device sends an empty PREFLUSH write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d)
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = t.stats();
+    t.stop().unwrap();
+    assert_eq!(stats.kernel.unaccounted, 0);
+    let recs = records(logs.path());
+    let x = |o, l| Extent::new(o, l).unwrap();
+    assert!(
+        matches!(recs[0], RecordBody::TrackingGap { .. }),
+        "first start: {:?}",
+        recs[0]
+    );
+    assert!(
+        recs.contains(&RecordBody::Write(vec![x(MIB, 65536)])),
+        "{recs:?}"
+    );
+    assert!(
+        recs.contains(&RecordBody::Discard(vec![x(4 * MIB, MIB)])),
+        "{recs:?}"
+    );
+    // The loop driver may offer write-zeroes natively or not; either way the range is logged.
+    assert!(
+        recs.contains(&RecordBody::WriteZeroes(vec![x(8 * MIB, 65536)]))
+            || recs.contains(&RecordBody::Write(vec![x(8 * MIB, 65536)])),
+        "{recs:?}"
+    );
+    assert!(recs.contains(&RecordBody::Flush), "{recs:?}");
+}
+
+#[test]
+fn tp_btf_attachment_logs_every_kind() {
+    if !require!(
+        Need::Root,
+        Need::LoopDevices,
+        Need::Bpf,
+        Need::Command("blkdiscard")
+    ) {
+        return;
+    }
+    each_kind_is_logged(AttachMode::TpBtf, Attached::TpBtf);
+}
+
+#[test]
+fn raw_tracepoint_fallback_logs_every_kind() {
+    if !require!(
+        Need::Root,
+        Need::LoopDevices,
+        Need::Bpf,
+        Need::Command("blkdiscard")
+    ) {
+        return;
+    }
+    each_kind_is_logged(AttachMode::RawTp, Attached::RawTp);
+}
