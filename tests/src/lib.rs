@@ -20,6 +20,7 @@ pub mod dm;
 pub mod io;
 pub mod loopdev;
 pub mod netns;
+pub mod replay;
 pub mod tier;
 
 pub use tier::Need;
