@@ -1,0 +1,171 @@
+//! What the operator asks for: one tracked disk over one backing file or device.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Largest queue count accepted (ublk's own limit is higher; more queues than CPUs only
+/// adds threads).
+pub const MAX_QUEUES: u16 = 64;
+/// Largest queue depth accepted (the ublk driver's limit).
+pub const MAX_DEPTH: u16 = 4096;
+
+/// What the log records for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    /// Only the ranges written; the data is read from the disk when shipping.
+    Extents,
+    /// The ranges and the data, so a replica can be rebuilt in exact write order.
+    Journal,
+}
+
+impl LogMode {
+    /// The name used on the command line and in `disk list`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            LogMode::Extents => "extents",
+            LogMode::Journal => "journal",
+        }
+    }
+}
+
+/// One tracked disk, as `sitrep disk add` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The backing regular file (sparse is fine) or block device.
+    pub backing: PathBuf,
+    /// Size of the virtual disk in bytes; default the backing's size. Must fit in it.
+    pub size: Option<u64>,
+    /// Hardware queues (one server thread each).
+    pub queues: u16,
+    /// Queue depth (in-flight I/Os per queue).
+    pub depth: u16,
+    /// What the log records.
+    pub mode: LogMode,
+    /// The log directory; default `BACKING.hrl/` beside the backing file (created if
+    /// missing). An explicitly given directory must exist.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl DiskConfig {
+    /// A config with defaults: 1 queue, depth 128, extents mode, log beside the backing.
+    #[must_use]
+    pub fn new(backing: impl Into<PathBuf>) -> Self {
+        Self {
+            backing: backing.into(),
+            size: None,
+            queues: 1,
+            depth: 128,
+            mode: LogMode::Extents,
+            log_dir: None,
+        }
+    }
+
+    /// Checks the numbers (not the files).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.queues == 0 || self.queues > MAX_QUEUES {
+            return Err(Error::Config(format!(
+                "--queues {} is out of range 1..={MAX_QUEUES}",
+                self.queues
+            )));
+        }
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return Err(Error::Config(format!(
+                "--depth {} is out of range 1..={MAX_DEPTH}",
+                self.depth
+            )));
+        }
+        if let Some(size) = self.size
+            && (size == 0 || size % crate::BLOCK_SIZE != 0)
+        {
+            return Err(Error::Config(format!(
+                "--size {size} must be a non-zero multiple of {} bytes",
+                crate::BLOCK_SIZE
+            )));
+        }
+        Ok(())
+    }
+
+    /// The log directory this disk uses: `--log-dir`, or `BACKING.hrl` beside the backing.
+    #[must_use]
+    pub fn effective_log_dir(&self) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| default_log_dir(&self.backing))
+    }
+}
+
+/// `disk.img` → `disk.img.hrl` (beside the disk, as Hyper-V keeps its logs).
+#[must_use]
+pub fn default_log_dir(backing: &Path) -> PathBuf {
+    let mut s = backing.as_os_str().to_owned();
+    s.push(".hrl");
+    PathBuf::from(s)
+}
+
+/// Parses a human size: `4096`, `512K`, `64M`, `64MiB`, `10G`, `1T` (powers of 1024).
+///
+/// # Errors
+/// [`Error::Config`] on anything else or overflow.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let bad = || Error::Config(format!("size {s:?}: expected e.g. 4096, 512K, 64M, 10G"));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn default_log_dir_is_beside_the_backing() {
+        assert_eq!(
+            default_log_dir(Path::new("/srv/disk.img")),
+            PathBuf::from("/srv/disk.img.hrl")
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut c = DiskConfig::new("/x");
+        assert!(c.validate().is_ok());
+        c.queues = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--queues 0"));
+        c.queues = 1;
+        c.size = Some(1000);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--size 1000")
+        );
+    }
+}

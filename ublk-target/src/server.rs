@@ -1,0 +1,398 @@
+//! Creating (or recovering) one tracked disk and serving it until it is stopped.
+//!
+//! Order matters for "nothing half-created": everything that can be checked without the
+//! kernel is checked first (numbers, backing size, backing lock, log directory, the
+//! identity of existing logs); then the ublk device is added (or an orphaned one of the
+//! same backing recovered); then the log writer is opened. A failure at any step undoes
+//! the earlier ones (the device is deleted, a log directory we created is removed).
+//!
+//! **Crash and restart.** Devices are created with `UBLK_F_USER_RECOVERY |
+//! UBLK_F_USER_RECOVERY_REISSUE`: when the server dies the kernel keeps `/dev/ublkbN`
+//! (quiesced, I/O waiting), and the next server on the same backing finds it through its
+//! json export and takes it over; in-flight I/O is reissued to the new server. Because every
+//! change is logged durably before it is performed, the new server continues the log chain
+//! (`Resume::Recovered`) without a tracking gap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hrl::chain::list_logs;
+use hrl::{
+    ChainSpec, DiskId, DiskIdentity, Generation, LogReader, LogWriter, RecoveryMode, Resume,
+    WriterConfig,
+};
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::UblkDev;
+use libublk::{UblkError, UblkFlags, sys};
+
+use crate::backing::Backing;
+use crate::commit::SharedLog;
+use crate::config::{DiskConfig, LogMode};
+use crate::devices::{self, TargetData};
+use crate::error::{Error, Result};
+use crate::queue::{TargetShared, run_queue};
+use crate::{BLOCK_SIZE, signals};
+
+/// The name libublk records as the target type.
+pub const TARGET_NAME: &str = "sitrep";
+
+/// Largest I/O the kernel sends us (and so the largest journal record's data).
+const IO_BUF_BYTES: u32 = 512 << 10;
+
+/// What a started disk looks like; given to the caller once the device is live.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskInfo {
+    /// The ublk id (N in `/dev/ublkbN`).
+    pub id: u32,
+    /// `/dev/ublkbN`.
+    pub device: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// The canonical backing path.
+    pub backing: PathBuf,
+    /// The log directory.
+    pub log_dir: PathBuf,
+    /// What the log records.
+    pub mode: LogMode,
+    /// The disk id in the log headers.
+    pub disk_id: String,
+    /// `fresh`, `clean` or `recovered`: how the log chain was found.
+    pub log_resume: &'static str,
+    /// Whether an existing (quiesced) device was taken over after a server crash.
+    pub device_recovered: bool,
+    /// The serving process.
+    pub pid: u32,
+}
+
+/// How serving ended.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The disk that was served.
+    pub info: DiskInfo,
+    /// The last log, sealed by the clean close.
+    pub sealed_log: PathBuf,
+}
+
+/// Creates (or recovers) the disk described by `cfg` and serves it on this thread until it
+/// is stopped: SIGINT/SIGTERM to this process, or `sitrep disk del`. Calls `on_ready` once
+/// the device is live. On a clean stop the log is sealed and the device deleted.
+///
+/// # Errors
+/// Bad input ([`Error::Config`], [`Error::Backing`], [`Error::Busy`]) before anything is
+/// created; [`Error::NoUblk`]/[`Error::Ublk`] from the kernel; [`Error::Log`].
+pub fn serve<F>(cfg: &DiskConfig, on_ready: F) -> Result<Stopped>
+where
+    F: FnOnce(&DiskInfo) + Send + Sync + 'static,
+{
+    let prepared = prepare(cfg)?;
+    let (ctrl, recovered) = match open_device(cfg, &prepared) {
+        Ok(v) => v,
+        Err(e) => {
+            prepared.undo_log_dir();
+            return Err(e);
+        }
+    };
+    let dev_id = ctrl.dev_info().dev_id;
+    let (writer, resume) = match LogWriter::open(
+        &prepared.log_dir,
+        prepared.spec(cfg),
+        WriterConfig::default(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            delete_device(&ctrl);
+            prepared.undo_log_dir();
+            return Err(e.into());
+        }
+    };
+    let info = DiskInfo {
+        id: dev_id,
+        device: PathBuf::from(format!("/dev/ublkb{dev_id}")),
+        size: prepared.size,
+        backing: prepared.canonical.clone(),
+        log_dir: prepared.log_dir.clone(),
+        mode: cfg.mode,
+        disk_id: prepared.disk_id.to_string(),
+        log_resume: match resume {
+            Resume::Fresh => "fresh",
+            Resume::Clean { .. } => "clean",
+            Resume::Recovered { .. } => "recovered",
+        },
+        device_recovered: recovered,
+        pid: std::process::id(),
+    };
+    tracing::info!(device = %info.device.display(), log = info.log_resume,
+        recovered, "serving tracked disk");
+    let log = SharedLog::new(writer, cfg.mode == LogMode::Journal);
+    let shared = Arc::new(TargetShared {
+        backing: prepared.backing,
+        log: Arc::clone(&log),
+    });
+    let target_json = serde_json::json!({ "sitrep": TargetData {
+        backing: info.backing.clone(),
+        log_dir: info.log_dir.clone(),
+        mode: cfg.mode,
+        disk_id: info.disk_id.clone(),
+    }});
+    let size = prepared.size;
+    let fd = shared.backing.raw_fd();
+    let q_shared = Arc::clone(&shared);
+    let ready_info = info.clone();
+    let run = ctrl.run_target(
+        |dev: &mut UblkDev| init_target(dev, fd, size, target_json),
+        move |qid, dev: &UblkDev| run_queue(qid, dev, &q_shared),
+        move |_ctrl: &UblkCtrl| {
+            signals::stop_device_on_signal(dev_id);
+            on_ready(&ready_info);
+        },
+    );
+    // Whatever ended the queues, the log is sealed now: every record in it was durable
+    // before its I/O was performed, so a clean seal is truthful.
+    let sealed = log.take().map(LogWriter::close).transpose();
+    delete_device(&ctrl);
+    run.map_err(|e| Error::ublk("run device", &e))?;
+    let sealed = sealed?.map(|s| s.path).unwrap_or_default();
+    Ok(Stopped {
+        info,
+        sealed_log: sealed,
+    })
+}
+
+/// Everything checked and opened before the kernel is involved.
+struct Prepared {
+    backing: Backing,
+    canonical: PathBuf,
+    size: u64,
+    log_dir: PathBuf,
+    created_log_dir: bool,
+    disk_id: DiskId,
+    generation: Generation,
+}
+
+impl Prepared {
+    fn spec(&self, cfg: &DiskConfig) -> ChainSpec {
+        ChainSpec {
+            disk: DiskIdentity {
+                id: self.disk_id,
+                size: self.size,
+                logical_block_size: u32::try_from(BLOCK_SIZE).unwrap_or(512),
+            },
+            journal: cfg.mode == LogMode::Journal,
+            generation: self.generation,
+        }
+    }
+
+    /// Removes the log directory if this attempt created it (it is then still empty).
+    fn undo_log_dir(&self) {
+        if self.created_log_dir {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+fn prepare(cfg: &DiskConfig) -> Result<Prepared> {
+    cfg.validate()?;
+    let backing = Backing::open(&cfg.backing)?;
+    let canonical = std::fs::canonicalize(&cfg.backing)
+        .map_err(|e| Error::io(&cfg.backing, "canonicalize", e))?;
+    let size = disk_size(cfg, &backing)?;
+    let log_dir = cfg.effective_log_dir();
+    let created_log_dir = ensure_log_dir(cfg, &log_dir)?;
+    let existing = existing_identity(&log_dir);
+    let (disk_id, generation) = match existing {
+        Some((ident, gen_)) => {
+            if ident.size != size {
+                if created_log_dir {
+                    let _ = std::fs::remove_dir(&log_dir);
+                }
+                return Err(Error::Config(format!(
+                    "log directory {} belongs to a disk of {} bytes, but this disk is {size} \
+                     bytes; use the same --size, or another --log-dir",
+                    log_dir.display(),
+                    ident.size
+                )));
+            }
+            (ident.id, gen_)
+        }
+        None => (
+            DiskId::random().map_err(|e| Error::io(&log_dir, "random disk id for", e))?,
+            Generation(1),
+        ),
+    };
+    Ok(Prepared {
+        backing,
+        canonical,
+        size,
+        log_dir,
+        created_log_dir,
+        disk_id,
+        generation,
+    })
+}
+
+fn disk_size(cfg: &DiskConfig, backing: &Backing) -> Result<u64> {
+    let have = backing.size();
+    let bad = |reason: String| Error::Backing {
+        path: cfg.backing.clone(),
+        reason,
+    };
+    match cfg.size {
+        Some(want) if want > have => Err(bad(format!(
+            "is {have} bytes, smaller than --size {want}; grow it first (e.g. truncate -s)"
+        ))),
+        Some(want) => Ok(want),
+        None => {
+            let usable = have - have % BLOCK_SIZE;
+            if usable == 0 {
+                Err(bad(format!(
+                    "is {have} bytes; a disk needs at least {BLOCK_SIZE} (grow it, e.g. \
+                     truncate -s 1G)"
+                )))
+            } else {
+                Ok(usable)
+            }
+        }
+    }
+}
+
+/// An explicit `--log-dir` must exist; the default one beside the backing is created.
+/// Returns whether it was created.
+fn ensure_log_dir(cfg: &DiskConfig, dir: &Path) -> Result<bool> {
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    if cfg.log_dir.is_some() {
+        return Err(Error::Config(format!(
+            "log directory {} does not exist; create it, or omit --log-dir to use {}",
+            dir.display(),
+            crate::config::default_log_dir(&cfg.backing).display()
+        )));
+    }
+    std::fs::create_dir(dir).map_err(|e| Error::io(dir, "create log directory", e))?;
+    Ok(true)
+}
+
+fn existing_identity(dir: &Path) -> Option<(DiskIdentity, Generation)> {
+    let logs = list_logs(dir).ok()?;
+    logs.iter().rev().find_map(|(_, p)| {
+        LogReader::open(p, RecoveryMode::TruncateTail)
+            .ok()
+            .map(|r| (r.header().disk, r.header().generation))
+    })
+}
+
+/// Adds a new device, or takes over the quiesced device a crashed server left for this
+/// backing. Returns the control handle and whether it was a takeover.
+fn open_device(cfg: &DiskConfig, p: &Prepared) -> Result<(UblkCtrl, bool)> {
+    if !Path::new("/dev/ublk-control").exists() {
+        return Err(Error::NoUblk("/dev/ublk-control does not exist".into()));
+    }
+    if let Some(old) = devices::find_by_backing(&p.canonical)
+        && let Some(ctrl) = take_over(old.id, old.pid)?
+    {
+        return Ok((ctrl, true));
+    }
+    let ctrl_flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    let ctrl = UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .nr_queues(cfg.queues)
+        .depth(cfg.depth)
+        .io_buf_bytes(IO_BUF_BYTES)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| Error::ublk("add device", &e))?;
+    Ok((ctrl, false))
+}
+
+/// If device `id` (serving our backing) is quiesced because its server died, starts user
+/// recovery on it. A device left dead is deleted (None: add a new one).
+fn take_over(id: u32, old_pid: i32) -> Result<Option<UblkCtrl>> {
+    let sid = i32::try_from(id).map_err(|_| Error::Config(format!("ublk id {id}")))?;
+    // The kernel notices the dead server asynchronously; give it a moment to quiesce.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let state = loop {
+        let s = devices::dev_state(id).map(u32::from);
+        let waiting = s == Some(sys::UBLK_S_DEV_LIVE) && !devices::process_alive(old_pid);
+        if !waiting || Instant::now() >= deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    match state {
+        None => Ok(None),
+        Some(sys::UBLK_S_DEV_QUIESCED) => {
+            let probe = UblkCtrl::new_simple(sid).map_err(|e| Error::ublk("open device", &e))?;
+            probe
+                .start_user_recover()
+                .map_err(|e| Error::ublk("start user recovery", &e))?;
+            let ctrl = UblkCtrlBuilder::default()
+                .name(TARGET_NAME)
+                .id(sid)
+                .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+                .build()
+                .map_err(|e| Error::ublk("recover device", &e))?;
+            Ok(Some(ctrl))
+        }
+        Some(sys::UBLK_S_DEV_LIVE) => Err(Error::Config(format!(
+            "/dev/ublkb{id} for this backing is live, served by pid {old_pid}"
+        ))),
+        Some(_) => {
+            let ctrl = UblkCtrl::new_simple(sid).map_err(|e| Error::ublk("open device", &e))?;
+            ctrl.del_dev()
+                .map_err(|e| Error::ublk("delete dead device", &e))?;
+            Ok(None)
+        }
+    }
+}
+
+fn delete_device(ctrl: &UblkCtrl) {
+    // ENOENT is normal: `sitrep disk del` or the add-mode Drop may have deleted it.
+    if let Err(e) = ctrl.del_dev()
+        && !matches!(e, UblkError::OtherError(c) if c == -libc::ENOENT)
+    {
+        tracing::debug!(error = %e, "deleting the device");
+    }
+}
+
+fn init_target(
+    dev: &mut UblkDev,
+    backing_fd: i32,
+    size: u64,
+    json: serde_json::Value,
+) -> Result<(), UblkError> {
+    let tgt = &mut dev.tgt;
+    let slot = usize::try_from(tgt.nr_fds).map_err(|_| UblkError::InvalidVal)?;
+    *tgt.fds.get_mut(slot).ok_or(UblkError::InvalidVal)? = backing_fd;
+    tgt.nr_fds += 1;
+    tgt.dev_size = size;
+    let max_sectors = dev.dev_info.max_io_buf_bytes >> 9;
+    // Up to 1 GiB per discard/write-zeroes request, one range each.
+    let max_trim_sectors = 1u32 << 21;
+    tgt.params = sys::ublk_params {
+        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+        basic: sys::ublk_param_basic {
+            // A volatile cache makes the kernel send flushes; FUA makes it send FUA writes
+            // rather than emulating them with a flush after the write.
+            attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+            logical_bs_shift: 9,
+            physical_bs_shift: 12,
+            io_opt_shift: 12,
+            io_min_shift: 9,
+            max_sectors,
+            dev_sectors: size >> 9,
+            ..Default::default()
+        },
+        discard: sys::ublk_param_discard {
+            discard_granularity: 4096,
+            max_discard_sectors: max_trim_sectors,
+            max_write_zeroes_sectors: max_trim_sectors,
+            max_discard_segments: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    dev.set_target_json(json);
+    Ok(())
+}
