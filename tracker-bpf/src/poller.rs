@@ -27,7 +27,7 @@ use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder, types};
 pub const MAX_DEVICES: usize = 64;
 /// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
 pub(crate) const BITMAP_WORDS: usize = 2048;
-const STATS_SIZE: usize = 7 * 8;
+const STATS_SIZE: usize = 8 * 8;
 
 /// How to attach to the block layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -176,7 +176,10 @@ pub(crate) fn run(
         if paused {
             std::thread::sleep(cfg.poll);
         } else {
+            // Events are submitted without wakeups (see tracker.bpf.c), so the poll mostly
+            // times out: consume explicitly after it.
             let _ = ring.poll(cfg.poll);
+            let _ = ring.consume();
         }
         p.bad_events += bad.swap(0, Ordering::Relaxed);
         p.route(&inbox);
@@ -296,7 +299,6 @@ struct Poller {
     slots: BTreeMap<u16, SlotCfg>,
     bitmap: MappedWords,
     overflow: MappedWords,
-    next_seq: *const AtomicU64,
     stats: Arc<Mutex<KernelStats>>,
     received: u64,
     bad_events: u64,
@@ -309,17 +311,11 @@ struct Poller {
 
 impl Poller {
     fn new(skel: &TrackerSkel<'_>, stats: Arc<Mutex<KernelStats>>) -> Result<Self> {
-        let bss = skel
-            .maps
-            .bss_data
-            .as_deref()
-            .ok_or_else(|| Error::Bpf("the .bss map is not mapped".into()))?;
-        let next_seq: *const u64 = &raw const bss.next_seq;
+        // Per-CPU counters only grow; a fresh load starts them at zero.
         Ok(Self {
             slots: BTreeMap::new(),
             bitmap: MappedWords::new(&skel.maps.bitmap, MAX_DEVICES * BITMAP_WORDS)?,
             overflow: MappedWords::new(&skel.maps.overflow, MAX_DEVICES)?,
-            next_seq: next_seq.cast(),
             stats,
             received: 0,
             bad_events: 0,
@@ -327,12 +323,6 @@ impl Poller {
             unaccounted: 0,
             checkpoint: (0, Instant::now()),
         })
-    }
-
-    fn kernel_seq(&self) -> u64 {
-        // SAFETY: points into the mmapped .bss of the loaded object, which lives as long as
-        // the poller (both are owned by `run`); the program updates it atomically.
-        unsafe { (*self.next_seq).load(Ordering::Acquire) }
     }
 
     fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, c: SlotCfg) -> Result<()> {
@@ -378,7 +368,7 @@ impl Poller {
             .map_err(|e| Error::Bpf(format!("unregistering device: {e}")))?;
         // Every sequence number handed out before the delete is either in the ring, or was
         // dropped into the bitmap. Wait (bounded) until all are accounted for.
-        let target = self.kernel_seq();
+        let target = read_stats(skel).map_or(0, |k| k.seq);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             consume();
@@ -442,7 +432,7 @@ impl Poller {
 
     fn account(&mut self, skel: &TrackerSkel<'_>) {
         let mut k = read_stats(skel).unwrap_or_default();
-        let seq = self.kernel_seq();
+        let seq = k.seq;
         let accounted = self.received + k.drops + self.bad_events;
         let (prev, when) = self.checkpoint;
         if when.elapsed() >= Duration::from_secs(1) {
@@ -460,7 +450,6 @@ impl Poller {
             }
             self.checkpoint = (seq, Instant::now());
         }
-        k.seq = seq;
         k.received = self.received;
         k.unaccounted = self.unaccounted + self.bad_events;
         k.orphans = self.orphans;
@@ -493,6 +482,7 @@ fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
         k.overflows += f(4);
         k.excluded += f(5);
         k.ignored_ops += f(6);
+        k.seq += f(7);
     }
     Some(k)
 }

@@ -26,7 +26,7 @@
 
 /* One block-layer change on a tracked device: 32 bytes in the ring buffer. */
 struct trk_event {
-	__u64 seq;    /* global, +1 per tracked bio, including those that fell back */
+	__u64 seq;    /* CPU << 48 | per-CPU count of tracked bios (incl. those that fell back) */
 	__u64 sector; /* relative to the tracked device (partition start removed), 512 B units */
 	__u32 bytes;  /* bio size in bytes (0 for a flush) */
 	__u32 dev;    /* kernel dev_t: major << 20 | minor */
@@ -53,6 +53,7 @@ struct trk_stats {
 	__u64 overflows;     /* fallbacks that marked a whole device dirty */
 	__u64 excluded;      /* bios from sitrep's own process, not tracked */
 	__u64 ignored_ops;   /* tracked-device bios that are not changes (reads, ...) */
+	__u64 seq;           /* sequence numbers handed out on this CPU (= events + drops) */
 };
 
 #endif
