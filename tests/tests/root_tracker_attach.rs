@@ -105,3 +105,68 @@ fn raw_tracepoint_fallback_logs_every_kind() {
     }
     each_kind_is_logged(AttachMode::RawTp, Attached::RawTp);
 }
+
+#[test]
+fn own_log_writes_on_the_tracked_device_do_not_feed_back() {
+    if !require!(
+        Need::Root,
+        Need::LoopDevices,
+        Need::Bpf,
+        Need::Command("mkfs.ext4"),
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    let dev = LoopDevice::new(64 * MIB, LoopOptions::default()).unwrap();
+    let d = dev.path().to_str().unwrap();
+    let run = |cmd: &str, args: &[&str]| {
+        let st = Command::new(cmd).args(args).status().unwrap();
+        assert!(st.success(), "{cmd} {args:?}");
+    };
+    run("mkfs.ext4", &["-q", "-F", d]);
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    run("mount", &[d, m]);
+    let logs = mnt.path().join("sitrep-logs");
+    std::fs::create_dir(&logs).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        // Default config: the tracker's own process is excluded.
+        let mut t = Tracker::start(TrackerConfig::default()).unwrap();
+        t.add_device(dev.path(), &logs).unwrap();
+        let data = mnt.path().join("data");
+        run(
+            "fio",
+            &[
+                "--name=w",
+                &format!("--filename={}", data.display()),
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=8M",
+                "--fsync=16",
+                "--ioengine=psync",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let busy = t.stats();
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = t.stats();
+        t.stop().unwrap();
+        let events = |s: &tracker_bpf::TrackerStats| s.disks[0].1.events;
+        assert!(
+            busy.kernel.excluded > 0,
+            "own log writes were seen and excluded: {busy:?}"
+        );
+        // Idle: only the filesystem journal's commits of our own log writes may appear
+        // (a few blocks per commit), not a self-sustaining stream of log writes.
+        let idle_events = events(&idle) - events(&busy);
+        eprintln!("excluded {} own bios; {idle_events} events in 1 s idle", busy.kernel.excluded);
+        assert!(
+            idle_events < 200,
+            "feedback loop: {idle_events} events while idle"
+        );
+    });
+    run("umount", &[m]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
