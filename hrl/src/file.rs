@@ -7,6 +7,14 @@
 //!    commit); the end offset advances only after both succeed;
 //! 3. seal: `pwrite` the seal block into header sector 1, fdatasync. A crash before the seal
 //!    leaves an unsealed log whose tail the reader validates record by record.
+//!
+//! **Preallocation** (optional): the file is created already `preallocate` bytes long and
+//! filled with zeros (written, not merely reserved), so appends are overwrites of allocated,
+//! initialised blocks inside `i_size`. Their fdatasync then flushes data only, without a
+//! filesystem journal commit. That matters when the log lives on a device that is itself
+//! tracked: each journal commit would be a tracked change, logged, committed, journalled
+//! again — a feedback loop. The zero tail reads as "no more records"; sealing truncates the
+//! file to its records.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -40,7 +48,12 @@ pub(crate) struct LogFile {
 
 impl LogFile {
     /// Creates `path` with `header` (atomically, see the module docs).
-    pub(crate) fn create(path: &Path, header: LogHeader, sync: SyncPolicy) -> Result<Self> {
+    pub(crate) fn create(
+        path: &Path,
+        header: LogHeader,
+        sync: SyncPolicy,
+        preallocate: u64,
+    ) -> Result<Self> {
         let tmp = path.with_extension("hrl.tmp");
         let file = OpenOptions::new()
             .read(true)
@@ -51,6 +64,10 @@ impl LogFile {
         let bytes = encode_header(&header);
         file.write_all_at(&bytes, 0)
             .map_err(|e| Error::io(&tmp, "write header of", e))?;
+        if preallocate > HEADER_SIZE as u64 {
+            write_zeros(&file, HEADER_SIZE as u64, preallocate)
+                .map_err(|e| Error::io(&tmp, "preallocate", e))?;
+        }
         if sync == SyncPolicy::Data {
             file.sync_data()
                 .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
@@ -134,6 +151,17 @@ impl LogFile {
 
     /// Writes the seal block and syncs; the log is then immutable.
     pub(crate) fn seal(self, recovered: bool, sync: SyncPolicy) -> Result<(PathBuf, Seal)> {
+        // Drop a preallocated zero tail: a sealed log is exactly its records.
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, "stat", e))?
+            .len();
+        if len > self.end {
+            self.file
+                .set_len(self.end)
+                .map_err(|e| Error::io(&self.path, "trim preallocated tail of", e))?;
+        }
         let seal = Seal {
             end_offset: self.end,
             record_count: self.record_count,
@@ -151,6 +179,18 @@ impl LogFile {
         }
         Ok((self.path, seal))
     }
+}
+
+/// Writes zeros over `[from, to)` (real writes, so the blocks are initialised).
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from((to - at).min(chunk.len() as u64)).unwrap_or(chunk.len());
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// fsyncs the directory holding `path`, so a create or rename in it is durable.

@@ -10,7 +10,9 @@
 //! (unknown kind, sequence gap, extent outside the disk) is corruption even there, because
 //! no torn write produces it. With [`RecoveryMode::Strict`] a torn tail is
 //! [`Error::TornTail`]; with [`RecoveryMode::TruncateTail`] reading stops before it and
-//! [`LogReader::tail`] reports where and why.
+//! [`LogReader::tail`] reports where and why. An unsealed log whose bytes after the last
+//! valid record are all zero simply ends there ([`Tail::UnsealedClean`]): that is the
+//! unwritten part of a preallocated log, not a tear.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -271,6 +273,11 @@ impl LogReader {
                 cause,
             });
         }
+        if self.rest_is_zero(offset)? {
+            // A preallocated log's unwritten tail: the records simply end here.
+            self.tail = Some(Tail::UnsealedClean);
+            return Ok(());
+        }
         match self.mode {
             RecoveryMode::Strict => Err(Error::TornTail {
                 path: self.path.clone(),
@@ -282,6 +289,28 @@ impl LogReader {
                 Ok(())
             }
         }
+    }
+
+    /// Whether every byte from `offset` to the end of the file is zero.
+    fn rest_is_zero(&self, offset: u64) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let f = self.input.get_ref();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < self.limit {
+            let want = usize::try_from((self.limit - at).min(buf.len() as u64)).unwrap_or(0);
+            let n = f
+                .read_at(&mut buf[..want], at)
+                .map_err(|e| Error::io(&self.path, "read", e))?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
     }
 
     fn finish(&mut self) -> Result<()> {

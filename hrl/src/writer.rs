@@ -55,6 +55,10 @@ pub struct WriterConfig {
     pub max_log_bytes: u64,
     /// Refuse appends that would take all logs in the directory past this (default: none).
     pub max_total_bytes: Option<u64>,
+    /// Create each log already `max_log_bytes` long, zero-filled, so that appends are pure
+    /// overwrites and their fdatasync needs no filesystem journal commit (see `file.rs`;
+    /// needed when the log directory lives on a tracked device). Default false.
+    pub preallocate: bool,
 }
 
 impl Default for WriterConfig {
@@ -66,6 +70,7 @@ impl Default for WriterConfig {
             max_delay: Duration::from_millis(5),
             max_log_bytes: 64 << 20,
             max_total_bytes: None,
+            preallocate: false,
         }
     }
 }
@@ -223,10 +228,16 @@ impl LogWriter {
             created_unix_ns: crate::now_unix_ns(),
             first_seq,
         };
+        let prealloc = if self.cfg.preallocate {
+            self.cfg.max_log_bytes
+        } else {
+            0
+        };
         LogFile::create(
             &self.dir.join(log_file_name(log_seq)),
             header,
             self.cfg.sync,
+            prealloc,
         )
     }
 
@@ -517,16 +528,14 @@ fn recover_last(path: &Path, spec: &ChainSpec, sync: SyncPolicy) -> Result<(Seal
         .map_err(|e| Error::io(path, "stat", e))?
         .len();
     let end = r.valid_end();
-    debug_assert!(matches!(
-        r.tail(),
-        Some(Tail::UnsealedClean | Tail::Truncated { .. })
-    ));
+    // Only a real tear counts as truncated; a preallocated zero tail is not data.
+    let torn = matches!(r.tail(), Some(Tail::Truncated { .. }));
     let f = LogFile::reopen_truncated(path, header, end, r.next_seq(), r.records_read())?;
     let (_, seal) = f.seal(true, sync)?;
     let resume = Resume::Recovered {
         prev: path.to_owned(),
         records_kept: r.records_read(),
-        bytes_truncated: file_len - end,
+        bytes_truncated: if torn { file_len - end } else { 0 },
     };
     Ok((
         SealedLog {

@@ -34,7 +34,7 @@ pub struct TrackerConfig {
     /// Do not track bios issued by this process (its own log writes, when the log
     /// directory lives on a tracked device). Default true.
     pub exclude_self: bool,
-    /// How the disks' logs are written.
+    /// How the disks' logs are written (default: preallocated 16 MiB logs, group commit).
     pub writer: WriterConfig,
     /// How long events are coalesced before they are logged (default 5 ms).
     pub coalesce: Duration,
@@ -49,7 +49,13 @@ impl Default for TrackerConfig {
             ring_bytes: 16 << 20,
             attach: AttachMode::Auto,
             exclude_self: true,
-            writer: WriterConfig::default(),
+            // Preallocated logs: appends need no filesystem journal commit, so a log
+            // directory on a tracked device does not feed back (see hrl's file.rs).
+            writer: WriterConfig {
+                preallocate: true,
+                max_log_bytes: 16 << 20,
+                ..WriterConfig::default()
+            },
             coalesce: Duration::from_millis(5),
             pause: None,
         }
