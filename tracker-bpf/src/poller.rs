@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -175,6 +175,9 @@ pub(crate) fn run(
             .is_some_and(|f| f.load(Ordering::Relaxed));
         if paused {
             std::thread::sleep(cfg.poll);
+            // Events wait in the ring on purpose: not a loss. Restart the grace period.
+            p.checkpoint = (p.checkpoint.0, Instant::now());
+            continue;
         } else {
             // Events are submitted without wakeups (see tracker.bpf.c), so the poll mostly
             // times out: consume explicitly after it.
@@ -184,7 +187,7 @@ pub(crate) fn run(
         p.bad_events += bad.swap(0, Ordering::Relaxed);
         p.route(&inbox);
         p.drain_bitmaps();
-        p.account(&skel);
+        p.account(&skel, attached);
     }
 }
 
@@ -304,6 +307,7 @@ struct Poller {
     bad_events: u64,
     orphans: u64,
     unaccounted: u64,
+    recursion_misses: u64,
     /// (seq handed out at the previous check, when): everything below it must be received
     /// or dropped by the next check.
     checkpoint: (u64, Instant),
@@ -321,6 +325,7 @@ impl Poller {
             bad_events: 0,
             orphans: 0,
             unaccounted: 0,
+            recursion_misses: 0,
             checkpoint: (0, Instant::now()),
         })
     }
@@ -430,8 +435,25 @@ impl Poller {
         read_stats(skel).map_or(0, |s| s.drops)
     }
 
-    fn account(&mut self, skel: &TrackerSkel<'_>) {
+    fn account(&mut self, skel: &TrackerSkel<'_>, attached: Attached) {
         let mut k = read_stats(skel).unwrap_or_default();
+        // The kernel silently skips a tracing program that would recurse on a CPU where it
+        // is already running: such a bio gets no sequence number at all. Its only trace is
+        // the program's recursion-miss counter, so any increase is a loss.
+        let prog = match attached {
+            Attached::TpBtf => skel.progs.on_bio_queue_btf.as_fd(),
+            Attached::RawTp => skel.progs.on_bio_queue_raw.as_fd(),
+        };
+        if let Some(misses) = recursion_misses(prog) {
+            if misses > self.recursion_misses {
+                let lost = misses - self.recursion_misses;
+                self.recursion_misses = misses;
+                self.unaccounted += lost;
+                self.gap_all(&format!(
+                    "{lost} bios skipped by the kernel (BPF recursion)"
+                ));
+            }
+        }
         let seq = k.seq;
         let accounted = self.received + k.drops + self.bad_events;
         let (prev, when) = self.checkpoint;
@@ -440,13 +462,7 @@ impl Poller {
             if accounted + self.unaccounted < prev {
                 let lost = prev - accounted - self.unaccounted;
                 self.unaccounted += lost;
-                tracing::error!(lost, "tracker lost events; recording whole-disk gaps");
-                for c in self.slots.values() {
-                    let _ = c.tx.send(DiskMsg::Gap {
-                        reason: hrl::GapReason::EventsLost,
-                        why: format!("{lost} tracker events unaccounted for"),
-                    });
-                }
+                self.gap_all(&format!("{lost} tracker events unaccounted for"));
             }
             self.checkpoint = (seq, Instant::now());
         }
@@ -457,6 +473,30 @@ impl Poller {
             *s = k;
         }
     }
+}
+
+impl Poller {
+    fn gap_all(&self, why: &str) {
+        tracing::error!(why, "tracker lost events; recording whole-disk gaps");
+        for c in self.slots.values() {
+            let _ = c.tx.send(DiskMsg::Gap {
+                reason: hrl::GapReason::EventsLost,
+                why: why.to_owned(),
+            });
+        }
+    }
+}
+
+/// The program's `recursion_misses` counter (kernel ≥ 5.12), if it can be read.
+fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = u32::try_from(size_of::<libbpf_sys::bpf_prog_info>()).ok()?;
+    // SAFETY: `info` is a bpf_prog_info of `len` bytes that the kernel fills in; no other
+    // pointer fields are set, so the kernel writes nothing else.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &raw mut info, &raw mut len)
+    };
+    (rc == 0).then_some(info.recursion_misses)
 }
 
 fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {

@@ -239,13 +239,7 @@ impl Tracker {
             return Err(e);
         }
         // Tracking is live: only now may the counters vouch for the untracked interval.
-        let gap = match (boot_id(), info.io_counters()) {
-            (Ok(boot), Ok(now)) => {
-                continuity::check(saved.as_ref(), prev_clean_id.as_deref(), &info, &boot, &now)
-                    .err()
-            }
-            (Err(e), _) | (_, Err(e)) => Some(format!("cannot read device counters: {e}")),
-        };
+        let gap = restart_gap(saved.as_ref(), prev_clean_id.as_deref(), &info);
         if let Some(why) = &gap {
             let reason = match resume {
                 Resume::Clean { .. } => GapReason::NotTracking,
@@ -415,6 +409,29 @@ impl Drop for Tracker {
         }
     }
 }
+
+/// Why the new log must start with a gap, or `None` if the chain may simply continue.
+///
+/// The counters are read twice, [`SETTLE`] apart, and both reads must match the clean
+/// stop's. A bio queued just before registration may sit in a plug list or the I/O
+/// scheduler without counting as in flight; if it completes within the settle time it moves
+/// the counters and forces the gap (see docs/tracking.md for the residual window).
+fn restart_gap(saved: Option<&CleanStop>, prev: Option<&str>, info: &DeviceInfo) -> Option<String> {
+    let check = || -> Option<String> {
+        match (boot_id(), info.io_counters()) {
+            (Ok(boot), Ok(now)) => continuity::check(saved, prev, info, &boot, &now).err(),
+            (Err(e), _) | (_, Err(e)) => Some(format!("cannot read device counters: {e}")),
+        }
+    };
+    if let Some(why) = check() {
+        return Some(why);
+    }
+    std::thread::sleep(SETTLE);
+    check()
+}
+
+/// How long a restart watches the counters before trusting a clean stop.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// The device's counters with nothing in flight, trying for up to ~0.5 s; `None` if the
 /// device never went quiet (the next start will then record a gap).
