@@ -444,15 +444,15 @@ impl Poller {
             Attached::TpBtf => skel.progs.on_bio_queue_btf.as_fd(),
             Attached::RawTp => skel.progs.on_bio_queue_raw.as_fd(),
         };
-        if let Some(misses) = recursion_misses(prog) {
-            if misses > self.recursion_misses {
-                let lost = misses - self.recursion_misses;
-                self.recursion_misses = misses;
-                self.unaccounted += lost;
-                self.gap_all(&format!(
-                    "{lost} bios skipped by the kernel (BPF recursion)"
-                ));
-            }
+        if let Some(misses) = recursion_misses(prog)
+            && misses > self.recursion_misses
+        {
+            let lost = misses - self.recursion_misses;
+            self.recursion_misses = misses;
+            self.unaccounted += lost;
+            self.gap_all(&format!(
+                "{lost} bios skipped by the kernel (BPF recursion)"
+            ));
         }
         let seq = k.seq;
         let accounted = self.received + k.drops + self.bad_events;
