@@ -76,6 +76,10 @@ pub struct KernelStats {
     pub unaccounted: u64,
     /// Events for no registered slot (device removed while its bio was in flight).
     pub orphans: u64,
+    /// Times the program ran (every bio on the system; 0 unless `kernel.bpf_stats_enabled`).
+    pub prog_runs: u64,
+    /// Nanoseconds the program ran in total (0 unless `kernel.bpf_stats_enabled`).
+    pub prog_run_ns: u64,
 }
 
 pub(crate) struct SlotCfg {
@@ -444,7 +448,11 @@ impl Poller {
             Attached::TpBtf => skel.progs.on_bio_queue_btf.as_fd(),
             Attached::RawTp => skel.progs.on_bio_queue_raw.as_fd(),
         };
-        if let Some(misses) = recursion_misses(prog)
+        let info = prog_info(prog);
+        if let Some(i) = &info {
+            (k.prog_runs, k.prog_run_ns) = (i.run_cnt, i.run_time_ns);
+        }
+        if let Some(misses) = info.map(|i| i.recursion_misses)
             && misses > self.recursion_misses
         {
             let lost = misses - self.recursion_misses;
@@ -487,8 +495,8 @@ impl Poller {
     }
 }
 
-/// The program's `recursion_misses` counter (kernel ≥ 5.12), if it can be read.
-fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+/// The program's run statistics and `recursion_misses` counter, if they can be read.
+fn prog_info(prog: std::os::fd::BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = u32::try_from(size_of::<libbpf_sys::bpf_prog_info>()).ok()?;
     // SAFETY: `info` is a bpf_prog_info of `len` bytes that the kernel fills in; no other
@@ -496,7 +504,7 @@ fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
     let rc = unsafe {
         libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &raw mut info, &raw mut len)
     };
-    (rc == 0).then_some(info.recursion_misses)
+    (rc == 0).then_some(info)
 }
 
 fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {

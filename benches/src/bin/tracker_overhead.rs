@@ -86,6 +86,10 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     let (mut base, mut tracked, mut cpu_secs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut bpf_ns) = (Vec::new(), Vec::new());
+    // Per-run BPF cost is only measured while kernel.bpf_stats_enabled is 1.
+    let stats_was = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+    let _ = std::fs::write(BPF_STATS, "1");
     let (mut writes, mut events, mut drops, mut unaccounted, mut fallback) = (0, 0, 0, 0, 0);
     for i in 0..a.rounds {
         let b = round(&lo.dev, &a)?;
@@ -103,6 +107,10 @@ fn main() -> anyhow::Result<()> {
         t.stop()?;
         std::fs::remove_dir_all(&dir)?;
         tracked.push(r.write_iops);
+        ratios.push(r.write_iops / b.write_iops);
+        if s.kernel.prog_runs > 0 {
+            bpf_ns.push(s.kernel.prog_run_ns as f64 / s.kernel.prog_runs as f64);
+        }
         writes += r.writes;
         events += s.kernel.events;
         drops += s.kernel.drops;
@@ -118,12 +126,26 @@ fn main() -> anyhow::Result<()> {
             s.kernel.drops
         );
     }
+    let _ = std::fs::write(BPF_STATS, stats_was.trim());
     let (mb, mt) = (median(&base), median(&tracked));
     println!("| metric | value |");
     println!("|---|---|");
     println!("| untracked IOPS (median of {}) | {mb:.0} |", a.rounds);
     println!("| tracked IOPS (median of {}) | {mt:.0} |", a.rounds);
-    println!("| **tracked / untracked** | **{:.3}** |", mt / mb);
+    println!("| tracked / untracked, ratio of medians | {:.3} |", mt / mb);
+    println!(
+        "| **tracked / untracked, median of per-round ratios** | **{:.3}** (rounds: {}) |",
+        median(&ratios),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| BPF program cost per bio (median, bpf_stats) | {:.0} ns |",
+        median(&bpf_ns)
+    );
     println!("| fio writes in tracked rounds | {writes} |");
     println!("| events received (kernel) | {events} |");
     println!("| ring drops (fell back to bitmap) | {drops} (bitmap words {fallback}) |");
@@ -154,6 +176,8 @@ fn self_cpu_seconds() -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 fn a_clone(a: &Args) -> Args {
     Args {
