@@ -1,0 +1,516 @@
+//! VM tier: the tracked ublk disk (`ublk-target`) against the real ublk driver.
+//!
+//! The server runs in a child process — this same test binary re-executed with
+//! `SITREP_UBLK_CHILD=<config json>`, which makes [`ublk_server_child`] serve the disk —
+//! so a test can `kill -9` it and start another, exactly as an operator's crash would, and
+//! always runs the code of this build (not a stale `target/debug/sitrep`).
+//!
+//! The oracle for "every change is in the log" is a replay: the backing file is filled with
+//! a known pattern and copied before the disk starts; afterwards, the logged extents (copied
+//! from the final backing) or the journaled data (in log order) are applied to the copy,
+//! which must then equal the final backing byte for byte.
+
+// Test helpers: failing loudly with a message is their job, as in the tests they serve.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hrl::{LogReader, RecordBody, RecoveryMode};
+use sitrep_tests::cmd::run;
+use sitrep_tests::io::{fill_pattern, first_mismatch};
+use sitrep_tests::{Need, require};
+use ublk_target::{DiskConfig, LogMode};
+
+const MIB: u64 = 1 << 20;
+const CHILD_ENV: &str = "SITREP_UBLK_CHILD";
+const READY_ENV: &str = "SITREP_UBLK_READY_FILE";
+
+/// Not a test on its own: the server process the other tests start (see the module docs).
+#[test]
+fn ublk_server_child() {
+    let Ok(cfg) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let cfg: DiskConfig = serde_json::from_str(&cfg).expect("child config");
+    let ready = PathBuf::from(std::env::var(READY_ENV).expect("ready file"));
+    let stopped = ublk_target::serve(&cfg, move |info| {
+        // Written then renamed: the parent never reads half a file.
+        let tmp = ready.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(info).expect("json")).expect("ready file");
+        std::fs::rename(&tmp, &ready).expect("ready file");
+    });
+    if let Err(e) = stopped {
+        eprintln!("ublk server: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A running server child; stopped cleanly (SIGTERM) on drop.
+struct Server {
+    child: Option<Child>,
+    info: serde_json::Value,
+}
+
+impl Server {
+    fn start(cfg: &DiskConfig) -> Self {
+        Self::try_start(cfg).expect("start the ublk server")
+    }
+
+    fn try_start(cfg: &DiskConfig) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let ready = tempfile::NamedTempFile::new()?.into_temp_path();
+        std::fs::remove_file(&ready)?;
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "ublk_server_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, serde_json::to_string(cfg)?)
+            .env(READY_ENV, &*ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let info = loop {
+            if let Ok(b) = std::fs::read(&ready) {
+                break serde_json::from_slice::<serde_json::Value>(&b)?;
+            }
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!("the server exited before it was ready ({st})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the server was not ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let s = Self {
+            child: Some(child),
+            info,
+        };
+        wait_for(&s.device(), Duration::from_secs(20));
+        Ok(s)
+    }
+
+    fn device(&self) -> PathBuf {
+        PathBuf::from(self.info["device"].as_str().expect("device"))
+    }
+
+    fn dev(&self) -> String {
+        self.device().display().to_string()
+    }
+
+    fn id(&self) -> u64 {
+        self.info["id"].as_u64().expect("id")
+    }
+
+    /// SIGTERM and wait: the server seals the log and deletes the device.
+    fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(st)) = c.try_wait() {
+                    assert!(st.success(), "server exited with {st}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("server did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `kill -9`: no seal, the device stays (quiesced) for the next server to recover.
+    fn crash(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+                let _ = ublk_target::devices::delete(
+                    u32::try_from(self.id()).unwrap_or(u32::MAX),
+                    true,
+                    Duration::from_secs(5),
+                );
+            }
+        } else {
+            self.stop_inner();
+        }
+    }
+}
+
+fn wait_for(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A backing file filled with a pattern, and a pristine copy of it for the replay oracle.
+struct Disk {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+    original: PathBuf,
+}
+
+impl Disk {
+    fn new(size: u64, seed: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("disk.img");
+        let mut buf = vec![0u8; usize::try_from(MIB).unwrap()];
+        let f = std::fs::File::create(&backing).unwrap();
+        for off in (0..size).step_by(usize::try_from(MIB).unwrap()) {
+            fill_pattern(&mut buf, seed, off);
+            f.write_all_at(&buf, off).unwrap();
+        }
+        f.sync_all().unwrap();
+        let original = dir.path().join("original.img");
+        std::fs::copy(&backing, &original).unwrap();
+        Self {
+            dir,
+            backing,
+            original,
+        }
+    }
+
+    fn config(&self, mode: LogMode) -> DiskConfig {
+        DiskConfig {
+            mode,
+            depth: 64,
+            ..DiskConfig::new(&self.backing)
+        }
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        ublk_target::config::default_log_dir(&self.backing)
+    }
+}
+
+/// Every record of every log in `dir`, in chain order; each log must be sealed and valid.
+fn read_chain(dir: &Path) -> (Vec<hrl::Record>, Vec<hrl::Seal>) {
+    let mut records = Vec::new();
+    let mut seals = Vec::new();
+    let mut prev: Option<(hrl::LogHeader, hrl::Seal)> = None;
+    for (_, path) in hrl::chain::list_logs(dir).unwrap() {
+        let mut r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+        let seal = *r
+            .seal()
+            .unwrap_or_else(|| panic!("{} is not sealed", path.display()));
+        if let Some((ph, ps)) = &prev {
+            hrl::chain::check_link(ph, Some(ps), r.header())
+                .unwrap_or_else(|c| panic!("{}: {c:?}", path.display()));
+        }
+        prev = Some((*r.header(), seal));
+        records.extend(r.read_all().unwrap());
+        seals.push(seal);
+    }
+    (records, seals)
+}
+
+/// Applies the log to a copy of the original backing and compares with the final backing.
+fn assert_replay_reproduces_backing(disk: &Disk, records: &[hrl::Record]) {
+    let fin = std::fs::read(&disk.backing).unwrap();
+    let mut img = std::fs::read(&disk.original).unwrap();
+    let range = |off: u64, len: u64| {
+        let a = usize::try_from(off).unwrap();
+        a..a + usize::try_from(len).unwrap()
+    };
+    for rec in records {
+        match &rec.body {
+            // Extents mode: the log names the ranges; the data comes from the source.
+            RecordBody::Write(exts) | RecordBody::Discard(exts) => {
+                for e in exts {
+                    let r = range(e.offset(), e.len());
+                    img[r.clone()].copy_from_slice(&fin[r]);
+                }
+            }
+            RecordBody::WriteZeroes(exts) => {
+                for e in exts {
+                    img[range(e.offset(), e.len())].fill(0);
+                }
+            }
+            RecordBody::WriteData { offset, data } => {
+                let r = range(*offset, data.len() as u64);
+                img[r].copy_from_slice(data);
+            }
+            RecordBody::TrackingGap { .. } => panic!("unexpected tracking gap: {rec:?}"),
+            _ => {}
+        }
+    }
+    if let Some(i) = first_mismatch(&img, &fin) {
+        panic!("replaying the log does not reproduce the backing: first difference at byte {i}");
+    }
+}
+
+fn fio(dev: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--name=ublk",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--iodepth=32",
+        "--bsrange=4k-1m",
+        "--verify=crc32c",
+        "--randrepeat=1",
+        "--output-format=terse",
+    ];
+    let file = format!("--filename={dev}");
+    args.push(&file);
+    args.extend_from_slice(extra);
+    run("fio", &args)
+}
+
+fn count(records: &[hrl::Record], f: impl Fn(&RecordBody) -> bool) -> usize {
+    records.iter().filter(|r| f(&r.body)).count()
+}
+
+fn fio_then_replay(mode: LogMode) {
+    let disk = Disk::new(48 * MIB, 7);
+    let server = Server::start(&disk.config(mode));
+    let t = Instant::now();
+    fio(
+        &server.dev(),
+        &["--rw=randwrite", "--size=24m", "--offset=8m"],
+    );
+    eprintln!("fio {mode:?}: {:?}", t.elapsed());
+    server.stop();
+    let (records, seals) = read_chain(&disk.log_dir());
+    assert!(
+        seals.iter().all(|s| !s.recovered),
+        "clean stop seals cleanly"
+    );
+    let writes = count(&records, |b| {
+        matches!(b, RecordBody::Write(_) | RecordBody::WriteData { .. })
+    });
+    assert!(writes > 10, "expected write records, got {writes}");
+    assert_replay_reproduces_backing(&disk, &records);
+}
+
+#[test]
+fn ublk_fio_verify_passes_and_the_extent_log_replays_to_the_backing() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    fio_then_replay(LogMode::Extents);
+}
+
+#[test]
+fn ublk_fio_verify_passes_and_the_journal_replays_to_the_backing() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    fio_then_replay(LogMode::Journal);
+}
+
+#[test]
+fn ublk_discard_and_write_zeroes_reach_the_backing_and_the_log() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("blkdiscard")
+    ) {
+        return;
+    }
+    let disk = Disk::new(16 * MIB, 3);
+    let server = Server::start(&disk.config(LogMode::Journal));
+    let dev = server.dev();
+    run("blkdiscard", &["-o", "1048576", "-l", "1048576", &dev]);
+    run(
+        "blkdiscard",
+        &["-z", "-o", "4194304", "-l", "2097152", &dev],
+    );
+    server.stop();
+    let fin = std::fs::read(&disk.backing).unwrap();
+    assert!(
+        fin[1 << 20..2 << 20].iter().all(|&b| b == 0),
+        "discarded range reads zero"
+    );
+    assert!(
+        fin[4 << 20..6 << 20].iter().all(|&b| b == 0),
+        "zeroed range reads zero"
+    );
+    assert!(
+        fin[6 << 20..7 << 20].iter().any(|&b| b != 0),
+        "untouched data survives"
+    );
+    let (records, _) = read_chain(&disk.log_dir());
+    let covered = |pick: fn(&RecordBody) -> Option<&Vec<hrl::Extent>>, a: u64, b: u64| {
+        let mut bytes = 0;
+        for r in &records {
+            for e in pick(&r.body).into_iter().flatten() {
+                if e.offset() >= a && e.end() <= b {
+                    bytes += e.len();
+                }
+            }
+        }
+        bytes
+    };
+    let discards = covered(
+        |b| match b {
+            RecordBody::Discard(e) => Some(e),
+            _ => None,
+        },
+        MIB,
+        2 * MIB,
+    );
+    let zeroes = covered(
+        |b| match b {
+            RecordBody::WriteZeroes(e) => Some(e),
+            _ => None,
+        },
+        4 * MIB,
+        6 * MIB,
+    );
+    assert_eq!(discards, MIB, "the discard is logged: {records:?}");
+    assert_eq!(zeroes, 2 * MIB, "the write-zeroes is logged");
+    assert_replay_reproduces_backing(&disk, &records);
+}
+
+#[test]
+fn ublk_ext4_on_the_tracked_disk_is_clean_and_the_log_replays() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("mkfs.ext4"),
+        Need::Command("e2fsck")
+    ) {
+        return;
+    }
+    let disk = Disk::new(64 * MIB, 5);
+    let server = Server::start(&disk.config(LogMode::Extents));
+    let dev = server.dev();
+    run("mkfs.ext4", &["-q", "-F", &dev]);
+    let mnt = disk.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_s = mnt.display().to_string();
+    run("mount", &[&dev, &mnt_s]);
+    let mut expected = Vec::new();
+    for i in 0..8u64 {
+        let mut data = vec![0u8; usize::try_from(300_000 + i * 77_777).unwrap()];
+        fill_pattern(&mut data, 100 + i, 0);
+        std::fs::write(mnt.join(format!("f{i}")), &data).unwrap();
+        expected.push(data);
+    }
+    run("sync", &[]);
+    run("umount", &[&mnt_s]);
+    run("e2fsck", &["-fn", &dev]);
+    // The device and its backing hold the same bytes.
+    let via_dev = std::fs::read(&dev).unwrap();
+    let backing = std::fs::read(&disk.backing).unwrap();
+    assert!(
+        first_mismatch(&via_dev, &backing).is_none(),
+        "device == backing"
+    );
+    run("mount", &["-o", "ro", &dev, &mnt_s]);
+    for (i, data) in expected.iter().enumerate() {
+        let got = std::fs::read(mnt.join(format!("f{i}"))).unwrap();
+        assert!(got == *data, "file f{i} reads back");
+    }
+    run("umount", &[&mnt_s]);
+    server.stop();
+    let (records, _) = read_chain(&disk.log_dir());
+    let flushes = count(&records, |b| matches!(b, RecordBody::Flush));
+    assert!(flushes > 0, "ext4 flushes are logged");
+    assert_replay_reproduces_backing(&disk, &records);
+}
+
+#[test]
+fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    let disk = Disk::new(48 * MIB, 9);
+    let cfg = disk.config(LogMode::Extents);
+    let server = Server::start(&cfg);
+    let dev = server.dev();
+    let id = server.id();
+    let verified = ["--rw=randwrite", "--size=16m", "--offset=0"];
+    fio(&dev, &verified);
+    // A second writer, killed under: the server dies with its I/O in flight.
+    let file = format!("--filename={dev}");
+    let mut bg = Command::new("fio")
+        .args([
+            "--name=bg",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=32",
+            "--bs=64k",
+            "--rw=randwrite",
+            "--offset=24m",
+            "--size=16m",
+            "--time_based",
+            "--runtime=4",
+            &file,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.crash();
+    let t = Instant::now();
+    let server = Server::start(&cfg);
+    eprintln!("restart after kill -9: {:?}", t.elapsed());
+    assert_eq!(server.id(), id, "the same device is back");
+    assert_eq!(
+        server.info["device_recovered"], true,
+        "user recovery took it over"
+    );
+    assert_eq!(server.info["log_resume"], "recovered");
+    let st = bg.wait().unwrap();
+    eprintln!("fio across the crash: {st}");
+    let mut verify_only = verified.to_vec();
+    verify_only.push("--verify_only");
+    fio(&server.dev(), &verify_only);
+    server.stop();
+    let (records, seals) = read_chain(&disk.log_dir());
+    assert!(seals.len() >= 2, "a recovered log and the next: {seals:?}");
+    assert!(
+        seals.iter().any(|s| s.recovered),
+        "the crashed log was recovered"
+    );
+    assert_replay_reproduces_backing(&disk, &records);
+}
