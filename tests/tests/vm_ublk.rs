@@ -491,6 +491,11 @@ fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     server.crash();
+    let left = ublk_target::devices::describe(u32::try_from(id).unwrap()).expect("device kept");
+    assert_eq!(
+        left.state, "quiesced",
+        "the kernel keeps the device for recovery"
+    );
     let t = Instant::now();
     let server = Server::start(&cfg);
     eprintln!("restart after kill -9: {:?}", t.elapsed());

@@ -1,6 +1,6 @@
 //! Finding, listing and removing the ublk devices this crate serves.
 //!
-//! libublk exports every device it starts as `/run/ublksrvd/N.json`; our target stores
+//! libublk exports every device it starts as a json file under `/run/ublksrvd/`; our target stores
 //! [`TargetData`] under `target_data.sitrep` there, so `disk list`, `disk del` and a
 //! restarting server (looking for a quiesced device to recover) all find a disk by its
 //! backing file without a registry of our own that could go stale.
@@ -51,11 +51,6 @@ pub struct ListedDisk {
     pub target: TargetData,
 }
 
-/// The libublk json export directory.
-fn run_dir() -> PathBuf {
-    PathBuf::from(UblkCtrl::run_dir())
-}
-
 /// Every sitrep disk the kernel knows, by id.
 #[must_use]
 pub fn list() -> Vec<ListedDisk> {
@@ -83,11 +78,12 @@ pub fn list() -> Vec<ListedDisk> {
 /// The disk with ublk id `id`, if it is one of ours.
 #[must_use]
 pub fn describe(id: u32) -> Option<ListedDisk> {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir().join(format!("{id}.json"))).ok()?).ok()?;
-    let target: TargetData =
-        serde_json::from_value(json.get("target_data")?.get("sitrep")?.clone()).ok()?;
-    let info = dev_info(id);
+    // `new_simple` reloads the device's json export and asks the kernel for its info.
+    let ctrl = UblkCtrl::new_simple(i32::try_from(id).ok()?).ok()?;
+    let data = ctrl.get_target_data_from_json()?;
+    let target: TargetData = serde_json::from_value(data.get("sitrep")?.clone()).ok()?;
+    let size = ctrl.get_target_from_json().map_or(0, |t| t.dev_size);
+    let info = ctrl.read_dev_info().ok().map(|_| ctrl.dev_info());
     let (state, pid, queues, depth) = info.map_or(("unknown", 0, 0, 0), |i| {
         (
             state_name(i.state),
@@ -96,11 +92,6 @@ pub fn describe(id: u32) -> Option<ListedDisk> {
             i.queue_depth,
         )
     });
-    let size = json
-        .get("target")
-        .and_then(|t| t.get("dev_size"))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
     Some(ListedDisk {
         id,
         device: PathBuf::from(format!("/dev/ublkb{id}")),
