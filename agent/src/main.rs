@@ -34,6 +34,9 @@ enum Command {
     /// start on the same directory continues the chain without a resync if the device was
     /// not written meanwhile, and otherwise starts with a whole-disk gap record.
     Track(cli::track::TrackArgs),
+    /// Tracked ublk virtual disks (/dev/ublkbN): every change logged before it is done.
+    #[command(subcommand)]
+    Disk(cli::disk::DiskCommand),
 }
 
 /// What a command reports back to `main`.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Log(cmd) => cli::log::run(cmd),
         Command::Track(a) => cli::track::run(&a),
+        Command::Disk(cmd) => cli::disk::run(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 //! Subcommands of the `sitrep` CLI, one module per noun.
 
+pub(crate) mod disk;
 pub(crate) mod log;
 pub(crate) mod track;
