@@ -519,3 +519,70 @@ fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap()
     );
     assert_replay_reproduces_backing(&disk, &records);
 }
+
+/// The byte ranges covered by `exts`, merged: a set to compare two logs by.
+fn merged(mut exts: Vec<hrl::Extent>) -> Vec<(u64, u64)> {
+    exts.sort();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in exts {
+        match out.last_mut() {
+            Some(last) if e.offset() <= last.1 => last.1 = last.1.max(e.end()),
+            _ => out.push((e.offset(), e.end())),
+        }
+    }
+    out
+}
+
+fn written_extents(records: &[hrl::Record]) -> Vec<hrl::Extent> {
+    records
+        .iter()
+        .filter_map(|r| match &r.body {
+            RecordBody::Write(e) => Some(e.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn ublk_and_the_ebpf_tracker_record_the_same_written_ranges() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Bpf,
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    let disk = Disk::new(32 * MIB, 11);
+    let server = Server::start(&disk.config(LogMode::Extents));
+    let bpf_logs = tempfile::tempdir().unwrap();
+    // fio runs in a child process, so the default exclude_self leaves its bios tracked.
+    let mut tracker = tracker_bpf::Tracker::start(tracker_bpf::TrackerConfig::default())
+        .expect("load the eBPF tracker");
+    tracker
+        .add_device(&server.device(), bpf_logs.path())
+        .expect("track /dev/ublkbN");
+    fio(
+        &server.dev(),
+        &[
+            "--rw=randwrite",
+            "--size=8m",
+            "--offset=4m",
+            "--do_verify=0",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    tracker.stop().expect("stop the tracker");
+    server.stop();
+    let (ublk_records, _) = read_chain(&disk.log_dir());
+    let (bpf_records, _) = read_chain(bpf_logs.path());
+    let ublk = merged(written_extents(&ublk_records));
+    let bpf = merged(written_extents(&bpf_records));
+    assert!(!ublk.is_empty(), "fio wrote");
+    assert_eq!(
+        ublk, bpf,
+        "ublk log vs eBPF tracker log: written ranges differ"
+    );
+}
