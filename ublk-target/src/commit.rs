@@ -3,9 +3,9 @@
 //! Every change is appended to the log and the log is made durable **before** the change is
 //! performed on the backing store, so no completed (or even attempted) change is ever
 //! missing from the log — not after `kill -9`, not after power loss. Making that cheap is
-//! group commit: each I/O task appends its record and then awaits [`QueueLog::durable`];
+//! group commit: each I/O task appends its record and then awaits `QueueLog::durable`;
 //! the queue's loop, after it has run every task woken by one batch of io_uring
-//! completions, calls [`QueueLog::commit_pending`] once, which commits everything appended
+//! completions, calls `QueueLog::commit_pending` once, which commits everything appended
 //! with one `pwrite` + one `fdatasync` and wakes the waiting tasks. A batch is therefore
 //! "all I/Os the kernel handed the queue since the last commit", with no timer involved.
 //!
@@ -228,7 +228,7 @@ impl QueueLog {
     }
 }
 
-/// Future of [`QueueLog::durable`].
+/// Future of `QueueLog::durable`.
 #[derive(Debug)]
 pub(crate) struct Durable<'a> {
     log: &'a QueueLog,
