@@ -24,6 +24,8 @@ pub(crate) enum DiskMsg {
     Events(Vec<Event>),
     /// Ranges recovered from the in-kernel fallback bitmap, or the whole disk.
     Fallback { extents: Vec<Extent>, whole: bool },
+    /// Ranges written, from the fine write bitmap (`granules` bits were set).
+    Written { extents: Vec<Extent>, granules: u64 },
     /// Record a tracking gap over the whole disk.
     Gap { reason: GapReason, why: String },
     /// Seal the current log and start the next.
@@ -35,8 +37,10 @@ pub(crate) enum DiskMsg {
 /// Counters of one disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiskStats {
-    /// Change events received.
+    /// Change events received (ring events, plus granules from the fine write bitmap).
     pub events: u64,
+    /// Granules (bits) taken from the fine write bitmap.
+    pub bitmap_granules: u64,
     /// Bytes those events covered.
     pub event_bytes: u64,
     /// Extents logged after coalescing (events / extents is the coalescing ratio).
@@ -113,6 +117,17 @@ impl DiskThread {
                     }
                 }
                 Ok(DiskMsg::Fallback { extents, whole }) => self.fallback(&extents, whole),
+                Ok(DiskMsg::Written { extents, granules }) => {
+                    self.bump(|s| {
+                        s.events += granules;
+                        s.bitmap_granules += granules;
+                        s.extents += extents.len() as u64;
+                    });
+                    for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
+                        self.append(RecordFlags::empty(), &RecordBody::Write(chunk.to_vec()));
+                    }
+                    self.commit();
+                }
                 Ok(DiskMsg::Gap { reason, why }) => {
                     tracing::warn!(device = %self.device.display(), %why, "tracking gap");
                     self.gap(reason, GapScope::WholeDisk);

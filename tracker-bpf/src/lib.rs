@@ -23,6 +23,7 @@ pub mod device;
 mod disk;
 pub mod error;
 pub mod event;
+mod fine;
 mod poller;
 mod skel;
 mod tracker;

@@ -21,13 +21,17 @@ use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
 use crate::disk::DiskMsg;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::fine;
 use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder, types};
 
 /// Devices tracked at once (`TRK_MAX_DEVS`).
 pub const MAX_DEVICES: usize = 64;
 /// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
 pub(crate) const BITMAP_WORDS: usize = 2048;
-const STATS_SIZE: usize = 8 * 8;
+const STATS_SIZE: usize = 9 * 8;
+/// How often the fine write bitmap is drained into the log.
+const FINE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+const TRK_CFG_WRITE_BITMAP: u32 = 1;
 
 /// How to attach to the block layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -80,6 +84,8 @@ pub struct KernelStats {
     pub prog_runs: u64,
     /// Nanoseconds the program ran in total (0 unless `kernel.bpf_stats_enabled`).
     pub prog_run_ns: u64,
+    /// Writes recorded in the fine write bitmap instead of the ring.
+    pub bitmap_writes: u64,
 }
 
 pub(crate) struct SlotCfg {
@@ -88,6 +94,8 @@ pub(crate) struct SlotCfg {
     pub(crate) nr_sects: u64,
     pub(crate) granule_shift: u32,
     pub(crate) tx: Sender<DiskMsg>,
+    /// Set by the poller when the device gets a region of the fine write bitmap.
+    pub(crate) fine: Option<fine::Region>,
 }
 
 pub(crate) enum Ctrl {
@@ -98,6 +106,8 @@ pub(crate) enum Ctrl {
 
 pub(crate) struct PollerConfig {
     pub(crate) ring_bytes: u32,
+    /// Words of the fine write bitmap; 0 disables it (every write goes through the ring).
+    pub(crate) fine_words: u32,
     pub(crate) attach: AttachMode,
     pub(crate) exclude_tgid: u32,
     pub(crate) pause: Option<Arc<AtomicBool>>,
@@ -120,7 +130,7 @@ pub(crate) fn run(
             return;
         }
     };
-    let mut p = match Poller::new(&skel, stats) {
+    let mut p = match Poller::new(&skel, stats, cfg.fine_words) {
         Ok(p) => p,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -157,6 +167,7 @@ pub(crate) fn run(
         }
     };
     let _ = ready.send(Ok(attached));
+    let mut last_fine = Instant::now();
     loop {
         loop {
             match ctrl.try_recv() {
@@ -190,7 +201,13 @@ pub(crate) fn run(
         }
         p.bad_events += bad.swap(0, Ordering::Relaxed);
         p.route(&inbox);
-        p.drain_bitmaps();
+        // The fine write bitmap coalesces rewrites by itself: draining it less often
+        // means fewer, larger log commits. The ring fallback bitmap is drained every poll.
+        let fine_due = last_fine.elapsed() >= FINE_DRAIN_INTERVAL;
+        if fine_due {
+            last_fine = Instant::now();
+        }
+        p.drain_bitmaps(fine_due);
         p.account(&skel, attached);
     }
 }
@@ -233,6 +250,9 @@ fn try_load<'obj>(
 ) -> std::result::Result<(TrackerSkel<'obj>, Link), libbpf_rs::Error> {
     let mut open: OpenTrackerSkel<'obj> = TrackerSkelBuilder::default().open(obj)?;
     open.maps.events.set_max_entries(cfg.ring_bytes)?;
+    let fine_words = cfg.fine_words.max(64);
+    open.maps.fine.set_max_entries(fine_words)?;
+    open.maps.fine_summary.set_max_entries(fine_words / 64)?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.exclude_tgid = cfg.exclude_tgid;
     }
@@ -306,6 +326,9 @@ struct Poller {
     slots: BTreeMap<u16, SlotCfg>,
     bitmap: MappedWords,
     overflow: MappedWords,
+    fine: MappedWords,
+    fine_summary: MappedWords,
+    fine_alloc: Option<fine::Allocator>,
     stats: Arc<Mutex<KernelStats>>,
     received: u64,
     bad_events: u64,
@@ -318,12 +341,20 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(skel: &TrackerSkel<'_>, stats: Arc<Mutex<KernelStats>>) -> Result<Self> {
+    fn new(
+        skel: &TrackerSkel<'_>,
+        stats: Arc<Mutex<KernelStats>>,
+        fine_words: u32,
+    ) -> Result<Self> {
         // Per-CPU counters only grow; a fresh load starts them at zero.
+        let mapped = fine_words.max(64) as usize;
         Ok(Self {
             slots: BTreeMap::new(),
             bitmap: MappedWords::new(&skel.maps.bitmap, MAX_DEVICES * BITMAP_WORDS)?,
             overflow: MappedWords::new(&skel.maps.overflow, MAX_DEVICES)?,
+            fine: MappedWords::new(&skel.maps.fine, mapped)?,
+            fine_summary: MappedWords::new(&skel.maps.fine_summary, mapped / 64)?,
+            fine_alloc: (fine_words >= 64).then(|| fine::Allocator::new(fine_words)),
             stats,
             received: 0,
             bad_events: 0,
@@ -334,7 +365,11 @@ impl Poller {
         })
     }
 
-    fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, c: SlotCfg) -> Result<()> {
+    fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, mut c: SlotCfg) -> Result<()> {
+        c.fine = self.fine_alloc.as_mut().and_then(|a| a.alloc(c.nr_sects));
+        if let Some(r) = c.fine {
+            fine::clear(self.fine.words(), self.fine_summary.words(), r);
+        }
         let base = usize::from(slot) * BITMAP_WORDS;
         for w in &self.bitmap.words()[base..base + BITMAP_WORDS] {
             w.store(0, Ordering::Relaxed);
@@ -347,16 +382,30 @@ impl Poller {
             nr_sects: c.nr_sects,
             slot: u32::from(slot),
             granule_shift: c.granule_shift,
+            fine_base: c.fine.map_or(0, |r| r.base),
+            fine_words: c.fine.map_or(0, |r| r.words),
+            fine_shift: c.fine.map_or(0, |r| r.shift),
+            flags: if c.fine.is_some() {
+                TRK_CFG_WRITE_BITMAP
+            } else {
+                0
+            },
         };
         // SAFETY: trk_dev_cfg is a plain #[repr(C)] struct of integers; viewing it as bytes
         // to hand to the map is what libbpf expects.
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw const v).cast::<u8>(), size_of::<types::trk_dev_cfg>())
         };
-        skel.maps
+        if let Err(e) = skel
+            .maps
             .devices
             .update(&c.dev.to_ne_bytes(), bytes, MapFlags::NO_EXIST)
-            .map_err(|e| Error::Bpf(format!("registering device: {e}")))?;
+        {
+            if let (Some(a), Some(r)) = (self.fine_alloc.as_mut(), c.fine) {
+                a.free(r);
+            }
+            return Err(Error::Bpf(format!("registering device: {e}")));
+        }
         self.slots.insert(slot, c);
         Ok(())
     }
@@ -387,8 +436,12 @@ impl Poller {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.drain_bitmaps();
-        self.slots.remove(&slot);
+        self.drain_bitmaps(true);
+        if let Some(c) = self.slots.remove(&slot)
+            && let (Some(a), Some(r)) = (self.fine_alloc.as_mut(), c.fine)
+        {
+            a.free(r);
+        }
         Ok(())
     }
 
@@ -417,7 +470,7 @@ impl Poller {
         }
     }
 
-    fn drain_bitmaps(&mut self) {
+    fn drain_bitmaps(&mut self, fine_too: bool) {
         for (&slot, c) in &self.slots {
             let base = usize::from(slot) * BITMAP_WORDS;
             let words = &self.bitmap.words()[base..base + BITMAP_WORDS];
@@ -432,11 +485,20 @@ impl Poller {
             if whole || !extents.is_empty() {
                 let _ = c.tx.send(DiskMsg::Fallback { extents, whole });
             }
+            if let Some(r) = c.fine.filter(|_| fine_too) {
+                let (extents, granules) =
+                    fine::drain(self.fine.words(), self.fine_summary.words(), r, c.nr_sects);
+                if !extents.is_empty() {
+                    let _ = c.tx.send(DiskMsg::Written { extents, granules });
+                }
+            }
         }
     }
 
+    /// Sequence numbers accounted for without the ring: dropped into the coarse bitmap or
+    /// recorded in the fine write bitmap.
     fn kernel_drops(&self, skel: &TrackerSkel<'_>) -> u64 {
-        read_stats(skel).map_or(0, |s| s.drops)
+        read_stats(skel).map_or(0, |s| s.drops + s.bitmap_writes)
     }
 
     fn account(&mut self, skel: &TrackerSkel<'_>, attached: Attached) {
@@ -463,7 +525,7 @@ impl Poller {
             ));
         }
         let seq = k.seq;
-        let accounted = self.received + k.drops + self.bad_events;
+        let accounted = self.received + k.drops + k.bitmap_writes + self.bad_events;
         let (prev, when) = self.checkpoint;
         if when.elapsed() >= Duration::from_secs(1) {
             // Sequence numbers handed out a second ago must all have arrived by now.
@@ -531,6 +593,7 @@ fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
         k.excluded += f(5);
         k.ignored_ops += f(6);
         k.seq += f(7);
+        k.bitmap_writes += f(8);
     }
     Some(k)
 }

@@ -38,6 +38,14 @@ pub struct TrackerConfig {
     pub writer: WriterConfig,
     /// How long events are coalesced before they are logged (default 5 ms).
     pub coalesce: Duration,
+    /// Record plain writes in a fine in-kernel bitmap (4 KiB granules) instead of one ring
+    /// event each: a few atomic ORs per bio instead of a ring reservation and userspace
+    /// work per write. Discards, write-zeroes, secure erases and flushes still go through
+    /// the ring with their own records. Default true.
+    pub write_bitmap: bool,
+    /// Size of the fine write bitmap shared by all devices (default 8 MiB: 4 KiB granules
+    /// for 256 GiB of devices; larger devices get coarser granules).
+    pub write_bitmap_bytes: u32,
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
     pub pause: Option<Arc<AtomicBool>>,
@@ -57,6 +65,8 @@ impl Default for TrackerConfig {
                 ..WriterConfig::default()
             },
             coalesce: Duration::from_millis(5),
+            write_bitmap: true,
+            write_bitmap_bytes: 8 << 20,
             pause: None,
         }
     }
@@ -121,6 +131,11 @@ impl Tracker {
         let kernel = Arc::new(Mutex::new(KernelStats::default()));
         let pcfg = PollerConfig {
             ring_bytes: cfg.ring_bytes,
+            fine_words: if cfg.write_bitmap {
+                cfg.write_bitmap_bytes / 8
+            } else {
+                0
+            },
             attach: cfg.attach,
             exclude_tgid: if cfg.exclude_self {
                 std::process::id()
@@ -231,6 +246,7 @@ impl Tracker {
             nr_sects,
             granule_shift: granule_shift_for(nr_sects),
             tx: tx.clone(),
+            fine: None,
         };
         let registered = self.control(|reply| Ctrl::Add(slot, slot_cfg, reply));
         if let Err(e) = registered {

@@ -86,6 +86,27 @@ struct {
 	__type(value, __u64);
 } overflow SEC(".maps");
 
+/*
+ * The fine write bitmap (one bit per 4 KiB by default) and its summary (one bit per fine
+ * word). Sized by the loader; each device owns a 64-word-aligned region, so summary words
+ * are never shared between devices.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} fine SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} fine_summary SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -153,6 +174,53 @@ static __always_inline void fallback(const struct trk_dev_cfg *cfg, __u64 sector
 }
 
 /*
+ * Records a plain write in the fine bitmap: sets the fine bits, then the summary bit of each
+ * touched word (after the fine bit, so a consumer that clears the summary first can never
+ * miss a fine bit). Returns 0 if the write is not made of whole granules or spans too many
+ * words; the caller then uses the ring, which records any range exactly.
+ */
+static __always_inline int mark_fine(const struct trk_dev_cfg *cfg, __u64 sector, __u64 nsect)
+{
+	__u64 g0, g1, w0, w1;
+
+	/* Only whole granules: a partial one would log bytes that were not written. */
+	if (nsect == 0 || ((sector | nsect) & ((1ULL << cfg->fine_shift) - 1)))
+		return 0;
+	g0 = sector >> cfg->fine_shift;
+	g1 = (sector + nsect - 1) >> cfg->fine_shift;
+	w0 = g0 / 64;
+	w1 = g1 / 64;
+	if (w1 - w0 >= TRK_FINE_MAX_WORDS || w1 >= cfg->fine_words)
+		return 0;
+	for (int i = 0; i < TRK_FINE_MAX_WORDS; i++) {
+		__u64 w = w0 + i;
+		__u64 lo, hi, mask, sbit;
+		__u32 idx, sidx;
+		__u64 *word, *sum;
+
+		if (w > w1)
+			break;
+		lo = (w == w0) ? (g0 % 64) : 0;
+		hi = (w == w1) ? (g1 % 64) : 63;
+		mask = (hi == 63 ? ~0ULL : ((1ULL << (hi + 1)) - 1)) & ~((1ULL << lo) - 1);
+		idx = cfg->fine_base + (__u32)w;
+		word = bpf_map_lookup_elem(&fine, &idx);
+		if (!word)
+			return 0;
+		if ((*word & mask) != mask)
+			__sync_fetch_and_or(word, mask);
+		sidx = idx / 64;
+		sbit = 1ULL << (idx % 64);
+		sum = bpf_map_lookup_elem(&fine_summary, &sidx);
+		if (!sum)
+			return 0;
+		if (!(*sum & sbit))
+			__sync_fetch_and_or(sum, sbit);
+	}
+	return 1;
+}
+
+/*
  * Fields are read directly for tp_btf (the verifier knows the pointer's BTF type, so plain
  * loads are allowed and cost nothing) and through bpf_probe_read_kernel (BPF_CORE_READ) for
  * the raw tracepoint. `direct` is a compile-time constant in each caller, so each program
@@ -215,6 +283,18 @@ static __always_inline int handle(struct bio *bio, const int direct)
 	 */
 	seq = ((__u64)bpf_get_smp_processor_id() << 48) | st->seq;
 	st->seq++;
+	/*
+	 * Plain writes go to the fine bitmap when enabled: a few atomic ORs instead of a ring
+	 * event. Replication in extents mode needs only *which* ranges changed (their order
+	 * inside a cycle does not matter), so nothing is lost. Discards, write-zeroes, secure
+	 * erases and flushes keep their own records through the ring.
+	 */
+	if (kind == TRK_OP_WRITE && (cfg->flags & TRK_CFG_WRITE_BITMAP) &&
+	    mark_fine(cfg, sector, bytes >> 9)) {
+		st->bitmap_writes++;
+		st->bytes += bytes;
+		return 0;
+	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		st->drops++;

@@ -13,6 +13,12 @@
 /* A bio covering more bitmap words than this marks its whole device dirty instead. */
 #define TRK_MAX_WORD_LOOP 64
 
+/* Fine write bitmap: a bio spanning more words than this goes through the ring instead. */
+#define TRK_FINE_MAX_WORDS 4
+
+/* trk_dev_cfg.flags */
+#define TRK_CFG_WRITE_BITMAP 1 /* plain writes set bits in the fine bitmap, no ring event */
+
 /* Event kinds (sitrep's own numbering; the kernel's REQ_OP_* are resolved from BTF). */
 #define TRK_OP_WRITE 1
 #define TRK_OP_DISCARD 2
@@ -42,6 +48,10 @@ struct trk_dev_cfg {
 	__u64 nr_sects;   /* device size in 512 B sectors */
 	__u32 slot;       /* index into the fallback bitmap and overflow array */
 	__u32 granule_shift; /* log2 of sectors per bitmap bit */
+	__u32 fine_base;  /* first word of this device's region of the fine bitmap (64-aligned) */
+	__u32 fine_words; /* words in that region */
+	__u32 fine_shift; /* log2 of sectors per fine bit */
+	__u32 flags;      /* TRK_CFG_* */
 };
 
 /* Per-CPU counters. */
@@ -53,7 +63,9 @@ struct trk_stats {
 	__u64 overflows;     /* fallbacks that marked a whole device dirty */
 	__u64 excluded;      /* bios from sitrep's own process, not tracked */
 	__u64 ignored_ops;   /* tracked-device bios that are not changes (reads, ...) */
-	__u64 seq;           /* sequence numbers handed out on this CPU (= events + drops) */
+	__u64 seq;           /* sequence numbers handed out on this CPU (= events + drops
+			      * + bitmap_writes) */
+	__u64 bitmap_writes; /* writes recorded in the fine bitmap instead of the ring */
 };
 
 #endif
