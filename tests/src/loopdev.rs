@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cmd::{run, try_run};
+use crate::cmd::try_run;
 
 /// Options for [`LoopDevice::new`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,11 +97,23 @@ impl LoopDevice {
     }
 
     /// Re-reads the partition table (`blockdev --rereadpt`).
+    ///
+    /// BLKRRPART fails with EBUSY while anything else holds the device open — typically udev
+    /// probing it right after the partition table was written — so it is retried for a few
+    /// seconds (a VM-tier run once failed on exactly this race).
     pub fn reread_partitions(&self) {
-        run(
-            "blockdev",
-            &["--rereadpt", self.path.to_str().expect("UTF-8 loop path")],
-        );
+        let path = self.path.to_str().expect("UTF-8 loop path");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match try_run("blockdev", &["--rereadpt", path]) {
+                Ok(_) => return,
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("busy") => {
+                    let _ = try_run("udevadm", &["settle", "--timeout=2"]);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("re-reading the partition table of {path}: {e:#}"),
+            }
+        }
     }
 }
 
