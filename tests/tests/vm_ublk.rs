@@ -635,3 +635,47 @@ fn ublk_two_queues_share_one_log_and_it_replays_to_the_backing() {
     assert!(count(&records, |b| matches!(b, RecordBody::Write(_))) > 10);
     assert_replay_reproduces_backing(&disk, &records);
 }
+
+/// A block device as the backing (BLKDISCARD/BLKZEROOUT instead of fallocate): fio verify,
+/// a discard and a write-zeroes pass through, and the log replays to the device's contents.
+#[test]
+fn ublk_over_a_block_device_backing_replays_exactly() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::LoopDevices,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio"),
+        Need::Command("blkdiscard")
+    ) {
+        return;
+    }
+    let disk = Disk::new(32 * MIB, 13);
+    let lo = sitrep_tests::loopdev::LoopDevice::over_file(
+        &disk.backing,
+        sitrep_tests::loopdev::LoopOptions::default(),
+    )
+    .unwrap();
+    let log_dir = disk.dir.path().join("logs");
+    std::fs::create_dir(&log_dir).unwrap();
+    let server = Server::start(&DiskConfig {
+        log_dir: Some(log_dir.clone()),
+        ..DiskConfig {
+            backing: lo.path().to_owned(),
+            ..disk.config(LogMode::Extents)
+        }
+    });
+    let dev = server.dev();
+    fio(&dev, &["--rw=randwrite", "--size=16m", "--offset=4m"]);
+    run("blkdiscard", &["-o", "24117248", "-l", "1048576", &dev]);
+    run(
+        "blkdiscard",
+        &["-z", "-o", "26214400", "-l", "1048576", &dev],
+    );
+    server.stop();
+    run("blockdev", &["--flushbufs", lo.path().to_str().unwrap()]);
+    let (records, _) = read_chain(&log_dir);
+    assert!(count(&records, |b| matches!(b, RecordBody::Discard(_))) > 0);
+    assert!(count(&records, |b| matches!(b, RecordBody::WriteZeroes(_))) > 0);
+    assert_replay_reproduces_backing(&disk, &records);
+}

@@ -1,10 +1,12 @@
 //! The backing store: a regular file (sparse is fine) or a block device, opened with
 //! `O_DIRECT` and locked so that one server at a time serves it.
 //!
-//! The lock is an `flock(LOCK_EX | LOCK_NB)` on the backing itself, not a pid file: the
-//! kernel drops it when the server dies (even by `kill -9`), so a restart after a crash is
-//! never refused because of a stale lock. Block devices are also opened `O_EXCL`, so a
-//! device that is mounted or used by another holder is refused.
+//! A file backing is locked with `flock(LOCK_EX | LOCK_NB)` on the file itself, not a pid
+//! file: the kernel drops it when the server dies (even by `kill -9`), so a restart after a
+//! crash is never refused because of a stale lock. A block device is opened `O_EXCL`
+//! instead (also released by the kernel on death), so a device that is mounted or held by
+//! another exclusive opener is refused; it is not flocked, because udev takes shared flocks
+//! on block devices while processing their events.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -89,7 +91,13 @@ impl Backing {
             }
             Err(e) => return Err(bad(e.to_string())),
         };
-        lock(&file, path)?;
+        // A block device is already exclusive through O_EXCL; an flock on it would also
+        // collide with udev, which takes shared flocks on block devices while it processes
+        // their events (systemd's "locking block device access"): a server started right
+        // after the device appeared was refused as "already served".
+        if kind == BackingKind::File {
+            lock(&file, path)?;
+        }
         let size = match kind {
             BackingKind::File => meta.len(),
             BackingKind::Device => {
