@@ -463,8 +463,26 @@ fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap()
     ) {
         return;
     }
+    kill_9_then_restart(LogMode::Extents);
+}
+
+/// The same crash in journal mode: the recovered log's write data must replay too.
+#[test]
+fn ublk_journal_mode_survives_kill_9_and_replays() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio")
+    ) {
+        return;
+    }
+    kill_9_then_restart(LogMode::Journal);
+}
+
+fn kill_9_then_restart(mode: LogMode) {
     let disk = Disk::new(48 * MIB, 9);
-    let cfg = disk.config(LogMode::Extents);
+    let cfg = disk.config(mode);
     let server = Server::start(&cfg);
     let dev = server.dev();
     let id = server.id();
