@@ -32,6 +32,8 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing; run
 rm -rf "$status_dir"
 mkdir -p "$status_dir"
 
+log "building the sitrep binary (VM tests drive the CLI too: target/debug/sitrep)"
+cargo build -q -p sitrep-agent
 log "building VM-tier test binaries (cargo test -p sitrep-tests --test 'vm_*' --no-run)"
 cargo test -p sitrep-tests --test 'vm_*' --no-run --message-format=json >"$status_dir/build.json"
 python3 - "$status_dir/build.json" >"$status_dir/binaries" <<'EOF'
