@@ -14,6 +14,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hrl::Extent;
 
+/// Collects granule ranges in ascending order into extents, merging touching ones (shared
+/// by the fine bitmap and the ring-overflow bitmap drains).
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    out: Vec<Extent>,
+    run: Option<(u64, u64)>,
+}
+
+impl Runs {
+    /// Adds `[start, end)`; empty ranges are ignored. Ranges must come in ascending order.
+    pub(crate) fn push(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.run = match self.run {
+            Some((rs, re)) if start == re => Some((rs, end)),
+            Some((rs, re)) => {
+                self.out.extend(Extent::from_bounds(rs, re));
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+
+    /// The merged extents.
+    pub(crate) fn finish(mut self) -> Vec<Extent> {
+        if let Some((rs, re)) = self.run {
+            self.out.extend(Extent::from_bounds(rs, re));
+        }
+        self.out
+    }
+}
+
 /// A device's region of the fine bitmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Region {
@@ -97,8 +130,7 @@ pub(crate) fn drain(
     let disk_end = nr_sects.saturating_mul(hrl::SECTOR_SIZE);
     let granule = hrl::SECTOR_SIZE << r.shift;
     let first_summary = r.base as usize / 64;
-    let mut out: Vec<Extent> = Vec::new();
-    let mut run: Option<(u64, u64)> = None;
+    let mut runs = Runs::default();
     let mut bits_set = 0u64;
     let sums = summary
         .get(first_summary..first_summary + r.words as usize / 64)
@@ -121,25 +153,11 @@ pub(crate) fn drain(
                 let b = u64::from(bits.trailing_zeros());
                 bits &= bits - 1;
                 let g = local_word as u64 * 64 + b;
-                let (st, en) = (g * granule, ((g + 1) * granule).min(disk_end));
-                if st >= en {
-                    continue;
-                }
-                run = match run {
-                    Some((rs, re)) if st == re => Some((rs, en)),
-                    Some((rs, re)) => {
-                        out.extend(Extent::from_bounds(rs, re));
-                        Some((st, en))
-                    }
-                    None => Some((st, en)),
-                };
+                runs.push(g * granule, ((g + 1) * granule).min(disk_end));
             }
         }
     }
-    if let Some((rs, re)) = run {
-        out.extend(Extent::from_bounds(rs, re));
-    }
-    (out, bits_set)
+    (runs.finish(), bits_set)
 }
 
 #[cfg(test)]

@@ -227,9 +227,10 @@ fn load<'obj>(
     // Each attempt needs a fresh object: a failed load consumes it.
     let obj: *mut MaybeUninit<libbpf_rs::OpenObject> = obj;
     for kind in order {
-        // SAFETY: `obj` outlives 'obj (it is the caller's storage). Only one attempt's
-        // skeleton is alive at a time: a failed attempt's skeleton is dropped (dropping the
-        // object it initialised) before the next attempt writes the storage again.
+        // `obj` outlives 'obj (it is the caller's storage). Only one attempt's skeleton is
+        // alive at a time: a failed attempt's skeleton is dropped (dropping the object it
+        // initialised) before the next attempt writes the storage again.
+        // SAFETY: as above — a unique, live, caller-owned storage slot.
         let storage = unsafe { &mut *obj };
         match try_load(cfg, *kind, storage) {
             Ok((skel, link)) => return Ok((skel, *kind, link)),
@@ -308,9 +309,10 @@ impl MappedWords {
     }
 
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping holds `len` naturally aligned u64s (page-aligned start) and
-        // lives as long as `self`; the BPF program updates them only with atomic ops, so
-        // viewing them as AtomicU64 matches how they are shared.
+        // The mapping holds `len` naturally aligned u64s (page-aligned start) and lives as
+        // long as `self`; the BPF program updates them only with atomic ops, so viewing
+        // them as AtomicU64 matches how they are shared.
+        // SAFETY: as above — valid, aligned, shared only through atomics.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
@@ -603,8 +605,7 @@ fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
 pub(crate) fn drain_words(words: &[AtomicU64], granule_shift: u32, nr_sects: u64) -> Vec<Extent> {
     let disk_end = nr_sects.saturating_mul(hrl::SECTOR_SIZE);
     let granule = hrl::SECTOR_SIZE << granule_shift;
-    let mut out: Vec<Extent> = Vec::new();
-    let mut run: Option<(u64, u64)> = None;
+    let mut runs = fine::Runs::default();
     for (wi, w) in words.iter().enumerate() {
         if w.load(Ordering::Relaxed) == 0 {
             continue;
@@ -614,24 +615,10 @@ pub(crate) fn drain_words(words: &[AtomicU64], granule_shift: u32, nr_sects: u64
             let b = u64::from(bits.trailing_zeros());
             bits &= bits - 1;
             let g = wi as u64 * 64 + b;
-            let (s, e) = (g * granule, ((g + 1) * granule).min(disk_end));
-            if s >= e {
-                continue;
-            }
-            run = match run {
-                Some((rs, re)) if s == re => Some((rs, e)),
-                Some((rs, re)) => {
-                    out.extend(Extent::from_bounds(rs, re));
-                    Some((s, e))
-                }
-                None => Some((s, e)),
-            };
+            runs.push(g * granule, ((g + 1) * granule).min(disk_end));
         }
     }
-    if let Some((rs, re)) = run {
-        out.extend(Extent::from_bounds(rs, re));
-    }
-    out
+    runs.finish()
 }
 
 /// The smallest granule (as log2 sectors, at least 4 KiB) whose bitmap covers the device.
