@@ -509,9 +509,18 @@ fn kill_9_then_restart(mode: LogMode) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     server.crash();
-    let left = ublk_target::devices::describe(u32::try_from(id).unwrap()).expect("device kept");
+    // The kernel quiesces the device from a work item after the server's char device is
+    // released: give it time (seconds under emulation, more with other tests running).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let left = ublk_target::devices::describe(u32::try_from(id).unwrap()).expect("device kept");
+        if left.state == "quiesced" || Instant::now() > deadline {
+            break left.state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
-        left.state, "quiesced",
+        state, "quiesced",
         "the kernel keeps the device for recovery"
     );
     let t = Instant::now();
