@@ -55,6 +55,14 @@ impl LogFile {
         preallocate: u64,
     ) -> Result<Self> {
         let tmp = path.with_extension("hrl.tmp");
+        // A `.tmp` left by a writer that died mid-creation (e.g. while preallocating) was
+        // never renamed into the chain, so it holds nothing: remove it. The caller holds
+        // the directory lock, so no other writer can be creating it now.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&tmp, "remove stale", e)),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -382,3 +382,20 @@ fn preallocated_logs_read_cleanly_seal_compactly_and_recover() {
     );
     assert_eq!(read_chain(d.path()).len(), 10);
 }
+
+#[test]
+fn a_log_left_half_created_by_a_crash_does_not_block_the_next_open() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 512);
+    let first = w.close().unwrap();
+    // The writer died while creating (preallocating) log 1: only its .tmp exists.
+    let stale = d.path().join("00000000000000000001.hrl.tmp");
+    std::fs::write(&stale, vec![0u8; 8192]).unwrap();
+    let (mut w, resume) = open(d.path());
+    assert_eq!(resume, Resume::Clean { prev: first.path });
+    assert!(!stale.exists(), "the stale half-created log is gone");
+    write(&mut w, 512, 512);
+    w.close().unwrap();
+    assert_eq!(read_chain(d.path()).len(), 2);
+}
