@@ -14,6 +14,14 @@ use sitrep_tests::io::MIB;
 use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::{Need, require};
 
+/// What the `sitrep track` process tests need.
+const TRACK_FIO: &[Need] = &[
+    Need::Root,
+    Need::LoopDevices,
+    Need::Bpf,
+    Need::Command("fio"),
+];
+
 fn track(dev: &Path, logs: &Path) -> (Child, serde_json::Value, BufReader<ChildStdout>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
         .args([
@@ -63,12 +71,7 @@ fn first_record(path: &Path) -> RecordBody {
 
 #[test]
 fn sigkill_mid_workload_leaves_an_unclean_log_and_the_restart_records_a_gap() {
-    if !require!(
-        Need::Root,
-        Need::LoopDevices,
-        Need::Bpf,
-        Need::Command("fio")
-    ) {
+    if !require!(needs: TRACK_FIO) {
         return;
     }
     let dev = LoopDevice::new(64 * MIB, LoopOptions::default()).unwrap();
@@ -135,12 +138,7 @@ fn sigkill_mid_workload_leaves_an_unclean_log_and_the_restart_records_a_gap() {
 
 #[test]
 fn sigterm_seals_cleanly_and_an_idle_restart_needs_no_resync() {
-    if !require!(
-        Need::Root,
-        Need::LoopDevices,
-        Need::Bpf,
-        Need::Command("fio")
-    ) {
+    if !require!(needs: TRACK_FIO) {
         return;
     }
     let dev = LoopDevice::new(32 * MIB, LoopOptions::default()).unwrap();

@@ -184,6 +184,14 @@ pub fn test_name_from_probe_fn(type_name: &str) -> &str {
 /// Evaluates to `true` when the test should run; see the [module docs](crate::tier).
 #[macro_export]
 macro_rules! require {
+    // A shared list, for tests of one family: `require!(needs: UBLK_FIO)`.
+    (needs: $needs:expr) => {{
+        fn f() {}
+        $crate::tier::require(
+            $crate::tier::test_name_from_probe_fn(::std::any::type_name_of_val(&f)),
+            $needs,
+        )
+    }};
     ($($need:expr),+ $(,)?) => {{
         fn f() {}
         $crate::tier::require(

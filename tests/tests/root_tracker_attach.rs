@@ -12,6 +12,14 @@ use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::{Need, require};
 use tracker_bpf::{AttachMode, Attached, Tracker, TrackerConfig};
 
+/// What the per-attachment tests need.
+const TRACK_DISCARD: &[Need] = &[
+    Need::Root,
+    Need::LoopDevices,
+    Need::Bpf,
+    Need::Command("blkdiscard"),
+];
+
 fn records(dir: &std::path::Path) -> Vec<RecordBody> {
     let mut v = Vec::new();
     for (_, p) in list_logs(dir).unwrap() {
@@ -82,12 +90,7 @@ fn each_kind_is_logged(mode: AttachMode, want: Attached) {
 
 #[test]
 fn tp_btf_attachment_logs_every_kind() {
-    if !require!(
-        Need::Root,
-        Need::LoopDevices,
-        Need::Bpf,
-        Need::Command("blkdiscard")
-    ) {
+    if !require!(needs: TRACK_DISCARD) {
         return;
     }
     each_kind_is_logged(AttachMode::TpBtf, Attached::TpBtf);
@@ -95,12 +98,7 @@ fn tp_btf_attachment_logs_every_kind() {
 
 #[test]
 fn raw_tracepoint_fallback_logs_every_kind() {
-    if !require!(
-        Need::Root,
-        Need::LoopDevices,
-        Need::Bpf,
-        Need::Command("blkdiscard")
-    ) {
+    if !require!(needs: TRACK_DISCARD) {
         return;
     }
     each_kind_is_logged(AttachMode::RawTp, Attached::RawTp);

@@ -24,6 +24,14 @@ use sitrep_tests::io::{fill_pattern, first_mismatch};
 use sitrep_tests::{Need, require};
 use ublk_target::{DiskConfig, LogMode};
 
+/// What the ublk fio and crash tests need.
+const UBLK_FIO: &[Need] = &[
+    Need::InVm,
+    Need::Root,
+    Need::Path("/dev/ublk-control"),
+    Need::Command("fio"),
+];
+
 const MIB: u64 = 1 << 20;
 const CHILD_ENV: &str = "SITREP_UBLK_CHILD";
 const READY_ENV: &str = "SITREP_UBLK_READY_FILE";
@@ -315,12 +323,7 @@ fn fio_then_replay(mode: LogMode) {
 
 #[test]
 fn ublk_fio_verify_passes_and_the_extent_log_replays_to_the_backing() {
-    if !require!(
-        Need::InVm,
-        Need::Root,
-        Need::Path("/dev/ublk-control"),
-        Need::Command("fio")
-    ) {
+    if !require!(needs: UBLK_FIO) {
         return;
     }
     fio_then_replay(LogMode::Extents);
@@ -328,12 +331,7 @@ fn ublk_fio_verify_passes_and_the_extent_log_replays_to_the_backing() {
 
 #[test]
 fn ublk_fio_verify_passes_and_the_journal_replays_to_the_backing() {
-    if !require!(
-        Need::InVm,
-        Need::Root,
-        Need::Path("/dev/ublk-control"),
-        Need::Command("fio")
-    ) {
+    if !require!(needs: UBLK_FIO) {
         return;
     }
     fio_then_replay(LogMode::Journal);
@@ -455,12 +453,7 @@ fn ublk_ext4_on_the_tracked_disk_is_clean_and_the_log_replays() {
 
 #[test]
 fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap() {
-    if !require!(
-        Need::InVm,
-        Need::Root,
-        Need::Path("/dev/ublk-control"),
-        Need::Command("fio")
-    ) {
+    if !require!(needs: UBLK_FIO) {
         return;
     }
     kill_9_then_restart(LogMode::Extents);
@@ -469,12 +462,7 @@ fn ublk_kill_9_mid_fio_then_restart_recovers_the_device_and_the_log_has_no_gap()
 /// The same crash in journal mode: the recovered log's write data must replay too.
 #[test]
 fn ublk_journal_mode_survives_kill_9_and_replays() {
-    if !require!(
-        Need::InVm,
-        Need::Root,
-        Need::Path("/dev/ublk-control"),
-        Need::Command("fio")
-    ) {
+    if !require!(needs: UBLK_FIO) {
         return;
     }
     kill_9_then_restart(LogMode::Journal);
@@ -618,12 +606,7 @@ fn ublk_and_the_ebpf_tracker_record_the_same_written_ranges() {
 /// to its own region, run at once; the log must still replay to the backing exactly.
 #[test]
 fn ublk_two_queues_share_one_log_and_it_replays_to_the_backing() {
-    if !require!(
-        Need::InVm,
-        Need::Root,
-        Need::Path("/dev/ublk-control"),
-        Need::Command("fio")
-    ) {
+    if !require!(needs: UBLK_FIO) {
         return;
     }
     let disk = Disk::new(48 * MIB, 11);
