@@ -1,0 +1,1 @@
+//! sitrep's private CA and mutual-TLS configurations.

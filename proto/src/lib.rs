@@ -1,0 +1,1 @@
+//! The sitrep wire protocol (see docs/protocol.md).
