@@ -13,6 +13,18 @@
 //! oldest record has waited [`WriterConfig::max_delay`] (the owner's loop asks
 //! [`LogWriter::commit_due`]), or when a caller needs durability (flush/FUA).
 //!
+//! **Split commit** (pipelining). [`LogWriter::take_commit`] moves the pending batch and the
+//! open log file out of the writer as a [`PendingCommit`]; its owner runs
+//! [`PendingCommit::write`] (the `pwrite` + `fdatasync`) *without* holding the writer —
+//! typically on a log thread, while other threads keep appending behind a mutex — and hands
+//! it back with [`LogWriter::finish_commit`], which publishes the new durable sequence
+//! number (and rotates if the log is full). At most one commit is in flight: the next batch
+//! must follow this one in the file, so it can only be taken once this one is written. While
+//! one is in flight, appends never commit automatically (the batch simply grows), and
+//! `commit`, `rotate` and `close` refuse with [`Error::Config`]. A failed write is handed
+//! back the same way: its records return to the front of the batch, to be retried by the
+//! next commit, exactly like a failed [`LogWriter::commit`].
+//!
 //! **Rotation.** [`LogWriter::rotate`] seals the current log and opens the next one, chained
 //! to it; the sealed log can then be shipped while new changes go to the new log. Rotation
 //! also happens automatically at commit once the current log passes
@@ -149,7 +161,67 @@ pub struct LogWriter {
     durable_seq: Option<SeqNo>,
     sealed_bytes: u64,
     stats: WriterStats,
+    /// The split commit in flight, if any (see the module docs).
+    in_flight: Option<InFlight>,
     _lock: File,
+}
+
+/// What the writer remembers about the log file while a [`PendingCommit`] holds it.
+#[derive(Debug)]
+struct InFlight {
+    path: PathBuf,
+    log_id: LogId,
+    /// The file's end once the in-flight batch is written.
+    end_after: u64,
+}
+
+/// A batch and the log file it goes to, taken out of the writer by
+/// [`LogWriter::take_commit`] so it can be written and synced without holding the writer.
+/// Must be handed back with [`LogWriter::finish_commit`], written or not; dropping it instead
+/// leaves the writer unable to commit (as if closed), and the log is recovered at next open.
+#[derive(Debug)]
+pub struct PendingCommit {
+    file: LogFile,
+    batch: Vec<u8>,
+    records: u64,
+    since: Option<Instant>,
+    last_seq: SeqNo,
+    sync: SyncPolicy,
+    written: bool,
+}
+
+impl PendingCommit {
+    /// Writes the batch at the end of its log (one `pwrite`) and syncs it (one `fdatasync`,
+    /// per the writer's [`SyncPolicy`]). Idempotent once it has succeeded.
+    ///
+    /// # Errors
+    /// IO; the commit must still be handed back (its records are then retried).
+    pub fn write(&mut self) -> Result<()> {
+        if !self.written {
+            self.file
+                .append_batch(&self.batch, self.records, self.sync)?;
+            self.written = true;
+        }
+        Ok(())
+    }
+
+    /// The last record in the batch: durable once [`write`](Self::write) has succeeded.
+    #[must_use]
+    pub fn last_seq(&self) -> SeqNo {
+        self.last_seq
+    }
+
+    /// Records in the batch.
+    #[must_use]
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Encoded bytes in the batch.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.batch.len()
+    }
 }
 
 impl LogWriter {
@@ -211,6 +283,7 @@ impl LogWriter {
             durable_seq: None,
             sealed_bytes,
             stats: WriterStats::default(),
+            in_flight: None,
             _lock: lock,
         };
         w.current = Some(w.create_log(log_seq, prev_id, first_seq)?);
@@ -247,6 +320,24 @@ impl LogWriter {
             .ok_or_else(|| Error::Config("log writer is closed".into()))
     }
 
+    /// The id of the log records are appended to (also while its file is in flight).
+    fn current_log_id(&self) -> Result<LogId> {
+        match &self.in_flight {
+            Some(f) => Ok(f.log_id),
+            None => Ok(self.current()?.header().log_id),
+        }
+    }
+
+    fn refuse_in_flight(&self, what: &str) -> Result<()> {
+        match self.in_flight {
+            Some(_) => Err(Error::Config(format!(
+                "cannot {what} {} while a split commit is in flight; finish it first",
+                self.dir.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Adds a record to the batch; returns its sequence number. It is durable only after
     /// the next [`commit`](Self::commit) (which this calls itself when the batch is full).
     ///
@@ -258,7 +349,7 @@ impl LogWriter {
             reason,
         })?;
         let exempt = matches!(body, RecordBody::TrackingGap { .. });
-        let log_id = self.current()?.header().log_id;
+        let log_id = self.current_log_id()?;
         let start = self.batch.len();
         let seq = self.next_seq;
         encode_record(
@@ -297,7 +388,7 @@ impl LogWriter {
         }
         crate::format::record::check_extent(offset, data.len() as u64, disk_size)
             .map_err(|c| invalid(c.to_string()))?;
-        let log_id = self.current()?.header().log_id;
+        let log_id = self.current_log_id()?;
         let start = self.batch.len();
         let seq = self.next_seq;
         let ts = crate::now_unix_ns();
@@ -326,8 +417,9 @@ impl LogWriter {
         self.batch_since.get_or_insert_with(Instant::now);
         self.stats.records += 1;
         self.stats.bytes += need;
-        if self.batch.len() >= self.cfg.max_batch_bytes
-            || self.batch_records >= self.cfg.max_batch_records
+        if self.in_flight.is_none()
+            && (self.batch.len() >= self.cfg.max_batch_bytes
+                || self.batch_records >= self.cfg.max_batch_records)
         {
             self.commit()?;
         }
@@ -338,8 +430,10 @@ impl LogWriter {
     /// Returns the last durable sequence number.
     ///
     /// # Errors
-    /// IO; the batch is kept, so a later commit retries it.
+    /// IO; the batch is kept, so a later commit retries it. [`Error::Config`] while a split
+    /// commit is in flight.
     pub fn commit(&mut self) -> Result<Option<SeqNo>> {
+        self.refuse_in_flight("commit")?;
         if self.write_batch()? && self.current()?.end() >= self.cfg.max_log_bytes {
             self.rotate()?;
         }
@@ -368,6 +462,76 @@ impl LogWriter {
         Ok(true)
     }
 
+    /// Starts a split commit: takes the pending batch and the open log out of the writer
+    /// (see the module docs). `None` if the batch is empty or a commit is already in flight.
+    /// Appends keep working meanwhile; hand the result back with
+    /// [`finish_commit`](Self::finish_commit).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the writer is closed.
+    pub fn take_commit(&mut self) -> Result<Option<PendingCommit>> {
+        if self.in_flight.is_some() || self.batch_records == 0 {
+            return Ok(None);
+        }
+        let file = self
+            .current
+            .take()
+            .ok_or_else(|| Error::Config("log writer is closed".into()))?;
+        self.in_flight = Some(InFlight {
+            path: file.path().to_owned(),
+            log_id: file.header().log_id,
+            end_after: file.end() + self.batch.len() as u64,
+        });
+        let batch = std::mem::take(&mut self.batch);
+        let records = std::mem::take(&mut self.batch_records);
+        Ok(Some(PendingCommit {
+            file,
+            batch,
+            records,
+            since: self.batch_since.take(),
+            last_seq: SeqNo(self.next_seq.0 - 1),
+            sync: self.cfg.sync,
+            written: false,
+        }))
+    }
+
+    /// Ends a split commit. If it was written, its records are durable: returns the new
+    /// durable sequence number and rotates if the log is full. If not (its write failed or
+    /// was never tried), its records go back to the front of the batch, ahead of those
+    /// appended meanwhile, and the durable sequence number is unchanged.
+    ///
+    /// # Errors
+    /// A rotation's errors (see [`rotate`](Self::rotate)); the commit itself is settled.
+    pub fn finish_commit(&mut self, done: PendingCommit) -> Result<Option<SeqNo>> {
+        self.in_flight = None;
+        let PendingCommit {
+            file,
+            mut batch,
+            records,
+            since,
+            last_seq,
+            sync,
+            written,
+        } = done;
+        self.current = Some(file);
+        if !written {
+            batch.extend_from_slice(&self.batch);
+            self.batch = batch;
+            self.batch_records += records;
+            self.batch_since = since.or(self.batch_since);
+            return Ok(self.durable_seq);
+        }
+        self.stats.commits += 1;
+        if sync == SyncPolicy::Data {
+            self.stats.syncs += 1;
+        }
+        self.durable_seq = Some(last_seq);
+        if self.current()?.end() >= self.cfg.max_log_bytes {
+            self.rotate()?;
+        }
+        Ok(self.durable_seq)
+    }
+
     /// Whether the oldest uncommitted record has waited `max_delay` by `now`.
     #[must_use]
     pub fn commit_due(&self, now: Instant) -> bool {
@@ -385,8 +549,10 @@ impl LogWriter {
     ///
     /// # Errors
     /// IO. If sealing fails the writer is closed (the directory then holds an unsealed log
-    /// that the next [`open`](Self::open) recovers).
+    /// that the next [`open`](Self::open) recovers). [`Error::Config`] while a split commit
+    /// is in flight.
     pub fn rotate(&mut self) -> Result<SealedLog> {
+        self.refuse_in_flight("rotate")?;
         let sealed = self.seal_current()?;
         self.stats.rotations += 1;
         let next = self.create_log(
@@ -414,8 +580,11 @@ impl LogWriter {
     /// directory continues the chain with nothing missed.
     ///
     /// # Errors
-    /// IO (the log is then left unsealed, and the next open recovers it).
+    /// IO (the log is then left unsealed, and the next open recovers it). [`Error::Config`]
+    /// while a split commit is in flight (its log cannot be sealed under it; the next open
+    /// recovers it).
     pub fn close(mut self) -> Result<SealedLog> {
+        self.refuse_in_flight("close")?;
         self.seal_current()
     }
 
@@ -424,7 +593,7 @@ impl LogWriter {
     /// # Errors
     /// If `path` is the log being written, or IO.
     pub fn release(&mut self, path: &Path) -> Result<()> {
-        if self.current.as_ref().is_some_and(|c| c.path() == path) {
+        if self.current_path() == Some(path) {
             return Err(Error::Config(format!(
                 "{} is the open log; rotate before releasing it",
                 path.display()
@@ -441,7 +610,10 @@ impl LogWriter {
     /// Bytes used by all logs in the directory, including the open log and the batch.
     #[must_use]
     pub fn total_bytes(&self) -> u64 {
-        let cur = self.current.as_ref().map_or(0, LogFile::end);
+        let cur = match &self.in_flight {
+            Some(f) => f.end_after,
+            None => self.current.as_ref().map_or(0, LogFile::end),
+        };
         self.sealed_bytes + cur + self.batch.len() as u64
     }
 
@@ -460,7 +632,10 @@ impl LogWriter {
     /// The log being appended to.
     #[must_use]
     pub fn current_path(&self) -> Option<&Path> {
-        self.current.as_ref().map(LogFile::path)
+        match &self.in_flight {
+            Some(f) => Some(&f.path),
+            None => self.current.as_ref().map(LogFile::path),
+        }
     }
 
     /// The directory this writer owns.

@@ -399,3 +399,127 @@ fn a_log_left_half_created_by_a_crash_does_not_block_the_next_open() {
     w.close().unwrap();
     assert_eq!(read_chain(d.path()).len(), 2);
 }
+
+#[test]
+fn split_commit_keeps_appending_while_a_batch_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        max_batch_records: 4,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    for i in 0..3 {
+        write(&mut w, i * 512, 512);
+    }
+    let total = w.total_bytes();
+    let path = w.current_path().unwrap().to_owned();
+    let mut p = w.take_commit().unwrap().unwrap();
+    assert_eq!((p.records(), p.last_seq()), (3, SeqNo(3)));
+    assert!(
+        w.take_commit().unwrap().is_none(),
+        "one commit in flight at a time"
+    );
+    assert_eq!(w.total_bytes(), total, "the in-flight batch still counts");
+    assert_eq!(w.current_path(), Some(path.as_path()));
+    // Past max_batch_records, but with a commit in flight appends do not commit.
+    for i in 3..10 {
+        write(&mut w, i * 512, 512);
+    }
+    assert_eq!(w.stats().commits, 0);
+    assert!(matches!(w.commit(), Err(Error::Config(_))));
+    assert!(matches!(w.rotate(), Err(Error::Config(_))));
+    assert_eq!(w.durable_seq(), None);
+    p.write().unwrap();
+    assert_eq!(w.finish_commit(p).unwrap(), Some(SeqNo(3)));
+    let mut p = w.take_commit().unwrap().unwrap();
+    assert_eq!((p.records(), p.last_seq()), (7, SeqNo(10)));
+    p.write().unwrap();
+    assert_eq!(w.finish_commit(p).unwrap(), Some(SeqNo(10)));
+    assert!(w.take_commit().unwrap().is_none(), "nothing pending");
+    let s = w.stats();
+    assert_eq!((s.records, s.commits), (10, 2));
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    let seqs: Vec<u64> = recs.iter().map(|r| r.seq.0).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    let offsets: Vec<u64> = recs
+        .iter()
+        .map(|r| match &r.body {
+            RecordBody::Write(e) => e[0].offset(),
+            b => panic!("unexpected {b:?}"),
+        })
+        .collect();
+    assert_eq!(offsets, (0..10).map(|i| i * 512).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_unwritten_split_commit_goes_back_in_front_of_newer_records() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 512);
+    write(&mut w, 512, 512);
+    let p = w.take_commit().unwrap().unwrap();
+    write(&mut w, 1024, 512);
+    // As if its pwrite/fdatasync failed: handed back without being written.
+    assert_eq!(w.finish_commit(p).unwrap(), None);
+    assert_eq!(w.stats().commits, 0);
+    let mut p = w.take_commit().unwrap().unwrap();
+    assert_eq!((p.records(), p.last_seq()), (3, SeqNo(3)));
+    p.write().unwrap();
+    p.write().unwrap(); // idempotent: written once
+    assert_eq!(w.finish_commit(p).unwrap(), Some(SeqNo(3)));
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 3);
+    assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+}
+
+#[test]
+fn split_commits_rotate_when_the_log_is_full() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        max_log_bytes: 16 << 10,
+        preallocate: true,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    let mut last = None;
+    for i in 0..200u8 {
+        w.append_write_data(RecordFlags::empty(), u64::from(i % 100) * 4096, &[i; 512])
+            .unwrap();
+        if i % 7 == 0 {
+            let mut p = w.take_commit().unwrap().unwrap();
+            p.write().unwrap();
+            last = w.finish_commit(p).unwrap();
+        }
+    }
+    assert_eq!(last, Some(SeqNo(197)));
+    assert!(w.stats().rotations >= 3, "{:?}", w.stats());
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 200);
+    assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+}
+
+#[test]
+fn close_refuses_while_a_split_commit_is_in_flight() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 512);
+    let p = w.take_commit().unwrap().unwrap();
+    drop(p);
+    assert!(matches!(w.close(), Err(Error::Config(_))));
+    // The unsealed log is recovered by the next open; the unwritten record is not in it.
+    let (w, resume) = open(d.path());
+    assert!(
+        matches!(
+            resume,
+            Resume::Recovered {
+                records_kept: 0,
+                ..
+            }
+        ),
+        "{resume:?}"
+    );
+    w.close().unwrap();
+}
