@@ -1,0 +1,146 @@
+//! Golden bytes: frames built by hand from the layout in docs/protocol.md must equal what
+//! `encode` produces, and decode back. If one of these fails, the wire format changed —
+//! that needs a new protocol version, not a new expected value. Hello, Welcome and
+//! Error(VersionMismatch) are frozen forever (every version must negotiate with them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
+
+use proto::{EncodeOpts, ErrorCode, Frame, Msg, decode, encode};
+
+/// A frame assembled from the documented layout: len, kind, flags, raw_len, crc, payload.
+fn by_hand(kind: u16, flags: u16, raw_len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    f.extend_from_slice(&kind.to_le_bytes());
+    f.extend_from_slice(&flags.to_le_bytes());
+    f.extend_from_slice(&raw_len.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&f);
+    crc.update(payload);
+    f.extend_from_slice(&crc.finalize().to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `frame` encodes to `expected` (with and without compression allowed) and decodes back.
+fn check(frame: &Frame, expected: &[u8], pinned_hex: &str) {
+    for opts in [
+        EncodeOpts::default(),
+        EncodeOpts {
+            compress_level: None,
+        },
+    ] {
+        let mut out = vec![0xee]; // encode appends
+        let stats = encode(frame, &opts, &mut out).unwrap();
+        assert_eq!(&out[1..], expected, "{frame:?}");
+        assert_eq!(stats.wire_bytes, expected.len() as u64);
+        assert!(!stats.compressed);
+    }
+    assert_eq!(
+        hex(expected),
+        pinned_hex,
+        "the hand-built bytes drifted: {frame:?}"
+    );
+    let (back, used) = decode(expected).unwrap().unwrap();
+    assert_eq!(&back, frame);
+    assert_eq!(used, expected.len());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn data_frame() {
+    let mut payload = 4096u64.to_le_bytes().to_vec();
+    payload.extend_from_slice(b"abcdefgh");
+    let expected = by_hand(2, 0, 16, &payload);
+    let frame = Frame::Data {
+        offset: 4096,
+        data: b"abcdefgh".to_vec(),
+    };
+    check(
+        &frame,
+        &expected,
+        "10000000020000001000000065ab7d2d00100000000000006162636465666768",
+    );
+}
+
+#[test]
+fn zero_frame() {
+    let mut payload = (1u64 << 20).to_le_bytes().to_vec();
+    payload.extend_from_slice(&65536u64.to_le_bytes());
+    let expected = by_hand(3, 0, 16, &payload);
+    check(
+        &Frame::Zero {
+            offset: 1 << 20,
+            len: 65536,
+        },
+        &expected,
+        "100000000300000010000000fd4b198e00001000000000000000010000000000",
+    );
+}
+
+#[test]
+fn hello_frame() {
+    // postcard: variant 0, versions = [len 1, varint 1], agent = [len 1, 'a'].
+    let payload = [0x00, 0x01, 0x01, 0x01, b'a'];
+    let expected = by_hand(1, 0, 5, &payload);
+    let msg = Msg::Hello {
+        versions: vec![1],
+        agent: "a".into(),
+    };
+    check(
+        &Frame::Control(msg),
+        &expected,
+        "05000000010000000500000026ec90300001010161",
+    );
+}
+
+#[test]
+fn welcome_frame() {
+    // postcard: variant 1, version = varint 1, server = [len 1, 's'].
+    let payload = [0x01, 0x01, 0x01, b's'];
+    let expected = by_hand(1, 0, 4, &payload);
+    let msg = Msg::Welcome {
+        version: 1,
+        server: "s".into(),
+    };
+    check(
+        &Frame::Control(msg),
+        &expected,
+        "040000000100000004000000d2590c4e01010173",
+    );
+}
+
+#[test]
+fn version_mismatch_frame() {
+    // postcard: variant 2, code = VersionMismatch (0), message = [len 1, 'm'],
+    // supported = [len 2, varint 1, varint 300 = 0xac 0x02].
+    let payload = [0x02, 0x00, 0x01, b'm', 0x02, 0x01, 0xac, 0x02];
+    let expected = by_hand(1, 0, 8, &payload);
+    let msg = Msg::Error {
+        code: ErrorCode::VersionMismatch,
+        message: "m".into(),
+        supported: vec![1, 300],
+    };
+    check(
+        &Frame::Control(msg),
+        &expected,
+        "08000000010000000800000001fdc6950200016d0201ac02",
+    );
+}
+
+#[test]
+fn crc_is_ieee_crc32() {
+    // The check value of CRC-32/ISO-HDLC, so other implementations know which CRC it is.
+    assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
+}
+
+#[test]
+fn negotiation() {
+    assert_eq!(proto::negotiate(proto::SUPPORTED, &[1]), Some(1));
+    assert_eq!(proto::negotiate(&[1, 2, 3], &[3, 2, 7]), Some(3));
+    assert_eq!(proto::negotiate(&[1], &[2]), None);
+    assert_eq!(proto::negotiate(&[], &[1]), None);
+    assert!(proto::SUPPORTED.contains(&proto::VERSION));
+}
