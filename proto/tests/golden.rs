@@ -4,22 +4,10 @@
 //! Error(VersionMismatch) are frozen forever (every version must negotiate with them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures should panic
 
-use proto::{EncodeOpts, ErrorCode, Frame, Msg, decode, encode};
+mod common;
 
-/// A frame assembled from the documented layout: len, kind, flags, raw_len, crc, payload.
-fn by_hand(kind: u16, flags: u16, raw_len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
-    f.extend_from_slice(&kind.to_le_bytes());
-    f.extend_from_slice(&flags.to_le_bytes());
-    f.extend_from_slice(&raw_len.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&f);
-    crc.update(payload);
-    f.extend_from_slice(&crc.finalize().to_le_bytes());
-    f.extend_from_slice(payload);
-    f
-}
+use common::by_hand;
+use proto::{EncodeOpts, ErrorCode, Frame, Msg, decode, encode};
 
 /// `frame` encodes to `expected` (with and without compression allowed) and decodes back.
 fn check(frame: &Frame, expected: &[u8], pinned_hex: &str) {
