@@ -187,7 +187,7 @@ fn incompressible_data_goes_raw_and_zeroish_data_compressed() {
         )
         .unwrap();
         assert!(!s.compressed, "{n} random bytes");
-        assert_eq!(s.wire_bytes as usize, 16 + 8 + n);
+        assert_eq!(s.wire_bytes, 16 + 8 + n as u64);
 
         out.clear();
         let s = encode(
