@@ -47,10 +47,7 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pk
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, "certificate", &e))?;
     if certs.is_empty() {
-        return Err(PkiError::Pem {
-            path: path.to_owned(),
-            reason: "no CERTIFICATE block found (not a PEM certificate file)".to_owned(),
-        });
+        return Err(pem_error(path, "certificate", &pem::Error::NoItemsFound));
     }
     for (i, der) in certs.iter().enumerate() {
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Cert {
