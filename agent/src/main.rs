@@ -37,6 +37,9 @@ enum Command {
     /// Tracked ublk virtual disks (/dev/ublkbN): every change logged before it is done.
     #[command(subcommand)]
     Disk(cli::disk::DiskCommand),
+    /// Certificates for mutual TLS between sites: a private CA, host certificates.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCommand),
 }
 
 /// What a command reports back to `main`.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Log(cmd) => cli::log::run(cmd),
         Command::Track(a) => cli::track::run(&a),
         Command::Disk(cmd) => cli::disk::run(cmd),
+        Command::Certs(cmd) => cli::certs::run(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

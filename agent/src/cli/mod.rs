@@ -1,5 +1,6 @@
 //! Subcommands of the `sitrep` CLI, one module per noun.
 
+pub(crate) mod certs;
 pub(crate) mod disk;
 pub(crate) mod log;
 pub(crate) mod track;
