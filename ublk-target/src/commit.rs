@@ -1,33 +1,86 @@
-//! Group commit between a queue's I/O tasks and the disk's one [`hrl::LogWriter`].
+//! Pipelined group commit between the queues' I/O tasks and the disk's one
+//! [`hrl::LogWriter`].
 //!
 //! Every change is appended to the log and the log is made durable **before** the change is
 //! performed on the backing store, so no completed (or even attempted) change is ever
 //! missing from the log — not after `kill -9`, not after power loss. Making that cheap is
-//! group commit: each I/O task appends its record and then awaits `QueueLog::durable`;
-//! the queue's loop, after it has run every task woken by one batch of io_uring
-//! completions, calls `QueueLog::commit_pending` once, which commits everything appended
-//! with one `pwrite` + one `fdatasync` and wakes the waiting tasks. A batch is therefore
-//! "all I/Os the kernel handed the queue since the last commit", with no timer involved.
+//! group commit, and keeping the queues busy while it happens is pipelining:
 //!
-//! The writer is shared by the queue threads behind a mutex. The alternative — a log
-//! thread fed by a channel — would put a cross-thread hop on every write; the mutex is
-//! held only for an in-memory append, or for one commit that covers every queue's records
-//! appended before it (a queue that finds its records already committed by another queue
-//! commits an empty batch, which costs nothing).
+//! - an I/O task appends its record (an in-memory encode under the writer's mutex), which
+//!   returns the record's sequence number, and awaits [`QueueLog::durable`] for it;
+//! - after a queue has run every task woken by one batch of io_uring completions, it kicks
+//!   the disk's **log thread** once ([`QueueLog::kick_if_appended`]);
+//! - the log thread takes the whole pending batch out of the writer
+//!   ([`LogWriter::take_commit`]), writes and syncs it *without* the mutex (one `pwrite` +
+//!   one `fdatasync`), hands it back, and publishes "durable up to sequence N"; then it
+//!   takes whatever the queues appended meanwhile, and so on. No timer: a batch is whatever
+//!   was appended while the previous one synced;
+//! - every queue with tasks waiting has an armed eventfd that the log thread signals after
+//!   publishing; each queue's io_uring polls its eventfd, so the wake-up is one more
+//!   completion in the queue's own event loop (`queue.rs`), which then wakes its tasks.
+//!
+//! So a queue keeps receiving, reading and performing already-logged writes while a batch
+//! syncs, and one commit serves every queue of the disk.
+//!
+//! **Why a log thread** and not log writes issued through each queue's io_uring
+//! (`O_DIRECT` + `RWF_DSYNC`, or linked write + fsync): the log is one file shared by all
+//! queues and records must land in sequence order with no hole (a reader stops at the first
+//! invalid record, so a later batch made durable before an earlier one would be lost with
+//! it). Per-queue rings would need a cross-queue ordering protocol and the same cross-thread
+//! wake-up anyway; one writer thread gets the order for free. Records are not block aligned,
+//! so `O_DIRECT` would also mean rewriting the last partial block of each batch.
+//!
+//! **Failure.** If a batch's write or sync fails, every task waiting on one of its records
+//! fails its I/O with `EIO` (the change is not performed), and the records go back in front
+//! of the batch to be retried by the next commit: a record of a change that was never made
+//! is harmless, a change without a record is not.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::fs::File;
 use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
 
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags};
 
-/// The disk's log writer, shared by its queue threads.
+/// The disk's log writer and its log thread, shared by the queue threads.
 #[derive(Debug)]
 pub struct SharedLog {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the queues and the log thread share.
+#[derive(Debug)]
+struct Inner {
     writer: Mutex<Option<LogWriter>>,
     journal: bool,
+    /// One past the last record known durable (records below it may be performed).
+    durable_end: AtomicU64,
+    /// One past the last record of the last batch whose write failed.
+    failed_end: AtomicU64,
+    kick: Mutex<Kick>,
+    kicked: Condvar,
+    queues: Mutex<Vec<Arc<Notifier>>>,
+}
+
+#[derive(Debug, Default)]
+struct Kick {
+    pending: bool,
+    stop: bool,
+}
+
+/// How the log thread wakes one queue: an eventfd the queue's io_uring polls, signalled only
+/// when the queue has tasks waiting (`armed`), so idle queues cost nothing.
+#[derive(Debug)]
+struct Notifier {
+    efd: File,
+    armed: AtomicBool,
 }
 
 /// What to log for one I/O.
@@ -51,27 +104,74 @@ pub(crate) enum Change<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogFailed;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a thread panicked while holding it; the writer's batch is still
+    // consistent (appends validate before encoding) and the rest is plain flags, so keep
+    // going rather than take the disk down.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl SharedLog {
-    /// Wraps an open writer.
-    #[must_use]
-    pub fn new(writer: LogWriter, journal: bool) -> Arc<Self> {
-        Arc::new(Self {
+    /// Wraps an open writer and starts its log thread.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn new(writer: LogWriter, journal: bool) -> std::io::Result<Arc<Self>> {
+        let start = writer.next_seq().0;
+        let inner = Arc::new(Inner {
             writer: Mutex::new(Some(writer)),
             journal,
-        })
+            durable_end: AtomicU64::new(start),
+            failed_end: AtomicU64::new(0),
+            kick: Mutex::new(Kick::default()),
+            kicked: Condvar::new(),
+            queues: Mutex::new(Vec::new()),
+        });
+        let t = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("sitrep-log".into())
+            .spawn(move || t.run())?;
+        Ok(Arc::new(Self {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<LogWriter>> {
-        // A poisoned lock means a queue thread panicked mid-append; the writer's batch is
-        // still consistent (appends validate before encoding), so keep using it.
-        self.writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Stops the log thread (after it has committed everything appended) and takes the
+    /// writer out, for a clean close; later appends fail.
+    pub fn take(&self) -> Option<LogWriter> {
+        self.stop_thread();
+        lock(&self.inner.writer).take()
     }
 
-    /// Appends the record for `change` (not yet durable).
-    pub(crate) fn append(&self, change: Change<'_>) -> Result<(), LogFailed> {
-        let mut guard = self.lock();
+    /// Runs `f` on the writer, if it is still open.
+    pub fn with_writer<R>(&self, f: impl FnOnce(&mut LogWriter) -> R) -> Option<R> {
+        lock(&self.inner.writer).as_mut().map(f)
+    }
+
+    fn stop_thread(&self) {
+        let Some(t) = lock(&self.thread).take() else {
+            return;
+        };
+        lock(&self.inner.kick).stop = true;
+        self.inner.kicked.notify_one();
+        if t.join().is_err() {
+            tracing::error!("the log thread panicked");
+        }
+    }
+}
+
+impl Drop for SharedLog {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+impl Inner {
+    /// Appends the record for `change` (not yet durable). Returns the end of the records
+    /// that must be durable before the change may be performed.
+    fn append(&self, change: Change<'_>) -> Result<u64, LogFailed> {
+        let mut guard = lock(&self.writer);
         let w = guard.as_mut().ok_or(LogFailed)?;
         let res = match change {
             Change::Write { offset, data, fua } => {
@@ -98,49 +198,131 @@ impl SharedLog {
             Change::Flush => w.append(RecordFlags::empty(), &RecordBody::Flush),
         };
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Over the space cap the change is still recorded, as a gap over its range:
             // the write goes ahead (never fail a write because replication is behind) and
-            // the range is resynced.
+            // the range is resynced. A flush then waits for the records before it.
             Err(hrl::Error::Full { .. }) => {
                 let scope = match change {
                     Change::Write { offset, data, .. } => {
-                        GapScope::Extents(vec![extent(offset, data.len() as u64)?])
+                        Some(GapScope::Extents(vec![extent(offset, data.len() as u64)?]))
                     }
                     Change::Discard { offset, len } | Change::WriteZeroes { offset, len } => {
-                        GapScope::Extents(vec![extent(offset, len)?])
+                        Some(GapScope::Extents(vec![extent(offset, len)?]))
                     }
-                    Change::Flush => return Ok(()),
+                    Change::Flush => None,
                 };
-                w.append(
-                    RecordFlags::empty(),
-                    &RecordBody::TrackingGap {
-                        reason: GapReason::LogSpaceExhausted,
-                        scope,
-                    },
-                )
-                .map(drop)
-                .map_err(|e| log_error(&e))
+                if let Some(scope) = scope {
+                    w.append(
+                        RecordFlags::empty(),
+                        &RecordBody::TrackingGap {
+                            reason: GapReason::LogSpaceExhausted,
+                            scope,
+                        },
+                    )
+                    .map_err(|e| log_error(&e))?;
+                }
             }
-            Err(e) => Err(log_error(&e)),
+            Err(e) => return Err(log_error(&e)),
+        }
+        Ok(w.next_seq().0)
+    }
+
+    fn kick(&self) {
+        let mut k = lock(&self.kick);
+        if !k.pending {
+            k.pending = true;
+            self.kicked.notify_one();
         }
     }
 
-    /// Commits everything appended so far (one pwrite + one fdatasync).
-    pub(crate) fn commit(&self) -> Result<(), LogFailed> {
-        let mut guard = self.lock();
-        let w = guard.as_mut().ok_or(LogFailed)?;
-        w.commit().map(drop).map_err(|e| log_error(&e))
+    /// The log thread: commit whatever is pending each time a queue kicks, until stopped.
+    fn run(&self) {
+        loop {
+            let stop = {
+                let mut k = lock(&self.kick);
+                while !k.pending && !k.stop {
+                    k = self.kicked.wait(k).unwrap_or_else(PoisonError::into_inner);
+                }
+                k.pending = false;
+                k.stop
+            };
+            self.commit_all();
+            if stop {
+                return;
+            }
+        }
     }
 
-    /// Takes the writer out (for a clean close); later appends fail.
-    pub fn take(&self) -> Option<LogWriter> {
-        self.lock().take()
+    /// Commits batch after batch until nothing is pending or a write fails.
+    fn commit_all(&self) {
+        loop {
+            let taken = match lock(&self.writer).as_mut().map(LogWriter::take_commit) {
+                Some(Ok(Some(p))) => p,
+                Some(Ok(None)) | None => return,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "taking a log batch failed");
+                    return;
+                }
+            };
+            let mut p = taken;
+            let end = p.last_seq().0 + 1;
+            // The slow part, without the writer's mutex: queues keep appending meanwhile.
+            let wrote = p.write();
+            let durable = {
+                let mut guard = lock(&self.writer);
+                match guard.as_mut() {
+                    Some(w) => {
+                        if let Err(e) = w.finish_commit(p) {
+                            // The batch is durable; the rotation after it failed (and
+                            // later appends will fail on the closed writer).
+                            tracing::error!(error = %e, "rotating the change log failed");
+                        }
+                        w.durable_seq()
+                    }
+                    None => None,
+                }
+            };
+            match wrote {
+                Ok(()) => {
+                    if let Some(d) = durable {
+                        self.durable_end.fetch_max(d.0 + 1, Ordering::SeqCst);
+                    }
+                    self.notify_queues();
+                }
+                Err(e) => {
+                    log_error(&e);
+                    self.failed_end.fetch_max(end, Ordering::SeqCst);
+                    self.notify_queues();
+                    // Retried at the next kick, i.e. with the next change; not in a loop.
+                    return;
+                }
+            }
+        }
     }
 
-    /// Runs `f` on the writer, if it is still open.
-    pub fn with_writer<R>(&self, f: impl FnOnce(&mut LogWriter) -> R) -> Option<R> {
-        self.lock().as_mut().map(f)
+    fn notify_queues(&self) {
+        for q in lock(&self.queues).iter() {
+            if q.armed.swap(false, Ordering::SeqCst)
+                && let Err(e) = (&q.efd).write_all(&1u64.to_ne_bytes())
+            {
+                // Cannot happen for an eventfd short of 2^64 - 1 signals; the queue then
+                // still wakes at its next completion.
+                tracing::error!(error = %e, "waking a queue failed");
+            }
+        }
+    }
+
+    /// Whether the records before `end` are durable (Some(true)), failed (Some(false)), or
+    /// still being committed (None).
+    fn state_of(&self, end: u64) -> Option<bool> {
+        if self.durable_end.load(Ordering::SeqCst) >= end {
+            Some(true)
+        } else if self.failed_end.load(Ordering::SeqCst) >= end {
+            Some(false)
+        } else {
+            None
+        }
     }
 }
 
@@ -153,78 +335,80 @@ fn log_error(e: &hrl::Error) -> LogFailed {
     LogFailed
 }
 
-/// One queue's view of the shared log: which batch is open, which is durable, and the
-/// tasks waiting. Lives on the queue's thread only (`Rc`), so no locking here.
+/// One queue's view of the shared log: its tasks waiting for durability and the eventfd the
+/// log thread wakes it with. Lives on the queue's thread only (`Rc`).
 #[derive(Debug)]
 pub(crate) struct QueueLog {
     shared: Arc<SharedLog>,
-    state: RefCell<BatchState>,
-}
-
-#[derive(Debug, Default)]
-struct BatchState {
-    /// The batch records are appended to now; becomes durable at the next commit.
-    open: u64,
-    /// Highest batch known durable.
-    durable: u64,
-    /// Highest batch whose commit failed.
-    failed: u64,
-    /// Whether the open batch has records.
-    pending: bool,
-    waiters: Vec<Waker>,
+    notifier: Arc<Notifier>,
+    waiters: RefCell<Vec<Waker>>,
+    appended: Cell<bool>,
 }
 
 impl QueueLog {
-    pub(crate) fn new(shared: Arc<SharedLog>) -> Self {
-        Self {
+    /// Registers a queue with the log thread.
+    pub(crate) fn new(shared: Arc<SharedLog>) -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns; the File closes it.
+        let efd = unsafe { File::from_raw_fd(fd) };
+        let notifier = Arc::new(Notifier {
+            efd,
+            armed: AtomicBool::new(false),
+        });
+        lock(&shared.inner.queues).push(Arc::clone(&notifier));
+        Ok(Self {
             shared,
-            state: RefCell::new(BatchState {
-                open: 1,
-                ..BatchState::default()
-            }),
+            notifier,
+            waiters: RefCell::new(Vec::new()),
+            appended: Cell::new(false),
+        })
+    }
+
+    /// Appends `change`; returns what to await with [`durable`](Self::durable).
+    pub(crate) fn append(&self, change: Change<'_>) -> Result<u64, LogFailed> {
+        let end = self.shared.inner.append(change)?;
+        self.appended.set(true);
+        Ok(end)
+    }
+
+    /// Resolves once the records before `end` are durable (or failed to be).
+    pub(crate) fn durable(&self, end: u64) -> Durable<'_> {
+        Durable { log: self, end }
+    }
+
+    /// Asks the log thread to commit, if this queue appended since the last call. Called
+    /// once per batch of completions, after the woken tasks ran.
+    pub(crate) fn kick_if_appended(&self) {
+        if self.appended.replace(false) {
+            self.shared.inner.kick();
         }
     }
 
-    /// Appends `change`; returns the batch to await with [`durable`](Self::durable).
-    pub(crate) fn append(&self, change: Change<'_>) -> Result<u64, LogFailed> {
-        self.shared.append(change)?;
-        let mut st = self.state.borrow_mut();
-        st.pending = true;
-        Ok(st.open)
+    /// The eventfd the queue's io_uring polls for wake-ups from the log thread.
+    pub(crate) fn event_fd(&self) -> RawFd {
+        self.notifier.efd.as_raw_fd()
     }
 
-    /// Resolves once `batch` is durable (or failed to be).
-    pub(crate) fn durable(&self, batch: u64) -> Durable<'_> {
-        Durable { log: self, batch }
-    }
-
-    /// Commits the open batch if it has records and wakes its waiters. Returns whether it
-    /// did anything (so the caller runs the woken tasks).
-    pub(crate) fn commit_pending(&self) -> bool {
-        let batch = {
-            let mut st = self.state.borrow_mut();
-            if !st.pending {
-                return false;
-            }
-            st.pending = false;
-            let b = st.open;
-            st.open += 1;
-            b
-        };
-        let ok = self.shared.commit().is_ok();
-        let waiters = {
-            let mut st = self.state.borrow_mut();
-            if ok {
-                st.durable = batch;
-            } else {
-                st.failed = batch;
-            }
-            std::mem::take(&mut st.waiters)
-        };
+    /// The eventfd fired: clears it and wakes every waiting task (each re-checks its own
+    /// records).
+    pub(crate) fn on_notified(&self) {
+        let mut count = [0u8; 8];
+        // Nonblocking: EAGAIN just means another wake-up already cleared it.
+        let _ = (&self.notifier.efd).read(&mut count);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters {
             w.wake();
         }
-        true
+    }
+}
+
+impl Drop for QueueLog {
+    fn drop(&mut self) {
+        lock(&self.shared.inner.queues).retain(|n| !Arc::ptr_eq(n, &self.notifier));
     }
 }
 
@@ -232,21 +416,139 @@ impl QueueLog {
 #[derive(Debug)]
 pub(crate) struct Durable<'a> {
     log: &'a QueueLog,
-    batch: u64,
+    end: u64,
 }
 
 impl Future for Durable<'_> {
     type Output = Result<(), LogFailed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.log.state.borrow_mut();
-        if st.durable >= self.batch {
-            Poll::Ready(Ok(()))
-        } else if st.failed >= self.batch {
-            Poll::Ready(Err(LogFailed))
-        } else {
-            st.waiters.push(cx.waker().clone());
-            Poll::Pending
+        let inner = &self.log.shared.inner;
+        if let Some(ok) = inner.state_of(self.end) {
+            return Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) });
         }
+        self.log.waiters.borrow_mut().push(cx.waker().clone());
+        // Arm, then look again: the log thread publishes before it checks `armed`, so a
+        // commit that finished before the arm is seen here and one after it signals us.
+        self.log.notifier.armed.store(true, Ordering::SeqCst);
+        match inner.state_of(self.end) {
+            Some(ok) => Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) }),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::pin::pin;
+
+    use hrl::{ChainSpec, DiskId, DiskIdentity, Generation, LogReader, RecoveryMode, WriterConfig};
+
+    use super::*;
+
+    const DISK: u64 = 64 << 20;
+
+    fn shared(dir: &std::path::Path) -> Arc<SharedLog> {
+        let spec = ChainSpec {
+            disk: DiskIdentity {
+                id: DiskId([1; 16]),
+                size: DISK,
+                logical_block_size: 512,
+            },
+            journal: false,
+            generation: Generation(1),
+        };
+        let (w, _) = LogWriter::open(dir, spec, WriterConfig::default()).unwrap();
+        SharedLog::new(w, false).unwrap()
+    }
+
+    /// What a queue's event loop does, minus io_uring: poll the future; while it is pending,
+    /// block on the eventfd the log thread signals.
+    fn wait(q: &QueueLog, end: u64) -> Result<(), LogFailed> {
+        let mut fut = pin!(q.durable(end));
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+                return r;
+            }
+            let mut pfd = libc::pollfd {
+                fd: q.event_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let n = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
+            assert_eq!(n, 1, "the log thread did not wake the queue within 10 s");
+            q.on_notified();
+        }
+    }
+
+    fn write(q: &QueueLog, i: u64) -> u64 {
+        let data = [0u8; 4096];
+        q.append(Change::Write {
+            offset: (i % 1000) * 4096,
+            data: &data,
+            fua: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn queues_keep_appending_while_the_log_thread_commits_and_every_wait_ends_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let log = shared(d.path());
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let q = QueueLog::new(log).unwrap();
+                    for round in 0..50 {
+                        // A "batch of completions": a few appends, one kick, then wait.
+                        let ends: Vec<u64> = (0..8)
+                            .map(|i| write(&q, t * 10_000 + round * 8 + i))
+                            .collect();
+                        q.kick_if_appended();
+                        for end in ends {
+                            wait(&q, end).unwrap();
+                            assert!(q.shared.inner.durable_end.load(Ordering::SeqCst) >= end);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let w = log.take().unwrap();
+        let stats = w.stats();
+        assert_eq!(stats.records, 800);
+        assert!(stats.commits <= 800 && stats.commits >= 1, "{stats:?}");
+        let sealed = w.close().unwrap();
+        let mut r = LogReader::open(&sealed.path, RecoveryMode::Strict).unwrap();
+        let recs = r.read_all().unwrap();
+        assert_eq!(recs.len(), 800);
+        assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+    }
+
+    #[test]
+    fn a_change_is_refused_once_the_log_is_taken_and_take_commits_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let log = shared(d.path());
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        let end = write(&q, 1);
+        // No kick: stopping the log thread still commits what was appended.
+        let w = log.take().unwrap();
+        assert_eq!(w.durable_seq().map(|s| s.0 + 1), Some(end));
+        assert_eq!(wait(&q, end), Ok(()));
+        let data = [0u8; 512];
+        let change = Change::Write {
+            offset: 0,
+            data: &data,
+            fua: false,
+        };
+        assert_eq!(q.append(change), Err(LogFailed));
+        w.close().unwrap();
     }
 }

@@ -41,8 +41,19 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
             return;
         }
     };
-    let qlog = Rc::new(QueueLog::new(Arc::clone(&shared.log)));
+    let qlog = match QueueLog::new(Arc::clone(&shared.log)) {
+        Ok(l) => Rc::new(l),
+        Err(e) => {
+            tracing::error!(queue = qid, error = %e, "creating the queue's log eventfd failed");
+            return;
+        }
+    };
     let exe = Rc::new(smol::LocalExecutor::new());
+    // Not in `tasks`: it never finishes, and the queue is done when the I/O tasks are.
+    let wakeups = {
+        let qlog = Rc::clone(&qlog);
+        exe.spawn(async move { log_wakeups(qid, &qlog).await })
+    };
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let (q, qlog, shared) = (Rc::clone(&q), Rc::clone(&qlog), Arc::clone(shared));
@@ -56,21 +67,41 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
     let exe2 = Rc::clone(&exe);
     smol::block_on(exe.run(async move {
         // After each batch of io_uring completions: run every woken task (they append
-        // their records), commit once, run the tasks that commit woke, and repeat until
-        // nothing new was appended.
+        // their records, or perform changes whose records are now durable), then ask the
+        // log thread once to commit what was appended. The queue does not wait for it.
         let run_ops = || {
-            loop {
-                while exe2.try_tick() {}
-                if !qlog.commit_pending() {
-                    break;
-                }
-            }
+            while exe2.try_tick() {}
+            qlog.kick_if_appended();
         };
         let done = || tasks.iter().all(smol::Task::is_finished);
         if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
             tracing::error!(queue = qid, error = %e, "queue event loop failed");
         }
     }));
+    drop(wakeups);
+}
+
+/// Waits on this queue's ring for the log thread's wake-ups, and wakes the tasks waiting
+/// for durability each time ([`crate::commit`]).
+async fn log_wakeups(qid: u16, qlog: &QueueLog) {
+    let mut failures = 0u32;
+    loop {
+        let sqe = opcode::PollAdd::new(types::Fd(qlog.event_fd()), libc::POLLIN as u32).build();
+        let res = ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await;
+        qlog.on_notified();
+        match res {
+            Ok(r) if r >= 0 => failures = 0,
+            // The ring is going away with the queue.
+            Err(UblkError::QueueIsDown) => return,
+            other => {
+                failures += 1;
+                tracing::error!(queue = qid, result = ?other, "polling the log eventfd failed");
+                if failures > 16 {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn io_task(

@@ -121,7 +121,14 @@ where
     };
     tracing::info!(device = %info.device.display(), log = info.log_resume,
         recovered, "serving tracked disk");
-    let log = SharedLog::new(writer, cfg.mode == LogMode::Journal);
+    let log = match SharedLog::new(writer, cfg.mode == LogMode::Journal) {
+        Ok(l) => l,
+        Err(e) => {
+            // The writer is dropped unsealed; the next open recovers the (empty) log.
+            delete_device(&ctrl);
+            return Err(Error::io(&prepared.log_dir, "start the log thread for", e));
+        }
+    };
     let shared = Arc::new(TargetShared {
         backing: prepared.backing,
         log: Arc::clone(&log),
@@ -398,10 +405,17 @@ fn init_target(
 /// that a group commit's fdatasync flushes data only and needs no filesystem journal
 /// commit: measured in the VM benchmark (docs/benchmarks.md), that is most of the cost of
 /// logging before performing a write.
+///
+/// Batches are committed by the log thread (`commit.rs`), not by size: the batch limits
+/// are only a memory backstop (a queue that finds the batch that big while no commit is in
+/// flight commits it itself). A batch is bounded anyway by the I/Os in flight, each of
+/// which waits for its record.
 fn log_writer_config() -> WriterConfig {
     WriterConfig {
         preallocate: true,
         max_log_bytes: 16 << 20,
+        max_batch_bytes: 8 << 20,
+        max_batch_records: 1 << 16,
         ..WriterConfig::default()
     }
 }
