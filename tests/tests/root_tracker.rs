@@ -47,7 +47,7 @@ fn settle(t: &Tracker) -> KernelStats {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let k = t.stats().kernel;
-        if k.received + k.drops + k.bitmap_writes >= k.seq {
+        if k.received + k.drops + k.bitmap_writes + k.coarse >= k.seq {
             // One more poll so the disk threads have the events and fallbacks.
             std::thread::sleep(Duration::from_millis(30));
             return t.stats().kernel;

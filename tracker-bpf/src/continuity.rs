@@ -136,6 +136,7 @@ mod tests {
             size: 1 << 20,
             logical_block_size: 512,
             start_sect: 0,
+            bio_based: false,
         }
     }
 

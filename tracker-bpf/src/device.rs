@@ -30,6 +30,9 @@ pub struct DeviceInfo {
     pub logical_block_size: u32,
     /// First sector on the whole disk, for a partition (0 for a whole disk).
     pub start_sect: u64,
+    /// The device (or, for a partition, its disk) has no request queue — device-mapper, md:
+    /// its changes complete at `block_bio_complete`, not `block_rq_complete`.
+    pub bio_based: bool,
 }
 
 impl DeviceInfo {
@@ -82,6 +85,7 @@ impl DeviceInfo {
             size,
             logical_block_size: u32::try_from(lbs).map_err(|_| err(format!("block size {lbs}")))?,
             start_sect,
+            bio_based: is_bio_based(&sys),
         })
     }
 
@@ -110,6 +114,17 @@ impl DeviceInfo {
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// Whether the disk behind `sys` (`/sys/dev/block/M:m`) is bio-based: blk-mq disks have an
+/// `mq` directory; a partition asks its disk (`..` resolves after the symlink, in the kernel).
+fn is_bio_based(sys: &Path) -> bool {
+    let disk = if sys.join("partition").exists() {
+        sys.join("..")
+    } else {
+        sys.to_owned()
+    };
+    !disk.join("mq").exists()
+}
 
 fn sysfs_dir(major: u32, minor: u32) -> PathBuf {
     PathBuf::from(format!("/sys/dev/block/{major}:{minor}"))

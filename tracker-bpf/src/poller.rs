@@ -28,29 +28,32 @@ use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder, types};
 pub const MAX_DEVICES: usize = 64;
 /// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
 pub(crate) const BITMAP_WORDS: usize = 2048;
-const STATS_SIZE: usize = 9 * 8;
+const STATS_SIZE: usize = 12 * 8;
 /// How often the fine write bitmap is drained into the log.
 const FINE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 const TRK_CFG_WRITE_BITMAP: u32 = 1;
+const TRK_CFG_BIO_BASED: u32 = 2;
+const TRK_CFG_QUEUE_MARK: u32 = 4;
 
-/// How to attach to the block layer.
+/// How to attach to the block layer: the tracepoints `block_bio_queue`, `block_rq_complete`
+/// and `block_bio_complete`, all three the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum AttachMode {
-    /// `tp_btf/block_bio_queue`, falling back to the raw tracepoint if that fails.
+    /// BTF-typed tracepoints (`tp_btf`), falling back to raw tracepoints if that fails.
     #[default]
     Auto,
-    /// Only `tp_btf/block_bio_queue`.
+    /// Only `tp_btf`.
     TpBtf,
-    /// Only `raw_tp/block_bio_queue` (kernels without BTF-typed tracepoints).
+    /// Only `raw_tp` (kernels without BTF-typed tracepoints).
     RawTp,
 }
 
 /// Which attachment is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Attached {
-    /// `tp_btf/block_bio_queue`.
+    /// `tp_btf/block_{bio_queue,rq_complete,bio_complete}`.
     TpBtf,
-    /// `raw_tp/block_bio_queue`.
+    /// `raw_tp/block_{bio_queue,rq_complete,bio_complete}`.
     RawTp,
 }
 
@@ -71,7 +74,7 @@ pub struct KernelStats {
     pub excluded: u64,
     /// Tracked-device bios that change nothing (reads, ...).
     pub ignored_ops: u64,
-    /// Sequence numbers handed out (events + drops).
+    /// Sequence numbers handed out (events + drops + bitmap writes + coarse).
     pub seq: u64,
     /// Events the consumer received.
     pub received: u64,
@@ -80,12 +83,30 @@ pub struct KernelStats {
     pub unaccounted: u64,
     /// Events for no registered slot (device removed while its bio was in flight).
     pub orphans: u64,
-    /// Times the program ran (every bio on the system; 0 unless `kernel.bpf_stats_enabled`).
+    /// Runs of the busiest program — about one per I/O on the system, since every I/O passes
+    /// both `block_bio_queue` and a completion (0 unless `kernel.bpf_stats_enabled`).
+    /// `prog_run_ns / prog_runs` is then the tracker's cost per I/O.
     pub prog_runs: u64,
-    /// Nanoseconds the program ran in total (0 unless `kernel.bpf_stats_enabled`).
+    /// Nanoseconds all the programs ran in total (0 unless `kernel.bpf_stats_enabled`).
     pub prog_run_ns: u64,
+    /// Runs of the `block_bio_queue` program.
+    pub queue_runs: u64,
+    /// Nanoseconds in the `block_bio_queue` program.
+    pub queue_run_ns: u64,
+    /// Runs of the two completion programs (`block_rq_complete`, `block_bio_complete`).
+    pub complete_runs: u64,
+    /// Nanoseconds in the completion programs.
+    pub complete_run_ns: u64,
     /// Writes recorded in the fine write bitmap instead of the ring.
     pub bitmap_writes: u64,
+    /// Ranges of requests walked bio by bio (spanning devices, or multi-range discards),
+    /// recorded straight into the coarse bitmap.
+    pub coarse: u64,
+    /// Completions of bio-based bios queued before tracking saw them (recorded from the
+    /// bio's own range).
+    pub late: u64,
+    /// Bio-based bios that found the in-flight table full (their device was marked dirty).
+    pub inflight_full: u64,
 }
 
 pub(crate) struct SlotCfg {
@@ -93,6 +114,8 @@ pub(crate) struct SlotCfg {
     pub(crate) start_sect: u64,
     pub(crate) nr_sects: u64,
     pub(crate) granule_shift: u32,
+    /// Device-mapper, md: completions come from `block_bio_complete`.
+    pub(crate) bio_based: bool,
     pub(crate) tx: Sender<DiskMsg>,
     /// Set by the poller when the device gets a region of the fine write bitmap.
     pub(crate) fine: Option<fine::Region>,
@@ -110,6 +133,8 @@ pub(crate) struct PollerConfig {
     pub(crate) fine_words: u32,
     pub(crate) attach: AttachMode,
     pub(crate) exclude_tgid: u32,
+    /// Also record changes at `block_bio_queue` (the pre-completion behaviour; comparison).
+    pub(crate) mark_at_queue: bool,
     pub(crate) pause: Option<Arc<AtomicBool>>,
     pub(crate) poll: Duration,
 }
@@ -123,14 +148,14 @@ pub(crate) fn run(
     stats: Arc<Mutex<KernelStats>>,
 ) {
     let mut obj = MaybeUninit::uninit();
-    let (skel, attached, _link) = match load(&cfg, &mut obj) {
+    let (skel, attached, _links) = match load(&cfg, &mut obj) {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let mut p = match Poller::new(&skel, stats, cfg.fine_words) {
+    let mut p = match Poller::new(&skel, stats, cfg.fine_words, cfg.mark_at_queue) {
         Ok(p) => p,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -212,7 +237,7 @@ pub(crate) fn run(
     }
 }
 
-type Loaded<'obj> = (TrackerSkel<'obj>, Attached, Link);
+type Loaded<'obj> = (TrackerSkel<'obj>, Attached, Vec<Link>);
 
 fn load<'obj>(
     cfg: &PollerConfig,
@@ -233,12 +258,12 @@ fn load<'obj>(
         // SAFETY: as above — a unique, live, caller-owned storage slot.
         let storage = unsafe { &mut *obj };
         match try_load(cfg, *kind, storage) {
-            Ok((skel, link)) => return Ok((skel, *kind, link)),
+            Ok((skel, links)) => return Ok((skel, *kind, links)),
             Err(e) => errors.push(format!("{kind:?}: {e}")),
         }
     }
     Err(Error::Bpf(format!(
-        "could not attach to block_bio_queue ({}); sitrep needs root, CONFIG_BPF_SYSCALL and \
+        "could not attach to the block tracepoints ({}); sitrep needs root, CONFIG_BPF_SYSCALL and \
          BTF (/sys/kernel/btf/vmlinux)",
         errors.join("; ")
     )))
@@ -248,7 +273,7 @@ fn try_load<'obj>(
     cfg: &PollerConfig,
     kind: Attached,
     obj: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
-) -> std::result::Result<(TrackerSkel<'obj>, Link), libbpf_rs::Error> {
+) -> std::result::Result<(TrackerSkel<'obj>, Vec<Link>), libbpf_rs::Error> {
     let mut open: OpenTrackerSkel<'obj> = TrackerSkelBuilder::default().open(obj)?;
     open.maps.events.set_max_entries(cfg.ring_bytes)?;
     let fine_words = cfg.fine_words.max(64);
@@ -257,18 +282,29 @@ fn try_load<'obj>(
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.exclude_tgid = cfg.exclude_tgid;
     }
-    open.progs
-        .on_bio_queue_btf
-        .set_autoload(kind == Attached::TpBtf);
-    open.progs
-        .on_bio_queue_raw
-        .set_autoload(kind == Attached::RawTp);
+    let (btf, raw) = (kind == Attached::TpBtf, kind == Attached::RawTp);
+    open.progs.on_bio_queue_btf.set_autoload(btf);
+    open.progs.on_rq_complete_btf.set_autoload(btf);
+    open.progs.on_bio_complete_btf.set_autoload(btf);
+    open.progs.on_bio_queue_raw.set_autoload(raw);
+    open.progs.on_rq_complete_raw.set_autoload(raw);
+    open.progs.on_bio_complete_raw.set_autoload(raw);
     let skel = open.load()?;
-    let link = match kind {
-        Attached::TpBtf => skel.progs.on_bio_queue_btf.attach()?,
-        Attached::RawTp => skel.progs.on_bio_queue_raw.attach()?,
+    // Completions first: a bio-based bio remembered at queue time is then always taken out
+    // again when it completes.
+    let links = match kind {
+        Attached::TpBtf => vec![
+            skel.progs.on_rq_complete_btf.attach()?,
+            skel.progs.on_bio_complete_btf.attach()?,
+            skel.progs.on_bio_queue_btf.attach()?,
+        ],
+        Attached::RawTp => vec![
+            skel.progs.on_rq_complete_raw.attach()?,
+            skel.progs.on_bio_complete_raw.attach()?,
+            skel.progs.on_bio_queue_raw.attach()?,
+        ],
     };
-    Ok((skel, link))
+    Ok((skel, links))
 }
 
 /// A shared, writable mapping of an `BPF_F_MMAPABLE` array map of u64.
@@ -337,6 +373,7 @@ struct Poller {
     orphans: u64,
     unaccounted: u64,
     recursion_misses: u64,
+    mark_at_queue: bool,
     /// (seq handed out at the previous check, when): everything below it must be received
     /// or dropped by the next check.
     checkpoint: (u64, Instant),
@@ -347,6 +384,7 @@ impl Poller {
         skel: &TrackerSkel<'_>,
         stats: Arc<Mutex<KernelStats>>,
         fine_words: u32,
+        mark_at_queue: bool,
     ) -> Result<Self> {
         // Per-CPU counters only grow; a fresh load starts them at zero.
         let mapped = fine_words.max(64) as usize;
@@ -363,6 +401,7 @@ impl Poller {
             orphans: 0,
             unaccounted: 0,
             recursion_misses: 0,
+            mark_at_queue,
             checkpoint: (0, Instant::now()),
         })
     }
@@ -387,11 +426,9 @@ impl Poller {
             fine_base: c.fine.map_or(0, |r| r.base),
             fine_words: c.fine.map_or(0, |r| r.words),
             fine_shift: c.fine.map_or(0, |r| r.shift),
-            flags: if c.fine.is_some() {
-                TRK_CFG_WRITE_BITMAP
-            } else {
-                0
-            },
+            flags: flag(c.fine.is_some(), TRK_CFG_WRITE_BITMAP)
+                | flag(c.bio_based, TRK_CFG_BIO_BASED)
+                | flag(self.mark_at_queue, TRK_CFG_QUEUE_MARK),
         };
         // SAFETY: trk_dev_cfg is a plain #[repr(C)] struct of integers; viewing it as bytes
         // to hand to the map is what libbpf expects.
@@ -500,34 +537,40 @@ impl Poller {
     /// Sequence numbers accounted for without the ring: dropped into the coarse bitmap or
     /// recorded in the fine write bitmap.
     fn kernel_drops(&self, skel: &TrackerSkel<'_>) -> u64 {
-        read_stats(skel).map_or(0, |s| s.drops + s.bitmap_writes)
+        read_stats(skel).map_or(0, |s| s.drops + s.bitmap_writes + s.coarse)
     }
 
     fn account(&mut self, skel: &TrackerSkel<'_>, attached: Attached) {
         let mut k = read_stats(skel).unwrap_or_default();
         // The kernel silently skips a tracing program that would recurse on a CPU where it
-        // is already running: such a bio gets no sequence number at all. Its only trace is
+        // is already running: such a bio or request is not seen at all. Its only trace is
         // the program's recursion-miss counter, so any increase is a loss.
-        let prog = match attached {
-            Attached::TpBtf => skel.progs.on_bio_queue_btf.as_fd(),
-            Attached::RawTp => skel.progs.on_bio_queue_raw.as_fd(),
-        };
-        let info = prog_info(prog);
-        if let Some(i) = &info {
-            (k.prog_runs, k.prog_run_ns) = (i.run_cnt, i.run_time_ns);
+        let progs = programs(skel, attached);
+        let mut misses = 0;
+        for (i, prog) in progs.iter().enumerate() {
+            let Some(info) = prog_info(*prog) else {
+                continue;
+            };
+            misses += info.recursion_misses;
+            k.prog_run_ns += info.run_time_ns;
+            k.prog_runs = k.prog_runs.max(info.run_cnt);
+            if i == 0 {
+                (k.queue_runs, k.queue_run_ns) = (info.run_cnt, info.run_time_ns);
+            } else {
+                k.complete_runs += info.run_cnt;
+                k.complete_run_ns += info.run_time_ns;
+            }
         }
-        if let Some(misses) = info.map(|i| i.recursion_misses)
-            && misses > self.recursion_misses
-        {
+        if misses > self.recursion_misses {
             let lost = misses - self.recursion_misses;
             self.recursion_misses = misses;
             self.unaccounted += lost;
             self.gap_all(&format!(
-                "{lost} bios skipped by the kernel (BPF recursion)"
+                "{lost} block-layer events skipped by the kernel (BPF recursion)"
             ));
         }
         let seq = k.seq;
-        let accounted = self.received + k.drops + k.bitmap_writes + self.bad_events;
+        let accounted = self.received + k.drops + k.bitmap_writes + k.coarse + self.bad_events;
         let (prev, when) = self.checkpoint;
         if when.elapsed() >= Duration::from_secs(1) {
             // Sequence numbers handed out a second ago must all have arrived by now.
@@ -556,6 +599,27 @@ impl Poller {
                 why: why.to_owned(),
             });
         }
+    }
+}
+
+fn flag(on: bool, bit: u32) -> u32 {
+    if on { bit } else { 0 }
+}
+
+/// The attached programs: `block_bio_queue` first, then the two completions.
+fn programs<'a>(skel: &'a TrackerSkel<'_>, attached: Attached) -> [std::os::fd::BorrowedFd<'a>; 3] {
+    let p = &skel.progs;
+    match attached {
+        Attached::TpBtf => [
+            p.on_bio_queue_btf.as_fd(),
+            p.on_rq_complete_btf.as_fd(),
+            p.on_bio_complete_btf.as_fd(),
+        ],
+        Attached::RawTp => [
+            p.on_bio_queue_raw.as_fd(),
+            p.on_rq_complete_raw.as_fd(),
+            p.on_bio_complete_raw.as_fd(),
+        ],
     }
 }
 
@@ -596,6 +660,9 @@ fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
         k.ignored_ops += f(6);
         k.seq += f(7);
         k.bitmap_writes += f(8);
+        k.coarse += f(9);
+        k.late += f(10);
+        k.inflight_full += f(11);
     }
     Some(k)
 }

@@ -46,6 +46,10 @@ pub struct TrackerConfig {
     /// Size of the fine write bitmap shared by all devices (default 8 MiB: 4 KiB granules
     /// for 256 GiB of devices; larger devices get coarser granules).
     pub write_bitmap_bytes: u32,
+    /// Also record every change when it is *queued* (`block_bio_queue`), as well as when it
+    /// completes. Earlier records, twice the per-write cost, and nothing the invariant needs
+    /// (see docs/tracking.md); default false, kept to measure the difference.
+    pub mark_at_queue: bool,
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
     pub pause: Option<Arc<AtomicBool>>,
@@ -67,6 +71,7 @@ impl Default for TrackerConfig {
             coalesce: Duration::from_millis(5),
             write_bitmap: true,
             write_bitmap_bytes: 8 << 20,
+            mark_at_queue: false,
             pause: None,
         }
     }
@@ -142,6 +147,7 @@ impl Tracker {
             } else {
                 0
             },
+            mark_at_queue: cfg.mark_at_queue,
             pause: cfg.pause.clone(),
             poll: Duration::from_millis(10),
         };
@@ -245,6 +251,7 @@ impl Tracker {
             start_sect: info.start_sect,
             nr_sects,
             granule_shift: granule_shift_for(nr_sects),
+            bio_based: info.bio_based,
             tx: tx.clone(),
             fine: None,
         };

@@ -2,11 +2,25 @@
 /*
  * sitrep block change tracker.
  *
- * Observes every bio queued to a tracked device at block_bio_queue (fired once per bio, for
- * bio-based and blk-mq devices alike, before the I/O is issued — so every write that later
- * completes was seen here), classifies it by bi_opf, and pushes a sequence-numbered event
- * to a ring buffer. If the ring buffer is full the bio's range is set in a per-device coarse
- * bitmap instead, so an overflow loses no information. The write itself is never delayed.
+ * Records every change (write, discard, write-zeroes, secure erase) to a tracked device when
+ * it COMPLETES, so that a log sealed while a write is still in flight never stands for that
+ * write alone: the write appears in the log that is current when it completes (or a later
+ * one), and the agent, which reads a sealed log's extents after the seal, reads its data.
+ *
+ * - blk-mq devices (loop, nvme, virtio, ublk, null_blk): block_rq_complete, which fires at
+ *   the start of blk_update_request / blk_complete_request with the request's bios still
+ *   attached. The range is [rq->__sector, + nr_bytes) and the device is the first bio's
+ *   bi_bdev (a partition; rq->part is only set with iostats on).
+ * - bio-based devices (device-mapper, md): block_bio_complete, fired by bio_endio. The bio's
+ *   iterator is not reliable by then (a split leaves only the tail in it), so block_bio_queue
+ *   remembers the range in `inflight`, keyed by the bio's address, and the completion takes
+ *   it from there.
+ * block_bio_queue also decides which bios are sitrep's own (exclude_tgid): the completion
+ *   runs in whatever context the driver completes in.
+ *
+ * A change is classified by bi_opf, then recorded in the fine write bitmap (plain writes),
+ * or as a sequence-numbered ring event, or — ring full — in the per-device coarse bitmap, so
+ * an overflow loses no information. The I/O itself is never delayed.
  *
  * Only the few kernel fields read are declared below, with preserve_access_index: CO-RE
  * relocates them against the running kernel's BTF, and the REQ_OP_* / __REQ_* numbers
@@ -35,10 +49,20 @@ struct block_device {
 } __attribute__((preserve_access_index));
 
 struct bio {
+	struct bio *bi_next;
 	struct block_device *bi_bdev;
 	unsigned int bi_opf;
 	struct bvec_iter bi_iter;
 } __attribute__((preserve_access_index));
+
+struct request {
+	unsigned int __data_len;
+	sector_t __sector;
+	struct bio *bio;
+	struct bio *biotail;
+} __attribute__((preserve_access_index));
+
+struct request_queue;
 
 enum req_op {
 	REQ_OP_WRITE = 1,
@@ -107,6 +131,27 @@ struct {
 	__type(value, __u64);
 } fine_summary SEC(".maps");
 
+/* Bios of bio-based devices between queue and completion (see the top of the file). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64);
+	__type(value, struct trk_inflight);
+} inflight SEC(".maps");
+
+/*
+ * sitrep's own bios to blk-mq devices, queued and not yet completed, keyed by address, and
+ * how many there are: completions look only when some are pending.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 14);
+	__type(key, __u64);
+	__type(value, __u8);
+} own_bios SEC(".maps");
+
+__u64 own_pending = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -129,17 +174,22 @@ static __always_inline void mark_overflow(__u32 slot)
 		__sync_fetch_and_or(o, 1);
 }
 
-/* Sets the bitmap bits covering [sector, sector + nsect) of the device in `slot`. */
-static __always_inline void fallback(const struct trk_dev_cfg *cfg, __u64 sector, __u64 nsect,
-				     struct trk_stats *st)
+/*
+ * Sets the coarse bitmap bits covering [sector, sector + nsect) of the device in `slot`.
+ * A global (separately verified) function with scalar arguments: it is called from loops,
+ * and inlining its own 64-step loop there would exceed the verifier's budget.
+ */
+__noinline int mark_coarse(__u32 slot, __u32 granule_shift, __u64 sector, __u64 nsect)
 {
+	__u32 zero = 0;
+	struct trk_stats *st = bpf_map_lookup_elem(&stats, &zero);
 	__u64 g0, g1, w0, w1;
 	__u64 last = (__u64)TRK_BITMAP_WORDS * 64 - 1;
 
-	if (nsect == 0)
-		return;
-	g0 = sector >> cfg->granule_shift;
-	g1 = (sector + nsect - 1) >> cfg->granule_shift;
+	if (nsect == 0 || granule_shift > 63 || slot >= TRK_MAX_DEVS)
+		return 0;
+	g0 = sector >> granule_shift;
+	g1 = (sector + nsect - 1) >> granule_shift;
 	if (g0 > last)
 		g0 = last;
 	if (g1 > last)
@@ -147,9 +197,10 @@ static __always_inline void fallback(const struct trk_dev_cfg *cfg, __u64 sector
 	w0 = g0 / 64;
 	w1 = g1 / 64;
 	if (w1 - w0 >= TRK_MAX_WORD_LOOP) {
-		mark_overflow(cfg->slot);
-		st->overflows++;
-		return;
+		mark_overflow(slot);
+		if (st)
+			st->overflows++;
+		return 0;
 	}
 	for (int i = 0; i < TRK_MAX_WORD_LOOP; i++) {
 		__u64 w = w0 + i;
@@ -162,15 +213,23 @@ static __always_inline void fallback(const struct trk_dev_cfg *cfg, __u64 sector
 		lo = (w == w0) ? (g0 % 64) : 0;
 		hi = (w == w1) ? (g1 % 64) : 63;
 		mask = (hi == 63 ? ~0ULL : ((1ULL << (hi + 1)) - 1)) & ~((1ULL << lo) - 1);
-		idx = cfg->slot * TRK_BITMAP_WORDS + (__u32)w;
+		idx = slot * TRK_BITMAP_WORDS + (__u32)w;
 		word = bpf_map_lookup_elem(&bitmap, &idx);
 		if (!word) {
-			mark_overflow(cfg->slot);
-			return;
+			mark_overflow(slot);
+			return 0;
 		}
 		__sync_fetch_and_or(word, mask);
-		st->fallback_bits++;
+		if (st)
+			st->fallback_bits++;
 	}
+	return 0;
+}
+
+static __always_inline void fallback(const struct trk_dev_cfg *cfg, __u64 sector, __u64 nsect,
+				     struct trk_stats *st)
+{
+	mark_coarse(cfg->slot, cfg->granule_shift, sector, nsect);
 }
 
 /*
@@ -220,86 +279,96 @@ static __always_inline int mark_fine(const struct trk_dev_cfg *cfg, __u64 sector
 	return 1;
 }
 
+/* Reads `field` of `ptr`: a plain load for tp_btf, bpf_probe_read_kernel for raw_tp. */
+#define RD(direct, ptr, f) ((direct) ? (ptr)->f : BPF_CORE_READ(ptr, f))
+/* The same through one pointer: ptr->a->b. */
+#define RD2(direct, ptr, a, b) ((direct) ? (ptr)->a->b : BPF_CORE_READ(ptr, a, b))
+
 /*
- * Fields are read directly for tp_btf (the verifier knows the pointer's BTF type, so plain
- * loads are allowed and cost nothing) and through bpf_probe_read_kernel (BPF_CORE_READ) for
- * the raw tracepoint. `direct` is a compile-time constant in each caller, so each program
- * keeps only its own branch.
+ * Sorts a change into a TRK_OP_* kind and TRK_F_* flags from bi_opf and its size; returns 0
+ * for what changes nothing (reads, plain empty writes, ...).
  */
-static __always_inline int handle(struct bio *bio, const int direct)
+static __always_inline __u8 classify(__u32 opf, __u32 bytes, __u8 *flags)
+{
+	__u32 op = opf & REQ_OP_MASK;
+
+	*flags = 0;
+	if (opf & (1u << bpf_core_enum_value(enum req_flag_bits, __REQ_FUA)))
+		*flags |= TRK_F_FUA;
+	if (opf & (1u << bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH)))
+		*flags |= TRK_F_PREFLUSH;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE)) {
+		if (bytes)
+			return TRK_OP_WRITE;
+		return (*flags & TRK_F_PREFLUSH) ? TRK_OP_FLUSH : 0;
+	}
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_DISCARD))
+		return TRK_OP_DISCARD;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_SECURE_ERASE))
+		return TRK_OP_SECURE_ERASE;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE_ZEROES))
+		return TRK_OP_WRITE_ZEROES;
+	return 0;
+}
+
+/*
+ * Clips [*sector, + *bytes) — whole-disk sectors for a partition — to the tracked device and
+ * makes it device-relative. A request can merge bios of adjacent partitions, so its range can
+ * run past the device. Returns 0 if nothing is left.
+ */
+static __always_inline int clip(const struct trk_dev_cfg *cfg, __u64 *sector, __u64 *bytes)
+{
+	__u64 s = *sector, e = *sector + (*bytes >> 9);
+	__u64 lo = cfg->start_sect, hi = cfg->start_sect + cfg->nr_sects;
+
+	if (s < lo)
+		s = lo;
+	if (e > hi)
+		e = hi;
+	if (s >= e)
+		return 0;
+	*sector = s - lo;
+	*bytes = (e - s) << 9;
+	return 1;
+}
+
+static __always_inline struct trk_stats *stats_here(void)
 {
 	__u32 zero = 0;
-	__u32 dev = direct ? bio->bi_bdev->bd_dev : BPF_CORE_READ(bio, bi_bdev, bd_dev);
-	struct trk_dev_cfg *cfg = bpf_map_lookup_elem(&devices, &dev);
-	struct trk_stats *st;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+/*
+ * Records one change (device-relative sector): in the fine bitmap for a plain write made of
+ * whole granules, else as a ring event, else (ring full) in the coarse bitmap.
+ *
+ * Sequence numbers are per CPU (CPU id in the top 16 bits): no shared atomic on the hot path.
+ * Every number ends up as an event, a drop or a fine-bitmap write, so per CPU
+ * seq == events + drops + bitmap_writes (+ coarse), and the consumer checks that it received
+ * all events.
+ */
+static __always_inline void record(const struct trk_dev_cfg *cfg, struct trk_stats *st, __u32 dev,
+				   __u64 sector, __u32 bytes, __u8 kind, __u8 flags)
+{
 	struct trk_event *e;
-	__u32 opf, op, bytes;
-	__u64 sector, seq;
-	__u8 kind, flags = 0;
+	__u64 seq = ((__u64)bpf_get_smp_processor_id() << 48) | st->seq;
 
-	if (!cfg)
-		return 0;
-	st = bpf_map_lookup_elem(&stats, &zero);
-	if (!st)
-		return 0; /* cannot happen (per-CPU array, key 0); keeps the verifier happy */
-	opf = direct ? bio->bi_opf : BPF_CORE_READ(bio, bi_opf);
-	op = opf & REQ_OP_MASK;
-	bytes = direct ? bio->bi_iter.bi_size : BPF_CORE_READ(bio, bi_iter.bi_size);
-	if (opf & (1u << bpf_core_enum_value(enum req_flag_bits, __REQ_FUA)))
-		flags |= TRK_F_FUA;
-	if (opf & (1u << bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH)))
-		flags |= TRK_F_PREFLUSH;
-
-	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE))
-		kind = bytes == 0 ? TRK_OP_FLUSH : TRK_OP_WRITE;
-	else if (op == bpf_core_enum_value(enum req_op, REQ_OP_DISCARD))
-		kind = TRK_OP_DISCARD;
-	else if (op == bpf_core_enum_value(enum req_op, REQ_OP_SECURE_ERASE))
-		kind = TRK_OP_SECURE_ERASE;
-	else if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE_ZEROES))
-		kind = TRK_OP_WRITE_ZEROES;
-	else {
-		st->ignored_ops++;
-		return 0;
-	}
-	if (kind == TRK_OP_FLUSH && !(flags & TRK_F_PREFLUSH)) {
-		st->ignored_ops++;
-		return 0;
-	}
-	if (exclude_tgid && (bpf_get_current_pid_tgid() >> 32) == exclude_tgid) {
-		st->excluded++;
-		return 0;
-	}
-
-	/* block_bio_queue runs after partition remapping: make the sector device-relative. */
-	sector = direct ? bio->bi_iter.bi_sector : BPF_CORE_READ(bio, bi_iter.bi_sector);
-	if (sector >= cfg->start_sect)
-		sector -= cfg->start_sect;
-
-	/*
-	 * Sequence numbers are per CPU (CPU id in the top 16 bits): no shared atomic on the
-	 * hot path. Every number is either submitted (events) or dropped (drops), so per CPU
-	 * seq == events + drops, and the consumer checks that it received all events.
-	 */
-	seq = ((__u64)bpf_get_smp_processor_id() << 48) | st->seq;
 	st->seq++;
 	/*
-	 * Plain writes go to the fine bitmap when enabled: a few atomic ORs instead of a ring
-	 * event. Replication in extents mode needs only *which* ranges changed (their order
-	 * inside a cycle does not matter), so nothing is lost. Discards, write-zeroes, secure
-	 * erases and flushes keep their own records through the ring.
+	 * Replication in extents mode needs only *which* ranges changed (their order inside a
+	 * cycle does not matter), so a bit per granule loses nothing.
 	 */
 	if (kind == TRK_OP_WRITE && (cfg->flags & TRK_CFG_WRITE_BITMAP) &&
 	    mark_fine(cfg, sector, bytes >> 9)) {
 		st->bitmap_writes++;
-		st->bytes += bytes;
-		return 0;
+		return;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		st->drops++;
 		fallback(cfg, sector, bytes >> 9, st);
-		return 0;
+		return;
 	}
 	e->seq = seq;
 	e->sector = sector;
@@ -317,18 +386,251 @@ static __always_inline int handle(struct bio *bio, const int direct)
 	bpf_ringbuf_submit(e, ring_fill_high() ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	st->events++;
 	st->bytes += bytes;
+}
+
+/* Records a whole-disk range, clipped to the device, in the coarse bitmap (walked requests). */
+static __always_inline void record_coarse(const struct trk_dev_cfg *cfg, struct trk_stats *st,
+					  __u64 sector, __u64 bytes)
+{
+	if (!clip(cfg, &sector, &bytes))
+		return;
+	st->seq++;
+	st->coarse++;
+	fallback(cfg, sector, bytes >> 9, st);
+}
+
+static __always_inline int is_own(void)
+{
+	return exclude_tgid && (bpf_get_current_pid_tgid() >> 32) == exclude_tgid;
+}
+
+/* block_bio_queue: remembers bio-based bios and sitrep's own bios; see the top of the file. */
+static __always_inline int on_queue(struct bio *bio, const int direct)
+{
+	__u32 dev = RD2(direct, bio, bi_bdev, bd_dev);
+	struct trk_dev_cfg *cfg = bpf_map_lookup_elem(&devices, &dev);
+	struct trk_stats *st;
+	__u64 key = (__u64)(unsigned long)bio, sector, bytes;
+	__u8 kind, flags;
+	int own;
+
+	if (!cfg)
+		return 0;
+	st = stats_here();
+	if (!st)
+		return 0; /* cannot happen (per-CPU array, key 0); keeps the verifier happy */
+	bytes = RD(direct, bio, bi_iter.bi_size);
+	kind = classify(RD(direct, bio, bi_opf), bytes, &flags);
+	if (!kind) {
+		st->ignored_ops++;
+		return 0;
+	}
+	own = is_own();
+	if (own)
+		st->excluded++;
+	sector = RD(direct, bio, bi_iter.bi_sector);
+	if (kind != TRK_OP_FLUSH && !clip(cfg, &sector, &bytes))
+		return 0;
+	if (cfg->flags & TRK_CFG_BIO_BASED) {
+		struct trk_inflight v = {
+			.sector = sector,
+			.bytes = (__u32)bytes,
+			.dev = dev,
+			.op = own ? 0 : kind,
+			.flags = flags,
+		};
+
+		if (bpf_map_update_elem(&inflight, &key, &v, BPF_ANY)) {
+			/* Cannot follow it to completion: the whole device is suspect. */
+			st->inflight_full++;
+			mark_overflow(cfg->slot);
+			return 0;
+		}
+		/*
+		 * Also now: should a driver ever complete this bio without block_bio_complete,
+		 * the change is at least in the log current at its submission.
+		 */
+		if (!own && kind != TRK_OP_FLUSH)
+			record(cfg, st, dev, sector, (__u32)bytes, kind, flags);
+		return 0;
+	}
+	if (own) {
+		/* If the table is full the bio is simply recorded at completion, as any other. */
+		if (!bpf_map_update_elem(&own_bios, &key, &kind, BPF_ANY))
+			__sync_fetch_and_add(&own_pending, 1);
+		return 0;
+	}
+	/* A freed own bio's address reused for this one must not make it look like ours. */
+	if (own_pending && !bpf_map_delete_elem(&own_bios, &key))
+		__sync_fetch_and_sub(&own_pending, 1);
+	if ((cfg->flags & TRK_CFG_QUEUE_MARK) && kind != TRK_OP_FLUSH)
+		record(cfg, st, dev, sector, (__u32)bytes, kind, flags);
+	return 0;
+}
+
+/*
+ * A request whose bios belong to different devices (adjacent partitions merged, a partition
+ * and its whole-disk node) or are not contiguous (a multi-range discard): each bio's part of
+ * the completed bytes goes to the coarse bitmap of its own device.
+ */
+static __always_inline void walk_request(struct bio *bio, __u64 left, struct trk_stats *st,
+					 const int direct)
+{
+	struct trk_dev_cfg *cfg = 0;
+	__u32 cur = 0;
+
+	for (int i = 0; i < TRK_RQ_WALK; i++) {
+		__u32 dev, size;
+		__u64 take;
+
+		if (!bio || !left)
+			return;
+		dev = RD2(direct, bio, bi_bdev, bd_dev);
+		size = RD(direct, bio, bi_iter.bi_size);
+		take = size < left ? size : left;
+		if (!cfg || dev != cur) {
+			cfg = bpf_map_lookup_elem(&devices, &dev);
+			cur = dev;
+		}
+		if (cfg)
+			record_coarse(cfg, st, RD(direct, bio, bi_iter.bi_sector), take);
+		left -= take;
+		bio = RD(direct, bio, bi_next);
+	}
+	if (bio && left && cfg) {
+		/* More bios than we walk: the rest cannot be placed, mark the device dirty. */
+		mark_overflow(cfg->slot);
+		st->overflows++;
+	}
+}
+
+/* block_rq_complete: blk-mq devices. */
+static __always_inline int on_rq_complete(struct request *rq, __u32 nr_bytes, const int direct)
+{
+	struct bio *bio = RD(direct, rq, bio);
+	struct bio *last;
+	struct trk_dev_cfg *cfg;
+	struct trk_stats *st;
+	__u64 key = (__u64)(unsigned long)bio, sector, bytes = nr_bytes;
+	__u32 dev;
+	__u8 kind, flags;
+
+	if (!bio)
+		return 0; /* a flush sequence's own flush request, or nothing left */
+	dev = RD2(direct, bio, bi_bdev, bd_dev);
+	last = RD(direct, rq, biotail);
+	if (last != bio && RD2(direct, last, bi_bdev, bd_dev) != dev) {
+		kind = classify(RD(direct, bio, bi_opf), nr_bytes, &flags);
+		st = stats_here();
+		if (kind && kind != TRK_OP_FLUSH && st)
+			walk_request(bio, nr_bytes, st, direct);
+		return 0;
+	}
+	cfg = bpf_map_lookup_elem(&devices, &dev);
+	if (!cfg)
+		return 0;
+	st = stats_here();
+	if (!st)
+		return 0;
+	/* The op and PREFLUSH from the bio: the flush machinery clears them in cmd_flags. */
+	kind = classify(RD(direct, bio, bi_opf), nr_bytes, &flags);
+	if (!kind)
+		return 0;
+	if (own_pending && !bpf_map_delete_elem(&own_bios, &key)) {
+		__sync_fetch_and_sub(&own_pending, 1);
+		if (last == bio)
+			return 0; /* sitrep's own write, alone in its request */
+	}
+	if (kind == TRK_OP_DISCARD && last != bio) {
+		/* Discards of several ranges share one request without being contiguous. */
+		walk_request(bio, nr_bytes, st, direct);
+		return 0;
+	}
+	sector = RD(direct, rq, __sector);
+	if (kind != TRK_OP_FLUSH && !clip(cfg, &sector, &bytes))
+		return 0;
+	record(cfg, st, dev, sector, (__u32)bytes, kind, flags);
+	return 0;
+}
+
+/* block_bio_complete: bio-based devices. */
+static __always_inline int on_bio_complete(struct bio *bio, const int direct)
+{
+	__u64 key = (__u64)(unsigned long)bio, sector, bytes;
+	struct trk_inflight *v = bpf_map_lookup_elem(&inflight, &key);
+	struct trk_dev_cfg *cfg;
+	struct trk_stats *st;
+	__u32 dev;
+	__u8 kind, flags;
+
+	if (v) {
+		struct trk_inflight c = *v;
+
+		bpf_map_delete_elem(&inflight, &key);
+		if (!c.op)
+			return 0; /* sitrep's own */
+		cfg = bpf_map_lookup_elem(&devices, &c.dev);
+		st = stats_here();
+		if (cfg && st)
+			record(cfg, st, c.dev, c.sector, c.bytes, c.op, c.flags);
+		return 0;
+	}
+	/*
+	 * Queued before tracking (or before this device was added): the bio's own iterator is
+	 * the best there is. Also the rare blk-mq bio ended before it became a request.
+	 */
+	dev = RD2(direct, bio, bi_bdev, bd_dev);
+	cfg = bpf_map_lookup_elem(&devices, &dev);
+	if (!cfg)
+		return 0;
+	st = stats_here();
+	if (!st)
+		return 0;
+	bytes = RD(direct, bio, bi_iter.bi_size);
+	kind = classify(RD(direct, bio, bi_opf), bytes, &flags);
+	if (!kind || !(cfg->flags & TRK_CFG_BIO_BASED))
+		return 0;
+	sector = RD(direct, bio, bi_iter.bi_sector);
+	if (kind != TRK_OP_FLUSH && !clip(cfg, &sector, &bytes))
+		return 0;
+	st->late++;
+	record(cfg, st, dev, sector, (__u32)bytes, kind, flags);
 	return 0;
 }
 
 SEC("tp_btf/block_bio_queue")
 int BPF_PROG(on_bio_queue_btf, struct bio *bio)
 {
-	return handle(bio, 1);
+	return on_queue(bio, 1);
 }
 
-/* Fallback for kernels without tp_btf: same logic, reads go through bpf_probe_read. */
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(on_rq_complete_btf, struct request *rq, int error, unsigned int nr_bytes)
+{
+	return on_rq_complete(rq, nr_bytes, 1);
+}
+
+SEC("tp_btf/block_bio_complete")
+int BPF_PROG(on_bio_complete_btf, struct request_queue *q, struct bio *bio)
+{
+	return on_bio_complete(bio, 1);
+}
+
+/* Fallbacks for kernels without tp_btf: same logic, reads go through bpf_probe_read. */
 SEC("raw_tp/block_bio_queue")
 int BPF_PROG(on_bio_queue_raw, struct bio *bio)
 {
-	return handle(bio, 0);
+	return on_queue(bio, 0);
+}
+
+SEC("raw_tp/block_rq_complete")
+int BPF_PROG(on_rq_complete_raw, struct request *rq, int error, unsigned int nr_bytes)
+{
+	return on_rq_complete(rq, nr_bytes, 0);
+}
+
+SEC("raw_tp/block_bio_complete")
+int BPF_PROG(on_bio_complete_raw, struct request_queue *q, struct bio *bio)
+{
+	return on_bio_complete(bio, 0);
 }

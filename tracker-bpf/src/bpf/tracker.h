@@ -16,8 +16,15 @@
 /* Fine write bitmap: a bio spanning more words than this goes through the ring instead. */
 #define TRK_FINE_MAX_WORDS 4
 
+/* A request completion spanning devices, or a non-contiguous (multi-range) discard, is
+ * walked bio by bio, at most this many bios; a longer one marks its device(s) dirty. */
+#define TRK_RQ_WALK 8
+
 /* trk_dev_cfg.flags */
 #define TRK_CFG_WRITE_BITMAP 1 /* plain writes set bits in the fine bitmap, no ring event */
+#define TRK_CFG_BIO_BASED 2    /* no request queue (device-mapper, md): completion is seen at
+				* block_bio_complete, with the range remembered at queue time */
+#define TRK_CFG_QUEUE_MARK 4   /* also record changes when they are queued (comparison only) */
 
 /* Event kinds (sitrep's own numbering; the kernel's REQ_OP_* are resolved from BTF). */
 #define TRK_OP_WRITE 1
@@ -64,8 +71,24 @@ struct trk_stats {
 	__u64 excluded;      /* bios from sitrep's own process, not tracked */
 	__u64 ignored_ops;   /* tracked-device bios that are not changes (reads, ...) */
 	__u64 seq;           /* sequence numbers handed out on this CPU (= events + drops
-			      * + bitmap_writes) */
+			      * + bitmap_writes + coarse) */
 	__u64 bitmap_writes; /* writes recorded in the fine bitmap instead of the ring */
+	__u64 coarse;        /* ranges of a walked request set straight in the coarse bitmap */
+	__u64 late;          /* bio-based completions with no queue-time entry (recorded from
+			      * the bio's own iterator) */
+	__u64 inflight_full; /* bio-based bios that found the in-flight table full (their
+			      * device was marked dirty instead) */
+};
+
+/* What block_bio_queue remembers of a bio on a bio-based device until it completes. */
+struct trk_inflight {
+	__u64 sector; /* relative to the tracked device */
+	__u32 bytes;
+	__u32 dev;    /* kernel dev_t of the tracked device */
+	__u8 op;      /* TRK_OP_*, or 0: sitrep's own bio, not to be recorded */
+	__u8 flags;
+	__u16 _pad;
+	__u32 _pad2;
 };
 
 #endif
