@@ -89,6 +89,19 @@ fn init_issue_show_workflow() {
     assert_eq!(v["problems"], serde_json::json!([]));
     let fp = v["chain"][0]["sha256_fingerprint"].as_str().unwrap();
     assert_eq!(fp.len(), 95, "{fp}");
+
+    // The JSON field names are a contract for scripts: this fails if one is renamed.
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k.join(",")
+    };
+    assert_eq!(keys(&v), "ca,chain,dir,has_ca_key,problems");
+    assert_eq!(
+        keys(&v["chain"][0]),
+        "common_name,expired,is_ca,issuer,not_after,not_after_unix,not_before,sans,serial,\
+         sha256_fingerprint,subject"
+    );
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub const CA_MIN_DAYS: u32 = 3650;
 pub const MAX_NAME_LEN: usize = 64;
 
 /// How to make a certificate, beyond the host's name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CertOptions {
     /// Extra subject alternative names: IP addresses become IP SANs, others DNS SANs. The
     /// server's certificate must carry the host the client dials (`--to HOST:PORT`).
@@ -47,6 +47,13 @@ pub struct CertOptions {
     /// For tests: make the host certificate already expired (valid from `days + 1` days
     /// ago until yesterday).
     pub expired: bool,
+}
+
+impl Default for CertOptions {
+    /// No extra SANs, [`DEFAULT_DAYS`], not forcing, not expired.
+    fn default() -> Self {
+        CertOptions::new(&[], DEFAULT_DAYS)
+    }
 }
 
 impl CertOptions {
