@@ -40,6 +40,26 @@ enum Command {
     /// Certificates for mutual TLS between sites: a private CA, host certificates.
     #[command(subcommand)]
     Certs(cli::certs::CertsCommand),
+    /// Secondary site: receive replicas from agents over mutual TLS (foreground daemon).
+    ///
+    /// Never connects out. Applies each cycle crash-safely (staged durably, then applied; a
+    /// restart finishes a half-applied cycle). Stop with SIGTERM or Ctrl-C.
+    Server(cli::daemon::ServerArgs),
+    /// Primary site: track and replicate protected disks (foreground daemon).
+    ///
+    /// Only connects out, to the servers named by `sitrep protect --to`. Stop with SIGTERM or
+    /// Ctrl-C: logs are sealed so a restart continues without a resync.
+    Agent(cli::daemon::AgentArgs),
+    /// Start protecting a block device: tracking, initial copy, then delta cycles (a job).
+    Protect(cli::repl::ProtectArgs),
+    /// Stop protecting a disk (the replica stays on the server).
+    Unprotect(cli::repl::UnprotectArgs),
+    /// Replication status of every disk: state, health, lag, backlog, last applied cycle.
+    Status(cli::repl::ShowArgs),
+    /// Jobs (enable protection, resync) with their step and progress.
+    Jobs(cli::repl::ShowArgs),
+    /// Wait until every change made to a disk before this command is applied on the replica.
+    Wait(cli::repl::WaitArgs),
 }
 
 /// What a command reports back to `main`.
@@ -57,6 +77,13 @@ fn main() -> ExitCode {
         Command::Track(a) => cli::track::run(&a),
         Command::Disk(cmd) => cli::disk::run(cmd),
         Command::Certs(cmd) => cli::certs::run(cmd),
+        Command::Server(a) => cli::daemon::server(&a),
+        Command::Agent(a) => cli::daemon::agent(&a),
+        Command::Protect(a) => cli::repl::protect(&a),
+        Command::Unprotect(a) => cli::repl::unprotect(&a),
+        Command::Status(a) => cli::repl::status(&a),
+        Command::Jobs(a) => cli::repl::jobs(&a),
+        Command::Wait(a) => cli::repl::wait(&a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,0 +1,127 @@
+//! `sitrep server` and `sitrep agent`: the two daemons, in the foreground (systemd-friendly:
+//! logs to stderr, a clean stop on SIGTERM or Ctrl-C).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use repl::config::{PolicyFile, parse_size};
+use repl::control::{AGENT_SOCKET, SERVER_SOCKET};
+
+use crate::Outcome;
+
+/// Arguments of `sitrep server`.
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on for agents (mutual TLS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    listen: String,
+    /// Where replicas live: STORE/disks/NAME/{replica.img,state.json,staging/}.
+    #[arg(long)]
+    store: PathBuf,
+    /// PKI directory with ca.pem, cert.pem, key.pem (`sitrep certs init` makes one). Agents
+    /// must present a certificate from the same CA; the server's certificate must name the
+    /// address agents dial (`--san`).
+    #[arg(long)]
+    pki: PathBuf,
+    /// Control socket for `sitrep status` on this host.
+    #[arg(long, default_value = SERVER_SOCKET)]
+    socket: PathBuf,
+}
+
+/// Arguments of `sitrep agent`.
+#[derive(Args)]
+pub(crate) struct AgentArgs {
+    /// State directory: one STATE/disks/NAME/ per protected disk (its logs and progress).
+    #[arg(long)]
+    state: PathBuf,
+    /// PKI directory with ca.pem, cert.pem, key.pem (a cert issued by the server's CA with
+    /// `sitrep certs issue`).
+    #[arg(long)]
+    pki: PathBuf,
+    /// Control socket for `sitrep protect/status/jobs/...` on this host.
+    #[arg(long, default_value = AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Policy file (TOML, strict) listing disks to protect at start.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bandwidth limit per disk, bytes per second (e.g. 50M).
+    #[arg(long)]
+    max_rate: Option<String>,
+    /// Unit of the retry schedule for recoverable errors: retries after 1, 2, 4, 8, 10 units,
+    /// then every 30 (seconds; the seed's schedule is in minutes: 60).
+    #[arg(long, default_value_t = 60.0)]
+    retry_unit: f64,
+    /// zstd level for data (0 disables compression).
+    #[arg(long, default_value_t = 1)]
+    compress_level: i32,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
+    init_logging();
+    let id = pki::Identity::load(&a.pki)?;
+    let opts = repl::server::ServerOptions {
+        listen: a.listen.clone(),
+        store: a.store.clone(),
+        socket: a.socket.clone(),
+    };
+    runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
+    init_logging();
+    let id = pki::Identity::load(&a.pki)?;
+    let policy = a.config.as_deref().map(PolicyFile::load).transpose()?;
+    let max_rate = a
+        .max_rate
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if !(a.retry_unit > 0.0 && a.retry_unit <= 3600.0) {
+        anyhow::bail!("--retry-unit must be between 0 and 3600 seconds");
+    }
+    let opts = repl::primary::AgentOptions {
+        state: a.state.clone(),
+        socket: a.socket.clone(),
+        retry_unit: Duration::from_secs_f64(a.retry_unit),
+        max_rate,
+        compress_level: (a.compress_level != 0).then_some(a.compress_level),
+        policy,
+        tracker: tracker_bpf::TrackerConfig::default(),
+    };
+    runtime()?.block_on(repl::primary::run(opts, &id, terminated()))?;
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,258 @@
+//! `sitrep protect | unprotect | status | jobs | wait`: the operator's view of replication,
+//! talking to the daemon on this host over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use repl::control::{AGENT_SOCKET, Request, Response, SERVER_SOCKET, call};
+use repl::status::{DiskStatus, Job, JobsReport, StatusReport};
+
+use crate::{Outcome, human};
+
+/// Which daemon to talk to.
+#[derive(Args)]
+pub(crate) struct SocketArg {
+    /// The daemon's control socket (default: the agent's, else the server's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    fn path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            if Path::new(AGENT_SOCKET).exists() || !Path::new(SERVER_SOCKET).exists() {
+                PathBuf::from(AGENT_SOCKET)
+            } else {
+                PathBuf::from(SERVER_SOCKET)
+            }
+        })
+    }
+}
+
+/// Arguments of `sitrep protect`.
+#[derive(Args)]
+pub(crate) struct ProtectArgs {
+    /// The block device to protect (e.g. /dev/vdb, /dev/loop3).
+    device: String,
+    /// The server: HOST:PORT (its certificate must name HOST).
+    #[arg(long)]
+    to: String,
+    /// Name of the disk on both sites (default: the device's base name).
+    #[arg(long)]
+    name: Option<String>,
+    /// How often changes are shipped: continuous, 30s, 5m or 15m.
+    #[arg(long, default_value = "continuous")]
+    frequency: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (the job, see docs/architecture.md).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep unprotect`.
+#[derive(Args)]
+pub(crate) struct UnprotectArgs {
+    /// The disk name.
+    name: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep status` and `sitrep jobs`.
+#[derive(Args)]
+pub(crate) struct ShowArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (schema 1, documented in repl/src/status.rs).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep wait`.
+#[derive(Args)]
+pub(crate) struct WaitArgs {
+    /// The disk name.
+    name: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (the disk's status once caught up).
+    #[arg(long)]
+    json: bool,
+}
+
+fn ask(socket: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
+    let resp = call(&socket.path(), req, timeout)?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(resp)
+}
+
+pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Protect {
+            device: a.device.clone(),
+            to: a.to.clone(),
+            name: a.name.clone(),
+            frequency: a.frequency.clone(),
+        },
+        Duration::from_secs(60),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        let job: Job = serde_json::from_value(resp.data)?;
+        println!(
+            "protecting {} as disk {} → {} (job {}: {}); follow with `sitrep jobs` / `sitrep status`",
+            a.device, job.disk, a.to, job.id, job.kind
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn unprotect(a: &UnprotectArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Unprotect {
+            name: a.name.clone(),
+        },
+        Duration::from_secs(60),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        println!(
+            "disk {} is no longer protected (tracking stopped, logs removed; the replica stays on the server)",
+            a.name
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_disk(d: &DiskStatus) {
+    let applied = d.last_applied.as_ref().map_or_else(
+        || "none".to_string(),
+        |c| {
+            format!(
+                "cycle {} cut {}",
+                c.seq,
+                human::timestamp(c.cut_time_unix_ns)
+            )
+        },
+    );
+    println!(
+        "{:<16} {:<20} {:<8} lag {:>7.1}s  backlog {:>10}  shipped {:>10} (wire {}, zero {})",
+        d.name,
+        format!("{:?}", d.state).to_lowercase(),
+        format!("{:?}", d.health).to_lowercase(),
+        d.lag_seconds,
+        human::bytes(d.backlog_bytes),
+        human::bytes(d.bytes_shipped),
+        human::bytes(d.wire_bytes),
+        human::bytes(d.zero_bytes),
+    );
+    println!(
+        "{:<16} {} {}  last applied: {applied}",
+        "",
+        d.device.as_deref().unwrap_or("-"),
+        if d.connected {
+            format!("connected to {}", d.peer)
+        } else {
+            format!("not connected ({})", d.peer)
+        },
+    );
+    if let Some(c) = &d.copy
+        && !c.done
+    {
+        println!(
+            "{:<16} initial copy {} of {} ({:.1}%), {:.1} MiB/s, ETA {}",
+            "",
+            human::bytes(c.bytes_done),
+            human::bytes(c.size),
+            if c.size > 0 {
+                100.0 * c.bytes_done as f64 / c.size as f64
+            } else {
+                0.0
+            },
+            c.rate_bytes_per_sec / f64::from(1u32 << 20),
+            c.eta_seconds
+                .map_or_else(|| "-".into(), |s| format!("{s:.0}s")),
+        );
+    }
+    if let Some(r) = &d.resync_reason {
+        println!("{:<16} resync required: {r}", "");
+    }
+    if let Some(e) = &d.error {
+        println!("{:<16} error: {e}", "");
+    }
+}
+
+pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(&a.socket, &Request::Status, Duration::from_secs(10))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: StatusReport = serde_json::from_value(resp.data)?;
+    println!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
+    for d in &r.disks {
+        print_disk(d);
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn jobs(a: &ShowArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(&a.socket, &Request::Jobs, Duration::from_secs(10))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: JobsReport = serde_json::from_value(resp.data)?;
+    if r.jobs.is_empty() {
+        println!("no jobs");
+    }
+    for j in &r.jobs {
+        println!(
+            "{:>4} {:<18} {:<16} {:<10} {:>5.1}%  {}{}",
+            j.id,
+            j.kind,
+            j.disk,
+            format!("{:?}", j.state).to_lowercase(),
+            j.progress_percent,
+            j.step,
+            j.error
+                .as_ref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn wait(a: &WaitArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Wait {
+            name: a.name.clone(),
+            timeout_secs: a.timeout,
+        },
+        Duration::from_secs(a.timeout + 10),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        let d: DiskStatus = serde_json::from_value(resp.data)?;
+        println!("disk {} is caught up:", d.name);
+        print_disk(&d);
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,189 @@
+//! Replication policy: frequencies, sizes, and the agent's TOML policy file (strict: an
+//! unknown key is an error, so a typo never silently means "default").
+//!
+//! ```toml
+//! # /etc/sitrep/agent.toml
+//! [[disk]]
+//! name = "data"               # optional, default: the device's base name
+//! device = "/dev/vdb"
+//! to = "10.0.0.2:9443"
+//! frequency = "30s"           # continuous | 30s | 5m | 15m (any 1s..1h duration)
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How often cycles are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Frequency {
+    /// As fast as cycles can be cut and shipped.
+    Continuous,
+    /// Every interval.
+    Every(Duration),
+}
+
+impl Frequency {
+    /// Parses `continuous`, `30s`, `5m`, `15m` (or any `<n>s` / `<n>m` from 1 s to 1 h).
+    ///
+    /// # Errors
+    /// Anything else, with the accepted forms in the message.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "continuous" {
+            return Ok(Self::Continuous);
+        }
+        let bad = || format!("frequency '{s}': expected continuous, 30s, 5m or 15m");
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n.checked_mul(60).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if !(1..=3600).contains(&secs) {
+            return Err(format!("frequency '{s}' must be between 1s and 60m"));
+        }
+        Ok(Self::Every(Duration::from_secs(secs)))
+    }
+}
+
+impl std::fmt::Display for Frequency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Continuous => write!(f, "continuous"),
+            Self::Every(d) if d.as_secs() % 60 == 0 => write!(f, "{}m", d.as_secs() / 60),
+            Self::Every(d) => write!(f, "{}s", d.as_secs()),
+        }
+    }
+}
+
+impl From<Frequency> for String {
+    fn from(f: Frequency) -> String {
+        f.to_string()
+    }
+}
+
+impl TryFrom<String> for Frequency {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+/// Parses a byte size like `512`, `64K`, `100M`, `2G` (binary units).
+///
+/// # Errors
+/// Not a size.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || format!("size '{s}': expected a number with an optional K, M, G or T suffix");
+    let (num, suffix) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match suffix.trim_end_matches(['B', 'b', 'i']) {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// One disk in the policy file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskPolicy {
+    /// Disk name (default: the device's base name).
+    pub name: Option<String>,
+    /// The block device.
+    pub device: String,
+    /// `HOST:PORT` of the server.
+    pub to: String,
+    /// Cycle frequency (default continuous).
+    pub frequency: Option<Frequency>,
+}
+
+/// The agent's policy file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Disks to protect when the agent starts (already protected ones are left as they are).
+    #[serde(default)]
+    pub disk: Vec<DiskPolicy>,
+}
+
+impl PolicyFile {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// Unreadable, not TOML, an unknown key, or a bad value — the message names the file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let p: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for d in &p.disk {
+            if let Some(n) = &d.name
+                && !crate::valid_disk_name(n)
+            {
+                anyhow::bail!("{}: disk name '{n}' is not valid", path.display());
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frequencies() {
+        assert_eq!(
+            Frequency::parse("continuous").unwrap(),
+            Frequency::Continuous
+        );
+        assert_eq!(
+            Frequency::parse("30s").unwrap(),
+            Frequency::Every(Duration::from_secs(30))
+        );
+        assert_eq!(Frequency::parse("15m").unwrap().to_string(), "15m");
+        assert!(Frequency::parse("0s").is_err());
+        assert!(Frequency::parse("2h").is_err());
+        assert!(Frequency::parse("fast").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100M").unwrap(), 100 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn policy_is_strict() {
+        let ok: PolicyFile = toml::from_str(
+            "[[disk]]\ndevice = \"/dev/loop0\"\nto = \"127.0.0.1:9443\"\nfrequency = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.disk.len(), 1);
+        assert!(
+            toml::from_str::<PolicyFile>(
+                "[[disk]]\ndevice = \"/dev/x\"\nto = \"h:1\"\nfrequncy = \"30s\"\n"
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<PolicyFile>(
+                "[[disk]]\ndevice = \"/dev/x\"\nto = \"h:1\"\nfrequency = \"7h\"\n"
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The local control socket: the CLI sends one JSON request line, the daemon answers one JSON
+//! response line. Root-only (mode 0600). Requests are handed to the daemon through a channel.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Default socket of the primary's agent.
+pub const AGENT_SOCKET: &str = "/run/sitrep/agent.sock";
+/// Default socket of the secondary's server.
+pub const SERVER_SOCKET: &str = "/run/sitrep/server.sock";
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 << 10;
+
+/// A request to a daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// `sitrep status`.
+    Status,
+    /// `sitrep jobs`.
+    Jobs,
+    /// `sitrep protect` (agent).
+    Protect {
+        /// Block device.
+        device: String,
+        /// `HOST:PORT` of the server.
+        to: String,
+        /// Disk name (default: the device's base name).
+        name: Option<String>,
+        /// `continuous`, `30s`, `5m`, `15m`.
+        frequency: String,
+    },
+    /// `sitrep unprotect` (agent).
+    Unprotect {
+        /// Disk name.
+        name: String,
+    },
+    /// `sitrep wait` (agent): returns once every change completed before the request is
+    /// applied on the replica, or after `timeout_secs`.
+    Wait {
+        /// Disk name.
+        name: String,
+        /// Give up after this long.
+        timeout_secs: u64,
+    },
+}
+
+/// A daemon's answer: `{"ok": true, ...data}` or `{"ok": false, "error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Success.
+    pub ok: bool,
+    /// What went wrong (names the disk and the cause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The payload (a status report, a job, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    /// Success with `data`.
+    pub fn ok(data: impl Serialize) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Failure.
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A request waiting for the daemon's answer.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Serves `path` until the runtime stops; every request goes to `tx`.
+///
+/// # Errors
+/// The socket cannot be created.
+pub async fn serve(path: &Path, tx: mpsc::Sender<Call>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let path: PathBuf = path.to_path_buf();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tx = tx.clone();
+        let p = path.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut r = tokio::io::BufReader::new(r).take(MAX_REQUEST as u64);
+            let mut line = String::new();
+            let resp = match r.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (otx, orx) = oneshot::channel();
+                        if tx.send((req, otx)).await.is_err() {
+                            Response::err("the daemon is shutting down")
+                        } else {
+                            orx.await
+                                .unwrap_or_else(|_| Response::err("the daemon dropped the request"))
+                        }
+                    }
+                    Err(e) => Response::err(format!("bad request on {}: {e}", p.display())),
+                },
+                Err(e) => Response::err(e),
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Sends `req` to the daemon at `path` and waits up to `timeout` for its answer.
+///
+/// # Errors
+/// No daemon listens there, or it did not answer.
+pub fn call(path: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach a sitrep daemon at {}: {e} (is `sitrep agent` or `sitrep server` running? --socket names another)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut r = BufReader::new(s);
+    let mut resp = String::new();
+    r.read_line(&mut resp)
+        .map_err(|e| anyhow::anyhow!("no answer from {}: {e}", path.display()))?;
+    serde_json::from_str(&resp)
+        .map_err(|e| anyhow::anyhow!("garbled answer from {}: {e}", path.display()))
+}

@@ -1,0 +1,53 @@
+//! sitrep replication: a protected disk's changes travel from the primary's agent to the
+//! secondary's server over mutual TLS, and are applied there to a replica, whole cycles at a
+//! time.
+//!
+//! - [`primary`]: the agent side — protections, tracking, the initial copy, delta cycles;
+//! - [`server`]: the secondary side — sessions, the store of replicas, staging and apply;
+//! - [`store`]: one directory per replicated disk (state, replica, staged cycles), crash-safe;
+//! - [`cycle`]: turning a sealed HRL log into the extents a cycle ships;
+//! - [`devread`]: reading a device's data for the copy and the cycles (O_DIRECT, zero detection);
+//! - [`control`]: the local control socket the CLI talks to (JSON lines);
+//! - [`status`]: the documented `--json` schemas of `status` and `jobs`;
+//! - [`net`]: TLS connect/accept and the handshake both sides share;
+//! - [`backoff`]: the retry schedule (1, 2, 4, 8, 10 units, then every 30).
+//!
+//! docs/architecture.md explains the design; docs/protocol.md the wire format.
+
+pub mod backoff;
+pub mod config;
+pub mod control;
+pub mod cycle;
+pub mod devread;
+pub mod net;
+pub mod primary;
+pub mod server;
+pub mod status;
+pub mod store;
+
+/// Nanoseconds since the Unix epoch, now.
+#[must_use]
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whether `name` is acceptable as a protected disk's name: 1–64 of `[A-Za-z0-9._-]`, not
+/// starting with a dot (it names a directory on both sites).
+#[must_use]
+pub fn valid_disk_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Hex of a 16-byte id.
+#[must_use]
+pub fn hex16(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

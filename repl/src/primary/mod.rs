@@ -1,0 +1,688 @@
+//! The primary's daemon (`sitrep agent`): protects disks — tracks them with the eBPF tracker,
+//! copies them once, then ships their changes as cycles — and only ever connects out.
+//!
+//! State lives in `STATE/disks/NAME/` ([`state`]); a restart resumes every protection: a
+//! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
+//! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
+
+pub mod ship;
+pub mod state;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use proto::CycleInfo;
+use tokio::sync::{mpsc, watch};
+use tracker_bpf::{Tracker, TrackerConfig};
+
+use crate::config::{Frequency, PolicyFile};
+use crate::control::{self, Call, Request, Response};
+use crate::status::{
+    self, CopyStatus, CycleStatus, DiskStatus, Health, Job, JobState, JobsReport, ReplState,
+    StatusReport,
+};
+use state::{CopyPlan, Protection};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// State directory (protections and logs).
+    pub state: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Unit of the retry schedule (1, 2, 4, 8, 10, then 30 units).
+    pub retry_unit: Duration,
+    /// Bandwidth limit in bytes per second, per disk.
+    pub max_rate: Option<u64>,
+    /// zstd level for data frames (None: never compress).
+    pub compress_level: Option<i32>,
+    /// Disks to protect at start.
+    pub policy: Option<PolicyFile>,
+    /// The tracker's settings.
+    pub tracker: TrackerConfig,
+}
+
+/// A running initial copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyRun {
+    pub(crate) cursor: u64,
+    pub(crate) size: u64,
+    pub(crate) started: Instant,
+    pub(crate) started_cursor: u64,
+    pub(crate) done: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RtStatus {
+    pub(crate) connected: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) critical: bool,
+    pub(crate) last_applied: Option<CycleInfo>,
+    pub(crate) last_shipped_seq: Option<u64>,
+    pub(crate) last_cut: Option<(u64, u64)>,
+    pub(crate) quiet_confirmed_ns: Option<u64>,
+    pub(crate) bytes_shipped: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) zero_bytes: u64,
+    pub(crate) cycles_applied: u64,
+    pub(crate) copy: Option<CopyRun>,
+    pub(crate) backlog_bytes: u64,
+    pub(crate) pending_logs: usize,
+}
+
+/// One protected disk at run time.
+pub(crate) struct DiskRt {
+    pub(crate) prot: Mutex<Protection>,
+    st: Mutex<RtStatus>,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) size: u64,
+    pub(crate) block_size: u32,
+    cut_request: AtomicBool,
+    records_at_cut: AtomicU64,
+    job: Mutex<Option<u64>>,
+    cache: Mutex<BTreeMap<u64, u64>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DiskRt {
+    pub(crate) fn set(&self, f: impl FnOnce(&mut RtStatus)) {
+        f(&mut lock(&self.st));
+    }
+
+    pub(crate) fn take_cut_request(&self) -> bool {
+        self.cut_request.swap(false, Ordering::SeqCst)
+    }
+
+    /// Changed bytes a sealed log names (cached; None if it cannot be read).
+    pub(crate) fn cached_bytes(&self, seq: u64, path: &Path, size: u64) -> Option<u64> {
+        if let Some(b) = lock(&self.cache).get(&seq) {
+            return Some(*b);
+        }
+        let c = crate::cycle::read_cycle(path, size, worker::GRANULE).ok()?;
+        let b = if c.whole_disk_gap.is_some() {
+            size
+        } else {
+            c.bytes
+        };
+        lock(&self.cache).insert(seq, b);
+        Some(b)
+    }
+
+    pub(crate) fn forget_cached(&self, seq: u64) {
+        lock(&self.cache).remove(&seq);
+    }
+}
+
+/// The agent.
+pub struct Agent {
+    pub(crate) opts: AgentOptions,
+    pub(crate) name: String,
+    pub(crate) client_cfg: Arc<rustls::ClientConfig>,
+    tracker: Mutex<Option<Tracker>>,
+    disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
+    jobs: Mutex<Vec<Job>>,
+    next_job: AtomicU64,
+}
+
+fn local(e: impl std::fmt::Display) -> crate::net::ReplError {
+    crate::net::ReplError::Local(e.to_string())
+}
+
+impl Agent {
+    fn with_tracker<T>(
+        &self,
+        f: impl FnOnce(&mut Tracker) -> tracker_bpf::Result<T>,
+    ) -> anyhow::Result<T> {
+        tokio::task::block_in_place(|| {
+            let mut g = lock(&self.tracker);
+            let t = g
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("the tracker is stopped"))?;
+            Ok(f(t)?)
+        })
+    }
+
+    /// Records appended to the disk's log since the last cut.
+    pub(crate) fn records_since_cut(&self, rt: &DiskRt) -> u64 {
+        let dev = lock(&rt.prot).device.clone();
+        let now = self.records(&dev);
+        now.saturating_sub(rt.records_at_cut.load(Ordering::SeqCst))
+    }
+
+    fn records(&self, dev: &Path) -> u64 {
+        let g = lock(&self.tracker);
+        g.as_ref()
+            .and_then(|t| {
+                t.stats()
+                    .disks
+                    .into_iter()
+                    .find(|(p, _)| p == dev)
+                    .map(|(_, s)| s.records)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Seals the disk's current log (a cycle); returns its sequence.
+    pub(crate) fn cut(&self, rt: &DiskRt) -> Result<u64, crate::net::ReplError> {
+        let dev = lock(&rt.prot).device.clone();
+        // Count before sealing: a record racing the seal is then counted as "after" and
+        // only causes one extra (possibly empty) cycle, never a missed one.
+        let before = self.records(&dev);
+        let sealed = self
+            .with_tracker(|t| t.rotate(&dev))
+            .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
+        rt.records_at_cut.store(before, Ordering::SeqCst);
+        let seq = sealed.header.log_seq.0;
+        rt.set(|s| s.last_cut = Some((seq, crate::now_ns())));
+        Ok(seq)
+    }
+
+    /// Starts a full re-copy (the stand-in for the checksum resync): cut, and copy everything
+    /// again with cycles from the new log on.
+    pub(crate) fn start_recopy(&self, rt: &DiskRt, why: &str) -> Result<(), crate::net::ReplError> {
+        let seq = self.cut(rt)?;
+        let mut p = lock(&rt.prot);
+        tracing::warn!(disk = %p.name, "resync required: {why}; copying the disk again");
+        p.copy = CopyPlan {
+            from_seq: seq + 1,
+            done: false,
+            restart: true,
+        };
+        p.resync_reason = Some(why.to_string());
+        p.save(&self.opts.state)
+            .map_err(|e| local(format!("disk {}: saving state: {e}", p.name)))?;
+        let name = p.name.clone();
+        drop(p);
+        self.new_job(rt, "resync", &name);
+        Ok(())
+    }
+
+    fn new_job(&self, rt: &DiskRt, kind: &str, disk: &str) -> u64 {
+        let id = self.next_job.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.jobs).push(Job {
+            id,
+            kind: kind.into(),
+            disk: disk.into(),
+            state: JobState::Running,
+            step: "prerequisites".into(),
+            progress_percent: 0.0,
+            bytes_done: 0,
+            bytes_total: 0,
+            rate_bytes_per_sec: 0.0,
+            eta_seconds: None,
+            started_unix_ns: crate::now_ns(),
+            finished_unix_ns: None,
+            error: None,
+        });
+        *lock(&rt.job) = Some(id);
+        id
+    }
+
+    fn update_job(&self, rt: &DiskRt, f: impl FnOnce(&mut Job)) {
+        let Some(id) = *lock(&rt.job) else { return };
+        if let Some(j) = lock(&self.jobs).iter_mut().find(|j| j.id == id) {
+            f(j);
+        }
+    }
+
+    pub(crate) fn job_step(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
+        let (rate, eta) = {
+            let st = lock(&rt.st);
+            match st.copy {
+                Some(c) if step == "initial-replication" => {
+                    let secs = c.started.elapsed().as_secs_f64();
+                    let rate = if secs > 0.5 {
+                        done.saturating_sub(c.started_cursor) as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
+                    (rate, eta)
+                }
+                _ => (0.0, None),
+            }
+        };
+        self.update_job(rt, |j| {
+            j.step = step.into();
+            j.bytes_done = done;
+            j.bytes_total = total;
+            j.rate_bytes_per_sec = rate;
+            j.eta_seconds = eta;
+            j.progress_percent = match step {
+                "prerequisites" => 0.0,
+                "start-tracking" => 2.0,
+                "initial-replication" if total > 0 => 5.0 + 85.0 * done as f64 / total as f64,
+                "initial-replication" => 5.0,
+                "ship-changes-during-copy" => 92.0,
+                _ => 98.0,
+            };
+        });
+    }
+
+    pub(crate) fn job_fail(&self, rt: &DiskRt, msg: &str) {
+        self.job_finish(rt, JobState::Failed, Some(msg.to_string()));
+    }
+
+    pub(crate) fn job_finish(&self, rt: &DiskRt, state: JobState, error: Option<String>) {
+        let finished = crate::now_ns();
+        self.update_job(rt, |j| {
+            if j.state == JobState::Running {
+                j.state = state;
+                j.error = error;
+                j.finished_unix_ns = Some(finished);
+                if state == JobState::Succeeded {
+                    j.step = "finalize-protection".into();
+                    j.progress_percent = 100.0;
+                }
+            }
+        });
+        if state != JobState::Running {
+            *lock(&rt.job) = None;
+        }
+    }
+
+    /// Starts tracking and replicating `prot` (new or loaded at start).
+    fn start_disk(
+        self: &Arc<Self>,
+        mut prot: Protection,
+        new: bool,
+    ) -> anyhow::Result<Arc<DiskRt>> {
+        let logs = state::log_dir(&self.opts.state, &prot.name);
+        std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
+        let report = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
+        let (stop, _) = watch::channel(false);
+        let rt = Arc::new(DiskRt {
+            prot: Mutex::new(prot.clone()),
+            st: Mutex::new(RtStatus::default()),
+            stop,
+            size: report.info.size,
+            block_size: report.info.logical_block_size,
+            cut_request: AtomicBool::new(false),
+            records_at_cut: AtomicU64::new(0),
+            job: Mutex::new(None),
+            cache: Mutex::new(BTreeMap::new()),
+            task: Mutex::new(None),
+        });
+        if new {
+            self.new_job(&rt, "enable-protection", &prot.name);
+            self.job_step(&rt, "start-tracking", 0, 0);
+            let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
+            prot.copy = CopyPlan {
+                from_seq: seq + 1,
+                done: false,
+                restart: false,
+            };
+            *lock(&rt.prot) = prot.clone();
+            prot.save(&self.opts.state)
+                .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
+        } else if let Some(gap) = &report.gap {
+            self.start_recopy(&rt, &format!("tracking was interrupted ({gap})"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else if !prot.copy.done {
+            self.new_job(&rt, "enable-protection", &prot.name);
+        }
+        lock(&self.disks).insert(prot.name.clone(), rt.clone());
+        let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
+        *lock(&rt.task) = Some(h);
+        Ok(rt)
+    }
+
+    async fn protect(
+        self: &Arc<Self>,
+        device: String,
+        to: String,
+        name: Option<String>,
+        frequency: &str,
+    ) -> anyhow::Result<Job> {
+        let frequency = Frequency::parse(frequency).map_err(anyhow::Error::msg)?;
+        crate::net::split_host_port(&to).map_err(anyhow::Error::msg)?;
+        let device_path = PathBuf::from(&device);
+        let name = match name {
+            Some(n) => n,
+            None => device_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("disk")
+                .to_string(),
+        };
+        if !crate::valid_disk_name(&name) {
+            anyhow::bail!(
+                "'{name}' is not a valid disk name (1-64 letters, digits, '.', '_', '-'; no leading dot)"
+            );
+        }
+        {
+            let disks = lock(&self.disks);
+            if disks.contains_key(&name) {
+                anyhow::bail!("disk {name} is already protected");
+            }
+            if let Some((n, _)) = disks
+                .iter()
+                .find(|(_, d)| lock(&d.prot).device == device_path)
+            {
+                anyhow::bail!("{device} is already protected as disk {n}");
+            }
+        }
+        let meta = std::fs::metadata(&device_path).map_err(|e| anyhow::anyhow!("{device}: {e}"))?;
+        if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            anyhow::bail!("{device} is not a block device");
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("random disk id: {e}"))?;
+        let prot = Protection {
+            version: 1,
+            name: name.clone(),
+            device: device_path,
+            to,
+            frequency,
+            disk_id: crate::hex16(&id),
+            created_unix_ns: crate::now_ns(),
+            copy: CopyPlan {
+                from_seq: 0,
+                done: false,
+                restart: false,
+            },
+            resync_reason: None,
+        };
+        let dir = state::disk_dir(&self.opts.state, &name);
+        let rt = match self.start_disk(prot, true) {
+            Ok(rt) => rt,
+            Err(e) => {
+                // Nothing half-made: the disk is not tracked, its directory goes.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.context(format!("protecting {device} as disk {name}")));
+            }
+        };
+        tracing::info!(disk = %name, device = %device, "protection enabled");
+        let id = lock(&rt.job).unwrap_or(0);
+        lock(&self.jobs)
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("job vanished"))
+    }
+
+    async fn stop_disk(&self, rt: &Arc<DiskRt>) {
+        let _ = rt.stop.send(true);
+        let h = lock(&rt.task).take();
+        if let Some(h) = h {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
+    async fn unprotect(&self, name: &str) -> anyhow::Result<()> {
+        let rt = lock(&self.disks)
+            .remove(name)
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        self.stop_disk(&rt).await;
+        let dev = lock(&rt.prot).device.clone();
+        if let Err(e) = self.with_tracker(|t| t.remove_device(&dev)) {
+            tracing::warn!(disk = name, "stopping tracking: {e:#}");
+        }
+        let dir = state::disk_dir(&self.opts.state, name);
+        std::fs::remove_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        tracing::info!(
+            disk = name,
+            "protection removed (the replica stays on the server)"
+        );
+        Ok(())
+    }
+
+    fn disk_status(&self, rt: &DiskRt) -> DiskStatus {
+        let p = lock(&rt.prot).clone();
+        let records = self.records_since_cut(rt);
+        let st = lock(&rt.st);
+        let now = crate::now_ns();
+        let applied_seq = st.last_applied.as_ref().map(|a| a.seq);
+        let pending = !p.copy.done
+            || st.pending_logs > 0
+            || records > 0
+            || st
+                .last_shipped_seq
+                .is_some_and(|s| applied_seq.is_none_or(|a| a < s));
+        let since = st
+            .last_applied
+            .as_ref()
+            .map_or(p.created_unix_ns, |a| a.cut_time_ns);
+        let state = if st.critical {
+            ReplState::Critical
+        } else if !p.copy.done && p.resync_reason.is_some() {
+            ReplState::ResyncRequired
+        } else if !p.copy.done {
+            ReplState::InitialReplication
+        } else {
+            ReplState::Protected
+        };
+        let health = if st.critical {
+            Health::Critical
+        } else if st.error.is_some() || state == ReplState::ResyncRequired {
+            Health::Warning
+        } else {
+            Health::Normal
+        };
+        DiskStatus {
+            name: p.name.clone(),
+            device: Some(p.device.display().to_string()),
+            peer: p.to.clone(),
+            state,
+            health,
+            lag_seconds: if pending {
+                now.saturating_sub(since) as f64 / 1e9
+            } else {
+                0.0
+            },
+            backlog_bytes: st.backlog_bytes,
+            bytes_shipped: st.bytes_shipped,
+            wire_bytes: st.wire_bytes,
+            zero_bytes: st.zero_bytes,
+            cycles_applied: st.cycles_applied,
+            last_applied: st.last_applied.as_ref().map(|a| CycleStatus {
+                seq: a.seq,
+                cut_time_unix_ns: a.cut_time_ns,
+            }),
+            copy: st.copy.map(|c| {
+                let secs = c.started.elapsed().as_secs_f64();
+                let rate = if secs > 0.5 {
+                    c.cursor.saturating_sub(c.started_cursor) as f64 / secs
+                } else {
+                    0.0
+                };
+                CopyStatus {
+                    done: c.done,
+                    bytes_done: c.cursor,
+                    size: c.size,
+                    rate_bytes_per_sec: rate,
+                    eta_seconds: (rate > 0.0 && !c.done)
+                        .then(|| c.size.saturating_sub(c.cursor) as f64 / rate),
+                }
+            }),
+            connected: st.connected,
+            error: st.error.clone(),
+            resync_reason: if p.copy.done {
+                None
+            } else {
+                p.resync_reason.clone()
+            },
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let disks: Vec<Arc<DiskRt>> = lock(&self.disks).values().cloned().collect();
+        StatusReport {
+            schema: status::SCHEMA,
+            role: "agent".into(),
+            host: self.name.clone(),
+            disks: disks.iter().map(|d| self.disk_status(d)).collect(),
+        }
+    }
+
+    /// Resolves once every change completed before the call is applied on the replica.
+    async fn wait(&self, name: &str, timeout: Duration) -> anyhow::Result<DiskStatus> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        let t0 = crate::now_ns();
+        let settled = t0 + u64::try_from(worker::TRACKER_DRAIN.as_nanos()).unwrap_or(0);
+        let deadline = Instant::now() + timeout;
+        let mut target: Option<u64> = None;
+        rt.cut_request.store(true, Ordering::SeqCst);
+        loop {
+            {
+                let p = lock(&rt.prot);
+                let st = lock(&rt.st);
+                if st.critical {
+                    anyhow::bail!(
+                        "disk {name}: {}",
+                        st.error.clone().unwrap_or_else(|| "critical".into())
+                    );
+                }
+                let applied = st.last_applied.as_ref().map(|a| a.seq);
+                if p.copy.done {
+                    if target.is_none()
+                        && let Some((seq, at)) = st.last_cut
+                        && at >= settled
+                    {
+                        target = Some(seq);
+                    }
+                    let quiet = st.quiet_confirmed_ns.is_some_and(|q| q >= settled)
+                        && st.pending_logs == 0
+                        && st
+                            .last_shipped_seq
+                            .is_none_or(|s| applied.is_some_and(|a| a >= s));
+                    let reached = target.is_some_and(|t| applied.is_some_and(|a| a >= t));
+                    if quiet || reached {
+                        drop(st);
+                        drop(p);
+                        return Ok(self.disk_status(&rt));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("disk {name}: not caught up after {timeout:?}");
+            }
+            if target.is_none() {
+                rt.cut_request.store(true, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::Status => Response::ok(self.status()),
+            Request::Jobs => {
+                let mut jobs = lock(&self.jobs).clone();
+                jobs.reverse();
+                Response::ok(JobsReport {
+                    schema: status::SCHEMA,
+                    jobs,
+                })
+            }
+            Request::Protect {
+                device,
+                to,
+                name,
+                frequency,
+            } => match self.protect(device, to, name, &frequency).await {
+                Ok(job) => Response::ok(job),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Unprotect { name } => match self.unprotect(&name).await {
+                Ok(()) => Response::ok(serde_json::json!({ "name": name })),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Wait { name, timeout_secs } => {
+                match self.wait(&name, Duration::from_secs(timeout_secs)).await {
+                    Ok(s) => Response::ok(s),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then stops every disk cleanly (logs sealed, so
+/// the next start continues without a resync).
+///
+/// # Errors
+/// The tracker cannot start, the state is unreadable, or the control socket cannot be made.
+pub async fn run(
+    opts: AgentOptions,
+    identity: &pki::Identity,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(opts.state.join("disks"))
+        .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
+    let tracker = tokio::task::block_in_place(|| Tracker::start(opts.tracker.clone()))
+        .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
+    let agent = Arc::new(Agent {
+        name: identity.name().to_string(),
+        client_cfg: identity.client_config()?,
+        opts: opts.clone(),
+        tracker: Mutex::new(Some(tracker)),
+        disks: Mutex::new(BTreeMap::new()),
+        jobs: Mutex::new(Vec::new()),
+        next_job: AtomicU64::new(0),
+    });
+    for prot in Protection::load_all(&opts.state)? {
+        let name = prot.name.clone();
+        if let Err(e) = agent.start_disk(prot, false) {
+            tracing::error!("disk {name}: cannot resume protection: {e:#}");
+        }
+    }
+    if let Some(policy) = &opts.policy {
+        for d in &policy.disk {
+            let exists = lock(&agent.disks)
+                .values()
+                .any(|r| lock(&r.prot).device == Path::new(&d.device));
+            if exists {
+                continue;
+            }
+            let freq = d.frequency.unwrap_or(Frequency::Continuous).to_string();
+            if let Err(e) = agent
+                .protect(d.device.clone(), d.to.clone(), d.name.clone(), &freq)
+                .await
+            {
+                tracing::error!("policy: {e:#}");
+            }
+        }
+    }
+    let (ctx, mut crx) = mpsc::channel::<Call>(16);
+    let sock = opts.socket.clone();
+    tokio::spawn(async move {
+        if let Err(e) = control::serve(&sock, ctx).await {
+            tracing::error!("control socket {}: {e}", sock.display());
+        }
+    });
+    let a = agent.clone();
+    tokio::spawn(async move {
+        while let Some((req, reply)) = crx.recv().await {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(a.handle(req).await);
+            });
+        }
+    });
+    tracing::info!(state = %opts.state.display(), "agent ready");
+    shutdown.await;
+    tracing::info!("agent stopping: sealing logs");
+    let disks: Vec<Arc<DiskRt>> = lock(&agent.disks).values().cloned().collect();
+    for d in &disks {
+        agent.stop_disk(d).await;
+    }
+    let t = lock(&agent.tracker).take();
+    if let Some(t) = t {
+        tokio::task::block_in_place(|| t.stop())
+            .map_err(|e| anyhow::anyhow!("stopping the tracker: {e}"))?;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    Ok(())
+}

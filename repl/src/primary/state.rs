@@ -1,0 +1,103 @@
+//! What the agent persists per protected disk: `STATE/disks/NAME/protection.json` (version 1,
+//! written atomically) beside the disk's HRL logs in `STATE/disks/NAME/logs/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Frequency;
+
+/// Where the initial copy (or a full re-copy) stands, from the agent's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyPlan {
+    /// The first log whose cycles follow the copy: the log that became current when the copy
+    /// started (every change completed before then is in the data the copy reads).
+    pub from_seq: u64,
+    /// The server confirmed the copy complete.
+    pub done: bool,
+    /// The server must discard any cursor it has (a re-copy after a tracking gap).
+    pub restart: bool,
+}
+
+/// `protection.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protection {
+    /// Format version (1).
+    pub version: u32,
+    /// Disk name (the same on both sites).
+    pub name: String,
+    /// The protected block device.
+    pub device: PathBuf,
+    /// `HOST:PORT` of the server.
+    pub to: String,
+    /// Cycle frequency.
+    pub frequency: Frequency,
+    /// Replication relationship id (random, 32 hex digits).
+    pub disk_id: String,
+    /// When protection was enabled.
+    pub created_unix_ns: u64,
+    /// The copy.
+    pub copy: CopyPlan,
+    /// Why a re-copy is running, if it is one.
+    pub resync_reason: Option<String>,
+}
+
+/// `STATE/disks/NAME`.
+#[must_use]
+pub fn disk_dir(state: &Path, name: &str) -> PathBuf {
+    state.join("disks").join(name)
+}
+
+/// `STATE/disks/NAME/logs`.
+#[must_use]
+pub fn log_dir(state: &Path, name: &str) -> PathBuf {
+    disk_dir(state, name).join("logs")
+}
+
+impl Protection {
+    /// Saves atomically.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save(&self, state: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::store::write_atomic(&disk_dir(state, &self.name).join("protection.json"), &bytes)
+    }
+
+    /// Loads every protection in `state`.
+    ///
+    /// # Errors
+    /// A protection file is unreadable or invalid (the message names it).
+    pub fn load_all(state: &Path) -> anyhow::Result<Vec<Self>> {
+        let mut out = Vec::new();
+        let dir = state.join("disks");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => anyhow::bail!("{}: {e}", dir.display()),
+        };
+        for e in rd {
+            let p = e?.path().join("protection.json");
+            if !p.exists() {
+                continue;
+            }
+            let text = std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let prot: Self = serde_json::from_slice(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            if prot.version != 1 {
+                anyhow::bail!("{}: unsupported version {}", p.display(), prot.version);
+            }
+            out.push(prot);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The relationship id as bytes.
+    #[must_use]
+    pub fn disk_id_bytes(&self) -> [u8; 16] {
+        hrl::DiskId::parse_hex(&self.disk_id).map_or([0; 16], |d| d.0)
+    }
+}

@@ -1,0 +1,553 @@
+//! One protected disk's replication: connect, attach, copy if needed, then cycles — and on
+//! failure, the retry rules.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hrl::chain::list_logs;
+use proto::{CycleInfo, EncodeOpts, Frame, Msg};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::ship::{Item, Wire, spawn_reader};
+use super::state::{CopyPlan, log_dir};
+use super::{Agent, DiskRt, lock};
+use crate::backoff::Backoff;
+use crate::config::Frequency;
+use crate::cycle::read_cycle;
+use crate::net::{self, ClientStream, ReplError};
+use crate::status::JobState;
+
+/// Copy checkpoints: the server syncs the replica and records the cursor this often.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Unacknowledged checkpoints allowed in flight.
+pub const CHECKPOINTS_IN_FLIGHT: usize = 2;
+/// How long the tracker may hold a completed change before it reaches the log: the kernel
+/// write bitmap is drained every 50 ms and ring events are coalesced for 5 ms.
+pub const TRACKER_DRAIN: Duration = Duration::from_millis(150);
+/// Idle sessions ping this often (the server drops silent ones).
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+/// Read granule of cycles (O_DIRECT alignment).
+pub const GRANULE: u64 = 4096;
+
+/// Why a session ended without an error.
+enum Ended {
+    /// Stop requested.
+    Stopped,
+}
+
+/// Runs disk `rt` until it is stopped.
+pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
+    let mut backoff = Backoff::new(agent.opts.retry_unit);
+    let mut stop = rt.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let res = session(&agent, &rt, &mut backoff).await;
+        rt.set(|s| s.connected = false);
+        match res {
+            Ok(Ended::Stopped) => return,
+            Err(e) => {
+                let name = lock(&rt.prot).name.clone();
+                let msg = format!("disk {name}: {e}");
+                if e.recoverable() {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("{msg}; retrying in {delay:?}");
+                    rt.set(|s| {
+                        s.error = Some(msg.clone());
+                        s.critical = false;
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return,
+                    }
+                } else {
+                    tracing::error!("{msg}; not retried: operator action needed");
+                    rt.set(|s| {
+                        s.error = Some(msg.clone());
+                        s.critical = true;
+                    });
+                    agent.job_fail(&rt, &msg);
+                    // Non-recoverable: wait for the operator (unprotect, or restart the agent).
+                    let _ = stop.changed().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Session {
+    w: Wire<WriteHalf<ClientStream>>,
+    rx: mpsc::Receiver<Result<Msg, ReplError>>,
+    peer: String,
+    last_sent: Instant,
+}
+
+impl Session {
+    async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
+        loop {
+            let m = self
+                .rx
+                .recv()
+                .await
+                .ok_or_else(|| ReplError::Net("connection closed".into()))??;
+            match m {
+                Msg::Applied { seq, cut_time_ns } => {
+                    rt.set(|s| {
+                        s.last_applied = Some(CycleInfo { seq, cut_time_ns });
+                        s.cycles_applied += 1;
+                    });
+                }
+                Msg::Pong { .. } => {}
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn expect_ack(&mut self, rt: &DiskRt, cursor: Option<u64>) -> Result<u64, ReplError> {
+        match self.recv(rt).await? {
+            Msg::CopyAck { cursor: c } if cursor.is_none_or(|x| x == c) => Ok(c),
+            m => Err(ReplError::Protocol(format!(
+                "{} sent {} where CopyAck{} was expected",
+                self.peer,
+                m.name(),
+                cursor.map(|c| format!(" {c}")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
+        self.last_sent = Instant::now();
+        self.w.msg(m).await
+    }
+}
+
+fn spawn_receiver(
+    mut r: ReadHalf<ClientStream>,
+    peer: String,
+) -> mpsc::Receiver<Result<Msg, ReplError>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let m = match proto::read_frame(&mut r).await {
+                Ok(Frame::Control(Msg::Error { code, message, .. })) => Err(ReplError::Refused {
+                    peer: peer.clone(),
+                    code,
+                    message,
+                }),
+                Ok(Frame::Control(m)) => Ok(m),
+                Ok(_) => Err(ReplError::Protocol(format!("{peer} sent a data frame"))),
+                Err(e) => Err(e.into()),
+            };
+            let end = m.is_err();
+            if tx.send(m).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<Ended, ReplError> {
+    let prot = lock(&rt.prot).clone();
+    let size = rt.size;
+    let cfg = agent.client_cfg.clone();
+    let mut stream = net::connect(&prot.to, cfg, Duration::from_secs(10)).await?;
+    net::client_hello(&mut stream, &agent.name, &prot.to).await?;
+    let (r, w) = tokio::io::split(stream);
+    let mut s = Session {
+        w: Wire::new(w, agent.opts.max_rate),
+        rx: spawn_receiver(r, prot.to.clone()),
+        peer: prot.to.clone(),
+        last_sent: Instant::now(),
+    };
+    s.msg(Msg::Attach {
+        disk: prot.name.clone(),
+        disk_id: prot.disk_id_bytes(),
+        size,
+        block_size: rt.block_size,
+    })
+    .await?;
+    let (server_copy, applied, mut expected) = match s.recv(rt).await? {
+        Msg::Attached {
+            copy,
+            applied,
+            expected_seq,
+        } => (copy, applied, expected_seq),
+        m => {
+            return Err(ReplError::Protocol(format!(
+                "{} answered Attach with {}",
+                prot.to,
+                m.name()
+            )));
+        }
+    };
+    backoff.reset();
+    rt.set(|st| {
+        st.connected = true;
+        st.error = None;
+        st.critical = false;
+        if applied.is_some() {
+            st.last_applied = applied;
+        }
+    });
+    tracing::info!(disk = %prot.name, server = %prot.to, "attached");
+    // The server is the authority on what it holds: if it lost the copy (a new store), or it
+    // belongs to another copy, start over.
+    {
+        let mut p = lock(&rt.prot);
+        let server_ok = server_copy
+            .as_ref()
+            .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
+        if !server_ok && (p.copy.done || server_copy.is_some()) {
+            tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
+            p.copy.done = false;
+            p.copy.restart = true;
+            let _ = p.save(&agent.opts.state);
+        }
+    }
+    let mut stop = rt.stop.subscribe();
+    loop {
+        let plan = lock(&rt.prot).copy;
+        if !plan.done {
+            let cursor = if plan.restart {
+                None
+            } else {
+                server_copy
+                    .as_ref()
+                    .filter(|c| c.from_seq == plan.from_seq && !c.done)
+                    .map(|c| c.cursor)
+            };
+            if run_copy(agent, rt, &mut s, plan, cursor, &mut stop).await? {
+                return Ok(Ended::Stopped);
+            }
+            expected = Some(plan.from_seq);
+        }
+        match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
+            CyclesEnd::Stopped => {
+                let _ = s.msg(Msg::Bye).await;
+                s.w.shutdown().await;
+                return Ok(Ended::Stopped);
+            }
+            CyclesEnd::Recopy(why) => {
+                agent.start_recopy(rt, &why)?;
+            }
+        }
+    }
+}
+
+/// Copies the whole device (from `cursor`), then tells the server the copy is done.
+/// Returns true if stopped.
+async fn run_copy(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    plan: CopyPlan,
+    cursor: Option<u64>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, ReplError> {
+    let size = rt.size;
+    let name = lock(&rt.prot).name.clone();
+    s.msg(Msg::CopyBegin {
+        from_seq: plan.from_seq,
+        restart: cursor.is_none(),
+    })
+    .await?;
+    let start = s.expect_ack(rt, None).await?;
+    if start > size || (start % GRANULE != 0 && start != size) {
+        return Err(ReplError::Protocol(format!(
+            "the server's copy cursor {start} is not a valid position on the {size}-byte disk"
+        )));
+    }
+    if plan.restart {
+        let mut p = lock(&rt.prot);
+        p.copy.restart = false;
+        p.save(&agent.opts.state)
+            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
+    }
+    tracing::info!(disk = %name, from = start, size, "initial copy");
+    agent.job_step(rt, "initial-replication", start, size);
+    rt.set(|st| {
+        st.copy = Some(super::CopyRun {
+            cursor: start,
+            size,
+            started: Instant::now(),
+            started_cursor: start,
+            done: false,
+        });
+    });
+    let mut ranges = Vec::new();
+    let mut at = start;
+    while at < size {
+        let end = (at + CHECKPOINT_BYTES).min(size);
+        ranges.push((at, end));
+        at = end;
+    }
+    let device = lock(&rt.prot).device.clone();
+    let mut rx = spawn_reader(device, size, ranges, agent.encode_opts());
+    let mut in_flight = 0usize;
+    loop {
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            _ = stop.changed() => return Ok(true),
+        };
+        match item {
+            Some(Item::Frame { bytes, data, zero }) => {
+                s.w.bytes(&bytes).await?;
+                let wire = bytes.len() as u64;
+                rt.set(|st| {
+                    st.bytes_shipped += data;
+                    st.zero_bytes += zero;
+                    st.wire_bytes += wire;
+                });
+            }
+            Some(Item::Mark(c)) => {
+                s.msg(Msg::CopyCheckpoint { cursor: c }).await?;
+                in_flight += 1;
+                while in_flight > CHECKPOINTS_IN_FLIGHT {
+                    let acked = s.expect_ack(rt, None).await?;
+                    in_flight -= 1;
+                    copy_progress(agent, rt, acked, size);
+                }
+            }
+            Some(Item::Failed(e)) => return Err(ReplError::Local(format!("disk {name}: {e}"))),
+            Some(Item::Done { .. }) | None => break,
+        }
+    }
+    while in_flight > 0 {
+        let acked = s.expect_ack(rt, None).await?;
+        in_flight -= 1;
+        copy_progress(agent, rt, acked, size);
+    }
+    s.msg(Msg::CopyDone {
+        from_seq: plan.from_seq,
+    })
+    .await?;
+    s.expect_ack(rt, Some(size)).await?;
+    {
+        let mut p = lock(&rt.prot);
+        p.copy.done = true;
+        p.save(&agent.opts.state)
+            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
+    }
+    rt.set(|st| {
+        if let Some(c) = &mut st.copy {
+            c.cursor = size;
+            c.done = true;
+        }
+    });
+    tracing::info!(disk = %name, "initial copy complete; shipping the changes made during it");
+    agent.job_step(rt, "ship-changes-during-copy", 0, 0);
+    Ok(false)
+}
+
+fn copy_progress(agent: &Agent, rt: &DiskRt, cursor: u64, size: u64) {
+    rt.set(|st| {
+        if let Some(c) = &mut st.copy {
+            c.cursor = cursor;
+        }
+    });
+    agent.job_step(rt, "initial-replication", cursor, size);
+}
+
+enum CyclesEnd {
+    Stopped,
+    Recopy(String),
+}
+
+/// Ships sealed logs as cycles, cutting new ones at the disk's frequency.
+async fn run_cycles(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<CyclesEnd, ReplError> {
+    let (name, device, frequency, from_seq) = {
+        let p = lock(&rt.prot);
+        (
+            p.name.clone(),
+            p.device.clone(),
+            p.frequency,
+            p.copy.from_seq,
+        )
+    };
+    let logs = log_dir(&agent.opts.state, &name);
+    let mut next_cut = Instant::now();
+    loop {
+        // 1. Ship every sealed log, oldest first.
+        let listed = list_logs(&logs)
+            .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+        let sealed = &listed[..listed.len().saturating_sub(1)];
+        let mut pending_bytes = 0u64;
+        let mut pending = Vec::new();
+        for (seq, path) in sealed {
+            let seq = seq.0;
+            if seq < from_seq || expected.is_some_and(|e| seq < e) {
+                // Covered by the copy, or acknowledged by the server.
+                let _ = std::fs::remove_file(path);
+                continue;
+            }
+            pending.push((seq, path.clone()));
+        }
+        for (seq, path) in &pending {
+            if let Some(c) = rt.cached_bytes(*seq, path, rt.size) {
+                pending_bytes += c;
+            }
+        }
+        rt.set(|st| {
+            st.pending_logs = pending.len();
+            st.backlog_bytes = pending_bytes;
+        });
+        for (seq, path) in pending {
+            if let Some(e) = *expected
+                && seq != e
+            {
+                return Ok(CyclesEnd::Recopy(format!(
+                    "log {seq} follows acknowledged cycle {} (logs in between are missing)",
+                    e.saturating_sub(1)
+                )));
+            }
+            let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
+                .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+            if let Some(why) = cyc.whole_disk_gap {
+                return Ok(CyclesEnd::Recopy(format!(
+                    "log {seq} records a tracking gap ({why})"
+                )));
+            }
+            ship_cycle(agent, rt, s, &device, &cyc, stop).await?;
+            let _ = std::fs::remove_file(&path);
+            rt.forget_cached(seq);
+            *expected = Some(seq + 1);
+            rt.set(|st| {
+                st.last_shipped_seq = Some(seq);
+                st.pending_logs = st.pending_logs.saturating_sub(1);
+                st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
+            });
+            if *stop.borrow() {
+                return Ok(CyclesEnd::Stopped);
+            }
+        }
+        agent.job_done_if_caught_up(rt);
+        // 2. Wait for the next cut.
+        loop {
+            if *stop.borrow() {
+                return Ok(CyclesEnd::Stopped);
+            }
+            let forced = rt.take_cut_request();
+            if forced {
+                // Let every change completed before the request reach the log first.
+                tokio::time::sleep(TRACKER_DRAIN).await;
+            }
+            let records = agent.records_since_cut(rt);
+            let due = match frequency {
+                Frequency::Continuous => true,
+                Frequency::Every(_) => Instant::now() >= next_cut,
+            };
+            if records > 0 && (due || forced) {
+                let sealed = agent.cut(rt)?;
+                if let Frequency::Every(d) = frequency {
+                    next_cut = Instant::now() + d;
+                }
+                tracing::debug!(disk = %name, seq = sealed, "cycle cut");
+                break;
+            }
+            if forced {
+                // Nothing recorded since the last cut, even after the drain period: every
+                // change made before the request is in a log already cut.
+                rt.set(|st| st.quiet_confirmed_ns = Some(crate::now_ns()));
+            }
+            if s.last_sent.elapsed() > PING_EVERY {
+                s.msg(Msg::Ping { nonce: 0 }).await?;
+            }
+            // Drain replies (Applied, Pong) while idle.
+            tokio::select! {
+                m = s.recv(rt) => {
+                    let m = m?;
+                    return Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())));
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => return Ok(CyclesEnd::Stopped),
+            }
+        }
+    }
+}
+
+async fn ship_cycle(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    device: &Path,
+    cyc: &crate::cycle::CycleExtents,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ReplError> {
+    s.msg(Msg::CycleBegin {
+        seq: cyc.seq,
+        log_id: cyc.log_id,
+        cut_time_ns: cyc.cut_time_ns,
+        extents: cyc.ranges.len() as u64,
+        data_bytes: cyc.bytes,
+    })
+    .await?;
+    let mut rx = spawn_reader(
+        device.to_path_buf(),
+        rt.size,
+        cyc.ranges.clone(),
+        agent.encode_opts(),
+    );
+    let (frames, data_bytes) = loop {
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            _ = stop.changed() => return Err(ReplError::Local("stopping".into())),
+        };
+        match item {
+            Some(Item::Frame { bytes, data, zero }) => {
+                s.w.bytes(&bytes).await?;
+                let wire = bytes.len() as u64;
+                rt.set(|st| {
+                    st.bytes_shipped += data;
+                    st.zero_bytes += zero;
+                    st.wire_bytes += wire;
+                });
+            }
+            Some(Item::Mark(_)) => {}
+            Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
+            Some(Item::Done { frames, data_bytes }) => break (frames, data_bytes),
+            None => return Err(ReplError::Local("device reader stopped".into())),
+        }
+    };
+    s.msg(Msg::CycleEnd {
+        seq: cyc.seq,
+        frames,
+        data_bytes,
+    })
+    .await?;
+    match s.recv(rt).await? {
+        Msg::CycleAck { seq } if seq == cyc.seq => Ok(()),
+        m => Err(ReplError::Protocol(format!(
+            "{} sent {} where CycleAck {} was expected",
+            s.peer,
+            m.name(),
+            cyc.seq
+        ))),
+    }
+}
+
+impl Agent {
+    pub(crate) fn encode_opts(&self) -> EncodeOpts {
+        EncodeOpts {
+            compress_level: self.opts.compress_level,
+        }
+    }
+
+    /// Marks the enable-protection job finished once the first cycles after the copy shipped.
+    pub(crate) fn job_done_if_caught_up(&self, rt: &DiskRt) {
+        let done = lock(&rt.prot).copy.done;
+        if done {
+            self.job_finish(rt, JobState::Succeeded, None);
+        }
+    }
+}

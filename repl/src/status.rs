@@ -1,0 +1,166 @@
+//! The `--json` schemas of `sitrep status` and `sitrep jobs` (schema version 1).
+//!
+//! Stable for scripts: fields are only ever added; a removal or a change of meaning bumps
+//! `schema`. Times are nanoseconds since the Unix epoch (`*_unix_ns`); durations are seconds.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of these schemas.
+pub const SCHEMA: u32 = 1;
+
+/// `sitrep status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// `"agent"` (primary) or `"server"` (secondary).
+    pub role: String,
+    /// This host's certificate name.
+    pub host: String,
+    /// One entry per protected (agent) or replicated (server) disk.
+    pub disks: Vec<DiskStatus>,
+}
+
+/// Replication state of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplState {
+    /// The initial copy is running (or waiting to resume).
+    InitialReplication,
+    /// Delta cycles flow; the replica is at a consistent state.
+    Protected,
+    /// Tracking lost something after the copy: a (full, for now) re-copy runs.
+    ResyncRequired,
+    /// A non-recoverable error: operator action needed (see `error`).
+    Critical,
+    /// Replicated here (server view) and up to date with what was received.
+    Replicating,
+}
+
+/// Health, as Hyper-V Replica shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Everything flows.
+    Normal,
+    /// Retrying a recoverable error, or a resync is running.
+    Warning,
+    /// Stopped on a non-recoverable error.
+    Critical,
+}
+
+/// A cycle on the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleStatus {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When the source sealed it (source clock).
+    pub cut_time_unix_ns: u64,
+}
+
+/// Progress of an initial copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// Whether it completed.
+    pub done: bool,
+    /// Bytes of the disk covered so far (acknowledged durable by the server).
+    pub bytes_done: u64,
+    /// Disk size.
+    pub size: u64,
+    /// Recent rate.
+    pub rate_bytes_per_sec: f64,
+    /// Estimated seconds to completion (None when unknown).
+    pub eta_seconds: Option<f64>,
+}
+
+/// One disk in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// The protected disk's name.
+    pub name: String,
+    /// The source device (agent) — None on the server.
+    pub device: Option<String>,
+    /// The other side: `HOST:PORT` of the server (agent) or the owning client's name (server).
+    pub peer: String,
+    /// Replication state.
+    pub state: ReplState,
+    /// Health.
+    pub health: Health,
+    /// Replication lag (RPO): 0 when every change made on the source is applied on the
+    /// replica, else seconds since the cut of the newest applied cycle (or since protection
+    /// started, before the first one).
+    pub lag_seconds: f64,
+    /// Bytes of changed ranges recorded but not yet applied on the replica (an upper bound).
+    pub backlog_bytes: u64,
+    /// Data bytes shipped (before compression; zero ranges not counted).
+    pub bytes_shipped: u64,
+    /// Bytes on the wire (frames, after compression).
+    pub wire_bytes: u64,
+    /// Bytes described as zero ranges (never sent as bytes).
+    pub zero_bytes: u64,
+    /// Cycles applied.
+    pub cycles_applied: u64,
+    /// The newest applied cycle.
+    pub last_applied: Option<CycleStatus>,
+    /// Initial copy progress (None before it starts).
+    pub copy: Option<CopyStatus>,
+    /// Connected to the peer right now.
+    pub connected: bool,
+    /// The last error (kept while retrying), with the disk and the cause.
+    pub error: Option<String>,
+    /// Why a resync is required, when it is.
+    pub resync_reason: Option<String>,
+}
+
+/// `sitrep jobs --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsReport {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// Newest first.
+    pub jobs: Vec<Job>,
+}
+
+/// State of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Stopped on an error.
+    Failed,
+}
+
+/// A job: a long operation with steps and progress ("enable protection", ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Id, unique per daemon run.
+    pub id: u64,
+    /// `"enable-protection"`, ...
+    pub kind: String,
+    /// The disk.
+    pub disk: String,
+    /// State.
+    pub state: JobState,
+    /// Current step: `prerequisites`, `start-tracking`, `initial-replication`,
+    /// `ship-changes-during-copy`, `finalize-protection`.
+    pub step: String,
+    /// 0–100.
+    pub progress_percent: f64,
+    /// Bytes done / total in the current step, when it moves bytes.
+    pub bytes_done: u64,
+    /// Total bytes of the current step.
+    pub bytes_total: u64,
+    /// Recent rate of the current step.
+    pub rate_bytes_per_sec: f64,
+    /// Estimated seconds left in the current step.
+    pub eta_seconds: Option<f64>,
+    /// Start time.
+    pub started_unix_ns: u64,
+    /// End time.
+    pub finished_unix_ns: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}

@@ -1,0 +1,899 @@
+//! The secondary's store of replicas: one directory per disk, crash-safe.
+//!
+//! ```text
+//! STORE/disks/NAME/state.json     DiskState (written atomically: tmp + fsync + rename + dir fsync)
+//! STORE/disks/NAME/replica.img    the replica, a sparse file of the disk's size
+//! STORE/disks/NAME/staging/SEQ.cycle          a staged cycle (see below), durable before it is acked
+//! STORE/disks/NAME/staging/SEQ.cycle.tmp.E    a cycle being received by session epoch E
+//! ```
+//!
+//! **Staged cycle file** (format version 1): the 8 bytes `SRSTAGE1`, then protocol frames
+//! (docs/protocol.md, never compressed here): one `Control(CycleBegin)`, any number of
+//! `Data`/`Zero`, one `Control(CycleEnd)` whose counts match. Every frame carries its own
+//! CRC, so a staged file that does not read back whole is refused, never half-applied.
+//!
+//! **Apply is a redo log.** A cycle is staged and fsynced before the agent is told it may drop
+//! its log; it is then written into the replica, the replica is fdatasynced, `state.json`
+//! records it as applied, and only then is the staged file removed. A crash anywhere in that
+//! sequence leaves the staged file in place and `applied` behind it, so [`Disk::open`]
+//! applies it again. Every frame carries absolute contents (the data of a range, or "this
+//! range is zero"), and the ranges of one cycle do not depend on each other's order, so
+//! applying a cycle twice, or completing a half-applied one, yields exactly the state after
+//! the whole cycle. Cycles apply strictly in chain order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use proto::{EncodeOpts, Frame, Msg};
+use serde::{Deserialize, Serialize};
+
+/// Magic at the start of a staged cycle file.
+pub const STAGE_MAGIC: &[u8; 8] = b"SRSTAGE1";
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("disk {disk}: {what}: {source}")]
+    Io {
+        /// The disk.
+        disk: String,
+        /// What was being done (names the file).
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The client may not write this disk.
+    #[error("disk {disk}: replicated by '{owner}'; client '{client}' may not write it")]
+    Unauthorized {
+        /// The disk.
+        disk: String,
+        /// Its owner.
+        owner: String,
+        /// Who asked.
+        client: String,
+    },
+    /// Attach with a different disk id or geometry than the replica's.
+    #[error("disk {disk}: {why}")]
+    Mismatch {
+        /// The disk.
+        disk: String,
+        /// What differs.
+        why: String,
+    },
+    /// The chain of cycles is broken: operator action (a resync) is needed.
+    #[error("disk {disk}: broken chain: {why}")]
+    BrokenChain {
+        /// The disk.
+        disk: String,
+        /// What was expected and what came.
+        why: String,
+    },
+    /// The peer sent something invalid (out-of-range extent, wrong counts, ...).
+    #[error("disk {disk}: {why}")]
+    BadRequest {
+        /// The disk.
+        disk: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// A staged cycle or the state file is corrupt.
+    #[error("disk {disk}: {path}: {why}")]
+    Corrupt {
+        /// The disk.
+        disk: String,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Initial-copy progress, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyProgress {
+    /// The copy finished; cycles from `from_seq` apply on top.
+    pub done: bool,
+    /// The first log sequence whose cycles follow this copy.
+    pub from_seq: u64,
+    /// Everything before this byte offset is durable in the replica.
+    pub cursor: u64,
+}
+
+/// The last cycle applied to the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedCycle {
+    /// Its log sequence number.
+    pub seq: u64,
+    /// When the source sealed it (source clock, ns since the epoch).
+    pub cut_time_ns: u64,
+    /// When it was applied here (ns since the epoch).
+    pub applied_unix_ns: u64,
+}
+
+/// `state.json` of one replicated disk (version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskState {
+    /// Format version of this file (1).
+    pub version: u32,
+    /// The disk's name.
+    pub name: String,
+    /// The protected disk's id, 32 hex digits.
+    pub disk_id: String,
+    /// The client identity (certificate CN) allowed to write this replica.
+    pub owner: String,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// When the replica was created (ns since the epoch).
+    pub created_unix_ns: u64,
+    /// Initial copy; `None` until a copy starts.
+    pub copy: Option<CopyProgress>,
+    /// Last applied cycle.
+    pub applied: Option<AppliedCycle>,
+    /// Set when the chain broke: no cycle is accepted until a new copy starts.
+    pub broken: Option<String>,
+}
+
+/// Counters of a disk since the server started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskCounters {
+    /// Data bytes received (after decompression).
+    pub data_bytes: u64,
+    /// Bytes announced as zero extents.
+    pub zero_bytes: u64,
+    /// Cycles staged.
+    pub cycles_staged: u64,
+    /// Cycles applied.
+    pub cycles_applied: u64,
+    /// Duplicate cycles acknowledged without being applied again.
+    pub duplicates: u64,
+}
+
+/// One replicated disk, open.
+#[derive(Debug)]
+pub struct Disk {
+    dir: PathBuf,
+    state: DiskState,
+    replica: File,
+    counters: DiskCounters,
+}
+
+/// What [`Disk::attach`] was asked for.
+#[derive(Debug, Clone)]
+pub struct AttachRequest<'a> {
+    /// Disk name (validated by the caller with [`crate::valid_disk_name`]).
+    pub name: &'a str,
+    /// Disk id, hex.
+    pub disk_id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// The client's certificate name.
+    pub client: &'a str,
+}
+
+fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let disk = disk.to_string();
+    let what = what.into();
+    move |source| StoreError::Io { disk, what, source }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The directory of disk `name` in `store`.
+#[must_use]
+pub fn disk_dir(store: &Path, name: &str) -> PathBuf {
+    store.join("disks").join(name)
+}
+
+/// Names of the disks in `store`.
+///
+/// # Errors
+/// The store's directory cannot be read.
+pub fn list_disks(store: &Path) -> std::io::Result<Vec<String>> {
+    let dir = store.join("disks");
+    let mut out = Vec::new();
+    match fs::read_dir(&dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e?;
+                if let Some(n) = e.file_name().to_str()
+                    && crate::valid_disk_name(n)
+                    && e.path().join("state.json").exists()
+                {
+                    out.push(n.to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Disk {
+    /// Opens an existing replica and finishes any cycle a crash left staged.
+    ///
+    /// # Errors
+    /// Missing or corrupt state, or a staged cycle that cannot be applied.
+    pub fn open(store: &Path, name: &str) -> Result<Self> {
+        let dir = disk_dir(store, name);
+        let state_path = dir.join("state.json");
+        let text = fs::read(&state_path).map_err(io_err(name, "reading state.json"))?;
+        let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+            disk: name.into(),
+            path: state_path.clone(),
+            why: e.to_string(),
+        })?;
+        if state.version != 1 {
+            return Err(StoreError::Corrupt {
+                disk: name.into(),
+                path: state_path,
+                why: format!("unsupported state version {}", state.version),
+            });
+        }
+        let replica = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("replica.img"))
+            .map_err(io_err(name, "opening replica.img"))?;
+        let mut disk = Self {
+            dir,
+            state,
+            replica,
+            counters: DiskCounters::default(),
+        };
+        disk.recover()?;
+        Ok(disk)
+    }
+
+    /// Opens disk `req.name`, creating its replica on first attach (owned by `req.client`),
+    /// after checking the client may write it and that it is the same disk.
+    ///
+    /// # Errors
+    /// [`StoreError::Unauthorized`], [`StoreError::Mismatch`], or a file error.
+    pub fn attach(store: &Path, req: &AttachRequest<'_>) -> Result<Self> {
+        let name = req.name;
+        let dir = disk_dir(store, name);
+        if !dir.join("state.json").exists() {
+            fs::create_dir_all(dir.join("staging"))
+                .map_err(io_err(name, "creating its directory"))?;
+            let replica = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join("replica.img"))
+                .map_err(io_err(name, "creating replica.img"))?;
+            replica
+                .set_len(req.size)
+                .map_err(io_err(name, "sizing replica.img"))?;
+            replica
+                .sync_all()
+                .map_err(io_err(name, "syncing replica.img"))?;
+            let state = DiskState {
+                version: 1,
+                name: name.into(),
+                disk_id: req.disk_id.clone(),
+                owner: req.client.into(),
+                size: req.size,
+                block_size: req.block_size,
+                created_unix_ns: crate::now_ns(),
+                copy: None,
+                applied: None,
+                broken: None,
+            };
+            let mut d = Self {
+                dir,
+                state,
+                replica,
+                counters: DiskCounters::default(),
+            };
+            d.save()?;
+            return Ok(d);
+        }
+        let d = Self::open(store, name)?;
+        d.check_attach(req)?;
+        Ok(d)
+    }
+
+    /// Checks that `req` may continue replicating into this (already open) disk.
+    ///
+    /// # Errors
+    /// [`StoreError::Unauthorized`] or [`StoreError::Mismatch`].
+    pub fn check_attach(&self, req: &AttachRequest<'_>) -> Result<()> {
+        let name = req.name;
+        if self.state.owner != req.client {
+            return Err(StoreError::Unauthorized {
+                disk: name.into(),
+                owner: self.state.owner.clone(),
+                client: req.client.into(),
+            });
+        }
+        if self.state.disk_id != req.disk_id {
+            return Err(StoreError::Mismatch {
+                disk: name.into(),
+                why: format!(
+                    "the replica belongs to disk id {}, not {} (another disk with the same name?)",
+                    self.state.disk_id, req.disk_id
+                ),
+            });
+        }
+        if self.state.size != req.size || self.state.block_size != req.block_size {
+            return Err(StoreError::Mismatch {
+                disk: name.into(),
+                why: format!(
+                    "the replica is {} bytes with {}-byte blocks, the source {} bytes with {}-byte blocks",
+                    self.state.size, self.state.block_size, req.size, req.block_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The persisted state.
+    #[must_use]
+    pub fn state(&self) -> &DiskState {
+        &self.state
+    }
+
+    /// Counters since open.
+    #[must_use]
+    pub fn counters(&self) -> DiskCounters {
+        self.counters
+    }
+
+    /// The replica image's path.
+    #[must_use]
+    pub fn replica_path(&self) -> PathBuf {
+        self.dir.join("replica.img")
+    }
+
+    fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| StoreError::Io {
+            disk: self.state.name.clone(),
+            what: "encoding state.json".into(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.dir.join("state.json"), &bytes)
+            .map_err(io_err(&self.state.name, "writing state.json"))
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    /// The staged (durable, not yet applied) cycles, in order.
+    ///
+    /// # Errors
+    /// The staging directory cannot be read.
+    pub fn staged(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let dir = self.staging_dir();
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&dir).map_err(io_err(self.name(), "reading staging/"))?;
+        for e in rd {
+            let e = e.map_err(io_err(self.name(), "reading staging/"))?;
+            let n = e.file_name();
+            let Some(n) = n.to_str() else { continue };
+            if let Some(seq) = n.strip_suffix(".cycle").and_then(|s| s.parse::<u64>().ok()) {
+                out.push((seq, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The next cycle sequence this disk accepts; `None` while no copy has completed.
+    ///
+    /// # Errors
+    /// The staging directory cannot be read.
+    pub fn expected_seq(&self) -> Result<Option<u64>> {
+        let Some(copy) = self.state.copy.filter(|c| c.done) else {
+            return Ok(None);
+        };
+        let mut next = copy.from_seq;
+        if let Some(a) = self.state.applied {
+            next = next.max(a.seq + 1);
+        }
+        if let Some((s, _)) = self.staged()?.last() {
+            next = next.max(s + 1);
+        }
+        Ok(Some(next))
+    }
+
+    /// Applies every staged cycle after the last applied one, removes stale files.
+    fn recover(&mut self) -> Result<()> {
+        let dir = self.staging_dir();
+        fs::create_dir_all(&dir).map_err(io_err(self.name(), "creating staging/"))?;
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().contains(".cycle.tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        for (seq, path) in self.staged()? {
+            if self.state.applied.is_some_and(|a| a.seq >= seq) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            self.apply_staged(seq, &path)?;
+        }
+        Ok(())
+    }
+
+    // ---- initial copy -------------------------------------------------------------------
+
+    /// A copy starts: `restart` (or a different `from_seq`) discards the old cursor, and any
+    /// staged cycle (the copy supersedes it).
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn copy_begin(&mut self, from_seq: u64, restart: bool) -> Result<CopyProgress> {
+        let keep = !restart
+            && self
+                .state
+                .copy
+                .is_some_and(|c| c.from_seq == from_seq && !c.done);
+        if !keep {
+            for (_, p) in self.staged()? {
+                let _ = fs::remove_file(p);
+            }
+            self.state.copy = Some(CopyProgress {
+                done: false,
+                from_seq,
+                cursor: 0,
+            });
+            self.state.broken = None;
+            self.save()?;
+        }
+        Ok(self.state.copy.unwrap_or(CopyProgress {
+            done: false,
+            from_seq,
+            cursor: 0,
+        }))
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.state.size)
+        {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!(
+                    "range {offset}+{len} runs past the end of the {}-byte disk",
+                    self.state.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of the replica.
+    ///
+    /// # Errors
+    /// Out of range, or the write failed.
+    pub fn write_data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        self.replica.write_all_at(data, offset).map_err(io_err(
+            self.name(),
+            format!("writing replica.img at {offset}"),
+        ))?;
+        self.counters.data_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Makes `[offset, offset+len)` of the replica read as zeros (punching a hole).
+    ///
+    /// # Errors
+    /// Out of range, or the file system refused.
+    pub fn write_zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        punch_zero(&self.replica, offset, len).map_err(io_err(
+            self.name(),
+            format!("zeroing replica.img at {offset}+{len}"),
+        ))?;
+        self.counters.zero_bytes += len;
+        Ok(())
+    }
+
+    /// Everything before `cursor` is durable: sync the replica and record it.
+    ///
+    /// # Errors
+    /// No copy in progress, a cursor past the end, or a file error.
+    pub fn copy_checkpoint(&mut self, cursor: u64) -> Result<()> {
+        if cursor > self.state.size {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!("copy cursor {cursor} is past the end of the disk"),
+            });
+        }
+        let Some(mut c) = self.state.copy else {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: "copy checkpoint without a copy in progress".into(),
+            });
+        };
+        self.replica
+            .sync_data()
+            .map_err(io_err(self.name(), "syncing replica.img"))?;
+        c.cursor = cursor;
+        self.state.copy = Some(c);
+        self.save()
+    }
+
+    /// The copy is complete: cycles from `from_seq` follow.
+    ///
+    /// # Errors
+    /// The copy did not reach the end, or a file error.
+    pub fn copy_done(&mut self, from_seq: u64) -> Result<()> {
+        self.copy_checkpoint(self.state.size)?;
+        self.state.copy = Some(CopyProgress {
+            done: true,
+            from_seq,
+            cursor: self.state.size,
+        });
+        self.save()
+    }
+
+    // ---- cycles ---------------------------------------------------------------------------
+
+    /// Decides what to do with an arriving cycle `seq`.
+    ///
+    /// # Errors
+    /// [`StoreError::BrokenChain`] if it skips ahead (the disk is marked broken), or if no
+    /// copy has completed.
+    pub fn cycle_admit(&mut self, seq: u64) -> Result<Admit> {
+        if let Some(b) = &self.state.broken {
+            return Err(StoreError::BrokenChain {
+                disk: self.name().into(),
+                why: b.clone(),
+            });
+        }
+        let Some(expected) = self.expected_seq()? else {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!("cycle {seq} before the initial copy completed"),
+            });
+        };
+        if seq < expected {
+            self.counters.duplicates += 1;
+            return Ok(Admit::Duplicate);
+        }
+        if seq > expected {
+            let why =
+                format!("expected cycle {expected}, received {seq}: cycles in between are missing");
+            self.state.broken = Some(why.clone());
+            self.save()?;
+            return Err(StoreError::BrokenChain {
+                disk: self.name().into(),
+                why,
+            });
+        }
+        Ok(Admit::Stage)
+    }
+
+    /// Starts receiving cycle `seq` into a staging file private to session `epoch`.
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn stage_begin(&self, seq: u64, epoch: u64, begin: &Msg) -> Result<Staging> {
+        Staging::create(self.name(), &self.staging_dir(), seq, epoch, begin)
+    }
+
+    /// Makes a fully received staging file durable under its final name.
+    ///
+    /// # Errors
+    /// The counts do not match, or a file error.
+    pub fn stage_commit(&mut self, staging: Staging, end: &Msg) -> Result<PathBuf> {
+        let path = staging.finish(self.name(), end)?;
+        self.counters.cycles_staged += 1;
+        Ok(path)
+    }
+
+    /// Applies staged cycle `seq` (see the module docs for why this is crash-safe).
+    ///
+    /// # Errors
+    /// The staged file is corrupt, names ranges outside the disk, or a file error.
+    pub fn apply_staged(&mut self, seq: u64, path: &Path) -> Result<AppliedCycle> {
+        let name = self.name().to_string();
+        let corrupt = |why: String| StoreError::Corrupt {
+            disk: name.clone(),
+            path: path.to_path_buf(),
+            why,
+        };
+        let f = File::open(path).map_err(io_err(&name, format!("opening {}", path.display())))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)
+            .map_err(|e| corrupt(format!("no magic: {e}")))?;
+        if &magic != STAGE_MAGIC {
+            return Err(corrupt("bad magic".into()));
+        }
+        let mut buf = Vec::new();
+        let mut cut_time_ns = 0;
+        let mut frames = 0u64;
+        let mut data_bytes = 0u64;
+        let mut began = false;
+        loop {
+            let frame = read_frame_sync(&mut r, &mut buf).map_err(&corrupt)?;
+            let Some(frame) = frame else {
+                return Err(corrupt("ends before its CycleEnd".into()));
+            };
+            match frame {
+                Frame::Control(Msg::CycleBegin {
+                    seq: s,
+                    cut_time_ns: t,
+                    ..
+                }) if !began => {
+                    if s != seq {
+                        return Err(corrupt(format!("holds cycle {s}, named {seq}")));
+                    }
+                    cut_time_ns = t;
+                    began = true;
+                }
+                Frame::Data { offset, data } if began => {
+                    self.write_data(offset, &data)?;
+                    frames += 1;
+                    data_bytes += data.len() as u64;
+                }
+                Frame::Zero { offset, len } if began => {
+                    self.write_zero(offset, len)?;
+                    frames += 1;
+                }
+                Frame::Control(Msg::CycleEnd {
+                    seq: s,
+                    frames: f,
+                    data_bytes: b,
+                }) if began => {
+                    if s != seq || f != frames || b != data_bytes {
+                        return Err(corrupt(format!(
+                            "CycleEnd says cycle {s}, {f} frames, {b} bytes; file has cycle {seq}, {frames} frames, {data_bytes} bytes"
+                        )));
+                    }
+                    break;
+                }
+                other => return Err(corrupt(format!("unexpected frame {}", frame_name(&other)))),
+            }
+        }
+        self.replica
+            .sync_data()
+            .map_err(io_err(&name, "syncing replica.img"))?;
+        let applied = AppliedCycle {
+            seq,
+            cut_time_ns,
+            applied_unix_ns: crate::now_ns(),
+        };
+        self.state.applied = Some(applied);
+        self.save()?;
+        let _ = fs::remove_file(path);
+        self.counters.cycles_applied += 1;
+        Ok(applied)
+    }
+}
+
+/// What to do with an arriving cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// The next one in the chain: stage it.
+    Stage,
+    /// Already staged or applied: read and drop it, acknowledge it again.
+    Duplicate,
+}
+
+pub(crate) fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Control(m) => m.name(),
+        Frame::Data { .. } => "Data",
+        Frame::Zero { .. } => "Zero",
+    }
+}
+
+/// Reads one frame from a staged file (None at a clean end of file).
+fn read_frame_sync(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<Option<Frame>, String> {
+    buf.clear();
+    buf.resize(proto::HEADER_LEN, 0);
+    match r.read_exact(&mut buf[..]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > proto::MAX_WIRE_PAYLOAD {
+        return Err(format!("frame of {len} bytes exceeds the limit"));
+    }
+    buf.resize(proto::HEADER_LEN + len, 0);
+    r.read_exact(&mut buf[proto::HEADER_LEN..])
+        .map_err(|e| format!("truncated frame: {e}"))?;
+    match proto::decode(buf) {
+        Ok(Some((f, _))) => Ok(Some(f)),
+        Ok(None) => Err("truncated frame".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::other("range too large"));
+    };
+    match fallocate(
+        f,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        o,
+        l,
+    ) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = offset;
+            let end = offset + len;
+            while at < end {
+                let n = usize::try_from((end - at).min(1 << 20)).unwrap_or(1 << 20);
+                f.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A cycle being received into `staging/SEQ.cycle.tmp.EPOCH`.
+#[derive(Debug)]
+pub struct Staging {
+    tmp: PathBuf,
+    fin: PathBuf,
+    out: BufWriter<File>,
+    seq: u64,
+    frames: u64,
+    data_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Staging {
+    fn create(disk: &str, dir: &Path, seq: u64, epoch: u64, begin: &Msg) -> Result<Self> {
+        let tmp = dir.join(format!("{seq:020}.cycle.tmp.{epoch}"));
+        let fin = dir.join(format!("{seq:020}.cycle"));
+        let f = File::create(&tmp).map_err(io_err(disk, format!("creating {}", tmp.display())))?;
+        let mut s = Self {
+            tmp,
+            fin,
+            out: BufWriter::with_capacity(1 << 20, f),
+            seq,
+            frames: 0,
+            data_bytes: 0,
+            buf: Vec::new(),
+        };
+        s.out
+            .write_all(STAGE_MAGIC)
+            .map_err(io_err(disk, "writing a staged cycle"))?;
+        s.write(disk, &Frame::Control(begin.clone()))?;
+        Ok(s)
+    }
+
+    fn write(&mut self, disk: &str, frame: &Frame) -> Result<()> {
+        self.buf.clear();
+        proto::encode(
+            frame,
+            &EncodeOpts {
+                compress_level: None,
+            },
+            &mut self.buf,
+        )
+        .map_err(|e| StoreError::BadRequest {
+            disk: disk.into(),
+            why: format!("cannot stage frame: {e}"),
+        })?;
+        self.out
+            .write_all(&self.buf)
+            .map_err(io_err(disk, format!("writing {}", self.tmp.display())))
+    }
+
+    /// Appends a Data or Zero frame of the cycle, checking it lies inside a `size`-byte disk.
+    ///
+    /// # Errors
+    /// Out of range, a control frame, or a file error.
+    pub fn push(&mut self, disk: &str, size: u64, frame: &Frame) -> Result<()> {
+        let (offset, len) = match frame {
+            Frame::Data { offset, data } => (*offset, data.len() as u64),
+            Frame::Zero { offset, len } => (*offset, *len),
+            Frame::Control(m) => {
+                return Err(StoreError::BadRequest {
+                    disk: disk.into(),
+                    why: format!("{} inside cycle {}", m.name(), self.seq),
+                });
+            }
+        };
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(StoreError::BadRequest {
+                disk: disk.into(),
+                why: format!(
+                    "cycle {} names {offset}+{len}, past the end of the {size}-byte disk",
+                    self.seq
+                ),
+            });
+        }
+        self.write(disk, frame)?;
+        self.frames += 1;
+        if let Frame::Data { data, .. } = frame {
+            self.data_bytes += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, disk: &str, end: &Msg) -> Result<PathBuf> {
+        let Msg::CycleEnd {
+            seq,
+            frames,
+            data_bytes,
+        } = end
+        else {
+            return Err(StoreError::BadRequest {
+                disk: disk.into(),
+                why: format!("{} where CycleEnd was expected", end.name()),
+            });
+        };
+        if *seq != self.seq || *frames != self.frames || *data_bytes != self.data_bytes {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::BadRequest {
+                disk: disk.into(),
+                why: format!(
+                    "CycleEnd says cycle {seq} with {frames} frames and {data_bytes} bytes; received cycle {} with {} frames and {} bytes",
+                    self.seq, self.frames, self.data_bytes
+                ),
+            });
+        }
+        self.write(disk, &Frame::Control(end.clone()))?;
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err(disk, "flushing a staged cycle")(e.into_error()))?;
+        f.sync_all()
+            .map_err(io_err(disk, "syncing a staged cycle"))?;
+        fs::rename(&self.tmp, &self.fin).map_err(io_err(disk, "renaming a staged cycle"))?;
+        if let Some(dir) = self.fin.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(disk, "syncing staging/"))?;
+        }
+        Ok(self.fin)
+    }
+
+    /// Throws a partly received cycle away.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
