@@ -123,9 +123,11 @@ impl Drop for Daemon {
 
 /// Two sites, PKI, a server in B.
 struct Sites {
+    // Dropped in this order: the server first (its log is printed on failure), then the
+    // namespaces, then the files.
+    server: Daemon,
     net: NetNsPair,
     dir: tempfile::TempDir,
-    server: Daemon,
 }
 
 const PORT: u16 = 9443;
@@ -137,10 +139,23 @@ impl Sites {
         let d = dir.path();
         let b = NetNsPair::ADDR_B.to_string();
         sitrep_ok(&[
-            "certs", "init", "--dir", &p(&d.join("pki-b")), "--name", "siteb", "--san", &b,
+            "certs",
+            "init",
+            "--dir",
+            &p(&d.join("pki-b")),
+            "--name",
+            "siteb",
+            "--san",
+            &b,
         ]);
         sitrep_ok(&[
-            "certs", "issue", "--ca", &p(&d.join("pki-b")), "--name", "sitea", "--out",
+            "certs",
+            "issue",
+            "--ca",
+            &p(&d.join("pki-b")),
+            "--name",
+            "sitea",
+            "--out",
             &p(&d.join("pki-a")),
         ]);
         let server = Daemon::start(
@@ -158,7 +173,7 @@ impl Sites {
                 p(&d.join("server.sock")),
             ],
         );
-        Self { net, dir, server }
+        Self { server, net, dir }
     }
 
     fn path(&self, n: &str) -> PathBuf {
@@ -193,7 +208,10 @@ impl Sites {
     }
 
     fn replica(&self, name: &str) -> PathBuf {
-        self.path("store").join("disks").join(name).join("replica.img")
+        self.path("store")
+            .join("disks")
+            .join(name)
+            .join("replica.img")
     }
 }
 
@@ -252,7 +270,9 @@ fn wait_caught_up(sock: &Path, name: &str) -> Value {
 
 /// First offset where the two files/devices differ, None if equal.
 fn first_difference(a: &Path, b: &Path) -> Option<u64> {
-    let _ = Command::new("blockdev").args(["--flushbufs", &p(a)]).status();
+    let _ = Command::new("blockdev")
+        .args(["--flushbufs", &p(a)])
+        .status();
     let mut fa = File::open(a).unwrap();
     let mut fb = File::open(b).unwrap();
     let mut ba = vec![0u8; MIB as usize];
@@ -349,12 +369,29 @@ fn initial_copy_skips_zeros_and_cycles_converge_at_two_frequencies() {
     random_region(d1.path(), 160, 192);
     random_region(d2.path(), 8, 24);
     let s = sites.sock("a");
-    let job = ctl(&s, &["protect", &p(d1.path()), "--to", &sites.to(), "--name", "one"]);
+    let job = ctl(
+        &s,
+        &[
+            "protect",
+            &p(d1.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "one",
+        ],
+    );
     assert_eq!(job["kind"], "enable-protection");
     ctl(
         &s,
         &[
-            "protect", &p(d2.path()), "--to", &sites.to(), "--name", "two", "--frequency", "30s",
+            "protect",
+            &p(d2.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "two",
+            "--frequency",
+            "30s",
         ],
     );
     let st = wait_caught_up(&s, "one");
@@ -418,7 +455,10 @@ fn kill9_of_server_and_agent_at_random_moments_converges() {
     let d = loop_dev(64);
     random_region(d.path(), 0, 32);
     let s = sites.sock("a");
-    ctl(&s, &["protect", &p(d.path()), "--to", &sites.to(), "--name", "k"]);
+    ctl(
+        &s,
+        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "k"],
+    );
     wait_caught_up(&s, "k");
     let bg = fio_spawn(
         d.path(),
@@ -497,7 +537,10 @@ fn network_cut_resumes_the_copy_and_a_cycle() {
     let d = loop_dev(160);
     random_region(d.path(), 0, 160);
     let s = sites.sock("a");
-    ctl(&s, &["protect", &p(d.path()), "--to", &sites.to(), "--name", "n"]);
+    ctl(
+        &s,
+        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "n"],
+    );
     // Wait until the first checkpoint (64 MiB) is durable, then cut the link.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -534,7 +577,10 @@ fn network_cut_resumes_the_copy_and_a_cycle() {
 /// this one is short), and brings it back after `down`.
 fn cut_link(sites: &Sites, down: Duration) {
     sites.net.a.ip(&["link", "set", "veth0", "down"]).unwrap();
-    let _ = sites.net.a.exec("ss", &["-K", "dst", &NetNsPair::ADDR_B.to_string()]);
+    let _ = sites
+        .net
+        .a
+        .exec("ss", &["-K", "dst", &NetNsPair::ADDR_B.to_string()]);
     std::thread::sleep(down);
     sites.net.a.ip(&["link", "set", "veth0", "up"]).unwrap();
 }
@@ -549,21 +595,49 @@ fn refuses_wrong_ca_expired_cert_and_foreign_client() {
     let d = loop_dev(32);
     random_region(d.path(), 0, 8);
     let s = sites.sock("a");
-    ctl(&s, &["protect", &p(d.path()), "--to", &sites.to(), "--name", "owned"]);
+    ctl(
+        &s,
+        &[
+            "protect",
+            &p(d.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "owned",
+        ],
+    );
     wait_caught_up(&s, "owned");
     let replica_before = std::fs::read(sites.replica("owned")).unwrap();
     // Another CA entirely.
     sitrep_ok(&[
-        "certs", "init", "--dir", &p(&sites.path("pki-evil")), "--name", "sitea",
+        "certs",
+        "init",
+        "--dir",
+        &p(&sites.path("pki-evil")),
+        "--name",
+        "sitea",
     ]);
     // Our CA, but expired.
     sitrep_ok(&[
-        "certs", "issue", "--ca", &p(&sites.path("pki-b")), "--name", "old", "--out",
-        &p(&sites.path("pki-old")), "--expired",
+        "certs",
+        "issue",
+        "--ca",
+        &p(&sites.path("pki-b")),
+        "--name",
+        "old",
+        "--out",
+        &p(&sites.path("pki-old")),
+        "--expired",
     ]);
     // Our CA, another host, trying to write "owned".
     sitrep_ok(&[
-        "certs", "issue", "--ca", &p(&sites.path("pki-b")), "--name", "rogue", "--out",
+        "certs",
+        "issue",
+        "--ca",
+        &p(&sites.path("pki-b")),
+        "--name",
+        "rogue",
+        "--out",
         &p(&sites.path("pki-rogue")),
     ]);
     for (tag, pki, name, expect) in [
@@ -576,7 +650,14 @@ fn refuses_wrong_ca_expired_cert_and_foreign_client() {
         random_region(dev.path(), 0, 4);
         ctl(
             &sites.sock(tag),
-            &["protect", &p(dev.path()), "--to", &sites.to(), "--name", name],
+            &[
+                "protect",
+                &p(dev.path()),
+                "--to",
+                &sites.to(),
+                "--name",
+                name,
+            ],
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         let st = loop {
@@ -588,8 +669,14 @@ fn refuses_wrong_ca_expired_cert_and_foreign_client() {
             std::thread::sleep(Duration::from_millis(100));
         };
         let err = st["error"].as_str().unwrap_or_default().to_string();
-        assert!(err.contains(expect), "{tag}: error {err:?} should say {expect:?}");
-        assert!(err.contains(name), "{tag}: error {err:?} should name the disk");
+        assert!(
+            err.contains(expect),
+            "{tag}: error {err:?} should say {expect:?}"
+        );
+        assert!(
+            err.contains(name),
+            "{tag}: error {err:?} should name the disk"
+        );
         // `wait` reports the failure instead of hanging.
         let w = try_ctl(&sites.sock(tag), &["wait", name, "--timeout", "5"]);
         assert!(w.is_err(), "{tag}: wait succeeded on a refused disk");

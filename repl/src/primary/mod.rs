@@ -294,7 +294,7 @@ impl Agent {
         self: &Arc<Self>,
         mut prot: Protection,
         new: bool,
-    ) -> anyhow::Result<Arc<DiskRt>> {
+    ) -> anyhow::Result<(Arc<DiskRt>, Option<u64>)> {
         let logs = state::log_dir(&self.opts.state, &prot.name);
         std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
         let report = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
@@ -311,8 +311,9 @@ impl Agent {
             cache: Mutex::new(BTreeMap::new()),
             task: Mutex::new(None),
         });
+        let mut job = None;
         if new {
-            self.new_job(&rt, "enable-protection", &prot.name);
+            job = Some(self.new_job(&rt, "enable-protection", &prot.name));
             self.job_step(&rt, "start-tracking", 0, 0);
             let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
             prot.copy = CopyPlan {
@@ -332,7 +333,7 @@ impl Agent {
         lock(&self.disks).insert(prot.name.clone(), rt.clone());
         let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
         *lock(&rt.task) = Some(h);
-        Ok(rt)
+        Ok((rt, job))
     }
 
     async fn protect(
@@ -392,8 +393,8 @@ impl Agent {
             resync_reason: None,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
-        let rt = match self.start_disk(prot, true) {
-            Ok(rt) => rt,
+        let id = match self.start_disk(prot, true) {
+            Ok((_, id)) => id.unwrap_or(0),
             Err(e) => {
                 // Nothing half-made: the disk is not tracked, its directory goes.
                 let _ = std::fs::remove_dir_all(&dir);
@@ -401,7 +402,6 @@ impl Agent {
             }
         };
         tracing::info!(disk = %name, device = %device, "protection enabled");
-        let id = lock(&rt.job).unwrap_or(0);
         lock(&self.jobs)
             .iter()
             .find(|j| j.id == id)
