@@ -275,8 +275,8 @@ fn first_difference(a: &Path, b: &Path) -> Option<u64> {
         .status();
     let mut fa = File::open(a).unwrap();
     let mut fb = File::open(b).unwrap();
-    let mut ba = vec![0u8; MIB as usize];
-    let mut bb = vec![0u8; MIB as usize];
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
     let mut off = 0u64;
     loop {
         let na = read_full(&mut fa, &mut ba);
