@@ -13,7 +13,9 @@
 //! CRC, so a staged file that does not read back whole is refused, never half-applied.
 //!
 //! **Apply is a redo log.** A cycle is staged and fsynced before the agent is told it may drop
-//! its log; it is then written into the replica, the replica is fdatasynced, `state.json`
+//! its log; it is then read back and checked whole (every frame's CRC, the counts) — a
+//! corrupt staged cycle never touches the replica — written into the replica, the replica is
+//! fdatasynced, `state.json`
 //! records it as applied, and only then is the staged file removed. A crash anywhere in that
 //! sequence leaves the staged file in place and `applied` behind it, so [`Disk::open`]
 //! applies it again. Every frame carries absolute contents (the data of a range, or "this
@@ -625,6 +627,29 @@ impl Disk {
     /// # Errors
     /// The staged file is corrupt, names ranges outside the disk, or a file error.
     pub fn apply_staged(&mut self, seq: u64, path: &Path) -> Result<AppliedCycle> {
+        // Validate the whole file first (every frame's CRC, the counts), so a corrupt staged
+        // cycle leaves the replica untouched; then write it.
+        self.walk_staged(seq, path, false)?;
+        let cut_time_ns = self.walk_staged(seq, path, true)?;
+        let name = self.name().to_string();
+        self.replica
+            .sync_data()
+            .map_err(io_err(&name, "syncing replica.img"))?;
+        let applied = AppliedCycle {
+            seq,
+            cut_time_ns,
+            applied_unix_ns: crate::now_ns(),
+        };
+        self.state.applied = Some(applied);
+        self.save()?;
+        let _ = fs::remove_file(path);
+        self.counters.cycles_applied += 1;
+        Ok(applied)
+    }
+
+    /// Reads staged cycle `seq` at `path`, checking it, and writing it to the replica if
+    /// `write`; returns its cut time.
+    fn walk_staged(&mut self, seq: u64, path: &Path, write: bool) -> Result<u64> {
         let name = self.name().to_string();
         let corrupt = |why: String| StoreError::Corrupt {
             disk: name.clone(),
@@ -662,12 +687,20 @@ impl Disk {
                     began = true;
                 }
                 Frame::Data { offset, data } if began => {
-                    self.write_data(offset, &data)?;
+                    if write {
+                        self.write_data(offset, &data)?;
+                    } else {
+                        self.check_range(offset, data.len() as u64)?;
+                    }
                     frames += 1;
                     data_bytes += data.len() as u64;
                 }
                 Frame::Zero { offset, len } if began => {
-                    self.write_zero(offset, len)?;
+                    if write {
+                        self.write_zero(offset, len)?;
+                    } else {
+                        self.check_range(offset, len)?;
+                    }
                     frames += 1;
                 }
                 Frame::Control(Msg::CycleEnd {
@@ -685,19 +718,7 @@ impl Disk {
                 other => return Err(corrupt(format!("unexpected frame {}", frame_name(&other)))),
             }
         }
-        self.replica
-            .sync_data()
-            .map_err(io_err(&name, "syncing replica.img"))?;
-        let applied = AppliedCycle {
-            seq,
-            cut_time_ns,
-            applied_unix_ns: crate::now_ns(),
-        };
-        self.state.applied = Some(applied);
-        self.save()?;
-        let _ = fs::remove_file(path);
-        self.counters.cycles_applied += 1;
-        Ok(applied)
+        Ok(cut_time_ns)
     }
 }
 
