@@ -64,7 +64,7 @@ fn stage(d: &mut Disk, seq: u64, offset: u64, byte: u8) -> std::path::PathBuf {
 fn copied(store: &Path) -> Disk {
     let mut d = Disk::attach(store, &req("sitea")).unwrap();
     d.copy_begin(10, false).unwrap();
-    d.write_data(0, &vec![0xAA; SIZE as usize]).unwrap();
+    d.write_data(0, &vec![0xAA; 1 << 20]).unwrap();
     d.copy_checkpoint(SIZE / 2).unwrap();
     d.copy_done(10).unwrap();
     d
