@@ -1,6 +1,9 @@
 //! VM tier: the eBPF tracker on what the host kernel cannot give us — a partition of a
-//! partitioned loop device, and a device-mapper linear volume. Extents must be relative to
-//! the device the operator protected, and writes elsewhere on the same disk must not appear.
+//! partitioned loop device, and a device-mapper linear volume (extents must be relative to
+//! the device the operator protected, and writes elsewhere on the same disk must not
+//! appear); and writes kept in flight across a rotation by a delaying device (dm-delay for
+//! the bio-based path, null_blk for blk-mq), which must land in the log sealed after they
+//! completed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -8,16 +11,21 @@ use std::time::Duration;
 
 use hrl::chain::list_logs;
 use hrl::{Extent, LogReader, RecordBody, RecoveryMode};
-use sitrep_tests::cmd::try_run_with_stdin;
+use sitrep_tests::cmd::{try_run, try_run_with_stdin};
 use sitrep_tests::dm::{DmDevice, linear_table};
-use sitrep_tests::io::{AlignedBuf, MIB, direct_round_trip};
-use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
+use sitrep_tests::io::{AlignedBuf, MIB, direct_round_trip, open_direct};
+use sitrep_tests::loopdev::{LoopDevice, LoopOptions, wait_for_path};
 use sitrep_tests::{Need, require};
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+use tracker_bpf::hrl::SealedLog;
 use tracker_bpf::{Tracker, TrackerConfig};
 
 const SECTOR: u64 = 512;
 
-/// Every Write-record extent in a disk's logs (gaps excluded).
+/// Every Write-record extent in a disk's logs (gaps excluded), sorted, repeats removed: a
+/// bio-based device's write is recorded when it is queued and again when it completes,
+/// possibly in different records.
 fn written(dir: &Path) -> Vec<Extent> {
     let mut v = Vec::new();
     for (_, p) in list_logs(dir).unwrap() {
@@ -29,6 +37,7 @@ fn written(dir: &Path) -> Vec<Extent> {
         }
     }
     v.sort();
+    v.dedup();
     v
 }
 
@@ -47,7 +56,7 @@ fn write(dev: &Path, offset: u64, len: u64, seed: u64) {
 }
 
 #[test]
-fn partition_extents_are_relative_to_the_partition() {
+fn tracker_partition_extents_are_relative_to_the_partition() {
     if !require!(
         Need::InVm,
         Need::Root,
@@ -116,7 +125,7 @@ fn partition_extents_are_relative_to_the_partition() {
 }
 
 #[test]
-fn device_mapper_linear_volume_is_tracked_in_its_own_coordinates() {
+fn tracker_device_mapper_linear_volume_is_tracked_in_its_own_coordinates() {
     if !require!(
         Need::InVm,
         Need::Root,
@@ -153,4 +162,155 @@ fn device_mapper_linear_volume_is_tracked_in_its_own_coordinates() {
             Extent::new(3 * MIB, 256 << 10).unwrap()
         ]
     );
+}
+
+/// Write requests in flight on a disk (`/sys/block/<name>/inflight`, second field).
+fn writes_in_flight(name: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/sys/block/{name}/inflight")).unwrap();
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Writes a dm `delay` target is holding (`dmsetup status`: `<start> <len> delay <reads>
+/// <writes> ...`).
+fn dm_delayed_writes(dm: &str) -> u64 {
+    let status = try_run("dmsetup", &["status", dm]).unwrap();
+    let f: Vec<&str> = status.split_whitespace().collect();
+    let at = f.iter().position(|&w| w == "delay").unwrap();
+    f.get(at + 2)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected dm-delay status {status:?}"))
+}
+
+/// Whether a sealed log has a Write record covering `[off, off + len)`.
+fn log_covers(log: &SealedLog, off: u64, len: u64) -> bool {
+    let mut r = LogReader::open(&log.path, RecoveryMode::Strict).unwrap();
+    let mut got = Vec::new();
+    for rec in r.read_all().unwrap() {
+        if let RecordBody::Write(e) = rec.body {
+            got.extend(e.into_iter().map(|e| (e.offset(), e.offset() + e.len())));
+        }
+    }
+    got.sort_unstable();
+    // Merge touching extents, then look for one that contains the range.
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in got {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged.iter().any(|&(s, e)| s <= off && off + len <= e)
+}
+
+/// The invariant replication relies on: a write still in flight when log N is sealed is
+/// recorded in a later log (the one current when it completes), so the agent, which reads
+/// log N's extents after the seal, cannot ship its range before the write landed and then
+/// forget it. `dev` delays writes by `delay`; `queue_time_record_allowed` says whether the
+/// write may also be in log N (bio-based devices record at queue time as well);
+/// `in_flight` counts the device's writes in flight.
+fn write_in_flight_across_a_rotation(
+    dev: &Path,
+    delay: Duration,
+    queue_time_record_allowed: bool,
+    in_flight: &dyn Fn() -> u64,
+) {
+    let name = dev.display().to_string();
+    let logs = tempfile::tempdir().unwrap();
+    let mut t = tracker();
+    t.add_device(dev, logs.path()).unwrap();
+    let (off, len) = (MIB, 64 << 10);
+    let path = dev.to_owned();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let f = open_direct(&path).unwrap();
+        let buf = AlignedBuf::with_pattern(usize::try_from(len).unwrap(), 9, off);
+        f.write_all_at(&buf, off).unwrap();
+        started.elapsed()
+    });
+    let deadline = Instant::now() + delay / 2;
+    while in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the write never showed as in flight on {name}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first = t.rotate(dev).unwrap();
+    assert!(
+        in_flight() > 0 && !writer.is_finished(),
+        "the write completed before the rotation: the test proves nothing (delay {delay:?})"
+    );
+    let took = writer.join().unwrap();
+    assert!(
+        took >= delay / 2,
+        "the device did not delay the write: {took:?}"
+    );
+    // Past the fine bitmap's drain interval (50 ms) and the coalescing window.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = t.rotate(dev).unwrap();
+    t.stop().unwrap();
+    assert!(
+        log_covers(&second, off, len),
+        "{name}: a write in flight across the first seal is missing from the next log"
+    );
+    if !queue_time_record_allowed {
+        assert!(
+            !log_covers(&first, off, len),
+            "{name}: the write was recorded before it completed"
+        );
+    }
+}
+
+#[test]
+fn tracker_write_in_flight_across_a_rotation_bio_based_dm_delay() {
+    if !require!(
+        Need::InVm,
+        Need::Root,
+        Need::LoopDevices,
+        Need::Bpf,
+        Need::Command("dmsetup")
+    ) {
+        return;
+    }
+    try_run("modprobe", &["dm-delay"]).expect("dm-delay in the 6.12 guest");
+    let dev = LoopDevice::new(16 * MIB, LoopOptions::default()).unwrap();
+    let sectors = 16 * MIB / SECTOR;
+    let d = dev.path().display();
+    // Reads undelayed, writes delayed 1.5 s.
+    let dm = DmDevice::create(&format!("0 {sectors} delay {d} 0 0 {d} 0 1500")).unwrap();
+    // dm-delay holds the bio before dm's own accounting sees it in flight: ask the target.
+    let in_flight = || dm_delayed_writes(dm.name());
+    write_in_flight_across_a_rotation(dm.path(), Duration::from_millis(1500), true, &in_flight);
+}
+
+#[test]
+fn tracker_write_in_flight_across_a_rotation_blk_mq_null_blk() {
+    if !require!(Need::InVm, Need::Root, Need::Bpf) {
+        return;
+    }
+    // Every request completes 1.5 s after it was issued (timer completion).
+    try_run(
+        "modprobe",
+        &[
+            "null_blk",
+            "nr_devices=1",
+            "gb=1",
+            "memory_backed=1",
+            "irqmode=2",
+            "completion_nsec=1500000000",
+        ],
+    )
+    .expect("null_blk in the 6.12 guest");
+    let dev = Path::new("/dev/nullb0");
+    wait_for_path(dev, Duration::from_secs(10)).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let in_flight = || writes_in_flight("nullb0");
+        write_in_flight_across_a_rotation(dev, Duration::from_millis(1500), false, &in_flight);
+    });
+    if let Err(e) = try_run("rmmod", &["null_blk"]) {
+        eprintln!("warning: rmmod null_blk: {e:#}");
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }
