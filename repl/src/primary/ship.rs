@@ -13,6 +13,10 @@ use tokio::sync::mpsc;
 use crate::devread::{Chunk, DevReader};
 use crate::net::ReplError;
 
+/// A write or an expected answer that makes no progress for this long means the peer or
+/// the path is gone (TCP alone would take ~15 minutes to say so).
+pub const STALL: Duration = Duration::from_secs(90);
+
 /// Encoded frames in flight between the reader thread and the sender.
 pub const FRAMES_IN_FLIGHT: usize = 8;
 
@@ -157,9 +161,9 @@ impl<W: AsyncWrite + Unpin> Wire<W> {
                 tokio::time::sleep(d).await;
             }
         }
-        self.w
-            .write_all(b)
+        tokio::time::timeout(STALL, self.w.write_all(b))
             .await
+            .map_err(|_| ReplError::Net(format!("the connection stalled for {STALL:?}")))?
             .map_err(|e| crate::net::io_error(&e))?;
         self.wire_bytes += b.len() as u64;
         Ok(())
@@ -174,7 +178,7 @@ impl<W: AsyncWrite + Unpin> Wire<W> {
         proto::encode(&Frame::Control(m), &crate::net::CONTROL, &mut b)
             .map_err(|e| ReplError::Local(e.to_string()))?;
         self.bytes(&b).await?;
-        self.w.flush().await.map_err(|e| crate::net::io_error(&e))
+        self.flush().await
     }
 
     /// Flushes.
@@ -182,7 +186,10 @@ impl<W: AsyncWrite + Unpin> Wire<W> {
     /// # Errors
     /// The connection failed.
     pub async fn flush(&mut self) -> Result<(), ReplError> {
-        self.w.flush().await.map_err(|e| crate::net::io_error(&e))
+        tokio::time::timeout(STALL, self.w.flush())
+            .await
+            .map_err(|_| ReplError::Net(format!("the connection stalled for {STALL:?}")))?
+            .map_err(|e| crate::net::io_error(&e))
     }
 
     /// Closes the TLS stream politely.

@@ -10,7 +10,7 @@ use proto::{CycleInfo, EncodeOpts, Frame, Msg};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::ship::{Item, Wire, spawn_reader};
+use super::ship::{Item, STALL, Wire, spawn_reader};
 use super::state::{CopyPlan, log_dir};
 use super::{Agent, DiskRt, lock};
 use crate::backoff::Backoff;
@@ -84,9 +84,18 @@ struct Session {
     rx: mpsc::Receiver<Result<Msg, ReplError>>,
     peer: String,
     last_sent: Instant,
+    last_heard: Instant,
 }
 
 impl Session {
+    /// The next message other than `Applied`/`Pong` (which update the status), waiting at
+    /// most [`STALL`] for it.
+    async fn answer(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
+        tokio::time::timeout(STALL, self.recv(rt))
+            .await
+            .map_err(|_| ReplError::Net(format!("{}: no answer for {STALL:?}", self.peer)))?
+    }
+
     async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
         loop {
             let m = self
@@ -94,6 +103,7 @@ impl Session {
                 .recv()
                 .await
                 .ok_or_else(|| ReplError::Net("connection closed".into()))??;
+            self.last_heard = Instant::now();
             match m {
                 Msg::Applied { seq, cut_time_ns } => {
                     rt.set(|s| {
@@ -108,7 +118,7 @@ impl Session {
     }
 
     async fn expect_ack(&mut self, rt: &DiskRt, cursor: Option<u64>) -> Result<u64, ReplError> {
-        match self.recv(rt).await? {
+        match self.answer(rt).await? {
             Msg::CopyAck { cursor: c } if cursor.is_none_or(|x| x == c) => Ok(c),
             m => Err(ReplError::Protocol(format!(
                 "{} sent {} where CopyAck{} was expected",
@@ -163,6 +173,7 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         rx: spawn_receiver(r, prot.to.clone()),
         peer: prot.to.clone(),
         last_sent: Instant::now(),
+        last_heard: Instant::now(),
     };
     s.msg(Msg::Attach {
         disk: prot.name.clone(),
@@ -171,7 +182,7 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         block_size: rt.block_size,
     })
     .await?;
-    let (server_copy, applied, mut expected) = match s.recv(rt).await? {
+    let (server_copy, applied, mut expected) = match s.answer(rt).await? {
         Msg::Attached {
             copy,
             applied,
@@ -460,6 +471,13 @@ async fn run_cycles(
                 // change made before the request is in a log already cut.
                 rt.set(|st| st.quiet_confirmed_ns = Some(crate::now_ns()));
             }
+            if s.last_heard.elapsed() > PING_EVERY + STALL {
+                return Err(ReplError::Net(format!(
+                    "{}: silent for {:?} (pings unanswered)",
+                    s.peer,
+                    s.last_heard.elapsed()
+                )));
+            }
             if s.last_sent.elapsed() > PING_EVERY {
                 s.msg(Msg::Ping { nonce: 0 }).await?;
             }
@@ -525,7 +543,7 @@ async fn ship_cycle(
         data_bytes,
     })
     .await?;
-    match s.recv(rt).await? {
+    match s.answer(rt).await? {
         Msg::CycleAck { seq } if seq == cyc.seq => Ok(()),
         m => Err(ReplError::Protocol(format!(
             "{} sent {} where CycleAck {} was expected",
