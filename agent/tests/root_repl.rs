@@ -546,6 +546,7 @@ fn network_cut_resumes_the_copy_and_a_cycle() {
     loop {
         let st = disk_status(&s, "n");
         if st["copy"]["bytes_done"].as_u64().unwrap_or(0) >= 64 * MIB {
+            assert_eq!(st["copy"]["done"], false, "the cut must land mid-copy: {st}");
             break;
         }
         assert!(Instant::now() < deadline, "copy did not progress: {st}");

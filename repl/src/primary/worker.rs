@@ -96,6 +96,23 @@ impl Session {
             .map_err(|_| ReplError::Net(format!("{}: no answer for {STALL:?}", self.peer)))?
     }
 
+    /// A message other than `Applied`/`Pong` if one has arrived, without waiting.
+    fn try_recv(&mut self, rt: &DiskRt) -> Result<Option<Msg>, ReplError> {
+        loop {
+            let m = match self.rx.try_recv() {
+                Ok(m) => m?,
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Err(ReplError::Net("connection closed".into()));
+                }
+            };
+            self.last_heard = Instant::now();
+            if let Some(m) = note(rt, m) {
+                return Ok(Some(m));
+            }
+        }
+    }
+
     async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
         loop {
             let m = self
@@ -104,15 +121,8 @@ impl Session {
                 .await
                 .ok_or_else(|| ReplError::Net("connection closed".into()))??;
             self.last_heard = Instant::now();
-            match m {
-                Msg::Applied { seq, cut_time_ns } => {
-                    rt.set(|s| {
-                        s.last_applied = Some(CycleInfo { seq, cut_time_ns });
-                        s.cycles_applied += 1;
-                    });
-                }
-                Msg::Pong { .. } => {}
-                other => return Ok(other),
+            if let Some(m) = note(rt, m) {
+                return Ok(m);
             }
         }
     }
@@ -132,6 +142,21 @@ impl Session {
     async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
         self.last_sent = Instant::now();
         self.w.msg(m).await
+    }
+}
+
+/// Applies `Applied`/`Pong` to the status; returns any other message.
+fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
+    match m {
+        Msg::Applied { seq, cut_time_ns } => {
+            rt.set(|s| {
+                s.last_applied = Some(CycleInfo { seq, cut_time_ns });
+                s.cycles_applied += 1;
+            });
+            None
+        }
+        Msg::Pong { .. } => None,
+        other => Some(other),
     }
 }
 
@@ -213,7 +238,17 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         let server_ok = server_copy
             .as_ref()
             .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
-        if !server_ok && (p.copy.done || server_copy.is_some()) {
+        if let Some(c) = &server_copy
+            && c.done
+            && c.from_seq == p.copy.from_seq
+            && !p.copy.done
+            && !p.copy.restart
+        {
+            // The server completed the copy; its last acknowledgement was lost with the
+            // connection.
+            p.copy.done = true;
+            let _ = p.save(&agent.opts.state);
+        } else if !server_ok && (p.copy.done || server_copy.is_some()) {
             tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
             p.copy.done = false;
             p.copy.restart = true;
@@ -314,6 +349,24 @@ async fn run_copy(
                     st.zero_bytes += zero;
                     st.wire_bytes += wire;
                 });
+                // Take acknowledgements as they come, for an accurate progress.
+                while in_flight > 0
+                    && let Some(m) = s.try_recv(rt)?
+                {
+                    match m {
+                        Msg::CopyAck { cursor } => {
+                            in_flight -= 1;
+                            copy_progress(agent, rt, cursor, size);
+                        }
+                        m => {
+                            return Err(ReplError::Protocol(format!(
+                                "{} sent {} during the copy",
+                                s.peer,
+                                m.name()
+                            )));
+                        }
+                    }
+                }
             }
             Some(Item::Mark(c)) => {
                 s.msg(Msg::CopyCheckpoint { cursor: c }).await?;
