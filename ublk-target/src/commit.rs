@@ -257,12 +257,23 @@ impl Inner {
     /// Commits batch after batch until nothing is pending or a write fails.
     fn commit_all(&self) {
         loop {
-            let taken = match lock(&self.writer).as_mut().map(LogWriter::take_commit) {
-                Some(Ok(Some(p))) => p,
-                Some(Ok(None)) | None => return,
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "taking a log batch failed");
-                    return;
+            let taken = {
+                let mut guard = lock(&self.writer);
+                let Some(w) = guard.as_mut() else { return };
+                // An append may have committed by itself (the writer's batch-size
+                // backstop, while no commit was in flight): publish that first, or its
+                // waiters would wait for a commit that already happened.
+                let durable = w.durable_seq();
+                let taken = w.take_commit();
+                drop(guard);
+                self.publish(durable);
+                match taken {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "taking a log batch failed");
+                        return;
+                    }
                 }
             };
             let mut p = taken;
@@ -284,12 +295,7 @@ impl Inner {
                 }
             };
             match wrote {
-                Ok(()) => {
-                    if let Some(d) = durable {
-                        self.durable_end.fetch_max(d.0 + 1, Ordering::SeqCst);
-                    }
-                    self.notify_queues();
-                }
+                Ok(()) => self.publish(durable),
                 Err(e) => {
                     log_error(&e);
                     self.failed_end.fetch_max(end, Ordering::SeqCst);
@@ -298,6 +304,16 @@ impl Inner {
                     return;
                 }
             }
+        }
+    }
+
+    /// Makes the records up to `durable` performable and wakes the queues waiting, if that
+    /// is news.
+    fn publish(&self, durable: Option<hrl::SeqNo>) {
+        if let Some(d) = durable
+            && self.durable_end.fetch_max(d.0 + 1, Ordering::SeqCst) < d.0 + 1
+        {
+            self.notify_queues();
         }
     }
 
@@ -451,6 +467,10 @@ mod tests {
     const DISK: u64 = 64 << 20;
 
     fn shared(dir: &std::path::Path) -> Arc<SharedLog> {
+        shared_with(dir, WriterConfig::default())
+    }
+
+    fn shared_with(dir: &std::path::Path, cfg: WriterConfig) -> Arc<SharedLog> {
         let spec = ChainSpec {
             disk: DiskIdentity {
                 id: DiskId([1; 16]),
@@ -460,7 +480,7 @@ mod tests {
             journal: false,
             generation: Generation(1),
         };
-        let (w, _) = LogWriter::open(dir, spec, WriterConfig::default()).unwrap();
+        let (w, _) = LogWriter::open(dir, spec, cfg).unwrap();
         SharedLog::new(w, false).unwrap()
     }
 
@@ -530,6 +550,29 @@ mod tests {
         let recs = r.read_all().unwrap();
         assert_eq!(recs.len(), 800);
         assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+    }
+
+    /// The writer's batch-size backstop commits inside an append, on the queue's thread:
+    /// the log thread must still publish it (this hung journal-mode 1 MiB writes once).
+    #[test]
+    fn a_commit_made_by_an_append_itself_still_wakes_its_waiters() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            max_batch_records: 3,
+            ..WriterConfig::default()
+        };
+        let log = shared_with(d.path(), cfg);
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        for round in 0..20 {
+            let ends: Vec<u64> = (0..3).map(|i| write(&q, round * 3 + i)).collect();
+            q.kick_if_appended();
+            for end in ends {
+                wait(&q, end).unwrap();
+            }
+        }
+        let w = log.take().unwrap();
+        assert_eq!(w.stats().records, 60);
+        w.close().unwrap();
     }
 
     #[test]

@@ -407,14 +407,15 @@ fn init_target(
 /// logging before performing a write.
 ///
 /// Batches are committed by the log thread (`commit.rs`), not by size: the batch limits
-/// are only a memory backstop (a queue that finds the batch that big while no commit is in
-/// flight commits it itself). A batch is bounded anyway by the I/Os in flight, each of
-/// which waits for its record.
+/// are only a memory backstop (an append that finds the batch that big while no commit is
+/// in flight commits it itself, on the queue thread, under the writer's mutex — which
+/// stalls every queue, so it must stay rare: 32 MiB is 64 journaled 512 KiB writes). A
+/// batch is bounded anyway by the I/Os in flight, each of which waits for its record.
 fn log_writer_config() -> WriterConfig {
     WriterConfig {
         preallocate: true,
         max_log_bytes: 16 << 20,
-        max_batch_bytes: 8 << 20,
+        max_batch_bytes: 32 << 20,
         max_batch_records: 1 << 16,
         ..WriterConfig::default()
     }
