@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Payloads (after decompression):
-//! - **control** (1): postcard encoding of [`Msg`](crate::Msg); never compressed.
+//! - **control** (1): postcard encoding of [`Msg`]; never compressed.
 //! - **data** (2): `offset u64`, then `raw_len - 8` bytes of disk data to write at
 //!   `offset` (1 ..= [`MAX_DATA`] bytes).
 //! - **zero** (3): `offset u64`, `len u64` (exactly 16 bytes, `len > 0`): the range reads
