@@ -429,6 +429,8 @@ impl Poller {
             flags: flag(c.fine.is_some(), TRK_CFG_WRITE_BITMAP)
                 | flag(c.bio_based, TRK_CFG_BIO_BASED)
                 | flag(self.mark_at_queue, TRK_CFG_QUEUE_MARK),
+            dev: c.dev,
+            _pad: 0,
         };
         // SAFETY: trk_dev_cfg is a plain #[repr(C)] struct of integers; viewing it as bytes
         // to hand to the map is what libbpf expects.
@@ -445,8 +447,48 @@ impl Poller {
             }
             return Err(Error::Bpf(format!("registering device: {e}")));
         }
+        // The slot's configuration before the index entry that leads to it.
+        let key = u32::from(slot).to_ne_bytes();
+        let dev = c.dev;
         self.slots.insert(slot, c);
+        let indexed = skel
+            .maps
+            .slot_cfg
+            .update(&key, bytes, MapFlags::ANY)
+            .and_then(|()| self.set_index(skel, dev_index(dev), None));
+        if let Err(e) = indexed {
+            let _ = skel.maps.devices.delete(&dev.to_ne_bytes());
+            if let Some(r) = self.slots.remove(&slot).and_then(|c| c.fine)
+                && let Some(a) = self.fine_alloc.as_mut()
+            {
+                a.free(r);
+            }
+            return Err(Error::Bpf(format!("registering device: {e}")));
+        }
         Ok(())
+    }
+
+    /// Points the direct index entry `h` at the one tracked slot (other than `except`) whose
+    /// device maps to it, at nothing, or — two or more — at the hash (`TRK_INDEX_SHARED`).
+    fn set_index(
+        &self,
+        skel: &TrackerSkel<'_>,
+        h: u32,
+        except: Option<u16>,
+    ) -> std::result::Result<(), libbpf_rs::Error> {
+        let mut hits = self
+            .slots
+            .iter()
+            .filter(|(s, c)| Some(**s) != except && dev_index(c.dev) == h)
+            .map(|(s, _)| u32::from(*s) + 1);
+        let v = match (hits.next(), hits.next()) {
+            (None, _) => 0,
+            (Some(one), None) => one,
+            (Some(_), Some(_)) => INDEX_SHARED,
+        };
+        skel.maps
+            .dev_index
+            .update(&h.to_ne_bytes(), &v.to_ne_bytes(), MapFlags::ANY)
     }
 
     fn remove(
@@ -459,6 +501,8 @@ impl Poller {
         let Some(dev) = self.slots.get(&slot).map(|c| c.dev) else {
             return Err(Error::Invalid(format!("slot {slot} is not tracked")));
         };
+        self.set_index(skel, dev_index(dev), Some(slot))
+            .map_err(|e| Error::Bpf(format!("unregistering device: {e}")))?;
         skel.maps
             .devices
             .delete(&dev.to_ne_bytes())
@@ -602,6 +646,16 @@ impl Poller {
     }
 }
 
+/// Entries of the direct device index (`TRK_DEV_INDEX`).
+const DEV_INDEX: u32 = 4096;
+/// `TRK_INDEX_SHARED`: two tracked devices share an index entry.
+const INDEX_SHARED: u32 = u32::MAX;
+
+/// `trk_dev_index()` of tracker.h: where a kernel dev_t sits in the direct device index.
+fn dev_index(dev: u32) -> u32 {
+    ((dev & 0xf_ffff) + (dev >> 20) * 257) & (DEV_INDEX - 1)
+}
+
 fn flag(on: bool, bit: u32) -> u32 {
     if on { bit } else { 0 }
 }
@@ -702,6 +756,22 @@ pub(crate) fn granule_shift_for(nr_sects: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_index_matches_the_c_macro_and_spreads_common_devices() {
+        // loop0..loop255 (major 7) all land on distinct entries.
+        let loops: std::collections::BTreeSet<u32> = (0..256)
+            .map(|m| dev_index(crate::device::kernel_dev(7, m)))
+            .collect();
+        assert_eq!(loops.len(), 256);
+        // (7 << 20 | 3): 3 + 7 * 257 = 1802; (259 << 20 | 5): (5 + 259 * 257) & 4095.
+        assert_eq!(dev_index(crate::device::kernel_dev(7, 3)), 1802);
+        assert_eq!(
+            dev_index(crate::device::kernel_dev(259, 5)),
+            (5 + 259 * 257) & 4095
+        );
+        assert!(dev_index(u32::MAX) < DEV_INDEX);
+    }
 
     #[test]
     fn granule_fits_the_bitmap() {

@@ -131,6 +131,21 @@ struct {
 	__type(value, __u64);
 } fine_summary SEC(".maps");
 
+/* The direct-indexed device table (see tracker.h) and the per-slot configurations. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TRK_DEV_INDEX);
+	__type(key, __u32);
+	__type(value, __u32);
+} dev_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TRK_MAX_DEVS);
+	__type(key, __u32);
+	__type(value, struct trk_dev_cfg);
+} slot_cfg SEC(".maps");
+
 /* Bios of bio-based devices between queue and completion (see the top of the file). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -332,6 +347,24 @@ static __always_inline int clip(const struct trk_dev_cfg *cfg, __u64 *sector, __
 	return 1;
 }
 
+/* The tracked device with kernel dev_t `dev`, or NULL. */
+static __always_inline struct trk_dev_cfg *find_dev(__u32 dev)
+{
+	__u32 h = trk_dev_index(dev), slot;
+	__u32 *v = bpf_map_lookup_elem(&dev_index, &h);
+	struct trk_dev_cfg *c;
+
+	if (!v || !*v)
+		return 0;
+	if (*v == TRK_INDEX_SHARED)
+		return bpf_map_lookup_elem(&devices, &dev);
+	slot = *v - 1;
+	c = bpf_map_lookup_elem(&slot_cfg, &slot);
+	if (!c || c->dev != dev)
+		return 0;
+	return c;
+}
+
 static __always_inline struct trk_stats *stats_here(void)
 {
 	__u32 zero = 0;
@@ -408,13 +441,16 @@ static __always_inline int is_own(void)
 static __always_inline int on_queue(struct bio *bio, const int direct)
 {
 	__u32 dev = RD2(direct, bio, bi_bdev, bd_dev);
-	struct trk_dev_cfg *cfg = bpf_map_lookup_elem(&devices, &dev);
+	struct trk_dev_cfg *cfg = find_dev(dev);
 	struct trk_stats *st;
 	__u64 key = (__u64)(unsigned long)bio, sector, bytes;
 	__u8 kind, flags;
 	int own;
 
 	if (!cfg)
+		return 0;
+	/* A blk-mq device with nothing to remember at queue time: done. */
+	if (!exclude_tgid && !own_pending && !(cfg->flags & (TRK_CFG_BIO_BASED | TRK_CFG_QUEUE_MARK)))
 		return 0;
 	st = stats_here();
 	if (!st)
@@ -489,7 +525,7 @@ static __always_inline void walk_request(struct bio *bio, __u64 left, struct trk
 		size = RD(direct, bio, bi_iter.bi_size);
 		take = size < left ? size : left;
 		if (!cfg || dev != cur) {
-			cfg = bpf_map_lookup_elem(&devices, &dev);
+			cfg = find_dev(dev);
 			cur = dev;
 		}
 		if (cfg)
@@ -526,7 +562,7 @@ static __always_inline int on_rq_complete(struct request *rq, __u32 nr_bytes, co
 			walk_request(bio, nr_bytes, st, direct);
 		return 0;
 	}
-	cfg = bpf_map_lookup_elem(&devices, &dev);
+	cfg = find_dev(dev);
 	if (!cfg)
 		return 0;
 	st = stats_here();
@@ -569,7 +605,7 @@ static __always_inline int on_bio_complete(struct bio *bio, const int direct)
 		bpf_map_delete_elem(&inflight, &key);
 		if (!c.op)
 			return 0; /* sitrep's own */
-		cfg = bpf_map_lookup_elem(&devices, &c.dev);
+		cfg = find_dev(c.dev);
 		st = stats_here();
 		if (cfg && st)
 			record(cfg, st, c.dev, c.sector, c.bytes, c.op, c.flags);
@@ -580,7 +616,7 @@ static __always_inline int on_bio_complete(struct bio *bio, const int direct)
 	 * the best there is. Also the rare blk-mq bio ended before it became a request.
 	 */
 	dev = RD2(direct, bio, bi_bdev, bd_dev);
-	cfg = bpf_map_lookup_elem(&devices, &dev);
+	cfg = find_dev(dev);
 	if (!cfg)
 		return 0;
 	st = stats_here();

@@ -16,6 +16,17 @@
 /* Fine write bitmap: a bio spanning more words than this goes through the ring instead. */
 #define TRK_FINE_MAX_WORDS 4
 
+/*
+ * Direct-indexed device table: TRK_DEV_INDEX entries, indexed by trk_dev_index(dev_t), each
+ * 0 (no tracked device), slot + 1, or TRK_INDEX_SHARED (two tracked devices share the index:
+ * look in the `devices` hash). An array lookup is inlined by the verifier; a hash lookup is a
+ * helper call, and every bio and request on the system pays for this lookup.
+ */
+#define TRK_DEV_INDEX 4096
+#define TRK_INDEX_SHARED 0xffffffffu
+/* dev_t is major << 20 | minor; mirrored in src/poller.rs (dev_index). */
+#define trk_dev_index(dev) ((((dev) & 0xfffffu) + ((dev) >> 20) * 257u) & (TRK_DEV_INDEX - 1))
+
 /* A request completion spanning devices, or a non-contiguous (multi-range) discard, is
  * walked bio by bio, at most this many bios; a longer one marks its device(s) dirty. */
 #define TRK_RQ_WALK 8
@@ -59,6 +70,8 @@ struct trk_dev_cfg {
 	__u32 fine_words; /* words in that region */
 	__u32 fine_shift; /* log2 of sectors per fine bit */
 	__u32 flags;      /* TRK_CFG_* */
+	__u32 dev;        /* kernel dev_t, to confirm a direct-index hit */
+	__u32 _pad;
 };
 
 /* Per-CPU counters. */
