@@ -1,10 +1,12 @@
 //! eBPF change tracking of live block devices, with no kernel module.
 //!
-//! A CO-RE BPF program (`src/bpf/tracker.bpf.c`) attached to `tp_btf/block_bio_queue`
-//! (raw tracepoint fallback) reports every write, discard, secure erase, write-zeroes and
-//! preflush queued to a selected set of devices (up to 64, changeable while attached) into
-//! a ring buffer, with a sequence number on every event. When the ring is full it sets bits
-//! in a per-device coarse bitmap instead, so an overflow loses no information.
+//! CO-RE BPF programs (`src/bpf/tracker.bpf.c`) attached to `block_rq_complete`,
+//! `block_bio_complete` and `block_bio_queue` (as `tp_btf`, raw tracepoint fallback) record
+//! every write, discard, secure erase, write-zeroes and preflush to a selected set of devices
+//! (up to 64, changeable while attached) **when it completes** — so a change still in flight
+//! when a log is sealed lands in a later log. Plain writes set bits in a fine in-kernel
+//! bitmap; other changes are ring-buffer events with a sequence number; when the ring is full
+//! a per-device coarse bitmap takes the range instead, so an overflow loses no information.
 //!
 //! In userspace ([`Tracker`]) one poller thread owns the BPF object, drains the ring and
 //! the bitmaps, and accounts for every sequence number; one log thread per device owns that
