@@ -60,6 +60,18 @@ enum Command {
     Jobs(cli::repl::ShowArgs),
     /// Wait until every change made to a disk before this command is applied on the replica.
     Wait(cli::repl::WaitArgs),
+    /// Write self-describing blocks to a device and record every write in a history file.
+    ///
+    /// First every block once, then random blocks, for --duration or until SIGINT/SIGTERM
+    /// (in-flight writes finish, the history is closed cleanly). `sitrep check` verifies a
+    /// replica or recovery point of the device against the history. Overwrites the device.
+    Workload(cli::workload::WorkloadArgs),
+    /// Check that an image is a crash-consistent state of a workload's device at a time.
+    ///
+    /// Every block must hold a version issued before --point-time and no older than the last
+    /// write to it completed by then. Exits 0 if consistent, 3 if not (each violation is
+    /// listed with its block and versions), 1 if the check could not run.
+    Check(cli::check::CheckArgs),
 }
 
 /// What a command reports back to `main`.
@@ -84,6 +96,8 @@ fn main() -> ExitCode {
         Command::Status(a) => cli::repl::status(&a),
         Command::Jobs(a) => cli::repl::jobs(&a),
         Command::Wait(a) => cli::repl::wait(&a),
+        Command::Workload(a) => cli::workload::run(&a),
+        Command::Check(a) => cli::check::run(&a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -11,15 +11,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused an operation on `path`.
-    #[error("{op} {}: {source}", path.display())]
+    // The OS error is part of the message, and deliberately not a `#[source]`: anyhow's
+    // `{:#}` would print it twice.
+    #[error("{op} {}: {err}", path.display())]
     Io {
         /// The file or device concerned.
         path: PathBuf,
         /// What we were doing (`"open"`, `"read"`, `"pwrite"`, ...).
         op: &'static str,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        err: io::Error,
     },
 
     /// The history file's bytes cannot be trusted (beyond a torn last record, which is
@@ -65,6 +66,6 @@ impl Error {
     /// An [`Error::Io`] builder for `map_err`.
     pub(crate) fn io(path: &std::path::Path, op: &'static str) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_path_buf();
-        move |source| Self::Io { path, op, source }
+        move |err| Self::Io { path, op, err }
     }
 }

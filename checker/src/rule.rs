@@ -62,6 +62,19 @@ pub enum Kind {
     Misplaced,
 }
 
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Torn => "torn",
+            Self::Foreign => "foreign",
+            Self::Future => "future",
+            Self::Stale => "stale",
+            Self::Unknown => "unknown",
+            Self::Misplaced => "misplaced",
+        })
+    }
+}
+
 /// The verdict on one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

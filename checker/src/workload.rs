@@ -227,7 +227,7 @@ fn open_device(path: &Path) -> Result<(File, u64)> {
             } else {
                 "open for writing"
             },
-            source: e,
+            err: e,
         })?;
     let size = {
         use std::io::Seek;
@@ -294,7 +294,7 @@ fn worker(
             st.error.get_or_insert(Error::Io {
                 path: cfg.device.clone(),
                 op: "pwrite",
-                source: std::io::Error::new(e.kind(), format!("{what}: {e}")),
+                err: std::io::Error::new(e.kind(), format!("{what}: {e}")),
             });
             return;
         }

@@ -1,8 +1,10 @@
 //! Subcommands of the `sitrep` CLI, one module per noun.
 
 pub(crate) mod certs;
+pub(crate) mod check;
 pub(crate) mod daemon;
 pub(crate) mod disk;
 pub(crate) mod log;
 pub(crate) mod repl;
 pub(crate) mod track;
+pub(crate) mod workload;

@@ -1,0 +1,143 @@
+//! `sitrep workload`: write self-describing blocks to a device and record every write, so
+//! `sitrep check` can later verify a replica or recovery point of it (see docs/checker.md).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use checker::{BlockSize, WorkloadConfig, parse_duration, parse_rate, run_workload};
+use clap::Args;
+
+use crate::Outcome;
+use crate::human;
+
+/// Arguments of `sitrep workload`.
+#[derive(Args)]
+pub(crate) struct WorkloadArgs {
+    /// The block device (or file) to write. EVERY block of it is overwritten.
+    device: PathBuf,
+    /// The history file to create (must not exist): every write's block, seq, issue and
+    /// completion time.
+    #[arg(long)]
+    history: PathBuf,
+    /// Bytes per block and per write: a power of two from 512 to 1M.
+    #[arg(long, default_value = "4k", value_parser = block_size)]
+    block_size: BlockSize,
+    /// How long to write random blocks after the initialization pass (which writes every
+    /// block once), e.g. 10s, 2m. Default: until SIGINT/SIGTERM.
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+    /// Limit in bytes per second over all writers, e.g. 512K, 50M. Default: unlimited.
+    #[arg(long, value_parser = rate)]
+    rate: Option<u64>,
+    /// Writes in flight (writer threads, synchronous O_DIRECT).
+    #[arg(long, default_value_t = 4)]
+    queue_depth: usize,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn block_size(s: &str) -> Result<BlockSize, String> {
+    BlockSize::parse(s).map_err(|e| e.to_string())
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    parse_rate(s).map_err(|e| e.to_string())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_handlers() -> anyhow::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &act) }.context("installing signal handlers")?;
+    }
+    Ok(())
+}
+
+/// Runs `sitrep workload`.
+pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
+    install_handlers()?;
+    let cfg = WorkloadConfig {
+        device: a.device.clone(),
+        history: a.history.clone(),
+        block_size: a.block_size,
+        duration: a.duration,
+        rate: a.rate,
+        queue_depth: a.queue_depth,
+    };
+    eprintln!(
+        "sitrep workload: every block of {} on {}, queue depth {}, {}; history {}",
+        human::bytes(a.block_size.as_u64()),
+        a.device.display(),
+        a.queue_depth,
+        a.duration.map_or_else(
+            || "until SIGINT/SIGTERM".to_owned(),
+            |d| format!("{d:?} after the initialization pass")
+        ),
+        a.history.display()
+    );
+    let st =
+        run_workload(&cfg, &STOP).with_context(|| format!("workload on {}", a.device.display()))?;
+    let secs = st.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        st.writes as f64 / secs
+    } else {
+        0.0
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "run_id": st.run_id.to_string(),
+            "device": a.device,
+            "history": a.history,
+            "block_size": a.block_size.bytes(),
+            "blocks": st.blocks,
+            "init_writes": st.init_writes,
+            "writes": st.writes,
+            "start_ns": st.start_ns.0,
+            "end_ns": st.end_ns.0,
+            "elapsed_s": secs,
+            "writes_per_s": rate,
+        });
+        println!("{v}");
+    } else {
+        println!("run        {}", st.run_id);
+        println!(
+            "writes     {} ({} initialization + {} random) to {} blocks of {}",
+            st.writes,
+            st.init_writes,
+            st.writes - st.init_writes,
+            st.blocks,
+            human::bytes(a.block_size.as_u64())
+        );
+        println!("time       {secs:.2} s, {rate:.0} writes/s");
+        println!(
+            "started    {} ({} ns)",
+            human::timestamp(st.start_ns.0),
+            st.start_ns.0
+        );
+        println!(
+            "ended      {} ({} ns)",
+            human::timestamp(st.end_ns.0),
+            st.end_ns.0
+        );
+        println!("history    {} (closed cleanly)", a.history.display());
+    }
+    Ok(Outcome::Ok)
+}
