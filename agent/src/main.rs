@@ -72,6 +72,8 @@ enum Command {
     /// write to it completed by then. Exits 0 if consistent, 3 if not (each violation is
     /// listed with its block and versions), 1 if the check could not run.
     Check(cli::check::CheckArgs),
+    /// Recovery points of a replicated disk (server): list them, or export one as an image.
+    Points(cli::repl::PointsArgs),
 }
 
 /// What a command reports back to `main`.
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Wait(a) => cli::repl::wait(&a),
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
+        Command::Points(a) => cli::repl::points(&a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -133,6 +133,18 @@ pub enum Msg {
     },
     /// Either side: orderly end of the session; the connection closes after it.
     Bye,
+    /// Client: its judgement of an already shipped cycle — `crash_consistent` when no change
+    /// recorded after the cycle's cut touched its ranges before they were read (the replica
+    /// after it equals the source at its cut); `label` names the quiescing of an
+    /// app-consistent point. The server turns consistent cycles into recovery points.
+    Verdict {
+        /// Cycle sequence number.
+        seq: u64,
+        /// Whether the replica after this cycle is the source at the cycle's cut.
+        crash_consistent: bool,
+        /// For an app-consistent point: how it was quiesced (e.g. `fsfreeze /mnt`).
+        label: Option<String>,
+    },
 }
 
 impl Msg {
@@ -156,6 +168,7 @@ impl Msg {
             Self::Ping { .. } => "Ping",
             Self::Pong { .. } => "Pong",
             Self::Bye => "Bye",
+            Self::Verdict { .. } => "Verdict",
         }
     }
 }

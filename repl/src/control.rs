@@ -42,6 +42,22 @@ pub enum Request {
         /// Disk name.
         name: String,
     },
+    /// `sitrep points NAME` (server): the disk's recovery points.
+    Points {
+        /// Disk name.
+        name: String,
+    },
+    /// `sitrep points export` (server): materialize a point as an image file.
+    Export {
+        /// Disk name.
+        name: String,
+        /// Point id, `latest` or `latest-app-consistent`.
+        point: String,
+        /// Output file (on the server's host).
+        out: String,
+        /// Overwrite an existing file.
+        force: bool,
+    },
     /// `sitrep wait` (agent): returns once every change completed before the request is
     /// applied on the replica, or after `timeout_secs`.
     Wait {

@@ -117,3 +117,40 @@ pub fn read_cycle(path: &Path, disk_size: u64, granule: u64) -> Result<CycleExte
         records,
     })
 }
+
+/// Whether a change recorded after cycle `seq`'s cut and before its consistency tag (the
+/// moment its ranges were all read) touched any of `ranges` (sorted, disjoint) — the cycle
+/// then is not the source at its cut. Reads the logs after `seq` in `dir` (the current one
+/// too: everything before the tag is committed) up to tag `seq`. `None` if the tag is not
+/// found.
+///
+/// # Errors
+/// A log cannot be read.
+pub fn raced(dir: &Path, seq: u64, ranges: &[(u64, u64)]) -> Result<Option<bool>, CycleError> {
+    let hits = |o: u64, l: u64| {
+        let i = ranges.partition_point(|&(_, e)| e <= o);
+        ranges.get(i).is_some_and(|&(s, _)| s < o.saturating_add(l))
+    };
+    let mut raced = false;
+    for (s, path) in hrl::chain::list_logs(dir)? {
+        if s.0 <= seq {
+            continue;
+        }
+        let mut r = LogReader::open(&path, RecoveryMode::TruncateTail)?;
+        while let Some(rec) = r.next_record()? {
+            match &rec.body {
+                RecordBody::ConsistencyTag { tag, .. } if *tag == seq => return Ok(Some(raced)),
+                RecordBody::TrackingGap {
+                    scope: GapScope::WholeDisk,
+                    ..
+                } => raced = true,
+                b => {
+                    for e in b.extents().unwrap_or_default() {
+                        raced |= hits(e.offset(), e.len());
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}

@@ -20,10 +20,12 @@ pub mod control;
 pub mod cycle;
 pub mod devread;
 pub mod net;
+pub mod points;
 pub mod primary;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod undo;
 
 /// Nanoseconds since the Unix epoch, now.
 #[must_use]

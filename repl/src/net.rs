@@ -49,10 +49,7 @@ impl ReplError {
         match self {
             Self::Net(_) | Self::Local(_) | Self::Protocol(_) => true,
             Self::Auth(_) => false,
-            Self::Refused { code, .. } => matches!(
-                code,
-                ErrorCode::NoSpace | ErrorCode::Internal | ErrorCode::BadRequest
-            ),
+            Self::Refused { code, .. } => matches!(code, ErrorCode::NoSpace | ErrorCode::Internal),
         }
     }
 }

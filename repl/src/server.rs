@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub store: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
+    /// Which recovery points to keep.
+    pub retention: crate::points::Retention,
 }
 
 #[derive(Default)]
@@ -46,6 +48,7 @@ struct Slot {
 struct Shared {
     store: PathBuf,
     name: String,
+    retention: crate::points::Retention,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
 }
 
@@ -77,14 +80,16 @@ pub async fn run(
     let shared = Arc::new(Shared {
         store: opts.store.clone(),
         name: identity.name().to_string(),
+        retention: opts.retention.clone(),
         slots: Mutex::new(BTreeMap::new()),
     });
     // Finish whatever a crash left staged before anything connects.
     for name in store::list_disks(&opts.store)? {
         let slot = shared.slot(&name);
         match Disk::open(&opts.store, &name) {
-            Ok(d) => {
+            Ok(mut d) => {
                 tracing::info!(disk = %name, "replica open");
+                d.set_retention(opts.retention.clone());
                 *lock(&slot.disk) = Some(d);
             }
             Err(e) => {
@@ -114,6 +119,24 @@ pub async fn run(
                     schema: status::SCHEMA,
                     jobs: Vec::new(),
                 }),
+                Request::Points { name } => points_report(&sh, &name),
+                Request::Export {
+                    name,
+                    point,
+                    out,
+                    force,
+                } => {
+                    let sh = sh.clone();
+                    let reply2 = reply;
+                    tokio::task::spawn_blocking(move || {
+                        let r = export(&sh, &name, &point, std::path::Path::new(&out), force);
+                        let _ = reply2.send(match r {
+                            Ok(v) => Response::ok(v),
+                            Err(e) => Response::err(format!("{e:#}")),
+                        });
+                    });
+                    continue;
+                }
                 other => Response::err(format!(
                     "{other:?} is an agent request; this is the server's socket"
                 )),
@@ -179,6 +202,10 @@ fn status_report(sh: &Shared) -> StatusReport {
                     connected: false,
                     error: Some(e),
                     resync_reason: None,
+                    points: 0,
+                    points_bytes: 0,
+                    cycles_judged: 0,
+                    cycles_consistent: 0,
                 });
             }
             continue;
@@ -227,6 +254,10 @@ fn status_report(sh: &Shared) -> StatusReport {
             connected: slot.connected.load(Ordering::Relaxed),
             error: st.broken.clone().or(err),
             resync_reason: st.broken.clone(),
+            points: d.points().len() as u64,
+            points_bytes: d.points_bytes(),
+            cycles_judged: 0,
+            cycles_consistent: 0,
         });
     }
     StatusReport {
@@ -235,6 +266,104 @@ fn status_report(sh: &Shared) -> StatusReport {
         host: sh.name.clone(),
         disks,
     }
+}
+
+fn points_report(sh: &Shared, name: &str) -> Response {
+    let slot = lock(&sh.slots).get(name).cloned();
+    let Some(slot) = slot else {
+        return Response::err(format!("disk {name} is not replicated here"));
+    };
+    let g = lock(&slot.disk);
+    let Some(d) = g.as_ref() else {
+        return Response::err(format!("disk {name} is not open (see `sitrep status`)"));
+    };
+    Response::ok(status::PointsReport {
+        schema: status::SCHEMA,
+        disk: name.to_string(),
+        size: d.state().size,
+        storage_bytes: d.points_bytes(),
+        points: d.points().to_vec(),
+    })
+}
+
+/// Chunk size of an export: the disk's lock is held for one chunk at a time, so replication
+/// goes on between chunks, and each chunk is consistent with the undo data of that moment.
+const EXPORT_CHUNK: usize = 4 << 20;
+
+fn export(
+    sh: &Shared,
+    name: &str,
+    point: &str,
+    out: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<status::ExportReport> {
+    use std::os::unix::fs::FileExt;
+    let slot = lock(&sh.slots)
+        .get(name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+    let (id, size, p) = {
+        let g = lock(&slot.disk);
+        let d = g
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+        let pts = d.points();
+        let p = match point {
+            "latest" => pts.last(),
+            "latest-app-consistent" => pts
+                .iter()
+                .rev()
+                .find(|p| p.kind == crate::points::PointKind::AppConsistent),
+            id => {
+                let id: u64 = id.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "point '{id}': expected a point id, latest or latest-app-consistent"
+                    )
+                })?;
+                pts.iter().find(|p| p.id == id)
+            }
+        }
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "disk {name} has no recovery point '{point}' (see `sitrep points {name}`)"
+            )
+        })?;
+        (p.id, d.state().size, p)
+    };
+    if out.exists() && !force {
+        anyhow::bail!("{} exists (use --force to overwrite it)", out.display());
+    }
+    let tmp = out.with_extension("partial");
+    let f = std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    f.set_len(size)?;
+    let mut buf = vec![0u8; EXPORT_CHUNK];
+    let mut at = 0u64;
+    let mut written = 0u64;
+    while at < size {
+        let n = usize::try_from((size - at).min(EXPORT_CHUNK as u64)).unwrap_or(EXPORT_CHUNK);
+        {
+            let g = lock(&slot.disk);
+            let d = g
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("disk {name} closed during the export"))?;
+            d.export_chunk(id, at, &mut buf[..n])?;
+        }
+        if !crate::devread::is_zero(&buf[..n]) {
+            f.write_all_at(&buf[..n], at)?;
+            written += n as u64;
+        }
+        at += n as u64;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, out)?;
+    Ok(status::ExportReport {
+        disk: name.to_string(),
+        point: p,
+        out: out.display().to_string(),
+        size,
+        bytes_written: written,
+    })
 }
 
 fn code_of(e: &StoreError) -> ErrorCode {
@@ -356,7 +485,9 @@ async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result<(), ReplEr
                 match g.as_ref() {
                     Some(d) => d.check_attach(&req),
                     None => {
-                        *g = Some(Disk::attach(&shared.store, &req)?);
+                        let mut d = Disk::attach(&shared.store, &req)?;
+                        d.set_retention(shared.retention.clone());
+                        *g = Some(d);
                         Ok(())
                     }
                 }
@@ -548,6 +679,25 @@ where
                         tracing::error!("{e}");
                         return Err(refuse(c, e).await);
                     }
+                }
+                Mode::Idle
+            }
+            (
+                Mode::Idle,
+                Frame::Control(Msg::Verdict {
+                    seq,
+                    crash_consistent,
+                    label,
+                }),
+            ) => {
+                match with_disk(slot, |d| {
+                    d.verdict(seq, crash_consistent, label, crate::now_ns())
+                }) {
+                    Ok(Some(p)) => {
+                        tracing::info!(disk = name, point = p.id, kind = ?p.kind, "recovery point");
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(refuse(c, e).await),
                 }
                 Mode::Idle
             }

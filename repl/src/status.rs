@@ -110,6 +110,18 @@ pub struct DiskStatus {
     pub error: Option<String>,
     /// Why a resync is required, when it is.
     pub resync_reason: Option<String>,
+    /// Recovery points retained (server) — 0 on the agent.
+    #[serde(default)]
+    pub points: u64,
+    /// Bytes of undo data kept for them (server).
+    #[serde(default)]
+    pub points_bytes: u64,
+    /// Cycles the source has judged (agent).
+    #[serde(default)]
+    pub cycles_judged: u64,
+    /// Of those, the ones proved crash-consistent, i.e. offered as recovery points (agent).
+    #[serde(default)]
+    pub cycles_consistent: u64,
 }
 
 /// `sitrep jobs --json`.
@@ -163,4 +175,34 @@ pub struct Job {
     pub finished_unix_ns: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+/// `sitrep points NAME --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointsReport {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// The disk.
+    pub disk: String,
+    /// Its size.
+    pub size: u64,
+    /// Bytes of undo data kept so the retained points can be rebuilt.
+    pub storage_bytes: u64,
+    /// Retained points, oldest first.
+    pub points: Vec<crate::points::Point>,
+}
+
+/// `sitrep points export ... --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportReport {
+    /// The disk.
+    pub disk: String,
+    /// The point exported.
+    pub point: crate::points::Point,
+    /// The image written.
+    pub out: String,
+    /// Its size.
+    pub size: u64,
+    /// Bytes actually written (zero chunks are left sparse).
+    pub bytes_written: u64,
 }

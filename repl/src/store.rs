@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use proto::{EncodeOpts, Frame, Msg};
 use serde::{Deserialize, Serialize};
 
+use crate::points::{Point, PointKind, PointsFile, Retention};
+use crate::undo::{self, UndoIndex};
+
 /// Magic at the start of a staged cycle file.
 pub const STAGE_MAGIC: &[u8; 8] = b"SRSTAGE1";
 
@@ -167,6 +170,9 @@ pub struct Disk {
     state: DiskState,
     replica: File,
     counters: DiskCounters,
+    undo: Vec<UndoIndex>,
+    points: PointsFile,
+    retention: Retention,
 }
 
 /// What [`Disk::attach`] was asked for.
@@ -263,13 +269,38 @@ impl Disk {
             .write(true)
             .open(dir.join("replica.img"))
             .map_err(io_err(name, "opening replica.img"))?;
+        let undo_dir = dir.join("undo");
+        fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
+        undo::clean_tmp(&undo_dir);
+        let undo = undo::load_all(&undo_dir).map_err(|e| StoreError::Corrupt {
+            disk: name.into(),
+            path: undo_dir.clone(),
+            why: e.to_string(),
+        })?;
+        let points_path = dir.join("points.json");
+        let points = match fs::read(&points_path) {
+            Ok(t) => serde_json::from_slice(&t).map_err(|e| StoreError::Corrupt {
+                disk: name.into(),
+                path: points_path.clone(),
+                why: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PointsFile {
+                version: 1,
+                ..PointsFile::default()
+            },
+            Err(e) => return Err(io_err(name, "reading points.json")(e)),
+        };
         let mut disk = Self {
             dir,
             state,
             replica,
             counters: DiskCounters::default(),
+            undo,
+            points,
+            retention: Retention::default(),
         };
         disk.recover()?;
+        disk.drop_unreconstructible_points();
         Ok(disk)
     }
 
@@ -284,6 +315,7 @@ impl Disk {
         if !dir.join("state.json").exists() {
             fs::create_dir_all(dir.join("staging"))
                 .map_err(io_err(name, "creating its directory"))?;
+            fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
             let replica = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -314,6 +346,12 @@ impl Disk {
                 state,
                 replica,
                 counters: DiskCounters::default(),
+                undo: Vec::new(),
+                points: PointsFile {
+                    version: 1,
+                    ..PointsFile::default()
+                },
+                retention: Retention::default(),
             };
             d.save()?;
             return Ok(d);
@@ -468,6 +506,14 @@ impl Disk {
         if !keep {
             for (_, p) in self.staged()? {
                 let _ = fs::remove_file(p);
+            }
+            // The copy rewrites the replica without undo data: no older point survives it.
+            // (The checksum resync that replaces full re-copies keeps them.)
+            self.points.points.clear();
+            self.points.judged_upto = None;
+            self.save_points()?;
+            for u in std::mem::take(&mut self.undo) {
+                let _ = fs::remove_file(&u.path);
             }
             self.state.copy = Some(CopyProgress {
                 done: false,
@@ -629,8 +675,10 @@ impl Disk {
     pub fn apply_staged(&mut self, seq: u64, path: &Path) -> Result<AppliedCycle> {
         // Validate the whole file first (every frame's CRC, the counts), so a corrupt staged
         // cycle leaves the replica untouched; then write it.
-        self.walk_staged(seq, path, false)?;
-        let cut_time_ns = self.walk_staged(seq, path, true)?;
+        let mut ranges = Vec::new();
+        let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges))?;
+        self.ensure_undo(seq, cut_time_ns, ranges)?;
+        self.walk_staged(seq, path, None)?;
         let name = self.name().to_string();
         self.replica
             .sync_data()
@@ -647,9 +695,14 @@ impl Disk {
         Ok(applied)
     }
 
-    /// Reads staged cycle `seq` at `path`, checking it, and writing it to the replica if
-    /// `write`; returns its cut time.
-    fn walk_staged(&mut self, seq: u64, path: &Path, write: bool) -> Result<u64> {
+    /// Reads staged cycle `seq` at `path` and checks it, collecting its ranges into
+    /// `check` — or, without `check`, writes it to the replica. Returns its cut time.
+    fn walk_staged(
+        &mut self,
+        seq: u64,
+        path: &Path,
+        mut check: Option<&mut Vec<(u64, u64)>>,
+    ) -> Result<u64> {
         let name = self.name().to_string();
         let corrupt = |why: String| StoreError::Corrupt {
             disk: name.clone(),
@@ -687,19 +740,21 @@ impl Disk {
                     began = true;
                 }
                 Frame::Data { offset, data } if began => {
-                    if write {
-                        self.write_data(offset, &data)?;
-                    } else {
+                    if let Some(r) = check.as_deref_mut() {
                         self.check_range(offset, data.len() as u64)?;
+                        r.push((offset, data.len() as u64));
+                    } else {
+                        self.write_data(offset, &data)?;
                     }
                     frames += 1;
                     data_bytes += data.len() as u64;
                 }
                 Frame::Zero { offset, len } if began => {
-                    if write {
-                        self.write_zero(offset, len)?;
-                    } else {
+                    if let Some(r) = check.as_deref_mut() {
                         self.check_range(offset, len)?;
+                        r.push((offset, len));
+                    } else {
+                        self.write_zero(offset, len)?;
                     }
                     frames += 1;
                 }
@@ -719,6 +774,195 @@ impl Disk {
             }
         }
         Ok(cut_time_ns)
+    }
+}
+
+impl Disk {
+    // ---- recovery points ------------------------------------------------------------------
+
+    /// Sets the retention policy (applied at the next point).
+    pub fn set_retention(&mut self, r: Retention) {
+        self.retention = r;
+    }
+
+    /// Saves what cycle `seq` is about to overwrite (unless a crash already left a complete
+    /// undo file for it: then the replica may be half-written and must not be read).
+    fn ensure_undo(
+        &mut self,
+        seq: u64,
+        cut_time_ns: u64,
+        mut ranges: Vec<(u64, u64)>,
+    ) -> Result<()> {
+        if self.undo.iter().any(|u| u.seq == seq) {
+            return Ok(());
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (o, l) in ranges {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml >= o => *ml = (*ml).max(o + l - *mo),
+                _ => merged.push((o, l)),
+            }
+        }
+        let replica = &self.replica;
+        let idx = undo::write(&self.dir.join("undo"), seq, cut_time_ns, &merged, |o, b| {
+            replica.read_exact_at(b, o)
+        })
+        .map_err(io_err(
+            self.name(),
+            format!("writing the undo file of cycle {seq}"),
+        ))?;
+        self.undo.push(idx);
+        self.undo.sort_by_key(|u| u.seq);
+        Ok(())
+    }
+
+    fn save_points(&mut self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.points).map_err(|e| StoreError::Io {
+            disk: self.state.name.clone(),
+            what: "encoding points.json".into(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.dir.join("points.json"), &bytes)
+            .map_err(io_err(&self.state.name, "writing points.json"))
+    }
+
+    /// Points whose later undo files are missing cannot be rebuilt: forget them.
+    fn drop_unreconstructible_points(&mut self) {
+        let applied = self.state.applied.map_or(0, |a| a.seq);
+        let have: std::collections::BTreeSet<u64> = self.undo.iter().map(|u| u.seq).collect();
+        let before = self.points.points.len();
+        self.points
+            .points
+            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(|m| have.contains(&m)));
+        if self.points.points.len() != before {
+            tracing::warn!(disk = %self.state.name, "dropped {} recovery points whose undo data is gone", before - self.points.points.len());
+            let _ = self.save_points();
+        }
+    }
+
+    /// The source's verdict on applied cycle `seq`: if it was crash-consistent it becomes a
+    /// recovery point (app-consistent when `label` says how it was quiesced). Applies the
+    /// retention policy and deletes undo data no retained point needs. Returns the new point.
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn verdict(
+        &mut self,
+        seq: u64,
+        consistent: bool,
+        label: Option<String>,
+        now_ns: u64,
+    ) -> Result<Option<Point>> {
+        self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
+        let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
+        let applied = self.state.applied.map(|a| a.seq);
+        let known = self
+            .undo
+            .iter()
+            .find(|u| u.seq == seq)
+            .map(|u| u.cut_time_ns);
+        let mut made = None;
+        if consistent
+            && let (Some(from), Some(applied), Some(cut_time_ns)) = (copy_from, applied, known)
+            && seq >= from
+            && seq <= applied
+            && !self.points.points.iter().any(|p| p.id == seq)
+        {
+            let first_seq = self.points.points.last().map_or(from, |p| p.id + 1);
+            let p = Point {
+                id: seq,
+                kind: if label.is_some() {
+                    PointKind::AppConsistent
+                } else {
+                    PointKind::CrashConsistent
+                },
+                cut_time_ns,
+                first_seq,
+                created_unix_ns: now_ns,
+                label,
+            };
+            self.points.points.push(p.clone());
+            self.points.points.sort_by_key(|p| p.id);
+            made = Some(p);
+        }
+        let keep = self.retention.keep_flags(&self.points.points, now_ns);
+        let mut i = 0;
+        self.points.points.retain(|_| {
+            let k = keep[i];
+            i += 1;
+            k
+        });
+        self.save_points()?;
+        // Undo of cycle m is needed only by points older than m.
+        let floor = match self.points.points.first() {
+            Some(p) => p.id,
+            None => self.points.judged_upto.unwrap_or(0),
+        };
+        let (gone, kept): (Vec<UndoIndex>, Vec<UndoIndex>) = std::mem::take(&mut self.undo)
+            .into_iter()
+            .partition(|u| u.seq <= floor);
+        self.undo = kept;
+        for u in gone {
+            let _ = fs::remove_file(&u.path);
+        }
+        Ok(made)
+    }
+
+    /// Retained recovery points, oldest first.
+    #[must_use]
+    pub fn points(&self) -> &[Point] {
+        &self.points.points
+    }
+
+    /// Bytes of undo data kept for the retained points.
+    #[must_use]
+    pub fn points_bytes(&self) -> u64 {
+        self.undo.iter().map(|u| u.bytes).sum()
+    }
+
+    /// Fills `buf` with point `id`'s bytes at `offset`: the replica's, overlaid by what the
+    /// cycles after the point overwrote (the earliest such cycle wins).
+    ///
+    /// # Errors
+    /// No such point, out of range, or a read failed.
+    pub fn export_chunk(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.points.points.iter().any(|p| p.id == id) {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!("no recovery point {id}"),
+            });
+        }
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        self.replica.read_exact_at(buf, offset).map_err(io_err(
+            self.name(),
+            format!("reading replica.img at {offset}"),
+        ))?;
+        let end = offset + len;
+        for u in self.undo.iter().rev().filter(|u| u.seq > id) {
+            let first = u.entries.partition_point(|e| e.end() <= offset);
+            let mut file = None;
+            for e in u.entries[first..].iter().take_while(|e| e.offset < end) {
+                let s = e.offset.max(offset);
+                let t = e.end().min(end);
+                let f =
+                    match &file {
+                        Some(f) => f,
+                        None => file.insert(File::open(&u.path).map_err(io_err(
+                            self.name(),
+                            format!("opening {}", u.path.display()),
+                        ))?),
+                    };
+                let (a, b) = (
+                    usize::try_from(s - offset).unwrap_or(0),
+                    usize::try_from(t - offset).unwrap_or(0),
+                );
+                undo::read_entry(f, e, s, &mut buf[a..b])
+                    .map_err(io_err(self.name(), format!("reading {}", u.path.display())))?;
+            }
+        }
+        Ok(())
     }
 }
 

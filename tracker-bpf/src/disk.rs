@@ -30,6 +30,8 @@ pub(crate) enum DiskMsg {
     Gap { reason: GapReason, why: String },
     /// Seal the current log and start the next.
     Rotate(Sender<Result<SealedLog>>),
+    /// Append a consistency tag (after everything queued before it) and commit.
+    Tag(u64, Sender<Result<()>>),
     /// Flush, seal, and (if given) write the clean-stop record.
     Stop(Option<CleanStop>, Sender<Result<StopReport>>),
 }
@@ -53,6 +55,8 @@ pub struct DiskStats {
     pub fallback_extents: u64,
     /// Tracking-gap records written.
     pub gaps: u64,
+    /// Consistency tags written ([`crate::Tracker::mark`]; not counted in `records`).
+    pub tags: u64,
     /// Bytes of all logs in the directory.
     pub log_bytes: u64,
     /// Log write failures (retried).
@@ -131,6 +135,23 @@ impl DiskThread {
                 Ok(DiskMsg::Gap { reason, why }) => {
                     tracing::warn!(device = %self.device.display(), %why, "tracking gap");
                     self.gap(reason, GapScope::WholeDisk);
+                }
+                Ok(DiskMsg::Tag(tag, reply)) => {
+                    self.flush(&mut window);
+                    since = None;
+                    let body = RecordBody::ConsistencyTag {
+                        group: hrl::GroupId::NIL,
+                        tag,
+                    };
+                    let r = self
+                        .writer
+                        .append(RecordFlags::empty(), &body)
+                        .map(|_| ())
+                        .and_then(|()| self.writer.commit().map(|_| ()));
+                    if r.is_ok() {
+                        self.bump(|s| s.tags += 1);
+                    }
+                    let _ = reply.send(r.map_err(|e| self.log_err(e)));
                 }
                 Ok(DiskMsg::Rotate(reply)) => {
                     self.flush(&mut window);

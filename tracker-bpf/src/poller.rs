@@ -124,6 +124,10 @@ pub(crate) struct SlotCfg {
 pub(crate) enum Ctrl {
     Add(u16, SlotCfg, Sender<Result<()>>),
     Remove(u16, Sender<Result<()>>),
+    /// Drain the ring and both bitmaps now and route everything to the disk threads, then
+    /// answer: every change recorded in the kernel before the request is then queued to its
+    /// disk thread ahead of anything the caller sends it next.
+    Sync(Sender<Result<()>>),
     Stop,
 }
 
@@ -204,6 +208,13 @@ pub(crate) fn run(
                         let _ = ring.consume();
                     };
                     let _ = reply.send(p.remove(&skel, slot, consume, &inbox));
+                }
+                Ok(Ctrl::Sync(reply)) => {
+                    let _ = ring.consume();
+                    p.bad_events += bad.swap(0, Ordering::Relaxed);
+                    p.route(&inbox);
+                    p.drain_bitmaps(true);
+                    let _ = reply.send(Ok(()));
                 }
                 Ok(Ctrl::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,

@@ -351,12 +351,44 @@ impl Tracker {
         report
     }
 
+    /// Drains the kernel's ring buffer and bitmaps now: every change recorded before the
+    /// call is queued to its disk's log thread before anything sent to it afterwards (so a
+    /// following [`rotate`](Self::rotate) or [`mark`](Self::mark) comes after it in the log).
+    ///
+    /// # Errors
+    /// The poller thread is gone.
+    pub fn sync(&self) -> Result<()> {
+        self.control(Ctrl::Sync)
+    }
+
+    /// Appends a consistency tag `tag` to the device's current log, after every change that
+    /// completed before the call ([`sync`](Self::sync) first), and commits it.
+    ///
+    /// # Errors
+    /// The device is not tracked, or the log failed.
+    pub fn mark(&self, device: &Path, tag: u64) -> Result<()> {
+        let slot = self.slot_of(device)?;
+        self.sync()?;
+        let disk = self
+            .disks
+            .get(&slot)
+            .ok_or_else(|| Error::Invalid(format!("{} is not tracked", device.display())))?;
+        let (tx, rx) = bounded(1);
+        disk.tx
+            .send(DiskMsg::Tag(tag, tx))
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Stopped("log thread is gone".into()))?
+    }
+
     /// Seals the device's current log and opens the next (the sealed one can be shipped).
+    /// Every change that completed before the call is in the sealed log or an earlier one.
     ///
     /// # Errors
     /// The device is not tracked, or the log failed.
     pub fn rotate(&self, device: &Path) -> Result<SealedLog> {
         let slot = self.slot_of(device)?;
+        self.sync()?;
         let disk = self
             .disks
             .get(&slot)

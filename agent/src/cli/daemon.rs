@@ -24,9 +24,16 @@ pub(crate) struct ServerArgs {
     /// address agents dial (`--san`).
     #[arg(long)]
     pki: PathBuf,
-    /// Control socket for `sitrep status` on this host.
+    /// Control socket for `sitrep status` / `sitrep points` on this host.
     #[arg(long, default_value = SERVER_SOCKET)]
     socket: PathBuf,
+    /// Recovery points kept per disk (the newest N; Hyper-V Replica keeps 24).
+    #[arg(long, default_value_t = 24)]
+    keep_points: usize,
+    /// Also keep older points in tiers EVERY:WINDOW, e.g. `10m:1h,1h:24h,1d:7d` (one per
+    /// 10 minutes for an hour, hourly for a day, daily for a week).
+    #[arg(long)]
+    retention_tiers: Option<String>,
 }
 
 /// Arguments of `sitrep agent`.
@@ -55,6 +62,10 @@ pub(crate) struct AgentArgs {
     /// zstd level for data (0 disables compression).
     #[arg(long, default_value_t = 1)]
     compress_level: i32,
+    /// TEST ONLY: offer every cycle as a crash-consistent point without checking — a broken
+    /// cut, for proving the consistency checker catches one.
+    #[arg(long, hide = true)]
+    unsafe_offer_every_cycle: bool,
 }
 
 fn init_logging() {
@@ -95,6 +106,16 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         listen: a.listen.clone(),
         store: a.store.clone(),
         socket: a.socket.clone(),
+        retention: repl::points::Retention {
+            keep: a.keep_points.max(1),
+            tiers: a
+                .retention_tiers
+                .as_deref()
+                .map(repl::points::Retention::parse_tiers)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or_default(),
+        },
     };
     runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)
@@ -121,6 +142,7 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         compress_level: (a.compress_level != 0).then_some(a.compress_level),
         policy,
         tracker: tracker_bpf::TrackerConfig::default(),
+        offer_every_cycle: a.unsafe_offer_every_cycle,
     };
     runtime()?.block_on(repl::primary::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)

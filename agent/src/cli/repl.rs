@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use repl::control::{AGENT_SOCKET, Request, Response, SERVER_SOCKET, call};
-use repl::status::{DiskStatus, Job, JobsReport, StatusReport};
+use repl::status::{DiskStatus, ExportReport, Job, JobsReport, PointsReport, StatusReport};
 
 use crate::{Outcome, human};
 
@@ -254,5 +254,117 @@ pub(crate) fn wait(a: &WaitArgs) -> anyhow::Result<Outcome> {
         println!("disk {} is caught up:", d.name);
         print_disk(&d);
     }
+    Ok(Outcome::Ok)
+}
+
+/// Arguments of `sitrep points`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct PointsArgs {
+    #[command(subcommand)]
+    cmd: Option<PointsCommand>,
+    /// The disk whose recovery points to list (on the server).
+    #[arg(required = true)]
+    name: Option<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sitrep points export`.
+#[derive(clap::Subcommand)]
+pub(crate) enum PointsCommand {
+    /// Materialize a recovery point as a disk image on the server while replication goes on
+    /// (the replica is not touched).
+    Export(ExportArgs),
+}
+
+/// Arguments of `sitrep points export`.
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// The disk.
+    name: String,
+    /// The point: an id from `sitrep points NAME`, `latest` or `latest-app-consistent`.
+    point: String,
+    /// The image file to write (on the server's host; sparse where the disk is zero).
+    #[arg(long)]
+    out: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
+    if let Some(PointsCommand::Export(e)) = &a.cmd {
+        return export(e);
+    }
+    let name = a.name.clone().unwrap_or_default();
+    let resp = ask(
+        &a.socket,
+        &Request::Points { name },
+        Duration::from_secs(10),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: PointsReport = serde_json::from_value(resp.data)?;
+    println!(
+        "disk {}: {} recovery point(s), {} of undo data kept",
+        r.disk,
+        r.points.len(),
+        human::bytes(r.storage_bytes)
+    );
+    for p in r.points.iter().rev() {
+        println!(
+            "{:>8}  {:<17} cut {}  cycles {}..={}{}",
+            p.id,
+            format!("{:?}", p.kind).to_lowercase(),
+            human::timestamp(p.cut_time_ns),
+            p.first_seq,
+            p.id,
+            p.label
+                .as_ref()
+                .map(|l| format!("  ({l})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
+    let out = std::path::absolute(&a.out)?;
+    let resp = ask(
+        &a.socket,
+        &Request::Export {
+            name: a.name.clone(),
+            point: a.point.clone(),
+            out: out.display().to_string(),
+            force: a.force,
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: ExportReport = serde_json::from_value(resp.data)?;
+    println!(
+        "exported point {} of disk {} ({:?}, cut {}) to {} ({}, {} written)",
+        r.point.id,
+        r.disk,
+        r.point.kind,
+        human::timestamp(r.point.cut_time_ns),
+        r.out,
+        human::bytes(r.size),
+        human::bytes(r.bytes_written)
+    );
     Ok(Outcome::Ok)
 }

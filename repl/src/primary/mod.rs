@@ -48,6 +48,9 @@ pub struct AgentOptions {
     pub policy: Option<PolicyFile>,
     /// The tracker's settings.
     pub tracker: TrackerConfig,
+    /// Test only: call every cycle crash-consistent without checking (a broken cut the
+    /// consistency checker must catch).
+    pub offer_every_cycle: bool,
 }
 
 /// A running initial copy.
@@ -68,11 +71,12 @@ pub(crate) struct RtStatus {
     pub(crate) last_applied: Option<CycleInfo>,
     pub(crate) last_shipped_seq: Option<u64>,
     pub(crate) last_cut: Option<(u64, u64)>,
-    pub(crate) quiet_confirmed_ns: Option<u64>,
     pub(crate) bytes_shipped: u64,
     pub(crate) wire_bytes: u64,
     pub(crate) zero_bytes: u64,
     pub(crate) cycles_applied: u64,
+    pub(crate) cycles_judged: u64,
+    pub(crate) cycles_consistent: u64,
     pub(crate) copy: Option<CopyRun>,
     pub(crate) backlog_bytes: u64,
     pub(crate) pending_logs: usize,
@@ -150,6 +154,13 @@ impl Agent {
         })
     }
 
+    /// Tags the disk's log after every change completed so far.
+    pub(crate) fn mark(&self, rt: &DiskRt, tag: u64) -> Result<(), crate::net::ReplError> {
+        let dev = lock(&rt.prot).device.clone();
+        self.with_tracker(|t| t.mark(&dev, tag))
+            .map_err(|e| local(format!("{}: tagging the log: {e:#}", dev.display())))
+    }
+
     /// Records appended to the disk's log since the last cut.
     pub(crate) fn records_since_cut(&self, rt: &DiskRt) -> u64 {
         let dev = lock(&rt.prot).device.clone();
@@ -176,12 +187,14 @@ impl Agent {
         // Count before sealing: a record racing the seal is then counted as "after" and
         // only causes one extra (possibly empty) cycle, never a missed one.
         let before = self.records(&dev);
+        let started = crate::now_ns();
         let sealed = self
             .with_tracker(|t| t.rotate(&dev))
             .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
         rt.records_at_cut.store(before, Ordering::SeqCst);
         let seq = sealed.header.log_seq.0;
-        rt.set(|s| s.last_cut = Some((seq, crate::now_ns())));
+        // The time the cut began: everything completed before it is in this log or earlier.
+        rt.set(|s| s.last_cut = Some((seq, started)));
         Ok(seq)
     }
 
@@ -510,6 +523,10 @@ impl Agent {
             } else {
                 p.resync_reason.clone()
             },
+            points: 0,
+            points_bytes: 0,
+            cycles_judged: st.cycles_judged,
+            cycles_consistent: st.cycles_consistent,
         }
     }
 
@@ -530,7 +547,7 @@ impl Agent {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
         let t0 = crate::now_ns();
-        let settled = t0 + u64::try_from(worker::TRACKER_DRAIN.as_nanos()).unwrap_or(0);
+        let settled = t0;
         let deadline = Instant::now() + timeout;
         let mut target: Option<u64> = None;
         rt.cut_request.store(true, Ordering::SeqCst);
@@ -552,13 +569,8 @@ impl Agent {
                     {
                         target = Some(seq);
                     }
-                    let quiet = st.quiet_confirmed_ns.is_some_and(|q| q >= settled)
-                        && st.pending_logs == 0
-                        && st
-                            .last_shipped_seq
-                            .is_none_or(|s| applied.is_some_and(|a| a >= s));
                     let reached = target.is_some_and(|t| applied.is_some_and(|a| a >= t));
-                    if quiet || reached {
+                    if reached {
                         drop(st);
                         drop(p);
                         return Ok(self.disk_status(&rt));
@@ -599,6 +611,9 @@ impl Agent {
                 Ok(()) => Response::ok(serde_json::json!({ "name": name })),
                 Err(e) => Response::err(format!("{e:#}")),
             },
+            Request::Points { .. } | Request::Export { .. } => Response::err(
+                "recovery points live on the server: use the server's socket (--socket)",
+            ),
             Request::Wait { name, timeout_secs } => {
                 match self.wait(&name, Duration::from_secs(timeout_secs)).await {
                     Ok(s) => Response::ok(s),

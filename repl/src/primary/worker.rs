@@ -23,9 +23,6 @@ use crate::status::JobState;
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Unacknowledged checkpoints allowed in flight.
 pub const CHECKPOINTS_IN_FLIGHT: usize = 2;
-/// How long the tracker may hold a completed change before it reaches the log: the kernel
-/// write bitmap is drained every 50 ms and ring events are coalesced for 5 ms.
-pub const TRACKER_DRAIN: Duration = Duration::from_millis(150);
 /// Idle sessions ping this often (the server drops silent ones).
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// Read granule of cycles (O_DIRECT alignment).
@@ -501,28 +498,22 @@ async fn run_cycles(
             if *stop.borrow() {
                 return Ok(CyclesEnd::Stopped);
             }
+            // A requested cut (`sitrep wait`) is made even if nothing seems recorded: the
+            // tracker's drain and the log thread's queue are ordered before the seal, so the
+            // sealed log holds every change completed before the request.
             let forced = rt.take_cut_request();
-            if forced {
-                // Let every change completed before the request reach the log first.
-                tokio::time::sleep(TRACKER_DRAIN).await;
-            }
             let records = agent.records_since_cut(rt);
             let due = match frequency {
                 Frequency::Continuous => true,
                 Frequency::Every(_) => Instant::now() >= next_cut,
             };
-            if records > 0 && (due || forced) {
+            if forced || (records > 0 && due) {
                 let sealed = agent.cut(rt)?;
                 if let Frequency::Every(d) = frequency {
                     next_cut = Instant::now() + d;
                 }
                 tracing::debug!(disk = %name, seq = sealed, "cycle cut");
                 break;
-            }
-            if forced {
-                // Nothing recorded since the last cut, even after the drain period: every
-                // change made before the request is in a log already cut.
-                rt.set(|st| st.quiet_confirmed_ns = Some(crate::now_ns()));
             }
             if s.last_heard.elapsed() > PING_EVERY + STALL {
                 return Err(ReplError::Net(format!(
@@ -586,7 +577,12 @@ async fn ship_cycle(
             }
             Some(Item::Mark(_)) => {}
             Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
-            Some(Item::Done { frames, data_bytes }) => break (frames, data_bytes),
+            Some(Item::Done { frames, data_bytes }) => {
+                // Every range of the cycle is read: tag the log here, so the changes
+                // recorded between the cut and now can be told from later ones.
+                agent.mark(rt, cyc.seq)?;
+                break (frames, data_bytes);
+            }
             None => return Err(ReplError::Local("device reader stopped".into())),
         }
     };
@@ -597,7 +593,25 @@ async fn ship_cycle(
     })
     .await?;
     match s.answer(rt).await? {
-        Msg::CycleAck { seq } if seq == cyc.seq => Ok(()),
+        Msg::CycleAck { seq } if seq == cyc.seq => {
+            let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
+            let consistent = agent.opts.offer_every_cycle
+                || tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
+                    .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
+                    == Some(false);
+            rt.set(|st| {
+                st.cycles_judged += 1;
+                if consistent {
+                    st.cycles_consistent += 1;
+                }
+            });
+            s.msg(Msg::Verdict {
+                seq: cyc.seq,
+                crash_consistent: consistent,
+                label: None,
+            })
+            .await
+        }
         m => Err(ReplError::Protocol(format!(
             "{} sent {} where CycleAck {} was expected",
             s.peer,
