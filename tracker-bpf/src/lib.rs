@@ -34,7 +34,7 @@ pub use device::{DeviceInfo, IoCounters};
 pub use disk::{DiskStats, StopReport};
 pub use error::{Error, Result};
 pub use poller::{AttachMode, Attached, KernelStats, MAX_DEVICES};
-pub use tracker::{AddReport, Tracker, TrackerConfig, TrackerStats};
+pub use tracker::{AddReport, Cut, Tracker, TrackerConfig, TrackerStats};
 
 /// The change-log crate every interceptor writes through.
 pub use hrl;

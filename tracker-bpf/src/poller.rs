@@ -128,6 +128,18 @@ pub(crate) enum Ctrl {
     /// answer: every change recorded in the kernel before the request is then queued to its
     /// disk thread ahead of anything the caller sends it next.
     Sync(Sender<Result<()>>),
+    /// A precise cut of one slot's log: note the time, drain everything, and send the disk
+    /// thread `Rotate` (answering on the given sender) before any later drain can reach it.
+    /// Answers `(time, exact)`: every change whose completion was reported before `time` is
+    /// in the sealed log or an earlier one; `exact` when no change was recorded (on any
+    /// device) while draining, so nothing that completed after `time` is in it either.
+    Cut(
+        u16,
+        Sender<Result<hrl::SealedLog>>,
+        Sender<Result<(u64, bool)>>,
+    ),
+    /// Also record one slot's changes when they are queued (on) or only at completion (off).
+    QueueMark(u16, bool, Sender<Result<()>>),
     Stop,
 }
 
@@ -215,6 +227,29 @@ pub(crate) fn run(
                     p.route(&inbox);
                     p.drain_bitmaps(true);
                     let _ = reply.send(Ok(()));
+                }
+                Ok(Ctrl::QueueMark(slot, on, reply)) => {
+                    let _ = reply.send(p.set_queue_mark(&skel, slot, on));
+                }
+                Ok(Ctrl::Cut(slot, sealed, reply)) => {
+                    let Some(tx) = p.slots.get(&slot).map(|c| c.tx.clone()) else {
+                        let _ =
+                            reply.send(Err(Error::Invalid(format!("slot {slot} is not tracked"))));
+                        continue;
+                    };
+                    // Time first, then the count: a change reported complete before `time`
+                    // ran its hook (count, then bitmap bit or ring event) before the count
+                    // is read, so the drain below finds it.
+                    let time = hrl_now_ns();
+                    let before = read_stats(&skel).map(|k| k.seq);
+                    let _ = ring.consume();
+                    p.bad_events += bad.swap(0, Ordering::Relaxed);
+                    p.route(&inbox);
+                    p.drain_bitmaps(true);
+                    let after = read_stats(&skel).map(|k| k.seq);
+                    let exact = before.is_some() && before == after;
+                    let _ = tx.send(DiskMsg::Rotate(sealed));
+                    let _ = reply.send(Ok((time, exact)));
                 }
                 Ok(Ctrl::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
@@ -429,20 +464,7 @@ impl Poller {
         if let Some(o) = self.overflow.words().get(usize::from(slot)) {
             o.store(0, Ordering::Relaxed);
         }
-        let v = types::trk_dev_cfg {
-            start_sect: c.start_sect,
-            nr_sects: c.nr_sects,
-            slot: u32::from(slot),
-            granule_shift: c.granule_shift,
-            fine_base: c.fine.map_or(0, |r| r.base),
-            fine_words: c.fine.map_or(0, |r| r.words),
-            fine_shift: c.fine.map_or(0, |r| r.shift),
-            flags: flag(c.fine.is_some(), TRK_CFG_WRITE_BITMAP)
-                | flag(c.bio_based, TRK_CFG_BIO_BASED)
-                | flag(self.mark_at_queue, TRK_CFG_QUEUE_MARK),
-            dev: c.dev,
-            _pad: 0,
-        };
+        let v = dev_cfg(slot, &c, self.mark_at_queue);
         // SAFETY: trk_dev_cfg is a plain #[repr(C)] struct of integers; viewing it as bytes
         // to hand to the map is what libbpf expects.
         let bytes = unsafe {
@@ -477,6 +499,29 @@ impl Poller {
             return Err(Error::Bpf(format!("registering device: {e}")));
         }
         Ok(())
+    }
+
+    /// Turns recording at queue time on or off for one slot (both copies of its configuration:
+    /// the hash by device and the array by slot).
+    fn set_queue_mark(&self, skel: &TrackerSkel<'_>, slot: u16, on: bool) -> Result<()> {
+        let c = self
+            .slots
+            .get(&slot)
+            .ok_or_else(|| Error::Invalid(format!("slot {slot} is not tracked")))?;
+        let v = dev_cfg(slot, c, self.mark_at_queue || on);
+        // SAFETY: as in `add` — a plain #[repr(C)] struct of integers viewed as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const v).cast::<u8>(), size_of::<types::trk_dev_cfg>())
+        };
+        skel.maps
+            .devices
+            .update(&c.dev.to_ne_bytes(), bytes, MapFlags::EXIST)
+            .and_then(|()| {
+                skel.maps
+                    .slot_cfg
+                    .update(&u32::from(slot).to_ne_bytes(), bytes, MapFlags::ANY)
+            })
+            .map_err(|e| Error::Bpf(format!("updating device configuration: {e}")))
     }
 
     /// Points the direct index entry `h` at the one tracked slot (other than `except`) whose
@@ -698,6 +743,29 @@ fn prog_info(prog: std::os::fd::BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_i
         libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &raw mut info, &raw mut len)
     };
     (rc == 0).then_some(info)
+}
+
+fn dev_cfg(slot: u16, c: &SlotCfg, queue_mark: bool) -> types::trk_dev_cfg {
+    types::trk_dev_cfg {
+        start_sect: c.start_sect,
+        nr_sects: c.nr_sects,
+        slot: u32::from(slot),
+        granule_shift: c.granule_shift,
+        fine_base: c.fine.map_or(0, |r| r.base),
+        fine_words: c.fine.map_or(0, |r| r.words),
+        fine_shift: c.fine.map_or(0, |r| r.shift),
+        flags: flag(c.fine.is_some(), TRK_CFG_WRITE_BITMAP)
+            | flag(c.bio_based, TRK_CFG_BIO_BASED)
+            | flag(queue_mark, TRK_CFG_QUEUE_MARK),
+        dev: c.dev,
+        _pad: 0,
+    }
+}
+
+fn hrl_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {

@@ -93,6 +93,20 @@ pub struct AddReport {
     pub gap: Option<String>,
 }
 
+/// What [`Tracker::cut`] did.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// The sealed log.
+    pub sealed: SealedLog,
+    /// The cut's instant (ns since the epoch, realtime clock): every change whose completion
+    /// was reported before it is in `sealed` or an earlier log.
+    pub time_ns: u64,
+    /// No change was recorded while the kernel's buffers were drained for the cut, so the
+    /// logs up to `sealed` hold exactly the changes reported complete before `time_ns` (plus
+    /// changes still in flight then). Only an exact cut can be a crash-consistent point.
+    pub exact: bool,
+}
+
 /// Counters of the whole tracker.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TrackerStats {
@@ -379,6 +393,44 @@ impl Tracker {
             .map_err(|_| Error::Stopped("log thread is gone".into()))?;
         rx.recv()
             .map_err(|_| Error::Stopped("log thread is gone".into()))?
+    }
+
+    /// Also records the device's changes when they are *queued* (on), or only when they
+    /// complete (off, the default). While on, a change is in the log current at its
+    /// submission too — what proving a cycle crash-consistent needs: a write queued after a
+    /// cut can land on the device before the cycle's data is read, and must then be seen
+    /// before the cycle's consistency tag. Costs one more program run per write.
+    ///
+    /// # Errors
+    /// The device is not tracked, or BPF refused the update.
+    pub fn queue_marks(&self, device: &Path, on: bool) -> Result<()> {
+        let slot = self.slot_of(device)?;
+        self.control(|reply| Ctrl::QueueMark(slot, on, reply))
+    }
+
+    /// A precise cut: seals the device's current log like [`rotate`](Self::rotate), and says
+    /// at which instant it cut. See [`Cut`].
+    ///
+    /// # Errors
+    /// The device is not tracked, or the log failed.
+    pub fn cut(&self, device: &Path) -> Result<Cut> {
+        let slot = self.slot_of(device)?;
+        let (stx, srx) = bounded(1);
+        let (itx, irx) = bounded(1);
+        self.ctrl
+            .send(Ctrl::Cut(slot, stx, itx))
+            .map_err(|_| Error::Stopped("poller thread is gone".into()))?;
+        let (time_ns, exact) = irx
+            .recv()
+            .map_err(|_| Error::Stopped("poller thread is gone".into()))??;
+        let sealed = srx
+            .recv()
+            .map_err(|_| Error::Stopped("log thread is gone".into()))??;
+        Ok(Cut {
+            sealed,
+            time_ns,
+            exact,
+        })
     }
 
     /// Seals the device's current log and opens the next (the sealed one can be shipped).

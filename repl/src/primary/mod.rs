@@ -93,6 +93,8 @@ pub(crate) struct DiskRt {
     records_at_cut: AtomicU64,
     job: Mutex<Option<u64>>,
     cache: Mutex<BTreeMap<u64, u64>>,
+    /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
+    pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -157,8 +159,11 @@ impl Agent {
     /// Tags the disk's log after every change completed so far.
     pub(crate) fn mark(&self, rt: &DiskRt, tag: u64) -> Result<(), crate::net::ReplError> {
         let dev = lock(&rt.prot).device.clone();
-        self.with_tracker(|t| t.mark(&dev, tag))
-            .map_err(|e| local(format!("{}: tagging the log: {e:#}", dev.display())))
+        self.with_tracker(|t| {
+            t.mark(&dev, tag)?;
+            t.queue_marks(&dev, false)
+        })
+        .map_err(|e| local(format!("{}: tagging the log: {e:#}", dev.display())))
     }
 
     /// Records appended to the disk's log since the last cut.
@@ -188,11 +193,23 @@ impl Agent {
         // only causes one extra (possibly empty) cycle, never a missed one.
         let before = self.records(&dev);
         let started = crate::now_ns();
-        let sealed = self
-            .with_tracker(|t| t.rotate(&dev))
+        // Writes queued from now until the cycle's tag are recorded at submission too, so
+        // the verdict sees any that could land before the cycle's data is read.
+        let cut = self
+            .with_tracker(|t| {
+                t.queue_marks(&dev, true)?;
+                t.cut(&dev)
+            })
             .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
         rt.records_at_cut.store(before, Ordering::SeqCst);
-        let seq = sealed.header.log_seq.0;
+        let seq = cut.sealed.header.log_seq.0;
+        let mut cuts = lock(&rt.cuts);
+        cuts.insert(seq, (cut.time_ns, cut.exact));
+        // Bounded: cuts of cycles long shipped (or never to be judged) are forgotten.
+        while cuts.len() > 4096 {
+            cuts.pop_first();
+        }
+        drop(cuts);
         // The time the cut began: everything completed before it is in this log or earlier.
         rt.set(|s| s.last_cut = Some((seq, started)));
         Ok(seq)
@@ -322,6 +339,7 @@ impl Agent {
             records_at_cut: AtomicU64::new(0),
             job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
+            cuts: Mutex::new(BTreeMap::new()),
             task: Mutex::new(None),
         });
         let mut job = None;

@@ -546,10 +546,13 @@ async fn ship_cycle(
     cyc: &crate::cycle::CycleExtents,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ReplError> {
+    // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
+    // sealed by auto-rotation or crash recovery: never a point).
+    let cut = lock(&rt.cuts).get(&cyc.seq).copied();
     s.msg(Msg::CycleBegin {
         seq: cyc.seq,
         log_id: cyc.log_id,
-        cut_time_ns: cyc.cut_time_ns,
+        cut_time_ns: cut.map_or(cyc.cut_time_ns, |c| c.0),
         extents: cyc.ranges.len() as u64,
         data_bytes: cyc.bytes,
     })
@@ -595,10 +598,15 @@ async fn ship_cycle(
     match s.answer(rt).await? {
         Msg::CycleAck { seq } if seq == cyc.seq => {
             let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
+            let exact = cut.is_some_and(|c| c.1);
             let consistent = agent.opts.offer_every_cycle
-                || tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
+                || (exact
+                    && tokio::task::block_in_place(|| {
+                        crate::cycle::raced(&logs, cyc.seq, &cyc.ranges)
+                    })
                     .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
-                    == Some(false);
+                        == Some(false));
+            lock(&rt.cuts).remove(&cyc.seq);
             rt.set(|st| {
                 st.cycles_judged += 1;
                 if consistent {
