@@ -331,9 +331,17 @@ fn take_over(id: u32, old_pid: i32) -> Result<Option<UblkCtrl>> {
             probe
                 .start_user_recover()
                 .map_err(|e| Error::ublk("start user recovery", &e))?;
+            // libublk sizes its per-queue tables from the builder's queue count, not from
+            // the recovered device: without it, recovering a multi-queue device panics.
+            let (nr_queues, depth) = {
+                let info = probe.dev_info();
+                (info.nr_hw_queues, info.queue_depth)
+            };
             let ctrl = UblkCtrlBuilder::default()
                 .name(TARGET_NAME)
                 .id(sid)
+                .nr_queues(nr_queues)
+                .depth(depth)
                 .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
                 .build()
                 .map_err(|e| Error::ublk("recover device", &e))?;
