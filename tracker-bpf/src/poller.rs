@@ -116,6 +116,8 @@ pub(crate) struct SlotCfg {
     pub(crate) granule_shift: u32,
     /// Device-mapper, md: completions come from `block_bio_complete`.
     pub(crate) bio_based: bool,
+    /// Changes are also recorded at queue time ([`crate::Tracker::queue_marks`]).
+    pub(crate) queue_mark: bool,
     pub(crate) tx: Sender<DiskMsg>,
     /// Set by the poller when the device gets a region of the fine write bitmap.
     pub(crate) fine: Option<fine::Region>,
@@ -140,6 +142,9 @@ pub(crate) enum Ctrl {
     ),
     /// Also record one slot's changes when they are queued (on) or only at completion (off).
     QueueMark(u16, bool, Sender<Result<()>>),
+    /// Whether sitrep's own log writes can reach a tracked device (so `block_bio_queue` must
+    /// run to recognise them).
+    OwnLogs(bool, Sender<Result<()>>),
     Stop,
 }
 
@@ -164,7 +169,7 @@ pub(crate) fn run(
     stats: Arc<Mutex<KernelStats>>,
 ) {
     let mut obj = MaybeUninit::uninit();
-    let (skel, attached, _links) = match load(&cfg, &mut obj) {
+    let (skel, attached, mut links) = match load(&cfg, &mut obj) {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -178,6 +183,11 @@ pub(crate) fn run(
             return;
         }
     };
+    // The queue hook was attached only to prove it can be: it runs for every bio on the
+    // system, so it stays attached only while something needs it (see `queue_hook_needed`).
+    p.queue_link = links.pop();
+    p.attached = attached;
+    let _ = p.update_queue_hook(&skel, false);
     let inbox = Arc::new(Mutex::new(Vec::<Event>::new()));
     let sink = inbox.clone();
     let bad = Arc::new(AtomicU64::new(0));
@@ -227,6 +237,10 @@ pub(crate) fn run(
                     p.route(&inbox);
                     p.drain_bitmaps(true);
                     let _ = reply.send(Ok(()));
+                }
+                Ok(Ctrl::OwnLogs(on, reply)) => {
+                    p.own_logs = on;
+                    let _ = reply.send(p.update_queue_hook(&skel, false));
                 }
                 Ok(Ctrl::QueueMark(slot, on, reply)) => {
                     let _ = reply.send(p.set_queue_mark(&skel, slot, on));
@@ -337,7 +351,7 @@ fn try_load<'obj>(
     open.progs.on_bio_complete_raw.set_autoload(raw);
     let skel = open.load()?;
     // Completions first: a bio-based bio remembered at queue time is then always taken out
-    // again when it completes.
+    // again when it completes. The queue hook last: `run` detaches it while not needed.
     let links = match kind {
         Attached::TpBtf => vec![
             skel.progs.on_rq_complete_btf.attach()?,
@@ -420,6 +434,11 @@ struct Poller {
     unaccounted: u64,
     recursion_misses: u64,
     mark_at_queue: bool,
+    /// sitrep's own log writes can reach a tracked device.
+    own_logs: bool,
+    /// The `block_bio_queue` link while attached.
+    queue_link: Option<Link>,
+    attached: Attached,
     /// (seq handed out at the previous check, when): everything below it must be received
     /// or dropped by the next check.
     checkpoint: (u64, Instant),
@@ -448,11 +467,43 @@ impl Poller {
             unaccounted: 0,
             recursion_misses: 0,
             mark_at_queue,
+            own_logs: false,
+            queue_link: None,
+            attached: Attached::TpBtf,
             checkpoint: (0, Instant::now()),
         })
     }
 
+    /// Whether `block_bio_queue` has work: remembering bio-based bios until they complete,
+    /// recognising sitrep's own bios, or recording at queue time.
+    fn queue_hook_needed(&self) -> bool {
+        self.mark_at_queue
+            || self.own_logs
+            || self.slots.values().any(|c| c.bio_based || c.queue_mark)
+    }
+
+    /// Attaches or detaches the queue hook to match [`Self::queue_hook_needed`] (or `also`).
+    fn update_queue_hook(&mut self, skel: &TrackerSkel<'_>, also: bool) -> Result<()> {
+        let need = also || self.queue_hook_needed();
+        if !need {
+            self.queue_link = None;
+            return Ok(());
+        }
+        if self.queue_link.is_some() {
+            return Ok(());
+        }
+        let progs = &skel.progs;
+        let link = match self.attached {
+            Attached::TpBtf => progs.on_bio_queue_btf.attach(),
+            Attached::RawTp => progs.on_bio_queue_raw.attach(),
+        };
+        let link = link.map_err(|e| Error::Bpf(format!("attaching block_bio_queue: {e}")))?;
+        self.queue_link = Some(link);
+        Ok(())
+    }
+
     fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, mut c: SlotCfg) -> Result<()> {
+        self.update_queue_hook(skel, c.bio_based || c.queue_mark)?;
         c.fine = self.fine_alloc.as_mut().and_then(|a| a.alloc(c.nr_sects));
         if let Some(r) = c.fine {
             fine::clear(self.fine.words(), self.fine_summary.words(), r);
@@ -503,17 +554,26 @@ impl Poller {
 
     /// Turns recording at queue time on or off for one slot (both copies of its configuration:
     /// the hash by device and the array by slot).
-    fn set_queue_mark(&self, skel: &TrackerSkel<'_>, slot: u16, on: bool) -> Result<()> {
+    fn set_queue_mark(&mut self, skel: &TrackerSkel<'_>, slot: u16, on: bool) -> Result<()> {
+        if !self.slots.contains_key(&slot) {
+            return Err(Error::Invalid(format!("slot {slot} is not tracked")));
+        }
+        // The hook before the flag that needs it; after the flag that no longer does.
+        if on {
+            self.update_queue_hook(skel, true)?;
+        }
         let c = self
             .slots
-            .get(&slot)
+            .get_mut(&slot)
             .ok_or_else(|| Error::Invalid(format!("slot {slot} is not tracked")))?;
+        c.queue_mark = on;
         let v = dev_cfg(slot, c, self.mark_at_queue || on);
         // SAFETY: as in `add` — a plain #[repr(C)] struct of integers viewed as bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw const v).cast::<u8>(), size_of::<types::trk_dev_cfg>())
         };
-        skel.maps
+        let updated = skel
+            .maps
             .devices
             .update(&c.dev.to_ne_bytes(), bytes, MapFlags::EXIST)
             .and_then(|()| {
@@ -521,7 +581,9 @@ impl Poller {
                     .slot_cfg
                     .update(&u32::from(slot).to_ne_bytes(), bytes, MapFlags::ANY)
             })
-            .map_err(|e| Error::Bpf(format!("updating device configuration: {e}")))
+            .map_err(|e| Error::Bpf(format!("updating device configuration: {e}")));
+        let _ = self.update_queue_hook(skel, false);
+        updated
     }
 
     /// Points the direct index entry `h` at the one tracked slot (other than `except`) whose
@@ -581,6 +643,7 @@ impl Poller {
         {
             a.free(r);
         }
+        let _ = self.update_queue_hook(skel, false);
         Ok(())
     }
 

@@ -118,6 +118,8 @@ pub struct TrackerStats {
 
 struct Disk {
     info: DeviceInfo,
+    /// The device holding the filesystem of this disk's log directory.
+    log_fs: Option<(u32, u32)>,
     tx: Sender<DiskMsg>,
     thread: JoinHandle<()>,
     stats: Arc<Mutex<DiskStats>>,
@@ -266,10 +268,17 @@ impl Tracker {
             nr_sects,
             granule_shift: granule_shift_for(nr_sects),
             bio_based: info.bio_based,
+            queue_mark: false,
             tx: tx.clone(),
             fine: None,
         };
-        let registered = self.control(|reply| Ctrl::Add(slot, slot_cfg, reply));
+        let log_fs = fs_device(log_dir);
+        // The queue hook must run before the device is registered if sitrep's own log
+        // writes can reach it.
+        let own_logs = self.own_logs_tracked(Some((&info, log_fs)));
+        let registered = self
+            .control(|reply| Ctrl::OwnLogs(own_logs, reply))
+            .and_then(|()| self.control(|reply| Ctrl::Add(slot, slot_cfg, reply)));
         if let Err(e) = registered {
             drop(tx);
             let _ = thread.join();
@@ -291,6 +300,7 @@ impl Tracker {
             slot,
             Disk {
                 info: info.clone(),
+                log_fs,
                 tx,
                 thread,
                 stats,
@@ -340,6 +350,8 @@ impl Tracker {
         // Counters first, while still tracked: see continuity.rs for why this order.
         let quiet = quiet_counters(&disk.info);
         let removed = self.control(|reply| Ctrl::Remove(slot, reply));
+        let own_logs = self.own_logs_tracked(None);
+        let _ = self.control(|reply| Ctrl::OwnLogs(own_logs, reply));
         let clean = match (quiet, boot_id(), &removed) {
             (Some(c), Ok(boot), Ok(())) => Some(CleanStop {
                 version: 1,
@@ -515,6 +527,43 @@ impl Drop for Tracker {
             let _ = d.thread.join();
         }
     }
+}
+
+impl Tracker {
+    /// Whether sitrep's own log writes can reach a tracked device (counting `extra`, a disk
+    /// being added): a log directory on a tracked device, or on a stacked one (device-mapper,
+    /// md: it may sit on a tracked device, and its writes to it are submitted in our
+    /// context). Only then must `block_bio_queue` run to recognise them.
+    fn own_logs_tracked(&self, extra: Option<(&DeviceInfo, Option<(u32, u32)>)>) -> bool {
+        if !self.cfg.exclude_self {
+            return false;
+        }
+        let tracked = |dev: (u32, u32)| {
+            self.disks
+                .values()
+                .map(|d| &d.info)
+                .chain(extra.map(|(i, _)| i))
+                .any(|i| (i.major, i.minor) == dev)
+        };
+        self.disks
+            .values()
+            .map(|d| d.log_fs)
+            .chain(extra.map(|(_, fs)| fs))
+            .any(|fs| fs.is_none_or(|dev| tracked(dev) || is_stacked(dev)))
+    }
+}
+
+/// The device of the filesystem holding `dir` (`st_dev`), if it can be read.
+fn fs_device(dir: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    Some((libc::major(dev), libc::minor(dev)))
+}
+
+/// Whether a block device is built on others (`/sys/dev/block/M:m/slaves` is not empty).
+fn is_stacked((major, minor): (u32, u32)) -> bool {
+    std::fs::read_dir(format!("/sys/dev/block/{major}:{minor}/slaves"))
+        .is_ok_and(|mut d| d.next().is_some())
 }
 
 /// Why the new log must start with a gap, or `None` if the chain may simply continue.
