@@ -74,6 +74,9 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Recovery points of a replicated disk (server): list them, or export one as an image.
     Points(cli::repl::PointsArgs),
+    /// Make a recovery point now (agent): `point create NAME --app-consistent`.
+    #[command(subcommand)]
+    Point(cli::repl::PointCommand),
 }
 
 /// What a command reports back to `main`.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),
+        Command::Point(c) => cli::repl::point(&c),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

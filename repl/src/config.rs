@@ -105,6 +105,8 @@ pub struct DiskPolicy {
     pub to: String,
     /// Cycle frequency (default continuous).
     pub frequency: Option<Frequency>,
+    /// App-consistent points this often, `1h`..`12h` (default: none).
+    pub app_consistent_every: Option<String>,
 }
 
 /// The agent's policy file.

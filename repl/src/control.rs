@@ -36,11 +36,22 @@ pub enum Request {
         name: Option<String>,
         /// `continuous`, `30s`, `5m`, `15m`.
         frequency: String,
+        /// App-consistent points this often (`1h`..`12h`), if set.
+        #[serde(default)]
+        app_consistent_every: Option<String>,
     },
     /// `sitrep unprotect` (agent).
     Unprotect {
         /// Disk name.
         name: String,
+    },
+    /// `sitrep point create NAME --app-consistent` (agent): freeze the disk's filesystem,
+    /// cut, read the cycle, thaw — an app-consistent point.
+    CreatePoint {
+        /// Disk name.
+        name: String,
+        /// Longest the filesystem may stay frozen, in ms.
+        max_freeze_ms: u64,
     },
     /// `sitrep points NAME` (server): the disk's recovery points.
     Points {

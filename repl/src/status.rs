@@ -206,3 +206,21 @@ pub struct ExportReport {
     /// Bytes actually written (zero chunks are left sparse).
     pub bytes_written: u64,
 }
+
+/// `sitrep point create --json` (agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppPointReport {
+    /// The disk.
+    pub disk: String,
+    /// The cycle (= point id on the server).
+    pub seq: u64,
+    /// The cut's instant (ns since the epoch).
+    pub cut_time_unix_ns: u64,
+    /// How it was quiesced.
+    pub label: String,
+    /// How long the filesystem was frozen.
+    pub freeze_ms: f64,
+    /// Whether the cycle was proved consistent (then the server lists it as an
+    /// app-consistent point).
+    pub consistent: bool,
+}

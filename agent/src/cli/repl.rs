@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use repl::control::{AGENT_SOCKET, Request, Response, SERVER_SOCKET, call};
-use repl::status::{DiskStatus, ExportReport, Job, JobsReport, PointsReport, StatusReport};
+use repl::status::{
+    AppPointReport, DiskStatus, ExportReport, Job, JobsReport, PointsReport, StatusReport,
+};
 
 use crate::{Outcome, human};
 
@@ -44,6 +46,9 @@ pub(crate) struct ProtectArgs {
     /// How often changes are shipped: continuous, 30s, 5m or 15m.
     #[arg(long, default_value = "continuous")]
     frequency: String,
+    /// Also make an app-consistent point (filesystem frozen) this often: 1h to 12h.
+    #[arg(long)]
+    app_consistent_every: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output (the job, see docs/architecture.md).
@@ -104,6 +109,7 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             to: a.to.clone(),
             name: a.name.clone(),
             frequency: a.frequency.clone(),
+            app_consistent_every: a.app_consistent_every.clone(),
         },
         Duration::from_secs(60),
     )?;
@@ -365,6 +371,60 @@ fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
         r.out,
         human::bytes(r.size),
         human::bytes(r.bytes_written)
+    );
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep point ...` (agent).
+#[derive(clap::Subcommand)]
+pub(crate) enum PointCommand {
+    /// Make a recovery point now. With --app-consistent: freeze the filesystem mounted from
+    /// the disk (FIFREEZE), cut, read the frozen cycle, thaw — the server lists the point as
+    /// app-consistent. (Crash-consistent points are made automatically as cycles apply.)
+    Create(CreatePointArgs),
+}
+
+/// Arguments of `sitrep point create`.
+#[derive(Args)]
+pub(crate) struct CreatePointArgs {
+    /// The disk.
+    name: String,
+    /// Quiesce the filesystem (required: crash-consistent points are automatic).
+    #[arg(long, required = true)]
+    app_consistent: bool,
+    /// Longest the filesystem may stay frozen (ms); past it the filesystem is thawed and no
+    /// app-consistent point is made.
+    #[arg(long, default_value_t = 10_000)]
+    max_freeze_ms: u64,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn point(cmd: &PointCommand) -> anyhow::Result<Outcome> {
+    let PointCommand::Create(a) = cmd;
+    let resp = ask(
+        &a.socket,
+        &Request::CreatePoint {
+            name: a.name.clone(),
+            max_freeze_ms: a.max_freeze_ms,
+        },
+        Duration::from_secs(330),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: AppPointReport = serde_json::from_value(resp.data)?;
+    println!(
+        "app-consistent point {} of disk {} (cut {}, {}, frozen {:.1} ms)",
+        r.seq,
+        r.disk,
+        human::timestamp(r.cut_time_unix_ns),
+        r.label,
+        r.freeze_ms
     );
     Ok(Outcome::Ok)
 }

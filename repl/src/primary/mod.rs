@@ -5,6 +5,7 @@
 //! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
 
+pub mod freeze;
 pub mod ship;
 pub mod state;
 pub mod worker;
@@ -82,6 +83,24 @@ pub(crate) struct RtStatus {
     pub(crate) pending_logs: usize,
 }
 
+/// An app-consistent point asked for.
+pub(crate) struct PointRequest {
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
+    pub(crate) max_freeze: Duration,
+    /// Pending changes were already cut and shipped (so the frozen cycle is small).
+    pub(crate) precut: bool,
+}
+
+/// The cycle cut while the filesystem was frozen.
+pub(crate) struct FrozenCycle {
+    pub(crate) seq: u64,
+    pub(crate) frozen: Option<freeze::Frozen>,
+    pub(crate) label: String,
+    pub(crate) freeze_ms: f64,
+    pub(crate) max_freeze: Duration,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
+}
+
 /// One protected disk at run time.
 pub(crate) struct DiskRt {
     pub(crate) prot: Mutex<Protection>,
@@ -93,6 +112,10 @@ pub(crate) struct DiskRt {
     records_at_cut: AtomicU64,
     job: Mutex<Option<u64>>,
     cache: Mutex<BTreeMap<u64, u64>>,
+    /// A pending `sitrep point create` request.
+    pub(crate) point_req: Mutex<Option<PointRequest>>,
+    /// The cycle being cut and read while the filesystem is frozen.
+    pub(crate) frozen: Mutex<Option<FrozenCycle>>,
     /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -340,6 +363,8 @@ impl Agent {
             job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
+            point_req: Mutex::new(None),
+            frozen: Mutex::new(None),
             task: Mutex::new(None),
         });
         let mut job = None;
@@ -373,8 +398,19 @@ impl Agent {
         to: String,
         name: Option<String>,
         frequency: &str,
+        app_every: Option<&str>,
     ) -> anyhow::Result<Job> {
         let frequency = Frequency::parse(frequency).map_err(anyhow::Error::msg)?;
+        let app_every = app_every
+            .map(|s| {
+                let ns = crate::points::parse_duration_ns(s).map_err(anyhow::Error::msg)?;
+                let secs = ns / 1_000_000_000;
+                if !(3600..=12 * 3600).contains(&secs) {
+                    anyhow::bail!("--app-consistent-every {s}: must be between 1h and 12h");
+                }
+                Ok(secs)
+            })
+            .transpose()?;
         crate::net::split_host_port(&to).map_err(anyhow::Error::msg)?;
         let device_path = PathBuf::from(&device);
         let name = match name {
@@ -422,6 +458,7 @@ impl Agent {
                 restart: false,
             },
             resync_reason: None,
+            app_consistent_every_secs: app_every,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -558,6 +595,39 @@ impl Agent {
         }
     }
 
+    /// An app-consistent point: the disk's worker freezes the mounted filesystem, cuts, reads
+    /// the cycle and thaws (see `worker.rs`).
+    async fn create_point(
+        &self,
+        name: &str,
+        max_freeze: Duration,
+    ) -> anyhow::Result<status::AppPointReport> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        if !lock(&rt.prot).copy.done {
+            anyhow::bail!("disk {name}: no point before the initial copy completes");
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut g = lock(&rt.point_req);
+            if g.is_some() || lock(&rt.frozen).is_some() {
+                anyhow::bail!("disk {name}: an app-consistent point is already being made");
+            }
+            *g = Some(PointRequest {
+                reply: tx,
+                max_freeze,
+                precut: false,
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(300), rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("disk {name}: no point after 300 s (is it connected?)"))?
+            .map_err(|_| anyhow::anyhow!("disk {name}: replication stopped before the point"))?
+            .map_err(anyhow::Error::msg)
+    }
+
     /// Resolves once every change completed before the call is applied on the replica.
     async fn wait(&self, name: &str, timeout: Duration) -> anyhow::Result<DiskStatus> {
         let rt = lock(&self.disks)
@@ -621,12 +691,32 @@ impl Agent {
                 to,
                 name,
                 frequency,
-            } => match self.protect(device, to, name, &frequency).await {
+                app_consistent_every,
+            } => match self
+                .protect(
+                    device,
+                    to,
+                    name,
+                    &frequency,
+                    app_consistent_every.as_deref(),
+                )
+                .await
+            {
                 Ok(job) => Response::ok(job),
                 Err(e) => Response::err(format!("{e:#}")),
             },
             Request::Unprotect { name } => match self.unprotect(&name).await {
                 Ok(()) => Response::ok(serde_json::json!({ "name": name })),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::CreatePoint {
+                name,
+                max_freeze_ms,
+            } => match self
+                .create_point(&name, Duration::from_millis(max_freeze_ms))
+                .await
+            {
+                Ok(r) => Response::ok(r),
                 Err(e) => Response::err(format!("{e:#}")),
             },
             Request::Points { .. } | Request::Export { .. } => Response::err(
@@ -681,7 +771,13 @@ pub async fn run(
             }
             let freq = d.frequency.unwrap_or(Frequency::Continuous).to_string();
             if let Err(e) = agent
-                .protect(d.device.clone(), d.to.clone(), d.name.clone(), &freq)
+                .protect(
+                    d.device.clone(),
+                    d.to.clone(),
+                    d.name.clone(),
+                    &freq,
+                    d.app_consistent_every.as_deref(),
+                )
                 .await
             {
                 tracing::error!("policy: {e:#}");

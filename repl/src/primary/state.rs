@@ -42,6 +42,9 @@ pub struct Protection {
     pub copy: CopyPlan,
     /// Why a re-copy is running, if it is one.
     pub resync_reason: Option<String>,
+    /// Make an app-consistent point this often (seconds; 1–12 h by policy), if set.
+    #[serde(default)]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// `STATE/disks/NAME`.

@@ -25,6 +25,8 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 pub const CHECKPOINTS_IN_FLIGHT: usize = 2;
 /// Idle sessions ping this often (the server drops silent ones).
 pub const PING_EVERY: Duration = Duration::from_secs(30);
+/// Longest freeze of a scheduled app-consistent point.
+pub const SCHEDULED_MAX_FREEZE: Duration = Duration::from_secs(10);
 /// Read granule of cycles (O_DIRECT alignment).
 pub const GRANULE: u64 = 4096;
 
@@ -44,6 +46,9 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
         }
         let res = session(&agent, &rt, &mut backoff).await;
         rt.set(|s| s.connected = false);
+        // Never leave a filesystem frozen behind a failed session (dropping thaws it, and
+        // the requester hears that replication stopped).
+        drop(lock(&rt.frozen).take());
         match res {
             Ok(Ended::Stopped) => return,
             Err(e) => {
@@ -438,6 +443,10 @@ async fn run_cycles(
     };
     let logs = log_dir(&agent.opts.state, &name);
     let mut next_cut = Instant::now();
+    let app_every = lock(&rt.prot)
+        .app_consistent_every_secs
+        .map(Duration::from_secs);
+    let mut next_app = app_every.map(|d| Instant::now() + d);
     loop {
         // 1. Ship every sealed log, oldest first.
         let listed = list_logs(&logs)
@@ -497,6 +506,50 @@ async fn run_cycles(
         loop {
             if *stop.borrow() {
                 return Ok(CyclesEnd::Stopped);
+            }
+            let idle_for_point = lock(&rt.point_req).is_none();
+            if let Some(at) = next_app
+                && Instant::now() >= at
+                && idle_for_point
+            {
+                next_app = app_every.map(|d| Instant::now() + d);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                *lock(&rt.point_req) = Some(super::PointRequest {
+                    reply: tx,
+                    max_freeze: SCHEDULED_MAX_FREEZE,
+                    precut: false,
+                });
+                let disk = name.clone();
+                tokio::spawn(async move {
+                    match rx.await {
+                        Ok(Ok(r)) => tracing::info!(
+                            disk = %disk, seq = r.seq, freeze_ms = r.freeze_ms,
+                            "scheduled app-consistent point"
+                        ),
+                        Ok(Err(e)) => tracing::warn!("scheduled app-consistent point: {e}"),
+                        Err(_) => {
+                            tracing::warn!(disk = %disk, "scheduled app-consistent point abandoned")
+                        }
+                    }
+                });
+            }
+            // (Taken in its own statement: the guard must not live into the block, which
+            // locks it again.)
+            let req = lock(&rt.point_req).take();
+            if let Some(req) = req {
+                if !req.precut && agent.records_since_cut(rt) > 0 {
+                    // Ship what is pending first, so the frozen cycle is small.
+                    *lock(&rt.point_req) = Some(super::PointRequest {
+                        precut: true,
+                        ..req
+                    });
+                    agent.cut(rt)?;
+                    break;
+                }
+                if freeze_and_cut(agent, rt, &device, req)? {
+                    break;
+                }
+                continue;
             }
             // A requested cut (`sitrep wait`) is made even if nothing seems recorded: the
             // tracker's drain and the log thread's queue are ordered before the seal, so the
@@ -577,10 +630,12 @@ async fn ship_cycle(
                     st.zero_bytes += zero;
                     st.wire_bytes += wire;
                 });
+                thaw_if(rt, cyc.seq, true);
             }
             Some(Item::Mark(_)) => {}
             Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
             Some(Item::Done { frames, data_bytes }) => {
+                thaw_if(rt, cyc.seq, false);
                 // Every range of the cycle is read: tag the log here, so the changes
                 // recorded between the cut and now can be told from later ones.
                 agent.mark(rt, cyc.seq)?;
@@ -607,6 +662,39 @@ async fn ship_cycle(
                     .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
                         == Some(false));
             lock(&rt.cuts).remove(&cyc.seq);
+            let app = lock(&rt.frozen).take_if(|f| f.seq == cyc.seq);
+            let label = app.as_ref().map(|f| {
+                if f.frozen.is_none() && f.freeze_ms > f.max_freeze.as_secs_f64() * 1000.0 {
+                    String::new()
+                } else {
+                    f.label.clone()
+                }
+            });
+            let label = label.filter(|l| !l.is_empty());
+            if let Some(f) = app {
+                let report = crate::status::AppPointReport {
+                    disk: lock(&rt.prot).name.clone(),
+                    seq: cyc.seq,
+                    cut_time_unix_ns: cut.map_or(cyc.cut_time_ns, |c| c.0),
+                    label: f.label.clone(),
+                    freeze_ms: f.freeze_ms,
+                    consistent: consistent && label.is_some(),
+                };
+                let _ = f.reply.send(if report.consistent {
+                    Ok(report)
+                } else if label.is_none() {
+                    Err(format!(
+                        "disk {}: reading the frozen cycle took longer than the {} ms freeze limit; no app-consistent point",
+                        report.disk,
+                        f.max_freeze.as_millis()
+                    ))
+                } else {
+                    Err(format!(
+                        "disk {}: the frozen cycle {} could not be proved consistent; no app-consistent point",
+                        report.disk, cyc.seq
+                    ))
+                });
+            }
             rt.set(|st| {
                 st.cycles_judged += 1;
                 if consistent {
@@ -616,7 +704,7 @@ async fn ship_cycle(
             s.msg(Msg::Verdict {
                 seq: cyc.seq,
                 crash_consistent: consistent,
-                label: None,
+                label,
             })
             .await
         }
@@ -641,6 +729,77 @@ impl Agent {
         let done = lock(&rt.prot).copy.done;
         if done {
             self.job_finish(rt, JobState::Succeeded, None);
+        }
+    }
+}
+
+/// Freezes the filesystem mounted from `device` and cuts the cycle that will be read while it
+/// stays frozen. Returns true if it cut (the caller ships the cycle), false if it answered
+/// the request with an error instead.
+fn freeze_and_cut(
+    agent: &Agent,
+    rt: &DiskRt,
+    device: &Path,
+    req: super::PointRequest,
+) -> Result<bool, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let fail = |req: super::PointRequest, why: String| {
+        let _ = req.reply.send(Err(format!("disk {name}: {why}")));
+        Ok(false)
+    };
+    let mount = match super::freeze::mount_point(device) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return fail(
+                req,
+                format!(
+                    "no filesystem is mounted from {}: nothing to freeze",
+                    device.display()
+                ),
+            );
+        }
+        Err(e) => return fail(req, format!("reading the mounts: {e}")),
+    };
+    let frozen = match super::freeze::Frozen::new(&mount) {
+        Ok(f) => f,
+        Err(e) => return fail(req, e.to_string()),
+    };
+    tracing::info!(disk = %name, mount = %mount.display(), "frozen for an app-consistent point");
+    let seq = match agent.cut(rt) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(frozen);
+            let _ = req.reply.send(Err(format!("disk {name}: {e}")));
+            return Err(e);
+        }
+    };
+    *lock(&rt.frozen) = Some(super::FrozenCycle {
+        seq,
+        frozen: Some(frozen),
+        label: format!("fsfreeze {}", mount.display()),
+        freeze_ms: 0.0,
+        max_freeze: req.max_freeze,
+        reply: req.reply,
+    });
+    Ok(true)
+}
+
+/// Thaws the filesystem frozen for cycle `seq`: when its reads are done, or (`early`) once it
+/// has been frozen longer than allowed.
+fn thaw_if(rt: &DiskRt, seq: u64, early: bool) {
+    let mut g = lock(&rt.frozen);
+    if let Some(f) = g.as_mut()
+        && f.seq == seq
+        && let Some(fz) = f
+            .frozen
+            .take_if(|fz| !early || fz.frozen_for() > f.max_freeze)
+    {
+        f.freeze_ms = fz.thaw();
+        if early {
+            tracing::warn!(
+                "thawed after {:.0} ms, past the limit: the point will not be app-consistent",
+                f.freeze_ms
+            );
         }
     }
 }
