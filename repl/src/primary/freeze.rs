@@ -1,17 +1,28 @@
-//! Quiescing a filesystem for an app-consistent point: FIFREEZE on the mount of the protected
-//! device, FITHAW when the guard drops (on every path, errors included).
+//! Quiescing a filesystem for an app-consistent point: freeze the mount of the protected
+//! device, thaw when the guard drops (on every path, errors included).
+//!
+//! Both are done by a **child process** (`fsfreeze` from util-linux), never by the agent
+//! itself: freezing writes the filesystem's dirty data and metadata back in the context of
+//! the process that asks, and the tracker ignores the agent's own writes (its log writes).
+//! Frozen from the agent, that writeback would go unrecorded — the replica would silently
+//! lack it.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
-#[allow(missing_docs, unreachable_pub)]
-mod ioctl {
-    nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
-    nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
+fn fsfreeze(op: &str, mount: &Path) -> std::io::Result<()> {
+    let out = Command::new("fsfreeze").arg(op).arg(mount).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "fsfreeze {op} {}: {}",
+            mount.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
-use ioctl::{fifreeze, fithaw};
 
 /// Where `device` is mounted (the first mount of its major:minor in /proc/self/mountinfo).
 ///
@@ -59,7 +70,6 @@ fn unescape(s: &str) -> String {
 /// A frozen filesystem; thawed on drop.
 #[derive(Debug)]
 pub struct Frozen {
-    dir: File,
     mount: PathBuf,
     since: Instant,
 }
@@ -70,14 +80,8 @@ impl Frozen {
     /// # Errors
     /// The mount cannot be opened or the filesystem refused (already frozen, unsupported).
     pub fn new(mount: &Path) -> std::io::Result<Self> {
-        let dir = File::open(mount)?;
-        let mut arg: libc::c_int = 0;
-        // SAFETY: FIFREEZE on an open directory fd of a mounted filesystem; the int argument
-        // is ignored by the kernel and lives for the call.
-        unsafe { fifreeze(dir.as_raw_fd(), &raw mut arg) }
-            .map_err(|e| std::io::Error::other(format!("FIFREEZE {}: {e}", mount.display())))?;
+        fsfreeze("--freeze", mount)?;
         Ok(Self {
-            dir,
             mount: mount.to_path_buf(),
             since: Instant::now(),
         })
@@ -106,10 +110,8 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        let mut arg: libc::c_int = 0;
-        // SAFETY: FITHAW on the same directory fd that was frozen.
-        if let Err(e) = unsafe { fithaw(self.dir.as_raw_fd(), &raw mut arg) } {
-            tracing::error!("FITHAW {}: {e}", self.mount.display());
+        if let Err(e) = fsfreeze("--unfreeze", &self.mount) {
+            tracing::error!("{e}");
         }
     }
 }

@@ -635,10 +635,12 @@ async fn ship_cycle(
             Some(Item::Mark(_)) => {}
             Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
             Some(Item::Done { frames, data_bytes }) => {
-                thaw_if(rt, cyc.seq, false);
                 // Every range of the cycle is read: tag the log here, so the changes
-                // recorded between the cut and now can be told from later ones.
-                agent.mark(rt, cyc.seq)?;
+                // recorded between the cut and now can be told from later ones — and only
+                // then thaw a frozen filesystem, whose writes would otherwise race the tag.
+                let tagged = agent.mark(rt, cyc.seq);
+                thaw_if(rt, cyc.seq, false);
+                tagged?;
                 break (frames, data_bytes);
             }
             None => return Err(ReplError::Local("device reader stopped".into())),
