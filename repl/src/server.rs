@@ -1,5 +1,5 @@
 //! The secondary's daemon (`sitrep server`): accepts agents over mutual TLS, never connects
-//! out, stages and applies their cycles into the [`store`](crate::store).
+//! out, stages and applies their cycles into the [`store`](mod@crate::store).
 //!
 //! One session per connection, one connection per disk. A new attach of a disk supersedes
 //! an older session of the same disk (after a network cut the old TCP connection may linger

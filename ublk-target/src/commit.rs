@@ -7,9 +7,9 @@
 //! group commit, and keeping the queues busy while it happens is pipelining:
 //!
 //! - an I/O task appends its record (an in-memory encode under the writer's mutex), which
-//!   returns the record's sequence number, and awaits [`QueueLog::durable`] for it;
+//!   returns the record's sequence number, and awaits `QueueLog::durable` for it;
 //! - after a queue has run every task woken by one batch of io_uring completions, it kicks
-//!   the disk's **log thread** once ([`QueueLog::kick_if_appended`]);
+//!   the disk's **log thread** once (`QueueLog::kick_if_appended`);
 //! - the log thread takes the whole pending batch out of the writer
 //!   ([`LogWriter::take_commit`]), writes and syncs it *without* the mutex (one `pwrite` +
 //!   one `fdatasync`), hands it back, and publishes "durable up to sequence N"; then it
