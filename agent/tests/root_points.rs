@@ -121,40 +121,65 @@ fn every_offered_point_passes_the_checker_at_several_rates_and_depths() {
     if !require!(needs: &NEEDS) {
         return;
     }
-    let sites = Sites::with_server_args(&["--keep-points", "500"]);
+    let sites = Sites::with_server_args(&["--keep-points", "1000"]);
     let _agent = sitrep_tests_agent(&sites);
     let s = sites.sock("a");
-    for (i, (rate, qd)) in [(Some("2M"), 1), (Some("8M"), 8)].into_iter().enumerate() {
+    for (i, (rate, qd, freq, secs)) in [(Some("2M"), 1, "1s", 8), (Some("8M"), 8, "continuous", 4)]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("w{i}");
-        let dev = LoopDevice::new(32 * MIB, LoopOptions::default()).unwrap();
-        protect(&sites, &s, dev.path(), &name);
+        let dev = LoopDevice::new(8 * MIB, LoopOptions::default()).unwrap();
+        ctl(
+            &s,
+            &[
+                "protect",
+                &p(dev.path()),
+                "--to",
+                &sites.to(),
+                "--name",
+                &name,
+                "--frequency",
+                freq,
+            ],
+        );
+        wait_caught_up(&s, &name);
         let history = sites.path(&format!("{name}.history"));
         let started = repl::now_ns();
-        let mut child = workload(dev.path(), &history, 8, rate, qd);
-        let mut exported = export_while_running(&sites, &name, &mut child, 12);
+        let mut child = workload(dev.path(), &history, secs, rate, qd);
+        // A few exports while it runs (replication goes on meanwhile)...
+        let during = export_while_running(&sites, &name, &mut child, 3);
         finish(child);
+        let ended = repl::now_ns();
         let st = wait_caught_up(&s, &name);
-        // And the point after the workload (the disk at rest).
-        let last = points(&sites, &name)["points"]
-            .as_array()
-            .unwrap()
-            .last()
-            .cloned()
-            .unwrap();
-        let id = last["id"].as_u64().unwrap();
-        if let Some(img) = export(&sites, &name, id) {
-            exported.insert(id, (last["cut_time_ns"].as_u64().unwrap(), img));
-        }
-        let during = exported.values().filter(|(t, _)| *t > started).count();
+        // ...and then every point offered, each checked at its cut time.
+        let list = points(&sites, &name)["points"].as_array().unwrap().clone();
+        let in_run = list
+            .iter()
+            .filter(|pt| (started..ended).contains(&pt["cut_time_ns"].as_u64().unwrap()))
+            .count();
         eprintln!(
-            "{name} (rate {rate:?}, QD {qd}): {} of {} cycles offered as points; {} exported, {during} cut during the run",
+            "{name} (rate {rate:?}, QD {qd}, {freq}): {} of {} cycles offered as points; {} points, {in_run} cut during the {secs} s run",
             st["cycles_consistent"],
             st["cycles_judged"],
-            exported.len()
+            list.len()
         );
-        assert!(during >= 1, "no point offered during 8 s of churn ({st})");
-        for (id, (t, img)) in &exported {
-            if let Err(v) = check(&history, img, *t) {
+        assert!(
+            in_run >= 1,
+            "no point offered during {secs} s of churn ({st})"
+        );
+        for (id, (t, img)) in during {
+            if let Err(v) = check(&history, &img, t) {
+                panic!(
+                    "{name}: point {id} (exported during the run) is not the disk at its cut time: {v}"
+                );
+            }
+            std::fs::remove_file(img).unwrap();
+        }
+        for pt in &list {
+            let id = pt["id"].as_u64().unwrap();
+            let img = export(&sites, &name, id).unwrap();
+            if let Err(v) = check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()) {
                 panic!("{name}: point {id} is not the disk at its cut time: {v}");
             }
             std::fs::remove_file(img).unwrap();

@@ -34,6 +34,9 @@ pub struct Point {
     pub created_unix_ns: u64,
     /// For app-consistent points: how it was quiesced.
     pub label: Option<String>,
+    /// Bytes the cycles `first_seq..=id` wrote (data and zero ranges).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// `points.json`.
@@ -47,6 +50,9 @@ pub struct PointsFile {
     /// The newest cycle the source has judged (a point or not): older cycles will never
     /// become points.
     pub judged_upto: Option<u64>,
+    /// Bytes applied since the newest point (they become the next point's `bytes`).
+    #[serde(default)]
+    pub unpointed_bytes: u64,
 }
 
 /// Which points to keep.
@@ -147,6 +153,7 @@ mod tests {
             first_seq: id,
             created_unix_ns: 0,
             label: None,
+            bytes: 0,
         }
     }
 

@@ -677,6 +677,7 @@ impl Disk {
         // cycle leaves the replica untouched; then write it.
         let mut ranges = Vec::new();
         let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges))?;
+        let bytes: u64 = ranges.iter().map(|r| r.1).sum();
         self.ensure_undo(seq, cut_time_ns, ranges)?;
         self.walk_staged(seq, path, None)?;
         let name = self.name().to_string();
@@ -692,6 +693,9 @@ impl Disk {
         self.save()?;
         let _ = fs::remove_file(path);
         self.counters.cycles_applied += 1;
+        // Counted once (a crash before this line re-applies, and may count it again: the
+        // figure is informational).
+        self.points.unpointed_bytes += bytes;
         Ok(applied)
     }
 
@@ -881,6 +885,7 @@ impl Disk {
                 first_seq,
                 created_unix_ns: now_ns,
                 label,
+                bytes: std::mem::take(&mut self.points.unpointed_bytes),
             };
             self.points.points.push(p.clone());
             self.points.points.sort_by_key(|p| p.id);

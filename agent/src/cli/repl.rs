@@ -330,12 +330,13 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
     );
     for p in r.points.iter().rev() {
         println!(
-            "{:>8}  {:<17} cut {}  cycles {}..={}{}",
+            "{:>8}  {:<17} cut {}  cycles {}..={} ({}){}",
             p.id,
             format!("{:?}", p.kind).to_lowercase(),
             human::timestamp(p.cut_time_ns),
             p.first_seq,
             p.id,
+            human::bytes(p.bytes),
             p.label
                 .as_ref()
                 .map(|l| format!("  ({l})"))
