@@ -464,3 +464,56 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn an_app_consistent_point_by_operator_hooks_is_the_paused_application() {
+    if !require!(needs: &NEEDS) {
+        return;
+    }
+    let sites = Sites::new();
+    let _agent = sitrep_tests_agent(&sites);
+    let s = sites.sock("a");
+    let dev = LoopDevice::new(8 * MIB, LoopOptions::default()).unwrap();
+    let pidfile = sites.path("workload.pid");
+    let pre = format!("kill -STOP $(cat {})", p(&pidfile));
+    let post = format!("kill -CONT $(cat {})", p(&pidfile));
+    ctl(
+        &s,
+        &[
+            "protect",
+            &p(dev.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "h",
+            "--pre-hook",
+            &pre,
+            "--post-hook",
+            &post,
+        ],
+    );
+    wait_caught_up(&s, "h");
+    let history = sites.path("h.history");
+    let child = workload(dev.path(), &history, 5, Some("4M"), 4);
+    std::fs::write(&pidfile, child.id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = ctl(&s, &["point", "create", "h", "--app-consistent"]);
+    assert!(r["consistent"].as_bool().unwrap(), "{r}");
+    assert!(r["label"].as_str().unwrap().contains("pre-hook"), "{r}");
+    finish(child); // it was resumed by the post-hook, or it would never finish
+    wait_caught_up(&s, "h");
+    let id = r["seq"].as_u64().unwrap();
+    let pts = points(&sites, "h");
+    let pt = pts["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pt| pt["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("point {id} not listed: {pts}"));
+    assert_eq!(pt["kind"], "app-consistent");
+    let img = export(&sites, "h", id).unwrap();
+    if let Err(v) = check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()) {
+        panic!("the hooked point is not the disk at its cut time: {v}");
+    }
+}

@@ -107,6 +107,10 @@ pub struct DiskPolicy {
     pub frequency: Option<Frequency>,
     /// App-consistent points this often, `1h`..`12h` (default: none).
     pub app_consistent_every: Option<String>,
+    /// Command quiescing the application for app-consistent points (instead of fsfreeze).
+    pub pre_hook: Option<String>,
+    /// Command releasing it.
+    pub post_hook: Option<String>,
 }
 
 /// The agent's policy file.

@@ -39,6 +39,12 @@ pub enum Request {
         /// App-consistent points this often (`1h`..`12h`), if set.
         #[serde(default)]
         app_consistent_every: Option<String>,
+        /// Pre-hook for app-consistent points.
+        #[serde(default)]
+        pre_hook: Option<String>,
+        /// Post-hook for app-consistent points.
+        #[serde(default)]
+        post_hook: Option<String>,
     },
     /// `sitrep unprotect` (agent).
     Unprotect {

@@ -58,7 +58,8 @@ pub struct PointsFile {
 /// Which points to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Always keep the newest `keep` points (default 24, as Hyper-V Replica).
+    /// Always keep the newest `keep` points (default 24, as Hyper-V Replica), and the newest
+    /// `keep` app-consistent ones.
     pub keep: usize,
     /// Tiers `(every, window)` in ns: among points younger than `window`, keep the newest
     /// of each `every`-long slot (e.g. every 10 min for 1 h, hourly for 24 h, daily for 7 d,
@@ -105,6 +106,15 @@ impl Retention {
         let mut keep = vec![false; n];
         for k in keep.iter_mut().skip(n.saturating_sub(self.keep)) {
             *k = true;
+        }
+        // App-consistent points are rarer and made on purpose: the newest `keep` of them
+        // stay even while frequent crash-consistent points come and go.
+        let mut apps = 0;
+        for (i, p) in points.iter().enumerate().rev() {
+            if p.kind == PointKind::AppConsistent && apps < self.keep {
+                keep[i] = true;
+                apps += 1;
+            }
         }
         for &(every, window) in &self.tiers {
             let mut seen = std::collections::BTreeSet::new();
@@ -168,6 +178,17 @@ mod tests {
             r.keep_flags(&p, 100 * 1_000_000_000),
             [false, false, false, true, true]
         );
+    }
+
+    #[test]
+    fn app_consistent_points_outlive_frequent_crash_consistent_ones() {
+        let r = Retention {
+            keep: 2,
+            tiers: Vec::new(),
+        };
+        let mut p: Vec<Point> = (0..6).map(|i| pt(i, i * 10)).collect();
+        p[1].kind = PointKind::AppConsistent;
+        assert_eq!(r.keep_flags(&p, 0), [false, true, false, false, true, true]);
     }
 
     #[test]

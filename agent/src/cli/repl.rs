@@ -49,6 +49,13 @@ pub(crate) struct ProtectArgs {
     /// Also make an app-consistent point (filesystem frozen) this often: 1h to 12h.
     #[arg(long)]
     app_consistent_every: Option<String>,
+    /// Quiesce the application for app-consistent points with this command (`sh -c`)
+    /// instead of freezing the filesystem mounted from the device.
+    #[arg(long)]
+    pre_hook: Option<String>,
+    /// Release the application afterwards (runs whenever the pre-hook succeeded).
+    #[arg(long, requires = "pre_hook")]
+    post_hook: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output (the job, see docs/architecture.md).
@@ -110,6 +117,8 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             name: a.name.clone(),
             frequency: a.frequency.clone(),
             app_consistent_every: a.app_consistent_every.clone(),
+            pre_hook: a.pre_hook.clone(),
+            post_hook: a.post_hook.clone(),
         },
         Duration::from_secs(60),
     )?;

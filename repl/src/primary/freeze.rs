@@ -67,11 +67,34 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A frozen filesystem; thawed on drop.
+/// What quiesced the disk, and so how to release it.
+#[derive(Debug)]
+enum Kind {
+    /// `fsfreeze` of this mount.
+    Fs(PathBuf),
+    /// The operator's pre-hook ran; this post-hook (if any) releases the application.
+    Hooks(Option<String>),
+}
+
+/// A quiesced disk (a frozen filesystem, or an application stopped by the operator's
+/// pre-hook); released on drop (thaw, or the post-hook).
 #[derive(Debug)]
 pub struct Frozen {
-    mount: PathBuf,
+    kind: Kind,
     since: Instant,
+}
+
+fn hook(which: &str, cmd: &str) -> std::io::Result<()> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{which} `{cmd}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 impl Frozen {
@@ -82,15 +105,22 @@ impl Frozen {
     pub fn new(mount: &Path) -> std::io::Result<Self> {
         fsfreeze("--freeze", mount)?;
         Ok(Self {
-            mount: mount.to_path_buf(),
+            kind: Kind::Fs(mount.to_path_buf()),
             since: Instant::now(),
         })
     }
 
-    /// The mount point.
-    #[must_use]
-    pub fn mount(&self) -> &Path {
-        &self.mount
+    /// Runs the operator's pre-hook (`sh -c`, in a child process like everything that may
+    /// make the kernel write); `post` runs when this is dropped.
+    ///
+    /// # Errors
+    /// The pre-hook failed (then the post-hook is not run).
+    pub fn hooks(pre: &str, post: Option<String>) -> std::io::Result<Self> {
+        hook("pre-hook", pre)?;
+        Ok(Self {
+            kind: Kind::Hooks(post),
+            since: Instant::now(),
+        })
     }
 
     /// How long it has been frozen.
@@ -110,7 +140,12 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if let Err(e) = fsfreeze("--unfreeze", &self.mount) {
+        let r = match &self.kind {
+            Kind::Fs(m) => fsfreeze("--unfreeze", m),
+            Kind::Hooks(Some(post)) => hook("post-hook", post),
+            Kind::Hooks(None) => Ok(()),
+        };
+        if let Err(e) = r {
             tracing::error!("{e}");
         }
     }

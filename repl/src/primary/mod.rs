@@ -399,7 +399,11 @@ impl Agent {
         name: Option<String>,
         frequency: &str,
         app_every: Option<&str>,
+        hooks: (Option<String>, Option<String>),
     ) -> anyhow::Result<Job> {
+        if hooks.1.is_some() && hooks.0.is_none() {
+            anyhow::bail!("--post-hook needs a --pre-hook");
+        }
         let frequency = Frequency::parse(frequency).map_err(anyhow::Error::msg)?;
         let app_every = app_every
             .map(|s| {
@@ -459,6 +463,8 @@ impl Agent {
             },
             resync_reason: None,
             app_consistent_every_secs: app_every,
+            pre_hook: hooks.0,
+            post_hook: hooks.1,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -692,6 +698,8 @@ impl Agent {
                 name,
                 frequency,
                 app_consistent_every,
+                pre_hook,
+                post_hook,
             } => match self
                 .protect(
                     device,
@@ -699,6 +707,7 @@ impl Agent {
                     name,
                     &frequency,
                     app_consistent_every.as_deref(),
+                    (pre_hook, post_hook),
                 )
                 .await
             {
@@ -777,6 +786,7 @@ pub async fn run(
                     d.name.clone(),
                     &freq,
                     d.app_consistent_every.as_deref(),
+                    (d.pre_hook.clone(), d.post_hook.clone()),
                 )
                 .await
             {

@@ -45,6 +45,13 @@ pub struct Protection {
     /// Make an app-consistent point this often (seconds; 1–12 h by policy), if set.
     #[serde(default)]
     pub app_consistent_every_secs: Option<u64>,
+    /// Quiesces the application for an app-consistent point (`sh -c`), instead of freezing
+    /// the filesystem.
+    #[serde(default)]
+    pub pre_hook: Option<String>,
+    /// Releases it afterwards (always run once the pre-hook succeeded).
+    #[serde(default)]
+    pub post_hook: Option<String>,
 }
 
 /// `STATE/disks/NAME`.

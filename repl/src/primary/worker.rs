@@ -744,18 +744,29 @@ fn freeze_and_cut(
     device: &Path,
     req: super::PointRequest,
 ) -> Result<bool, ReplError> {
-    let name = lock(&rt.prot).name.clone();
+    let (name, pre, post) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.pre_hook.clone(), p.post_hook.clone())
+    };
     let fail = |req: super::PointRequest, why: String| {
         let _ = req.reply.send(Err(format!("disk {name}: {why}")));
         Ok(false)
     };
+    if let Some(pre) = pre {
+        let quiesced = match super::freeze::Frozen::hooks(&pre, post) {
+            Ok(q) => q,
+            Err(e) => return fail(req, e.to_string()),
+        };
+        tracing::info!(disk = %name, "pre-hook ran for an app-consistent point");
+        return cut_quiesced(agent, rt, req, quiesced, format!("pre-hook `{pre}`"));
+    }
     let mount = match super::freeze::mount_point(device) {
         Ok(Some(m)) => m,
         Ok(None) => {
             return fail(
                 req,
                 format!(
-                    "no filesystem is mounted from {}: nothing to freeze",
+                    "no filesystem is mounted from {} and no --pre-hook is set: nothing to quiesce",
                     device.display()
                 ),
             );
@@ -767,10 +778,23 @@ fn freeze_and_cut(
         Err(e) => return fail(req, e.to_string()),
     };
     tracing::info!(disk = %name, mount = %mount.display(), "frozen for an app-consistent point");
+    let label = format!("fsfreeze {}", mount.display());
+    cut_quiesced(agent, rt, req, frozen, label)
+}
+
+/// Cuts the cycle to be read while the disk stays quiesced by `frozen`.
+fn cut_quiesced(
+    agent: &Agent,
+    rt: &DiskRt,
+    req: super::PointRequest,
+    frozen: super::freeze::Frozen,
+    label: String,
+) -> Result<bool, ReplError> {
     let seq = match agent.cut(rt) {
         Ok(s) => s,
         Err(e) => {
             drop(frozen);
+            let name = lock(&rt.prot).name.clone();
             let _ = req.reply.send(Err(format!("disk {name}: {e}")));
             return Err(e);
         }
@@ -778,7 +802,7 @@ fn freeze_and_cut(
     *lock(&rt.frozen) = Some(super::FrozenCycle {
         seq,
         frozen: Some(frozen),
-        label: format!("fsfreeze {}", mount.display()),
+        label,
         freeze_ms: 0.0,
         max_freeze: req.max_freeze,
         reply: req.reply,
