@@ -1,8 +1,9 @@
 //! `sitrep`: the primary-side agent, the secondary-side server and the operator CLI.
 //!
 //! Exit codes (stable, for scripts): 0 success; 1 an error (the message names the disk or
-//! file and the cause); 2 usage error (from clap); 3 a log or chain failed validation — the
-//! disk needs a resync or an operator's look.
+//! file and the cause); 2 usage error (from clap); 3 something checked failed validation —
+//! a log or chain (the disk needs a resync or an operator's look), a PKI directory that would
+//! not work (`certs show`), or an image that is not the disk at the point time (`check`).
 
 mod cli;
 mod human;
