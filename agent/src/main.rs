@@ -7,6 +7,7 @@
 
 mod cli;
 mod human;
+mod stop;
 
 use std::process::ExitCode;
 

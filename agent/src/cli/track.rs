@@ -1,10 +1,9 @@
 //! `sitrep track DEVICE --log-dir DIR`: run the eBPF tracker in the foreground.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracker_bpf::{AttachMode, Tracker, TrackerConfig, TrackerStats};
 
@@ -47,29 +46,9 @@ enum Attach {
     RawTp,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_handlers() -> anyhow::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &act) }.context("installing signal handlers")?;
-    }
-    Ok(())
-}
-
 /// Runs `sitrep track`.
 pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
-    install_handlers()?;
+    crate::stop::install()?;
     let cfg = TrackerConfig {
         ring_bytes: a.ring_size,
         attach: match a.attach {
@@ -116,7 +95,7 @@ pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
     let rotate = (a.rotate_every > 0.0).then(|| Duration::from_secs_f64(a.rotate_every));
     let mut last = (Instant::now(), t.stats());
     let mut last_rotate = Instant::now();
-    while !STOP.load(Ordering::SeqCst) {
+    while !crate::stop::STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
         if rotate.is_some_and(|r| last_rotate.elapsed() >= r) {
             let sealed = t.rotate(&a.device)?;

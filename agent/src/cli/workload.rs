@@ -2,7 +2,6 @@
 //! `sitrep check` can later verify a replica or recovery point of it (see docs/checker.md).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,29 +50,9 @@ fn rate(s: &str) -> Result<u64, String> {
     parse_rate(s).map_err(|e| e.to_string())
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_handlers() -> anyhow::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &act) }.context("installing signal handlers")?;
-    }
-    Ok(())
-}
-
 /// Runs `sitrep workload`.
 pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
-    install_handlers()?;
+    crate::stop::install()?;
     let cfg = WorkloadConfig {
         device: a.device.clone(),
         history: a.history.clone(),
@@ -93,8 +72,8 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
         ),
         a.history.display()
     );
-    let st =
-        run_workload(&cfg, &STOP).with_context(|| format!("workload on {}", a.device.display()))?;
+    let st = run_workload(&cfg, &crate::stop::STOP)
+        .with_context(|| format!("workload on {}", a.device.display()))?;
     let secs = st.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         st.writes as f64 / secs

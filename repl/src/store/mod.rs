@@ -24,15 +24,21 @@
 //! the whole cycle. Cycles apply strictly in chain order.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use proto::{EncodeOpts, Frame, Msg};
+use proto::{Frame, Msg};
 use serde::{Deserialize, Serialize};
 
-use crate::points::{Point, PointKind, PointsFile, Retention};
+use crate::points::{PointsFile, Retention};
 use crate::undo::{self, UndoIndex};
+
+mod points;
+mod staging;
+
+pub use staging::Staging;
+use staging::read_frame_sync;
 
 /// Magic at the start of a staged cycle file.
 pub const STAGE_MAGIC: &[u8; 8] = b"SRSTAGE1";
@@ -781,196 +787,6 @@ impl Disk {
     }
 }
 
-impl Disk {
-    // ---- recovery points ------------------------------------------------------------------
-
-    /// Sets the retention policy (applied at the next point).
-    pub fn set_retention(&mut self, r: Retention) {
-        self.retention = r;
-    }
-
-    /// Saves what cycle `seq` is about to overwrite (unless a crash already left a complete
-    /// undo file for it: then the replica may be half-written and must not be read).
-    fn ensure_undo(
-        &mut self,
-        seq: u64,
-        cut_time_ns: u64,
-        mut ranges: Vec<(u64, u64)>,
-    ) -> Result<()> {
-        if self.undo.iter().any(|u| u.seq == seq) {
-            return Ok(());
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (o, l) in ranges {
-            match merged.last_mut() {
-                Some((mo, ml)) if *mo + *ml >= o => *ml = (*ml).max(o + l - *mo),
-                _ => merged.push((o, l)),
-            }
-        }
-        let replica = &self.replica;
-        let idx = undo::write(&self.dir.join("undo"), seq, cut_time_ns, &merged, |o, b| {
-            replica.read_exact_at(b, o)
-        })
-        .map_err(io_err(
-            self.name(),
-            format!("writing the undo file of cycle {seq}"),
-        ))?;
-        self.undo.push(idx);
-        self.undo.sort_by_key(|u| u.seq);
-        Ok(())
-    }
-
-    fn save_points(&mut self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.points).map_err(|e| StoreError::Io {
-            disk: self.state.name.clone(),
-            what: "encoding points.json".into(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.dir.join("points.json"), &bytes)
-            .map_err(io_err(&self.state.name, "writing points.json"))
-    }
-
-    /// Points whose later undo files are missing cannot be rebuilt: forget them.
-    fn drop_unreconstructible_points(&mut self) {
-        let applied = self.state.applied.map_or(0, |a| a.seq);
-        let have: std::collections::BTreeSet<u64> = self.undo.iter().map(|u| u.seq).collect();
-        let before = self.points.points.len();
-        self.points
-            .points
-            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(|m| have.contains(&m)));
-        if self.points.points.len() != before {
-            tracing::warn!(disk = %self.state.name, "dropped {} recovery points whose undo data is gone", before - self.points.points.len());
-            let _ = self.save_points();
-        }
-    }
-
-    /// The source's verdict on applied cycle `seq`: if it was crash-consistent it becomes a
-    /// recovery point (app-consistent when `label` says how it was quiesced). Applies the
-    /// retention policy and deletes undo data no retained point needs. Returns the new point.
-    ///
-    /// # Errors
-    /// A file error.
-    pub fn verdict(
-        &mut self,
-        seq: u64,
-        consistent: bool,
-        label: Option<String>,
-        now_ns: u64,
-    ) -> Result<Option<Point>> {
-        self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
-        let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
-        let applied = self.state.applied.map(|a| a.seq);
-        let known = self
-            .undo
-            .iter()
-            .find(|u| u.seq == seq)
-            .map(|u| u.cut_time_ns);
-        let mut made = None;
-        if consistent
-            && let (Some(from), Some(applied), Some(cut_time_ns)) = (copy_from, applied, known)
-            && seq >= from
-            && seq <= applied
-            && !self.points.points.iter().any(|p| p.id == seq)
-        {
-            let first_seq = self.points.points.last().map_or(from, |p| p.id + 1);
-            let p = Point {
-                id: seq,
-                kind: if label.is_some() {
-                    PointKind::AppConsistent
-                } else {
-                    PointKind::CrashConsistent
-                },
-                cut_time_ns,
-                first_seq,
-                created_unix_ns: now_ns,
-                label,
-                bytes: std::mem::take(&mut self.points.unpointed_bytes),
-            };
-            self.points.points.push(p.clone());
-            self.points.points.sort_by_key(|p| p.id);
-            made = Some(p);
-        }
-        let keep = self.retention.keep_flags(&self.points.points, now_ns);
-        let mut i = 0;
-        self.points.points.retain(|_| {
-            let k = keep[i];
-            i += 1;
-            k
-        });
-        self.save_points()?;
-        // Undo of cycle m is needed only by points older than m.
-        let floor = match self.points.points.first() {
-            Some(p) => p.id,
-            None => self.points.judged_upto.unwrap_or(0),
-        };
-        let (gone, kept): (Vec<UndoIndex>, Vec<UndoIndex>) = std::mem::take(&mut self.undo)
-            .into_iter()
-            .partition(|u| u.seq <= floor);
-        self.undo = kept;
-        for u in gone {
-            let _ = fs::remove_file(&u.path);
-        }
-        Ok(made)
-    }
-
-    /// Retained recovery points, oldest first.
-    #[must_use]
-    pub fn points(&self) -> &[Point] {
-        &self.points.points
-    }
-
-    /// Bytes of undo data kept for the retained points.
-    #[must_use]
-    pub fn points_bytes(&self) -> u64 {
-        self.undo.iter().map(|u| u.bytes).sum()
-    }
-
-    /// Fills `buf` with point `id`'s bytes at `offset`: the replica's, overlaid by what the
-    /// cycles after the point overwrote (the earliest such cycle wins).
-    ///
-    /// # Errors
-    /// No such point, out of range, or a read failed.
-    pub fn export_chunk(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if !self.points.points.iter().any(|p| p.id == id) {
-            return Err(StoreError::BadRequest {
-                disk: self.name().into(),
-                why: format!("no recovery point {id}"),
-            });
-        }
-        let len = buf.len() as u64;
-        self.check_range(offset, len)?;
-        self.replica.read_exact_at(buf, offset).map_err(io_err(
-            self.name(),
-            format!("reading replica.img at {offset}"),
-        ))?;
-        let end = offset + len;
-        for u in self.undo.iter().rev().filter(|u| u.seq > id) {
-            let first = u.entries.partition_point(|e| e.end() <= offset);
-            let mut file = None;
-            for e in u.entries[first..].iter().take_while(|e| e.offset < end) {
-                let s = e.offset.max(offset);
-                let t = e.end().min(end);
-                let f =
-                    match &file {
-                        Some(f) => f,
-                        None => file.insert(File::open(&u.path).map_err(io_err(
-                            self.name(),
-                            format!("opening {}", u.path.display()),
-                        ))?),
-                    };
-                let (a, b) = (
-                    usize::try_from(s - offset).unwrap_or(0),
-                    usize::try_from(t - offset).unwrap_or(0),
-                );
-                undo::read_entry(f, e, s, &mut buf[a..b])
-                    .map_err(io_err(self.name(), format!("reading {}", u.path.display())))?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What to do with an arriving cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -985,32 +801,6 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Control(m) => m.name(),
         Frame::Data { .. } => "Data",
         Frame::Zero { .. } => "Zero",
-    }
-}
-
-/// Reads one frame from a staged file (None at a clean end of file).
-fn read_frame_sync(
-    r: &mut impl Read,
-    buf: &mut Vec<u8>,
-) -> std::result::Result<Option<Frame>, String> {
-    buf.clear();
-    buf.resize(proto::HEADER_LEN, 0);
-    match r.read_exact(&mut buf[..]) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > proto::MAX_WIRE_PAYLOAD {
-        return Err(format!("frame of {len} bytes exceeds the limit"));
-    }
-    buf.resize(proto::HEADER_LEN + len, 0);
-    r.read_exact(&mut buf[proto::HEADER_LEN..])
-        .map_err(|e| format!("truncated frame: {e}"))?;
-    match proto::decode(buf) {
-        Ok(Some((f, _))) => Ok(Some(f)),
-        Ok(None) => Err("truncated frame".into()),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -1038,132 +828,5 @@ fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// A cycle being received into `staging/SEQ.cycle.tmp.EPOCH`.
-#[derive(Debug)]
-pub struct Staging {
-    tmp: PathBuf,
-    fin: PathBuf,
-    out: BufWriter<File>,
-    seq: u64,
-    frames: u64,
-    data_bytes: u64,
-    buf: Vec<u8>,
-}
-
-impl Staging {
-    fn create(disk: &str, dir: &Path, seq: u64, epoch: u64, begin: &Msg) -> Result<Self> {
-        let tmp = dir.join(format!("{seq:020}.cycle.tmp.{epoch}"));
-        let fin = dir.join(format!("{seq:020}.cycle"));
-        let f = File::create(&tmp).map_err(io_err(disk, format!("creating {}", tmp.display())))?;
-        let mut s = Self {
-            tmp,
-            fin,
-            out: BufWriter::with_capacity(1 << 20, f),
-            seq,
-            frames: 0,
-            data_bytes: 0,
-            buf: Vec::new(),
-        };
-        s.out
-            .write_all(STAGE_MAGIC)
-            .map_err(io_err(disk, "writing a staged cycle"))?;
-        s.write(disk, &Frame::Control(begin.clone()))?;
-        Ok(s)
-    }
-
-    fn write(&mut self, disk: &str, frame: &Frame) -> Result<()> {
-        self.buf.clear();
-        proto::encode(
-            frame,
-            &EncodeOpts {
-                compress_level: None,
-            },
-            &mut self.buf,
-        )
-        .map_err(|e| StoreError::BadRequest {
-            disk: disk.into(),
-            why: format!("cannot stage frame: {e}"),
-        })?;
-        self.out
-            .write_all(&self.buf)
-            .map_err(io_err(disk, format!("writing {}", self.tmp.display())))
-    }
-
-    /// Appends a Data or Zero frame of the cycle, checking it lies inside a `size`-byte disk.
-    ///
-    /// # Errors
-    /// Out of range, a control frame, or a file error.
-    pub fn push(&mut self, disk: &str, size: u64, frame: &Frame) -> Result<()> {
-        let (offset, len) = match frame {
-            Frame::Data { offset, data } => (*offset, data.len() as u64),
-            Frame::Zero { offset, len } => (*offset, *len),
-            Frame::Control(m) => {
-                return Err(StoreError::BadRequest {
-                    disk: disk.into(),
-                    why: format!("{} inside cycle {}", m.name(), self.seq),
-                });
-            }
-        };
-        if offset.checked_add(len).is_none_or(|e| e > size) {
-            return Err(StoreError::BadRequest {
-                disk: disk.into(),
-                why: format!(
-                    "cycle {} names {offset}+{len}, past the end of the {size}-byte disk",
-                    self.seq
-                ),
-            });
-        }
-        self.write(disk, frame)?;
-        self.frames += 1;
-        if let Frame::Data { data, .. } = frame {
-            self.data_bytes += data.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self, disk: &str, end: &Msg) -> Result<PathBuf> {
-        let Msg::CycleEnd {
-            seq,
-            frames,
-            data_bytes,
-        } = end
-        else {
-            return Err(StoreError::BadRequest {
-                disk: disk.into(),
-                why: format!("{} where CycleEnd was expected", end.name()),
-            });
-        };
-        if *seq != self.seq || *frames != self.frames || *data_bytes != self.data_bytes {
-            let _ = fs::remove_file(&self.tmp);
-            return Err(StoreError::BadRequest {
-                disk: disk.into(),
-                why: format!(
-                    "CycleEnd says cycle {seq} with {frames} frames and {data_bytes} bytes; received cycle {} with {} frames and {} bytes",
-                    self.seq, self.frames, self.data_bytes
-                ),
-            });
-        }
-        self.write(disk, &Frame::Control(end.clone()))?;
-        let f = self
-            .out
-            .into_inner()
-            .map_err(|e| io_err(disk, "flushing a staged cycle")(e.into_error()))?;
-        f.sync_all()
-            .map_err(io_err(disk, "syncing a staged cycle"))?;
-        fs::rename(&self.tmp, &self.fin).map_err(io_err(disk, "renaming a staged cycle"))?;
-        if let Some(dir) = self.fin.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(disk, "syncing staging/"))?;
-        }
-        Ok(self.fin)
-    }
-
-    /// Throws a partly received cycle away.
-    pub fn abandon(self) {
-        let _ = fs::remove_file(&self.tmp);
     }
 }
