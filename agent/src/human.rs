@@ -18,33 +18,15 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
-/// Nanoseconds since the Unix epoch as an RFC 3339 UTC timestamp with milliseconds.
+/// Nanoseconds since the Unix epoch as an RFC 3339 UTC timestamp with milliseconds (the
+/// checker's nanosecond form, shortened).
 pub(crate) fn timestamp(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let millis = (unix_ns / 1_000_000) % 1000;
-    let days = secs / 86_400;
-    let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let full = checker::UnixNs(unix_ns).rfc3339();
+    // `YYYY-MM-DDTHH:MM:SS.mmm` + `nnnnnnZ`: keep the milliseconds.
+    match full.get(..23) {
+        Some(ms) => format!("{ms}Z"),
+        None => full,
+    }
 }
 
 #[cfg(test)]

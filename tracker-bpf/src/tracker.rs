@@ -397,6 +397,16 @@ impl Tracker {
     /// # Errors
     /// The device is not tracked, or the log failed.
     pub fn mark(&self, device: &Path, tag: u64) -> Result<()> {
+        self.synced_ask(device, |tx| DiskMsg::Tag(tag, tx))
+    }
+
+    /// Drains the kernel ([`sync`](Self::sync)), then sends the device's log thread `msg`
+    /// and waits for its answer.
+    fn synced_ask<T>(
+        &self,
+        device: &Path,
+        msg: impl FnOnce(Sender<Result<T>>) -> DiskMsg,
+    ) -> Result<T> {
         let slot = self.slot_of(device)?;
         self.sync()?;
         let disk = self
@@ -405,7 +415,7 @@ impl Tracker {
             .ok_or_else(|| Error::Invalid(format!("{} is not tracked", device.display())))?;
         let (tx, rx) = bounded(1);
         disk.tx
-            .send(DiskMsg::Tag(tag, tx))
+            .send(msg(tx))
             .map_err(|_| Error::Stopped("log thread is gone".into()))?;
         rx.recv()
             .map_err(|_| Error::Stopped("log thread is gone".into()))?
@@ -455,18 +465,7 @@ impl Tracker {
     /// # Errors
     /// The device is not tracked, or the log failed.
     pub fn rotate(&self, device: &Path) -> Result<SealedLog> {
-        let slot = self.slot_of(device)?;
-        self.sync()?;
-        let disk = self
-            .disks
-            .get(&slot)
-            .ok_or_else(|| Error::Invalid(format!("{} is not tracked", device.display())))?;
-        let (tx, rx) = bounded(1);
-        disk.tx
-            .send(DiskMsg::Rotate(tx))
-            .map_err(|_| Error::Stopped("log thread is gone".into()))?;
-        rx.recv()
-            .map_err(|_| Error::Stopped("log thread is gone".into()))?
+        self.synced_ask(device, DiskMsg::Rotate)
     }
 
     /// Counters now.

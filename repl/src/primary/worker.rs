@@ -147,6 +147,24 @@ impl Session {
     }
 }
 
+/// Writes one encoded frame and counts it in the disk's status.
+async fn send_frame(
+    s: &mut Session,
+    rt: &DiskRt,
+    bytes: &[u8],
+    data: u64,
+    zero: u64,
+) -> Result<(), ReplError> {
+    s.w.bytes(bytes).await?;
+    let wire = bytes.len() as u64;
+    rt.set(|st| {
+        st.bytes_shipped += data;
+        st.zero_bytes += zero;
+        st.wire_bytes += wire;
+    });
+    Ok(())
+}
+
 /// Applies `Applied`/`Pong` to the status; returns any other message.
 fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
     match m {
@@ -344,13 +362,7 @@ async fn run_copy(
         };
         match item {
             Some(Item::Frame { bytes, data, zero }) => {
-                s.w.bytes(&bytes).await?;
-                let wire = bytes.len() as u64;
-                rt.set(|st| {
-                    st.bytes_shipped += data;
-                    st.zero_bytes += zero;
-                    st.wire_bytes += wire;
-                });
+                send_frame(s, rt, &bytes, data, zero).await?;
                 // Take acknowledgements as they come, for an accurate progress.
                 while in_flight > 0
                     && let Some(m) = s.try_recv(rt)?
@@ -623,13 +635,7 @@ async fn ship_cycle(
         };
         match item {
             Some(Item::Frame { bytes, data, zero }) => {
-                s.w.bytes(&bytes).await?;
-                let wire = bytes.len() as u64;
-                rt.set(|st| {
-                    st.bytes_shipped += data;
-                    st.zero_bytes += zero;
-                    st.wire_bytes += wire;
-                });
+                send_frame(s, rt, &bytes, data, zero).await?;
                 thaw_if(rt, cyc.seq, true);
             }
             Some(Item::Mark(_)) => {}
