@@ -62,6 +62,22 @@ enum Command {
     Jobs(cli::repl::ShowArgs),
     /// Wait until every change made to a disk before this command is applied on the replica.
     Wait(cli::repl::WaitArgs),
+    /// Checksum resync: make the replica equal to the source by sending only the blocks
+    /// that differ.
+    ///
+    /// Both sides digest the disk (1 MiB, then 4 KiB blocks inside those that differ); only
+    /// differing blocks cross the wire, zero blocks as zero ranges. The application keeps
+    /// running: changes made meanwhile ship as cycles afterwards, and the replica keeps its
+    /// recovery points throughout. Plans a whole-disk resync unless one is already required
+    /// (tracking gaps, verify mismatches, a broken chain plan their own); follows it with a
+    /// progress bar until it completes.
+    Resync(cli::resync::ResyncArgs),
+    /// Compare the replica with the source by digests only (no data sent).
+    ///
+    /// Ranges that differ and are not explained by changes made since the last applied
+    /// cycle are listed and planned for a resync. Exits 0 if the replica matches, 3 if
+    /// ranges differ.
+    Verify(cli::resync::VerifyArgs),
     /// Write self-describing blocks to a device and record every write in a history file.
     ///
     /// First every block once, then random blocks, for --duration or until SIGINT/SIGTERM
@@ -103,6 +119,8 @@ fn main() -> ExitCode {
         Command::Status(a) => cli::repl::status(&a),
         Command::Jobs(a) => cli::repl::jobs(&a),
         Command::Wait(a) => cli::repl::wait(&a),
+        Command::Resync(a) => cli::resync::resync(&a),
+        Command::Verify(a) => cli::resync::verify(&a),
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),

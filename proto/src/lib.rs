@@ -12,7 +12,8 @@
 //! [`io`] (async read/write over tokio streams).
 //!
 //! # Versions (the changelog)
-//! - **1** (sitrep 0.1): frames kinds 1–3, messages `Hello` … `Bye`.
+//! - **1** (sitrep 0.1): frames kinds 1–3, messages `Hello` … `Verdict`.
+//! - **2**: checksum resync and online verify: `DigestKey` … `ResyncFinished` (17–25).
 
 pub mod codec;
 mod error;
@@ -27,13 +28,15 @@ pub use frame::{
     MAX_WIRE_PAYLOAD,
 };
 pub use io::{FrameReader, FrameWriter, read_frame, write_frame};
-pub use msg::{CopyState, CycleInfo, ErrorCode, Msg};
+pub use msg::{
+    CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_KEY_LEN, Msg,
+};
 
 /// The protocol version this build prefers.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Every protocol version this build speaks.
-pub const SUPPORTED: &[u16] = &[1];
+pub const SUPPORTED: &[u16] = &[1, 2];
 
 /// The highest version both sides support, if any.
 #[must_use]

@@ -145,7 +145,84 @@ pub enum Msg {
         /// For an app-consistent point: how it was quiesced (e.g. `fsfreeze /mnt`).
         label: Option<String>,
     },
+    // ---- version 2: checksum resync and online verify ----------------------------------
+    /// Client (v2): the digest algorithm and this session's secret key for every following
+    /// `DigestReq`. A fresh random key per session: digests are never comparable across
+    /// sessions, and nobody who does not know the key can craft colliding blocks.
+    DigestKey {
+        /// 0 = XXH3-128 with a 192-byte secret, 1 = keyed BLAKE3 with a 32-byte key.
+        algo: u8,
+        /// The key (at most [`MAX_KEY_LEN`] bytes; its length must match `algo`).
+        key: Vec<u8>,
+    },
+    /// Client (v2): the digests of the replica over `ranges` — one per 1 MiB piece of each
+    /// range (`coarse`) or one per 4 KiB block (fine), pieces counted from each range's start.
+    /// The server answers `Digests` with the same `req`, in request order.
+    DigestReq {
+        /// Request id, echoed.
+        req: u64,
+        /// Coarse (1 MiB) or fine (4 KiB) digests.
+        coarse: bool,
+        /// `(offset, len)` ranges, 4 KiB aligned, sorted, at most [`MAX_DIGEST_RANGES`],
+        /// together at most [`MAX_DIGEST_BYTES`].
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Server (v2): the answer to `DigestReq` `req`: 16-byte digests in range order.
+    Digests {
+        /// The request id.
+        req: u64,
+        /// The digests.
+        digests: Vec<[u8; 16]>,
+    },
+    /// Client (v2): a checksum resync `id` starts (or resumes); the cycles that follow it
+    /// begin at `from_seq`. Cycles are refused until `ResyncDone`. Data/Zero frames between
+    /// this and `ResyncDone` are repairs, made durable (with undo data) at each
+    /// `ResyncCommit`.
+    ResyncBegin {
+        /// The resync's id (a new id discards the server's cursor).
+        id: u64,
+        /// The first cycle after the resync.
+        from_seq: u64,
+    },
+    /// Server (v2): where resync `id` stands: everything in its scope before `cursor` is
+    /// repaired and durable (0 for a new resync).
+    ResyncReady {
+        /// The resync's id.
+        id: u64,
+        /// The durable cursor (a disk offset).
+        cursor: u64,
+    },
+    /// Client (v2): make the repairs sent so far durable and record `cursor`.
+    ResyncCommit {
+        /// Everything in scope before this offset is repaired.
+        cursor: u64,
+    },
+    /// Server (v2): the repairs before `ResyncCommit{cursor}` are durable.
+    ResyncAck {
+        /// The committed cursor.
+        cursor: u64,
+    },
+    /// Client (v2): resync `id` is complete and confirmed; cycles from `from_seq` follow.
+    ResyncDone {
+        /// The resync's id.
+        id: u64,
+        /// The first cycle after the resync.
+        from_seq: u64,
+    },
+    /// Server (v2): the answer to `ResyncDone`: the server now expects cycle `from_seq`.
+    ResyncFinished {
+        /// The resync's id.
+        id: u64,
+    },
 }
+
+/// Longest digest key in a `DigestKey`.
+pub const MAX_KEY_LEN: usize = 256;
+/// Most ranges in one `DigestReq`.
+pub const MAX_DIGEST_RANGES: usize = 4096;
+/// Most bytes one `DigestReq` may cover (so a `Digests` answer stays far below the frame
+/// cap: 64 MiB / 4 KiB = 16384 fine digests = 256 KiB).
+pub const MAX_DIGEST_BYTES: u64 = 64 << 20;
 
 impl Msg {
     /// The variant's name, for logs and error messages.
@@ -169,6 +246,15 @@ impl Msg {
             Self::Pong { .. } => "Pong",
             Self::Bye => "Bye",
             Self::Verdict { .. } => "Verdict",
+            Self::DigestKey { .. } => "DigestKey",
+            Self::DigestReq { .. } => "DigestReq",
+            Self::Digests { .. } => "Digests",
+            Self::ResyncBegin { .. } => "ResyncBegin",
+            Self::ResyncReady { .. } => "ResyncReady",
+            Self::ResyncCommit { .. } => "ResyncCommit",
+            Self::ResyncAck { .. } => "ResyncAck",
+            Self::ResyncDone { .. } => "ResyncDone",
+            Self::ResyncFinished { .. } => "ResyncFinished",
         }
     }
 }

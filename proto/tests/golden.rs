@@ -132,3 +132,33 @@ fn negotiation() {
     assert_eq!(proto::negotiate(&[], &[1]), None);
     assert!(proto::SUPPORTED.contains(&proto::VERSION));
 }
+
+/// Version 2's digest request, built from postcard's rules: variant index 18 (varint), `req`
+/// varint, `coarse` one byte, the range count (varint), each range as two varints.
+#[test]
+fn digest_request_frame() {
+    let payload = [
+        18, // DigestReq
+        7,  // req
+        1,  // coarse
+        2,  // two ranges
+        0x80, 0x20, // 4096
+        0x80, 0x80, 0x40, // 1 MiB
+        0x80, 0x80, 0x80, 0x01, // 2 MiB
+        0x80, 0x20, // 4096
+    ];
+    let expected = by_hand(1, 0, payload.len() as u32, &payload);
+    let frame = Frame::Control(Msg::DigestReq {
+        req: 7,
+        coarse: true,
+        ranges: vec![(4096, 1 << 20), (2 << 20, 4096)],
+    });
+    let enc = {
+        let mut out = Vec::new();
+        encode(&frame, &EncodeOpts::default(), &mut out).unwrap();
+        out
+    };
+    assert_eq!(enc, expected);
+    let (back, _) = decode(&expected).unwrap().unwrap();
+    assert_eq!(back, frame);
+}

@@ -97,6 +97,36 @@ fn msg() -> impl Strategy<Value = Msg> {
         any::<u64>().prop_map(|nonce| Msg::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Msg::Pong { nonce }),
         Just(Msg::Bye),
+        (any::<u64>(), any::<bool>(), proptest::option::of(".{0,20}")).prop_map(
+            |(seq, crash_consistent, label)| Msg::Verdict {
+                seq,
+                crash_consistent,
+                label
+            }
+        ),
+        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..256))
+            .prop_map(|(algo, key)| Msg::DigestKey { algo, key }),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..64)
+        )
+            .prop_map(|(req, coarse, ranges)| Msg::DigestReq {
+                req,
+                coarse,
+                ranges
+            }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..64)
+        )
+            .prop_map(|(req, digests)| Msg::Digests { req, digests }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, from_seq)| Msg::ResyncBegin { id, from_seq }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, cursor)| Msg::ResyncReady { id, cursor }),
+        any::<u64>().prop_map(|cursor| Msg::ResyncCommit { cursor }),
+        any::<u64>().prop_map(|cursor| Msg::ResyncAck { cursor }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, from_seq)| Msg::ResyncDone { id, from_seq }),
+        any::<u64>().prop_map(|id| Msg::ResyncFinished { id }),
     ]
 }
 

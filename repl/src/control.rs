@@ -75,6 +75,19 @@ pub enum Request {
         /// Overwrite an existing file.
         force: bool,
     },
+    /// `sitrep resync NAME [--now]` (agent): plan a whole-disk checksum resync unless one is
+    /// required already; `now` starts it outside the resync window.
+    Resync {
+        /// Disk name.
+        name: String,
+        /// Start at once.
+        now: bool,
+    },
+    /// `sitrep verify NAME` (agent): compare the replica with the source by digests.
+    Verify {
+        /// Disk name.
+        name: String,
+    },
     /// `sitrep wait` (agent): returns once every change completed before the request is
     /// applied on the replica, or after `timeout_secs`.
     Wait {

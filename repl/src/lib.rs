@@ -10,7 +10,9 @@
 //! - [`control`]: the local control socket the CLI talks to (JSON lines);
 //! - [`status`]: the documented `--json` schemas of `status` and `jobs`;
 //! - [`net`]: TLS connect/accept and the handshake both sides share;
-//! - [`backoff`]: the retry schedule (1, 2, 4, 8, 10 units, then every 30).
+//! - [`backoff`]: the retry schedule (1, 2, 4, 8, 10 units, then every 30);
+//! - [`digest`]: keyed 128-bit block digests at two levels (4 KiB, 1 MiB) for the checksum resync;
+//! - [`ranges`]: `(offset, len)` range arithmetic and the resync's bounded windows.
 //!
 //! docs/architecture.md explains the design; docs/protocol.md the wire format.
 
@@ -19,9 +21,11 @@ pub mod config;
 pub mod control;
 pub mod cycle;
 pub mod devread;
+pub mod digest;
 pub mod net;
 pub mod points;
 pub mod primary;
+pub mod ranges;
 pub mod server;
 pub mod status;
 pub mod store;

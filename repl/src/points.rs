@@ -53,6 +53,10 @@ pub struct PointsFile {
     /// Bytes applied since the newest point (they become the next point's `bytes`).
     #[serde(default)]
     pub unpointed_bytes: u64,
+    /// Cycle sequences `(first, last)` a checksum resync replaced: they were never applied,
+    /// so no undo file exists for them (the resync's undo parts cover its changes).
+    #[serde(default)]
+    pub skipped: Vec<(u64, u64)>,
 }
 
 /// Which points to keep.

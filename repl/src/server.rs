@@ -206,6 +206,9 @@ fn status_report(sh: &Shared) -> StatusReport {
                     points_bytes: 0,
                     cycles_judged: 0,
                     cycles_consistent: 0,
+                    resync: None,
+                    last_resync: None,
+                    resyncs_completed: 0,
                 });
             }
             continue;
@@ -215,6 +218,8 @@ fn status_report(sh: &Shared) -> StatusReport {
         let copy_done = st.copy.is_some_and(|c| c.done);
         let state = if st.broken.is_some() {
             ReplState::Critical
+        } else if st.resync.is_some() {
+            ReplState::Resynchronizing
         } else if copy_done {
             ReplState::Replicating
         } else {
@@ -258,6 +263,9 @@ fn status_report(sh: &Shared) -> StatusReport {
             points_bytes: d.points_bytes(),
             cycles_judged: 0,
             cycles_consistent: 0,
+            resync: None,
+                    last_resync: None,
+                    resyncs_completed: 0,
         });
     }
     StatusReport {
@@ -399,6 +407,7 @@ fn with_disk<T>(
 enum Mode {
     Idle,
     Copy,
+    Resync,
     Cycle(store::Staging),
     Duplicate(u64),
 }
@@ -551,6 +560,7 @@ where
     tracing::info!(disk = name, client = %c.peer, "attached");
     let size = with_disk(slot, |d| Ok(d.state().size)).unwrap_or(0);
     let mut mode = Mode::Idle;
+    let mut rs = store::ResyncSession::default();
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut c.r)).await {
             Ok(Ok(f)) => f,
@@ -630,6 +640,58 @@ where
                 send(&mut c.w, Msg::CopyAck { cursor: size }).await?;
                 Mode::Idle
             }
+            (m @ (Mode::Idle | Mode::Resync), Frame::Control(Msg::DigestKey { algo, key })) => {
+                if let Err(e) = rs.set_key(name, algo, &key) {
+                    return Err(refuse(c, e).await);
+                }
+                m
+            }
+            (
+                m @ (Mode::Idle | Mode::Resync),
+                Frame::Control(Msg::DigestReq {
+                    req,
+                    coarse,
+                    ranges,
+                }),
+            ) => {
+                let digests = match with_disk(slot, |d| d.digests(&mut rs, coarse, &ranges)) {
+                    Ok(d) => d,
+                    Err(e) => return Err(refuse(c, e).await),
+                };
+                send(&mut c.w, Msg::Digests { req, digests }).await?;
+                m
+            }
+            (Mode::Idle, Frame::Control(Msg::ResyncBegin { id, from_seq })) => {
+                match with_disk(slot, |d| d.resync_begin(id, from_seq)) {
+                    Ok(cursor) => {
+                        tracing::info!(disk = name, id, from_seq, cursor, "checksum resync");
+                        send(&mut c.w, Msg::ResyncReady { id, cursor }).await?;
+                        Mode::Resync
+                    }
+                    Err(e) => return Err(refuse(c, e).await),
+                }
+            }
+            (Mode::Resync, f @ (Frame::Data { .. } | Frame::Zero { .. })) => {
+                if let Err(e) = with_disk(slot, |d| d.resync_put(&mut rs, f)) {
+                    return Err(refuse(c, e).await);
+                }
+                Mode::Resync
+            }
+            (Mode::Resync, Frame::Control(Msg::ResyncCommit { cursor })) => {
+                if let Err(e) = with_disk(slot, |d| d.resync_commit(&mut rs, cursor)) {
+                    return Err(refuse(c, e).await);
+                }
+                send(&mut c.w, Msg::ResyncAck { cursor }).await?;
+                Mode::Resync
+            }
+            (Mode::Resync, Frame::Control(Msg::ResyncDone { id, from_seq })) => {
+                if let Err(e) = with_disk(slot, |d| d.resync_done(&mut rs, id, from_seq)) {
+                    return Err(refuse(c, e).await);
+                }
+                tracing::info!(disk = name, id, from_seq, "checksum resync complete");
+                send(&mut c.w, Msg::ResyncFinished { id }).await?;
+                Mode::Idle
+            }
             (Mode::Idle, Frame::Control(begin @ Msg::CycleBegin { .. })) => {
                 let Msg::CycleBegin { seq, .. } = begin else {
                     unreachable!("matched above")
@@ -664,6 +726,7 @@ where
                     Err(e) => return Err(refuse(c, e).await),
                 };
                 send(&mut c.w, Msg::CycleAck { seq }).await?;
+                rs.forget_digests();
                 match with_disk(slot, |d| d.apply_staged(seq, &path)) {
                     Ok(a) => {
                         send(
@@ -721,6 +784,7 @@ where
                 let what = match &m {
                     Mode::Idle => "between cycles",
                     Mode::Copy => "during the copy",
+                    Mode::Resync => "during a resync",
                     Mode::Cycle(_) => "inside a cycle",
                     Mode::Duplicate(_) => "inside a duplicate cycle",
                 };

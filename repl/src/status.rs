@@ -29,12 +29,15 @@ pub enum ReplState {
     InitialReplication,
     /// Delta cycles flow; the replica is at a consistent state.
     Protected,
-    /// Tracking lost something after the copy: a (full, for now) re-copy runs.
+    /// Tracking lost something (or verify found a difference): a checksum resync is
+    /// required and waits for its window (`resync_reason`, `resync`).
     ResyncRequired,
     /// A non-recoverable error: operator action needed (see `error`).
     Critical,
     /// Replicated here (server view) and up to date with what was received.
     Replicating,
+    /// A checksum resync is running (progress in `resync`).
+    Resynchronizing,
 }
 
 /// Health, as Hyper-V Replica shows it.
@@ -122,6 +125,62 @@ pub struct DiskStatus {
     /// Of those, the ones proved crash-consistent, i.e. offered as recovery points (agent).
     #[serde(default)]
     pub cycles_consistent: u64,
+    /// The pending or running checksum resync (agent side).
+    #[serde(default)]
+    pub resync: Option<ResyncStatus>,
+    /// The last completed resync (agent side, since the agent started).
+    #[serde(default)]
+    pub last_resync: Option<ResyncStatus>,
+    /// Resyncs completed since the agent started.
+    #[serde(default)]
+    pub resyncs_completed: u64,
+}
+
+/// A checksum resync's progress (`status.disks[].resync`, and the result of
+/// `sitrep resync --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    /// `waiting-for-window`, `compare-and-repair`, `confirm`, `done`.
+    pub phase: String,
+    /// Why it was needed.
+    pub reason: String,
+    /// Bytes of the disk it covers (the whole disk, or the suspect regions).
+    pub scope_bytes: u64,
+    /// Bytes of the scope compared so far (this pass).
+    pub bytes_done: u64,
+    /// Bytes compared over all passes (including the confirmation pass).
+    pub compared_bytes: u64,
+    /// Bytes found different (and repaired) so far.
+    pub differing_bytes: u64,
+    /// Repair data bytes sent (zero blocks travel as zero ranges and are not counted).
+    pub data_bytes_sent: u64,
+    /// Bytes this disk's connection wrote during the resync (frames, digests requests,
+    /// repairs).
+    pub wire_bytes: u64,
+    /// Compare rate of this pass.
+    pub rate_bytes_per_sec: f64,
+    /// Estimated seconds until this pass ends.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since the resync started running (0 while waiting).
+    pub seconds: f64,
+    /// The window automatic resyncs run in (`always` or `HH:MM-HH:MM` local time).
+    pub window: String,
+}
+
+/// The result of `sitrep verify --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// The disk.
+    pub disk: String,
+    /// Bytes compared.
+    pub compared_bytes: u64,
+    /// Ranges `(offset, len)` that differ and are not explained by changes made since the
+    /// last applied cycle: they are planned for a resync.
+    pub mismatches: Vec<(u64, u64)>,
+    /// Differing bytes explained by changes not yet shipped (in flight, not errors).
+    pub in_flight_bytes: u64,
+    /// Seconds the comparison took.
+    pub seconds: f64,
 }
 
 /// `sitrep jobs --json`.

@@ -66,6 +66,19 @@ pub(crate) struct AgentArgs {
     /// cut, for proving the consistency checker catches one.
     #[arg(long, hide = true)]
     unsafe_offer_every_cycle: bool,
+    /// When automatic checksum resyncs may start: `always`, or HH:MM-HH:MM local time
+    /// (wraps past midnight). Default: outside business hours. `sitrep resync NAME --now`
+    /// starts one at any time.
+    #[arg(long, default_value = "18:00-08:00")]
+    resync_window: String,
+    /// Pending logs naming more than this percentage of a disk (after an outage) are
+    /// replaced by a checksum resync of their ranges (100 = never).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    resync_log_threshold: u32,
+    /// Digest of resync and verify: xxh3 (XXH3-128 with a random per-session secret) or
+    /// blake3 (keyed BLAKE3; slower, cryptographic).
+    #[arg(long, default_value = "xxh3")]
+    digest: String,
 }
 
 fn init_logging() {
@@ -143,6 +156,10 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         policy,
         tracker: tracker_bpf::TrackerConfig::default(),
         offer_every_cycle: a.unsafe_offer_every_cycle,
+        resync_window: repl::primary::resync::ResyncWindow::parse(&a.resync_window)
+            .map_err(anyhow::Error::msg)?,
+        resync_log_threshold_pct: a.resync_log_threshold,
+        digest: a.digest.parse().map_err(anyhow::Error::msg)?,
     };
     runtime()?.block_on(repl::primary::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)

@@ -6,5 +6,6 @@ pub(crate) mod daemon;
 pub(crate) mod disk;
 pub(crate) mod log;
 pub(crate) mod repl;
+pub(crate) mod resync;
 pub(crate) mod track;
 pub(crate) mod workload;

@@ -21,7 +21,7 @@ pub(crate) struct SocketArg {
 }
 
 impl SocketArg {
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(|| {
             if Path::new(AGENT_SOCKET).exists() || !Path::new(SERVER_SOCKET).exists() {
                 PathBuf::from(AGENT_SOCKET)

@@ -6,6 +6,7 @@
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
 
 pub mod freeze;
+pub mod resync;
 pub mod ship;
 pub mod state;
 pub mod worker;
@@ -52,6 +53,13 @@ pub struct AgentOptions {
     /// Test only: call every cycle crash-consistent without checking (a broken cut the
     /// consistency checker must catch).
     pub offer_every_cycle: bool,
+    /// When automatic checksum resyncs may start.
+    pub resync_window: resync::ResyncWindow,
+    /// Pending logs naming more than this percentage of a disk trigger a resync instead of
+    /// shipping them (checked when a session starts).
+    pub resync_log_threshold_pct: u32,
+    /// Digest algorithm of resync and verify.
+    pub digest: crate::digest::Algo,
 }
 
 /// A running initial copy.
@@ -81,6 +89,9 @@ pub(crate) struct RtStatus {
     pub(crate) copy: Option<CopyRun>,
     pub(crate) backlog_bytes: u64,
     pub(crate) pending_logs: usize,
+    pub(crate) resync: Option<resync::ResyncRun>,
+    pub(crate) last_resync: Option<status::ResyncStatus>,
+    pub(crate) resyncs_completed: u64,
 }
 
 /// An app-consistent point asked for.
@@ -118,6 +129,10 @@ pub(crate) struct DiskRt {
     pub(crate) frozen: Mutex<Option<FrozenCycle>>,
     /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
+    /// `sitrep resync --now`: start the required resync outside its window.
+    pub(crate) resync_now: AtomicBool,
+    /// A pending `sitrep verify`.
+    pub(crate) verify_req: Mutex<Option<resync::VerifyRequest>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -366,6 +381,8 @@ impl Agent {
             point_req: Mutex::new(None),
             frozen: Mutex::new(None),
             task: Mutex::new(None),
+            resync_now: AtomicBool::new(false),
+            verify_req: Mutex::new(None),
         });
         let mut job = None;
         if new {
@@ -381,8 +398,16 @@ impl Agent {
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
         } else if let Some(gap) = &report.gap {
-            self.start_recopy(&rt, &format!("tracking was interrupted ({gap})"))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let why = format!("tracking was interrupted ({gap})");
+            if prot.copy.done {
+                self.require_resync(&rt, &why, None)
+            } else {
+                self.start_recopy(&rt, &why)
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else if let Some(plan) = &prot.resync {
+            rt.set(|s| s.resync = Some(resync::ResyncRun::new(plan.reason.clone())));
+            self.new_job(&rt, "resync", &prot.name);
         } else if !prot.copy.done {
             self.new_job(&rt, "enable-protection", &prot.name);
         }
@@ -465,6 +490,8 @@ impl Agent {
             app_consistent_every_secs: app_every,
             pre_hook: hooks.0,
             post_hook: hooks.1,
+            resync: None,
+            points_from_seq: 0,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -525,9 +552,12 @@ impl Agent {
             .last_applied
             .as_ref()
             .map_or(p.created_unix_ns, |a| a.cut_time_ns);
+        let running = st.resync.as_ref().is_some_and(|r| r.started.is_some());
         let state = if st.critical {
             ReplState::Critical
-        } else if !p.copy.done && p.resync_reason.is_some() {
+        } else if p.resync.is_some() && running {
+            ReplState::Resynchronizing
+        } else if p.resync.is_some() || (!p.copy.done && p.resync_reason.is_some()) {
             ReplState::ResyncRequired
         } else if !p.copy.done {
             ReplState::InitialReplication
@@ -579,7 +609,7 @@ impl Agent {
             }),
             connected: st.connected,
             error: st.error.clone(),
-            resync_reason: if p.copy.done {
+            resync_reason: if p.copy.done && p.resync.is_none() {
                 None
             } else {
                 p.resync_reason.clone()
@@ -588,6 +618,12 @@ impl Agent {
             points_bytes: 0,
             cycles_judged: st.cycles_judged,
             cycles_consistent: st.cycles_consistent,
+            resync: st
+                .resync
+                .as_ref()
+                .map(|r| r.status(self.opts.resync_window, st.wire_bytes)),
+            last_resync: st.last_resync.clone(),
+            resyncs_completed: st.resyncs_completed,
         }
     }
 
@@ -631,6 +667,63 @@ impl Agent {
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: no point after 300 s (is it connected?)"))?
             .map_err(|_| anyhow::anyhow!("disk {name}: replication stopped before the point"))?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// `sitrep resync NAME [--now]`: plans a whole-disk resync if none is required, and with
+    /// `now` lets it start outside its window. Returns the disk's status (the CLI follows
+    /// `resync` and `resyncs_completed` there).
+    fn request_resync(&self, name: &str, now: bool) -> anyhow::Result<DiskStatus> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        if !lock(&rt.prot).copy.done {
+            anyhow::bail!(
+                "disk {name}: the initial copy has not completed; it resumes by itself (see `sitrep jobs`)"
+            );
+        }
+        if lock(&rt.prot).resync.is_none() {
+            self.require_resync(&rt, "requested by the operator", None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if now {
+            rt.resync_now.store(true, Ordering::SeqCst);
+        }
+        Ok(self.disk_status(&rt))
+    }
+
+    /// `sitrep verify NAME`: the disk's session compares the replica by digests between two
+    /// cycles.
+    async fn verify(&self, name: &str) -> anyhow::Result<status::VerifyReport> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        {
+            let p = lock(&rt.prot);
+            if !p.copy.done {
+                anyhow::bail!("disk {name}: nothing to verify before the initial copy completes");
+            }
+            if let Some(r) = &p.resync {
+                anyhow::bail!(
+                    "disk {name}: a resync is required ({}); verify after it (`sitrep resync {name} --now`)",
+                    r.reason
+                );
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut g = lock(&rt.verify_req);
+            if g.is_some() {
+                anyhow::bail!("disk {name}: a verify is already running");
+            }
+            *g = Some(resync::VerifyRequest { reply: tx });
+        }
+        tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("disk {name}: verify did not finish in 24 h"))?
+            .map_err(|_| anyhow::anyhow!("disk {name}: replication stopped before the verify ran (is the server reachable?)"))?
             .map_err(anyhow::Error::msg)
     }
 
@@ -731,6 +824,14 @@ impl Agent {
             Request::Points { .. } | Request::Export { .. } => Response::err(
                 "recovery points live on the server: use the server's socket (--socket)",
             ),
+            Request::Resync { name, now } => match self.request_resync(&name, now) {
+                Ok(s) => Response::ok(s),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Verify { name } => match self.verify(&name).await {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             Request::Wait { name, timeout_secs } => {
                 match self.wait(&name, Duration::from_secs(timeout_secs)).await {
                     Ok(s) => Response::ok(s),

@@ -52,6 +52,28 @@ pub struct Protection {
     /// Releases it afterwards (always run once the pre-hook succeeded).
     #[serde(default)]
     pub post_hook: Option<String>,
+    /// A checksum resync that is required or running.
+    #[serde(default)]
+    pub resync: Option<ResyncPlan>,
+    /// Cycles below this sequence are never offered as recovery points (the replica is not
+    /// a state of the source until the cycles cut after a resync's confirmation are applied).
+    #[serde(default)]
+    pub points_from_seq: u64,
+}
+
+/// A checksum resync, as the agent persists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncPlan {
+    /// Random id (the server keeps the cursor of this id; a new id starts over).
+    pub id: u64,
+    /// Why it is needed.
+    pub reason: String,
+    /// Suspect regions `(offset, len)` known so far; `None` = the whole disk.
+    pub scope: Option<Vec<(u64, u64)>>,
+    /// Set when it starts: the log cut then is `from_seq - 1`; every change recorded in logs
+    /// before `from_seq` is inside `scope`, later ones ship as cycles after the resync.
+    pub from_seq: Option<u64>,
 }
 
 /// `STATE/disks/NAME`.

@@ -51,6 +51,17 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
         drop(lock(&rt.frozen).take());
         match res {
             Ok(Ended::Stopped) => return,
+            Err(ReplError::Refused {
+                code: proto::ErrorCode::BrokenChain,
+                message,
+                ..
+            }) if lock(&rt.prot).copy.done => {
+                // The server lost the chain: a checksum resync of the whole disk repairs it.
+                let why = format!("the server reports a broken chain ({message})");
+                if let Err(e) = agent.require_resync(&rt, &why, None) {
+                    tracing::error!("{e}");
+                }
+            }
             Err(e) => {
                 let name = lock(&rt.prot).name.clone();
                 let msg = format!("disk {name}: {e}");
@@ -81,18 +92,18 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
     }
 }
 
-struct Session {
-    w: Wire<WriteHalf<ClientStream>>,
+pub(crate) struct Session {
+    pub(crate) w: Wire<WriteHalf<ClientStream>>,
     rx: mpsc::Receiver<Result<Msg, ReplError>>,
-    peer: String,
-    last_sent: Instant,
+    pub(crate) peer: String,
+    pub(crate) last_sent: Instant,
     last_heard: Instant,
 }
 
 impl Session {
     /// The next message other than `Applied`/`Pong` (which update the status), waiting at
     /// most [`STALL`] for it.
-    async fn answer(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
+    pub(crate) async fn answer(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
         tokio::time::timeout(STALL, self.recv(rt))
             .await
             .map_err(|_| ReplError::Net(format!("{}: no answer for {STALL:?}", self.peer)))?
@@ -115,7 +126,7 @@ impl Session {
         }
     }
 
-    async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
+    pub(crate) async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
         loop {
             let m = self
                 .rx
@@ -141,14 +152,14 @@ impl Session {
         }
     }
 
-    async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
+    pub(crate) async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
         self.last_sent = Instant::now();
         self.w.msg(m).await
     }
 }
 
 /// Writes one encoded frame and counts it in the disk's status.
-async fn send_frame(
+pub(crate) async fn send_frame(
     s: &mut Session,
     rt: &DiskRt,
     bytes: &[u8],
@@ -276,6 +287,11 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         }
     }
     let mut stop = rt.stop.subscribe();
+    // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
+    // than shipping them, and drops them at once.
+    if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
+        check_log_threshold(agent, rt, expected)?;
+    }
     loop {
         let plan = lock(&rt.prot).copy;
         if !plan.done {
@@ -292,14 +308,28 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
             }
             expected = Some(plan.from_seq);
         }
+        if lock(&rt.prot).resync.is_some() {
+            match super::resync::run(agent, rt, &mut s, &mut stop).await? {
+                super::resync::ResyncEnd::Stopped => {
+                    let _ = s.msg(Msg::Bye).await;
+                    s.w.shutdown().await;
+                    return Ok(Ended::Stopped);
+                }
+                super::resync::ResyncEnd::Done(from) => expected = Some(from),
+                super::resync::ResyncEnd::Again => {}
+            }
+            continue;
+        }
         match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
             CyclesEnd::Stopped => {
                 let _ = s.msg(Msg::Bye).await;
                 s.w.shutdown().await;
                 return Ok(Ended::Stopped);
             }
-            CyclesEnd::Recopy(why) => {
-                agent.start_recopy(rt, &why)?;
+            CyclesEnd::Resync(why) => {
+                if let Some(why) = why {
+                    agent.require_resync(rt, &why, None)?;
+                }
             }
         }
     }
@@ -433,7 +463,42 @@ fn copy_progress(agent: &Agent, rt: &DiskRt, cursor: u64, size: u64) {
 
 enum CyclesEnd {
     Stopped,
-    Recopy(String),
+    /// A resync is required: planned already (`None`), or for this reason, whole disk.
+    Resync(Option<String>),
+}
+
+/// Plans a resync when the pending logs name more than the threshold of the disk.
+fn check_log_threshold(agent: &Agent, rt: &DiskRt, expected: Option<u64>) -> Result<(), ReplError> {
+    let pct = agent.opts.resync_log_threshold_pct;
+    if pct >= 100 {
+        return Ok(());
+    }
+    let name = lock(&rt.prot).name.clone();
+    let from = lock(&rt.prot).copy.from_seq.max(expected.unwrap_or(0));
+    let logs = log_dir(&agent.opts.state, &name);
+    let listed = list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let sealed = &listed[..listed.len().saturating_sub(1)];
+    let mut bytes = 0u64;
+    for (seq, path) in sealed {
+        if seq.0 >= from
+            && let Some(b) = rt.cached_bytes(seq.0, path, rt.size)
+        {
+            bytes += b;
+        }
+    }
+    let limit = rt.size / 100 * u64::from(pct);
+    if bytes > limit {
+        agent.require_resync(
+            rt,
+            &format!(
+                "the pending logs name {bytes} bytes, more than {pct} % of the {}-byte disk",
+                rt.size
+            ),
+            Some(Vec::new()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Ships sealed logs as cycles, cutting new ones at the disk's frequency.
@@ -488,17 +553,17 @@ async fn run_cycles(
             if let Some(e) = *expected
                 && seq != e
             {
-                return Ok(CyclesEnd::Recopy(format!(
+                return Ok(CyclesEnd::Resync(Some(format!(
                     "log {seq} follows acknowledged cycle {} (logs in between are missing)",
                     e.saturating_sub(1)
-                )));
+                ))));
             }
             let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
                 .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
             if let Some(why) = cyc.whole_disk_gap {
-                return Ok(CyclesEnd::Recopy(format!(
+                return Ok(CyclesEnd::Resync(Some(format!(
                     "log {seq} records a tracking gap ({why})"
-                )));
+                ))));
             }
             ship_cycle(agent, rt, s, &device, &cyc, stop).await?;
             let _ = std::fs::remove_file(&path);
@@ -518,6 +583,20 @@ async fn run_cycles(
         loop {
             if *stop.borrow() {
                 return Ok(CyclesEnd::Stopped);
+            }
+            if lock(&rt.prot).resync.is_some() {
+                return Ok(CyclesEnd::Resync(None));
+            }
+            let verify = lock(&rt.verify_req).take();
+            if let Some(v) = verify {
+                let r = super::resync::verify(agent, rt, s, stop, *expected).await;
+                let (reply, res) = match r {
+                    Ok(rep) => (Ok(rep), Ok(())),
+                    Err(e) => (Err(e.to_string()), Err(e)),
+                };
+                let _ = v.reply.send(reply);
+                res?;
+                break;
             }
             let idle_for_point = lock(&rt.point_req).is_none();
             if let Some(at) = next_app
@@ -661,7 +740,7 @@ async fn ship_cycle(
     match s.answer(rt).await? {
         Msg::CycleAck { seq } if seq == cyc.seq => {
             let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
-            let exact = cut.is_some_and(|c| c.1);
+            let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
             let consistent = agent.opts.offer_every_cycle
                 || (exact
                     && tokio::task::block_in_place(|| {

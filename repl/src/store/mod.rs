@@ -35,8 +35,10 @@ use crate::points::{PointsFile, Retention};
 use crate::undo::{self, UndoIndex};
 
 mod points;
+mod resync;
 mod staging;
 
+pub use resync::{MAX_PENDING_BYTES, ResyncProgress, ResyncSession};
 pub use staging::Staging;
 use staging::read_frame_sync;
 
@@ -150,8 +152,14 @@ pub struct DiskState {
     pub copy: Option<CopyProgress>,
     /// Last applied cycle.
     pub applied: Option<AppliedCycle>,
-    /// Set when the chain broke: no cycle is accepted until a new copy starts.
+    /// Set when the chain broke: no cycle is accepted until a new copy or a resync.
     pub broken: Option<String>,
+    /// A checksum resync in progress (cycles are refused meanwhile).
+    #[serde(default)]
+    pub resync: Option<ResyncProgress>,
+    /// Set by a completed resync: the first cycle after it.
+    #[serde(default)]
+    pub base_seq: Option<u64>,
 }
 
 /// Counters of a disk since the server started.
@@ -346,6 +354,8 @@ impl Disk {
                 copy: None,
                 applied: None,
                 broken: None,
+                resync: None,
+                base_seq: None,
             };
             let mut d = Self {
                 dir,
@@ -465,7 +475,7 @@ impl Disk {
         let Some(copy) = self.state.copy.filter(|c| c.done) else {
             return Ok(None);
         };
-        let mut next = copy.from_seq;
+        let mut next = copy.from_seq.max(self.state.base_seq.unwrap_or(0));
         if let Some(a) = self.state.applied {
             next = next.max(a.seq + 1);
         }
@@ -521,12 +531,16 @@ impl Disk {
             for u in std::mem::take(&mut self.undo) {
                 let _ = fs::remove_file(&u.path);
             }
+            self.points.skipped.clear();
+            self.save_points()?;
             self.state.copy = Some(CopyProgress {
                 done: false,
                 from_seq,
                 cursor: 0,
             });
             self.state.broken = None;
+            self.state.resync = None;
+            self.state.base_seq = None;
             self.save()?;
         }
         Ok(self.state.copy.unwrap_or(CopyProgress {
@@ -631,6 +645,12 @@ impl Disk {
             return Err(StoreError::BrokenChain {
                 disk: self.name().into(),
                 why: b.clone(),
+            });
+        }
+        if let Some(r) = self.state.resync {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!("cycle {seq} while resync {} is in progress", r.id),
             });
         }
         let Some(expected) = self.expected_seq()? else {

@@ -24,7 +24,7 @@ impl Disk {
         cut_time_ns: u64,
         mut ranges: Vec<(u64, u64)>,
     ) -> Result<()> {
-        if self.undo.iter().any(|u| u.seq == seq) {
+        if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
             return Ok(());
         }
         ranges.sort_unstable();
@@ -44,7 +44,7 @@ impl Disk {
             format!("writing the undo file of cycle {seq}"),
         ))?;
         self.undo.push(idx);
-        self.undo.sort_by_key(|u| u.seq);
+        self.undo.sort_by_key(UndoIndex::order);
         Ok(())
     }
 
@@ -61,11 +61,20 @@ impl Disk {
     /// Points whose later undo files are missing cannot be rebuilt: forget them.
     pub(super) fn drop_unreconstructible_points(&mut self) {
         let applied = self.state.applied.map_or(0, |a| a.seq);
-        let have: std::collections::BTreeSet<u64> = self.undo.iter().map(|u| u.seq).collect();
+        let have: std::collections::BTreeSet<u64> = self
+            .undo
+            .iter()
+            .filter(|u| u.part.is_none())
+            .map(|u| u.seq)
+            .collect();
+        // Cycles a resync replaced never existed on the replica: nothing to undo for them
+        // (the resync's own undo parts cover what it changed).
+        let skipped = self.points.skipped.clone();
+        let present = |m: u64| have.contains(&m) || skipped.iter().any(|&(a, b)| a <= m && m <= b);
         let before = self.points.points.len();
         self.points
             .points
-            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(|m| have.contains(&m)));
+            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(present));
         if self.points.points.len() != before {
             tracing::warn!(disk = %self.state.name, "dropped {} recovery points whose undo data is gone", before - self.points.points.len());
             let _ = self.save_points();
@@ -91,7 +100,7 @@ impl Disk {
         let known = self
             .undo
             .iter()
-            .find(|u| u.seq == seq)
+            .find(|u| u.seq == seq && u.part.is_none())
             .map(|u| u.cut_time_ns);
         let mut made = None;
         if consistent

@@ -1,0 +1,1037 @@
+//! The agent's side of the checksum resync and of online verify (docs/architecture.md,
+//! *Resync*).
+//!
+//! A resync is *required* (a [`ResyncPlan`] in `protection.json`) when tracking lost
+//! something (a gap record, a crash, missing logs), the server reports a broken chain, the
+//! pending logs name more than a threshold of the disk, verify found a difference, or the
+//! operator asks. It *runs* inside the resync window (or at once with `sitrep resync --now`):
+//!
+//! 1. **Cut** the log (`C`): every change recorded in logs `≤ C` is inside the scope (their
+//!    ranges are added to it), so those logs are deleted; changes after the cut are in logs
+//!    `≥ from_seq = C + 1` and ship as cycles after the resync. Tracking never stops.
+//! 2. **Compare and repair** the scope in windows (8 MiB, several in flight): a reader thread
+//!    reads the source (O_DIRECT) and hashes it while the server reads and hashes the
+//!    replica; coarse digests (1 MiB) first, fine digests (4 KiB) only inside coarse pieces
+//!    that differ, then only the differing 4 KiB blocks cross the wire (zero blocks as zero
+//!    ranges). A `ResyncCommit` after each window with repairs makes them durable on the
+//!    server (undo data first) and records the cursor, from which a broken session resumes.
+//! 3. **Confirm**: compare the scope again; cut twice (`E`, then `F` after the tracker's
+//!    drain); every block still differing must lie in ranges recorded since the resync's cut
+//!    (logs `from_seq..=F`, which will ship) — anything else is repaired and checked again,
+//!    at most [`CONFIRM_ROUNDS`] times, then the resync fails loudly.
+//! 4. `ResyncDone`: cycles from `from_seq` follow. Cycles up to `F` are never offered as
+//!    recovery points (the replica is a state of the source only after them).
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hrl::chain::list_logs;
+use proto::{Frame, Msg};
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+use super::state::{ResyncPlan, log_dir};
+use super::worker::{GRANULE, PING_EVERY, Session, send_frame};
+use super::{Agent, DiskRt, lock};
+use crate::cycle::read_cycle;
+use crate::digest::{self, Digest, Key};
+use crate::net::ReplError;
+use crate::ranges::{self, Range};
+use crate::status::{ResyncStatus, VerifyReport};
+
+/// Bytes of one compare window.
+pub const WINDOW_BYTES: u64 = 8 << 20;
+/// Ranges in one window (and so in one digest request).
+pub const WINDOW_RANGES: usize = 1024;
+/// Windows whose digests are requested and not yet settled.
+pub const WINDOWS_IN_FLIGHT: usize = 6;
+/// Commit the cursor at least this often (compared bytes) even when nothing differed.
+pub const COMMIT_EVERY: u64 = 256 << 20;
+/// A scope is coarsened (a superset) to at most this many ranges.
+pub const MAX_SCOPE_RANGES: usize = 65536;
+/// Repair-and-recheck rounds of the confirmation before the resync fails.
+pub const CONFIRM_ROUNDS: usize = 3;
+/// Wait after the confirmation's first cut so writes in flight at it are recorded.
+const DRAIN: Duration = Duration::from_millis(250);
+
+/// When automatic resyncs may start (local time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncWindow {
+    /// At any time.
+    Always,
+    /// Daily from `start` to `end` (minutes after midnight; wraps past midnight when
+    /// `start > end`).
+    Daily {
+        /// Opens.
+        start: u16,
+        /// Closes.
+        end: u16,
+    },
+}
+
+impl Default for ResyncWindow {
+    /// Outside business hours (08:00–18:00), as the seed documents say.
+    fn default() -> Self {
+        Self::Daily {
+            start: 18 * 60,
+            end: 8 * 60,
+        }
+    }
+}
+
+impl ResyncWindow {
+    /// Parses `always` or `HH:MM-HH:MM`.
+    ///
+    /// # Errors
+    /// Anything else, with what was expected.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "always" {
+            return Ok(Self::Always);
+        }
+        let bad = || format!("resync window '{s}': expected `always` or HH:MM-HH:MM (local time)");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let hm = |t: &str| -> Option<u16> {
+            let (h, m) = t.split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let (start, end) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
+        if start == end {
+            return Err(format!("resync window '{s}' is empty (use `always`)"));
+        }
+        Ok(Self::Daily { start, end })
+    }
+
+    /// Whether minute `m` after midnight is inside the window.
+    #[must_use]
+    pub fn contains(&self, m: u16) -> bool {
+        match *self {
+            Self::Always => true,
+            Self::Daily { start, end } if start < end => start <= m && m < end,
+            Self::Daily { start, end } => m >= start || m < end,
+        }
+    }
+
+    /// Whether the window is open now (local time).
+    #[must_use]
+    pub fn open_now(&self) -> bool {
+        *self == Self::Always || self.contains(local_minute())
+    }
+}
+
+impl std::fmt::Display for ResyncWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Daily { start, end } => write!(
+                f,
+                "{:02}:{:02}-{:02}:{:02}",
+                start / 60,
+                start % 60,
+                end / 60,
+                end % 60
+            ),
+        }
+    }
+}
+
+fn local_minute() -> u16 {
+    let now: libc::time_t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| libc::time_t::try_from(d.as_secs()).unwrap_or(0));
+    // SAFETY: `tm` is a plain C struct for which all-zero bytes are a valid value, and
+    // localtime_r only writes into it (thread-safe variant, no shared static).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let ok = !unsafe { libc::localtime_r(&raw const now, &raw mut tm) }.is_null();
+    if ok {
+        u16::try_from(tm.tm_hour * 60 + tm.tm_min).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// A running resync's live progress (agent memory; `status` shows it).
+#[derive(Debug, Clone)]
+pub(crate) struct ResyncRun {
+    pub(crate) phase: &'static str,
+    pub(crate) reason: String,
+    pub(crate) scope_bytes: u64,
+    pub(crate) pass_total: u64,
+    pub(crate) pass_done: u64,
+    pub(crate) pass_started: Instant,
+    pub(crate) compared: u64,
+    pub(crate) differing: u64,
+    pub(crate) data_sent: u64,
+    pub(crate) wire_at_start: u64,
+    pub(crate) started: Option<Instant>,
+}
+
+impl ResyncRun {
+    pub(crate) fn new(reason: String) -> Self {
+        Self {
+            phase: "waiting-for-window",
+            reason,
+            scope_bytes: 0,
+            pass_total: 0,
+            pass_done: 0,
+            pass_started: Instant::now(),
+            compared: 0,
+            differing: 0,
+            data_sent: 0,
+            wire_at_start: 0,
+            started: None,
+        }
+    }
+
+    pub(crate) fn status(&self, window: ResyncWindow, wire_now: u64) -> ResyncStatus {
+        let secs = self.pass_started.elapsed().as_secs_f64();
+        let rate = if secs > 0.2 {
+            self.pass_done as f64 / secs
+        } else {
+            0.0
+        };
+        ResyncStatus {
+            phase: self.phase.into(),
+            reason: self.reason.clone(),
+            scope_bytes: self.scope_bytes,
+            bytes_done: self.pass_done,
+            compared_bytes: self.compared,
+            differing_bytes: self.differing,
+            data_bytes_sent: self.data_sent,
+            wire_bytes: if self.started.is_some() {
+                wire_now.saturating_sub(self.wire_at_start)
+            } else {
+                0
+            },
+            rate_bytes_per_sec: rate,
+            eta_seconds: (rate > 0.0 && self.pass_done < self.pass_total)
+                .then(|| (self.pass_total - self.pass_done) as f64 / rate),
+            seconds: self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            window: window.to_string(),
+        }
+    }
+}
+
+impl Agent {
+    /// Records that disk `rt` needs a checksum resync of `scope` (`None`: the whole disk)
+    /// because of `why`. Merged into a pending one; a running one starts over with the
+    /// union (its repairs so far stay, and stay undoable).
+    ///
+    /// # Errors
+    /// The protection cannot be saved.
+    pub(crate) fn require_resync(
+        &self,
+        rt: &DiskRt,
+        why: &str,
+        scope: Option<Vec<Range>>,
+    ) -> Result<(), ReplError> {
+        let mut p = lock(&rt.prot);
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| ReplError::Local(format!("random id: {e}")))?;
+        let plan = match p.resync.take() {
+            Some(old) => ResyncPlan {
+                id: if old.from_seq.is_some() {
+                    u64::from_le_bytes(id)
+                } else {
+                    old.id
+                },
+                reason: if old.reason.contains(why) {
+                    old.reason
+                } else {
+                    format!("{}; {why}", old.reason)
+                },
+                scope: match (old.scope, scope) {
+                    (Some(a), Some(b)) => Some(ranges::union(&a, &ranges::normalize(b))),
+                    _ => None,
+                },
+                from_seq: None,
+            },
+            None => ResyncPlan {
+                id: u64::from_le_bytes(id),
+                reason: why.to_string(),
+                scope: scope.map(ranges::normalize),
+                from_seq: None,
+            },
+        };
+        tracing::warn!(disk = %p.name, "resync required: {}", plan.reason);
+        let reason = plan.reason.clone();
+        p.resync = Some(plan);
+        p.resync_reason = Some(reason.clone());
+        p.save(&self.opts.state)
+            .map_err(|e| ReplError::Local(format!("disk {}: saving state: {e}", p.name)))?;
+        let name = p.name.clone();
+        drop(p);
+        rt.set(|s| s.resync = Some(ResyncRun::new(reason)));
+        if lock(&rt.job).is_none() {
+            self.new_job(rt, "resync", &name);
+            self.resync_job(rt, "waiting-for-window", 0, 0);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn resync_job(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
+        let (rate, eta) = lock(&rt.st).resync.as_ref().map_or((0.0, None), |r| {
+            let s = r.status(self.opts.resync_window, 0);
+            (s.rate_bytes_per_sec, s.eta_seconds)
+        });
+        self.update_job(rt, |j| {
+            j.step = step.into();
+            j.bytes_done = done;
+            j.bytes_total = total;
+            j.rate_bytes_per_sec = rate;
+            j.eta_seconds = eta;
+            let frac = if total > 0 {
+                done as f64 / total as f64
+            } else {
+                0.0
+            };
+            j.progress_percent = match step {
+                "waiting-for-window" => 0.0,
+                "compare-and-repair" => 5.0 + 75.0 * frac,
+                "confirm" => 80.0 + 15.0 * frac,
+                _ => 97.0,
+            };
+        });
+    }
+}
+
+/// How a resync run ended.
+pub(crate) enum ResyncEnd {
+    /// Stop requested.
+    Stopped,
+    /// Complete: cycles from this sequence follow.
+    Done(u64),
+    /// Tracking lost something during it: start again (the plan was replaced).
+    Again,
+}
+
+/// Waits for the window, then runs the disk's required resync to the end.
+pub(crate) async fn run(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<ResyncEnd, ReplError> {
+    let window = agent.opts.resync_window;
+    let reason = lock(&rt.prot)
+        .resync
+        .as_ref()
+        .map(|p| p.reason.clone())
+        .unwrap_or_default();
+    rt.set(|st| {
+        if st.resync.is_none() {
+            st.resync = Some(ResyncRun::new(reason.clone()));
+        }
+    });
+    if lock(&rt.job).is_none() {
+        let name = lock(&rt.prot).name.clone();
+        agent.new_job(rt, "resync", &name);
+    }
+    // 0. The window (or `sitrep resync --now`).
+    while !(rt.resync_now.load(std::sync::atomic::Ordering::SeqCst) || window.open_now()) {
+        agent.resync_job(rt, "waiting-for-window", 0, 0);
+        if idle(s, rt, stop, Duration::from_secs(1)).await? {
+            return Ok(ResyncEnd::Stopped);
+        }
+    }
+    rt.resync_now
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let name = lock(&rt.prot).name.clone();
+    let size = rt.size;
+    // 1. The cut and the scope.
+    let plan = start_plan(agent, rt)?;
+    let (id, from_seq) = (plan.id, plan.from_seq.unwrap_or(0));
+    let scope = plan.scope.clone().unwrap_or_else(|| vec![(0, size)]);
+    let scope_bytes = ranges::total(&scope);
+    let wire0 = s.w.wire_bytes;
+    rt.set(|st| {
+        let r = st
+            .resync
+            .get_or_insert_with(|| ResyncRun::new(plan.reason.clone()));
+        r.scope_bytes = scope_bytes;
+        r.wire_at_start = wire0;
+        r.started.get_or_insert_with(Instant::now);
+    });
+    tracing::info!(disk = %name, id, from_seq, scope_bytes, ranges = scope.len(), "checksum resync: {}", plan.reason);
+    let key = Key::random(agent.opts.digest)
+        .map_err(|e| ReplError::Local(format!("random digest key: {e}")))?;
+    s.msg(Msg::DigestKey {
+        algo: key.algo().as_u8(),
+        key: key.as_bytes().to_vec(),
+    })
+    .await?;
+    s.msg(Msg::ResyncBegin { id, from_seq }).await?;
+    let cursor = match s.answer(rt).await? {
+        Msg::ResyncReady { id: i, cursor } if i == id => cursor,
+        m => {
+            return Err(ReplError::Protocol(format!(
+                "{} answered ResyncBegin with {}",
+                s.peer,
+                m.name()
+            )));
+        }
+    };
+    if cursor > size || (cursor % GRANULE != 0 && cursor != size) {
+        return Err(ReplError::Protocol(format!(
+            "disk {name}: the server's resync cursor {cursor} is not a valid position on the {size}-byte disk"
+        )));
+    }
+    // 2. Compare and repair, from the cursor.
+    let todo = ranges::after(&scope, cursor);
+    start_pass(rt, "compare-and-repair", ranges::total(&todo));
+    if cursor > 0 {
+        tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
+    }
+    let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
+    scan(agent, rt, s, &key, windows, Pass::Repair { fixed_cursor: None }, stop).await?;
+    // 3. Confirm.
+    let mut check = scope.clone();
+    let mut last_cut;
+    let mut round = 0;
+    loop {
+        start_pass(rt, "confirm", ranges::total(&check));
+        let windows = ranges::windows(&check, 0, WINDOW_BYTES, WINDOW_RANGES);
+        let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+        agent.cut(rt)?;
+        tokio::time::sleep(DRAIN).await;
+        last_cut = agent.cut(rt)?;
+        let Some(changed) = changed_since(agent, rt, from_seq, last_cut)? else {
+            agent.require_resync(rt, "tracking lost changes during the resync", None)?;
+            return Ok(ResyncEnd::Again);
+        };
+        let unexplained = ranges::subtract(&ranges::normalize(found), &changed);
+        if unexplained.is_empty() {
+            break;
+        }
+        round += 1;
+        tracing::warn!(
+            disk = %name,
+            round,
+            bytes = ranges::total(&unexplained),
+            "resync confirmation found blocks that differ without a recorded change; repairing them"
+        );
+        if round >= CONFIRM_ROUNDS {
+            return Err(ReplError::Local(format!(
+                "disk {name}: the resync could not make {} bytes in {} ranges equal after {CONFIRM_ROUNDS} rounds (first at offset {}); the replica is not trusted",
+                ranges::total(&unexplained),
+                unexplained.len(),
+                unexplained[0].0
+            )));
+        }
+        start_pass(rt, "compare-and-repair", ranges::total(&unexplained));
+        let windows = ranges::windows(&unexplained, 0, WINDOW_BYTES, WINDOW_RANGES);
+        scan(
+            agent,
+            rt,
+            s,
+            &key,
+            windows,
+            Pass::Repair {
+                fixed_cursor: Some(size),
+            },
+            stop,
+        )
+        .await?;
+        check = unexplained;
+    }
+    // 4. Done.
+    s.msg(Msg::ResyncDone { id, from_seq }).await?;
+    match s.answer(rt).await? {
+        Msg::ResyncFinished { id: i } if i == id => {}
+        m => {
+            return Err(ReplError::Protocol(format!(
+                "{} answered ResyncDone with {}",
+                s.peer,
+                m.name()
+            )));
+        }
+    }
+    {
+        let mut p = lock(&rt.prot);
+        p.resync = None;
+        p.resync_reason = None;
+        p.points_from_seq = last_cut + 1;
+        p.save(&agent.opts.state)
+            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
+    }
+    let wire = s.w.wire_bytes;
+    let window = agent.opts.resync_window;
+    rt.set(|st| {
+        if let Some(mut r) = st.resync.take() {
+            r.phase = "done";
+            let status = r.status(window, wire);
+            tracing::info!(
+                disk = %name,
+                compared = status.compared_bytes,
+                differing = status.differing_bytes,
+                sent = status.data_bytes_sent,
+                wire = status.wire_bytes,
+                seconds = status.seconds,
+                "checksum resync complete; shipping the changes made during it"
+            );
+            st.last_resync = Some(status);
+        }
+        st.resyncs_completed += 1;
+    });
+    agent.resync_job(rt, "ship-changes-during-resync", 0, 0);
+    agent.job_finish(rt, crate::status::JobState::Succeeded, None);
+    Ok(ResyncEnd::Done(from_seq))
+}
+
+/// Makes the plan's cut and fixes its scope (once; a resumed plan keeps both).
+fn start_plan(agent: &Agent, rt: &DiskRt) -> Result<ResyncPlan, ReplError> {
+    let plan = lock(&rt.prot)
+        .resync
+        .clone()
+        .ok_or_else(|| ReplError::Local("no resync is planned".into()))?;
+    if plan.from_seq.is_some() {
+        return Ok(plan);
+    }
+    let name = lock(&rt.prot).name.clone();
+    let cut = agent.cut(rt)?;
+    let logs = log_dir(&agent.opts.state, &name);
+    let listed =
+        list_logs(&logs).map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let size = rt.size;
+    let mut scope = plan.scope.clone();
+    let mut covered = Vec::new();
+    for (seq, path) in &listed {
+        if seq.0 > cut {
+            continue;
+        }
+        covered.push(path.clone());
+        if let Some(sc) = &mut scope {
+            let c = tokio::task::block_in_place(|| read_cycle(path, size, GRANULE))
+                .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+            if c.whole_disk_gap.is_some() {
+                scope = None;
+            } else {
+                *sc = ranges::union(sc, &c.ranges);
+            }
+        }
+    }
+    let scope = match scope {
+        Some(sc) => ranges::coarsen(&ranges::align_out(&sc, GRANULE, size), MAX_SCOPE_RANGES),
+        None => vec![(0, size)],
+    };
+    let plan = ResyncPlan {
+        scope: Some(scope),
+        from_seq: Some(cut + 1),
+        ..plan
+    };
+    {
+        let mut p = lock(&rt.prot);
+        p.resync = Some(plan.clone());
+        p.save(&agent.opts.state)
+            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
+    }
+    // Their changes are inside the scope now.
+    for path in covered {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(plan)
+}
+
+/// The ranges recorded in sealed logs `from..=to`; `None` if one of them has a whole-disk
+/// gap (then nothing can be told apart).
+fn changed_since(
+    agent: &Agent,
+    rt: &DiskRt,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<Range>>, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let logs = log_dir(&agent.opts.state, &name);
+    let listed =
+        list_logs(&logs).map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let mut out = Vec::new();
+    for (seq, path) in &listed {
+        if seq.0 < from || seq.0 > to {
+            continue;
+        }
+        let c = tokio::task::block_in_place(|| read_cycle(path, rt.size, GRANULE))
+            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+        if c.whole_disk_gap.is_some() {
+            return Ok(None);
+        }
+        out = ranges::union(&out, &c.ranges);
+    }
+    Ok(Some(out))
+}
+
+fn start_pass(rt: &DiskRt, phase: &'static str, total: u64) {
+    rt.set(|st| {
+        if let Some(r) = &mut st.resync {
+            r.phase = phase;
+            r.pass_total = total;
+            r.pass_done = 0;
+            r.pass_started = Instant::now();
+        }
+    });
+}
+
+/// Pings and drains while idle for `d`; true if stopped.
+pub(crate) async fn idle(
+    s: &mut Session,
+    rt: &DiskRt,
+    stop: &mut watch::Receiver<bool>,
+    d: Duration,
+) -> Result<bool, ReplError> {
+    if *stop.borrow() {
+        return Ok(true);
+    }
+    if s.last_sent.elapsed() > PING_EVERY {
+        s.msg(Msg::Ping { nonce: 0 }).await?;
+    }
+    tokio::select! {
+        m = s.recv(rt) => {
+            let m = m?;
+            Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())))
+        }
+        () = tokio::time::sleep(d) => Ok(false),
+        _ = stop.changed() => Ok(true),
+    }
+}
+
+// ---- the compare engine -------------------------------------------------------------------
+
+/// What a scan does with differences.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pass {
+    /// Report them only.
+    Compare,
+    /// Send the differing blocks and commit them; the committed cursor is each settled
+    /// window's end, or `fixed_cursor` (repairs outside the scope order).
+    Repair {
+        /// Cursor to commit instead of window ends.
+        fixed_cursor: Option<u64>,
+    },
+}
+
+/// One 1 MiB (or shorter) piece of a window.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    offset: u64,
+    len: u64,
+    data_at: usize,
+    fine_at: usize,
+}
+
+/// A window of the source, read and hashed.
+struct SrcWindow {
+    ranges: Vec<Range>,
+    end: u64,
+    store: Vec<u8>,
+    base: usize,
+    pieces: Vec<Piece>,
+    fines: Vec<Digest>,
+    coarse: Vec<Digest>,
+}
+
+impl SrcWindow {
+    fn data(&self, piece: &Piece, at: u64, len: u64) -> &[u8] {
+        let s = self.base + piece.data_at + usize::try_from(at - piece.offset).unwrap_or(0);
+        let e = s + usize::try_from(len).unwrap_or(0);
+        &self.store[s..e]
+    }
+}
+
+/// Reads and hashes `windows` of `device` on a thread, a few windows ahead.
+fn spawn_source(
+    device: PathBuf,
+    key: Key,
+    windows: Vec<Vec<Range>>,
+) -> mpsc::Receiver<Result<SrcWindow, String>> {
+    let (tx, rx) = mpsc::channel(2);
+    std::thread::spawn(move || {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&device)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("{}: {e}", device.display())));
+                return;
+            }
+        };
+        for ranges in windows {
+            let total = usize::try_from(ranges::total(&ranges)).unwrap_or(0);
+            let mut store = vec![0u8; total + crate::devread::ALIGN];
+            let base = store
+                .as_ptr()
+                .align_offset(crate::devread::ALIGN)
+                .min(crate::devread::ALIGN);
+            let mut pieces = Vec::new();
+            let mut fines = Vec::new();
+            let mut coarse = Vec::new();
+            let mut pos = 0usize;
+            let mut failed = None;
+            for &(o, l) in &ranges {
+                let n = usize::try_from(l).unwrap_or(0);
+                let buf = &mut store[base + pos..base + pos + n];
+                if let Err(e) = file.read_exact_at(buf, o) {
+                    failed = Some(format!("{}: reading {o}+{l}: {e}", device.display()));
+                    break;
+                }
+                let mut at = 0u64;
+                while at < l {
+                    let plen = (l - at).min(digest::COARSE as u64);
+                    let ds = base + pos + usize::try_from(at).unwrap_or(0);
+                    let piece = Piece {
+                        offset: o + at,
+                        len: plen,
+                        data_at: pos + usize::try_from(at).unwrap_or(0),
+                        fine_at: fines.len(),
+                    };
+                    key.digest(
+                        &store[ds..ds + usize::try_from(plen).unwrap_or(0)],
+                        &mut fines,
+                        &mut coarse,
+                    );
+                    pieces.push(piece);
+                    at += plen;
+                }
+                pos += n;
+            }
+            let end = ranges.last().map_or(0, |r| r.0 + r.1);
+            let item = match failed {
+                Some(e) => Err(e),
+                None => Ok(SrcWindow {
+                    ranges,
+                    end,
+                    store,
+                    base,
+                    pieces,
+                    fines,
+                    coarse,
+                }),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+enum WState {
+    Coarse,
+    Fine(Vec<usize>),
+    Done,
+}
+
+struct InFlight {
+    w: SrcWindow,
+    req: u64,
+    state: WState,
+}
+
+fn fine_count(len: u64) -> usize {
+    usize::try_from(len.div_ceil(digest::FINE as u64)).unwrap_or(0)
+}
+
+/// Compares `windows` of the source with the replica; repairs differences when asked.
+/// Returns the differing ranges.
+async fn scan(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    key: &Key,
+    windows: Vec<Vec<Range>>,
+    pass: Pass,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Vec<Range>, ReplError> {
+    let device = lock(&rt.prot).device.clone();
+    let mut rx = spawn_source(device, key.clone(), windows);
+    let mut q: VecDeque<InFlight> = VecDeque::new();
+    let mut next_req = 0u64;
+    let mut src_done = false;
+    let mut commits_out = 0usize;
+    let mut dirty = false;
+    let mut since_commit = 0u64;
+    let mut cursor = None;
+    let mut found = Vec::new();
+    let mut enc = proto::Encoder::new(agent.encode_opts());
+    let mut frame = Vec::new();
+    let peer = s.peer.clone();
+    let proto_err = |what: String| ReplError::Protocol(format!("{peer}: {what}"));
+    loop {
+        while !src_done && q.len() < WINDOWS_IN_FLIGHT {
+            let w = tokio::select! {
+                w = rx.recv() => w,
+                _ = stop.changed() => return Err(ReplError::Local("stopping".into())),
+            };
+            match w {
+                None => src_done = true,
+                Some(Err(e)) => return Err(ReplError::Local(e)),
+                Some(Ok(w)) => {
+                    next_req += 1;
+                    s.msg(Msg::DigestReq {
+                        req: next_req,
+                        coarse: true,
+                        ranges: w.ranges.clone(),
+                    })
+                    .await?;
+                    q.push_back(InFlight {
+                        w,
+                        req: next_req,
+                        state: WState::Coarse,
+                    });
+                }
+            }
+        }
+        while q.front().is_some_and(|f| matches!(f.state, WState::Done)) {
+            let Some(f) = q.pop_front() else { break };
+            let n = ranges::total(&f.w.ranges);
+            since_commit += n;
+            cursor = Some(f.w.end);
+            rt.set(|st| {
+                if let Some(r) = &mut st.resync {
+                    r.pass_done += n;
+                    r.compared += n;
+                }
+            });
+            if let Pass::Repair { fixed_cursor } = pass
+                && (dirty || since_commit >= COMMIT_EVERY)
+            {
+                s.msg(Msg::ResyncCommit {
+                    cursor: fixed_cursor.unwrap_or(f.w.end),
+                })
+                .await?;
+                commits_out += 1;
+                dirty = false;
+                since_commit = 0;
+            }
+        }
+        if q.is_empty() && src_done {
+            break;
+        }
+        if q.is_empty() {
+            continue;
+        }
+        let (done, total, phase) = {
+            let st = lock(&rt.st);
+            st.resync
+                .as_ref()
+                .map_or((0, 0, "compare-and-repair"), |r| {
+                    (r.pass_done, r.pass_total, r.phase)
+                })
+        };
+        agent.resync_job(rt, phase, done, total);
+        match s.answer(rt).await? {
+            Msg::Digests { req, digests } => {
+                let Some(f) = q.iter_mut().find(|f| f.req == req) else {
+                    return Err(proto_err(format!("Digests for unknown request {req}")));
+                };
+                match std::mem::replace(&mut f.state, WState::Done) {
+                    WState::Coarse => {
+                        if digests.len() != f.w.pieces.len() {
+                            return Err(proto_err(format!(
+                                "{} coarse digests for {} pieces",
+                                digests.len(),
+                                f.w.pieces.len()
+                            )));
+                        }
+                        let differ: Vec<usize> = (0..f.w.pieces.len())
+                            .filter(|&i| digests[i] != f.w.coarse[i])
+                            .collect();
+                        if !differ.is_empty() {
+                            next_req += 1;
+                            f.req = next_req;
+                            let ranges = differ
+                                .iter()
+                                .map(|&i| (f.w.pieces[i].offset, f.w.pieces[i].len))
+                                .collect();
+                            f.state = WState::Fine(differ);
+                            s.msg(Msg::DigestReq {
+                                req: next_req,
+                                coarse: false,
+                                ranges,
+                            })
+                            .await?;
+                        }
+                    }
+                    WState::Fine(idx) => {
+                        let want: usize = idx.iter().map(|&i| fine_count(f.w.pieces[i].len)).sum();
+                        if digests.len() != want {
+                            return Err(proto_err(format!(
+                                "{} fine digests where {want} were asked",
+                                digests.len()
+                            )));
+                        }
+                        let mut k = 0;
+                        for &i in &idx {
+                            let p = f.w.pieces[i];
+                            let nf = fine_count(p.len);
+                            let mut b = 0;
+                            while b < nf {
+                                if digests[k + b] == f.w.fines[p.fine_at + b] {
+                                    b += 1;
+                                    continue;
+                                }
+                                // A run of differing blocks of one kind (zero or not).
+                                let block = |j: usize| {
+                                    let at = p.offset + (j * digest::FINE) as u64;
+                                    let len = (p.offset + p.len - at).min(digest::FINE as u64);
+                                    (at, len)
+                                };
+                                let (at0, len0) = block(b);
+                                let zero = crate::devread::is_zero(f.w.data(&p, at0, len0));
+                                let mut e = b + 1;
+                                while e < nf && digests[k + e] != f.w.fines[p.fine_at + e] {
+                                    let (at, len) = block(e);
+                                    if crate::devread::is_zero(f.w.data(&p, at, len)) != zero {
+                                        break;
+                                    }
+                                    e += 1;
+                                }
+                                let (last_at, last_len) = block(e - 1);
+                                let run = (at0, last_at + last_len - at0);
+                                found.push(run);
+                                rt.set(|st| {
+                                    if let Some(r) = &mut st.resync {
+                                        r.differing += run.1;
+                                    }
+                                });
+                                if matches!(pass, Pass::Repair { .. }) {
+                                    let fr = if zero {
+                                        Frame::Zero {
+                                            offset: run.0,
+                                            len: run.1,
+                                        }
+                                    } else {
+                                        Frame::Data {
+                                            offset: run.0,
+                                            data: f.w.data(&p, run.0, run.1).to_vec(),
+                                        }
+                                    };
+                                    frame.clear();
+                                    enc.encode(&fr, &mut frame)
+                                        .map_err(|e| ReplError::Local(e.to_string()))?;
+                                    let (data, zb) = if zero { (0, run.1) } else { (run.1, 0) };
+                                    send_frame(s, rt, &frame, data, zb).await?;
+                                    rt.set(|st| {
+                                        if let Some(r) = &mut st.resync {
+                                            r.data_sent += data;
+                                        }
+                                    });
+                                    dirty = true;
+                                }
+                                b = e;
+                            }
+                            k += nf;
+                        }
+                    }
+                    WState::Done => {
+                        return Err(proto_err(format!("a second answer to request {req}")));
+                    }
+                }
+            }
+            Msg::ResyncAck { .. } if commits_out > 0 => commits_out -= 1,
+            m => return Err(proto_err(format!("{} during a resync scan", m.name()))),
+        }
+    }
+    if let Pass::Repair { fixed_cursor } = pass {
+        if (dirty || since_commit > 0)
+            && let Some(c) = fixed_cursor.or(cursor)
+        {
+            s.msg(Msg::ResyncCommit { cursor: c }).await?;
+            commits_out += 1;
+        }
+        while commits_out > 0 {
+            match s.answer(rt).await? {
+                Msg::ResyncAck { .. } => commits_out -= 1,
+                m => return Err(proto_err(format!("{} where ResyncAck was expected", m.name()))),
+            }
+        }
+    }
+    Ok(found)
+}
+
+// ---- online verify ------------------------------------------------------------------------
+
+/// A `sitrep verify` request waiting for the disk's session.
+pub(crate) struct VerifyRequest {
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<VerifyReport, String>>,
+}
+
+/// Compares the whole replica with the source by digests only (between cycles); plans a
+/// resync of the differences no recorded change explains.
+pub(crate) async fn verify(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    stop: &mut watch::Receiver<bool>,
+    expected: Option<u64>,
+) -> Result<VerifyReport, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let started = Instant::now();
+    let key = Key::random(agent.opts.digest)
+        .map_err(|e| ReplError::Local(format!("random digest key: {e}")))?;
+    s.msg(Msg::DigestKey {
+        algo: key.algo().as_u8(),
+        key: key.as_bytes().to_vec(),
+    })
+    .await?;
+    let scope = vec![(0, rt.size)];
+    let windows = ranges::windows(&scope, 0, WINDOW_BYTES, WINDOW_RANGES);
+    let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+    agent.cut(rt)?;
+    tokio::time::sleep(DRAIN).await;
+    let last = agent.cut(rt)?;
+    let found = ranges::normalize(found);
+    let from = expected.unwrap_or(0);
+    let changed = changed_since(agent, rt, from, last)?.unwrap_or_else(|| scope.clone());
+    let mismatches = ranges::subtract(&found, &changed);
+    let in_flight = ranges::total(&ranges::intersect(&found, &changed));
+    if !mismatches.is_empty() {
+        agent.require_resync(
+            rt,
+            &format!(
+                "verify found {} bytes in {} ranges that differ",
+                ranges::total(&mismatches),
+                mismatches.len()
+            ),
+            Some(mismatches.clone()),
+        )?;
+    }
+    tracing::info!(disk = %name, mismatches = mismatches.len(), in_flight, "verify complete");
+    Ok(VerifyReport {
+        disk: name,
+        compared_bytes: rt.size,
+        mismatches,
+        in_flight_bytes: in_flight,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_and_wrap() {
+        assert_eq!(ResyncWindow::parse("always"), Ok(ResyncWindow::Always));
+        let w = ResyncWindow::parse("18:00-08:00").unwrap_or(ResyncWindow::Always);
+        assert_eq!(w, ResyncWindow::default());
+        assert!(w.contains(18 * 60));
+        assert!(w.contains(23 * 60 + 59));
+        assert!(w.contains(0));
+        assert!(w.contains(7 * 60 + 59));
+        assert!(!w.contains(8 * 60));
+        assert!(!w.contains(12 * 60));
+        assert!(!w.contains(17 * 60 + 59));
+        let d = ResyncWindow::parse("01:30-02:00").unwrap_or(ResyncWindow::Always);
+        assert!(d.contains(90) && !d.contains(120) && !d.contains(89));
+        assert_eq!(d.to_string(), "01:30-02:00");
+        for bad in ["", "8-18", "25:00-01:00", "10:60-11:00", "10:00-10:00", "always "] {
+            assert!(ResyncWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
