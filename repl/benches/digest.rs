@@ -3,6 +3,9 @@
 //! Run: `cargo bench -p sitrep-repl --bench digest`. The resync reads a disk at device speed
 //! (1–3 GiB/s for an NVMe drive), so a digest that keeps up on one core keeps the resync IO-bound.
 
+// criterion_group! expands to an undocumented `pub fn benches()`.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use repl::digest::{Algo, Digest, Key};
 use std::hint::black_box;

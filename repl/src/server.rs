@@ -264,8 +264,8 @@ fn status_report(sh: &Shared) -> StatusReport {
             cycles_judged: 0,
             cycles_consistent: 0,
             resync: None,
-                    last_resync: None,
-                    resyncs_completed: 0,
+            last_resync: None,
+            resyncs_completed: 0,
         });
     }
     StatusReport {

@@ -215,6 +215,13 @@ impl Sites {
                 "0.2".into(),
             ]
             .into_iter()
+            // Tests resync at once unless they test the window.
+            .chain(
+                (!extra.contains(&"--resync-window"))
+                    .then(|| ["--resync-window".to_string(), "always".to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .chain(extra.iter().map(|s| (*s).to_string()))
             .collect::<Vec<String>>(),
         )

@@ -621,7 +621,7 @@ impl Agent {
             resync: st
                 .resync
                 .as_ref()
-                .map(|r| r.status(self.opts.resync_window, st.wire_bytes)),
+                .map(|r| r.status(self.opts.resync_window)),
             last_resync: st.last_resync.clone(),
             resyncs_completed: st.resyncs_completed,
         }

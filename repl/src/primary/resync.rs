@@ -167,6 +167,7 @@ pub(crate) struct ResyncRun {
     pub(crate) differing: u64,
     pub(crate) data_sent: u64,
     pub(crate) wire_at_start: u64,
+    pub(crate) wire_now: u64,
     pub(crate) started: Option<Instant>,
 }
 
@@ -183,11 +184,12 @@ impl ResyncRun {
             differing: 0,
             data_sent: 0,
             wire_at_start: 0,
+            wire_now: 0,
             started: None,
         }
     }
 
-    pub(crate) fn status(&self, window: ResyncWindow, wire_now: u64) -> ResyncStatus {
+    pub(crate) fn status(&self, window: ResyncWindow) -> ResyncStatus {
         let secs = self.pass_started.elapsed().as_secs_f64();
         let rate = if secs > 0.2 {
             self.pass_done as f64 / secs
@@ -202,11 +204,7 @@ impl ResyncRun {
             compared_bytes: self.compared,
             differing_bytes: self.differing,
             data_bytes_sent: self.data_sent,
-            wire_bytes: if self.started.is_some() {
-                wire_now.saturating_sub(self.wire_at_start)
-            } else {
-                0
-            },
+            wire_bytes: self.wire_now.saturating_sub(self.wire_at_start),
             rate_bytes_per_sec: rate,
             eta_seconds: (rate > 0.0 && self.pass_done < self.pass_total)
                 .then(|| (self.pass_total - self.pass_done) as f64 / rate),
@@ -275,7 +273,7 @@ impl Agent {
 
     pub(crate) fn resync_job(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
         let (rate, eta) = lock(&rt.st).resync.as_ref().map_or((0.0, None), |r| {
-            let s = r.status(self.opts.resync_window, 0);
+            let s = r.status(self.opts.resync_window);
             (s.rate_bytes_per_sec, s.eta_seconds)
         });
         self.update_job(rt, |j| {
@@ -354,6 +352,7 @@ pub(crate) async fn run(
             .get_or_insert_with(|| ResyncRun::new(plan.reason.clone()));
         r.scope_bytes = scope_bytes;
         r.wire_at_start = wire0;
+        r.wire_now = wire0;
         r.started.get_or_insert_with(Instant::now);
     });
     tracing::info!(disk = %name, id, from_seq, scope_bytes, ranges = scope.len(), "checksum resync: {}", plan.reason);
@@ -387,7 +386,16 @@ pub(crate) async fn run(
         tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
     }
     let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
-    scan(agent, rt, s, &key, windows, Pass::Repair { fixed_cursor: None }, stop).await?;
+    scan(
+        agent,
+        rt,
+        s,
+        &key,
+        windows,
+        Pass::Repair { fixed_cursor: None },
+        stop,
+    )
+    .await?;
     // 3. Confirm.
     let mut check = scope.clone();
     let mut last_cut;
@@ -463,7 +471,8 @@ pub(crate) async fn run(
     rt.set(|st| {
         if let Some(mut r) = st.resync.take() {
             r.phase = "done";
-            let status = r.status(window, wire);
+            r.wire_now = wire;
+            let status = r.status(window);
             tracing::info!(
                 disk = %name,
                 compared = status.compared_bytes,
@@ -494,8 +503,8 @@ fn start_plan(agent: &Agent, rt: &DiskRt) -> Result<ResyncPlan, ReplError> {
     let name = lock(&rt.prot).name.clone();
     let cut = agent.cut(rt)?;
     let logs = log_dir(&agent.opts.state, &name);
-    let listed =
-        list_logs(&logs).map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let listed = list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
     let size = rt.size;
     let mut scope = plan.scope.clone();
     let mut covered = Vec::new();
@@ -546,8 +555,8 @@ fn changed_since(
 ) -> Result<Option<Vec<Range>>, ReplError> {
     let name = lock(&rt.prot).name.clone();
     let logs = log_dir(&agent.opts.state, &name);
-    let listed =
-        list_logs(&logs).map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let listed = list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
     let mut out = Vec::new();
     for (seq, path) in &listed {
         if seq.0 < from || seq.0 > to {
@@ -824,6 +833,12 @@ async fn scan(
                 })
         };
         agent.resync_job(rt, phase, done, total);
+        let wire = s.w.wire_bytes;
+        rt.set(|st| {
+            if let Some(r) = &mut st.resync {
+                r.wire_now = wire;
+            }
+        });
         match s.answer(rt).await? {
             Msg::Digests { req, digests } => {
                 let Some(f) = q.iter_mut().find(|f| f.req == req) else {
@@ -947,7 +962,12 @@ async fn scan(
         while commits_out > 0 {
             match s.answer(rt).await? {
                 Msg::ResyncAck { .. } => commits_out -= 1,
-                m => return Err(proto_err(format!("{} where ResyncAck was expected", m.name()))),
+                m => {
+                    return Err(proto_err(format!(
+                        "{} where ResyncAck was expected",
+                        m.name()
+                    )));
+                }
             }
         }
     }
@@ -1030,7 +1050,14 @@ mod tests {
         let d = ResyncWindow::parse("01:30-02:00").unwrap_or(ResyncWindow::Always);
         assert!(d.contains(90) && !d.contains(120) && !d.contains(89));
         assert_eq!(d.to_string(), "01:30-02:00");
-        for bad in ["", "8-18", "25:00-01:00", "10:60-11:00", "10:00-10:00", "always "] {
+        for bad in [
+            "",
+            "8-18",
+            "25:00-01:00",
+            "10:60-11:00",
+            "10:00-10:00",
+            "always ",
+        ] {
             assert!(ResyncWindow::parse(bad).is_err(), "{bad}");
         }
     }

@@ -473,6 +473,10 @@ fn check_log_threshold(agent: &Agent, rt: &DiskRt, expected: Option<u64>) -> Res
     if pct >= 100 {
         return Ok(());
     }
+    // What piled up while disconnected is still in the open log: seal it to count it.
+    if agent.records_since_cut(rt) > 0 {
+        agent.cut(rt)?;
+    }
     let name = lock(&rt.prot).name.clone();
     let from = lock(&rt.prot).copy.from_seq.max(expected.unwrap_or(0));
     let logs = log_dir(&agent.opts.state, &name);

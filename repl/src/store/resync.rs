@@ -174,7 +174,10 @@ impl Disk {
         let mut total = 0u64;
         for &(o, l) in ranges {
             self.check_range(o, l)?;
-            if o % digest::FINE as u64 != 0 || (l % digest::FINE as u64 != 0 && o + l != self.state.size) || l == 0 {
+            if o % digest::FINE as u64 != 0
+                || (l % digest::FINE as u64 != 0 && o + l != self.state.size)
+                || l == 0
+            {
                 return Err(bad(format!("digest range {o}+{l} is not 4 KiB aligned")));
             }
             total = total.saturating_add(l);
@@ -278,22 +281,20 @@ impl Disk {
         sess.pending_bytes = 0;
         if !pending.is_empty() {
             if !self.points.points.is_empty() {
-                let ranges = crate::ranges::normalize(
-                    pending.iter().map(|(o, r)| (*o, r.len())).collect(),
-                );
+                let ranges =
+                    crate::ranges::normalize(pending.iter().map(|(o, r)| (*o, r.len())).collect());
                 let dir = self.dir.join("undo");
                 let part = undo::next_part(&dir, r.from_seq)
                     .map_err(io_err(&name, "listing undo parts"))?;
                 let replica = &self.replica;
-                let idx = undo::write_part(
-                    &dir,
-                    r.from_seq,
-                    part,
-                    crate::now_ns(),
-                    &ranges,
-                    |o, b| replica.read_exact_at(b, o),
-                )
-                .map_err(io_err(&name, format!("writing undo part {part} of the resync")))?;
+                let idx =
+                    undo::write_part(&dir, r.from_seq, part, crate::now_ns(), &ranges, |o, b| {
+                        replica.read_exact_at(b, o)
+                    })
+                    .map_err(io_err(
+                        &name,
+                        format!("writing undo part {part} of the resync"),
+                    ))?;
                 self.undo.push(idx);
                 self.undo.sort_by_key(undo::UndoIndex::order);
             }
