@@ -4,7 +4,12 @@
 //! Every test ends with the replica byte-identical to the source, and checks the counters
 //! its scenario is about: only differing blocks sent, zero blocks as zero ranges, a resumed
 //! resync continuing at the server's cursor, recovery points intact throughout.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 

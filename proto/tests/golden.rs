@@ -147,7 +147,7 @@ fn digest_request_frame() {
         0x80, 0x80, 0x80, 0x01, // 2 MiB
         0x80, 0x20, // 4096
     ];
-    let expected = by_hand(1, 0, payload.len() as u32, &payload);
+    let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
     let frame = Frame::Control(Msg::DigestReq {
         req: 7,
         coarse: true,

@@ -285,11 +285,12 @@ fn tracker_write_in_flight_across_a_rotation_bio_based_dm_delay() {
     let dev = LoopDevice::new(16 * MIB, LoopOptions::default()).unwrap();
     let sectors = 16 * MIB / SECTOR;
     let d = dev.path().display();
-    // Reads undelayed, writes delayed 1.5 s.
-    let dm = DmDevice::create(&format!("0 {sectors} delay {d} 0 0 {d} 0 1500")).unwrap();
+    // Reads undelayed, writes delayed 4 s (a software-emulated guest on a busy 2-core host
+    // needed more than 1.5 s between the write showing in flight and the rotation).
+    let dm = DmDevice::create(&format!("0 {sectors} delay {d} 0 0 {d} 0 4000")).unwrap();
     // dm-delay holds the bio before dm's own accounting sees it in flight: ask the target.
     let in_flight = || dm_delayed_writes(dm.name());
-    write_in_flight_across_a_rotation(dm.path(), Duration::from_millis(1500), true, &in_flight);
+    write_in_flight_across_a_rotation(dm.path(), Duration::from_millis(4000), true, &in_flight);
 }
 
 #[test]
@@ -297,7 +298,7 @@ fn tracker_write_in_flight_across_a_rotation_blk_mq_null_blk() {
     if !require!(Need::InVm, Need::Root, Need::Bpf) {
         return;
     }
-    // Every request completes 1.5 s after it was issued (timer completion).
+    // Every request completes 4 s after it was issued (timer completion).
     try_run(
         "modprobe",
         &[
@@ -306,7 +307,7 @@ fn tracker_write_in_flight_across_a_rotation_blk_mq_null_blk() {
             "gb=1",
             "memory_backed=1",
             "irqmode=2",
-            "completion_nsec=1500000000",
+            "completion_nsec=4000000000",
         ],
     )
     .expect("null_blk in the 6.12 guest");
@@ -314,7 +315,7 @@ fn tracker_write_in_flight_across_a_rotation_blk_mq_null_blk() {
     wait_for_path(dev, Duration::from_secs(10)).unwrap();
     let result = std::panic::catch_unwind(|| {
         let in_flight = || writes_in_flight("nullb0");
-        write_in_flight_across_a_rotation(dev, Duration::from_millis(1500), false, &in_flight);
+        write_in_flight_across_a_rotation(dev, Duration::from_millis(4000), false, &in_flight);
     });
     if let Err(e) = try_run("rmmod", &["null_blk"]) {
         eprintln!("warning: rmmod null_blk: {e:#}");
