@@ -163,8 +163,11 @@ def summarize(out: str) -> None:
             if c["tool"] == "sitrep"
             else "—"
         )
+        label = c["tool"]
+        if isinstance(c.get("rsync_args"), str) and c["rsync_args"].strip():
+            label = f"rsync `{c['rsync_args'].strip()}`"
         lines.append(
-            f"| {c['tool']} | {c['percent']:g} % | {human(c['size_bytes'])} | {c['rep']} "
+            f"| {label} | {c['percent']:g} % | {human(c['size_bytes'])} | {c['rep']} "
             f"| {num(c.get('seconds'), '.1f')} "
             f"| {num(ratio, '.2f') + '×' if ratio is not None else '—'} | {restart} "
             f"| {human(c.get('wire_bytes'))} | {human(c.get('tool_bytes'))} "
@@ -198,8 +201,8 @@ def summarize(out: str) -> None:
             "",
             "I/O floor (both images of a pair read cold at once by `cat`, no tool; both sites "
             "share this machine's disk): "
-            + ", ".join(f"{c['io_floor_seconds']:.1f} s ({c['percent']:g} % rep {c['rep']})"
-                        for c in floors)
+            + ", ".join(f"{c['io_floor_seconds']:.1f} s (before {c['tool']} {c['percent']:g} % "
+                        f"rep {c['rep']})" for c in floors)
             + ".",
         ]
     lines += [
@@ -218,6 +221,13 @@ def summarize(out: str) -> None:
                 f"- sitrep {c['percent']:g} % rep {c['rep']}: time target "
                 f"{'met' if t else 'NOT met' if t is not None else 'unknown (no rsync run)'}, "
                 f"wire target {'met' if w else 'NOT met' if w is not None else 'unknown'}"
+                + (
+                    f"; CPU from restart to done: agent {c['agent_cpu_seconds']:.1f} s, "
+                    f"server {c['server_cpu_seconds']:.1f} s"
+                    if isinstance(c.get("agent_cpu_seconds"), (int, float))
+                    and isinstance(c.get("server_cpu_seconds"), (int, float))
+                    else ""
+                )
             )
     lines += [
         "",

@@ -29,6 +29,9 @@ Options:
   --out DIR           results: DIR/results.json, DIR/report.md, DIR/logs/
                       (default target/bench-out/resync)
   --tmp DIR           where the big image files go (default /var/tmp; not /dev/shm)
+  --rsync-block-size B  also run a tuned rsync, \`rsync --block-size=B\` (tool
+                      "rsync-bB"), after the plain one (whose blocks are rsync's own choice,
+                      about sqrt(size): 64 KiB for 4 GiB); ratios stay against plain rsync
   --no-drop-caches    do not drop the page cache before each timed run
   --no-contract-check run the sitrep half even if target/release/sitrep lacks part of the
                       resync CLI (resync --now --json, agent --resync-window), to see where
@@ -50,9 +53,10 @@ out="$SITREP_ROOT/target/bench-out/resync"
 tmp_parent=/var/tmp
 drop=1
 contract_check=1
+rsync_bs=""
 while (($#)); do
     case "$1" in
-    --size-gib | --percents | --reps | --only | --out | --tmp)
+    --size-gib | --percents | --reps | --only | --out | --tmp | --rsync-block-size)
         (($# >= 2)) || die "$1 needs a value"
         ;;&
     --size-gib)
@@ -87,6 +91,11 @@ while (($#)); do
     --tmp)
         [[ -d ${2:-} ]] || die "--tmp needs an existing directory"
         tmp_parent=$(realpath "$2")
+        shift 2
+        ;;
+    --rsync-block-size)
+        [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--rsync-block-size needs a number of bytes"
+        rsync_bs=$2
         shift 2
         ;;
     --no-drop-caches)
@@ -207,6 +216,10 @@ wait_ctl() {
     die "sitrep daemon not answering on $sock after 30 s (log: $logf)"
 }
 
+# cpu_ticks PID — user + system clock ticks of process PID so far (all its threads).
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+clk_tck=$(getconf CLK_TCK)
+
 # veth_bytes — "RX TX" byte counters of site A's end of the link.
 veth_bytes() { python3 "$here/report.py" veth "$ns_a" veth0; }
 
@@ -321,9 +334,16 @@ cmp -s <(head -c 1M "$base") <(head -c 2M "$base" | tail -c 1M) &&
     die "fio did not write distinct random blocks into $base"
 
 # ---- rsync --------------------------------------------------------------------------------------
+# run_rsync_case PERCENT REP SEED [BLOCK_SIZE]
 run_rsync_case() {
-    local pct=$1 rep=$2 seed=$3
-    local name="rsync-p${pct}-r${rep}" d="$work/rsync" logs="$out/logs/rsync-p${pct}-r${rep}"
+    local pct=$1 rep=$2 seed=$3 bs=${4:-}
+    local tool=rsync extra=()
+    if [[ -n $bs ]]; then
+        tool="rsync-b$bs"
+        extra=(--block-size="$bs")
+    fi
+    local name="$tool-p${pct}-r${rep}" d="$work/rsync"
+    local logs="$out/logs/$name"
     mkdir -p "$d/dst" "$logs"
     log "[$name] copying the image pair ($((size_mib)) MiB each)"
     cp --reflink=auto "$base" "$d/dst/dst.img"
@@ -361,12 +381,12 @@ EOF
     drop_caches
     local rx0 tx0 rx1 tx1 t0 t1
     read -r rx0 tx0 < <(veth_bytes)
-    log "[$name] rsync --inplace --no-whole-file ($pct % of the 4 KiB blocks differ)"
+    log "[$name] rsync --inplace --no-whole-file ${extra[*]} ($pct % of the 4 KiB blocks differ)"
     t0=$(now)
     # --ignore-times: the quick check (size + mtime) must never skip the file; it is not
     # --checksum (no whole-file pre-pass).
     ip netns exec "$ns_a" rsync --inplace --no-whole-file --ignore-times --stats \
-        --no-human-readable "$d/src.img" "rsync://$addr_b/bench/dst.img" >"$logs/rsync.txt" 2>&1 ||
+        --no-human-readable "${extra[@]}" "$d/src.img" "rsync://$addr_b/bench/dst.img" >"$logs/rsync.txt" 2>&1 ||
         { cat "$logs/rsync.txt" >&2; die "rsync failed"; }
     t1=$(now)
     read -r rx1 tx1 < <(veth_bytes)
@@ -377,14 +397,14 @@ EOF
     local sent recv
     sent=$(jget "$logs/rsync-stats.json" bytes_sent)
     recv=$(jget "$logs/rsync-stats.json" bytes_received)
-    python3 "$here/report.py" case "$out/cases/$name.json" tool=rsync percent="$pct" \
+    python3 "$here/report.py" case "$out/cases/$name.json" tool="$tool" percent="$pct" \
         rep="$rep" size_bytes="$size" seconds="$(elapsed "$t0" "$t1")" \
         wire_bytes=$((rx1 - rx0 + tx1 - tx0)) veth_rx=$((rx1 - rx0)) veth_tx=$((tx1 - tx0)) \
         tool_bytes=$((sent + recv)) tool_report="@$logs/rsync-stats.json" \
         differing_bytes="$(jget "$logs/mutate.json" differing_bytes)" \
         fine_blocks="$(jget "$logs/mutate.json" fine_blocks)" \
         mutation="@$logs/mutate.json" verified="$verified" \
-        io_floor_seconds="$(elapsed "$f0" "$f1")"
+        io_floor_seconds="$(elapsed "$f0" "$f1")" rsync_args="${extra[*]}"
     rm -rf "$d"
     [[ $verified == true ]] || die "[$name] destination differs from source after rsync"
     log "[$name] $(elapsed "$t0" "$t1") s, $((rx1 - rx0 + tx1 - tx0)) bytes on the link"
@@ -434,8 +454,9 @@ run_sitrep_case() {
     blockdev --flushbufs "$dev"
     drop_caches
 
-    local rx0 tx0 rx1 tx1
+    local rx0 tx0 rx1 tx1 scpu0 scpu1 acpu1
     read -r rx0 tx0 < <(veth_bytes)
+    scpu0=$(cpu_ticks "$spid")
     t0=$(now)
     start_daemon "$ns_a" "$logs/agent.log" "$sitrep" "${agent_args[@]}"
     apid=$daemon_pid
@@ -446,6 +467,8 @@ run_sitrep_case() {
         { cat "$logs/resync.out" "$logs/resync.err" >&2; die "sitrep resync failed"; }
     t2=$(now)
     read -r rx1 tx1 < <(veth_bytes)
+    acpu1=$(cpu_ticks "$apid")
+    scpu1=$(cpu_ticks "$spid")
     python3 "$here/report.py" last-json "$logs/resync.out" >"$logs/resync.json" ||
         die "sitrep resync printed no JSON object (see $logs/resync.out)"
     local f notes="" absent=()
@@ -470,6 +493,8 @@ run_sitrep_case() {
         rep="$rep" size_bytes="$size" seconds="$(elapsed "$t1" "$t2")" \
         seconds_from_restart="$(elapsed "$t0" "$t2")" \
         seconds_until_applied="$(elapsed "$t0" "$t3")" initial_copy_seconds="$initial_secs" \
+        agent_cpu_seconds="$(awk -v t="$acpu1" -v h="$clk_tck" 'BEGIN { printf "%.2f", t / h }')" \
+        server_cpu_seconds="$(awk -v t="$((scpu1 - scpu0))" -v h="$clk_tck" 'BEGIN { printf "%.2f", t / h }')" \
         wire_bytes=$((rx1 - rx0 + tx1 - tx0)) veth_rx=$((rx1 - rx0)) veth_tx=$((tx1 - tx0)) \
         tool_bytes="${tool_wire:-null}" tool_report="@$logs/resync.json" \
         differing_bytes="$(jget "$logs/mutate.json" differing_bytes)" \
@@ -489,7 +514,10 @@ for ((rep = 1; rep <= reps; rep++)); do
     for pct in $percents; do
         # The same blocks for both tools (and every rep) of one percent.
         seed=$(awk -v p="$pct" 'BEGIN { printf "%d", p * 1000 + 7 }')
-        if ((run_rsync)); then run_rsync_case "$pct" "$rep" "$seed"; fi
+        if ((run_rsync)); then
+            run_rsync_case "$pct" "$rep" "$seed"
+            [[ -z $rsync_bs ]] || run_rsync_case "$pct" "$rep" "$seed" "$rsync_bs"
+        fi
         if ((run_sitrep)); then run_sitrep_case "$pct" "$rep" "$seed"; fi
     done
 done

@@ -127,9 +127,21 @@ impl FromStr for Algo {
 /// Key material, one variant per [`Algo`].
 #[derive(Clone)]
 enum Secret {
-    /// Boxed: 192 bytes would make every `Key` move expensive.
-    Xxh3(Box<[u8; XXH3_SECRET_LEN]>),
+    /// The secret, and a fresh hasher already holding it: cloning that per block measured
+    /// ~20 % faster than `Xxh3::with_secret` (and than copying the block to append the tag
+    /// for the one-shot function). Boxed: together they are ~700 bytes.
+    Xxh3 {
+        secret: Box<[u8; XXH3_SECRET_LEN]>,
+        hasher: Box<Xxh3>,
+    },
     Blake3([u8; BLAKE3_KEY_LEN]),
+}
+
+impl Secret {
+    fn xxh3(secret: Box<[u8; XXH3_SECRET_LEN]>) -> Secret {
+        let hasher = Box::new(Xxh3::with_secret(*secret));
+        Secret::Xxh3 { secret, hasher }
+    }
 }
 
 /// A resync session's digest key: the algorithm and its secret. Both sites must use the
@@ -159,7 +171,7 @@ impl Key {
             Algo::Xxh3 => {
                 let mut s = Box::new([0u8; XXH3_SECRET_LEN]);
                 getrandom::fill(&mut s[..])?;
-                Secret::Xxh3(s)
+                Secret::xxh3(s)
             }
             Algo::Blake3 => {
                 let mut k = [0u8; BLAKE3_KEY_LEN];
@@ -183,7 +195,7 @@ impl Key {
             )
         };
         let secret = match algo {
-            Algo::Xxh3 => Secret::Xxh3(Box::new(bytes.try_into().map_err(|_| wrong_len())?)),
+            Algo::Xxh3 => Secret::xxh3(Box::new(bytes.try_into().map_err(|_| wrong_len())?)),
             Algo::Blake3 => Secret::Blake3(bytes.try_into().map_err(|_| wrong_len())?),
         };
         Ok(Key { secret })
@@ -193,7 +205,7 @@ impl Key {
     #[must_use]
     pub fn algo(&self) -> Algo {
         match self.secret {
-            Secret::Xxh3(_) => Algo::Xxh3,
+            Secret::Xxh3 { .. } => Algo::Xxh3,
             Secret::Blake3(_) => Algo::Blake3,
         }
     }
@@ -202,7 +214,7 @@ impl Key {
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.secret {
-            Secret::Xxh3(s) => &s[..],
+            Secret::Xxh3 { secret, .. } => &secret[..],
             Secret::Blake3(k) => k,
         }
     }
@@ -240,8 +252,8 @@ impl Key {
     /// `H(body ‖ tag)`, streaming so that `body` is not copied.
     fn tagged(&self, body: &[u8], tag: u8) -> Digest {
         match &self.secret {
-            Secret::Xxh3(secret) => {
-                let mut h = Xxh3::with_secret(**secret);
+            Secret::Xxh3 { hasher, .. } => {
+                let mut h = Xxh3::clone(hasher);
                 h.update(body);
                 h.update(&[tag]);
                 // The canonical xxHash representation of a 128-bit hash is big-endian.
