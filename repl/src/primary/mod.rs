@@ -7,8 +7,10 @@
 
 pub mod freeze;
 pub mod resync;
+mod scan;
 pub mod ship;
 pub mod state;
+mod window;
 pub mod worker;
 
 use std::collections::BTreeMap;
