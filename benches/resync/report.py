@@ -6,6 +6,7 @@
   report.py last-json FILE                the last JSON object in FILE -> stdout (exit 1 if none)
   report.py case FILE key=value...        write one case as JSON (values parsed as JSON when
                                           they are, `key=@path` embeds the JSON file at path)
+  report.py meta FILE key=value...        write the run's description (same value syntax)
   report.py summarize OUT                 OUT/cases/*.json -> OUT/results.json, OUT/report.md,
                                           and print the table
 
@@ -94,11 +95,22 @@ def parse_value(v: str):
         return v
 
 
-def write_case(path: str, pairs: list) -> None:
-    case = {}
+def parse_pairs(pairs: list) -> dict:
+    res = {}
     for p in pairs:
         k, _, v = p.partition("=")
-        case[k] = parse_value(v)
+        res[k] = parse_value(v)
+    return res
+
+
+def write_meta(path: str, pairs: list) -> None:
+    with open(path, "w") as f:
+        json.dump(parse_pairs(pairs), f, indent=2)
+        f.write("\n")
+
+
+def write_case(path: str, pairs: list) -> None:
+    case = parse_pairs(pairs)
     size = case["size_bytes"]
     digest = size // MIB * 16 + case.get("fine_blocks", 0) * 16
     case["digest_bytes_estimate"] = digest
@@ -135,22 +147,30 @@ def summarize(out: str) -> None:
     for c in cases:
         b = base.get((c["percent"], c["rep"]))
         c["time_vs_rsync"] = c["seconds"] / b if b and c.get("seconds") else None
+        own = (c.get("tool_report") or {}).get("seconds") if c["tool"] == "sitrep" else None
+        c["own_seconds"] = own if isinstance(own, (int, float)) else None
+        c["own_time_vs_rsync"] = own / b if b and c["own_seconds"] else None
         if c["tool"] == "sitrep":
             c["time_target_met"] = (
                 c["time_vs_rsync"] <= TIME_TARGET if c["time_vs_rsync"] is not None else None
             )
             wpn = c.get("wire_per_needed")
             c["wire_target_met"] = wpn <= WIRE_TARGET if wpn is not None else None
+    meta = {}
+    if os.path.exists(os.path.join(out, "meta.json")):
+        with open(os.path.join(out, "meta.json")) as f:
+            meta = json.load(f)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"time_target": TIME_TARGET, "wire_target": WIRE_TARGET, "cases": cases},
-                  f, indent=2)
+        json.dump({"run": meta, "time_target": TIME_TARGET, "wire_target": WIRE_TARGET,
+                   "cases": cases}, f, indent=2)
         f.write("\n")
 
     def num(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "—"
 
     lines = [
-        "| tool | differing | size | rep | seconds | × rsync time | restart → done / applied (s) "
+        "| tool | differing | size | rep | seconds | × rsync time "
+        "| sitrep: own / restart → done / → applied (s) "
         "| wire bytes (veth) | tool-reported bytes | differing bytes | digest estimate "
         "| wire ÷ (differing + digests) | dst == src |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -158,6 +178,7 @@ def summarize(out: str) -> None:
     for c in cases:
         ratio = c.get("time_vs_rsync")
         restart = (
+            f"{num(c.get('own_seconds'), '.1f')} / "
             f"{num(c.get('seconds_from_restart'), '.1f')} / "
             f"{num(c.get('seconds_until_applied'), '.1f')}"
             if c["tool"] == "sitrep"
@@ -209,17 +230,21 @@ def summarize(out: str) -> None:
         "",
         "seconds: wall time of `rsync` / of `sitrep resync NAME --now --json` (the agent, "
         "started with `--resync-window always`, begins the resync itself on restart; "
-        "\"restart → done / applied\" also counts the agent's start and, for applied, the "
-        "`sitrep wait` after it). Tool-reported bytes: rsync's total bytes sent + received; "
+        "\"own\" is the resync's `seconds` in that JSON, \"restart → done\" also counts the "
+        "agent's start, \"→ applied\" the `sitrep wait` after it too). Tool-reported bytes: rsync's total bytes sent + received; "
         "sitrep's `wire_bytes` (frames the agent wrote, A → B). Wire bytes (veth): rx + tx of "
         "site A's veth, both directions, headers included.",
     ]
     for c in cases:
         if c["tool"] == "sitrep":
             t, w = c.get("time_target_met"), c.get("wire_target_met")
+            r, o = c.get("time_vs_rsync"), c.get("own_time_vs_rsync")
             lines.append(
                 f"- sitrep {c['percent']:g} % rep {c['rep']}: time target "
-                f"{'met' if t else 'NOT met' if t is not None else 'unknown (no rsync run)'}, "
+                f"{'met' if t else 'NOT met' if t is not None else 'unknown (no rsync run)'}"
+                + (f" ({r:.2f}× by the command's wall time, {o:.2f}× by its own seconds)"
+                   if r is not None and o is not None else "")
+                + ", "
                 f"wire target {'met' if w else 'NOT met' if w is not None else 'unknown'}"
                 + (
                     f"; CPU from restart to done: agent {c['agent_cpu_seconds']:.1f} s, "
@@ -235,6 +260,11 @@ def summarize(out: str) -> None:
         f"{WIRE_TARGET} × (differing bytes + digests), digests estimated as size/1 MiB × 16 B "
         "+ 256 × 16 B per 1 MiB region holding a change.",
     ]
+    if meta:
+        lines += [
+            "",
+            "Run: " + ", ".join(f"{k} {v}" for k, v in meta.items() if v not in ("", None)) + ".",
+        ]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(table)
@@ -254,6 +284,8 @@ def main() -> int:
         return last_json(args[0])
     elif cmd == "case" and args:
         write_case(args[0], args[1:])
+    elif cmd == "meta" and args:
+        write_meta(args[0], args[1:])
     elif cmd == "summarize" and len(args) == 1:
         summarize(args[0])
     else:

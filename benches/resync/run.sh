@@ -307,8 +307,15 @@ avail=$(df -B1 --output=avail "$tmp_parent" | tail -n 1 | tr -d ' ')
 ((avail >= need_bytes)) ||
     die "$tmp_parent has $((avail >> 30)) GiB free; this run needs about $((need_bytes >> 30)) GiB"
 work=$(mktemp -d "$tmp_parent/sitrep-resync.XXXXXX")
-rm -rf "$out/cases" "$out/logs" "$out/results.json" "$out/report.md"
+rm -rf "$out/cases" "$out/logs" "$out/results.json" "$out/report.md" "$out/meta.json"
 mkdir -p "$out/cases" "$out/logs"
+
+tree=$(git -C "$SITREP_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+modified=$(git -C "$SITREP_ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+python3 "$here/report.py" meta "$out/meta.json" date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    tree="$tree" modified_files="$modified" kernel="$(uname -r)" cores="$(nproc)" \
+    rsync="$(rsync --version | head -n 1 | awk '{ print $3 }')" size_bytes="$size" \
+    percents="$percents" reps="$reps" drop_caches="$drop" tmp="$tmp_parent"
 
 # ---- the two sites --------------------------------------------------------------------------
 log "network namespaces $ns_a ($addr_a) and $ns_b ($addr_b), veth pair"
