@@ -92,6 +92,16 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Recovery points of a replicated disk (server): list them, or export one as an image.
     Points(cli::repl::PointsArgs),
+    /// Fail over to a recovery point (server): a test copy, or the disk itself.
+    ///
+    /// With --test: an isolated, writable copy of the point attached as a loop device while
+    /// replication goes on (one per disk; --test --cleanup removes it). Without: an
+    /// unplanned failover — replication of the disk stops, the point becomes the active
+    /// disk as a loop device; another point can be chosen until `sitrep commit`. Prints the
+    /// device, the image and the point used (id, kind, source-side cut time).
+    Failover(cli::failover::FailoverArgs),
+    /// Finalize an unplanned failover (server): deletes the disk's recovery points.
+    Commit(cli::failover::CommitArgs),
     /// Make a recovery point now (agent): `point create NAME --app-consistent`.
     #[command(subcommand)]
     Point(cli::repl::PointCommand),
@@ -121,6 +131,8 @@ fn main() -> ExitCode {
         Command::Wait(a) => cli::repl::wait(&a),
         Command::Resync(a) => cli::resync::resync(&a),
         Command::Verify(a) => cli::resync::verify(&a),
+        Command::Failover(a) => cli::failover::failover(&a),
+        Command::Commit(a) => cli::failover::commit(&a),
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),

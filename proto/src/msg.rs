@@ -276,6 +276,9 @@ pub enum ErrorCode {
     NoSpace,
     /// Anything else on the sender's side. Retried with back-off.
     Internal,
+    /// (v2) The disk failed over to the secondary site: its replica is the active disk now
+    /// and takes no more cycles. Not retried (reverse replication is the next step).
+    FailedOver,
 }
 
 impl ErrorCode {

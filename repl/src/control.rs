@@ -88,6 +88,24 @@ pub enum Request {
         /// Disk name.
         name: String,
     },
+    /// `sitrep failover NAME` (server): activate a recovery point as a block device — a test
+    /// copy while replication goes on (`test`), or the disk itself (unplanned: replication
+    /// of the disk stops); `cleanup` removes the test copy.
+    Failover {
+        /// Disk name.
+        name: String,
+        /// `latest`, `latest-processed`, `latest-app-consistent` or an id.
+        point: String,
+        /// A test failover.
+        test: bool,
+        /// Remove the test failover.
+        cleanup: bool,
+    },
+    /// `sitrep commit NAME` (server): finalize an unplanned failover (deletes the points).
+    Commit {
+        /// Disk name.
+        name: String,
+    },
     /// `sitrep wait` (agent): returns once every change completed before the request is
     /// applied on the replica, or after `timeout_secs`.
     Wait {

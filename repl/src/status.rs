@@ -38,6 +38,8 @@ pub enum ReplState {
     Replicating,
     /// A checksum resync is running (progress in `resync`).
     Resynchronizing,
+    /// Failed over on this site (server view): the replica is the active disk.
+    FailedOver,
 }
 
 /// Health, as Hyper-V Replica shows it.

@@ -826,6 +826,9 @@ impl Agent {
             Request::Points { .. } | Request::Export { .. } => Response::err(
                 "recovery points live on the server: use the server's socket (--socket)",
             ),
+            Request::Failover { .. } | Request::Commit { .. } => Response::err(
+                "failover and commit run on the secondary: use the server's socket (--socket)",
+            ),
             Request::Resync { name, now } => match self.request_resync(&name, now) {
                 Ok(s) => Response::ok(s),
                 Err(e) => Response::err(format!("{e:#}")),

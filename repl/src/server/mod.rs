@@ -20,6 +20,8 @@ use crate::net::{self, ReplError, ServerStream, recv_control, send, send_error};
 use crate::status::{self, DiskStatus, Health, ReplState, StatusReport};
 use crate::store::{self, Admit, AttachRequest, Disk, StoreError};
 
+pub mod failover;
+
 /// A session that sends nothing for this long is dropped (agents ping when idle).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -137,6 +139,26 @@ pub async fn run(
                     });
                     continue;
                 }
+                Request::Failover {
+                    name,
+                    point,
+                    test,
+                    cleanup,
+                } => {
+                    let sh = sh.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = failover::run(&sh, &name, &point, test, cleanup);
+                        let _ = reply.send(match r {
+                            Ok(v) => Response::ok(v),
+                            Err(e) => Response::err(format!("{e:#}")),
+                        });
+                    });
+                    continue;
+                }
+                Request::Commit { name } => match failover::commit(&sh, &name) {
+                    Ok(v) => Response::ok(v),
+                    Err(e) => Response::err(format!("{e:#}")),
+                },
                 other => Response::err(format!(
                     "{other:?} is an agent request; this is the server's socket"
                 )),
@@ -216,7 +238,9 @@ fn status_report(sh: &Shared) -> StatusReport {
         let st = d.state();
         let c = d.counters();
         let copy_done = st.copy.is_some_and(|c| c.done);
-        let state = if st.broken.is_some() {
+        let state = if st.failed_over.is_some() {
+            ReplState::FailedOver
+        } else if st.broken.is_some() {
             ReplState::Critical
         } else if st.resync.is_some() {
             ReplState::Resynchronizing
@@ -298,6 +322,36 @@ fn points_report(sh: &Shared, name: &str) -> Response {
 /// goes on between chunks, and each chunk is consistent with the undo data of that moment.
 const EXPORT_CHUNK: usize = 4 << 20;
 
+/// The point `sel` names: `latest`, `latest-processed` (the same here: the server applies
+/// every cycle as soon as it is staged, so nothing received waits unapplied),
+/// `latest-app-consistent`, or an id.
+pub(crate) fn select_point(
+    d: &Disk,
+    name: &str,
+    sel: &str,
+) -> anyhow::Result<crate::points::Point> {
+    let pts = d.points();
+    match sel {
+        "latest" | "latest-processed" => pts.last(),
+        "latest-app-consistent" => pts
+            .iter()
+            .rev()
+            .find(|p| p.kind == crate::points::PointKind::AppConsistent),
+        id => {
+            let id: u64 = id.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "point '{id}': expected a point id, latest, latest-processed or latest-app-consistent"
+                )
+            })?;
+            pts.iter().find(|p| p.id == id)
+        }
+    }
+    .cloned()
+    .ok_or_else(|| {
+        anyhow::anyhow!("disk {name} has no recovery point '{sel}' (see `sitrep points {name}`)")
+    })
+}
+
 fn export(
     sh: &Shared,
     name: &str,
@@ -315,28 +369,7 @@ fn export(
         let d = g
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
-        let pts = d.points();
-        let p = match point {
-            "latest" => pts.last(),
-            "latest-app-consistent" => pts
-                .iter()
-                .rev()
-                .find(|p| p.kind == crate::points::PointKind::AppConsistent),
-            id => {
-                let id: u64 = id.parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "point '{id}': expected a point id, latest or latest-app-consistent"
-                    )
-                })?;
-                pts.iter().find(|p| p.id == id)
-            }
-        }
-        .cloned()
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "disk {name} has no recovery point '{point}' (see `sitrep points {name}`)"
-            )
-        })?;
+        let p = select_point(d, name, point)?;
         (p.id, d.state().size, p)
     };
     if out.exists() && !force {
@@ -380,6 +413,7 @@ fn code_of(e: &StoreError) -> ErrorCode {
         StoreError::Mismatch { .. } => ErrorCode::DiskMismatch,
         StoreError::BrokenChain { .. } => ErrorCode::BrokenChain,
         StoreError::BadRequest { .. } => ErrorCode::BadRequest,
+        StoreError::FailedOver { .. } => ErrorCode::FailedOver,
         StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
             ErrorCode::NoSpace
         }

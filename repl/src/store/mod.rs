@@ -92,6 +92,14 @@ pub enum StoreError {
         /// What was wrong.
         why: String,
     },
+    /// The disk failed over on this site: it takes no more replication.
+    #[error("disk {disk}: failed over on this site ({why}); it takes no more cycles")]
+    FailedOver {
+        /// The disk.
+        disk: String,
+        /// When and to which point.
+        why: String,
+    },
     /// A staged cycle or the state file is corrupt.
     #[error("disk {disk}: {path}: {why}")]
     Corrupt {
@@ -160,6 +168,9 @@ pub struct DiskState {
     /// Set by a completed resync: the first cycle after it.
     #[serde(default)]
     pub base_seq: Option<u64>,
+    /// Set by an unplanned failover: the disk is active here and takes no more cycles.
+    #[serde(default)]
+    pub failed_over: Option<String>,
 }
 
 /// Counters of a disk since the server started.
@@ -356,6 +367,7 @@ impl Disk {
                 broken: None,
                 resync: None,
                 base_seq: None,
+                failed_over: None,
             };
             let mut d = Self {
                 dir,
@@ -383,6 +395,12 @@ impl Disk {
     /// [`StoreError::Unauthorized`] or [`StoreError::Mismatch`].
     pub fn check_attach(&self, req: &AttachRequest<'_>) -> Result<()> {
         let name = req.name;
+        if let Some(why) = &self.state.failed_over {
+            return Err(StoreError::FailedOver {
+                disk: name.into(),
+                why: why.clone(),
+            });
+        }
         if self.state.owner != req.client {
             return Err(StoreError::Unauthorized {
                 disk: name.into(),
@@ -421,6 +439,35 @@ impl Disk {
     #[must_use]
     pub fn counters(&self) -> DiskCounters {
         self.counters
+    }
+
+    /// Marks the disk failed over (`why`: when, to which point): sessions are refused from
+    /// now on.
+    ///
+    /// # Errors
+    /// The state cannot be saved.
+    pub fn set_failed_over(&mut self, why: String) -> Result<()> {
+        self.state.failed_over = Some(why);
+        self.save()
+    }
+
+    /// Deletes every recovery point and its undo data (a committed failover).
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn drop_points(&mut self) -> Result<()> {
+        self.points.points.clear();
+        self.save_points()?;
+        for u in std::mem::take(&mut self.undo) {
+            let _ = fs::remove_file(&u.path);
+        }
+        Ok(())
+    }
+
+    /// The disk's directory in the store.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The replica image's path.

@@ -1,0 +1,228 @@
+//! Failover on the secondary (docs/architecture.md, *Failover*): a recovery point made into
+//! a block device.
+//!
+//! - **Test failover** (`sitrep failover NAME --test`): the point is exported to
+//!   `STORE/disks/NAME/test-failover.img` and attached as a loop device; replication goes on
+//!   untouched. One per disk; `--cleanup` detaches and deletes it. State:
+//!   `test-failover.json`.
+//! - **Unplanned failover** (`sitrep failover NAME`): the disk is marked failed over in
+//!   `state.json` first — from then on its agent's sessions are refused (`FailedOver`) and a
+//!   running session ends at its next frame — then the point is exported to `active.img`
+//!   and attached. Until `sitrep commit NAME` another point can be chosen (the previous
+//!   image is detached and replaced); commit deletes the recovery points. State:
+//!   `failover.json`.
+//!
+//! Both files are JSON, version 1, written atomically.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Shared, export, lock, select_point};
+use crate::points::Point;
+use crate::store::write_atomic;
+
+/// A failover's record (`test-failover.json` / `failover.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRecord {
+    /// Format version (1).
+    pub version: u32,
+    /// `test` or `unplanned`.
+    pub kind: String,
+    /// The disk.
+    pub disk: String,
+    /// The recovery point activated.
+    pub point: Point,
+    /// The image holding it.
+    pub image: PathBuf,
+    /// The loop device it is attached to.
+    pub device: String,
+    /// When it was made (ns since the epoch).
+    pub created_unix_ns: u64,
+    /// An unplanned failover was committed (points deleted).
+    pub committed: bool,
+}
+
+fn record_path(dir: &Path, test: bool) -> PathBuf {
+    dir.join(if test {
+        "test-failover.json"
+    } else {
+        "failover.json"
+    })
+}
+
+fn load(path: &Path) -> anyhow::Result<Option<FailoverRecord>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn save(path: &Path, r: &FailoverRecord) -> anyhow::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(r)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn losetup(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("losetup")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running losetup: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "losetup {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Detaches `r`'s loop device (if it still shows `r.image`) and deletes the image.
+fn remove(r: &FailoverRecord) {
+    let attached = losetup(&["-j", &r.image.display().to_string()]).unwrap_or_default();
+    if attached.starts_with(&format!("{}:", r.device))
+        && let Err(e) = losetup(&["-d", &r.device])
+    {
+        tracing::warn!(disk = %r.disk, "detaching {}: {e:#}", r.device);
+    }
+    let _ = std::fs::remove_file(&r.image);
+}
+
+fn disk_dir(sh: &Shared, name: &str) -> anyhow::Result<PathBuf> {
+    let slot = lock(&sh.slots)
+        .get(name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+    let g = lock(&slot.disk);
+    let d = g
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+    Ok(d.dir().to_path_buf())
+}
+
+/// `sitrep failover NAME [--test [--cleanup]] [--point P]`.
+///
+/// # Errors
+/// No such disk or point, a test failover already active (or none to clean up), a
+/// committed failover, or the export or the loop device failed.
+pub(super) fn run(
+    sh: &Shared,
+    name: &str,
+    sel: &str,
+    test: bool,
+    cleanup: bool,
+) -> anyhow::Result<FailoverRecord> {
+    let dir = disk_dir(sh, name)?;
+    let path = record_path(&dir, test);
+    let existing = load(&path)?;
+    if cleanup {
+        if !test {
+            anyhow::bail!("--cleanup removes a test failover: add --test");
+        }
+        let r = existing
+            .ok_or_else(|| anyhow::anyhow!("disk {name} has no test failover to clean up"))?;
+        remove(&r);
+        std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tracing::info!(disk = name, device = %r.device, "test failover cleaned up");
+        return Ok(r);
+    }
+    if test && let Some(r) = &existing {
+        anyhow::bail!(
+            "disk {name} already has a test failover ({} from point {}); clean it up first: sitrep failover {name} --test --cleanup",
+            r.device,
+            r.point.id
+        );
+    }
+    if !test && existing.as_ref().is_some_and(|r| r.committed) {
+        anyhow::bail!(
+            "disk {name}: the failover was committed; its recovery points are gone and {} is the disk",
+            existing.map(|r| r.device).unwrap_or_default()
+        );
+    }
+    let point = {
+        let slot = lock(&sh.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+        let mut g = lock(&slot.disk);
+        let d = g
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+        let p = select_point(d, name, sel)?;
+        if !test {
+            // Replication of this disk stops before anything else: its agent is refused
+            // from now on, and a running session ends at its next frame.
+            d.set_failed_over(format!(
+                "unplanned failover to point {} (source cut at {} ns since the epoch)",
+                p.id, p.cut_time_ns
+            ))?;
+            slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        p
+    };
+    if let Some(old) = existing {
+        // Another point chosen before the commit: the previous activation goes.
+        remove(&old);
+    }
+    let image = dir.join(if test {
+        "test-failover.img"
+    } else {
+        "active.img"
+    });
+    export(sh, name, &point.id.to_string(), &image, true)?;
+    let device = losetup(&["--find", "--show", &image.display().to_string()])
+        .map_err(|e| anyhow::anyhow!("disk {name}: attaching {}: {e:#}", image.display()))?;
+    let r = FailoverRecord {
+        version: 1,
+        kind: if test { "test" } else { "unplanned" }.into(),
+        disk: name.into(),
+        point,
+        image,
+        device,
+        created_unix_ns: crate::now_ns(),
+        committed: false,
+    };
+    save(&path, &r)?;
+    tracing::info!(disk = name, kind = %r.kind, point = r.point.id, device = %r.device, "failover");
+    Ok(r)
+}
+
+/// `sitrep commit NAME`: the unplanned failover stays; the recovery points go.
+///
+/// # Errors
+/// No uncommitted unplanned failover, or a file error.
+pub(super) fn commit(sh: &Shared, name: &str) -> anyhow::Result<FailoverRecord> {
+    let dir = disk_dir(sh, name)?;
+    let path = record_path(&dir, false);
+    let mut r = load(&path)?.ok_or_else(|| {
+        anyhow::anyhow!("disk {name} has no failover to commit (sitrep failover {name} first)")
+    })?;
+    if r.committed {
+        anyhow::bail!("disk {name}: the failover is already committed");
+    }
+    {
+        let slot = lock(&sh.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+        let mut g = lock(&slot.disk);
+        let d = g
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+        d.drop_points()?;
+    }
+    r.committed = true;
+    save(&path, &r)?;
+    tracing::info!(
+        disk = name,
+        point = r.point.id,
+        "failover committed; recovery points deleted"
+    );
+    Ok(r)
+}
