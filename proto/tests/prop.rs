@@ -20,6 +20,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::BadRequest),
         Just(ErrorCode::NoSpace),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::FailedOver),
     ]
 }
 
