@@ -13,7 +13,7 @@
 //!    reads the source (O_DIRECT) and hashes it while the server reads and hashes the
 //!    replica; coarse digests (1 MiB) first, fine digests (4 KiB) only inside coarse pieces
 //!    that differ, then only the differing 4 KiB blocks cross the wire (zero blocks as zero
-//!    ranges). A `ResyncCommit` after each window with repairs makes them durable on the
+//!    ranges). A `ResyncCommit` every 16 MiB of repairs or 64 MiB compared makes them durable on the
 //!    server (undo data first) and records the cursor, from which a broken session resumes.
 //! 3. **Confirm**: compare the scope again; cut twice (`E`, then `F` after the tracker's
 //!    drain); every block still differing must lie in ranges recorded since the resync's cut
@@ -45,8 +45,12 @@ pub const WINDOW_BYTES: u64 = 8 << 20;
 pub const WINDOW_RANGES: usize = 1024;
 /// Windows whose digests are requested and not yet settled.
 pub const WINDOWS_IN_FLIGHT: usize = 6;
-/// Commit the cursor at least this often (compared bytes) even when nothing differed.
-pub const COMMIT_EVERY: u64 = 256 << 20;
+/// Commit the repairs and the cursor after this many compared bytes...
+pub const COMMIT_EVERY: u64 = 64 << 20;
+/// ... or as soon as this much repair data (data and zero ranges) waits for its commit. Each
+/// commit costs the server an fdatasync (and an undo part): committing every window made a
+/// 4 GiB resync with 1 % scattered changes wait on ~500 of them on a slow disk.
+pub const COMMIT_DATA: u64 = 16 << 20;
 /// A scope is coarsened (a superset) to at most this many ranges.
 pub const MAX_SCOPE_RANGES: usize = 65536;
 /// Repair-and-recheck rounds of the confirmation before the resync fails.

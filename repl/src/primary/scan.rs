@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use proto::{Frame, Msg};
 use tokio::sync::{mpsc, watch};
 
-use super::resync::{COMMIT_EVERY, WINDOWS_IN_FLIGHT};
+use super::resync::{COMMIT_DATA, COMMIT_EVERY, WINDOWS_IN_FLIGHT};
 use super::worker::{Session, send_frame};
 use super::{Agent, DiskRt, lock};
 use crate::digest::{self, Digest, Key};
@@ -171,7 +171,8 @@ pub(crate) async fn scan(
     let mut next_req = 0u64;
     let mut src_done = false;
     let mut commits_out = 0usize;
-    let mut dirty = false;
+    // Repair data sent since the last commit (held in the server's memory until then).
+    let mut dirty = 0u64;
     let mut since_commit = 0u64;
     let mut cursor = None;
     let mut found = Vec::new();
@@ -216,14 +217,14 @@ pub(crate) async fn scan(
                 }
             });
             if let Pass::Repair { fixed_cursor } = pass
-                && (dirty || since_commit >= COMMIT_EVERY)
+                && (dirty >= COMMIT_DATA || since_commit >= COMMIT_EVERY)
             {
                 s.msg(Msg::ResyncCommit {
                     cursor: fixed_cursor.unwrap_or(f.w.end),
                 })
                 .await?;
                 commits_out += 1;
-                dirty = false;
+                dirty = 0;
                 since_commit = 0;
             }
         }
@@ -345,7 +346,7 @@ pub(crate) async fn scan(
                                             r.data_sent += data;
                                         }
                                     });
-                                    dirty = true;
+                                    dirty += run.1;
                                 }
                                 b = e;
                             }
@@ -362,7 +363,7 @@ pub(crate) async fn scan(
         }
     }
     if let Pass::Repair { fixed_cursor } = pass {
-        if (dirty || since_commit > 0)
+        if (dirty > 0 || since_commit > 0)
             && let Some(c) = fixed_cursor.or(cursor)
         {
             s.msg(Msg::ResyncCommit { cursor: c }).await?;

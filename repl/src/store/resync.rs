@@ -248,7 +248,10 @@ impl Disk {
             proto::Frame::Control(m) => return Err(bad(format!("{} as repair data", m.name()))),
         };
         self.check_range(offset, r.len())?;
-        sess.pending_bytes += r.len();
+        // Memory held: the data (a zero range costs 16 bytes however long it is).
+        if let Repair::Data(d) = &r {
+            sess.pending_bytes += d.len() as u64;
+        }
         if sess.pending_bytes > MAX_PENDING_BYTES {
             return Err(bad(format!(
                 "more than {MAX_PENDING_BYTES} bytes of repairs without a ResyncCommit"
