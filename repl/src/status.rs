@@ -150,16 +150,18 @@ pub struct ResyncStatus {
     pub scope_bytes: u64,
     /// Bytes of the scope compared so far (this pass).
     pub bytes_done: u64,
-    /// Bytes compared over all passes (including the confirmation pass).
+    /// Bytes compared over all passes: the repair pass and the confirmation each compare
+    /// the scope, so a resync without interruptions compares 2 × `scope_bytes`.
     pub compared_bytes: u64,
     /// Bytes found different (and repaired) so far.
     pub differing_bytes: u64,
     /// Repair data bytes sent (zero blocks travel as zero ranges and are not counted).
     pub data_bytes_sent: u64,
-    /// Bytes this disk's connection wrote during the resync (frames, digests requests,
-    /// repairs).
+    /// Bytes the agent wrote to the server during the resync, over all its sessions
+    /// (repairs, digest requests, control messages; the server's digests coming back are
+    /// not counted).
     pub wire_bytes: u64,
-    /// Compare rate of this pass.
+    /// Compare rate of the current pass (repair or confirmation), not of the whole resync.
     pub rate_bytes_per_sec: f64,
     /// Estimated seconds until this pass ends.
     pub eta_seconds: Option<f64>,

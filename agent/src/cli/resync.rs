@@ -126,7 +126,7 @@ pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
     let mut last_print = Instant::now();
     let mut told_window = false;
     loop {
-        std::thread::sleep(Duration::from_millis(if tty { 250 } else { 1000 }));
+        std::thread::sleep(Duration::from_millis(250));
         let d = disk(&a.socket, &a.name)?;
         if d.resyncs_completed > before.resyncs_completed
             && let Some(r) = &d.last_resync

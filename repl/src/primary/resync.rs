@@ -72,6 +72,8 @@ pub(crate) struct ResyncRun {
     pub(crate) data_sent: u64,
     pub(crate) wire_at_start: u64,
     pub(crate) wire_now: u64,
+    /// Bytes written by earlier sessions of this resync.
+    pub(crate) wire_before: u64,
     pub(crate) started: Option<Instant>,
 }
 
@@ -89,6 +91,7 @@ impl ResyncRun {
             data_sent: 0,
             wire_at_start: 0,
             wire_now: 0,
+            wire_before: 0,
             started: None,
         }
     }
@@ -108,7 +111,7 @@ impl ResyncRun {
             compared_bytes: self.compared,
             differing_bytes: self.differing,
             data_bytes_sent: self.data_sent,
-            wire_bytes: self.wire_now.saturating_sub(self.wire_at_start),
+            wire_bytes: self.wire_before + self.wire_now.saturating_sub(self.wire_at_start),
             rate_bytes_per_sec: rate,
             eta_seconds: (rate > 0.0 && self.pass_done < self.pass_total)
                 .then(|| (self.pass_total - self.pass_done) as f64 / rate),
@@ -255,6 +258,8 @@ pub(crate) async fn run(
             .resync
             .get_or_insert_with(|| ResyncRun::new(plan.reason.clone()));
         r.scope_bytes = scope_bytes;
+        // A new session: its counter starts again.
+        r.wire_before += r.wire_now.saturating_sub(r.wire_at_start);
         r.wire_at_start = wire0;
         r.wire_now = wire0;
         r.started.get_or_insert_with(Instant::now);
