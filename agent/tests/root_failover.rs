@@ -185,3 +185,161 @@ fn an_unplanned_failover_activates_the_chosen_point_until_commit() {
         .args(["-d", &dev2])
         .status();
 }
+
+fn run_ok(prog: &str, args: &[&str]) {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Thaws (a planned failover leaves it frozen) and unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .args(["-u", &p(&self.0)])
+            .status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// Planned failover of a mounted, busy ext4: the filesystem is frozen, everything shipped and
+/// compared, and the activated disk on the secondary is the source byte for byte (while the
+/// source stays frozen) and passes `e2fsck -fn`. The agent stops replicating the disk.
+#[test]
+fn a_planned_failover_of_a_busy_ext4_loses_nothing() {
+    if !sitrep_tests::require!(
+        sitrep_tests::Need::Root,
+        sitrep_tests::Need::LoopDevices,
+        sitrep_tests::Need::Bpf,
+        sitrep_tests::Need::Netns,
+        sitrep_tests::Need::Command("fio"),
+        sitrep_tests::Need::Command("mkfs.ext4"),
+        sitrep_tests::Need::Command("e2fsck"),
+        sitrep_tests::Need::Command("fsfreeze"),
+    ) {
+        return;
+    }
+    let sites = Sites::new();
+    let d = loop_dev(64);
+    run_ok("mkfs.ext4", &["-q", &p(d.path())]);
+    let mnt = sites.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok("mount", &[&p(d.path()), &p(&mnt)]);
+    let _mounted = Mounted(mnt.clone());
+    // Started after the mount: `ip netns exec` gives the agent a copy of the mounts then.
+    let mut agent = sitrep_tests_agent(&sites);
+    let s = sites.sock("a");
+    let srv = sites.path("server.sock");
+    ctl(
+        &s,
+        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "pf"],
+    );
+    wait_caught_up(&s, "pf");
+    let writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while true; do dd if=/dev/urandom of={}/f$((i % 20)) bs=64k count=4 status=none; i=$((i+1)); done",
+            p(&mnt)
+        ))
+        .spawn()
+        .unwrap();
+    let _writer = Kill(writer);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = ctl(&s, &["failover", "pf", "--planned"]);
+    assert_eq!(r["kind"], "planned", "{r}");
+    assert_eq!(r["frozen"], true, "{r}");
+    let dev = r["device"].as_str().unwrap().to_string();
+    let _detach = Detach(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{r}");
+    // Zero data loss: the activated disk is the (still frozen) source, byte for byte.
+    assert_same(d.path(), Path::new(&dev));
+    let st = disk_status(&s, "pf");
+    assert_eq!(st["state"], "failed-over-to-peer", "{st}");
+    let srv_st = ctl(&srv, &["status"]);
+    assert_eq!(srv_st["disks"][0]["state"], "failed-over", "{srv_st}");
+    // The point activated is the source's last cycle, listed on the secondary.
+    let pts = points(&sites, "pf");
+    let last = pts.last().unwrap();
+    assert_eq!(last["id"], r["point"], "{pts:?}");
+    assert_eq!(last["kind"], "app-consistent", "{pts:?}");
+    // Both sides show it as a finished job.
+    for sock in [&s, &srv] {
+        let jobs = ctl(sock, &["jobs"]);
+        assert!(
+            jobs["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["kind"] == "planned-failover" && j["state"] == "succeeded"),
+            "{jobs}"
+        );
+    }
+    // A second planned failover is refused, and a restarted agent does not replicate it.
+    let again = try_ctl(&s, &["failover", "pf", "--planned"]).unwrap_err();
+    assert!(again.contains("already failed over"), "{again}");
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    let st = disk_status(&s, "pf");
+    assert_eq!(st["state"], "failed-over-to-peer", "{st}");
+    assert_ne!(st["health"], "critical", "{st}");
+    // The activated replica is a clean filesystem.
+    run_ok("e2fsck", &["-fn", &dev]);
+}
+
+/// Without a filesystem to freeze, a planned failover while something writes the disk is
+/// aborted — nothing is activated and replication goes on.
+#[test]
+fn a_planned_failover_of_a_disk_being_written_is_refused() {
+    if !sitrep_tests::require!(needs: &NEEDS) {
+        return;
+    }
+    let sites = Sites::new();
+    let _agent = sitrep_tests_agent(&sites);
+    let d = loop_dev(32);
+    let s = sites.sock("a");
+    let srv = sites.path("server.sock");
+    ctl(
+        &s,
+        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "pw"],
+    );
+    wait_caught_up(&s, "pw");
+    let dev = d.path().to_path_buf();
+    let w = std::thread::spawn(move || randwrite(&dev, 20));
+    std::thread::sleep(Duration::from_secs(2));
+    let err = try_ctl(&s, &["failover", "pw", "--planned"]).unwrap_err();
+    assert!(err.contains("planned failover aborted"), "{err}");
+    w.join().unwrap();
+    let st = ctl(&srv, &["status"]);
+    assert_ne!(st["disks"][0]["state"], "failed-over", "{st}");
+    wait_caught_up(&s, "pw");
+    assert_same(d.path(), &sites.replica("pw"));
+    assert_eq!(disk_status(&s, "pw")["state"], "protected");
+}

@@ -13,7 +13,8 @@
 //!
 //! # Versions (the changelog)
 //! - **1** (sitrep 0.1): frames kinds 1–3, messages `Hello` … `Verdict`.
-//! - **2**: checksum resync and online verify: `DigestKey` … `ResyncFinished` (17–25).
+//! - **2**: checksum resync and online verify: `DigestKey` … `ResyncFinished` (17–25);
+//!   planned failover: `PlannedFailover`, `FailoverDone` (26, 27).
 
 pub mod codec;
 mod error;
@@ -29,7 +30,8 @@ pub use frame::{
 };
 pub use io::{FrameReader, FrameWriter, read_frame, write_frame};
 pub use msg::{
-    CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_KEY_LEN, Msg,
+    CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_KEY_LEN,
+    MAX_PATH_LEN, Msg,
 };
 
 /// The protocol version this build prefers.

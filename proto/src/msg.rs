@@ -214,7 +214,32 @@ pub enum Msg {
         /// The resync's id.
         id: u64,
     },
+    // ---- version 2: planned failover ---------------------------------------------------
+    /// Client (v2): planned failover. The source is quiesced, cycle `seq` is its last (sent,
+    /// judged, and compared equal to the replica by digests): activate the recovery point
+    /// `seq` as the disk on the secondary. The server answers `FailoverDone`, or `Error`
+    /// when the replica is not exactly at `seq` or `seq` is not a recovery point; from then
+    /// on the disk takes no more cycles (`ErrorCode::FailedOver`).
+    PlannedFailover {
+        /// The last cycle of the source.
+        seq: u64,
+    },
+    /// Server (v2): the answer to `PlannedFailover`: the point activated and where.
+    FailoverDone {
+        /// The recovery point's id (the cycle `seq`).
+        point: u64,
+        /// Its source-side cut time (Unix ns).
+        cut_time_ns: u64,
+        /// The block device it is attached to on the secondary (at most
+        /// [`MAX_PATH_LEN`] bytes).
+        device: String,
+        /// The image file behind it (at most [`MAX_PATH_LEN`] bytes).
+        image: String,
+    },
 }
+
+/// Longest device or image path in a `FailoverDone`.
+pub const MAX_PATH_LEN: usize = 4096;
 
 /// Longest digest key in a `DigestKey`.
 pub const MAX_KEY_LEN: usize = 256;
@@ -255,6 +280,8 @@ impl Msg {
             Self::ResyncAck { .. } => "ResyncAck",
             Self::ResyncDone { .. } => "ResyncDone",
             Self::ResyncFinished { .. } => "ResyncFinished",
+            Self::PlannedFailover { .. } => "PlannedFailover",
+            Self::FailoverDone { .. } => "FailoverDone",
         }
     }
 }

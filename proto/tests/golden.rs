@@ -162,3 +162,34 @@ fn digest_request_frame() {
     let (back, _) = decode(&expected).unwrap().unwrap();
     assert_eq!(back, frame);
 }
+
+/// Version 2's planned failover: `PlannedFailover` is variant 26 with `seq` as a varint;
+/// `FailoverDone` is variant 27: two varints, then each string as a varint length and its
+/// UTF-8 bytes.
+#[test]
+fn planned_failover_frames() {
+    let cases: [(Msg, Vec<u8>); 2] = [
+        (
+            Msg::PlannedFailover { seq: 300 },
+            vec![26, 0xac, 0x02], // 300
+        ),
+        (
+            Msg::FailoverDone {
+                point: 7,
+                cut_time_ns: 128,
+                device: "/dev/loop1".into(),
+                image: "a".into(),
+            },
+            [&[27u8, 7, 0x80, 0x01, 10][..], b"/dev/loop1", &[1], b"a"].concat(),
+        ),
+    ];
+    for (msg, payload) in cases {
+        let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
+        let frame = Frame::Control(msg);
+        let mut enc = Vec::new();
+        encode(&frame, &EncodeOpts::default(), &mut enc).unwrap();
+        assert_eq!(enc, expected, "{frame:?}");
+        let (back, _) = decode(&expected).unwrap().unwrap();
+        assert_eq!(back, frame);
+    }
+}

@@ -128,6 +128,15 @@ fn msg() -> impl Strategy<Value = Msg> {
         any::<u64>().prop_map(|cursor| Msg::ResyncAck { cursor }),
         (any::<u64>(), any::<u64>()).prop_map(|(id, from_seq)| Msg::ResyncDone { id, from_seq }),
         any::<u64>().prop_map(|id| Msg::ResyncFinished { id }),
+        any::<u64>().prop_map(|seq| Msg::PlannedFailover { seq }),
+        (any::<u64>(), any::<u64>(), ".{0,40}", ".{0,40}").prop_map(
+            |(point, cut_time_ns, device, image)| Msg::FailoverDone {
+                point,
+                cut_time_ns,
+                device,
+                image
+            }
+        ),
     ]
 }
 

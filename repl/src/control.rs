@@ -83,6 +83,12 @@ pub enum Request {
         /// Start at once.
         now: bool,
     },
+    /// `sitrep failover NAME --planned` (agent): quiesce the source, ship everything, prove
+    /// the replica equal, activate it on the secondary.
+    PlannedFailover {
+        /// Disk name.
+        name: String,
+    },
     /// `sitrep verify NAME` (agent): compare the replica with the source by digests.
     Verify {
         /// Disk name.

@@ -52,6 +52,49 @@ impl ReplError {
             Self::Refused { code, .. } => matches!(code, ErrorCode::NoSpace | ErrorCode::Internal),
         }
     }
+
+    /// What the operator must do to clear this error on disk `disk`, for the errors that are
+    /// not retried (`status` shows it as `action` while the disk is critical); None for the
+    /// recoverable ones, which clear by themselves.
+    #[must_use]
+    pub fn operator_action(&self, disk: &str) -> Option<String> {
+        let action = match self {
+            Self::Net(_) | Self::Local(_) | Self::Protocol(_) => return None,
+            Self::Auth(_) => {
+                "check the certificates: this agent's (--pki) must be issued by the server's CA \
+                 and not expired (`sitrep certs issue`), its ca.pem must be the server's CA, and \
+                 the server's certificate must name the address dialed (`--san`)"
+                    .to_string()
+            }
+            Self::Refused { code, .. } => match code {
+                ErrorCode::NoSpace | ErrorCode::Internal => return None,
+                ErrorCode::Unauthorized => format!(
+                    "the disk {disk} on the server is owned by another client: protect this disk \
+                     under another --name, or remove that replica on the server"
+                ),
+                ErrorCode::DiskMismatch => format!(
+                    "the name {disk} is already used on the server for another disk (id, size or \
+                     block size differ): unprotect and protect again under another --name, or \
+                     remove the old replica on the server"
+                ),
+                ErrorCode::BrokenChain => format!(
+                    "resync the disk: `sitrep resync {disk} --now` (during an initial copy: \
+                     `sitrep unprotect {disk}` and protect it again)"
+                ),
+                ErrorCode::FailedOver => format!(
+                    "the disk failed over to the secondary site: reverse replication, or stop \
+                     protecting it here (`sitrep unprotect {disk}`)"
+                ),
+                ErrorCode::BadRequest => "a bug in sitrep: report it with the logs of both \
+                                          daemons"
+                    .to_string(),
+                ErrorCode::VersionMismatch => "upgrade the agent or the server: they share no \
+                                               protocol version"
+                    .to_string(),
+            },
+        };
+        Some(action)
+    }
 }
 
 impl From<proto::ProtoError> for ReplError {
@@ -64,15 +107,63 @@ impl From<proto::ProtoError> for ReplError {
     }
 }
 
-/// Classifies an I/O error on a TLS stream: a rustls error inside means authentication.
+/// Classifies an I/O error on a TLS stream: a certificate or authentication failure inside
+/// (ours or the peer's alert, see [`is_auth_failure`]) is [`ReplError::Auth`], not retried;
+/// anything else — other TLS errors included (a damaged record, an unexpected close) — is
+/// [`ReplError::Net`], retried.
 #[must_use]
 pub fn io_error(e: &std::io::Error) -> ReplError {
     if let Some(inner) = e.get_ref()
         && let Some(tls) = inner.downcast_ref::<rustls::Error>()
     {
-        return ReplError::Auth(tls.to_string());
+        return if is_auth_failure(tls) {
+            ReplError::Auth(tls.to_string())
+        } else {
+            ReplError::Net(format!("TLS: {tls}"))
+        };
     }
     ReplError::Net(e.to_string())
+}
+
+/// Whether a TLS error means the two sides do not accept each other's certificates (or TLS
+/// settings), which no retry can fix: our verifier rejected the peer's certificate, or the
+/// peer sent an alert that it rejected ours.
+///
+/// In TLS 1.3 the client finishes its handshake before the server has checked the client's
+/// certificate, so a refused agent learns it from the server's alert on its first read:
+/// `bad_certificate`, `certificate_expired`, `unknown_ca` and friends, `decrypt_error`
+/// (a handshake signature failed — RFC 8446 §6.2; a damaged record is `bad_record_mac`
+/// instead), `certificate_required`, or `handshake_failure` / `protocol_version` /
+/// `insufficient_security` when no common TLS settings exist. Other alerts and local record
+/// errors are transport trouble.
+#[must_use]
+pub fn is_auth_failure(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::InvalidCertRevocationList(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::PeerIncompatible(_) => true,
+        rustls::Error::AlertReceived(a) => matches!(
+            a,
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::NoCertificate
+                | A::BadCertificateStatusResponse
+                | A::DecryptError
+                | A::HandshakeFailure
+                | A::ProtocolVersion
+                | A::InsufficientSecurity
+        ),
+        _ => false,
+    }
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` too) into the host name for TLS and the address.
@@ -210,5 +301,80 @@ mod tests {
         assert_eq!(split_host_port("[::1]:1").unwrap(), ("::1".into(), 1));
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":9443").is_err());
+    }
+
+    fn tls_io(e: rustls::Error) -> std::io::Error {
+        // How tokio-rustls surfaces a TLS failure.
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn certificate_failures_are_not_retried() {
+        use rustls::{AlertDescription as A, CertificateError as C};
+        for e in [
+            rustls::Error::InvalidCertificate(C::UnknownIssuer),
+            rustls::Error::InvalidCertificate(C::Expired),
+            rustls::Error::NoCertificatesPresented,
+            rustls::Error::AlertReceived(A::BadCertificate),
+            rustls::Error::AlertReceived(A::UnknownCA),
+            rustls::Error::AlertReceived(A::CertificateExpired),
+            rustls::Error::AlertReceived(A::CertificateRequired),
+            rustls::Error::AlertReceived(A::DecryptError),
+        ] {
+            let r = io_error(&tls_io(e.clone()));
+            assert!(matches!(r, ReplError::Auth(_)), "{e:?} → {r:?}");
+            assert!(!r.recoverable(), "{e:?}");
+            assert!(r.operator_action("d").unwrap().contains("certificate"));
+            assert!(r.to_string().starts_with("authentication failed"), "{r}");
+        }
+    }
+
+    #[test]
+    fn other_tls_and_io_failures_are_retried() {
+        use rustls::AlertDescription as A;
+        for e in [
+            rustls::Error::DecryptError,
+            rustls::Error::AlertReceived(A::BadRecordMac),
+            rustls::Error::AlertReceived(A::InternalError),
+            rustls::Error::AlertReceived(A::CloseNotify),
+            rustls::Error::PeerSentOversizedRecord,
+        ] {
+            let r = io_error(&tls_io(e.clone()));
+            assert!(matches!(r, ReplError::Net(_)), "{e:?} → {r:?}");
+            assert!(r.recoverable(), "{e:?}");
+            assert_eq!(r.operator_action("d"), None);
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(io_error(&reset).recoverable());
+    }
+
+    #[test]
+    fn refusals_map_to_an_operator_action() {
+        let refused = |code| ReplError::Refused {
+            peer: "b:9443".into(),
+            code,
+            message: "no".into(),
+        };
+        for (code, recoverable, says) in [
+            (ErrorCode::NoSpace, true, None),
+            (ErrorCode::Internal, true, None),
+            (ErrorCode::Unauthorized, false, Some("another client")),
+            (ErrorCode::DiskMismatch, false, Some("another disk")),
+            (ErrorCode::BrokenChain, false, Some("sitrep resync d --now")),
+            (ErrorCode::FailedOver, false, Some("reverse replication")),
+            (ErrorCode::BadRequest, false, Some("report it")),
+            (ErrorCode::VersionMismatch, false, Some("upgrade")),
+        ] {
+            let e = refused(code);
+            assert_eq!(e.recoverable(), recoverable, "{code:?}");
+            let action = e.operator_action("d");
+            match says {
+                None => assert_eq!(action, None, "{code:?}"),
+                Some(s) => assert!(
+                    action.as_deref().is_some_and(|a| a.contains(s)),
+                    "{code:?}: {action:?}"
+                ),
+            }
+        }
     }
 }

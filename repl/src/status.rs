@@ -40,6 +40,9 @@ pub enum ReplState {
     Resynchronizing,
     /// Failed over on this site (server view): the replica is the active disk.
     FailedOver,
+    /// Failed over to the peer (agent view, after a planned failover): the disk is active on
+    /// the secondary; this site no longer replicates it.
+    FailedOverToPeer,
 }
 
 /// Health, as Hyper-V Replica shows it.
@@ -136,6 +139,17 @@ pub struct DiskStatus {
     /// Resyncs completed since the agent started.
     #[serde(default)]
     pub resyncs_completed: u64,
+    /// When the next attempt is due (agent), while waiting to retry a recoverable error
+    /// (`error`); None otherwise. The delay follows the retry schedule (`backoff.rs`).
+    #[serde(default)]
+    pub next_retry_unix_ns: Option<u64>,
+    /// Attempts retried after recoverable errors since the agent started (agent).
+    #[serde(default)]
+    pub retries: u64,
+    /// What the operator must do to clear a `critical` state, derived from the error's kind
+    /// (e.g. check the certificates, resync, reverse replication); None otherwise.
+    #[serde(default)]
+    pub action: Option<String>,
 }
 
 /// A checksum resync's progress (`status.disks[].resync`, and the result of
@@ -286,4 +300,29 @@ pub struct AppPointReport {
     /// Whether the cycle was proved consistent (then the server lists it as an
     /// app-consistent point).
     pub consistent: bool,
+}
+
+/// The result of `sitrep failover NAME --planned` (agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedReport {
+    /// The disk.
+    pub disk: String,
+    /// `planned`.
+    pub kind: String,
+    /// The recovery point activated on the secondary (the source's last cycle).
+    pub point: u64,
+    /// Its source-side cut time (ns since the epoch).
+    pub cut_time_unix_ns: u64,
+    /// The block device on the secondary.
+    pub device: String,
+    /// The image behind it on the secondary.
+    pub image: String,
+    /// How the source was quiesced.
+    pub quiesced: String,
+    /// The source's filesystem stays frozen (so the old primary cannot diverge).
+    pub frozen: bool,
+    /// Bytes compared by digests before the activation (the whole disk).
+    pub compared_bytes: u64,
+    /// Seconds the whole failover took.
+    pub seconds: f64,
 }

@@ -34,6 +34,10 @@ pub(crate) struct ServerArgs {
     /// 10 minutes for an hour, hourly for a day, daily for a week).
     #[arg(long)]
     retention_tiers: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP, unauthenticated) on ADDR:PORT,
+    /// e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 /// Arguments of `sitrep agent`.
@@ -79,6 +83,10 @@ pub(crate) struct AgentArgs {
     /// blake3 (keyed BLAKE3; slower, cryptographic).
     #[arg(long, default_value = "xxh3")]
     digest: String,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP, unauthenticated) on ADDR:PORT,
+    /// e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 fn init_logging() {
@@ -129,6 +137,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
                 .map_err(anyhow::Error::msg)?
                 .unwrap_or_default(),
         },
+        metrics: a.metrics.clone(),
     };
     runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)
@@ -160,6 +169,7 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
             .map_err(anyhow::Error::msg)?,
         resync_log_threshold_pct: a.resync_log_threshold,
         digest: a.digest.parse().map_err(anyhow::Error::msg)?,
+        metrics: a.metrics.clone(),
     };
     runtime()?.block_on(repl::primary::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)

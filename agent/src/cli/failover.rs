@@ -1,11 +1,14 @@
-//! `sitrep failover` and `sitrep commit`, on the secondary: make a recovery point a block
-//! device (docs/architecture.md, *Failover*).
+//! `sitrep failover` and `sitrep commit`: make a recovery point a block device on the
+//! secondary (test and unplanned failover, commit: the server's socket), or move the disk
+//! there with zero data loss (planned failover: the agent's socket, on the primary).
+//! docs/architecture.md, *Failover*.
 
 use std::time::Duration;
 
 use clap::Args;
 use repl::control::{Request, call};
 use repl::server::failover::FailoverRecord;
+use repl::status::PlannedReport;
 
 use super::repl::SocketArg;
 use crate::Outcome;
@@ -26,6 +29,13 @@ pub(crate) struct FailoverArgs {
     /// With --test: detach and delete the test copy.
     #[arg(long, requires = "test")]
     cleanup: bool,
+    /// A planned failover, run on the PRIMARY (the agent's socket): freeze the filesystem
+    /// mounted from the disk (or, with none mounted, require that nobody writes it), ship
+    /// everything, compare the whole replica with the source by digests, then activate the
+    /// replica on the secondary. Zero data loss, or nothing changes. The source's filesystem
+    /// stays frozen afterwards so it cannot diverge.
+    #[arg(long, conflicts_with_all = ["test", "cleanup", "point"])]
+    planned: bool,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output: the device, the image and the point used.
@@ -61,7 +71,54 @@ fn print(r: &FailoverRecord, what: &str) {
     println!("device {}   image {}", r.device, r.image.display());
 }
 
+fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if !a.json {
+        eprintln!(
+            "planned failover of disk {}: quiescing the source, shipping, comparing, then activating it on the secondary …",
+            a.name
+        );
+    }
+    let resp = call(
+        &a.socket.path(),
+        &Request::PlannedFailover {
+            name: a.name.clone(),
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    let r: PlannedReport = serde_json::from_value(resp.data)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    println!(
+        "failed over (planned): disk {} is active on the secondary at point {} (source cut at {} ns since the epoch)",
+        r.disk, r.point, r.cut_time_unix_ns
+    );
+    println!("device {} (on the secondary)   image {}", r.device, r.image);
+    println!(
+        "{} bytes compared equal by digests before the activation; {:.1} s",
+        r.compared_bytes, r.seconds
+    );
+    if r.frozen {
+        println!(
+            "the source stays quiesced ({}): stop the application here, then thaw (fsfreeze -u) and unmount",
+            r.quiesced
+        );
+    }
+    println!(
+        "replication of {} from this site has stopped; finalize on the secondary with: sitrep commit {}",
+        r.disk, r.disk
+    );
+    Ok(Outcome::Ok)
+}
+
 pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if a.planned {
+        return planned(a);
+    }
     if !a.test && !a.json {
         eprintln!(
             "unplanned failover of disk {}: replication of this disk stops now; the agent's sessions will be refused",

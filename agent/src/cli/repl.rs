@@ -209,6 +209,18 @@ fn print_disk(d: &DiskStatus) {
     if let Some(e) = &d.error {
         println!("{:<16} error: {e}", "");
     }
+    if let Some(at) = d.next_retry_unix_ns {
+        let secs = at.saturating_sub(repl::now_ns()) as f64 / 1e9;
+        println!(
+            "{:<16} next retry {} (in {secs:.0}s); {} retried so far",
+            "",
+            human::timestamp(at),
+            d.retries
+        );
+    }
+    if let Some(a) = &d.action {
+        println!("{:<16} action: {a}", "");
+    }
 }
 
 pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {

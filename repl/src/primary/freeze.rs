@@ -123,6 +123,12 @@ impl Frozen {
         })
     }
 
+    /// Leaves the filesystem frozen (or the application quiesced) for good: nothing is
+    /// released on drop. A planned failover keeps the old primary quiesced this way.
+    pub fn keep(mut self) {
+        self.kind = Kind::Hooks(None);
+    }
+
     /// How long it has been frozen.
     #[must_use]
     pub fn frozen_for(&self) -> std::time::Duration {

@@ -6,6 +6,7 @@
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
 
 pub mod freeze;
+mod planned;
 pub mod resync;
 mod scan;
 pub mod ship;
@@ -62,6 +63,8 @@ pub struct AgentOptions {
     pub resync_log_threshold_pct: u32,
     /// Digest algorithm of resync and verify.
     pub digest: crate::digest::Algo,
+    /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
+    pub metrics: Option<String>,
 }
 
 /// A running initial copy.
@@ -94,6 +97,12 @@ pub(crate) struct RtStatus {
     pub(crate) resync: Option<resync::ResyncRun>,
     pub(crate) last_resync: Option<status::ResyncStatus>,
     pub(crate) resyncs_completed: u64,
+    /// When the next attempt is due (Unix ns) while waiting to retry.
+    pub(crate) next_retry_ns: Option<u64>,
+    /// Attempts retried since the agent started.
+    pub(crate) retries: u64,
+    /// The operator's action for a critical error.
+    pub(crate) action: Option<String>,
 }
 
 /// An app-consistent point asked for.
@@ -135,6 +144,8 @@ pub(crate) struct DiskRt {
     pub(crate) resync_now: AtomicBool,
     /// A pending `sitrep verify`.
     pub(crate) verify_req: Mutex<Option<resync::VerifyRequest>>,
+    /// A pending `sitrep failover NAME --planned`.
+    pub(crate) planned_req: Mutex<Option<planned::PlannedRequest>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -332,6 +343,13 @@ impl Agent {
                 "initial-replication" if total > 0 => 5.0 + 85.0 * done as f64 / total as f64,
                 "initial-replication" => 5.0,
                 "ship-changes-during-copy" => 92.0,
+                // Planned failover.
+                "ship-pending" => 10.0,
+                "quiesce" => 20.0,
+                "ship-last-cycle" => 25.0,
+                "compare" => 30.0,
+                "check-no-writes" => 90.0,
+                "activate" => 92.0,
                 _ => 98.0,
             };
         });
@@ -349,7 +367,12 @@ impl Agent {
                 j.error = error;
                 j.finished_unix_ns = Some(finished);
                 if state == JobState::Succeeded {
-                    j.step = "finalize-protection".into();
+                    j.step = if j.kind == "enable-protection" {
+                        "finalize-protection"
+                    } else {
+                        "complete"
+                    }
+                    .into();
                     j.progress_percent = 100.0;
                 }
             }
@@ -385,7 +408,14 @@ impl Agent {
             task: Mutex::new(None),
             resync_now: AtomicBool::new(false),
             verify_req: Mutex::new(None),
+            planned_req: Mutex::new(None),
         });
+        if prot.failed_over.is_some() {
+            // Active on the secondary since a planned failover: tracked (so changes made here
+            // are known), never replicated from here.
+            lock(&self.disks).insert(prot.name.clone(), rt.clone());
+            return Ok((rt, None));
+        }
         let mut job = None;
         if new {
             job = Some(self.new_job(&rt, "enable-protection", &prot.name));
@@ -494,6 +524,7 @@ impl Agent {
             post_hook: hooks.1,
             resync: None,
             points_from_seq: 0,
+            failed_over: None,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -555,7 +586,9 @@ impl Agent {
             .as_ref()
             .map_or(p.created_unix_ns, |a| a.cut_time_ns);
         let running = st.resync.as_ref().is_some_and(|r| r.started.is_some());
-        let state = if st.critical {
+        let state = if p.failed_over.is_some() {
+            ReplState::FailedOverToPeer
+        } else if st.critical {
             ReplState::Critical
         } else if p.resync.is_some() && running {
             ReplState::Resynchronizing
@@ -626,6 +659,9 @@ impl Agent {
                 .map(|r| r.status(self.opts.resync_window)),
             last_resync: st.last_resync.clone(),
             resyncs_completed: st.resyncs_completed,
+            next_retry_unix_ns: if st.critical { None } else { st.next_retry_ns },
+            retries: st.retries,
+            action: if st.critical { st.action.clone() } else { None },
         }
     }
 
@@ -726,6 +762,56 @@ impl Agent {
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: verify did not finish in 24 h"))?
             .map_err(|_| anyhow::anyhow!("disk {name}: replication stopped before the verify ran (is the server reachable?)"))?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// `sitrep failover NAME --planned`: the disk's session quiesces, ships, compares and
+    /// activates (see `planned.rs`).
+    async fn planned_failover(&self, name: &str) -> anyhow::Result<status::PlannedReport> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        {
+            let p = lock(&rt.prot);
+            if let Some(f) = &p.failed_over {
+                anyhow::bail!(
+                    "disk {name} already failed over ({} to point {}, {} on the secondary)",
+                    f.kind,
+                    f.point,
+                    f.device
+                );
+            }
+            if !p.copy.done {
+                anyhow::bail!(
+                    "disk {name}: the initial copy has not completed; nothing to fail over to yet"
+                );
+            }
+            if let Some(r) = &p.resync {
+                anyhow::bail!(
+                    "disk {name}: a resync is required ({}); run it first (`sitrep resync {name} --now`)",
+                    r.reason
+                );
+            }
+        }
+        if lock(&rt.st).critical {
+            anyhow::bail!(
+                "disk {name} is critical: {}",
+                lock(&rt.st).error.clone().unwrap_or_default()
+            );
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut g = lock(&rt.planned_req);
+            if g.is_some() {
+                anyhow::bail!("disk {name}: a planned failover is already running");
+            }
+            *g = Some(planned::PlannedRequest { reply: tx });
+        }
+        tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("disk {name}: the planned failover did not finish in 24 h"))?
+            .map_err(|_| anyhow::anyhow!("disk {name}: replication stopped before the planned failover ran (is the server reachable?); nothing was changed"))?
             .map_err(anyhow::Error::msg)
     }
 
@@ -833,6 +919,10 @@ impl Agent {
                 Ok(s) => Response::ok(s),
                 Err(e) => Response::err(format!("{e:#}")),
             },
+            Request::PlannedFailover { name } => match self.planned_failover(&name).await {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             Request::Verify { name } => match self.verify(&name).await {
                 Ok(r) => Response::ok(r),
                 Err(e) => Response::err(format!("{e:#}")),
@@ -859,6 +949,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(opts.state.join("disks"))
         .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
+    // Bound before anything starts, so a bad --metrics fails the start cleanly.
+    let metrics = match &opts.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let tracker = tokio::task::block_in_place(|| Tracker::start(opts.tracker.clone()))
         .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
     let agent = Arc::new(Agent {
@@ -899,6 +994,10 @@ pub async fn run(
                 tracing::error!("policy: {e:#}");
             }
         }
+    }
+    if let Some(listener) = metrics {
+        let a = agent.clone();
+        crate::metrics::spawn(listener, move || a.status());
     }
     let (ctx, mut crx) = mpsc::channel::<Call>(16);
     let sock = opts.socket.clone();

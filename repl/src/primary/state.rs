@@ -59,6 +59,31 @@ pub struct Protection {
     /// a state of the source until the cycles cut after a resync's confirmation are applied).
     #[serde(default)]
     pub points_from_seq: u64,
+    /// Set by a planned failover: the disk is active on the secondary now; this site no
+    /// longer replicates it (tracking goes on).
+    #[serde(default)]
+    pub failed_over: Option<FailedOverInfo>,
+}
+
+/// Where a disk failed over to, as the primary records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedOverInfo {
+    /// `planned`.
+    pub kind: String,
+    /// When (ns since the epoch).
+    pub unix_ns: u64,
+    /// The recovery point activated on the secondary.
+    pub point: u64,
+    /// Its source-side cut time (ns since the epoch).
+    pub cut_time_unix_ns: u64,
+    /// The block device on the secondary.
+    pub device: String,
+    /// The image behind it on the secondary.
+    pub image: String,
+    /// How the source was quiesced (`planned failover: fsfreeze /mnt`); a frozen
+    /// filesystem stays frozen.
+    pub quiesced: String,
 }
 
 /// A checksum resync, as the agent persists it.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::ship::{Item, STALL, Wire, spawn_reader};
 use super::state::{CopyPlan, log_dir};
 use super::{Agent, DiskRt, lock};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Clock, SystemClock};
 use crate::config::Frequency;
 use crate::cycle::read_cycle;
 use crate::net::{self, ClientStream, ReplError};
@@ -38,6 +38,7 @@ enum Ended {
 
 /// Runs disk `rt` until it is stopped.
 pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
+    let clock = SystemClock;
     let mut backoff = Backoff::new(agent.opts.retry_unit);
     let mut stop = rt.stop.subscribe();
     loop {
@@ -66,21 +67,38 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                 let name = lock(&rt.prot).name.clone();
                 let msg = format!("disk {name}: {e}");
                 if e.recoverable() {
-                    let delay = backoff.next_delay();
-                    tracing::warn!("{msg}; retrying in {delay:?}");
+                    let retry = backoff.retry_at(clock.now_ns());
+                    tracing::warn!("{msg}; retrying in {:?}", retry.delay);
                     rt.set(|s| {
                         s.error = Some(msg.clone());
                         s.critical = false;
+                        s.action = None;
+                        s.next_retry_ns = Some(retry.due_ns);
                     });
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => return,
+                        () = clock.sleep(retry.delay) => {}
+                        _ = stop.changed() => {
+                            rt.set(|s| s.next_retry_ns = None);
+                            return;
+                        }
                     }
+                    // The attempt starts: no longer waiting (the error stays until it
+                    // attaches).
+                    rt.set(|s| {
+                        s.next_retry_ns = None;
+                        s.retries += 1;
+                    });
                 } else {
-                    tracing::error!("{msg}; not retried: operator action needed");
+                    let action = e.operator_action(&name);
+                    match &action {
+                        Some(a) => tracing::error!("{msg}; not retried: {a}"),
+                        None => tracing::error!("{msg}; not retried: operator action needed"),
+                    }
                     rt.set(|s| {
                         s.error = Some(msg.clone());
                         s.critical = true;
+                        s.next_retry_ns = None;
+                        s.action = action;
                     });
                     agent.job_fail(&rt, &msg);
                     // Non-recoverable: wait for the operator (unprotect, or restart the agent).
@@ -326,6 +344,10 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
                 s.w.shutdown().await;
                 return Ok(Ended::Stopped);
             }
+            CyclesEnd::FailedOver => {
+                s.w.shutdown().await;
+                return Ok(Ended::Stopped);
+            }
             CyclesEnd::Resync(why) => {
                 if let Some(why) = why {
                     agent.require_resync(rt, &why, None)?;
@@ -461,8 +483,11 @@ fn copy_progress(agent: &Agent, rt: &DiskRt, cursor: u64, size: u64) {
     agent.job_step(rt, "initial-replication", cursor, size);
 }
 
-enum CyclesEnd {
+pub(crate) enum CyclesEnd {
     Stopped,
+    /// A planned failover activated the replica on the secondary: replication of this disk
+    /// from here is over.
+    FailedOver,
     /// A resync is required: planned already (`None`), or for this reason, whole disk.
     Resync(Option<String>),
 }
@@ -513,16 +538,10 @@ async fn run_cycles(
     expected: &mut Option<u64>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<CyclesEnd, ReplError> {
-    let (name, device, frequency, from_seq) = {
+    let (name, device, frequency) = {
         let p = lock(&rt.prot);
-        (
-            p.name.clone(),
-            p.device.clone(),
-            p.frequency,
-            p.copy.from_seq,
-        )
+        (p.name.clone(), p.device.clone(), p.frequency)
     };
-    let logs = log_dir(&agent.opts.state, &name);
     let mut next_cut = Instant::now();
     let app_every = lock(&rt.prot)
         .app_consistent_every_secs
@@ -530,57 +549,8 @@ async fn run_cycles(
     let mut next_app = app_every.map(|d| Instant::now() + d);
     loop {
         // 1. Ship every sealed log, oldest first.
-        let listed = list_logs(&logs)
-            .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
-        let sealed = &listed[..listed.len().saturating_sub(1)];
-        let mut pending_bytes = 0u64;
-        let mut pending = Vec::new();
-        for (seq, path) in sealed {
-            let seq = seq.0;
-            if seq < from_seq || expected.is_some_and(|e| seq < e) {
-                // Covered by the copy, or acknowledged by the server.
-                let _ = std::fs::remove_file(path);
-                continue;
-            }
-            pending.push((seq, path.clone()));
-        }
-        for (seq, path) in &pending {
-            if let Some(c) = rt.cached_bytes(*seq, path, rt.size) {
-                pending_bytes += c;
-            }
-        }
-        rt.set(|st| {
-            st.pending_logs = pending.len();
-            st.backlog_bytes = pending_bytes;
-        });
-        for (seq, path) in pending {
-            if let Some(e) = *expected
-                && seq != e
-            {
-                return Ok(CyclesEnd::Resync(Some(format!(
-                    "log {seq} follows acknowledged cycle {} (logs in between are missing)",
-                    e.saturating_sub(1)
-                ))));
-            }
-            let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
-                .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
-            if let Some(why) = cyc.whole_disk_gap {
-                return Ok(CyclesEnd::Resync(Some(format!(
-                    "log {seq} records a tracking gap ({why})"
-                ))));
-            }
-            ship_cycle(agent, rt, s, &device, &cyc, stop).await?;
-            let _ = std::fs::remove_file(&path);
-            rt.forget_cached(seq);
-            *expected = Some(seq + 1);
-            rt.set(|st| {
-                st.last_shipped_seq = Some(seq);
-                st.pending_logs = st.pending_logs.saturating_sub(1);
-                st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
-            });
-            if *stop.borrow() {
-                return Ok(CyclesEnd::Stopped);
-            }
+        if let Some(end) = ship_sealed(agent, rt, s, expected, stop).await? {
+            return Ok(end);
         }
         agent.job_done_if_caught_up(rt);
         // 2. Wait for the next cut.
@@ -590,6 +560,13 @@ async fn run_cycles(
             }
             if lock(&rt.prot).resync.is_some() {
                 return Ok(CyclesEnd::Resync(None));
+            }
+            let planned = lock(&rt.planned_req).take();
+            if let Some(req) = planned {
+                if super::planned::run(agent, rt, s, expected, stop, req).await? {
+                    return Ok(CyclesEnd::FailedOver);
+                }
+                break;
             }
             let verify = lock(&rt.verify_req).take();
             if let Some(v) = verify {
@@ -684,6 +661,76 @@ async fn run_cycles(
             }
         }
     }
+}
+
+/// Ships every sealed log of the disk, oldest first (logs covered by the copy or already
+/// acknowledged are deleted). `Some` when the caller must end the cycles: stopped, or a
+/// resync is needed (a missing log, a tracking gap).
+pub(crate) async fn ship_sealed(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<CyclesEnd>, ReplError> {
+    let (name, device, from_seq) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.device.clone(), p.copy.from_seq)
+    };
+    let logs = log_dir(&agent.opts.state, &name);
+    let listed = list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let sealed = &listed[..listed.len().saturating_sub(1)];
+    let mut pending_bytes = 0u64;
+    let mut pending = Vec::new();
+    for (seq, path) in sealed {
+        let seq = seq.0;
+        if seq < from_seq || expected.is_some_and(|e| seq < e) {
+            // Covered by the copy, or acknowledged by the server.
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
+        pending.push((seq, path.clone()));
+    }
+    for (seq, path) in &pending {
+        if let Some(c) = rt.cached_bytes(*seq, path, rt.size) {
+            pending_bytes += c;
+        }
+    }
+    rt.set(|st| {
+        st.pending_logs = pending.len();
+        st.backlog_bytes = pending_bytes;
+    });
+    for (seq, path) in pending {
+        if let Some(e) = *expected
+            && seq != e
+        {
+            return Ok(Some(CyclesEnd::Resync(Some(format!(
+                "log {seq} follows acknowledged cycle {} (logs in between are missing)",
+                e.saturating_sub(1)
+            )))));
+        }
+        let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
+            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+        if let Some(why) = cyc.whole_disk_gap {
+            return Ok(Some(CyclesEnd::Resync(Some(format!(
+                "log {seq} records a tracking gap ({why})"
+            )))));
+        }
+        ship_cycle(agent, rt, s, &device, &cyc, stop).await?;
+        let _ = std::fs::remove_file(&path);
+        rt.forget_cached(seq);
+        *expected = Some(seq + 1);
+        rt.set(|st| {
+            st.last_shipped_seq = Some(seq);
+            st.pending_logs = st.pending_logs.saturating_sub(1);
+            st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
+        });
+        if *stop.borrow() {
+            return Ok(Some(CyclesEnd::Stopped));
+        }
+    }
+    Ok(None)
 }
 
 async fn ship_cycle(

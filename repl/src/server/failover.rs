@@ -12,6 +12,12 @@
 //!   image is detached and replaced); commit deletes the recovery points. State:
 //!   `failover.json`.
 //!
+//! - **Planned failover** (`sitrep failover NAME --planned`, run on the primary): the agent
+//!   quiesces the source, ships its last cycle, proves the replica equal by digests and sends
+//!   `PlannedFailover{seq}`; the server checks that the replica is exactly at cycle `seq` and
+//!   that `seq` is a recovery point, then activates it as for an unplanned failover (kind
+//!   `planned`, same `failover.json`, same commit).
+//!
 //! Both files are JSON, version 1, written atomically.
 
 use std::path::{Path, PathBuf};
@@ -29,7 +35,7 @@ use crate::store::write_atomic;
 pub struct FailoverRecord {
     /// Format version (1).
     pub version: u32,
-    /// `test` or `unplanned`.
+    /// `test`, `unplanned` or `planned`.
     pub kind: String,
     /// The disk.
     pub disk: String,
@@ -106,7 +112,72 @@ fn disk_dir(sh: &Shared, name: &str) -> anyhow::Result<PathBuf> {
     Ok(d.dir().to_path_buf())
 }
 
-/// `sitrep failover NAME [--test [--cleanup]] [--point P]`.
+/// Which failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A copy while replication goes on.
+    Test,
+    /// The primary is gone: the secondary takes over at a point.
+    Unplanned,
+    /// The agent quiesced the source and proved the replica equal at its last cycle.
+    Planned,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Test => "test",
+            Self::Unplanned => "unplanned",
+            Self::Planned => "planned",
+        }
+    }
+}
+
+/// `PlannedFailover{seq}` from the disk's agent: the replica must be exactly at cycle `seq`
+/// (applied, nothing staged after it, no resync or copy half done) and `seq` a recovery
+/// point; then it is activated like an unplanned failover.
+///
+/// # Errors
+/// The replica is not at `seq`, `seq` is not a point, or the activation failed.
+pub(super) fn planned(sh: &Shared, name: &str, seq: u64) -> anyhow::Result<FailoverRecord> {
+    {
+        let slot = lock(&sh.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+        let g = lock(&slot.disk);
+        let d = g
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+        let st = d.state();
+        let applied = st.applied.map(|a| a.seq);
+        if applied != Some(seq) {
+            anyhow::bail!(
+                "disk {name}: planned failover at cycle {seq}, but the replica's last applied cycle is {applied:?}"
+            );
+        }
+        if st.resync.is_some() || st.copy.is_none_or(|c| !c.done) {
+            anyhow::bail!(
+                "disk {name}: planned failover refused: a copy or resync is not complete"
+            );
+        }
+        let staged = d.staged().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some((s, _)) = staged.first() {
+            anyhow::bail!(
+                "disk {name}: planned failover refused: cycle {s} is staged, not applied"
+            );
+        }
+        if !d.points().iter().any(|p| p.id == seq) {
+            anyhow::bail!(
+                "disk {name}: planned failover refused: cycle {seq} is not a recovery point (was it judged consistent?)"
+            );
+        }
+    }
+    run(sh, name, &seq.to_string(), Kind::Planned, false)
+}
+
+/// `sitrep failover NAME [--test [--cleanup]] [--point P]`, and the activation of a planned
+/// failover.
 ///
 /// # Errors
 /// No such disk or point, a test failover already active (or none to clean up), a
@@ -115,9 +186,31 @@ pub(super) fn run(
     sh: &Shared,
     name: &str,
     sel: &str,
-    test: bool,
+    kind: Kind,
     cleanup: bool,
 ) -> anyhow::Result<FailoverRecord> {
+    let job_kind = match (kind, cleanup) {
+        (Kind::Test, true) => "test-failover-cleanup",
+        (Kind::Test, false) => "test-failover",
+        (Kind::Unplanned, _) => "failover",
+        (Kind::Planned, _) => "planned-failover",
+    };
+    let job = sh.jobs.start(job_kind, name);
+    let r = activate(sh, name, sel, kind, cleanup, job);
+    sh.jobs
+        .finish(job, r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+    r
+}
+
+fn activate(
+    sh: &Shared,
+    name: &str,
+    sel: &str,
+    kind: Kind,
+    cleanup: bool,
+    job: u64,
+) -> anyhow::Result<FailoverRecord> {
+    let test = kind == Kind::Test;
     let dir = disk_dir(sh, name)?;
     let path = record_path(&dir, test);
     let existing = load(&path)?;
@@ -145,6 +238,7 @@ pub(super) fn run(
             existing.map(|r| r.device).unwrap_or_default()
         );
     }
+    sh.jobs.step(job, "select-point", 5.0, 0, 0);
     let point = {
         let slot = lock(&sh.slots)
             .get(name)
@@ -159,8 +253,10 @@ pub(super) fn run(
             // Replication of this disk stops before anything else: its agent is refused
             // from now on, and a running session ends at its next frame.
             d.set_failed_over(format!(
-                "unplanned failover to point {} (source cut at {} ns since the epoch)",
-                p.id, p.cut_time_ns
+                "{} failover to point {} (source cut at {} ns since the epoch)",
+                kind.as_str(),
+                p.id,
+                p.cut_time_ns
             ))?;
             slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
@@ -175,12 +271,28 @@ pub(super) fn run(
     } else {
         "active.img"
     });
-    export(sh, name, &point.id.to_string(), &image, true)?;
+    sh.jobs.step(job, "export-point", 10.0, 0, 0);
+    export(
+        sh,
+        name,
+        &point.id.to_string(),
+        &image,
+        true,
+        &|done, total| {
+            let pct = if total > 0 {
+                10.0 + 80.0 * done as f64 / total as f64
+            } else {
+                90.0
+            };
+            sh.jobs.step(job, "export-point", pct, done, total);
+        },
+    )?;
+    sh.jobs.step(job, "attach-device", 92.0, 0, 0);
     let device = losetup(&["--find", "--show", &image.display().to_string()])
         .map_err(|e| anyhow::anyhow!("disk {name}: attaching {}: {e:#}", image.display()))?;
     let r = FailoverRecord {
         version: 1,
-        kind: if test { "test" } else { "unplanned" }.into(),
+        kind: kind.as_str().into(),
         disk: name.into(),
         point,
         image,

@@ -21,6 +21,7 @@ use crate::status::{self, DiskStatus, Health, ReplState, StatusReport};
 use crate::store::{self, Admit, AttachRequest, Disk, StoreError};
 
 pub mod failover;
+mod jobs;
 
 /// A session that sends nothing for this long is dropped (agents ping when idle).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,6 +37,8 @@ pub struct ServerOptions {
     pub socket: PathBuf,
     /// Which recovery points to keep.
     pub retention: crate::points::Retention,
+    /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
+    pub metrics: Option<String>,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ struct Shared {
     name: String,
     retention: crate::points::Retention,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    jobs: jobs::Jobs,
 }
 
 impl Shared {
@@ -84,6 +88,7 @@ pub async fn run(
         name: identity.name().to_string(),
         retention: opts.retention.clone(),
         slots: Mutex::new(BTreeMap::new()),
+        jobs: jobs::Jobs::default(),
     });
     // Finish whatever a crash left staged before anything connects.
     for name in store::list_disks(&opts.store)? {
@@ -104,6 +109,11 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.listen))?;
+    if let Some(addr) = &opts.metrics {
+        let metrics = crate::metrics::bind(addr).await?;
+        let sh = shared.clone();
+        crate::metrics::spawn(metrics, move || status_report(&sh));
+    }
     tracing::info!(listen = %opts.listen, store = %opts.store.display(), "server ready");
     let (ctx, mut crx) = mpsc::channel::<Call>(16);
     let sock = opts.socket.clone();
@@ -119,7 +129,7 @@ pub async fn run(
                 Request::Status => Response::ok(status_report(&sh)),
                 Request::Jobs => Response::ok(status::JobsReport {
                     schema: status::SCHEMA,
-                    jobs: Vec::new(),
+                    jobs: sh.jobs.report(),
                 }),
                 Request::Points { name } => points_report(&sh, &name),
                 Request::Export {
@@ -131,7 +141,14 @@ pub async fn run(
                     let sh = sh.clone();
                     let reply2 = reply;
                     tokio::task::spawn_blocking(move || {
-                        let r = export(&sh, &name, &point, std::path::Path::new(&out), force);
+                        let r = export(
+                            &sh,
+                            &name,
+                            &point,
+                            std::path::Path::new(&out),
+                            force,
+                            &|_, _| {},
+                        );
                         let _ = reply2.send(match r {
                             Ok(v) => Response::ok(v),
                             Err(e) => Response::err(format!("{e:#}")),
@@ -147,7 +164,12 @@ pub async fn run(
                 } => {
                     let sh = sh.clone();
                     tokio::task::spawn_blocking(move || {
-                        let r = failover::run(&sh, &name, &point, test, cleanup);
+                        let kind = if test {
+                            failover::Kind::Test
+                        } else {
+                            failover::Kind::Unplanned
+                        };
+                        let r = failover::run(&sh, &name, &point, kind, cleanup);
                         let _ = reply.send(match r {
                             Ok(v) => Response::ok(v),
                             Err(e) => Response::err(format!("{e:#}")),
@@ -231,6 +253,9 @@ fn status_report(sh: &Shared) -> StatusReport {
                     resync: None,
                     last_resync: None,
                     resyncs_completed: 0,
+                    next_retry_unix_ns: None,
+                    retries: 0,
+                    action: None,
                 });
             }
             continue;
@@ -290,6 +315,9 @@ fn status_report(sh: &Shared) -> StatusReport {
             resync: None,
             last_resync: None,
             resyncs_completed: 0,
+            next_retry_unix_ns: None,
+            retries: 0,
+            action: None,
         });
     }
     StatusReport {
@@ -358,6 +386,7 @@ fn export(
     point: &str,
     out: &std::path::Path,
     force: bool,
+    progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<status::ExportReport> {
     use std::os::unix::fs::FileExt;
     let slot = lock(&sh.slots)
@@ -395,6 +424,7 @@ fn export(
             written += n as u64;
         }
         at += n as u64;
+        progress(at, size);
     }
     f.sync_all()?;
     std::fs::rename(&tmp, out)?;
@@ -562,7 +592,7 @@ async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result<(), ReplEr
 }
 
 async fn serve_disk<R, W>(
-    _shared: &Shared,
+    shared: &Shared,
     slot: &Slot,
     epoch: u64,
     name: &str,
@@ -694,6 +724,34 @@ where
                 };
                 send(&mut c.w, Msg::Digests { req, digests }).await?;
                 m
+            }
+            (Mode::Idle, Frame::Control(Msg::PlannedFailover { seq })) => {
+                tracing::info!(disk = name, seq, client = %c.peer, "planned failover requested");
+                match tokio::task::block_in_place(|| failover::planned(shared, name, seq)) {
+                    Ok(r) => {
+                        send(
+                            &mut c.w,
+                            Msg::FailoverDone {
+                                point: r.point.id,
+                                cut_time_ns: r.point.cut_time_ns,
+                                device: r.device,
+                                image: r.image.display().to_string(),
+                            },
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        tracing::warn!("{msg}");
+                        send_error(&mut c.w, ErrorCode::Internal, msg.clone()).await;
+                        return Err(ReplError::Refused {
+                            peer: c.peer.clone(),
+                            code: ErrorCode::Internal,
+                            message: msg,
+                        });
+                    }
+                }
             }
             (Mode::Idle, Frame::Control(Msg::ResyncBegin { id, from_seq })) => {
                 match with_disk(slot, |d| d.resync_begin(id, from_seq)) {

@@ -224,10 +224,14 @@ fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) ->
 /// Writes `bytes` to `path` atomically and durably.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // Out of space, typically: give back what the partial copy holds; `path` is intact.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -553,6 +557,17 @@ impl Disk {
         Ok(())
     }
 
+    /// Applies, in chain order, the staged cycles the replica does not hold yet: a cycle is
+    /// acknowledged once staged, so when its apply fails (out of space, say) the running
+    /// server applies it before anything else touches the replica. The staged files stay
+    /// until then, so a failure here loses nothing either.
+    fn apply_pending(&mut self) -> Result<()> {
+        for (seq, path) in self.staged()? {
+            self.apply_staged(seq, &path)?;
+        }
+        Ok(())
+    }
+
     // ---- initial copy -------------------------------------------------------------------
 
     /// A copy starts: `restart` (or a different `from_seq`) discards the old cursor, and any
@@ -700,6 +715,9 @@ impl Disk {
                 why: format!("cycle {seq} while resync {} is in progress", r.id),
             });
         }
+        // A cycle acknowledged but not applied (the apply failed: out of space...) comes
+        // first: the next one must never be applied over that hole.
+        self.apply_pending()?;
         let Some(expected) = self.expected_seq()? else {
             return Err(StoreError::BadRequest {
                 disk: self.name().into(),
@@ -746,6 +764,11 @@ impl Disk {
     /// # Errors
     /// The staged file is corrupt, names ranges outside the disk, or a file error.
     pub fn apply_staged(&mut self, seq: u64, path: &Path) -> Result<AppliedCycle> {
+        if let Some(a) = self.state.applied.filter(|a| a.seq >= seq) {
+            // Applied already (by [`Disk::cycle_admit`] of a newer session).
+            let _ = fs::remove_file(path);
+            return Ok(a);
+        }
         // Validate the whole file first (every frame's CRC, the counts), so a corrupt staged
         // cycle leaves the replica untouched; then write it.
         let mut ranges = Vec::new();
@@ -762,8 +785,13 @@ impl Disk {
             cut_time_ns,
             applied_unix_ns: crate::now_ns(),
         };
-        self.state.applied = Some(applied);
-        self.save()?;
+        let before = self.state.applied.replace(applied);
+        if let Err(e) = self.save() {
+            // state.json still says `before`: so must memory, so that the staged file (kept)
+            // is applied again (harmless: a redo log) instead of being taken as applied.
+            self.state.applied = before;
+            return Err(e);
+        }
         let _ = fs::remove_file(path);
         self.counters.cycles_applied += 1;
         // Counted once (a crash before this line re-applies, and may count it again: the
@@ -895,5 +923,71 @@ fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const SIZE: u64 = 1 << 20;
+
+    fn disk(store: &Path) -> Disk {
+        let req = AttachRequest {
+            name: "d",
+            disk_id: "00112233445566778899aabbccddeeff".into(),
+            size: SIZE,
+            block_size: 512,
+            client: "sitea",
+        };
+        let mut d = Disk::attach(store, &req).unwrap();
+        d.copy_begin(10, false).unwrap();
+        d.copy_done(10).unwrap();
+        d
+    }
+
+    /// Stages cycle `seq` writing 4 KiB of `byte` at `offset`; returns the staged file.
+    fn stage(d: &mut Disk, seq: u64, offset: u64, byte: u8) -> PathBuf {
+        assert_eq!(d.cycle_admit(seq).unwrap(), Admit::Stage);
+        let begin = Msg::CycleBegin {
+            seq,
+            log_id: [7; 16],
+            cut_time_ns: 1000 + seq,
+            extents: 1,
+            data_bytes: 4096,
+        };
+        let mut s = d.stage_begin(seq, 1, &begin).unwrap();
+        let data = Frame::Data {
+            offset,
+            data: vec![byte; 4096],
+        };
+        s.push("d", SIZE, &data).unwrap();
+        let end = Msg::CycleEnd {
+            seq,
+            frames: 1,
+            data_bytes: 4096,
+        };
+        d.stage_commit(s, &end).unwrap()
+    }
+
+    #[test]
+    fn a_cycle_staged_but_not_applied_is_applied_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = disk(dir.path());
+        // Cycle 10 is acknowledged, then its apply fails (out of space): still staged.
+        let p10 = stage(&mut d, 10, 0, 1);
+        assert_eq!(d.expected_seq().unwrap(), Some(11));
+        // The agent goes on with cycle 11: 10 is applied first, in chain order.
+        let p11 = stage(&mut d, 11, 4096, 2);
+        assert_eq!(d.state().applied.unwrap().seq, 10);
+        assert!(!p10.exists());
+        d.apply_staged(11, &p11).unwrap();
+        // A late apply of 10 (a superseded session) changes nothing.
+        assert_eq!(d.apply_staged(10, &p10).unwrap().seq, 11);
+        let img = fs::read(d.replica_path()).unwrap();
+        assert_eq!(&img[..4096], &[1; 4096][..]);
+        assert_eq!(&img[4096..8192], &[2; 4096][..]);
+        assert!(d.staged().unwrap().is_empty());
     }
 }

@@ -36,13 +36,16 @@ impl Disk {
             }
         }
         let replica = &self.replica;
-        let idx = undo::write(&self.dir.join("undo"), seq, cut_time_ns, &merged, |o, b| {
+        let dir = self.dir.join("undo");
+        let idx = undo::write(&dir, seq, cut_time_ns, &merged, |o, b| {
             replica.read_exact_at(b, o)
         })
-        .map_err(io_err(
-            self.name(),
-            format!("writing the undo file of cycle {seq}"),
-        ))?;
+        .map_err(|e| {
+            // Out of space, typically: give the partial file's space back (the retry
+            // writes it again; the replica is untouched until it is whole).
+            let _ = fs::remove_file(dir.join(format!("{}.tmp", undo::file_name(seq, None))));
+            io_err(self.name(), format!("writing the undo file of cycle {seq}"))(e)
+        })?;
         self.undo.push(idx);
         self.undo.sort_by_key(UndoIndex::order);
         Ok(())
@@ -94,6 +97,7 @@ impl Disk {
         label: Option<String>,
         now_ns: u64,
     ) -> Result<Option<Point>> {
+        let before = self.points.clone();
         self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
         let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
         let applied = self.state.applied.map(|a| a.seq);
@@ -134,7 +138,11 @@ impl Disk {
             i += 1;
             k
         });
-        self.save_points()?;
+        if let Err(e) = self.save_points() {
+            // points.json is unchanged (out of space...): so is memory.
+            self.points = before;
+            return Err(e);
+        }
         // Undo of cycle m is needed only by points older than m.
         let floor = match self.points.points.first() {
             Some(p) => p.id,

@@ -118,13 +118,18 @@ impl Disk {
     /// # Errors
     /// No completed copy, a `from_seq` not after the last applied cycle, or a file error.
     pub fn resync_begin(&mut self, id: u64, from_seq: u64) -> Result<u64> {
+        if !self.state.copy.is_some_and(|c| c.done) {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: "resync before the initial copy completed".into(),
+            });
+        }
+        // Cycles acknowledged but not applied yet come first (see `Disk::apply_pending`).
+        self.apply_pending()?;
         let bad = |why: String| StoreError::BadRequest {
             disk: self.name().into(),
             why,
         };
-        if !self.state.copy.is_some_and(|c| c.done) {
-            return Err(bad("resync before the initial copy completed".into()));
-        }
         if let Some(a) = self.state.applied
             && from_seq <= a.seq
         {
@@ -294,10 +299,12 @@ impl Disk {
                     undo::write_part(&dir, r.from_seq, part, crate::now_ns(), &ranges, |o, b| {
                         replica.read_exact_at(b, o)
                     })
-                    .map_err(io_err(
-                        &name,
-                        format!("writing undo part {part} of the resync"),
-                    ))?;
+                    .map_err(|e| {
+                        // Give a partial file's space back (out of space, typically).
+                        let tmp = format!("{}.tmp", undo::file_name(r.from_seq, Some(part)));
+                        let _ = std::fs::remove_file(dir.join(tmp));
+                        io_err(&name, format!("writing undo part {part} of the resync"))(e)
+                    })?;
                 self.undo.push(idx);
                 self.undo.sort_by_key(undo::UndoIndex::order);
             }

@@ -124,7 +124,7 @@ impl Staging {
         Ok(())
     }
 
-    pub(super) fn finish(mut self, disk: &str, end: &Msg) -> Result<PathBuf> {
+    pub(super) fn finish(self, disk: &str, end: &Msg) -> Result<PathBuf> {
         let Msg::CycleEnd {
             seq,
             frames,
@@ -146,6 +146,16 @@ impl Staging {
                 ),
             });
         }
+        let tmp = self.tmp.clone();
+        let durable = self.write_durably(disk, end);
+        if durable.is_err() {
+            // Out of space, typically: nothing was acknowledged; give the space back.
+            let _ = fs::remove_file(&tmp);
+        }
+        durable
+    }
+
+    fn write_durably(mut self, disk: &str, end: &Msg) -> Result<PathBuf> {
         self.write(disk, &Frame::Control(end.clone()))?;
         let f = self
             .out
