@@ -102,6 +102,18 @@ enum Command {
     Failover(cli::failover::FailoverArgs),
     /// Finalize an unplanned failover (server): deletes the disk's recovery points.
     Commit(cli::failover::CommitArgs),
+    /// Replicate a failed-over disk back to the other site (on the site it is active on).
+    ///
+    /// The activated disk becomes a protected disk replicating into the other site's own
+    /// device (that site's server runs with --adopt-from its agent's state). Nothing is
+    /// copied whole: both disks are compared by digests and only differing blocks cross.
+    /// If the other site also wrote the disk since the failover, that is a split brain:
+    /// reported, nothing overwritten, until --discard-target-changes.
+    Reverse(cli::reverse::ReverseArgs),
+    /// Move a reverse-replicated disk back to the other site: a planned failover from here
+    /// (quiesce, ship the rest, compare, activate there). Then `sitrep reverse` on that
+    /// site restores the original direction.
+    Failback(cli::reverse::FailbackArgs),
     /// Make a recovery point now (agent): `point create NAME --app-consistent`.
     #[command(subcommand)]
     Point(cli::repl::PointCommand),
@@ -133,6 +145,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => cli::resync::verify(&a),
         Command::Failover(a) => cli::failover::failover(&a),
         Command::Commit(a) => cli::failover::commit(&a),
+        Command::Reverse(a) => cli::reverse::reverse(&a),
+        Command::Failback(a) => cli::reverse::failback(&a),
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),

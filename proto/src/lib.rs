@@ -14,7 +14,8 @@
 //! # Versions (the changelog)
 //! - **1** (sitrep 0.1): frames kinds 1–3, messages `Hello` … `Verdict`.
 //! - **2**: checksum resync and online verify: `DigestKey` … `ResyncFinished` (17–25);
-//!   planned failover: `PlannedFailover`, `FailoverDone` (26, 27).
+//!   planned failover: `PlannedFailover`, `FailoverDone` (26, 27); reverse replication:
+//!   `AttachReverse` (28), `ErrorCode::SplitBrain` (8).
 
 pub mod codec;
 mod error;

@@ -236,6 +236,31 @@ pub enum Msg {
         /// The image file behind it (at most [`MAX_PATH_LEN`] bytes).
         image: String,
     },
+    // ---- version 2: reverse replication ------------------------------------------------
+    /// Client (v2), instead of `Attach`: reverse replication of a disk that failed over to
+    /// the client's site, into the server's own (old primary) device. The server adopts the
+    /// disk its local agent protected under this name — after checking that this site did
+    /// not write it since the failover (else `Error{SplitBrain}`, unless
+    /// `discard_target_changes`) — and answers `Attached` with the copy done at `from_seq`;
+    /// the client then compares the whole disk by digests (a resync) and sends only what
+    /// differs. A later session for the same disk id is a plain attach.
+    AttachReverse {
+        /// Disk name.
+        disk: String,
+        /// The client's id for this (reverse) relationship.
+        disk_id: [u8; 16],
+        /// Disk size in bytes (must equal the old primary's device).
+        size: u64,
+        /// Logical block size in bytes.
+        block_size: u32,
+        /// The recovery point the client's site activated (the last cycle of the old
+        /// direction it holds).
+        fork_seq: u64,
+        /// The first cycle that follows.
+        from_seq: u64,
+        /// The operator chose the client's disk over changes made on the server's site.
+        discard_target_changes: bool,
+    },
 }
 
 /// Longest device or image path in a `FailoverDone`.
@@ -282,6 +307,7 @@ impl Msg {
             Self::ResyncFinished { .. } => "ResyncFinished",
             Self::PlannedFailover { .. } => "PlannedFailover",
             Self::FailoverDone { .. } => "FailoverDone",
+            Self::AttachReverse { .. } => "AttachReverse",
         }
     }
 }
@@ -306,6 +332,9 @@ pub enum ErrorCode {
     /// (v2) The disk failed over to the secondary site: its replica is the active disk now
     /// and takes no more cycles. Not retried (reverse replication is the next step).
     FailedOver,
+    /// (v2) Reverse replication refused: both sites wrote the disk since the failover.
+    /// Nothing was overwritten; the operator must choose. Not retried.
+    SplitBrain,
 }
 
 impl ErrorCode {

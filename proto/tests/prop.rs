@@ -21,6 +21,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::NoSpace),
         Just(ErrorCode::Internal),
         Just(ErrorCode::FailedOver),
+        Just(ErrorCode::SplitBrain),
     ]
 }
 
@@ -137,6 +138,28 @@ fn msg() -> impl Strategy<Value = Msg> {
                 image
             }
         ),
+        (
+            ".{0,20}",
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(disk, disk_id, size, block_size, fork_seq, from_seq, discard)| {
+                    Msg::AttachReverse {
+                        disk,
+                        disk_id,
+                        size,
+                        block_size,
+                        fork_seq,
+                        from_seq,
+                        discard_target_changes: discard,
+                    }
+                }
+            ),
     ]
 }
 

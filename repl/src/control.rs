@@ -83,6 +83,34 @@ pub enum Request {
         /// Start at once.
         now: bool,
     },
+    /// `sitrep reverse NAME --to HOST:PORT` (agent, on the site where the disk failed over
+    /// to): protect the activated disk `device`, replicating it back into the other site's
+    /// own disk; only blocks that differ are sent. Replaces a protection of the same name
+    /// that failed over (the old direction) or an earlier reverse.
+    Reverse {
+        /// Disk name (the same on both sites).
+        name: String,
+        /// The activated block device.
+        device: String,
+        /// `HOST:PORT` of the other site's server.
+        to: String,
+        /// The recovery point that was activated here.
+        fork_seq: u64,
+        /// Overwrite what the other site wrote since the failover (a split brain).
+        discard_target_changes: bool,
+        /// Cycle frequency.
+        frequency: String,
+    },
+    /// `sitrep failover NAME` (server): the failover record of a disk (`failover.json`).
+    FailoverRecord {
+        /// Disk name.
+        name: String,
+    },
+    /// `sitrep failback NAME --mode full-download` (agent): copy the whole disk again.
+    Recopy {
+        /// Disk name.
+        name: String,
+    },
     /// `sitrep failover NAME --planned` (agent): quiesce the source, ship everything, prove
     /// the replica equal, activate it on the secondary.
     PlannedFailover {

@@ -85,6 +85,12 @@ impl ReplError {
                     "the disk failed over to the secondary site: reverse replication, or stop \
                      protecting it here (`sitrep unprotect {disk}`)"
                 ),
+                ErrorCode::SplitBrain => format!(
+                    "both sites wrote the disk since the failover and nothing was overwritten: \
+                     choose — keep this site's disk and discard the other site's changes with \
+                     `sitrep reverse {disk} --to HOST:PORT --discard-target-changes`, or save \
+                     what the other site wrote first"
+                ),
                 ErrorCode::BadRequest => "a bug in sitrep: report it with the logs of both \
                                           daemons"
                     .to_string(),
@@ -362,6 +368,7 @@ mod tests {
             (ErrorCode::DiskMismatch, false, Some("another disk")),
             (ErrorCode::BrokenChain, false, Some("sitrep resync d --now")),
             (ErrorCode::FailedOver, false, Some("reverse replication")),
+            (ErrorCode::SplitBrain, false, Some("--discard-target-changes")),
             (ErrorCode::BadRequest, false, Some("report it")),
             (ErrorCode::VersionMismatch, false, Some("upgrade")),
         ] {

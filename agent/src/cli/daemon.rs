@@ -38,6 +38,13 @@ pub(crate) struct ServerArgs {
     /// e.g. 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// Accept reverse replication into this site's own disks: the state directory of the
+    /// local agent (its --state). After a failover, the other site's agent replicates the
+    /// active disk back into the device this agent protected — only once this agent has the
+    /// disk failed over, the device is unmounted, and this site did not write it since the
+    /// failover (else: split brain, reported, nothing overwritten).
+    #[arg(long, value_name = "AGENT_STATE")]
+    adopt_from: Option<PathBuf>,
 }
 
 /// Arguments of `sitrep agent`.
@@ -138,6 +145,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
                 .unwrap_or_default(),
         },
         metrics: a.metrics.clone(),
+        adopt_from: a.adopt_from.clone(),
     };
     runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod daemon;
 pub(crate) mod disk;
 pub(crate) mod failover;
+pub(crate) mod reverse;
 pub(crate) mod log;
 pub(crate) mod repl;
 pub(crate) mod resync;

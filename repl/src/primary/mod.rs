@@ -417,7 +417,26 @@ impl Agent {
             return Ok((rt, None));
         }
         let mut job = None;
-        if new {
+        if new && prot.reverse.is_some() {
+            // Reverse replication: no copy — the other site holds the old disk; a whole-disk
+            // comparison by digests sends only what differs.
+            let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
+            prot.copy = CopyPlan {
+                from_seq: seq + 1,
+                done: true,
+                restart: false,
+            };
+            *lock(&rt.prot) = prot.clone();
+            prot.save(&self.opts.state)
+                .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
+            self.require_resync(
+                &rt,
+                "reverse replication: the whole disk is compared with the other site's",
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            job = *lock(&rt.job);
+        } else if new {
             job = Some(self.new_job(&rt, "enable-protection", &prot.name));
             self.job_step(&rt, "start-tracking", 0, 0);
             let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -457,6 +476,7 @@ impl Agent {
         frequency: &str,
         app_every: Option<&str>,
         hooks: (Option<String>, Option<String>),
+        reverse: Option<state::ReverseInfo>,
     ) -> anyhow::Result<Job> {
         if hooks.1.is_some() && hooks.0.is_none() {
             anyhow::bail!("--post-hook needs a --pre-hook");
@@ -525,6 +545,7 @@ impl Agent {
             resync: None,
             points_from_seq: 0,
             failed_over: None,
+            reverse,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -765,6 +786,83 @@ impl Agent {
             .map_err(anyhow::Error::msg)
     }
 
+    /// `sitrep reverse`: protects the activated `device` back to the other site (see
+    /// [`Request::Reverse`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn reverse(
+        self: &Arc<Self>,
+        name: String,
+        device: String,
+        to: String,
+        fork_seq: u64,
+        discard_target_changes: bool,
+        frequency: &str,
+    ) -> anyhow::Result<Job> {
+        let existing = lock(&self.disks).get(&name).cloned();
+        if let Some(rt) = existing {
+            let replaceable = {
+                let p = lock(&rt.prot);
+                p.failed_over.is_some() || p.reverse.is_some()
+            };
+            if !replaceable {
+                anyhow::bail!(
+                    "disk {name} is protected from this site and did not fail over: nothing to reverse"
+                );
+            }
+            tracing::info!(disk = %name, "replacing the previous protection for reverse replication");
+            self.unprotect(&name).await?;
+        }
+        self.protect(
+            device,
+            to,
+            Some(name),
+            frequency,
+            None,
+            (None, None),
+            Some(state::ReverseInfo {
+                fork_seq,
+                discard_target_changes,
+            }),
+        )
+        .await
+    }
+
+    /// The server refused the disk with `FailedOver` (an unplanned failover on the other
+    /// site): remember it, so reverse replication into this site's disk can be adopted.
+    /// Tracking goes on, so what this site writes from now on is known.
+    pub(crate) fn record_failed_over_elsewhere(&self, rt: &DiskRt, why: &str) {
+        let mut p = lock(&rt.prot);
+        if p.failed_over.is_some() {
+            return;
+        }
+        p.failed_over = Some(state::FailedOverInfo {
+            kind: "unplanned".into(),
+            unix_ns: crate::now_ns(),
+            point: 0,
+            cut_time_unix_ns: 0,
+            device: String::new(),
+            image: String::new(),
+            quiesced: format!("not quiesced: learned from the server ({why})"),
+        });
+        if let Err(e) = p.save(&self.opts.state) {
+            tracing::error!(disk = %p.name, "saving the failed-over state: {e}");
+        }
+    }
+
+    /// `sitrep failback NAME --mode full-download`: copy the whole disk again.
+    fn recopy(&self, name: &str) -> anyhow::Result<DiskStatus> {
+        let rt = lock(&self.disks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected here"))?;
+        if lock(&rt.prot).failed_over.is_some() {
+            anyhow::bail!("disk {name} failed over: nothing to copy from here");
+        }
+        self.start_recopy(&rt, "full copy requested by the operator")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(self.disk_status(&rt))
+    }
+
     /// `sitrep failover NAME --planned`: the disk's session quiesces, ships, compares and
     /// activates (see `planned.rs`).
     async fn planned_failover(&self, name: &str) -> anyhow::Result<status::PlannedReport> {
@@ -889,6 +987,7 @@ impl Agent {
                     &frequency,
                     app_consistent_every.as_deref(),
                     (pre_hook, post_hook),
+                    None,
                 )
                 .await
             {
@@ -912,10 +1011,37 @@ impl Agent {
             Request::Points { .. } | Request::Export { .. } => Response::err(
                 "recovery points live on the server: use the server's socket (--socket)",
             ),
-            Request::Failover { .. } | Request::Commit { .. } => Response::err(
-                "failover and commit run on the secondary: use the server's socket (--socket)",
-            ),
+            Request::Failover { .. } | Request::Commit { .. } | Request::FailoverRecord { .. } => {
+                Response::err(
+                    "failover and commit run on the secondary: use the server's socket (--socket)",
+                )
+            }
             Request::Resync { name, now } => match self.request_resync(&name, now) {
+                Ok(s) => Response::ok(s),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Reverse {
+                name,
+                device,
+                to,
+                fork_seq,
+                discard_target_changes,
+                frequency,
+            } => match self
+                .reverse(
+                    name,
+                    device,
+                    to,
+                    fork_seq,
+                    discard_target_changes,
+                    &frequency,
+                )
+                .await
+            {
+                Ok(job) => Response::ok(job),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Recopy { name } => match self.recopy(&name) {
                 Ok(s) => Response::ok(s),
                 Err(e) => Response::err(format!("{e:#}")),
             },
@@ -988,6 +1114,7 @@ pub async fn run(
                     &freq,
                     d.app_consistent_every.as_deref(),
                     (d.pre_hook.clone(), d.post_hook.clone()),
+                    None,
                 )
                 .await
             {

@@ -63,6 +63,20 @@ pub struct Protection {
     /// longer replicates it (tracking goes on).
     #[serde(default)]
     pub failed_over: Option<FailedOverInfo>,
+    /// Reverse replication: this disk is the activated replica of a failover, replicated
+    /// back into the other site's own disk (`AttachReverse` instead of `Attach`).
+    #[serde(default)]
+    pub reverse: Option<ReverseInfo>,
+}
+
+/// A reverse replication's terms, as the agent persists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseInfo {
+    /// The recovery point this site activated (the last cycle of the old direction).
+    pub fork_seq: u64,
+    /// The operator chose this site's disk over the other site's changes since then.
+    pub discard_target_changes: bool,
 }
 
 /// Where a disk failed over to, as the primary records it.

@@ -100,6 +100,14 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                         s.next_retry_ns = None;
                         s.action = action;
                     });
+                    if let ReplError::Refused {
+                        code: proto::ErrorCode::FailedOver,
+                        message,
+                        ..
+                    } = &e
+                    {
+                        agent.record_failed_over_elsewhere(&rt, message);
+                    }
                     agent.job_fail(&rt, &msg);
                     // Non-recoverable: wait for the operator (unprotect, or restart the agent).
                     let _ = stop.changed().await;
@@ -249,11 +257,22 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         last_sent: Instant::now(),
         last_heard: Instant::now(),
     };
-    s.msg(Msg::Attach {
-        disk: prot.name.clone(),
-        disk_id: prot.disk_id_bytes(),
-        size,
-        block_size: rt.block_size,
+    s.msg(match prot.reverse {
+        Some(r) => Msg::AttachReverse {
+            disk: prot.name.clone(),
+            disk_id: prot.disk_id_bytes(),
+            size,
+            block_size: rt.block_size,
+            fork_seq: r.fork_seq,
+            from_seq: prot.copy.from_seq,
+            discard_target_changes: r.discard_target_changes,
+        },
+        None => Msg::Attach {
+            disk: prot.name.clone(),
+            disk_id: prot.disk_id_bytes(),
+            size,
+            block_size: rt.block_size,
+        },
     })
     .await?;
     let (server_copy, applied, mut expected) = match s.answer(rt).await? {

@@ -91,6 +91,12 @@ fn losetup(args: &[&str]) -> anyhow::Result<String> {
 
 /// Detaches `r`'s loop device (if it still shows `r.image`) and deletes the image.
 fn remove(r: &FailoverRecord) {
+    // An in-place activation (a device-backed replica) is the disk itself: never touched.
+    if std::fs::metadata(&r.image)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+    {
+        return;
+    }
     let attached = losetup(&["-j", &r.image.display().to_string()]).unwrap_or_default();
     if attached.starts_with(&format!("{}:", r.device))
         && let Err(e) = losetup(&["-d", &r.device])
@@ -239,7 +245,7 @@ fn activate(
         );
     }
     sh.jobs.step(job, "select-point", 5.0, 0, 0);
-    let point = {
+    let (point, in_place) = {
         let slot = lock(&sh.slots)
             .get(name)
             .cloned()
@@ -249,6 +255,23 @@ fn activate(
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
         let p = select_point(d, name, sel)?;
+        // A reverse-replicated disk's replica is this site's own device: it becomes the
+        // active disk in place, at its newest applied cycle only (older points would mean
+        // rewinding the disk itself; export them instead).
+        let in_place = match (&d.state().replica_device, test) {
+            (Some(dev), false) => {
+                let applied = d.state().applied.map(|a| a.seq);
+                if applied != Some(p.id) {
+                    anyhow::bail!(
+                        "disk {name}: the replica is the device {} itself, which holds cycle {applied:?}; only that point can be activated in place (export point {} with `sitrep points export` instead)",
+                        dev.display(),
+                        p.id
+                    );
+                }
+                Some(dev.clone())
+            }
+            _ => None,
+        };
         if !test {
             // Replication of this disk stops before anything else: its agent is refused
             // from now on, and a running session ends at its next frame.
@@ -260,36 +283,48 @@ fn activate(
             ))?;
             slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        p
+        (p, in_place)
     };
     if let Some(old) = existing {
         // Another point chosen before the commit: the previous activation goes.
         remove(&old);
     }
-    let image = dir.join(if test {
-        "test-failover.img"
-    } else {
-        "active.img"
-    });
-    sh.jobs.step(job, "export-point", 10.0, 0, 0);
-    export(
-        sh,
-        name,
-        &point.id.to_string(),
-        &image,
-        true,
-        &|done, total| {
-            let pct = if total > 0 {
-                10.0 + 80.0 * done as f64 / total as f64
+    let (image, device) = match in_place {
+        Some(dev) => {
+            sh.jobs.step(job, "activate-in-place", 90.0, 0, 0);
+            let d = dev.display().to_string();
+            (dev, d)
+        }
+        None => {
+            let image = dir.join(if test {
+                "test-failover.img"
             } else {
-                90.0
-            };
-            sh.jobs.step(job, "export-point", pct, done, total);
-        },
-    )?;
-    sh.jobs.step(job, "attach-device", 92.0, 0, 0);
-    let device = losetup(&["--find", "--show", &image.display().to_string()])
-        .map_err(|e| anyhow::anyhow!("disk {name}: attaching {}: {e:#}", image.display()))?;
+                "active.img"
+            });
+            sh.jobs.step(job, "export-point", 10.0, 0, 0);
+            export(
+                sh,
+                name,
+                &point.id.to_string(),
+                &image,
+                true,
+                &|done, total| {
+                    let pct = if total > 0 {
+                        10.0 + 80.0 * done as f64 / total as f64
+                    } else {
+                        90.0
+                    };
+                    sh.jobs.step(job, "export-point", pct, done, total);
+                },
+            )?;
+            sh.jobs.step(job, "attach-device", 92.0, 0, 0);
+            let device =
+                losetup(&["--find", "--show", &image.display().to_string()]).map_err(|e| {
+                    anyhow::anyhow!("disk {name}: attaching {}: {e:#}", image.display())
+                })?;
+            (image, device)
+        }
+    };
     let r = FailoverRecord {
         version: 1,
         kind: kind.as_str().into(),
@@ -303,6 +338,17 @@ fn activate(
     save(&path, &r)?;
     tracing::info!(disk = name, kind = %r.kind, point = r.point.id, device = %r.device, "failover");
     Ok(r)
+}
+
+/// The failover record of disk `name` (for `sitrep reverse`: which device and point).
+///
+/// # Errors
+/// No such disk, or it did not fail over.
+pub(super) fn record(sh: &Shared, name: &str) -> anyhow::Result<FailoverRecord> {
+    let dir = disk_dir(sh, name)?;
+    load(&record_path(&dir, false))?.ok_or_else(|| {
+        anyhow::anyhow!("disk {name} did not fail over to this site (sitrep failover {name} first)")
+    })
 }
 
 /// `sitrep commit NAME`: the unplanned failover stays; the recovery points go.

@@ -22,6 +22,7 @@ use crate::store::{self, Admit, AttachRequest, Disk, StoreError};
 
 pub mod failover;
 mod jobs;
+mod reverse;
 
 /// A session that sends nothing for this long is dropped (agents ping when idle).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,6 +40,9 @@ pub struct ServerOptions {
     pub retention: crate::points::Retention,
     /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
     pub metrics: Option<String>,
+    /// The local agent's state directory: reverse replication adopts the disks it failed
+    /// over (`--adopt-from`; None: no reverse replication into this site).
+    pub adopt_from: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -56,6 +60,7 @@ struct Shared {
     retention: crate::points::Retention,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     jobs: jobs::Jobs,
+    adopt_from: Option<PathBuf>,
 }
 
 impl Shared {
@@ -89,6 +94,7 @@ pub async fn run(
         retention: opts.retention.clone(),
         slots: Mutex::new(BTreeMap::new()),
         jobs: jobs::Jobs::default(),
+        adopt_from: opts.adopt_from.clone(),
     });
     // Finish whatever a crash left staged before anything connects.
     for name in store::list_disks(&opts.store)? {
@@ -177,6 +183,10 @@ pub async fn run(
                     });
                     continue;
                 }
+                Request::FailoverRecord { name } => match failover::record(&sh, &name) {
+                    Ok(v) => Response::ok(v),
+                    Err(e) => Response::err(format!("{e:#}")),
+                },
                 Request::Commit { name } => match failover::commit(&sh, &name) {
                     Ok(v) => Response::ok(v),
                     Err(e) => Response::err(format!("{e:#}")),
@@ -444,6 +454,7 @@ fn code_of(e: &StoreError) -> ErrorCode {
         StoreError::BrokenChain { .. } => ErrorCode::BrokenChain,
         StoreError::BadRequest { .. } => ErrorCode::BadRequest,
         StoreError::FailedOver { .. } => ErrorCode::FailedOver,
+        StoreError::SplitBrain { .. } => ErrorCode::SplitBrain,
         StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
             ErrorCode::NoSpace
         }
@@ -564,6 +575,57 @@ async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result<(), ReplEr
                         Ok(())
                     }
                 }
+            });
+            if let Err(e) = res {
+                tracing::warn!("{e}");
+                return Err(refuse(&mut c, e).await);
+            }
+            (disk, slot)
+        }
+        Msg::AttachReverse {
+            disk,
+            disk_id,
+            size,
+            block_size,
+            fork_seq,
+            from_seq,
+            discard_target_changes,
+        } => {
+            if !crate::valid_disk_name(&disk) {
+                let e = StoreError::BadRequest {
+                    disk: disk.clone(),
+                    why: "invalid disk name".into(),
+                };
+                return Err(refuse(&mut c, e).await);
+            }
+            let req = AttachRequest {
+                name: &disk,
+                disk_id: crate::hex16(&disk_id),
+                size,
+                block_size,
+                client: &client,
+            };
+            let slot = shared.slot(&disk);
+            let res = tokio::task::block_in_place(|| {
+                let mut g = lock(&slot.disk);
+                let resumed = g.as_ref().is_some_and(|d| {
+                    d.state().replica_device.is_some() && d.state().disk_id == req.disk_id
+                });
+                if resumed {
+                    return g.as_ref().map_or(Ok(()), |d| d.check_attach(&req));
+                }
+                let mut d = reverse::open(
+                    &shared,
+                    &req,
+                    reverse::ReverseReq {
+                        fork_seq,
+                        from_seq,
+                        discard_target_changes,
+                    },
+                )?;
+                d.set_retention(shared.retention.clone());
+                *g = Some(d);
+                Ok(())
             });
             if let Err(e) = res {
                 tracing::warn!("{e}");

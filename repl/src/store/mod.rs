@@ -100,6 +100,14 @@ pub enum StoreError {
         /// When and to which point.
         why: String,
     },
+    /// Reverse replication refused: both sites wrote the disk since the failover.
+    #[error("disk {disk}: split brain: {why}; nothing was overwritten")]
+    SplitBrain {
+        /// The disk.
+        disk: String,
+        /// What each side wrote.
+        why: String,
+    },
     /// A staged cycle or the state file is corrupt.
     #[error("disk {disk}: {path}: {why}")]
     Corrupt {
@@ -171,6 +179,10 @@ pub struct DiskState {
     /// Set by an unplanned failover: the disk is active here and takes no more cycles.
     #[serde(default)]
     pub failed_over: Option<String>,
+    /// Reverse replication: the replica is this block device (the old primary's own disk,
+    /// adopted from the local agent) instead of `replica.img`.
+    #[serde(default)]
+    pub replica_device: Option<PathBuf>,
 }
 
 /// Counters of a disk since the server started.
@@ -293,11 +305,15 @@ impl Disk {
                 why: format!("unsupported state version {}", state.version),
             });
         }
+        let replica_path = state
+            .replica_device
+            .clone()
+            .unwrap_or_else(|| dir.join("replica.img"));
         let replica = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(dir.join("replica.img"))
-            .map_err(io_err(name, "opening replica.img"))?;
+            .open(&replica_path)
+            .map_err(io_err(name, format!("opening {}", replica_path.display())))?;
         let undo_dir = dir.join("undo");
         fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
         undo::clean_tmp(&undo_dir);
@@ -372,6 +388,7 @@ impl Disk {
                 resync: None,
                 base_seq: None,
                 failed_over: None,
+                replica_device: None,
             };
             let mut d = Self {
                 dir,
@@ -477,7 +494,95 @@ impl Disk {
     /// The replica image's path.
     #[must_use]
     pub fn replica_path(&self) -> PathBuf {
-        self.dir.join("replica.img")
+        self.state
+            .replica_device
+            .clone()
+            .unwrap_or_else(|| self.dir.join("replica.img"))
+    }
+
+    /// Reverse replication: makes `device` (the old primary's own disk) the replica of
+    /// `req.name`, owned by `req.client`, with the copy complete at `from_seq` (the client
+    /// compares the whole disk by digests next). An existing entry of that name (the
+    /// previous direction's replica) is moved to `STORE/retired/NAME-<ns>` first, never
+    /// deleted.
+    ///
+    /// # Errors
+    /// The device cannot be opened or has another size, or a file error.
+    pub fn adopt(
+        store: &Path,
+        req: &AttachRequest<'_>,
+        device: &Path,
+        from_seq: u64,
+    ) -> Result<Self> {
+        let name = req.name;
+        let replica = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)
+            .map_err(io_err(name, format!("opening {}", device.display())))?;
+        let size = {
+            use std::io::{Seek, SeekFrom};
+            (&replica)
+                .seek(SeekFrom::End(0))
+                .map_err(io_err(name, format!("sizing {}", device.display())))?
+        };
+        if size != req.size {
+            return Err(StoreError::Mismatch {
+                disk: name.into(),
+                why: format!(
+                    "{} is {size} bytes, the disk to reverse-replicate {} bytes",
+                    device.display(),
+                    req.size
+                ),
+            });
+        }
+        let dir = disk_dir(store, name);
+        if dir.exists() {
+            let retired = store.join("retired");
+            fs::create_dir_all(&retired).map_err(io_err(name, "creating retired/"))?;
+            let to = retired.join(format!("{name}-{}", crate::now_ns()));
+            fs::rename(&dir, &to).map_err(io_err(
+                name,
+                format!("retiring the previous replica to {}", to.display()),
+            ))?;
+            tracing::info!(disk = name, to = %to.display(), "previous replica retired");
+        }
+        fs::create_dir_all(dir.join("staging")).map_err(io_err(name, "creating its directory"))?;
+        fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
+        let state = DiskState {
+            version: 1,
+            name: name.into(),
+            disk_id: req.disk_id.clone(),
+            owner: req.client.into(),
+            size: req.size,
+            block_size: req.block_size,
+            created_unix_ns: crate::now_ns(),
+            copy: Some(CopyProgress {
+                done: true,
+                from_seq,
+                cursor: req.size,
+            }),
+            applied: None,
+            broken: None,
+            resync: None,
+            base_seq: None,
+            failed_over: None,
+            replica_device: Some(device.to_path_buf()),
+        };
+        let mut d = Self {
+            dir,
+            state,
+            replica,
+            counters: DiskCounters::default(),
+            undo: Vec::new(),
+            points: PointsFile {
+                version: 1,
+                ..PointsFile::default()
+            },
+            retention: Retention::default(),
+        };
+        d.save()?;
+        Ok(d)
     }
 
     fn name(&self) -> &str {
@@ -561,7 +666,10 @@ impl Disk {
     /// acknowledged once staged, so when its apply fails (out of space, say) the running
     /// server applies it before anything else touches the replica. The staged files stay
     /// until then, so a failure here loses nothing either.
-    fn apply_pending(&mut self) -> Result<()> {
+    ///
+    /// # Errors
+    /// As [`Disk::apply_staged`]: a file error (out of space...) or a corrupt staged cycle.
+    pub fn apply_pending(&mut self) -> Result<()> {
         for (seq, path) in self.staged()? {
             self.apply_staged(seq, &path)?;
         }

@@ -1,0 +1,222 @@
+//! `sitrep reverse` and `sitrep failback`: after a failover, replicate the active disk back
+//! to the other site, then move it back there (docs/architecture.md, *Reverse replication
+//! and failback*). Both talk to the local agent; `reverse` also asks the local server which
+//! device and point the failover activated.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use repl::control::{AGENT_SOCKET, Request, SERVER_SOCKET, call};
+use repl::server::failover::FailoverRecord;
+use repl::status::{DiskStatus, Health, Job, ReplState, StatusReport};
+
+use crate::Outcome;
+
+/// Arguments of `sitrep reverse`.
+#[derive(Args)]
+pub(crate) struct ReverseArgs {
+    /// The disk name (the same on both sites).
+    name: String,
+    /// `HOST:PORT` of the other site's server (started with --adopt-from its agent's state).
+    #[arg(long)]
+    to: String,
+    /// Split brain only: the other site also wrote the disk since the failover. Keep this
+    /// site's disk and overwrite those changes (compared by digests, only what differs).
+    #[arg(long)]
+    discard_target_changes: bool,
+    /// Cycle frequency of the reverse replication: continuous, 30s, 5m or 15m.
+    #[arg(long, default_value = "30s")]
+    frequency: String,
+    /// This site's agent control socket.
+    #[arg(long, default_value = AGENT_SOCKET)]
+    socket: PathBuf,
+    /// This site's server control socket (it holds the failover record).
+    #[arg(long, default_value = SERVER_SOCKET)]
+    server_socket: PathBuf,
+    /// Return once the reverse replication is set up, without waiting for the comparison.
+    #[arg(long)]
+    no_wait: bool,
+    /// Machine-readable output: the disk's status at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How `sitrep failback` gets the disk to the other site.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum FailbackMode {
+    /// The running reverse replication has shipped the changes while this site kept
+    /// running; now quiesce, ship the rest, compare, activate (the least downtime).
+    SyncFirst,
+    /// Copy the whole disk again first (after a long time here, or a replaced disk on the
+    /// other site), then as sync-first.
+    FullDownload,
+}
+
+/// Arguments of `sitrep failback`.
+#[derive(Args)]
+pub(crate) struct FailbackArgs {
+    /// The disk name.
+    name: String,
+    /// sync-first (default) or full-download.
+    #[arg(long, value_enum, default_value = "sync-first")]
+    mode: FailbackMode,
+    /// This site's agent control socket.
+    #[arg(long, default_value = AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ask<T: serde::de::DeserializeOwned>(sock: &PathBuf, req: &Request) -> anyhow::Result<T> {
+    let resp = call(sock, req, Duration::from_secs(24 * 3600))?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(serde_json::from_value(resp.data)?)
+}
+
+fn disk(sock: &PathBuf, name: &str) -> anyhow::Result<DiskStatus> {
+    let r: StatusReport = ask(sock, &Request::Status)?;
+    r.disks
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not protected by this agent"))
+}
+
+/// Waits until disk `name` is protected and caught up after its comparison (or critical).
+fn follow(sock: &PathBuf, name: &str, quiet: bool) -> anyhow::Result<DiskStatus> {
+    let mut last = Instant::now();
+    loop {
+        let d = disk(sock, name)?;
+        if d.health == Health::Critical {
+            anyhow::bail!(
+                "disk {name}: {}{}",
+                d.error.clone().unwrap_or_else(|| "critical".into()),
+                d.action
+                    .as_ref()
+                    .map(|a| format!("\nto fix: {a}"))
+                    .unwrap_or_default()
+            );
+        }
+        if d.state == ReplState::Protected && d.resyncs_completed > 0 {
+            return Ok(d);
+        }
+        if !quiet && last.elapsed() > Duration::from_secs(2) {
+            last = Instant::now();
+            match &d.resync {
+                Some(r) => eprintln!(
+                    "comparing: {} of {} bytes, {} differing bytes sent",
+                    r.compared_bytes, r.scope_bytes, r.data_bytes_sent
+                ),
+                None => eprintln!("{:?}…", d.state),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
+    let rec: FailoverRecord = ask(
+        &a.server_socket,
+        &Request::FailoverRecord {
+            name: a.name.clone(),
+        },
+    )?;
+    if !a.json {
+        eprintln!(
+            "reverse replication of disk {}: {} (activated point {}) → {}; only blocks that differ are sent",
+            a.name, rec.device, rec.point.id, a.to
+        );
+    }
+    let job: Job = ask(
+        &a.socket,
+        &Request::Reverse {
+            name: a.name.clone(),
+            device: rec.device.clone(),
+            to: a.to.clone(),
+            fork_seq: rec.point.id,
+            discard_target_changes: a.discard_target_changes,
+            frequency: a.frequency.clone(),
+        },
+    )?;
+    if a.no_wait {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        } else {
+            println!(
+                "reverse replication started (job {}); follow it with: sitrep status",
+                job.id
+            );
+        }
+        return Ok(Outcome::Ok);
+    }
+    let d = follow(&a.socket, &a.name, a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        println!(
+            "disk {} replicates to {} again; the comparison sent {} bytes on the wire",
+            d.name, d.peer, d.wire_bytes
+        );
+        println!("move it back there with: sitrep failback {}", d.name);
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
+    let d = disk(&a.socket, &a.name)?;
+    if d.state == ReplState::FailedOverToPeer {
+        anyhow::bail!("disk {} already failed over from this site", a.name);
+    }
+    if matches!(a.mode, FailbackMode::FullDownload) {
+        if !a.json {
+            eprintln!(
+                "failback of disk {}: copying the whole disk first …",
+                a.name
+            );
+        }
+        let _: DiskStatus = ask(
+            &a.socket,
+            &Request::Recopy {
+                name: a.name.clone(),
+            },
+        )?;
+        loop {
+            let d = disk(&a.socket, &a.name)?;
+            if d.health == Health::Critical {
+                anyhow::bail!("disk {}: {}", a.name, d.error.unwrap_or_default());
+            }
+            if d.copy.as_ref().is_some_and(|c| c.done) && d.state == ReplState::Protected {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    if !a.json {
+        eprintln!(
+            "failback of disk {}: quiescing it here, shipping the rest, comparing, then activating it on the other site …",
+            a.name
+        );
+    }
+    let r: repl::status::PlannedReport = ask(
+        &a.socket,
+        &Request::PlannedFailover {
+            name: a.name.clone(),
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "failed back: disk {} is active on the other site ({}) at point {}",
+            r.disk, r.device, r.point
+        );
+        println!(
+            "restore the original direction there with: sitrep reverse {} --to HOST:PORT",
+            r.disk
+        );
+    }
+    Ok(Outcome::Ok)
+}
