@@ -98,6 +98,9 @@ fn a_test_failover_is_the_point_while_replication_goes_on_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_checks(&history, &dev, r["point"]["cut_time_ns"].as_u64().unwrap());
+    // Replication went on meanwhile: the lag stays bounded (the workload is over).
+    let lag = disk_status(&s, "t")["lag_seconds"].as_f64().unwrap();
+    assert!(lag < 60.0, "lag {lag} s during a test failover");
     // The copy is writable and isolated: replication went on and the replica is the source.
     std::fs::write(&dev, vec![0xa5u8; 4096]).unwrap();
     wait_caught_up(&s, "t");

@@ -101,6 +101,8 @@ fn reverse(
             "--json",
             "--frequency",
             "continuous",
+            "--timeout",
+            "300",
         ])
         .args(["--socket", &p(agent), "--server-socket", &p(server)])
         .args(extra)
@@ -185,9 +187,19 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
     random_region(&dev_b, 20, 21);
     ctl(&rv.agent_b, &["wait", "rv", "--timeout", "120"]);
     assert_same(&dev_b, d.path());
-    // 4. Failback: a planned failover B → A, activated in place on A's own device.
+    // 4. Failback (full-download: the whole disk is copied again first), then a planned
+    // failover B → A, activated in place on A's own device.
     let out = sitrep()
-        .args(["failback", "rv", "--json", "--socket", &p(&rv.agent_b)])
+        .args([
+            "failback",
+            "rv",
+            "--mode",
+            "full-download",
+            "--json",
+            "--timeout",
+            "300",
+        ])
+        .args(["--socket", &p(&rv.agent_b)])
         .output()
         .unwrap();
     assert!(

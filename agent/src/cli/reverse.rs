@@ -37,6 +37,9 @@ pub(crate) struct ReverseArgs {
     /// Return once the reverse replication is set up, without waiting for the comparison.
     #[arg(long)]
     no_wait: bool,
+    /// Give up waiting after this many seconds (exit 1; the replication goes on).
+    #[arg(long, default_value_t = 86_400)]
+    timeout: u64,
     /// Machine-readable output: the disk's status at the end.
     #[arg(long)]
     json: bool,
@@ -64,6 +67,9 @@ pub(crate) struct FailbackArgs {
     /// This site's agent control socket.
     #[arg(long, default_value = AGENT_SOCKET)]
     socket: PathBuf,
+    /// Give up waiting for the full copy after this many seconds (exit 1; it goes on).
+    #[arg(long, default_value_t = 86_400)]
+    timeout: u64,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -86,9 +92,15 @@ fn disk(sock: &PathBuf, name: &str) -> anyhow::Result<DiskStatus> {
 }
 
 /// Waits until disk `name` is protected and caught up after its comparison (or critical).
-fn follow(sock: &PathBuf, name: &str, quiet: bool) -> anyhow::Result<DiskStatus> {
+fn follow(sock: &PathBuf, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<DiskStatus> {
     let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "disk {name}: not caught up after {timeout} s (it goes on; see `sitrep status`)"
+            );
+        }
         let d = disk(sock, name)?;
         if d.health == Health::Critical {
             anyhow::bail!(
@@ -152,7 +164,7 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Ok);
     }
-    let d = follow(&a.socket, &a.name, a.json)?;
+    let d = follow(&a.socket, &a.name, a.json, a.timeout)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {
@@ -183,7 +195,15 @@ pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
                 name: a.name.clone(),
             },
         )?;
+        let deadline = Instant::now() + Duration::from_secs(a.timeout);
         loop {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "disk {}: the full copy did not finish in {} s (it goes on; see `sitrep jobs`)",
+                    a.name,
+                    a.timeout
+                );
+            }
             let d = disk(&a.socket, &a.name)?;
             if d.health == Health::Critical {
                 anyhow::bail!("disk {}: {}", a.name, d.error.unwrap_or_default());

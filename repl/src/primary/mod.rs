@@ -79,6 +79,9 @@ pub(crate) struct CopyRun {
 
 #[derive(Debug, Default)]
 pub(crate) struct RtStatus {
+    /// Server confirmations of real work (acks, applied cycles) since start: a session that
+    /// moved it resets the retry schedule.
+    pub(crate) progress: u64,
     pub(crate) connected: bool,
     pub(crate) error: Option<String>,
     pub(crate) critical: bool,
@@ -468,6 +471,7 @@ impl Agent {
         Ok((rt, job))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn protect(
         self: &Arc<Self>,
         device: String,

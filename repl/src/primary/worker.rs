@@ -45,7 +45,14 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
         if *stop.borrow() {
             return;
         }
-        let res = session(&agent, &rt, &mut backoff).await;
+        let progress = lock(&rt.st).progress;
+        let res = session(&agent, &rt).await;
+        // The schedule starts over only if the server confirmed real work in the session
+        // (a staged cycle, a copy or resync checkpoint, ...): a server that accepts the
+        // attach but fails every cycle (out of space) is retried 1, 2, 4, ... units apart.
+        if lock(&rt.st).progress != progress {
+            backoff.reset();
+        }
         rt.set(|s| s.connected = false);
         // Never leave a filesystem frozen behind a failed session (dropping thaws it, and
         // the requester hears that replication stopped).
@@ -178,6 +185,19 @@ impl Session {
         }
     }
 
+    /// The server's refusal, if one arrives within a second (after a network error: the
+    /// server may have said why before closing).
+    async fn pending_refusal(&mut self) -> Option<ReplError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Err(e @ ReplError::Refused { .. }))) => return Some(e),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => return None,
+            }
+        }
+    }
+
     pub(crate) async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
         self.last_sent = Instant::now();
         self.w.msg(m).await
@@ -209,10 +229,19 @@ fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
             rt.set(|s| {
                 s.last_applied = Some(CycleInfo { seq, cut_time_ns });
                 s.cycles_applied += 1;
+                s.progress += 1;
             });
             None
         }
         Msg::Pong { .. } => None,
+        other @ (Msg::CycleAck { .. }
+        | Msg::CopyAck { .. }
+        | Msg::ResyncAck { .. }
+        | Msg::ResyncFinished { .. }
+        | Msg::FailoverDone { .. }) => {
+            rt.set(|s| s.progress += 1);
+            Some(other)
+        }
         other => Some(other),
     }
 }
@@ -243,7 +272,7 @@ fn spawn_receiver(
     rx
 }
 
-async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<Ended, ReplError> {
+async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
     let prot = lock(&rt.prot).clone();
     let size = rt.size;
     let cfg = agent.client_cfg.clone();
@@ -257,122 +286,130 @@ async fn session(agent: &Agent, rt: &DiskRt, backoff: &mut Backoff) -> Result<En
         last_sent: Instant::now(),
         last_heard: Instant::now(),
     };
-    s.msg(match prot.reverse {
-        Some(r) => Msg::AttachReverse {
-            disk: prot.name.clone(),
-            disk_id: prot.disk_id_bytes(),
-            size,
-            block_size: rt.block_size,
-            fork_seq: r.fork_seq,
-            from_seq: prot.copy.from_seq,
-            discard_target_changes: r.discard_target_changes,
-        },
-        None => Msg::Attach {
-            disk: prot.name.clone(),
-            disk_id: prot.disk_id_bytes(),
-            size,
-            block_size: rt.block_size,
-        },
-    })
-    .await?;
-    let (server_copy, applied, mut expected) = match s.answer(rt).await? {
-        Msg::Attached {
-            copy,
-            applied,
-            expected_seq,
-        } => (copy, applied, expected_seq),
-        m => {
-            return Err(ReplError::Protocol(format!(
-                "{} answered Attach with {}",
-                prot.to,
-                m.name()
-            )));
-        }
-    };
-    backoff.reset();
-    rt.set(|st| {
-        st.connected = true;
-        st.error = None;
-        st.critical = false;
-        if applied.is_some() {
-            st.last_applied = applied;
-        }
-    });
-    tracing::info!(disk = %prot.name, server = %prot.to, "attached");
-    // The server is the authority on what it holds: if it lost the copy (a new store), or it
-    // belongs to another copy, start over.
-    {
-        let mut p = lock(&rt.prot);
-        let server_ok = server_copy
-            .as_ref()
-            .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
-        if let Some(c) = &server_copy
-            && c.done
-            && c.from_seq == p.copy.from_seq
-            && !p.copy.done
-            && !p.copy.restart
-        {
-            // The server completed the copy; its last acknowledgement was lost with the
-            // connection.
-            p.copy.done = true;
-            let _ = p.save(&agent.opts.state);
-        } else if !server_ok && (p.copy.done || server_copy.is_some()) {
-            tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
-            p.copy.done = false;
-            p.copy.restart = true;
-            let _ = p.save(&agent.opts.state);
-        }
-    }
-    let mut stop = rt.stop.subscribe();
-    // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
-    // than shipping them, and drops them at once.
-    if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
-        check_log_threshold(agent, rt, expected)?;
-    }
-    loop {
-        let plan = lock(&rt.prot).copy;
-        if !plan.done {
-            let cursor = if plan.restart {
-                None
-            } else {
-                server_copy
-                    .as_ref()
-                    .filter(|c| c.from_seq == plan.from_seq && !c.done)
-                    .map(|c| c.cursor)
-            };
-            if run_copy(agent, rt, &mut s, plan, cursor, &mut stop).await? {
-                return Ok(Ended::Stopped);
+    let res = async {
+        s.msg(match prot.reverse {
+            Some(r) => Msg::AttachReverse {
+                disk: prot.name.clone(),
+                disk_id: prot.disk_id_bytes(),
+                size,
+                block_size: rt.block_size,
+                fork_seq: r.fork_seq,
+                from_seq: prot.copy.from_seq,
+                discard_target_changes: r.discard_target_changes,
+            },
+            None => Msg::Attach {
+                disk: prot.name.clone(),
+                disk_id: prot.disk_id_bytes(),
+                size,
+                block_size: rt.block_size,
+            },
+        })
+        .await?;
+        let (server_copy, applied, mut expected) = match s.answer(rt).await? {
+            Msg::Attached {
+                copy,
+                applied,
+                expected_seq,
+            } => (copy, applied, expected_seq),
+            m => {
+                return Err(ReplError::Protocol(format!(
+                    "{} answered Attach with {}",
+                    prot.to,
+                    m.name()
+                )));
             }
-            expected = Some(plan.from_seq);
+        };
+        rt.set(|st| {
+            st.connected = true;
+            st.error = None;
+            st.critical = false;
+            if applied.is_some() {
+                st.last_applied = applied;
+            }
+        });
+        tracing::info!(disk = %prot.name, server = %prot.to, "attached");
+        // The server is the authority on what it holds: if it lost the copy (a new store), or it
+        // belongs to another copy, start over.
+        {
+            let mut p = lock(&rt.prot);
+            let server_ok = server_copy
+                .as_ref()
+                .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
+            if let Some(c) = &server_copy
+                && c.done
+                && c.from_seq == p.copy.from_seq
+                && !p.copy.done
+                && !p.copy.restart
+            {
+                // The server completed the copy; its last acknowledgement was lost with the
+                // connection.
+                p.copy.done = true;
+                let _ = p.save(&agent.opts.state);
+            } else if !server_ok && (p.copy.done || server_copy.is_some()) {
+                tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
+                p.copy.done = false;
+                p.copy.restart = true;
+                let _ = p.save(&agent.opts.state);
+            }
         }
-        if lock(&rt.prot).resync.is_some() {
-            match super::resync::run(agent, rt, &mut s, &mut stop).await? {
-                super::resync::ResyncEnd::Stopped => {
+        let mut stop = rt.stop.subscribe();
+        // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
+        // than shipping them, and drops them at once.
+        if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
+            check_log_threshold(agent, rt, expected)?;
+        }
+        loop {
+            let plan = lock(&rt.prot).copy;
+            if !plan.done {
+                let cursor = if plan.restart {
+                    None
+                } else {
+                    server_copy
+                        .as_ref()
+                        .filter(|c| c.from_seq == plan.from_seq && !c.done)
+                        .map(|c| c.cursor)
+                };
+                if run_copy(agent, rt, &mut s, plan, cursor, &mut stop).await? {
+                    return Ok(Ended::Stopped);
+                }
+                expected = Some(plan.from_seq);
+            }
+            if lock(&rt.prot).resync.is_some() {
+                match super::resync::run(agent, rt, &mut s, &mut stop).await? {
+                    super::resync::ResyncEnd::Stopped => {
+                        let _ = s.msg(Msg::Bye).await;
+                        s.w.shutdown().await;
+                        return Ok(Ended::Stopped);
+                    }
+                    super::resync::ResyncEnd::Done(from) => expected = Some(from),
+                    super::resync::ResyncEnd::Again => {}
+                }
+                continue;
+            }
+            match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
+                CyclesEnd::Stopped => {
                     let _ = s.msg(Msg::Bye).await;
                     s.w.shutdown().await;
                     return Ok(Ended::Stopped);
                 }
-                super::resync::ResyncEnd::Done(from) => expected = Some(from),
-                super::resync::ResyncEnd::Again => {}
-            }
-            continue;
-        }
-        match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
-            CyclesEnd::Stopped => {
-                let _ = s.msg(Msg::Bye).await;
-                s.w.shutdown().await;
-                return Ok(Ended::Stopped);
-            }
-            CyclesEnd::FailedOver => {
-                s.w.shutdown().await;
-                return Ok(Ended::Stopped);
-            }
-            CyclesEnd::Resync(why) => {
-                if let Some(why) = why {
-                    agent.require_resync(rt, &why, None)?;
+                CyclesEnd::FailedOver => {
+                    s.w.shutdown().await;
+                    return Ok(Ended::Stopped);
+                }
+                CyclesEnd::Resync(why) => {
+                    if let Some(why) = why {
+                        agent.require_resync(rt, &why, None)?;
+                    }
                 }
             }
         }
+    }
+    .await;
+    match res {
+        // The server often says why (NoSpace, ...) and closes while we are still sending:
+        // its refusal is then waiting behind the broken pipe.
+        Err(ReplError::Net(n)) => Err(s.pending_refusal().await.unwrap_or(ReplError::Net(n))),
+        r => r,
     }
 }
 
@@ -577,7 +614,9 @@ async fn run_cycles(
             if *stop.borrow() {
                 return Ok(CyclesEnd::Stopped);
             }
-            if lock(&rt.prot).resync.is_some() {
+            if lock(&rt.prot).resync.is_some() || !lock(&rt.prot).copy.done {
+                // A resync, or a full copy (`sitrep failback --mode full-download`), is
+                // required: the session loop runs it.
                 return Ok(CyclesEnd::Resync(None));
             }
             let planned = lock(&rt.planned_req).take();
