@@ -174,7 +174,7 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
         .as_u64()
         .unwrap_or(u64::MAX);
     assert!(
-        sent >= 2 << 20 && sent <= 3 << 20,
+        (2 << 20..=3 << 20).contains(&sent),
         "the comparison should send the 2 MiB that changed: {st}"
     );
     assert!(

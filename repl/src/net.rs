@@ -368,7 +368,11 @@ mod tests {
             (ErrorCode::DiskMismatch, false, Some("another disk")),
             (ErrorCode::BrokenChain, false, Some("sitrep resync d --now")),
             (ErrorCode::FailedOver, false, Some("reverse replication")),
-            (ErrorCode::SplitBrain, false, Some("--discard-target-changes")),
+            (
+                ErrorCode::SplitBrain,
+                false,
+                Some("--discard-target-changes"),
+            ),
             (ErrorCode::BadRequest, false, Some("report it")),
             (ErrorCode::VersionMismatch, false, Some("upgrade")),
         ] {

@@ -3,7 +3,7 @@
 //! and failback*). Both talk to the local agent; `reverse` also asks the local server which
 //! device and point the failover activated.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -75,7 +75,7 @@ pub(crate) struct FailbackArgs {
     json: bool,
 }
 
-fn ask<T: serde::de::DeserializeOwned>(sock: &PathBuf, req: &Request) -> anyhow::Result<T> {
+fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &Request) -> anyhow::Result<T> {
     let resp = call(sock, req, Duration::from_secs(24 * 3600))?;
     if !resp.ok {
         anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
@@ -83,7 +83,7 @@ fn ask<T: serde::de::DeserializeOwned>(sock: &PathBuf, req: &Request) -> anyhow:
     Ok(serde_json::from_value(resp.data)?)
 }
 
-fn disk(sock: &PathBuf, name: &str) -> anyhow::Result<DiskStatus> {
+fn disk(sock: &Path, name: &str) -> anyhow::Result<DiskStatus> {
     let r: StatusReport = ask(sock, &Request::Status)?;
     r.disks
         .into_iter()
@@ -92,7 +92,7 @@ fn disk(sock: &PathBuf, name: &str) -> anyhow::Result<DiskStatus> {
 }
 
 /// Waits until disk `name` is protected and caught up after its comparison (or critical).
-fn follow(sock: &PathBuf, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<DiskStatus> {
+fn follow(sock: &Path, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<DiskStatus> {
     let mut last = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
