@@ -279,6 +279,7 @@ fn a_planned_failover_of_a_busy_ext4_loses_nothing() {
     let r = ctl(&s, &["failover", "pf", "--planned"]);
     assert_eq!(r["kind"], "planned", "{r}");
     assert_eq!(r["frozen"], true, "{r}");
+    assert_eq!(r["point_kind"], "app-consistent", "{r}");
     let dev = r["device"].as_str().unwrap().to_string();
     let _detach = Detach(dev.clone());
     assert!(dev.starts_with("/dev/loop"), "{r}");

@@ -423,6 +423,7 @@ mod tests {
             state: ReplState::Protected,
             health: Health::Normal,
             lag_seconds: 0.0,
+            rpo_target_seconds: None,
             backlog_bytes: 0,
             bytes_shipped: 0,
             wire_bytes: 0,

@@ -98,6 +98,10 @@ pub struct DiskStatus {
     /// replica, else seconds since the cut of the newest applied cycle (or since protection
     /// started, before the first one).
     pub lag_seconds: f64,
+    /// The lag beyond which the disk's health is Warning (agent, while protected): twice the
+    /// cycle interval plus a minute (60 s for continuous). None on the server.
+    #[serde(default)]
+    pub rpo_target_seconds: Option<f64>,
     /// Bytes of changed ranges recorded but not yet applied on the replica (an upper bound).
     pub backlog_bytes: u64,
     /// Data bytes shipped (before compression; zero ranges not counted).
@@ -311,6 +315,8 @@ pub struct PlannedReport {
     pub kind: String,
     /// The recovery point activated on the secondary (the source's last cycle).
     pub point: u64,
+    /// Its kind: always `app-consistent` (taken quiesced, proved equal to the source).
+    pub point_kind: String,
     /// Its source-side cut time (ns since the epoch).
     pub cut_time_unix_ns: u64,
     /// The block device on the secondary.

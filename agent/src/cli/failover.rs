@@ -94,8 +94,8 @@ fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     println!(
-        "failed over (planned): disk {} is active on the secondary at point {} (source cut at {} ns since the epoch)",
-        r.disk, r.point, r.cut_time_unix_ns
+        "failed over (planned): disk {} is active on the secondary at point {} ({}, source cut at {} ns since the epoch)",
+        r.disk, r.point, r.point_kind, r.cut_time_unix_ns
     );
     println!("device {} (on the secondary)   image {}", r.device, r.image);
     println!(

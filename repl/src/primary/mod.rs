@@ -624,9 +624,21 @@ impl Agent {
         } else {
             ReplState::Protected
         };
+        let lag_seconds = if pending {
+            now.saturating_sub(since) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let rpo_target = match p.frequency {
+            Frequency::Continuous => 60.0,
+            Frequency::Every(d) => 2.0 * d.as_secs_f64() + 60.0,
+        };
         let health = if st.critical {
             Health::Critical
-        } else if st.error.is_some() || state == ReplState::ResyncRequired {
+        } else if st.error.is_some()
+            || state == ReplState::ResyncRequired
+            || (state == ReplState::Protected && lag_seconds > rpo_target)
+        {
             Health::Warning
         } else {
             Health::Normal
@@ -637,11 +649,8 @@ impl Agent {
             peer: p.to.clone(),
             state,
             health,
-            lag_seconds: if pending {
-                now.saturating_sub(since) as f64 / 1e9
-            } else {
-                0.0
-            },
+            lag_seconds,
+            rpo_target_seconds: Some(rpo_target),
             backlog_bytes: st.backlog_bytes,
             bytes_shipped: st.bytes_shipped,
             wire_bytes: st.wire_bytes,

@@ -242,6 +242,7 @@ async fn steps(
         disk: name.clone(),
         kind: "planned".into(),
         point,
+        point_kind: "app-consistent".into(),
         cut_time_unix_ns: cut,
         device: dev.clone(),
         image: image.clone(),

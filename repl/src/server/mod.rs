@@ -246,6 +246,7 @@ fn status_report(sh: &Shared) -> StatusReport {
                     state: ReplState::Critical,
                     health: Health::Critical,
                     lag_seconds: 0.0,
+                    rpo_target_seconds: None,
                     backlog_bytes: 0,
                     bytes_shipped: 0,
                     wire_bytes: 0,
@@ -299,6 +300,7 @@ fn status_report(sh: &Shared) -> StatusReport {
             lag_seconds: st
                 .applied
                 .map_or(0.0, |a| now.saturating_sub(a.cut_time_ns) as f64 / 1e9),
+            rpo_target_seconds: None,
             backlog_bytes: 0,
             bytes_shipped: c.data_bytes,
             wire_bytes: slot.wire_bytes.load(Ordering::Relaxed),
