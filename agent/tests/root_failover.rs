@@ -316,6 +316,13 @@ fn a_planned_failover_of_a_busy_ext4_loses_nothing() {
     assert_ne!(st["health"], "critical", "{st}");
     // The activated replica is a clean filesystem.
     run_ok("e2fsck", &["-fn", &dev]);
+    // And it mounts, with the files the writer made.
+    let chk = sites.path("chk");
+    std::fs::create_dir(&chk).unwrap();
+    run_ok("mount", &["-o", "ro,noload", &dev, &p(&chk)]);
+    let _chk = Mounted(chk.clone());
+    let files = std::fs::read_dir(&chk).unwrap().count();
+    assert!(files > 1, "the activated filesystem holds {files} entries");
 }
 
 /// Without a filesystem to freeze, a planned failover while something writes the disk is
