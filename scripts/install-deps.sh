@@ -32,7 +32,7 @@ APT_PACKAGES=(
     # Build: libbpf-sys/libbpf-cargo (clang, libelf, zlib), libublk's bindgen (libclang).
     clang libelf-dev zlib1g-dev libclang-dev pkg-config make
     # Root tier and benchmarks on the host.
-    fio util-linux mount fdisk e2fsprogs iproute2 kmod dmsetup
+    fio util-linux mount fdisk e2fsprogs iproute2 kmod dmsetup rsync
     # VM tier: qemu (software emulation), busybox for virtme-ng's initramfs, `file` and
     # binutils' `strings` let virtme-ng read the kernel version from the image. udev: without
     # systemd-udevd in the guest, /dev/virtio-ports/* links are missing and virtme-ng-init

@@ -9,6 +9,9 @@
 #          print SKIP on the host, because the next step runs them
 #   vm     scripts/vm-tests.sh: VM tier inside the Debian 6.12 kernel
 #   fuzz   scripts/fuzz.sh, if present and executable
+#   bench  scripts/bench.sh --quick, then `sitrep-bench check`: a smoke test of the benchmark
+#          harness (it runs every scenario and writes a well-formed report; no timing is
+#          asserted). SITREP_SKIP_BENCH=1 leaves it out of a local run.
 #
 # SITREP_REQUIRE_TIERS=1 is exported, so a test whose capability is missing fails instead of
 # skipping. Every tier runs even if an earlier one failed (except deps, which all depend on);
@@ -65,6 +68,14 @@ else
     names+=(fuzz)
     verdicts+=("SKIP  (scripts/fuzz.sh not present)")
     skipped=$((skipped + 1))
+fi
+
+if [[ ${SITREP_SKIP_BENCH:-0} == 1 ]]; then
+    names+=(bench)
+    verdicts+=("SKIP  (SITREP_SKIP_BENCH=1)")
+    skipped=$((skipped + 1))
+else
+    tier bench timeout --kill-after=30s 25m scripts/bench-smoke.sh
 fi
 
 log "=== summary ($((SECONDS - total_start))s) ==="

@@ -13,6 +13,9 @@
 //! replication lag, resync against rsync, initial copy against `cat | nc`.
 
 pub mod fio;
+pub mod harness;
+pub mod report;
+pub mod results;
 
 /// The change-log crate whose throughput later benchmarks measure.
 pub use hrl;

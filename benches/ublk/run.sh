@@ -4,6 +4,9 @@
 #
 #   benches/ublk/run.sh [SECONDS_PER_JOB] [ROUNDS]       (defaults: 5 2)
 #
+# Output: $SITREP_BENCH_OUT (default target/bench-out/ublk): results.json (every sample:
+# target -> job -> [IOPS or bytes/s per round]), vm.log, the fio JSON files.
+#
 # Boots the Debian 6.12 kernel once under qemu/TCG (no KVM here), runs benches/ublk/guest.sh
 # inside it, and prints a markdown table of median IOPS / MB/s per target and job, with
 # ratios against rublk. Timings under software emulation are only comparable with other
@@ -24,7 +27,7 @@ if [[ ! -x "$tools/bin/rublk" ]]; then
 fi
 log "building sitrep (release)"
 cargo build --release -q -p sitrep-agent
-out="$SITREP_ROOT/target/bench-out/ublk"
+out="${SITREP_BENCH_OUT:-$SITREP_ROOT/target/bench-out/ublk}"
 rm -rf "$out" && mkdir -p "$out"
 
 guest="$(printf '%q ' "$SITREP_ROOT/benches/ublk/guest.sh" "$out" \
@@ -41,6 +44,7 @@ targets = ["kloop", "rublk", "extents", "journal"]
 jobs = [("randwrite4k", "write", "iops"), ("randread4k", "read", "iops"),
         ("seqwrite1m", "write", "bw_bytes")]
 res = {}
+raw = {}
 for t in targets:
     for j, side, key in jobs:
         vals = []
@@ -50,6 +54,9 @@ for t in targets:
             doc = json.loads(text[text.index("{"):])
             vals.append(doc["jobs"][0][side][key])
         res[(t, j)] = statistics.median(vals)
+        raw.setdefault(t, {})[j] = vals
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"rounds": rounds, "samples": raw}, f, indent=2)
 names = {"kloop": "kernel loop (direct I/O)", "rublk": "rublk loop target",
          "extents": "sitrep tracked, extents", "journal": "sitrep tracked, journal"}
 print("| target | 4k randwrite IOPS | 4k randread IOPS | 1M seq write MB/s |")

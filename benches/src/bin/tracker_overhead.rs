@@ -38,6 +38,9 @@ struct Args {
     /// fio I/O engine.
     #[arg(long, default_value = "io_uring")]
     engine: String,
+    /// Also write the raw samples and totals as JSON to this file (read by `sitrep-bench`).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 struct Loop {
@@ -177,6 +180,25 @@ fn main() -> anyhow::Result<()> {
         "| tracker CPU (userspace, % of one core, median) | {:.1} % |",
         median(&cpu_secs) * 100.0
     );
+    if let Some(p) = &a.json {
+        let doc = serde_json::json!({
+            "untracked_iops": base,
+            "tracked_iops": tracked,
+            "ratios": ratios,
+            "bpf_ns_per_bio": bpf_ns,
+            "tracker_cpu_fraction": cpu_secs,
+            "seconds": a.seconds,
+            "rounds": a.rounds,
+            "fio_writes": writes,
+            "events": events,
+            "bitmap_writes": bitmap,
+            "drops": drops,
+            "fallback_words": fallback,
+            "unaccounted": unaccounted,
+            "lost": (events + drops + bitmap < writes && !a.attach_only),
+        });
+        std::fs::write(p, serde_json::to_vec_pretty(&doc)?)?;
+    }
     // Every write is a bio: events + drops must cover the writes fio counted (fio's count
     // excludes nothing; the kernel may see more, e.g. flushes or split bios).
     if events + drops + bitmap < writes && !a.attach_only {
@@ -214,6 +236,7 @@ fn a_clone(a: &Args) -> Args {
         seconds: a.seconds,
         size_mib: a.size_mib,
         engine: a.engine.clone(),
+        json: None,
     }
 }
 
