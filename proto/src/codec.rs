@@ -25,11 +25,23 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
     Decoder::new().decode(buf)
 }
 
+/// After this many data frames in a row that did not compress, an [`Encoder`] stops trying
+/// for a while (see [`Encoder::encode`]).
+pub const INCOMPRESSIBLE_STREAK: u32 = 8;
+/// The longest pause in compression attempts, in data frames.
+pub const MAX_SKIP: u32 = 256;
+
 /// A frame encoder that reuses its zstd context and scratch buffer.
 pub struct Encoder {
     opts: EncodeOpts,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     scratch: Vec<u8>,
+    /// Data frames in a row that did not compress.
+    misses: u32,
+    /// Data frames still to send without trying to compress them.
+    skip: u32,
+    /// The next pause (doubles while the data stays incompressible, up to [`MAX_SKIP`]).
+    pause: u32,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -48,6 +60,9 @@ impl Encoder {
             opts,
             zstd: None,
             scratch: Vec::new(),
+            misses: 0,
+            skip: 0,
+            pause: INCOMPRESSIBLE_STREAK,
         }
     }
 
@@ -58,6 +73,13 @@ impl Encoder {
     }
 
     /// Appends one encoded frame to `out`. On error `out` is unchanged.
+    ///
+    /// Data frames are compressed when that pays (see `try_compress`). On a stream of
+    /// incompressible data (encrypted or already compressed blocks), trying costs more CPU
+    /// than anything else on the path, so after [`INCOMPRESSIBLE_STREAK`] misses in a row the
+    /// encoder sends the next frames raw without trying — 8, then 16, ... up to
+    /// [`MAX_SKIP`] frames — and tries again; one success resets it. Either form is a valid
+    /// frame, so this only changes the wire size, never the data.
     pub fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<FrameStats, ProtoError> {
         let start = out.len();
         let r = self.encode_inner(frame, out, start);
@@ -94,7 +116,7 @@ impl Encoder {
             }
         }
         let raw_len = out.len() - payload;
-        let compressed = frame.kind() == FrameKind::Data && self.try_compress(out, payload)?;
+        let compressed = frame.kind() == FrameKind::Data && self.adaptive_compress(out, payload)?;
         let wire_len = out.len() - payload;
         // Both lengths were checked against caps far below u32::MAX above.
         let to_u32 = |n: usize| {
@@ -114,6 +136,27 @@ impl Encoder {
             wire_bytes: (HEADER_LEN + wire_len) as u64,
             compressed,
         })
+    }
+
+    /// [`Self::try_compress`], unless a run of incompressible frames says to skip it.
+    fn adaptive_compress(&mut self, out: &mut Vec<u8>, payload: usize) -> Result<bool, ProtoError> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(false);
+        }
+        let done = self.try_compress(out, payload)?;
+        if done {
+            self.misses = 0;
+            self.pause = INCOMPRESSIBLE_STREAK;
+        } else if out.len() - payload >= COMPRESS_MIN {
+            self.misses += 1;
+            if self.misses >= INCOMPRESSIBLE_STREAK {
+                self.misses = 0;
+                self.skip = self.pause;
+                self.pause = (self.pause * 2).min(MAX_SKIP);
+            }
+        }
+        Ok(done)
     }
 
     /// Replaces the raw payload at `out[payload..]` by its zstd form when that pays:
@@ -321,3 +364,53 @@ pub(crate) fn check_zero(offset: u64, len: u64) -> Result<(), String> {
 // MAX_WIRE_PAYLOAD must hold any raw payload sent uncompressed.
 const _: () = assert!(MAX_WIRE_PAYLOAD >= MAX_RAW_PAYLOAD);
 const _: () = assert!(MAX_DATA + DATA_PREFIX <= MAX_RAW_PAYLOAD);
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+
+    fn data(seed: u64, compressible: bool) -> Frame {
+        let mut x = seed | 1;
+        let data = (0..4096u32)
+            .map(|i| {
+                if compressible {
+                    (i % 7) as u8
+                } else {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                }
+            })
+            .collect();
+        Frame::Data { offset: 0, data }
+    }
+
+    #[test]
+    fn incompressible_runs_pause_attempts_and_compressible_data_resumes_them() {
+        let mut e = Encoder::new(EncodeOpts {
+            compress_level: Some(3),
+        });
+        let mut out = Vec::new();
+        for i in 0..INCOMPRESSIBLE_STREAK {
+            e.encode(&data(u64::from(i) + 1, false), &mut out).unwrap();
+        }
+        assert_eq!(
+            e.skip, INCOMPRESSIBLE_STREAK,
+            "a streak of misses pauses attempts"
+        );
+        // Paused: even compressible data goes raw (and decodes the same).
+        out.clear();
+        let f = data(0, true);
+        assert!(!e.encode(&f, &mut out).unwrap().compressed);
+        assert_eq!(decode(&out).unwrap().unwrap().0, f);
+        for _ in 1..INCOMPRESSIBLE_STREAK {
+            e.encode(&f, &mut Vec::new()).unwrap();
+        }
+        // The pause is over: the next attempt succeeds and resets the schedule.
+        out.clear();
+        assert!(e.encode(&f, &mut out).unwrap().compressed);
+        assert_eq!(decode(&out).unwrap().unwrap().0, f);
+        assert_eq!((e.skip, e.misses, e.pause), (0, 0, INCOMPRESSIBLE_STREAK));
+    }
+}

@@ -70,9 +70,15 @@ pub(crate) struct AgentArgs {
     /// then every 30 (seconds; the seed's schedule is in minutes: 60).
     #[arg(long, default_value_t = 60.0)]
     retry_unit: f64,
-    /// zstd level for data (0 disables compression).
-    #[arg(long, default_value_t = 1)]
+    /// zstd level for data (0 disables compression; negative levels are zstd's fast modes).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     compress_level: i32,
+    /// When to compress cycle data: `auto` compresses while the link is what limits shipping
+    /// and sends raw while the CPU is (compressing 4 KiB blocks costs more CPU than anything
+    /// else on the path); `always` compresses every frame that shrinks. The initial copy
+    /// always compresses.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always"])]
+    compression: String,
     /// TEST ONLY: offer every cycle as a crash-consistent point without checking — a broken
     /// cut, for proving the consistency checker catches one.
     #[arg(long, hide = true)]
@@ -170,6 +176,7 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         retry_unit: Duration::from_secs_f64(a.retry_unit),
         max_rate,
         compress_level: (a.compress_level != 0).then_some(a.compress_level),
+        compress_auto: a.compression == "auto",
         policy,
         tracker: tracker_bpf::TrackerConfig::default(),
         offer_every_cycle: a.unsafe_offer_every_cycle,

@@ -31,6 +31,8 @@ pub struct Bench {
     size: u64,
     logs: PathBuf,
     t0: Instant,
+    /// Wire bytes per data byte shipped in the last [`Bench::load`] (compression, framing).
+    wire_per_data: f64,
     /// (t, agent RSS, server RSS) over every run, for the memory scenario.
     rss: Vec<(f64, f64, f64)>,
     _src: RemoveOnDrop,
@@ -67,6 +69,7 @@ impl Bench {
             size,
             logs,
             t0: Instant::now(),
+            wire_per_data: f64::NAN,
             rss: Vec::new(),
             _src: RemoveOnDrop(src),
         })
@@ -96,6 +99,7 @@ impl Bench {
         tag: &str,
     ) -> anyhow::Result<(Vec<Sample>, f64, f64)> {
         let out = self.logs.join(format!("fio-{tag}.json"));
+        let before = self.sites.agent_disk(NAME)?;
         let mut fio = fio_child(&self.dev, mb_s, bs, secs, &out)?;
         let start = Instant::now();
         let mut samples = Vec::new();
@@ -108,7 +112,11 @@ impl Bench {
         let achieved = crate::fio::parse(&std::fs::read(&out)?)?.write_bw / 1e6;
         let c0 = Instant::now();
         self.sites.wait(NAME, 900)?;
-        Ok((samples, achieved, c0.elapsed().as_secs_f64()))
+        let catchup = c0.elapsed().as_secs_f64();
+        let after = self.sites.agent_disk(NAME)?;
+        let delta = |k: &str| after[k].as_f64().unwrap_or(0.0) - before[k].as_f64().unwrap_or(0.0);
+        self.wire_per_data = delta("wire_bytes") / delta("bytes_shipped");
+        Ok((samples, achieved, catchup))
     }
 
     /// Peak RSS (VmHWM) of the agent and the server so far.
@@ -216,6 +224,11 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
                 .collect(),
         });
         achieved_all.push((rate, achieved, first.max(second), catchup, sustained));
+        sc.notes.push(format!(
+            "step {rate} MB/s: {:.2} wire bytes per data byte (zstd while the link limits, \
+             `--compression auto`)",
+            b.wire_per_data
+        ));
         if !sustained {
             sc.notes.push(format!(
                 "{rate} MB/s not sustained: fio reached {achieved:.0} MB/s, lag max {first:.1} s \
@@ -323,6 +336,13 @@ pub fn rpo(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<()> {
             "MB/s",
             true,
             vec![achieved],
+        ));
+        sc.metrics.push(Metric::new(
+            "wire bytes per data byte",
+            &v,
+            "×",
+            false,
+            vec![b.wire_per_data],
         ));
         sc.notes.push(format!(
             "{rate} MB/s: fio reached {achieved:.1} MB/s; {} samples; catch-up after fio {catchup:.1} s",

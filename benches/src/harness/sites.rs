@@ -176,10 +176,14 @@ impl Sites {
             &[("--store", work.join("store")), ("--pki", pki_b)],
         )?;
         s.server = Some(server);
+        // Extra agent flags for experiments (e.g. SITREP_BENCH_AGENT_ARGS="--compress-level 0").
+        let extra = std::env::var("SITREP_BENCH_AGENT_ARGS").unwrap_or_default();
+        let mut agent_args = vec!["agent", "--resync-window", "always"];
+        agent_args.extend(extra.split_whitespace());
         let agent = s.start(
             &a,
             "agent",
-            &["agent", "--resync-window", "always"],
+            &agent_args,
             &[("--state", work.join("state")), ("--pki", pki_a)],
         )?;
         s.agent = Some(agent);
@@ -203,7 +207,10 @@ impl Sites {
         }
         cmd.arg("--socket").arg(&socket);
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SITREP_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)

@@ -49,6 +49,9 @@ pub struct AgentOptions {
     pub max_rate: Option<u64>,
     /// zstd level for data frames (None: never compress).
     pub compress_level: Option<i32>,
+    /// Compress cycle data only while the link, not the CPU, limits shipping (see
+    /// `ship::Compression`); false: always compress (when `compress_level` is set).
+    pub compress_auto: bool,
     /// Disks to protect at start.
     pub policy: Option<PolicyFile>,
     /// The tracker's settings.

@@ -131,6 +131,8 @@ pub(crate) struct Session {
     pub(crate) peer: String,
     pub(crate) last_sent: Instant,
     last_heard: Instant,
+    /// Whether cycle frames are compressed now (kept across the session's cycles).
+    pub(crate) comp: super::ship::Compression,
 }
 
 impl Session {
@@ -160,6 +162,8 @@ impl Session {
     }
 
     pub(crate) async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
+        // Whatever is buffered may be what the answer waits for.
+        self.w.flush().await?;
         loop {
             let m = self
                 .rx
@@ -285,6 +289,7 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
         peer: prot.to.clone(),
         last_sent: Instant::now(),
         last_heard: Instant::now(),
+        comp: super::ship::Compression::new(agent.opts.compress_auto),
     };
     let res = async {
         s.msg(match prot.reverse {
@@ -802,6 +807,7 @@ async fn ship_cycle(
     // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
     // sealed by auto-rotation or crash recovery: never a point).
     let cut = lock(&rt.cuts).get(&cyc.seq).copied();
+    let t0 = Instant::now();
     s.msg(Msg::CycleBegin {
         seq: cyc.seq,
         log_id: cyc.log_id,
@@ -810,20 +816,25 @@ async fn ship_cycle(
         data_bytes: cyc.bytes,
     })
     .await?;
-    let mut rx = spawn_reader(
+    let mut rx = super::ship::spawn_readers(
         device.to_path_buf(),
         rt.size,
         cyc.ranges.clone(),
         agent.encode_opts(),
+        super::ship::CYCLE_READERS,
+        Some(s.comp.flag()),
     );
     let (frames, data_bytes) = loop {
+        let waiting = Instant::now();
         let item = tokio::select! {
             i = rx.recv() => i,
             _ = stop.changed() => return Err(ReplError::Local("stopping".into())),
         };
         match item {
             Some(Item::Frame { bytes, data, zero }) => {
+                let (waited, sending) = (waiting.elapsed(), Instant::now());
                 send_frame(s, rt, &bytes, data, zero).await?;
+                s.comp.note(waited, sending.elapsed());
                 thaw_if(rt, cyc.seq, true);
             }
             Some(Item::Mark(_)) => {}
@@ -840,6 +851,7 @@ async fn ship_cycle(
             None => return Err(ReplError::Local("device reader stopped".into())),
         }
     };
+    let t_sent = t0.elapsed();
     s.msg(Msg::CycleEnd {
         seq: cyc.seq,
         frames,
@@ -848,6 +860,7 @@ async fn ship_cycle(
     .await?;
     match s.answer(rt).await? {
         Msg::CycleAck { seq } if seq == cyc.seq => {
+            let t_ack = t0.elapsed();
             let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
             let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
             let consistent = agent.opts.offer_every_cycle
@@ -891,6 +904,11 @@ async fn ship_cycle(
                     ))
                 });
             }
+            tracing::debug!(
+                disk = %lock(&rt.prot).name, seq = cyc.seq, extents = cyc.ranges.len(),
+                bytes = cyc.bytes, sent_ms = t_sent.as_millis(), acked_ms = t_ack.as_millis(),
+                judged_ms = t0.elapsed().as_millis(), "cycle shipped"
+            );
             rt.set(|st| {
                 st.cycles_judged += 1;
                 if consistent {

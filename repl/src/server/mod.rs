@@ -689,8 +689,10 @@ where
     let size = with_disk(slot, |d| Ok(d.state().size)).unwrap_or(0);
     let mut mode = Mode::Idle;
     let mut rs = store::ResyncSession::default();
+    // One reader per session: it keeps its zstd context across frames.
+    let mut reader = proto::FrameReader::new();
     loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut c.r)).await {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut c.r)).await {
             Ok(Ok(f)) => f,
             Ok(Err(proto::ProtoError::Closed)) => {
                 if let Mode::Cycle(s) = mode {
@@ -867,7 +869,10 @@ where
                 }
             }
             (Mode::Cycle(mut s), f @ (Frame::Data { .. } | Frame::Zero { .. })) => {
-                if let Err(e) = tokio::task::block_in_place(|| s.push(name, size, &f)) {
+                // A frame goes into the staging file's 1 MiB buffer: a copy, and a page-cache
+                // write once per MiB. Handing the worker thread over (`block_in_place`) for
+                // every frame cost more than that (a third of the time of a 4 KiB frame).
+                if let Err(e) = s.push(name, size, &f) {
                     s.abandon();
                     return Err(refuse(c, e).await);
                 }
