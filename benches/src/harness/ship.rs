@@ -309,7 +309,12 @@ pub fn rpo(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<()> {
          200 ms from `sitrep status --json`. Percentiles are over the samples."
     );
     let mut p99_at_50 = f64::NAN;
-    for rate in [10u32, 50, 100] {
+    // Experiments may pick rates: SITREP_BENCH_RPO_RATES=50 (MB/s, comma separated).
+    let rates: Vec<u32> = std::env::var("SITREP_BENCH_RPO_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 50, 100]);
+    for rate in rates {
         let (s, achieved, catchup) = b.load(rate, "4k", secs, &format!("rpo-{rate}"))?;
         let lags: Vec<f64> = s.iter().map(|x| x.lag).collect();
         let (p50, p99, mx) = (

@@ -314,6 +314,7 @@ impl Disk {
             .write(true)
             .open(&replica_path)
             .map_err(io_err(name, format!("opening {}", replica_path.display())))?;
+        advise_random(&replica);
         let undo_dir = dir.join("undo");
         fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
         undo::clean_tmp(&undo_dir);
@@ -368,6 +369,7 @@ impl Disk {
                 .truncate(false)
                 .open(dir.join("replica.img"))
                 .map_err(io_err(name, "creating replica.img"))?;
+            advise_random(&replica);
             replica
                 .set_len(req.size)
                 .map_err(io_err(name, "sizing replica.img"))?;
@@ -520,6 +522,7 @@ impl Disk {
             .write(true)
             .open(device)
             .map_err(io_err(name, format!("opening {}", device.display())))?;
+        advise_random(&replica);
         let size = {
             use std::io::{Seek, SeekFrom};
             (&replica)
@@ -1005,6 +1008,16 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Data { .. } => "Data",
         Frame::Zero { .. } => "Zero",
     }
+}
+
+/// Tells the kernel the replica is read at random (the undo capture reads the old bytes of
+/// every range a cycle overwrites). Without it, reads at rising offsets across a big cycle
+/// look sequential, readahead grows to its maximum, and on a sparse replica the kernel
+/// zero-fills hundreds of KiB of holes per 4 KiB read: a profile of 50 MB/s of 4 KiB writes
+/// showed 56 % of the server's CPU in that memset, and the lag never recovered once a cycle
+/// grew big. Advice only: an error is ignored (the device may not support it).
+fn advise_random(f: &File) {
+    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
 }
 
 fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
