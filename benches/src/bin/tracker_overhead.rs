@@ -18,6 +18,10 @@ struct Args {
     /// Record every write through the ring buffer (the tracker's `write_bitmap: false`).
     #[arg(long)]
     ring_only: bool,
+    /// Record each change only when it completes (`mark_at_queue: false`): one program run
+    /// per I/O instead of two.
+    #[arg(long)]
+    completion_only: bool,
     /// Attach the program but do not register the device: measures the floor (tracepoint
     /// trampoline + device lookup) that every tracked bio pays before any tracking work.
     #[arg(long)]
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         base.push(b.write_iops);
         let mut t = Tracker::start(TrackerConfig {
             write_bitmap: !a.ring_only,
+            mark_at_queue: !a.completion_only,
             ..TrackerConfig::default()
         })?;
         let dir = logs.join(format!("r{i}"));
@@ -121,11 +126,13 @@ fn main() -> anyhow::Result<()> {
             t.add_device(&lo.dev, &dir)?;
         }
         let cpu0 = self_cpu_seconds();
+        let k0 = kernel_writes(&lo.dev);
         let r = round(&lo.dev, &a)?;
         let cpu = self_cpu_seconds() - cpu0;
         cpu_secs.push(cpu / f64::from(a.seconds));
         std::thread::sleep(std::time::Duration::from_millis(300));
         let s = t.stats();
+        let kw = kernel_writes(&lo.dev) - k0;
         t.stop()?;
         std::fs::remove_dir_all(&dir)?;
         tracked.push(r.write_iops);
@@ -141,13 +148,15 @@ fn main() -> anyhow::Result<()> {
         unaccounted += s.kernel.unaccounted;
         eprintln!(
             "round {i}: untracked {:.0} IOPS, tracked {:.0} IOPS ({:.3}), events {} + bitmap \
-             writes {} for {} writes, drops {}",
+             writes {} for {} writes ({kw} write requests completed by the kernel; program runs: completion {}, queue {}), drops {}",
             b.write_iops,
             r.write_iops,
             r.write_iops / b.write_iops,
             s.kernel.events,
             s.kernel.bitmap_writes,
             r.writes,
+            s.kernel.complete_runs,
+            s.kernel.queue_runs,
             s.kernel.drops
         );
     }
@@ -225,11 +234,24 @@ fn self_cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Write requests the kernel completed on `dev` (`/sys/block/NAME/stat`, field 5).
+fn kernel_writes(dev: &Path) -> u64 {
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::read_to_string(format!("/sys/block/{name}/stat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 fn a_clone(a: &Args) -> Args {
     Args {
         ring_only: a.ring_only,
+        completion_only: a.completion_only,
         attach_only: a.attach_only,
         bpf_stats: a.bpf_stats,
         rounds: a.rounds,

@@ -178,11 +178,17 @@ fn max(v: impl Iterator<Item = f64>) -> f64 {
 /// # Errors
 /// A step fails.
 pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<()> {
-    let (ladder, secs): (&[u32], u32) = if ctx.quick {
-        (&[50, 100, 200], 8)
+    let (ladder, secs): (Vec<u32>, u32) = if ctx.quick {
+        (vec![50, 100, 200], 8)
     } else {
-        (&[50, 100, 150, 200, 250, 300, 400, 500], 20)
+        (vec![50, 100, 150, 200, 250, 300, 400, 500], 20)
     };
+    // Experiments may pick the ladder: SITREP_BENCH_SHIP_RATES=150 (MB/s, comma separated).
+    let ladder = std::env::var("SITREP_BENCH_SHIP_RATES")
+        .ok()
+        .map_or(ladder, |v| {
+            v.split(',').filter_map(|r| r.trim().parse().ok()).collect()
+        });
     sc.description = format!(
         "fio random writes (64 KiB, direct, incompressible data) on a protected {} GiB loop \
          device at fixed rates ({} s per step), continuous mode, TLS + zstd, between two network \
@@ -196,7 +202,7 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
     );
     let (mut best, mut best_bytes) = (0.0f64, 0u64);
     let mut achieved_all = Vec::new();
-    for &rate in ladder {
+    for &rate in &ladder {
         let (s, achieved, catchup) = b.load(rate, "64k", secs, &format!("ship-{rate}"))?;
         let half = s.iter().map(|x| x.t).fold(0.0, f64::max) / 2.0;
         let first = max(s.iter().filter(|x| x.t <= half).map(|x| x.lag));
