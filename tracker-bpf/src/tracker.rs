@@ -47,12 +47,13 @@ pub struct TrackerConfig {
     /// for 256 GiB of devices; larger devices get coarser granules).
     pub write_bitmap_bytes: u32,
     /// Also record every change when it is *queued* (`block_bio_queue`), as well as when it
-    /// completes. The invariant (docs/tracking.md) needs only the completion record, but
-    /// benchmark runs showed, intermittently, a few dozen completed write requests per
-    /// million with no completion record and no recursion miss (unexplained; see
-    /// docs/benchmarks.md). Until that is understood the default is **true**: every change is
-    /// recorded at queue time too, as before completion tracking existed, at about 1.5x the
-    /// per-write cost. False gives completion-only tracking (one hook per I/O).
+    /// completes. The invariant (docs/tracking.md) needs only the completion record, but on
+    /// the 6.18 host kernel the `block_rq_complete` tracepoint does not fire for a few dozen
+    /// completed write requests per million (loop device, io_uring, QD 32): the program is
+    /// not called (no recursion miss), and a bpftrace counter with no sitrep loaded misses
+    /// the same ones (docs/benchmarks.md, *Tracking*). So the default is **true**: every
+    /// change is recorded at queue time too, at about 1.5x the per-write cost. False gives
+    /// completion-only tracking (one hook per I/O), which loses those writes.
     pub mark_at_queue: bool,
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
