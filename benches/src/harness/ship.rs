@@ -178,17 +178,12 @@ fn max(v: impl Iterator<Item = f64>) -> f64 {
 /// # Errors
 /// A step fails.
 pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<()> {
-    let (ladder, secs): (Vec<u32>, u32) = if ctx.quick {
-        (vec![50, 100, 200], 8)
+    let (ladder, secs): (&[u32], u32) = if ctx.quick {
+        (&[50, 100, 200], 8)
     } else {
-        (vec![50, 100, 150, 200, 250, 300, 400, 500], 20)
+        (&[50, 100, 150, 200, 250, 300, 400, 500], 20)
     };
-    // Experiments may pick the ladder: SITREP_BENCH_SHIP_RATES=150 (MB/s, comma separated).
-    let ladder = std::env::var("SITREP_BENCH_SHIP_RATES")
-        .ok()
-        .map_or(ladder, |v| {
-            v.split(',').filter_map(|r| r.trim().parse().ok()).collect()
-        });
+    let ladder = rates_from_env("SITREP_BENCH_SHIP_RATES", ladder);
     sc.description = format!(
         "fio random writes (64 KiB, direct, incompressible data) on a protected {} GiB loop \
          device at fixed rates ({} s per step), continuous mode, TLS + zstd, between two network \
@@ -302,6 +297,15 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
     Ok(())
 }
 
+/// The rates (MB/s) a scenario runs: `default`, or for experiments the comma-separated list
+/// in the environment variable `var` (e.g. `SITREP_BENCH_RPO_RATES=50`).
+fn rates_from_env(var: &str, default: &[u32]) -> Vec<u32> {
+    std::env::var(var).map_or_else(
+        |_| default.to_vec(),
+        |v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+    )
+}
+
 /// Scenario 4: lag percentiles at 10, 50 and 100 MB/s.
 ///
 /// # Errors
@@ -315,12 +319,7 @@ pub fn rpo(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<()> {
          200 ms from `sitrep status --json`. Percentiles are over the samples."
     );
     let mut p99_at_50 = f64::NAN;
-    // Experiments may pick rates: SITREP_BENCH_RPO_RATES=50 (MB/s, comma separated).
-    let rates: Vec<u32> = std::env::var("SITREP_BENCH_RPO_RATES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10, 50, 100]);
-    for rate in rates {
+    for rate in rates_from_env("SITREP_BENCH_RPO_RATES", &[10, 50, 100]) {
         let (s, achieved, catchup) = b.load(rate, "4k", secs, &format!("rpo-{rate}"))?;
         let lags: Vec<f64> = s.iter().map(|x| x.lag).collect();
         let (p50, p99, mx) = (
