@@ -33,6 +33,22 @@ pub enum SyncPolicy {
     Data,
     /// Never sync (benchmarks of the encoder, tests that do not model power loss).
     Never,
+    /// Write each batch (one `pwrite`, so it survives the *process*) but sync only when the
+    /// owner asks ([`crate::LogWriter::sync_handle`]); log creation and seals are still
+    /// synced. For owners whose durability points are explicit, like a disk's flushes.
+    Explicit,
+}
+
+impl SyncPolicy {
+    /// Whether each batch is synced as it is written.
+    pub(crate) fn syncs_batches(self) -> bool {
+        self == SyncPolicy::Data
+    }
+
+    /// Whether creating and sealing a log is synced.
+    pub(crate) fn syncs_structure(self) -> bool {
+        self != SyncPolicy::Never
+    }
 }
 
 /// An open, unsealed log file.
@@ -76,12 +92,12 @@ impl LogFile {
             write_zeros(&file, HEADER_SIZE as u64, preallocate)
                 .map_err(|e| Error::io(&tmp, "preallocate", e))?;
         }
-        if sync == SyncPolicy::Data {
+        if sync.syncs_structure() {
             file.sync_data()
                 .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
         }
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into", e))?;
-        if sync == SyncPolicy::Data {
+        if sync.syncs_structure() {
             sync_dir(path)?;
         }
         Ok(Self {
@@ -124,6 +140,10 @@ impl LogFile {
         &self.path
     }
 
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     pub(crate) fn header(&self) -> &LogHeader {
         &self.header
     }
@@ -146,7 +166,7 @@ impl LogFile {
         self.file
             .write_all_at(batch, self.end)
             .map_err(|e| Error::io(&self.path, "append to", e))?;
-        if sync == SyncPolicy::Data {
+        if sync.syncs_batches() {
             self.file
                 .sync_data()
                 .map_err(|e| Error::io(&self.path, "fdatasync", e))?;
@@ -180,7 +200,7 @@ impl LogFile {
         self.file
             .write_all_at(&encode_seal(&seal), SEAL_OFFSET as u64)
             .map_err(|e| Error::io(&self.path, "write seal of", e))?;
-        if sync == SyncPolicy::Data {
+        if sync.syncs_structure() {
             self.file
                 .sync_data()
                 .map_err(|e| Error::io(&self.path, "fdatasync", e))?;

@@ -452,7 +452,7 @@ impl LogWriter {
             .ok_or_else(|| Error::Config("log writer is closed".into()))?;
         cur.append_batch(&self.batch, self.batch_records, sync)?;
         self.stats.commits += 1;
-        if sync == SyncPolicy::Data {
+        if sync.syncs_batches() {
             self.stats.syncs += 1;
         }
         self.batch.clear();
@@ -460,6 +460,50 @@ impl LogWriter {
         self.batch_since = None;
         self.durable_seq = Some(SeqNo(self.next_seq.0 - 1));
         Ok(true)
+    }
+
+    /// Writes the pending batch (one `pwrite`, synced only under [`SyncPolicy::Data`]) and
+    /// never rotates, so it is cheap enough for a caller that must not stall (the owner
+    /// rotates later, see [`rotation_due`](Self::rotation_due)). Returns the last record
+    /// written; under [`SyncPolicy::Explicit`] it survives a crash of this process, and is
+    /// durable once [`sync_handle`](Self::sync_handle)'s file has been synced.
+    ///
+    /// # Errors
+    /// IO (the batch is kept for a retry); [`Error::Config`] while a split commit is in
+    /// flight or the writer is closed.
+    pub fn write_pending(&mut self) -> Result<Option<SeqNo>> {
+        self.refuse_in_flight("write")?;
+        self.write_batch()?;
+        Ok(self.durable_seq)
+    }
+
+    /// Whether the current log has reached [`WriterConfig::max_log_bytes`] and the next
+    /// [`commit`](Self::commit) (or an explicit [`rotate`](Self::rotate)) will rotate.
+    #[must_use]
+    pub fn rotation_due(&self) -> bool {
+        self.in_flight.is_none()
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.end() >= self.cfg.max_log_bytes)
+    }
+
+    /// For [`SyncPolicy::Explicit`]: a second handle on the open log and the last record
+    /// written so far. Once `handle.sync_data()` returns, every record up to that one is
+    /// durable (records in earlier logs were made durable when those logs were sealed). The
+    /// sync can run without holding the writer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] while a split commit is in flight or the writer is closed; IO
+    /// (`dup`).
+    pub fn sync_handle(&self) -> Result<(File, Option<SeqNo>)> {
+        self.refuse_in_flight("sync")?;
+        let cur = self.current()?;
+        let f = cur
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io(cur.path(), "duplicate the handle of", e))?;
+        Ok((f, self.durable_seq))
     }
 
     /// Starts a split commit: takes the pending batch and the open log out of the writer
@@ -522,7 +566,7 @@ impl LogWriter {
             return Ok(self.durable_seq);
         }
         self.stats.commits += 1;
-        if sync == SyncPolicy::Data {
+        if sync.syncs_batches() {
             self.stats.syncs += 1;
         }
         self.durable_seq = Some(last_seq);
@@ -617,7 +661,8 @@ impl LogWriter {
         self.sealed_bytes + cur + self.batch.len() as u64
     }
 
-    /// The last record made durable by a commit.
+    /// The last record made durable by a commit (under [`SyncPolicy::Explicit`]: the last
+    /// record written; see [`sync_handle`](Self::sync_handle)).
     #[must_use]
     pub fn durable_seq(&self) -> Option<SeqNo> {
         self.durable_seq

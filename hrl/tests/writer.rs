@@ -137,6 +137,44 @@ fn batch_limits_commit_automatically() {
     assert_eq!(w.durable_seq(), Some(SeqNo(20)));
 }
 
+/// `SyncPolicy::Explicit`: `write_pending` puts the batch in the file (readable by
+/// another handle: it survives the process) but never rotates and counts no sync;
+/// `rotation_due` says when the owner should rotate; `sync_handle` names the last record
+/// a sync of its file makes durable.
+#[test]
+fn explicit_sync_writes_without_rotating_and_hands_out_a_sync_handle() {
+    let d = tempfile::tempdir().unwrap();
+    let c = WriterConfig {
+        sync: hrl::SyncPolicy::Explicit,
+        max_log_bytes: 8 << 10,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), c).unwrap();
+    assert_eq!(w.write_pending().unwrap(), None, "nothing appended");
+    for i in 0..400 {
+        write(&mut w, i * 4096, 4096);
+    }
+    assert!(!w.rotation_due(), "nothing written yet");
+    assert_eq!(w.write_pending().unwrap(), Some(SeqNo(400)));
+    assert!(w.rotation_due(), "past max_log_bytes, left to the owner");
+    assert_eq!(w.stats().rotations, 0);
+    assert_eq!(w.stats().syncs, 0, "Explicit never syncs a batch by itself");
+    let path = w.current_path().unwrap().to_owned();
+    let mut r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+    assert_eq!(r.read_all().unwrap().len(), 400);
+    let (file, seq) = w.sync_handle().unwrap();
+    assert_eq!(seq, Some(SeqNo(400)));
+    file.sync_data().unwrap();
+    w.rotate().unwrap();
+    assert!(!w.rotation_due());
+    write(&mut w, 0, 512);
+    w.write_pending().unwrap();
+    let (_, seq) = w.sync_handle().unwrap();
+    assert_eq!(seq, Some(SeqNo(401)));
+    w.close().unwrap();
+    assert_eq!(read_chain(d.path()).len(), 401);
+}
+
 #[test]
 fn rotation_chains_logs_and_total_bytes_matches_the_files() {
     let d = tempfile::tempdir().unwrap();

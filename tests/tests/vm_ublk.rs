@@ -22,7 +22,7 @@ use hrl::{LogReader, RecordBody, RecoveryMode};
 use sitrep_tests::cmd::run;
 use sitrep_tests::io::{fill_pattern, first_mismatch};
 use sitrep_tests::{Need, require};
-use ublk_target::{DiskConfig, LogMode};
+use ublk_target::{DiskConfig, Durability, LogMode};
 
 /// What the ublk fio and crash tests need.
 const UBLK_FIO: &[Need] = &[
@@ -497,20 +497,7 @@ fn kill_9_then_restart(mode: LogMode) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     server.crash();
-    // The kernel quiesces the device from a work item after the server's char device is
-    // released: give it time (seconds under emulation, more with other tests running).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let state = loop {
-        let left = ublk_target::devices::describe(u32::try_from(id).unwrap()).expect("device kept");
-        if left.state == "quiesced" || Instant::now() > deadline {
-            break left.state;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        state, "quiesced",
-        "the kernel keeps the device for recovery"
-    );
+    wait_quiesced(id, Duration::from_secs(20));
     let t = Instant::now();
     let server = Server::start(&cfg);
     eprintln!("restart after kill -9: {:?}", t.elapsed());
@@ -520,6 +507,10 @@ fn kill_9_then_restart(mode: LogMode) {
         "user recovery took it over"
     );
     assert_eq!(server.info["log_resume"], "recovered");
+    assert_eq!(
+        server.info["gap_recorded"], false,
+        "a server crash loses no written record: no gap"
+    );
     let st = bg.wait().unwrap();
     eprintln!("fio across the crash: {st}");
     let mut verify_only = verified.to_vec();
@@ -532,7 +523,89 @@ fn kill_9_then_restart(mode: LogMode) {
         seals.iter().any(|s| s.recovered),
         "the crashed log was recovered"
     );
+    assert_eq!(gaps(&records), 0, "no tracking gap after a server crash");
     assert_replay_reproduces_backing(&disk, &records);
+}
+
+/// After a *host* crash under `Flush` durability, records written since the last log sync
+/// may be gone while their data reached the backing: the restart must record a whole-disk
+/// gap. The host crash is simulated by what it leaves behind — an unsealed log and a run
+/// marker from another boot — after a real `kill -9` of the server. Under `Write`
+/// durability the same leftovers need no gap (every record was synced before its change).
+#[test]
+fn ublk_a_host_crash_under_flush_durability_records_a_whole_disk_gap() {
+    if !require!(needs: UBLK_FIO) {
+        return;
+    }
+    for (durability, want_gap) in [(Durability::Flush, true), (Durability::Write, false)] {
+        let disk = Disk::new(16 * MIB, 19);
+        let cfg = DiskConfig {
+            durability,
+            ..disk.config(LogMode::Extents)
+        };
+        let server = Server::start(&cfg);
+        assert_eq!(server.info["gap_recorded"], false);
+        let id = server.id();
+        fio(&server.dev(), &["--rw=randwrite", "--size=4m"]);
+        server.crash();
+        wait_quiesced(id, Duration::from_secs(30));
+        let marker = disk.log_dir().join("ublk-run");
+        let text = std::fs::read_to_string(&marker).expect("the server wrote its run marker");
+        assert!(
+            text.contains(&format!("durability {}", durability.name())),
+            "{text}"
+        );
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert!(text.contains(boot.trim()), "{text}");
+        std::fs::write(
+            &marker,
+            text.replace(boot.trim(), "00000000-0000-4000-8000-000000000000"),
+        )
+        .unwrap();
+        let server = Server::start(&cfg);
+        assert_eq!(server.info["log_resume"], "recovered", "{durability:?}");
+        assert_eq!(server.info["gap_recorded"], want_gap, "{durability:?}");
+        server.stop();
+        let (records, _) = read_chain(&disk.log_dir());
+        let whole = count(&records, |b| {
+            matches!(
+                b,
+                RecordBody::TrackingGap {
+                    reason: hrl::GapReason::NoCleanPredecessor,
+                    scope: hrl::GapScope::WholeDisk,
+                }
+            )
+        });
+        assert_eq!(
+            (whole, gaps(&records)),
+            (usize::from(want_gap), usize::from(want_gap))
+        );
+        assert_replay_reproduces_backing(&disk, &records);
+    }
+}
+
+/// Waits until the kernel has quiesced device `id` after its server died (it does so from
+/// a work item once the server's char device is released: seconds under emulation, more
+/// with other tests running, well over 20 s with hundreds of tags in flight).
+fn wait_quiesced(id: u64, timeout: Duration) {
+    let id = u32::try_from(id).unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = ublk_target::devices::describe(id).expect("the device is kept");
+        if s.state == "quiesced" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device {id} still {} after {timeout:?}: the kernel keeps it for recovery",
+            s.state
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn gaps(records: &[hrl::Record]) -> usize {
+    count(records, |b| matches!(b, RecordBody::TrackingGap { .. }))
 }
 
 /// The byte ranges covered by `exts`, merged: a set to compare two logs by.
@@ -690,20 +763,34 @@ fn ublk_over_a_block_device_backing_replays_exactly() {
     assert_replay_reproduces_backing(&disk, &records);
 }
 
-/// The pipelined group commit's own risk: the server killed while a batch is being synced
-/// by the log thread and many more tags (two queues x 128) have appended records behind it
-/// or are performing writes already logged. No change may reach the
-/// backing without its record: the extents replay (ranges copied from the final backing,
-/// so it does not depend on write order) must reproduce the backing exactly.
+/// The group commit's own risk, under both durabilities: the server killed while many tags
+/// (two queues x 128) have appended records or are performing writes already logged —
+/// under `Write` while a batch is being synced by the log thread, under `Flush` while
+/// records are being written inline by the queues. No change may reach the backing without
+/// its record: the extents replay (ranges copied from the final backing, so it does not
+/// depend on write order) must reproduce the backing exactly.
 #[test]
 fn ublk_kill_9_with_many_tags_queued_behind_a_syncing_batch_loses_no_change() {
     if !require!(needs: UBLK_FIO) {
         return;
     }
+    kill_9_deep(Durability::Write);
+}
+
+#[test]
+fn ublk_kill_9_with_many_tags_in_flight_under_flush_durability_loses_no_change() {
+    if !require!(needs: UBLK_FIO) {
+        return;
+    }
+    kill_9_deep(Durability::Flush);
+}
+
+fn kill_9_deep(durability: Durability) {
     let disk = Disk::new(48 * MIB, 17);
     let cfg = DiskConfig {
         queues: 2,
         depth: 128,
+        durability,
         ..disk.config(LogMode::Extents)
     };
     let mut server = Server::start(&cfg);
@@ -735,22 +822,11 @@ fn ublk_kill_9_with_many_tags_queued_behind_a_syncing_batch_loses_no_change() {
         server.crash();
         // 256 tags in flight under TCG emulation, with CI's other tiers competing for the
         // two cores: the kernel's quiesce work can take well over 20 s here.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let s = ublk_target::devices::describe(u32::try_from(id).unwrap()).expect("kept");
-            if s.state == "quiesced" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: state {}",
-                s.state
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_quiesced(id, Duration::from_secs(90));
         server = Server::start(&cfg);
         assert_eq!(server.id(), id, "round {round}: the same device is back");
         assert_eq!(server.info["log_resume"], "recovered");
+        assert_eq!(server.info["gap_recorded"], false);
     }
     let st = bg.wait().unwrap();
     eprintln!("deep fio across the crash: {st}");

@@ -1,39 +1,42 @@
-//! Pipelined group commit between the queues' I/O tasks and the disk's one
-//! [`hrl::LogWriter`].
+//! Group commit between the queues' I/O tasks and the disk's one [`hrl::LogWriter`].
 //!
-//! Every change is appended to the log and the log is made durable **before** the change is
-//! performed on the backing store, so no completed (or even attempted) change is ever
-//! missing from the log — not after `kill -9`, not after power loss. Making that cheap is
-//! group commit, and keeping the queues busy while it happens is pipelining:
+//! Every change is appended to the log and its record is *written* (it survives a crash of
+//! this process) **before** the change is performed on the backing store, so no completed
+//! (or even attempted) change is ever missing from the log after `kill -9`. A flush or FUA
+//! write completes only once the log is *durable*. When the log is synced is the disk's
+//! [`Durability`]:
 //!
-//! - an I/O task appends its record (an in-memory encode under the writer's mutex), which
-//!   returns the record's sequence number, and awaits `QueueLog::durable` for it;
-//! - after a queue has run every task woken by one batch of io_uring completions, it kicks
-//!   the disk's **log thread** once (`QueueLog::kick_if_appended`);
-//! - the log thread takes the whole pending batch out of the writer
-//!   ([`LogWriter::take_commit`]), writes and syncs it *without* the mutex (one `pwrite` +
-//!   one `fdatasync`), hands it back, and publishes "durable up to sequence N"; then it
-//!   takes whatever the queues appended meanwhile, and so on. No timer: a batch is whatever
-//!   was appended while the previous one synced;
-//! - every queue with tasks waiting has an armed eventfd that the log thread signals after
-//!   publishing; each queue's io_uring polls its eventfd, so the wake-up is one more
-//!   completion in the queue's own event loop (`queue.rs`), which then wakes its tasks.
+//! - **`Flush`** (default): records are written by the queue thread itself, once per batch
+//!   of io_uring completions (`QueueLog::after_tick`: one `pwrite` under the writer's mutex
+//!   for everything every queue appended so far), and the woken tasks perform their changes
+//!   in the same turn of the event loop — no thread hop, no sync. A flush or FUA write asks
+//!   the disk's **log thread** for a sync: it takes a second handle on the log
+//!   ([`LogWriter::sync_handle`]) and runs the `fdatasync` without the mutex, then publishes
+//!   "durable up to N" and wakes the waiting queues through their eventfds. The log thread
+//!   also rotates full logs, so a queue never stalls on a rotation. A power loss can lose
+//!   records written since the last sync while their data reached the backing: the server
+//!   then records a whole-disk gap at its next start (`server.rs`, the run marker).
+//! - **`Write`**: every record is durable before its change is performed — pipelined group
+//!   commit on the log thread: after a queue has run every task woken by one batch of
+//!   completions it kicks the log thread once; the log thread takes the whole pending batch
+//!   out of the writer ([`LogWriter::take_commit`]), writes and syncs it *without* the mutex
+//!   (one `pwrite` + one `fdatasync`), hands it back, publishes, and wakes the queues; then
+//!   it takes whatever the queues appended meanwhile, and so on. No timer: a batch is
+//!   whatever was appended while the previous one synced.
 //!
-//! So a queue keeps receiving, reading and performing already-logged writes while a batch
-//! syncs, and one commit serves every queue of the disk.
+//! A queue keeps receiving, reading and performing already-logged writes while the log
+//! thread syncs, and one sync serves every queue of the disk.
 //!
-//! **Why a log thread** and not log writes issued through each queue's io_uring
-//! (`O_DIRECT` + `RWF_DSYNC`, or linked write + fsync): the log is one file shared by all
-//! queues and records must land in sequence order with no hole (a reader stops at the first
-//! invalid record, so a later batch made durable before an earlier one would be lost with
-//! it). Per-queue rings would need a cross-queue ordering protocol and the same cross-thread
-//! wake-up anyway; one writer thread gets the order for free. Records are not block aligned,
-//! so `O_DIRECT` would also mean rewriting the last partial block of each batch.
+//! **Why one writer for all queues** and not log writes issued through each queue's
+//! io_uring: the log is one file and records must land in sequence order with no hole (a
+//! reader stops at the first invalid record, so a later batch written before an earlier one
+//! would be lost with it). Every `pwrite` of records happens under the writer's mutex, in
+//! sequence order; only syncs run outside it.
 //!
 //! **Failure.** If a batch's write or sync fails, every task waiting on one of its records
-//! fails its I/O with `EIO` (the change is not performed), and the records go back in front
-//! of the batch to be retried by the next commit: a record of a change that was never made
-//! is harmless, a change without a record is not.
+//! fails its I/O with `EIO` (the change is not performed, the flush fails), and the records
+//! stay in front of the batch to be retried with the next change: a record of a change that
+//! was never made is harmless, a change without a record is not.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -48,6 +51,8 @@ use std::thread::JoinHandle;
 
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags};
 
+use crate::config::Durability;
+
 /// The disk's log writer and its log thread, shared by the queue threads.
 #[derive(Debug)]
 pub struct SharedLog {
@@ -60,9 +65,13 @@ pub struct SharedLog {
 struct Inner {
     writer: Mutex<Option<LogWriter>>,
     journal: bool,
-    /// One past the last record known durable (records below it may be performed).
+    durability: Durability,
+    /// One past the last record known durable.
     durable_end: AtomicU64,
-    /// One past the last record of the last batch whose write failed.
+    /// One past the last record written to the log file (equal to `durable_end` under
+    /// [`Durability::Write`]). Records below it may be performed.
+    written_end: AtomicU64,
+    /// One past the last record whose write (or, for a flush's wait, sync) failed.
     failed_end: AtomicU64,
     kick: Mutex<Kick>,
     kicked: Condvar,
@@ -100,6 +109,28 @@ pub(crate) enum Change<'a> {
     Flush,
 }
 
+impl Change<'_> {
+    /// Whether the I/O may complete only once its record is durable (not merely written).
+    fn needs_durable(&self) -> bool {
+        matches!(self, Change::Flush | Change::Write { fua: true, .. })
+    }
+}
+
+/// What an I/O waits for before it goes on: its records written, or durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Written,
+    Durable,
+}
+
+/// An appended record: what to await with [`QueueLog::logged`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// One past the record.
+    end: u64,
+    need: Need,
+}
+
 /// The log failed: the I/O must fail rather than complete untracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogFailed;
@@ -112,16 +143,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SharedLog {
-    /// Wraps an open writer and starts its log thread.
+    /// Wraps an open writer and starts its log thread. The writer's
+    /// [`hrl::SyncPolicy`] must match `durability` (`Explicit` for `Flush`, `Data` for
+    /// `Write`; `server.rs` configures it).
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn new(writer: LogWriter, journal: bool) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        writer: LogWriter,
+        journal: bool,
+        durability: Durability,
+    ) -> std::io::Result<Arc<Self>> {
         let start = writer.next_seq().0;
         let inner = Arc::new(Inner {
             writer: Mutex::new(Some(writer)),
             journal,
+            durability,
             durable_end: AtomicU64::new(start),
+            written_end: AtomicU64::new(start),
             failed_end: AtomicU64::new(0),
             kick: Mutex::new(Kick::default()),
             kicked: Condvar::new(),
@@ -137,8 +176,8 @@ impl SharedLog {
         }))
     }
 
-    /// Stops the log thread (after it has committed everything appended) and takes the
-    /// writer out, for a clean close; later appends fail.
+    /// Stops the log thread (after it has written and synced everything appended) and
+    /// takes the writer out, for a clean close; later appends fail.
     pub fn take(&self) -> Option<LogWriter> {
         self.stop_thread();
         lock(&self.inner.writer).take()
@@ -168,9 +207,8 @@ impl Drop for SharedLog {
 }
 
 impl Inner {
-    /// Appends the record for `change` (not yet durable). Returns the end of the records
-    /// that must be durable before the change may be performed.
-    fn append(&self, change: Change<'_>) -> Result<u64, LogFailed> {
+    /// Appends the record for `change` (not yet written).
+    fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
         let mut guard = lock(&self.writer);
         let w = guard.as_mut().ok_or(LogFailed)?;
         let res = match change {
@@ -225,7 +263,15 @@ impl Inner {
             }
             Err(e) => return Err(log_error(&e)),
         }
-        Ok(w.next_seq().0)
+        let need = if self.durability == Durability::Write || change.needs_durable() {
+            Need::Durable
+        } else {
+            Need::Written
+        };
+        Ok(Ticket {
+            end: w.next_seq().0,
+            need,
+        })
     }
 
     fn kick(&self) {
@@ -236,7 +282,8 @@ impl Inner {
         }
     }
 
-    /// The log thread: commit whatever is pending each time a queue kicks, until stopped.
+    /// The log thread: commit (`Write`) or sync (`Flush`) each time a queue kicks, until
+    /// stopped; the last pass leaves everything appended durable.
     fn run(&self) {
         loop {
             let stop = {
@@ -247,14 +294,87 @@ impl Inner {
                 k.pending = false;
                 k.stop
             };
-            self.commit_all();
+            match self.durability {
+                Durability::Write => self.commit_all(),
+                Durability::Flush => self.sync_all(),
+            }
             if stop {
                 return;
             }
         }
     }
 
-    /// Commits batch after batch until nothing is pending or a write fails.
+    /// `Flush` durability, on a queue thread: writes every record appended so far (one
+    /// `pwrite`, under the writer's mutex so records land in order) and publishes them as
+    /// written. Kicks the log thread if the log is due to rotate.
+    fn write_inline(&self) {
+        let mut guard = lock(&self.writer);
+        let Some(w) = guard.as_mut() else { return };
+        match w.write_pending() {
+            Ok(written) => {
+                let rotate = w.rotation_due();
+                drop(guard);
+                self.publish_written(written);
+                if rotate {
+                    self.kick();
+                }
+            }
+            Err(e) => {
+                let end = w.next_seq().0;
+                drop(guard);
+                log_error(&e);
+                // Every record appended so far fails its I/O; they stay in the batch and
+                // are retried with the next change.
+                self.failed_end.fetch_max(end, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// `Flush` durability, on the log thread: writes what is pending, rotates a full log,
+    /// then syncs the open log without the mutex and publishes it durable.
+    fn sync_all(&self) {
+        let (written, handle) = {
+            let mut guard = lock(&self.writer);
+            let Some(w) = guard.as_mut() else { return };
+            let written = match w.write_pending() {
+                Ok(s) => s,
+                Err(e) => {
+                    let end = w.next_seq().0;
+                    drop(guard);
+                    log_error(&e);
+                    self.failed_end.fetch_max(end, Ordering::SeqCst);
+                    self.notify_queues();
+                    return;
+                }
+            };
+            if w.rotation_due()
+                && let Err(e) = w.rotate()
+            {
+                // Appends keep going to the full log (or fail if the writer closed).
+                tracing::error!(error = %e, "rotating the change log failed");
+            }
+            (written, w.sync_handle())
+        };
+        self.publish_written(written);
+        let synced = match handle {
+            Ok((file, seq)) => file.sync_data().map(|()| seq).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match synced {
+            Ok(seq) => self.publish_durable(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "syncing the change log failed; failing the flushes waiting for it");
+                if let Some(s) = written {
+                    // A later flush syncs again.
+                    self.failed_end.fetch_max(s.0 + 1, Ordering::SeqCst);
+                }
+                self.notify_queues();
+            }
+        }
+    }
+
+    /// `Write` durability: commits batch after batch until nothing is pending or a write
+    /// fails.
     fn commit_all(&self) {
         loop {
             let taken = {
@@ -266,7 +386,7 @@ impl Inner {
                 let durable = w.durable_seq();
                 let taken = w.take_commit();
                 drop(guard);
-                self.publish(durable);
+                self.publish_durable(durable);
                 match taken {
                     Ok(Some(p)) => p,
                     Ok(None) => return,
@@ -295,7 +415,7 @@ impl Inner {
                 }
             };
             match wrote {
-                Ok(()) => self.publish(durable),
+                Ok(()) => self.publish_durable(durable),
                 Err(e) => {
                     log_error(&e);
                     self.failed_end.fetch_max(end, Ordering::SeqCst);
@@ -307,13 +427,20 @@ impl Inner {
         }
     }
 
-    /// Makes the records up to `durable` performable and wakes the queues waiting, if that
-    /// is news.
-    fn publish(&self, durable: Option<hrl::SeqNo>) {
-        if let Some(d) = durable
-            && self.durable_end.fetch_max(d.0 + 1, Ordering::SeqCst) < d.0 + 1
-        {
-            self.notify_queues();
+    fn publish_written(&self, written: Option<hrl::SeqNo>) {
+        if let Some(s) = written {
+            self.written_end.fetch_max(s.0 + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes the records up to `durable` durable (and written), and wakes the queues
+    /// waiting, if that is news.
+    fn publish_durable(&self, durable: Option<hrl::SeqNo>) {
+        if let Some(d) = durable {
+            self.written_end.fetch_max(d.0 + 1, Ordering::SeqCst);
+            if self.durable_end.fetch_max(d.0 + 1, Ordering::SeqCst) < d.0 + 1 {
+                self.notify_queues();
+            }
         }
     }
 
@@ -329,12 +456,16 @@ impl Inner {
         }
     }
 
-    /// Whether the records before `end` are durable (Some(true)), failed (Some(false)), or
-    /// still being committed (None).
-    fn state_of(&self, end: u64) -> Option<bool> {
-        if self.durable_end.load(Ordering::SeqCst) >= end {
+    /// Whether `t`'s records are there (Some(true)), failed (Some(false)), or still being
+    /// written or synced (None).
+    fn state_of(&self, t: Ticket) -> Option<bool> {
+        let done = match t.need {
+            Need::Written => &self.written_end,
+            Need::Durable => &self.durable_end,
+        };
+        if done.load(Ordering::SeqCst) >= t.end {
             Some(true)
-        } else if self.failed_end.load(Ordering::SeqCst) >= end {
+        } else if self.failed_end.load(Ordering::SeqCst) >= t.end {
             Some(false)
         } else {
             None
@@ -351,14 +482,15 @@ fn log_error(e: &hrl::Error) -> LogFailed {
     LogFailed
 }
 
-/// One queue's view of the shared log: its tasks waiting for durability and the eventfd the
-/// log thread wakes it with. Lives on the queue's thread only (`Rc`).
+/// One queue's view of the shared log: its tasks waiting for their records and the eventfd
+/// the log thread wakes it with. Lives on the queue's thread only (`Rc`).
 #[derive(Debug)]
 pub(crate) struct QueueLog {
     shared: Arc<SharedLog>,
     notifier: Arc<Notifier>,
     waiters: RefCell<Vec<Waker>>,
     appended: Cell<bool>,
+    sync_wanted: Cell<bool>,
 }
 
 impl QueueLog {
@@ -381,26 +513,48 @@ impl QueueLog {
             notifier,
             waiters: RefCell::new(Vec::new()),
             appended: Cell::new(false),
+            sync_wanted: Cell::new(false),
         })
     }
 
-    /// Appends `change`; returns what to await with [`durable`](Self::durable).
-    pub(crate) fn append(&self, change: Change<'_>) -> Result<u64, LogFailed> {
-        let end = self.shared.inner.append(change)?;
+    /// Appends `change`; returns what to await with [`logged`](Self::logged).
+    pub(crate) fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
+        let t = self.shared.inner.append(change)?;
         self.appended.set(true);
-        Ok(end)
+        if t.need == Need::Durable {
+            self.sync_wanted.set(true);
+        }
+        Ok(t)
     }
 
-    /// Resolves once the records before `end` are durable (or failed to be).
-    pub(crate) fn durable(&self, end: u64) -> Durable<'_> {
-        Durable { log: self, end }
+    /// Resolves once `t`'s records are written or durable, as the change needs (or failed
+    /// to be).
+    pub(crate) fn logged(&self, t: Ticket) -> Logged<'_> {
+        Logged { log: self, t }
     }
 
-    /// Asks the log thread to commit, if this queue appended since the last call. Called
-    /// once per batch of completions, after the woken tasks ran.
-    pub(crate) fn kick_if_appended(&self) {
-        if self.appended.replace(false) {
-            self.shared.inner.kick();
+    /// Called once per batch of completions, after the woken tasks ran. `Write`
+    /// durability: asks the log thread to commit, if this queue appended. `Flush`: writes
+    /// the records inline, wakes this queue's tasks waiting for them and returns true (run
+    /// the executor again: they perform their changes now), and asks the log thread for a
+    /// sync if a flush or FUA write is waiting.
+    pub(crate) fn after_tick(&self) -> bool {
+        if !self.appended.replace(false) {
+            return false;
+        }
+        let inner = &self.shared.inner;
+        match inner.durability {
+            Durability::Write => {
+                inner.kick();
+                false
+            }
+            Durability::Flush => {
+                inner.write_inline();
+                if self.sync_wanted.replace(false) {
+                    inner.kick();
+                }
+                self.wake_all()
+            }
         }
     }
 
@@ -415,10 +569,17 @@ impl QueueLog {
         let mut count = [0u8; 8];
         // Nonblocking: EAGAIN just means another wake-up already cleared it.
         let _ = (&self.notifier.efd).read(&mut count);
+        self.wake_all();
+    }
+
+    /// Wakes every waiting task; whether there was one.
+    fn wake_all(&self) -> bool {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        let any = !waiters.is_empty();
         for w in waiters {
             w.wake();
         }
+        any
     }
 }
 
@@ -428,26 +589,26 @@ impl Drop for QueueLog {
     }
 }
 
-/// Future of `QueueLog::durable`.
+/// Future of `QueueLog::logged`.
 #[derive(Debug)]
-pub(crate) struct Durable<'a> {
+pub(crate) struct Logged<'a> {
     log: &'a QueueLog,
-    end: u64,
+    t: Ticket,
 }
 
-impl Future for Durable<'_> {
+impl Future for Logged<'_> {
     type Output = Result<(), LogFailed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &self.log.shared.inner;
-        if let Some(ok) = inner.state_of(self.end) {
+        if let Some(ok) = inner.state_of(self.t) {
             return Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) });
         }
         self.log.waiters.borrow_mut().push(cx.waker().clone());
         // Arm, then look again: the log thread publishes before it checks `armed`, so a
         // commit that finished before the arm is seen here and one after it signals us.
         self.log.notifier.armed.store(true, Ordering::SeqCst);
-        match inner.state_of(self.end) {
+        match inner.state_of(self.t) {
             Some(ok) => Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) }),
             None => Poll::Pending,
         }
@@ -460,17 +621,21 @@ mod tests {
 
     use std::pin::pin;
 
-    use hrl::{ChainSpec, DiskId, DiskIdentity, Generation, LogReader, RecoveryMode, WriterConfig};
+    use hrl::{
+        ChainSpec, DiskId, DiskIdentity, Generation, LogReader, RecoveryMode, SyncPolicy,
+        WriterConfig,
+    };
 
     use super::*;
 
     const DISK: u64 = 64 << 20;
+    const BOTH: [Durability; 2] = [Durability::Flush, Durability::Write];
 
-    fn shared(dir: &std::path::Path) -> Arc<SharedLog> {
-        shared_with(dir, WriterConfig::default())
+    fn shared(dir: &std::path::Path, d: Durability) -> Arc<SharedLog> {
+        shared_with(dir, WriterConfig::default(), d)
     }
 
-    fn shared_with(dir: &std::path::Path, cfg: WriterConfig) -> Arc<SharedLog> {
+    fn shared_with(dir: &std::path::Path, cfg: WriterConfig, d: Durability) -> Arc<SharedLog> {
         let spec = ChainSpec {
             disk: DiskIdentity {
                 id: DiskId([1; 16]),
@@ -480,14 +645,19 @@ mod tests {
             journal: false,
             generation: Generation(1),
         };
-        let (w, _) = LogWriter::open(dir, spec, cfg).unwrap();
-        SharedLog::new(w, false).unwrap()
+        let sync = match d {
+            Durability::Flush => SyncPolicy::Explicit,
+            Durability::Write => SyncPolicy::Data,
+        };
+        let (w, _) = LogWriter::open(dir, spec, WriterConfig { sync, ..cfg }).unwrap();
+        SharedLog::new(w, false, d).unwrap()
     }
 
-    /// What a queue's event loop does, minus io_uring: poll the future; while it is pending,
-    /// block on the eventfd the log thread signals.
-    fn wait(q: &QueueLog, end: u64) -> Result<(), LogFailed> {
-        let mut fut = pin!(q.durable(end));
+    /// What a queue's event loop does, minus io_uring: after the "tick" that appended, run
+    /// `after_tick`; poll the future; while it is pending, block on the eventfd the log
+    /// thread signals.
+    fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
+        let mut fut = pin!(q.logged(t));
         let mut cx = Context::from_waker(Waker::noop());
         loop {
             if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
@@ -505,7 +675,7 @@ mod tests {
         }
     }
 
-    fn write(q: &QueueLog, i: u64) -> u64 {
+    fn write(q: &QueueLog, i: u64) -> Ticket {
         let data = [0u8; 4096];
         q.append(Change::Write {
             offset: (i % 1000) * 4096,
@@ -515,83 +685,192 @@ mod tests {
         .unwrap()
     }
 
+    fn records_in(path: &std::path::Path) -> usize {
+        let mut r = LogReader::open(path, RecoveryMode::TruncateTail).unwrap();
+        r.read_all().unwrap().len()
+    }
+
     #[test]
-    fn queues_keep_appending_while_the_log_thread_commits_and_every_wait_ends_durable() {
-        let d = tempfile::tempdir().unwrap();
-        let log = shared(d.path());
-        let threads: Vec<_> = (0..2u64)
-            .map(|t| {
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || {
-                    let q = QueueLog::new(log).unwrap();
-                    for round in 0..50 {
-                        // A "batch of completions": a few appends, one kick, then wait.
-                        let ends: Vec<u64> = (0..8)
-                            .map(|i| write(&q, t * 10_000 + round * 8 + i))
-                            .collect();
-                        q.kick_if_appended();
-                        for end in ends {
-                            wait(&q, end).unwrap();
-                            assert!(q.shared.inner.durable_end.load(Ordering::SeqCst) >= end);
+    fn queues_keep_appending_while_the_log_thread_commits_and_every_wait_ends() {
+        for d in BOTH {
+            let dir = tempfile::tempdir().unwrap();
+            let log = shared(dir.path(), d);
+            let threads: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let log = Arc::clone(&log);
+                    std::thread::spawn(move || {
+                        let q = QueueLog::new(log).unwrap();
+                        for round in 0..50 {
+                            // A "batch of completions": a few appends, one after_tick, then
+                            // wait; every 10th round ends with a flush.
+                            let mut tickets: Vec<Ticket> = (0..8)
+                                .map(|i| write(&q, t * 10_000 + round * 8 + i))
+                                .collect();
+                            if round % 10 == 9 {
+                                tickets.push(q.append(Change::Flush).unwrap());
+                            }
+                            q.after_tick();
+                            for tk in tickets {
+                                wait(&q, tk).unwrap();
+                                let inner = &q.shared.inner;
+                                assert!(inner.written_end.load(Ordering::SeqCst) >= tk.end);
+                                if tk.need == Need::Durable {
+                                    assert!(inner.durable_end.load(Ordering::SeqCst) >= tk.end);
+                                }
+                            }
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let w = log.take().unwrap();
+            assert_eq!(w.stats().records, 810, "{d:?}");
+            let sealed = w.close().unwrap();
+            let mut r = LogReader::open(&sealed.path, RecoveryMode::Strict).unwrap();
+            let recs = r.read_all().unwrap();
+            assert_eq!(recs.len(), 810, "{d:?}");
+            assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
         }
+    }
+
+    /// `Flush` durability: a plain write goes ahead once its record is in the log file
+    /// (readable by another process, so it survives a crash of this one) without waiting for
+    /// any sync; a flush waits until the log thread has synced everything before it.
+    #[test]
+    fn flush_durability_writes_records_inline_and_syncs_at_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = shared(dir.path(), Durability::Flush);
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        let tickets: Vec<Ticket> = (0..5).map(|i| write(&q, i)).collect();
+        assert!(tickets.iter().all(|t| t.need == Need::Written));
+        let inner = &log.inner;
+        let start = inner.durable_end.load(Ordering::SeqCst);
+        assert_eq!(
+            inner.state_of(tickets[4]),
+            None,
+            "not written before after_tick"
+        );
+        assert!(!q.after_tick(), "no task was waiting to be woken");
+        for t in &tickets {
+            assert_eq!(inner.state_of(*t), Some(true));
+        }
+        assert_eq!(
+            inner.durable_end.load(Ordering::SeqCst),
+            start,
+            "plain writes asked for no sync"
+        );
+        let path = log
+            .with_writer(|w| w.current_path().unwrap().to_owned())
+            .unwrap();
+        assert_eq!(records_in(&path), 5, "the records are in the file already");
+        // A FUA write and a flush need the sync.
+        let data = [1u8; 512];
+        let fua = q
+            .append(Change::Write {
+                offset: 0,
+                data: &data,
+                fua: true,
+            })
+            .unwrap();
+        let flush = q.append(Change::Flush).unwrap();
+        assert_eq!((fua.need, flush.need), (Need::Durable, Need::Durable));
+        q.after_tick();
+        wait(&q, fua).unwrap();
+        wait(&q, flush).unwrap();
+        assert!(inner.durable_end.load(Ordering::SeqCst) >= flush.end);
+        drop(q);
+        log.take().unwrap().close().unwrap();
+    }
+
+    /// `Flush` durability with tiny logs: the log thread rotates them (a queue never does),
+    /// and the chain holds every record once, in order.
+    #[test]
+    fn flush_durability_rotates_on_the_log_thread_and_keeps_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            max_log_bytes: 16 << 10,
+            ..WriterConfig::default()
+        };
+        let log = shared_with(dir.path(), cfg, Durability::Flush);
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        for round in 0..200 {
+            let tickets: Vec<Ticket> = (0..10).map(|i| write(&q, round * 10 + i)).collect();
+            q.after_tick();
+            for t in tickets {
+                wait(&q, t).unwrap();
+            }
+        }
+        let flush = q.append(Change::Flush).unwrap();
+        q.after_tick();
+        wait(&q, flush).unwrap();
+        drop(q);
         let w = log.take().unwrap();
-        let stats = w.stats();
-        assert_eq!(stats.records, 800);
-        assert!(stats.commits <= 800 && stats.commits >= 1, "{stats:?}");
-        let sealed = w.close().unwrap();
-        let mut r = LogReader::open(&sealed.path, RecoveryMode::Strict).unwrap();
-        let recs = r.read_all().unwrap();
-        assert_eq!(recs.len(), 800);
-        assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+        // ~7 logs' worth; a log overshoots while the log thread gets to the rotation.
+        assert!(w.stats().rotations >= 2, "{:?}", w.stats());
+        w.close().unwrap();
+        let mut total = 0;
+        let mut next = None;
+        for (_, p) in hrl::chain::list_logs(dir.path()).unwrap() {
+            let mut r = LogReader::open(&p, RecoveryMode::Strict).unwrap();
+            for rec in r.read_all().unwrap() {
+                if let Some(n) = next {
+                    assert_eq!(rec.seq, n);
+                }
+                next = Some(rec.seq.next());
+                total += 1;
+            }
+        }
+        assert_eq!(total, 2001);
     }
 
     /// The writer's batch-size backstop commits inside an append, on the queue's thread:
     /// the log thread must still publish it (this hung journal-mode 1 MiB writes once).
     #[test]
     fn a_commit_made_by_an_append_itself_still_wakes_its_waiters() {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = WriterConfig {
-            max_batch_records: 3,
-            ..WriterConfig::default()
-        };
-        let log = shared_with(d.path(), cfg);
-        let q = QueueLog::new(Arc::clone(&log)).unwrap();
-        for round in 0..20 {
-            let ends: Vec<u64> = (0..3).map(|i| write(&q, round * 3 + i)).collect();
-            q.kick_if_appended();
-            for end in ends {
-                wait(&q, end).unwrap();
+        for d in BOTH {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = WriterConfig {
+                max_batch_records: 3,
+                ..WriterConfig::default()
+            };
+            let log = shared_with(dir.path(), cfg, d);
+            let q = QueueLog::new(Arc::clone(&log)).unwrap();
+            for round in 0..20 {
+                let tickets: Vec<Ticket> = (0..3).map(|i| write(&q, round * 3 + i)).collect();
+                q.after_tick();
+                for t in tickets {
+                    wait(&q, t).unwrap();
+                }
             }
+            drop(q);
+            let w = log.take().unwrap();
+            assert_eq!(w.stats().records, 60);
+            w.close().unwrap();
         }
-        let w = log.take().unwrap();
-        assert_eq!(w.stats().records, 60);
-        w.close().unwrap();
     }
 
     #[test]
     fn a_change_is_refused_once_the_log_is_taken_and_take_commits_the_rest() {
-        let d = tempfile::tempdir().unwrap();
-        let log = shared(d.path());
-        let q = QueueLog::new(Arc::clone(&log)).unwrap();
-        let end = write(&q, 1);
-        // No kick: stopping the log thread still commits what was appended.
-        let w = log.take().unwrap();
-        assert_eq!(w.durable_seq().map(|s| s.0 + 1), Some(end));
-        assert_eq!(wait(&q, end), Ok(()));
-        let data = [0u8; 512];
-        let change = Change::Write {
-            offset: 0,
-            data: &data,
-            fua: false,
-        };
-        assert_eq!(q.append(change), Err(LogFailed));
-        w.close().unwrap();
+        for d in BOTH {
+            let dir = tempfile::tempdir().unwrap();
+            let log = shared(dir.path(), d);
+            let q = QueueLog::new(Arc::clone(&log)).unwrap();
+            let t = write(&q, 1);
+            // No after_tick: stopping the log thread still writes (and syncs) what was
+            // appended.
+            let w = log.take().unwrap();
+            assert_eq!(w.durable_seq().map(|s| s.0 + 1), Some(t.end));
+            assert_eq!(wait(&q, t), Ok(()));
+            let data = [0u8; 512];
+            let change = Change::Write {
+                offset: 0,
+                data: &data,
+                fua: false,
+            };
+            assert_eq!(q.append(change), Err(LogFailed));
+            w.close().unwrap();
+        }
     }
 }

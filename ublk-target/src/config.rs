@@ -31,6 +31,38 @@ impl LogMode {
     }
 }
 
+/// When a change's log record must be durable (see docs/ublk.md, "Durability").
+///
+/// In both modes a change's record is *written* to the log (one `pwrite`, so it survives a
+/// crash of the server process) before the change is performed, and a flush or FUA write
+/// completes only once the log is durable. They differ in what a power loss costs:
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The log is synced at the disk's own flushes and FUA writes, exactly when the disk
+    /// promises its data is durable. After a host crash or power loss the records written
+    /// since the last flush may be lost while their data reached the backing, so the next
+    /// start records a whole-disk tracking gap (a checksum resync), as Hyper-V Replica does
+    /// after an unexpected host shutdown.
+    #[default]
+    Flush,
+    /// The log is synced before *every* change is performed (group commit): nothing is ever
+    /// missing from the log, even after power loss, at the cost of one log sync in series
+    /// with each batch of writes.
+    Write,
+}
+
+impl Durability {
+    /// The name used on the command line and in `disk list`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Durability::Flush => "flush",
+            Durability::Write => "write",
+        }
+    }
+}
+
 /// One tracked disk, as `sitrep disk add` describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +77,9 @@ pub struct DiskConfig {
     pub depth: u16,
     /// What the log records.
     pub mode: LogMode,
+    /// When the log is made durable.
+    #[serde(default)]
+    pub durability: Durability,
     /// The log directory; default `BACKING.hrl/` beside the backing file (created if
     /// missing). An explicitly given directory must exist.
     pub log_dir: Option<PathBuf>,
@@ -60,6 +95,7 @@ impl DiskConfig {
             queues: 1,
             depth: 128,
             mode: LogMode::Extents,
+            durability: Durability::Flush,
             log_dir: None,
         }
     }

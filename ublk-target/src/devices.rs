@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use libublk::ctrl::UblkCtrl;
 use libublk::sys;
 
-use crate::config::LogMode;
+use crate::config::{Durability, LogMode};
 use crate::error::{Error, Result};
 
 /// What the server records about itself in the device's libublk json.
@@ -23,8 +23,15 @@ pub struct TargetData {
     pub log_dir: PathBuf,
     /// What the log records.
     pub mode: LogMode,
+    /// When the log is made durable (absent in the json of older servers: `write`).
+    #[serde(default = "durability_of_older_servers")]
+    pub durability: Durability,
     /// The disk id in the log headers (32 hex digits).
     pub disk_id: String,
+}
+
+fn durability_of_older_servers() -> Durability {
+    Durability::Write
 }
 
 /// One tracked disk, as `sitrep disk list` shows it.

@@ -21,6 +21,7 @@ pub mod commit;
 pub mod config;
 pub mod devices;
 pub mod error;
+mod marker;
 mod queue;
 pub mod server;
 mod signals;
@@ -28,7 +29,7 @@ mod signals;
 /// The change-log crate every interceptor writes through.
 pub use hrl;
 
-pub use config::{DiskConfig, LogMode, parse_size};
+pub use config::{DiskConfig, Durability, LogMode, parse_size};
 pub use error::{Error, Result};
 pub use server::{DiskInfo, Stopped, serve};
 

@@ -2,11 +2,13 @@
 //! looping "receive an I/O from the kernel → log it → perform it → complete it".
 //!
 //! The ordering for every change (write, discard, write-zeroes) is: append the record,
-//! await the group commit ([`crate::commit`]), and only then touch the backing store.
-//! Logging before *performing* (not merely before completing) is what makes a crash at any
+//! await it ([`crate::commit`]: written to the log, or durable per the disk's
+//! [`crate::Durability`]), and only then touch the backing store. Logging before
+//! *performing* (not merely before completing) is what makes a crash of the server at any
 //! instant safe: the backing never holds a change the log does not name. A flush is
 //! performed first (fdatasync of the backing) and then logged as a Flush record, which is
-//! committed before the flush completes; a FUA write is written with `RWF_DSYNC`.
+//! durable before the flush completes; a FUA write's record is durable before it is
+//! written, with `RWF_DSYNC`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -67,11 +69,14 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
     let exe2 = Rc::clone(&exe);
     smol::block_on(exe.run(async move {
         // After each batch of io_uring completions: run every woken task (they append
-        // their records, or perform changes whose records are now durable), then ask the
-        // log thread once to commit what was appended. The queue does not wait for it.
-        let run_ops = || {
+        // their records, or perform changes whose records are now logged), then write what
+        // was appended (`Flush` durability: inline, and the tasks it woke run at once) or
+        // ask the log thread to commit it (`Write`: the queue does not wait for it).
+        let run_ops = || loop {
             while exe2.try_tick() {}
-            qlog.kick_if_appended();
+            if !qlog.after_tick() {
+                break;
+            }
         };
         let done = || tasks.iter().all(smol::Task::is_finished);
         if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
@@ -272,10 +277,11 @@ fn errno_of(r: std::io::Result<()>) -> i32 {
     }
 }
 
-/// Appends `change` and waits for its group commit. False if the log failed.
+/// Appends `change` and waits until its record is written (or durable, for a flush or a
+/// FUA write, or under `Write` durability). False if the log failed.
 async fn logged(qlog: &QueueLog, change: Change<'_>) -> bool {
     match qlog.append(change) {
-        Ok(batch) => qlog.durable(batch).await.is_ok(),
+        Ok(ticket) => qlog.logged(ticket).await.is_ok(),
         Err(_) => false,
     }
 }

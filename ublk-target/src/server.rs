@@ -10,8 +10,11 @@
 //! UBLK_F_USER_RECOVERY_REISSUE`: when the server dies the kernel keeps `/dev/ublkbN`
 //! (quiesced, I/O waiting), and the next server on the same backing finds it through its
 //! json export and takes it over; in-flight I/O is reissued to the new server. Because every
-//! change is logged durably before it is performed, the new server continues the log chain
-//! (`Resume::Recovered`) without a tracking gap.
+//! change's record is written to the log before the change is performed, the new server
+//! continues the log chain (`Resume::Recovered`) without a tracking gap. After a *host*
+//! crash under [`Durability::Flush`] the records written since the last flush may be lost
+//! while their data reached the backing: the run marker ([`crate::marker`]) tells the two
+//! apart, and the new server then records a whole-disk gap (a checksum resync).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use hrl::chain::list_logs;
 use hrl::{
-    ChainSpec, DiskId, DiskIdentity, Generation, LogReader, LogWriter, RecoveryMode, Resume,
-    WriterConfig,
+    ChainSpec, DiskId, DiskIdentity, GapReason, GapScope, Generation, LogReader, LogWriter,
+    RecordBody, RecordFlags, RecoveryMode, Resume, SyncPolicy, WriterConfig,
 };
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -28,9 +31,10 @@ use libublk::{UblkError, UblkFlags, sys};
 
 use crate::backing::Backing;
 use crate::commit::SharedLog;
-use crate::config::{DiskConfig, LogMode};
+use crate::config::{DiskConfig, Durability, LogMode};
 use crate::devices::{self, TargetData};
 use crate::error::{Error, Result};
+use crate::marker::{self, RunMarker};
 use crate::queue::{TargetShared, run_queue};
 use crate::{BLOCK_SIZE, signals};
 
@@ -55,12 +59,17 @@ pub struct DiskInfo {
     pub log_dir: PathBuf,
     /// What the log records.
     pub mode: LogMode,
+    /// When the log is made durable.
+    pub durability: Durability,
     /// The disk id in the log headers.
     pub disk_id: String,
     /// `fresh`, `clean` or `recovered`: how the log chain was found.
     pub log_resume: &'static str,
     /// Whether an existing (quiesced) device was taken over after a server crash.
     pub device_recovered: bool,
+    /// Whether this start recorded a whole-disk tracking gap (the host crashed while the
+    /// last server's log had unsynced records): the replica will be resynced.
+    pub gap_recorded: bool,
     /// The serving process.
     pub pid: u32,
 }
@@ -94,15 +103,24 @@ where
         }
     };
     let dev_id = ctrl.dev_info().dev_id;
-    let (writer, resume) =
-        match LogWriter::open(&prepared.log_dir, prepared.spec(cfg), log_writer_config()) {
-            Ok(v) => v,
-            Err(e) => {
-                delete_device(&ctrl);
-                prepared.undo_log_dir();
-                return Err(e.into());
-            }
-        };
+    let opened = LogWriter::open(
+        &prepared.log_dir,
+        prepared.spec(cfg),
+        log_writer_config(cfg.durability),
+    )
+    .map_err(Error::from)
+    .and_then(|(mut writer, resume)| {
+        let gap = record_run(&prepared.log_dir, cfg.durability, &mut writer, &resume)?;
+        Ok((writer, resume, gap))
+    });
+    let (writer, resume, gap_recorded) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            delete_device(&ctrl);
+            prepared.undo_log_dir();
+            return Err(e);
+        }
+    };
     let info = DiskInfo {
         id: dev_id,
         device: PathBuf::from(format!("/dev/ublkb{dev_id}")),
@@ -110,6 +128,7 @@ where
         backing: prepared.canonical.clone(),
         log_dir: prepared.log_dir.clone(),
         mode: cfg.mode,
+        durability: cfg.durability,
         disk_id: prepared.disk_id.to_string(),
         log_resume: match resume {
             Resume::Fresh => "fresh",
@@ -117,11 +136,12 @@ where
             Resume::Recovered { .. } => "recovered",
         },
         device_recovered: recovered,
+        gap_recorded,
         pid: std::process::id(),
     };
     tracing::info!(device = %info.device.display(), log = info.log_resume,
-        recovered, "serving tracked disk");
-    let log = match SharedLog::new(writer, cfg.mode == LogMode::Journal) {
+        recovered, gap_recorded, "serving tracked disk");
+    let log = match SharedLog::new(writer, cfg.mode == LogMode::Journal, cfg.durability) {
         Ok(l) => l,
         Err(e) => {
             // The writer is dropped unsealed; the next open recovers the (empty) log.
@@ -137,6 +157,7 @@ where
         backing: info.backing.clone(),
         log_dir: info.log_dir.clone(),
         mode: cfg.mode,
+        durability: cfg.durability,
         disk_id: info.disk_id.clone(),
     }});
     let size = prepared.size;
@@ -151,8 +172,8 @@ where
             on_ready(&ready_info);
         },
     );
-    // Whatever ended the queues, the log is sealed now: every record in it was durable
-    // before its I/O was performed, so a clean seal is truthful.
+    // Whatever ended the queues, the log is sealed now: every record in it was written
+    // before its I/O was performed, and the seal syncs it, so a clean seal is truthful.
     let sealed = log.take().map(LogWriter::close).transpose();
     delete_device(&ctrl);
     run.map_err(|e| Error::ublk("run device", &e))?;
@@ -409,22 +430,74 @@ fn init_target(
     Ok(())
 }
 
-/// How a tracked disk's log is written. Logs are preallocated (zero-filled at creation) so
-/// that a group commit's fdatasync flushes data only and needs no filesystem journal
-/// commit: measured in the VM benchmark (docs/benchmarks.md), that is most of the cost of
-/// logging before performing a write.
+/// How a tracked disk's log is written.
 ///
-/// Batches are committed by the log thread (`commit.rs`), not by size: the batch limits
-/// are only a memory backstop (an append that finds the batch that big while no commit is
-/// in flight commits it itself, on the queue thread, under the writer's mutex — which
-/// stalls every queue, so it must stay rare: 32 MiB is 64 journaled 512 KiB writes). A
-/// batch is bounded anyway by the I/Os in flight, each of which waits for its record.
-fn log_writer_config() -> WriterConfig {
+/// `Write` durability: each group commit syncs (`SyncPolicy::Data`), and logs are
+/// preallocated (zero-filled at creation) so that its fdatasync flushes data only and needs
+/// no filesystem journal commit — measured in the VM benchmark (docs/benchmarks.md), that
+/// is most of the cost of logging before performing a write. `Flush` durability: batches
+/// are written without a sync (`SyncPolicy::Explicit`; the log thread syncs at flushes), and
+/// logs are not preallocated: zero-filling 16 MiB at each rotation would cost more than the
+/// rare flush-time metadata commit it saves.
+///
+/// Batches are written by the queues or the log thread (`commit.rs`), not by size: the
+/// batch limits are only a memory backstop (an append that finds the batch that big while
+/// no commit is in flight commits it itself, on the queue thread, under the writer's mutex
+/// — which stalls every queue, so it must stay rare: 32 MiB is 64 journaled 512 KiB
+/// writes). A batch is bounded anyway by the I/Os in flight, each of which waits for its
+/// record.
+fn log_writer_config(durability: Durability) -> WriterConfig {
+    let (sync, preallocate) = match durability {
+        Durability::Flush => (SyncPolicy::Explicit, false),
+        Durability::Write => (SyncPolicy::Data, true),
+    };
     WriterConfig {
-        preallocate: true,
+        sync,
+        preallocate,
         max_log_bytes: 16 << 20,
         max_batch_bytes: 32 << 20,
         max_batch_records: 1 << 16,
         ..WriterConfig::default()
     }
+}
+
+/// Before serving: if the log was found unsealed after a host crash that may have lost
+/// records (see [`crate::marker`]), records a whole-disk gap, durably; then records this
+/// run. Returns whether a gap was recorded.
+fn record_run(
+    dir: &Path,
+    durability: Durability,
+    writer: &mut LogWriter,
+    resume: &Resume,
+) -> Result<bool> {
+    let boot_id = marker::current_boot_id()
+        .map_err(|e| Error::io("/proc/sys/kernel/random/boot_id", "read", e))?;
+    let prev = marker::read(dir);
+    let gap = matches!(resume, Resume::Recovered { .. })
+        && marker::unsealed_log_may_be_short(prev.as_ref(), &boot_id);
+    if gap {
+        tracing::warn!(log_dir = %dir.display(),
+            "the host restarted while the log had unsynced records: recording a whole-disk \
+             tracking gap (the replica will be resynced)");
+        writer.append(
+            RecordFlags::empty(),
+            &RecordBody::TrackingGap {
+                reason: GapReason::NoCleanPredecessor,
+                scope: GapScope::WholeDisk,
+            },
+        )?;
+        writer.commit()?;
+        let (file, _) = writer.sync_handle()?;
+        file.sync_data()
+            .map_err(|e| Error::io(dir, "sync the change log in", e))?;
+    }
+    marker::write(
+        dir,
+        &RunMarker {
+            boot_id,
+            durability,
+        },
+    )
+    .map_err(|e| Error::io(dir.join(marker::FILE_NAME), "write", e))?;
+    Ok(gap)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use ublk_target::{DiskConfig, DiskInfo, LogMode};
+use ublk_target::{DiskConfig, DiskInfo, Durability, LogMode};
 
 use crate::Outcome;
 use crate::human;
@@ -24,9 +24,12 @@ use crate::human;
 pub(crate) enum DiskCommand {
     /// Create a tracked virtual disk /dev/ublkbN over a backing file or block device.
     ///
-    /// Every write, discard and write-zeroes is appended to the disk's HRL log and made
-    /// durable before it reaches the backing. Restarting on the same backing after a crash
-    /// takes the kernel's device over again and continues the log with no resync.
+    /// Every write, discard and write-zeroes is appended to the disk's HRL log before it
+    /// reaches the backing, and the log is durable whenever the disk's data is (at each
+    /// flush and FUA write; with --durability write, before every change). Restarting on
+    /// the same backing after a crash of the server takes the kernel's device over again and
+    /// continues the log with no resync; after a host crash or power loss under the default
+    /// durability the restart records a whole-disk gap, so the replica is resynced.
     Add(AddArgs),
     /// List the tracked virtual disks.
     List(ListArgs),
@@ -53,6 +56,11 @@ pub(crate) struct AddArgs {
     /// `extents` logs the ranges changed; `journal` also logs the data written.
     #[arg(long, value_enum, default_value_t = Mode::Extents)]
     mode: Mode,
+    /// When the log is synced: `flush` (default) at the disk's flushes and FUA writes, like
+    /// its data (a host crash or power loss then costs a checksum resync); `write` before
+    /// every change is performed (survives power loss with no resync; slower random writes).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Flush)]
+    durability: DurabilityArg,
     /// The log directory (must exist); default BACKING.hrl/ beside the backing (created).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -65,6 +73,12 @@ pub(crate) struct AddArgs {
     /// Internal: print one READY line on stdout when live, then detach stdout/stderr.
     #[arg(long, hide = true)]
     notify_ready: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Flush,
+    Write,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +129,10 @@ fn config(a: &AddArgs) -> anyhow::Result<DiskConfig> {
         mode: match a.mode {
             Mode::Extents => LogMode::Extents,
             Mode::Journal => LogMode::Journal,
+        },
+        durability: match a.durability {
+            DurabilityArg::Flush => Durability::Flush,
+            DurabilityArg::Write => Durability::Write,
         },
         log_dir: a.log_dir.clone(),
     };
@@ -185,13 +203,17 @@ fn add_detached(a: &AddArgs) -> anyhow::Result<Outcome> {
             println!("{info}");
         } else {
             println!(
-                "{} ready ({}, {} mode, log {}), server pid {}",
+                "{} ready ({}, {} mode, log synced at {}, log {}), server pid {}",
                 info["device"].as_str().unwrap_or("?"),
                 human::bytes(info["size"].as_u64().unwrap_or(0)),
                 info["mode"].as_str().unwrap_or("?"),
+                info["durability"].as_str().unwrap_or("?"),
                 info["log_dir"].as_str().unwrap_or("?"),
                 info["pid"]
             );
+            if info["gap_recorded"].as_bool() == Some(true) {
+                println!("{GAP_NOTE}");
+            }
         }
         return Ok(Outcome::Ok);
     }
@@ -211,6 +233,9 @@ fn add_detached(a: &AddArgs) -> anyhow::Result<Outcome> {
     anyhow::bail!("{msg}")
 }
 
+const GAP_NOTE: &str = "note: the host restarted while the log had unsynced records; a \
+     whole-disk tracking gap was recorded, so the replica will be resynced (checksum resync)";
+
 fn print_added(info: &DiskInfo, json: bool) {
     if json {
         println!("{}", serde_json::to_string(info).unwrap_or_default());
@@ -222,14 +247,18 @@ fn print_added(info: &DiskInfo, json: bool) {
         "created"
     };
     println!(
-        "{} {how}: {} over {}, {} mode, log {} ({})",
+        "{} {how}: {} over {}, {} mode, log synced at {}, log {} ({})",
         info.device.display(),
         human::bytes(info.size),
         info.backing.display(),
         info.mode.name(),
+        info.durability.name(),
         info.log_dir.display(),
         info.log_resume
     );
+    if info.gap_recorded {
+        println!("{GAP_NOTE}");
+    }
 }
 
 fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
@@ -243,8 +272,8 @@ fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     println!(
-        "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} BACKING -> LOG",
-        "ID", "DEVICE", "SIZE", "STATE", "PID", "MODE"
+        "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} {:<6} BACKING -> LOG",
+        "ID", "DEVICE", "SIZE", "STATE", "PID", "MODE", "SYNC"
     );
     for d in disks {
         let pid = if d.server_alive {
@@ -253,13 +282,14 @@ fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
             "dead".to_owned()
         };
         println!(
-            "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} {} -> {}",
+            "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} {:<6} {} -> {}",
             d.id,
             d.device.display(),
             human::bytes(d.size),
             d.state,
             pid,
             d.target.mode.name(),
+            d.target.durability.name(),
             d.target.backing.display(),
             d.target.log_dir.display()
         );
