@@ -2,8 +2,9 @@
 # Runs INSIDE the VM (see run.sh): the same fio jobs, on the same backing file, against
 #   kloop   the kernel loop driver with --direct-io=on
 #   rublk   rublk's loop target (the reference ublk server)
-#   extents a sitrep tracked ublk disk, extents mode
-#   journal a sitrep tracked ublk disk, journal mode
+#   extents a sitrep tracked ublk disk, extents mode (default durability: log synced at flushes)
+#   journal a sitrep tracked ublk disk, journal mode (the same)
+#   extents-write  extents mode, --durability write (log synced before every change)
 # alternating the targets round by round. Writes one fio JSON per (round, target, job) into
 # OUT, which run.sh reads on the host.
 #
@@ -36,10 +37,12 @@ setup() {
     rublk)
       "$rublk" add loop -f "$backing" -q 1 -d 128 >/dev/null
       dev=$(ls -t /dev/ublkb* | head -1) ;;
-    extents | journal)
+    extents | journal | extents-write)
       rm -rf "/tmp/logs/$1" && mkdir -p "/tmp/logs/$1"
-      "$sitrep" disk add --backing "$backing" --mode "$1" --log-dir "/tmp/logs/$1" \
-        --queues 1 --depth 128 >/dev/null
+      durability=flush
+      [[ $1 == *-write ]] && durability=write
+      "$sitrep" disk add --backing "$backing" --mode "${1%-write}" --durability "$durability" \
+        --log-dir "/tmp/logs/$1" --queues 1 --depth 128 >/dev/null
       dev=$(ls -t /dev/ublkb* | head -1) ;;
   esac
   udevadm settle 2>/dev/null || true
@@ -50,12 +53,12 @@ teardown() {
   case $1 in
     kloop) losetup -d "$dev" ;;
     rublk) "$rublk" del -a >/dev/null ;;
-    extents | journal) "$sitrep" disk del "${dev#/dev/ublkb}" >/dev/null ;;
+    extents | journal | extents-write) "$sitrep" disk del "${dev#/dev/ublkb}" >/dev/null ;;
   esac
 }
 
 for r in $(seq "$rounds"); do
-  for t in kloop rublk extents journal; do
+  for t in kloop rublk extents journal extents-write; do
     setup "$t"
     for j in "${jobs[@]}"; do
       name=${j%% *}

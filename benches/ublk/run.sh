@@ -32,7 +32,7 @@ rm -rf "$out" && mkdir -p "$out"
 
 guest="$(printf '%q ' "$SITREP_ROOT/benches/ublk/guest.sh" "$out" \
     "$SITREP_ROOT/target/release/sitrep" "$tools/bin/rublk" "$secs" "$rounds")"
-log "booting $(basename "$kernel") and running $rounds round(s) of 4 targets x 3 jobs x ${secs}s"
+log "booting $(basename "$kernel") and running $rounds round(s) of 5 targets x 3 jobs x ${secs}s"
 timeout --kill-after=30 3600 vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
     --rwdir="$out" --exec "$guest" </dev/null >"$out/vm.log" 2>&1 || true
 [[ -f "$out/done" ]] || die "the benchmark did not finish in the VM; see $out/vm.log"
@@ -40,7 +40,7 @@ timeout --kill-after=30 3600 vng --run "$kernel" --disable-kvm --memory 2G --cpu
 python3 - "$out" "$rounds" <<'PY'
 import json, os, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-targets = ["kloop", "rublk", "extents", "journal"]
+targets = ["kloop", "rublk", "extents", "journal", "extents-write"]
 jobs = [("randwrite4k", "write", "iops"), ("randread4k", "read", "iops"),
         ("seqwrite1m", "write", "bw_bytes")]
 res = {}
@@ -58,7 +58,8 @@ for t in targets:
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"rounds": rounds, "samples": raw}, f, indent=2)
 names = {"kloop": "kernel loop (direct I/O)", "rublk": "rublk loop target",
-         "extents": "sitrep tracked, extents", "journal": "sitrep tracked, journal"}
+         "extents": "sitrep tracked, extents", "journal": "sitrep tracked, journal",
+         "extents-write": "sitrep tracked, extents, --durability write"}
 print("| target | 4k randwrite IOPS | 4k randread IOPS | 1M seq write MB/s |")
 print("|---|---|---|---|")
 for t in targets:

@@ -580,7 +580,12 @@ fn ublk_a_host_crash_under_flush_durability_records_a_whole_disk_gap() {
             (whole, gaps(&records)),
             (usize::from(want_gap), usize::from(want_gap))
         );
-        assert_replay_reproduces_backing(&disk, &records);
+        // The simulated crash lost no record, so the rest of the log still replays.
+        let changes: Vec<hrl::Record> = records
+            .into_iter()
+            .filter(|r| !matches!(r.body, RecordBody::TrackingGap { .. }))
+            .collect();
+        assert_replay_reproduces_backing(&disk, &changes);
     }
 }
 
