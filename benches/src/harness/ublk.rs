@@ -95,7 +95,10 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
     let names = [
         ("extents", "sitrep tracked, extents"),
         ("journal", "sitrep tracked, journal"),
-        ("extents-write", "sitrep tracked, extents, --durability write"),
+        (
+            "extents-write",
+            "sitrep tracked, extents, --durability write",
+        ),
         ("kloop", "kernel loop (direct I/O)"),
         ("rublk", "rublk loop target"),
     ];
