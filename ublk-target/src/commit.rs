@@ -38,15 +38,12 @@
 //! stay in front of the batch to be retried with the next change: a record of a change that
 //! was never made is harmless, a change without a record is not.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fs::File;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags};
@@ -123,7 +120,7 @@ enum Need {
     Durable,
 }
 
-/// An appended record: what to await with [`QueueLog::logged`].
+/// An appended record: what the queue waits for ([`QueueLog::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
     /// One past the record.
@@ -482,13 +479,12 @@ fn log_error(e: &hrl::Error) -> LogFailed {
     LogFailed
 }
 
-/// One queue's view of the shared log: its tasks waiting for their records and the eventfd
-/// the log thread wakes it with. Lives on the queue's thread only (`Rc`).
+/// One queue's view of the shared log and the eventfd the log thread wakes it with. Lives
+/// on the queue's thread only.
 #[derive(Debug)]
 pub(crate) struct QueueLog {
     shared: Arc<SharedLog>,
     notifier: Arc<Notifier>,
-    waiters: RefCell<Vec<Waker>>,
     appended: Cell<bool>,
     sync_wanted: Cell<bool>,
 }
@@ -511,13 +507,12 @@ impl QueueLog {
         Ok(Self {
             shared,
             notifier,
-            waiters: RefCell::new(Vec::new()),
             appended: Cell::new(false),
             sync_wanted: Cell::new(false),
         })
     }
 
-    /// Appends `change`; returns what to await with [`logged`](Self::logged).
+    /// Appends `change`; returns what to wait for ([`state`](Self::state)).
     pub(crate) fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
         let t = self.shared.inner.append(change)?;
         self.appended.set(true);
@@ -527,35 +522,37 @@ impl QueueLog {
         Ok(t)
     }
 
-    /// Resolves once `t`'s records are written or durable, as the change needs (or failed
-    /// to be).
-    pub(crate) fn logged(&self, t: Ticket) -> Logged<'_> {
-        Logged { log: self, t }
+    /// Whether `t`'s records are logged as the change needs — written, or durable for a
+    /// flush, a FUA write or under `Write` durability (Some(true)), failed (Some(false)), or
+    /// not yet (None).
+    pub(crate) fn state(&self, t: Ticket) -> Option<bool> {
+        self.shared.inner.state_of(t)
     }
 
-    /// Called once per batch of completions, after the woken tasks ran. `Write`
-    /// durability: asks the log thread to commit, if this queue appended. `Flush`: writes
-    /// the records inline, wakes this queue's tasks waiting for them and returns true (run
-    /// the executor again: they perform their changes now), and asks the log thread for a
-    /// sync if a flush or FUA write is waiting.
-    pub(crate) fn after_tick(&self) -> bool {
+    /// Called once per batch of completions, after the batch's I/Os appended their records.
+    /// `Write` durability: asks the log thread to commit, if this queue appended. `Flush`:
+    /// writes the records inline (so they are [`state`](Self::state) `Some(true)` on
+    /// return, unless the write failed), and asks the log thread for a sync if a flush or
+    /// FUA write is waiting.
+    pub(crate) fn after_tick(&self) {
         if !self.appended.replace(false) {
-            return false;
+            return;
         }
         let inner = &self.shared.inner;
-        match inner.durability {
-            Durability::Write => {
-                inner.kick();
-                false
-            }
-            Durability::Flush => {
-                inner.write_inline();
-                if self.sync_wanted.replace(false) {
-                    inner.kick();
-                }
-                self.wake_all()
+        if inner.durability == Durability::Flush {
+            inner.write_inline();
+            if !self.sync_wanted.replace(false) {
+                return;
             }
         }
+        inner.kick();
+    }
+
+    /// Asks the log thread to signal the eventfd at its next publication (a sync, a commit
+    /// or a failure). Arm *before* looking at [`state`](Self::state): the log thread
+    /// publishes before it checks the arm, so nothing published after the look is missed.
+    pub(crate) fn arm(&self) {
+        self.notifier.armed.store(true, Ordering::SeqCst);
     }
 
     /// The eventfd the queue's io_uring polls for wake-ups from the log thread.
@@ -563,23 +560,11 @@ impl QueueLog {
         self.notifier.efd.as_raw_fd()
     }
 
-    /// The eventfd fired: clears it and wakes every waiting task (each re-checks its own
-    /// records).
-    pub(crate) fn on_notified(&self) {
+    /// The eventfd fired: clears it.
+    pub(crate) fn clear_event(&self) {
         let mut count = [0u8; 8];
         // Nonblocking: EAGAIN just means another wake-up already cleared it.
         let _ = (&self.notifier.efd).read(&mut count);
-        self.wake_all();
-    }
-
-    /// Wakes every waiting task; whether there was one.
-    fn wake_all(&self) -> bool {
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        let any = !waiters.is_empty();
-        for w in waiters {
-            w.wake();
-        }
-        any
     }
 }
 
@@ -589,37 +574,9 @@ impl Drop for QueueLog {
     }
 }
 
-/// Future of `QueueLog::logged`.
-#[derive(Debug)]
-pub(crate) struct Logged<'a> {
-    log: &'a QueueLog,
-    t: Ticket,
-}
-
-impl Future for Logged<'_> {
-    type Output = Result<(), LogFailed>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &self.log.shared.inner;
-        if let Some(ok) = inner.state_of(self.t) {
-            return Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) });
-        }
-        self.log.waiters.borrow_mut().push(cx.waker().clone());
-        // Arm, then look again: the log thread publishes before it checks `armed`, so a
-        // commit that finished before the arm is seen here and one after it signals us.
-        self.log.notifier.armed.store(true, Ordering::SeqCst);
-        match inner.state_of(self.t) {
-            Some(ok) => Poll::Ready(if ok { Ok(()) } else { Err(LogFailed) }),
-            None => Poll::Pending,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use std::pin::pin;
 
     use hrl::{
         ChainSpec, DiskId, DiskIdentity, Generation, LogReader, RecoveryMode, SyncPolicy,
@@ -653,15 +610,13 @@ mod tests {
         SharedLog::new(w, false, d).unwrap()
     }
 
-    /// What a queue's event loop does, minus io_uring: after the "tick" that appended, run
-    /// `after_tick`; poll the future; while it is pending, block on the eventfd the log
-    /// thread signals.
+    /// What a queue's event loop does, minus io_uring: arm, look at the ticket; while it is
+    /// not logged, block on the eventfd the log thread signals.
     fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
-        let mut fut = pin!(q.logged(t));
-        let mut cx = Context::from_waker(Waker::noop());
         loop {
-            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
-                return r;
+            q.arm();
+            if let Some(ok) = q.state(t) {
+                return if ok { Ok(()) } else { Err(LogFailed) };
             }
             let mut pfd = libc::pollfd {
                 fd: q.event_fd(),
@@ -671,7 +626,7 @@ mod tests {
             // SAFETY: one valid pollfd, for the duration of the call.
             let n = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
             assert_eq!(n, 1, "the log thread did not wake the queue within 10 s");
-            q.on_notified();
+            q.clear_event();
         }
     }
 
@@ -752,7 +707,7 @@ mod tests {
             None,
             "not written before after_tick"
         );
-        assert!(!q.after_tick(), "no task was waiting to be woken");
+        q.after_tick();
         for t in &tickets {
             assert_eq!(inner.state_of(*t), Some(true));
         }

@@ -1,31 +1,45 @@
-//! One queue thread: a single-threaded executor running one task per tag, each task
-//! looping "receive an I/O from the kernel → log it → perform it → complete it".
+//! One queue thread: a plain event loop over the queue's io_uring, with a small state
+//! machine per tag — "receive an I/O from the kernel → log it → perform it → complete it".
 //!
 //! The ordering for every change (write, discard, write-zeroes) is: append the record,
-//! await it ([`crate::commit`]: written to the log, or durable per the disk's
+//! wait for it ([`crate::commit`]: written to the log, or durable per the disk's
 //! [`crate::Durability`]), and only then touch the backing store. Logging before
 //! *performing* (not merely before completing) is what makes a crash of the server at any
 //! instant safe: the backing never holds a change the log does not name. A flush is
 //! performed first (fdatasync of the backing) and then logged as a Flush record, which is
 //! durable before the flush completes; a FUA write's record is durable before it is
 //! written, with `RWF_DSYNC`.
+//!
+//! **Why callbacks, not a task per tag.** Every completion is handled directly in
+//! [`UblkQueue::flush_and_wake_io_tasks`]'s handler (as rublk's default loop target does),
+//! with no executor, wakers or task queue in between; the loop's per-batch boundary is
+//! where the records appended by the batch are written (or handed to the log thread), and
+//! where the tags whose records are now logged go on to perform their changes — in the same
+//! turn, before the loop next waits on the ring.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use libublk::helpers::IoBuf;
-use libublk::io::{UblkDev, UblkQueue};
+use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::sys;
-use libublk::uring_async::ublk_submit_sqe_async;
-use libublk::{BufDesc, UblkError, UblkUringData};
+use libublk::{BufDesc, BufDescList, UblkIORes, UblkUringData};
 
 use crate::backing::{Backing, BackingKind};
-use crate::commit::{Change, QueueLog, SharedLog};
+use crate::commit::{Change, QueueLog, SharedLog, Ticket};
 
 /// Index of the backing file in each queue ring's registered files (0 is the ublk char
 /// device, registered by libublk).
 pub(crate) const BACKING_FIXED_FD: u32 = 1;
+
+/// The pseudo-tag of the log eventfd's poll on the queue ring (real tags are < 4096).
+const POLL_TAG: u16 = u16::MAX;
+/// Target I/O user_data "step" values (libublk's 16-bit `tgt_data`): which SQE of a tag's
+/// I/O completed.
+const STEP_IO: u32 = 0;
+const STEP_PUNCH_FALLBACK: u32 = 1;
+/// How often a backing SQE that returned `EAGAIN` is resubmitted before the I/O fails.
+const MAX_EAGAIN: u8 = 4;
 
 /// What every queue thread shares.
 #[derive(Debug)]
@@ -36,93 +50,44 @@ pub(crate) struct TargetShared {
 
 /// Body of one queue thread (passed to `UblkCtrl::run_target`).
 pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
-    let q = match UblkQueue::new(qid, dev) {
-        Ok(q) => Rc::new(q),
+    let bufs = dev.alloc_queue_io_bufs();
+    let q = match UblkQueue::new(qid, dev)
+        .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs))))
+    {
+        Ok(q) => q,
         Err(e) => {
             tracing::error!(queue = qid, error = %e, "creating the ublk queue failed");
             return;
         }
     };
     let qlog = match QueueLog::new(Arc::clone(&shared.log)) {
-        Ok(l) => Rc::new(l),
+        Ok(l) => l,
         Err(e) => {
             tracing::error!(queue = qid, error = %e, "creating the queue's log eventfd failed");
             return;
         }
     };
-    let exe = Rc::new(smol::LocalExecutor::new());
-    // Not in `tasks`: it never finishes, and the queue is done when the I/O tasks are.
-    let wakeups = {
-        let qlog = Rc::clone(&qlog);
-        exe.spawn(async move { log_wakeups(qid, &qlog).await })
+    let mut st = QueueState {
+        qid,
+        q: &q,
+        bufs: &bufs,
+        shared,
+        qlog: &qlog,
+        retries: vec![0; bufs.len()],
+        waits: Vec::new(),
+        poll_failures: 0,
     };
-    let mut tasks = Vec::new();
+    st.arm_poll();
+    loop {
+        let res = q.flush_and_wake_io_tasks(|ud, cqe, _last| st.on_cqe(ud, cqe.result()), 1);
+        st.after_batch();
+        if res.is_err() {
+            // The queue is down (the device is being deleted or the server stopped).
+            break;
+        }
+    }
     for tag in q.tags() {
-        let (q, qlog, shared) = (Rc::clone(&q), Rc::clone(&qlog), Arc::clone(shared));
-        tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, &qlog, &shared).await {
-                Ok(()) | Err(UblkError::QueueIsDown) => {}
-                Err(e) => tracing::error!(queue = qid, tag, error = %e, "io task failed"),
-            }
-        }));
-    }
-    let exe2 = Rc::clone(&exe);
-    smol::block_on(exe.run(async move {
-        // After each batch of io_uring completions: run every woken task (they append
-        // their records, or perform changes whose records are now logged), then write what
-        // was appended (`Flush` durability: inline, and the tasks it woke run at once) or
-        // ask the log thread to commit it (`Write`: the queue does not wait for it).
-        let run_ops = || loop {
-            while exe2.try_tick() {}
-            if !qlog.after_tick() {
-                break;
-            }
-        };
-        let done = || tasks.iter().all(smol::Task::is_finished);
-        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
-            tracing::error!(queue = qid, error = %e, "queue event loop failed");
-        }
-    }));
-    drop(wakeups);
-}
-
-/// Waits on this queue's ring for the log thread's wake-ups, and wakes the tasks waiting
-/// for durability each time ([`crate::commit`]).
-async fn log_wakeups(qid: u16, qlog: &QueueLog) {
-    let mut failures = 0u32;
-    loop {
-        let sqe = opcode::PollAdd::new(types::Fd(qlog.event_fd()), libc::POLLIN as u32).build();
-        let res = ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await;
-        qlog.on_notified();
-        match res {
-            Ok(r) if r >= 0 => failures = 0,
-            // The ring is going away with the queue.
-            Err(UblkError::QueueIsDown) => return,
-            other => {
-                failures += 1;
-                tracing::error!(queue = qid, result = ?other, "polling the log eventfd failed");
-                if failures > 16 {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn io_task(
-    q: &UblkQueue<'_>,
-    tag: u16,
-    qlog: &QueueLog,
-    shared: &TargetShared,
-) -> Result<(), UblkError> {
-    let buf_len = usize::try_from(q.dev.dev_info.max_io_buf_bytes).unwrap_or(usize::MAX);
-    let mut buf = IoBuf::<u8>::new(buf_len);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
-        .await?;
-    loop {
-        let res = handle_io(q, tag, qlog, shared, buf.as_mut_slice()).await;
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
-            .await?;
+        q.unregister_io_buf(tag);
     }
 }
 
@@ -146,128 +111,301 @@ impl Io {
     }
 }
 
-/// Performs one I/O; returns the ublk result (bytes transferred, 0, or -errno).
-async fn handle_io(
-    q: &UblkQueue<'_>,
+/// What a tag does once its record is logged.
+#[derive(Debug, Clone, Copy)]
+enum Then {
+    /// Write the data to the backing.
+    Write,
+    /// Discard or zero the range on the backing.
+    Trim,
+    /// Complete the I/O with 0 (a flush, whose backing sync is already done).
+    Complete,
+}
+
+/// A tag waiting for its record.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
     tag: u16,
-    qlog: &QueueLog,
-    shared: &TargetShared,
-    buf: &mut [u8],
-) -> i32 {
-    let io = Io::from_desc(q.get_iod(tag));
-    match io.op {
-        sys::UBLK_IO_OP_READ => match data_slice(buf, io.len) {
-            Some(data) => read(io, data).await,
-            None => -libc::EINVAL,
-        },
-        sys::UBLK_IO_OP_WRITE => match data_slice(buf, io.len) {
-            Some(data) => write(io, data, qlog).await,
-            None => -libc::EINVAL,
-        },
-        sys::UBLK_IO_OP_FLUSH => flush(qlog).await,
-        sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
-            trim(io, qlog, &shared.backing).await
+    ticket: Ticket,
+    then: Then,
+}
+
+struct QueueState<'a> {
+    qid: u16,
+    q: &'a UblkQueue<'a>,
+    bufs: &'a [IoBuf<u8>],
+    shared: &'a TargetShared,
+    qlog: &'a QueueLog,
+    /// EAGAIN resubmissions of each tag's current backing SQE.
+    retries: Vec<u8>,
+    waits: Vec<Wait>,
+    poll_failures: u32,
+}
+
+impl QueueState<'_> {
+    /// One completion: a new I/O from the kernel, a backing SQE of a tag, or the log
+    /// eventfd.
+    fn on_cqe(&mut self, ud: u64, res: i32) {
+        if ud & UblkUringData::Target as u64 == 0 {
+            // An io command: a new I/O for the tag, or (any other result) the queue is
+            // being aborted, which libublk accounts for.
+            if u32::try_from(res) == Ok(sys::UBLK_IO_RES_OK) {
+                self.start(tag_of(ud));
+            }
+            return;
         }
-        _ => -libc::EOPNOTSUPP,
-    }
-}
-
-fn data_slice(buf: &mut [u8], len: u64) -> Option<&mut [u8]> {
-    buf.get_mut(..usize::try_from(len).ok()?)
-}
-
-async fn read(io: Io, data: &mut [u8]) -> i32 {
-    let Ok(len) = u32::try_from(data.len()) else {
-        return -libc::EINVAL;
-    };
-    let sqe = opcode::Read::new(types::Fixed(BACKING_FIXED_FD), data.as_mut_ptr(), len)
-        .offset(io.offset)
-        .build()
-        .flags(squeue::Flags::FIXED_FILE);
-    submit(sqe).await
-}
-
-async fn write(io: Io, data: &[u8], qlog: &QueueLog) -> i32 {
-    let change = Change::Write {
-        offset: io.offset,
-        data,
-        fua: io.fua,
-    };
-    if !logged(qlog, change).await {
-        return -libc::EIO;
-    }
-    let Ok(len) = u32::try_from(data.len()) else {
-        return -libc::EINVAL;
-    };
-    let rw_flags = if io.fua { libc::RWF_DSYNC } else { 0 };
-    let sqe = opcode::Write::new(types::Fixed(BACKING_FIXED_FD), data.as_ptr(), len)
-        .offset(io.offset)
-        .rw_flags(rw_flags)
-        .build()
-        .flags(squeue::Flags::FIXED_FILE);
-    submit(sqe).await
-}
-
-async fn flush(qlog: &QueueLog) -> i32 {
-    let sqe = opcode::Fsync::new(types::Fixed(BACKING_FIXED_FD))
-        .flags(types::FsyncFlags::DATASYNC)
-        .build()
-        .flags(squeue::Flags::FIXED_FILE);
-    let res = submit(sqe).await;
-    if res < 0 {
-        return res;
-    }
-    if logged(qlog, Change::Flush).await {
-        0
-    } else {
-        -libc::EIO
-    }
-}
-
-async fn trim(io: Io, qlog: &QueueLog, backing: &Backing) -> i32 {
-    let zero = io.op == sys::UBLK_IO_OP_WRITE_ZEROES;
-    let change = if zero {
-        Change::WriteZeroes {
-            offset: io.offset,
-            len: io.len,
+        let tag = tag_of(ud);
+        if tag == POLL_TAG {
+            self.on_poll(res);
+            return;
         }
-    } else {
-        Change::Discard {
-            offset: io.offset,
-            len: io.len,
-        }
-    };
-    if !logged(qlog, change).await {
-        return -libc::EIO;
-    }
-    match (backing.kind(), zero) {
-        (BackingKind::File, false) => fallocate(io, PUNCH).await,
-        (BackingKind::File, true) => {
-            // ZERO_RANGE keeps the blocks allocated; filesystems without it (tmpfs) get a
-            // punched hole, which reads back as zeroes just the same.
-            let res = fallocate(io, libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE).await;
-            if res == -libc::EOPNOTSUPP {
-                fallocate(io, PUNCH).await
-            } else {
-                res
+        let step = u32::try_from((ud >> 24) & 0xffff).unwrap_or(STEP_IO);
+        if res == -libc::EAGAIN {
+            let tries = self.retries.get_mut(usize::from(tag));
+            if let Some(t) = tries
+                && *t < MAX_EAGAIN
+            {
+                *t += 1;
+                self.resubmit(tag, step);
+                return;
             }
         }
-        // Block devices have no io_uring discard on every kernel we support; the ioctl
-        // blocks this queue for its duration, which discards tolerate.
-        (BackingKind::Device, false) => errno_of(backing.device_discard(io.offset, io.len)),
-        (BackingKind::Device, true) => errno_of(backing.device_zeroout(io.offset, io.len)),
+        let io = self.io(tag);
+        // Tmpfs has no ZERO_RANGE: a punched hole reads back as zeroes just the same.
+        if step == STEP_IO
+            && io.op == sys::UBLK_IO_OP_WRITE_ZEROES
+            && res == -libc::EOPNOTSUPP
+            && self.shared.backing.kind() == BackingKind::File
+        {
+            self.resubmit(tag, STEP_PUNCH_FALLBACK);
+            return;
+        }
+        if io.op == sys::UBLK_IO_OP_FLUSH && step == STEP_IO {
+            // The backing is synced: log the Flush, complete once it is durable.
+            if res < 0 {
+                self.complete(tag, res);
+            } else {
+                self.log_then(tag, Change::Flush, Then::Complete);
+            }
+            return;
+        }
+        self.complete(tag, res);
     }
+
+    fn io(&self, tag: u16) -> Io {
+        Io::from_desc(self.q.get_iod(tag))
+    }
+
+    /// A new I/O from the kernel.
+    fn start(&mut self, tag: u16) {
+        if let Some(t) = self.retries.get_mut(usize::from(tag)) {
+            *t = 0;
+        }
+        let io = self.io(tag);
+        match io.op {
+            sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_FLUSH => self.resubmit(tag, STEP_IO),
+            sys::UBLK_IO_OP_WRITE => match data_of(self.bufs, tag, io.len) {
+                Some(data) => {
+                    let change = Change::Write {
+                        offset: io.offset,
+                        data,
+                        fua: io.fua,
+                    };
+                    self.log_then(tag, change, Then::Write);
+                }
+                None => self.complete(tag, -libc::EINVAL),
+            },
+            sys::UBLK_IO_OP_DISCARD => self.log_then(
+                tag,
+                Change::Discard {
+                    offset: io.offset,
+                    len: io.len,
+                },
+                Then::Trim,
+            ),
+            sys::UBLK_IO_OP_WRITE_ZEROES => self.log_then(
+                tag,
+                Change::WriteZeroes {
+                    offset: io.offset,
+                    len: io.len,
+                },
+                Then::Trim,
+            ),
+            _ => self.complete(tag, -libc::EOPNOTSUPP),
+        }
+    }
+
+    /// Appends `change` and parks the tag until its record is logged (`after_batch`).
+    fn log_then(&mut self, tag: u16, change: Change<'_>, then: Then) {
+        match self.qlog.append(change) {
+            Ok(ticket) => self.waits.push(Wait { tag, ticket, then }),
+            Err(_) => self.complete(tag, -libc::EIO),
+        }
+    }
+
+    /// End of a batch of completions: write (or hand over) what the batch appended, then
+    /// move every tag whose record is now logged on to its change.
+    fn after_batch(&mut self) {
+        if self.waits.is_empty() {
+            return;
+        }
+        self.qlog.after_tick();
+        // Arm before looking: the log thread publishes before it checks the arm, so a sync
+        // that ends after the look below signals the eventfd.
+        self.qlog.arm();
+        let mut waits = std::mem::take(&mut self.waits);
+        waits.retain(|w| match self.qlog.state(w.ticket) {
+            None => true,
+            Some(false) => {
+                self.complete(w.tag, -libc::EIO);
+                false
+            }
+            Some(true) => {
+                match w.then {
+                    Then::Write | Then::Trim => self.perform(w.tag),
+                    Then::Complete => self.complete(w.tag, 0),
+                }
+                false
+            }
+        });
+        self.waits = waits;
+    }
+
+    /// Performs a logged change on the backing.
+    fn perform(&mut self, tag: u16) {
+        let io = self.io(tag);
+        match (io.op, self.shared.backing.kind()) {
+            // Block devices have no io_uring discard on every kernel we support; the ioctl
+            // blocks this queue for its duration, which discards tolerate.
+            (sys::UBLK_IO_OP_DISCARD, BackingKind::Device) => {
+                let r = self.shared.backing.device_discard(io.offset, io.len);
+                self.complete(tag, errno_of(r));
+            }
+            (sys::UBLK_IO_OP_WRITE_ZEROES, BackingKind::Device) => {
+                let r = self.shared.backing.device_zeroout(io.offset, io.len);
+                self.complete(tag, errno_of(r));
+            }
+            _ => self.resubmit(tag, STEP_IO),
+        }
+    }
+
+    /// Submits the backing SQE of the tag's I/O (`step` picks the write-zeroes fallback).
+    fn resubmit(&mut self, tag: u16, step: u32) {
+        let io = self.io(tag);
+        let Some(buf) = self.bufs.get(usize::from(tag)) else {
+            self.complete(tag, -libc::EINVAL);
+            return;
+        };
+        let Ok(len) = u32::try_from(io.len) else {
+            self.complete(tag, -libc::EINVAL);
+            return;
+        };
+        // Discards and write-zeroes carry no data and may be longer than the buffer.
+        let has_data = io.op == sys::UBLK_IO_OP_READ || io.op == sys::UBLK_IO_OP_WRITE;
+        if has_data && len as usize > buf.as_slice().len() {
+            self.complete(tag, -libc::EINVAL);
+            return;
+        }
+        let fixed = types::Fixed(BACKING_FIXED_FD);
+        let sqe = match io.op {
+            sys::UBLK_IO_OP_READ => opcode::Read::new(fixed, buf.as_mut_ptr(), len)
+                .offset(io.offset)
+                .build(),
+            sys::UBLK_IO_OP_WRITE => opcode::Write::new(fixed, buf.as_ptr(), len)
+                .offset(io.offset)
+                .rw_flags(if io.fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            sys::UBLK_IO_OP_FLUSH => opcode::Fsync::new(fixed)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            sys::UBLK_IO_OP_DISCARD => fallocate(fixed, io, PUNCH),
+            sys::UBLK_IO_OP_WRITE_ZEROES if step == STEP_PUNCH_FALLBACK => {
+                fallocate(fixed, io, PUNCH)
+            }
+            // ZERO_RANGE keeps the blocks allocated.
+            sys::UBLK_IO_OP_WRITE_ZEROES => fallocate(
+                fixed,
+                io,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            ),
+            _ => {
+                self.complete(tag, -libc::EOPNOTSUPP);
+                return;
+            }
+        };
+        let ud = UblkIOCtx::build_user_data(tag, io.op, step, true);
+        self.push(sqe.flags(squeue::Flags::FIXED_FILE).user_data(ud), tag);
+    }
+
+    fn push(&self, sqe: squeue::Entry, tag: u16) {
+        if let Err(e) = self.q.ublk_submit_sqe_sync(sqe) {
+            tracing::error!(queue = self.qid, tag, error = %e, "submitting to the queue ring failed");
+            self.complete(tag, -libc::EIO);
+        }
+    }
+
+    /// Completes the tag's I/O to the kernel (which also fetches its next one).
+    fn complete(&self, tag: u16, res: i32) {
+        let Some(buf) = self.bufs.get(usize::from(tag)) else {
+            return;
+        };
+        if let Err(e) = self.q.complete_io_cmd_unified(
+            tag,
+            BufDesc::Slice(buf.as_slice()),
+            Ok(UblkIORes::Result(res)),
+        ) {
+            tracing::error!(queue = self.qid, tag, error = %e, "completing an I/O failed");
+        }
+    }
+
+    /// (Re)arms the poll of the log eventfd on the queue ring.
+    fn arm_poll(&self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.qlog.event_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(UblkIOCtx::build_user_data(POLL_TAG, 0, 0, true));
+        if let Err(e) = self.q.ublk_submit_sqe_sync(sqe) {
+            tracing::error!(queue = self.qid, error = %e, "polling the log eventfd failed");
+        }
+    }
+
+    /// The log thread signalled (a sync or a failure was published): `after_batch` looks at
+    /// the waiting tags; re-arm the poll.
+    fn on_poll(&mut self, res: i32) {
+        self.qlog.clear_event();
+        if res >= 0 {
+            self.poll_failures = 0;
+        } else {
+            self.poll_failures += 1;
+            tracing::error!(
+                queue = self.qid,
+                result = res,
+                "polling the log eventfd failed"
+            );
+            if self.poll_failures > 16 {
+                return;
+            }
+        }
+        self.arm_poll();
+    }
+}
+
+/// The tag's I/O buffer, `len` bytes of it.
+fn data_of(bufs: &[IoBuf<u8>], tag: u16, len: u64) -> Option<&[u8]> {
+    let buf = bufs.get(usize::from(tag))?;
+    buf.as_slice().get(..usize::try_from(len).ok()?)
+}
+
+fn tag_of(ud: u64) -> u16 {
+    u16::try_from(UblkIOCtx::user_data_to_tag(ud)).unwrap_or(POLL_TAG)
 }
 
 const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
-async fn fallocate(io: Io, mode: i32) -> i32 {
-    let sqe = opcode::Fallocate::new(types::Fixed(BACKING_FIXED_FD), io.len)
+fn fallocate(fixed: types::Fixed, io: Io, mode: i32) -> squeue::Entry {
+    opcode::Fallocate::new(fixed, io.len)
         .offset(io.offset)
         .mode(mode)
         .build()
-        .flags(squeue::Flags::FIXED_FILE);
-    submit(sqe).await
 }
 
 fn errno_of(r: std::io::Result<()>) -> i32 {
@@ -275,26 +413,4 @@ fn errno_of(r: std::io::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
     }
-}
-
-/// Appends `change` and waits until its record is written (or durable, for a flush or a
-/// FUA write, or under `Write` durability). False if the log failed.
-async fn logged(qlog: &QueueLog, change: Change<'_>) -> bool {
-    match qlog.append(change) {
-        Ok(ticket) => qlog.logged(ticket).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Submits one target SQE on this queue's ring; retries `EAGAIN` a few times.
-async fn submit(sqe: squeue::Entry) -> i32 {
-    for _ in 0..4 {
-        let res = ublk_submit_sqe_async(sqe.clone(), UblkUringData::Target as u64)
-            .await
-            .unwrap_or(-libc::EIO);
-        if res != -libc::EAGAIN {
-            return res;
-        }
-    }
-    -libc::EAGAIN
 }
