@@ -327,10 +327,10 @@ impl Inner {
         }
     }
 
-    /// `Flush` durability, on the log thread: writes what is pending, rotates a full log,
-    /// then syncs the open log without the mutex and publishes it durable.
+    /// `Flush` durability, on the log thread: writes what is pending, syncs the open log
+    /// without the mutex and publishes it durable, then rotates a full log.
     fn sync_all(&self) {
-        let (written, handle) = {
+        let (written, handle, rotate) = {
             let mut guard = lock(&self.writer);
             let Some(w) = guard.as_mut() else { return };
             let written = match w.write_pending() {
@@ -344,15 +344,10 @@ impl Inner {
                     return;
                 }
             };
-            if w.rotation_due()
-                && let Err(e) = w.rotate()
-            {
-                // Appends keep going to the full log (or fail if the writer closed).
-                tracing::error!(error = %e, "rotating the change log failed");
-            }
-            (written, w.sync_handle())
+            (written, w.sync_handle(), w.rotation_due())
         };
         self.publish_written(written);
+        // The slow part, without the writer's mutex: the queues keep writing records.
         let synced = match handle {
             Ok((file, seq)) => file.sync_data().map(|()| seq).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -367,6 +362,15 @@ impl Inner {
                 }
                 self.notify_queues();
             }
+        }
+        // Rotate after the sync, so the seal (under the mutex) has only the records written
+        // since to make durable, not the whole log.
+        if rotate
+            && let Some(w) = lock(&self.writer).as_mut()
+            && let Err(e) = w.rotate()
+        {
+            // Appends keep going to the full log (or fail if the writer closed).
+            tracing::error!(error = %e, "rotating the change log failed");
         }
     }
 
@@ -762,8 +766,9 @@ mod tests {
         wait(&q, flush).unwrap();
         drop(q);
         let w = log.take().unwrap();
-        // ~7 logs' worth; a log overshoots while the log thread gets to the rotation.
-        assert!(w.stats().rotations >= 2, "{:?}", w.stats());
+        // ~7 logs' worth, but a log overshoots while the log thread syncs before rotating
+        // (the writer here is as fast as memory), so how many rotations is timing.
+        assert!(w.stats().rotations >= 1, "{:?}", w.stats());
         w.close().unwrap();
         let mut total = 0;
         let mut next = None;
