@@ -1,4 +1,4 @@
-//! Group commit between the queues' I/O tasks and the disk's one [`hrl::LogWriter`].
+//! Group commit between the queues' I/Os and the disk's one [`hrl::LogWriter`].
 //!
 //! Every change is appended to the log and its record is *written* (it survives a crash of
 //! this process) **before** the change is performed on the backing store, so no completed
@@ -8,17 +8,17 @@
 //!
 //! - **`Flush`** (default): records are written by the queue thread itself, once per batch
 //!   of io_uring completions (`QueueLog::after_tick`: one `pwrite` under the writer's mutex
-//!   for everything every queue appended so far), and the woken tasks perform their changes
-//!   in the same turn of the event loop — no thread hop, no sync. A flush or FUA write asks
+//!   for everything every queue appended so far), and the tags waiting for those records
+//!   perform their changes in the same turn of the event loop — no thread hop, no sync. A flush or FUA write asks
 //!   the disk's **log thread** for a sync: it takes a second handle on the log
 //!   ([`LogWriter::sync_handle`]) and runs the `fdatasync` without the mutex, then publishes
 //!   "durable up to N" and wakes the waiting queues through their eventfds. The log thread
-//!   also rotates full logs, so a queue never stalls on a rotation. A power loss can lose
+//!   also rotates full logs (after the sync), so a queue never stalls on a rotation. A power loss can lose
 //!   records written since the last sync while their data reached the backing: the server
 //!   then records a whole-disk gap at its next start (`server.rs`, the run marker).
 //! - **`Write`**: every record is durable before its change is performed — pipelined group
-//!   commit on the log thread: after a queue has run every task woken by one batch of
-//!   completions it kicks the log thread once; the log thread takes the whole pending batch
+//!   commit on the log thread: after a queue has handled one batch of completions it kicks
+//!   the log thread once; the log thread takes the whole pending batch
 //!   out of the writer ([`LogWriter::take_commit`]), writes and syncs it *without* the mutex
 //!   (one `pwrite` + one `fdatasync`), hands it back, publishes, and wakes the queues; then
 //!   it takes whatever the queues appended meanwhile, and so on. No timer: a batch is
@@ -82,7 +82,7 @@ struct Kick {
 }
 
 /// How the log thread wakes one queue: an eventfd the queue's io_uring polls, signalled only
-/// when the queue has tasks waiting (`armed`), so idle queues cost nothing.
+/// when the queue has tags waiting (`armed`), so idle queues cost nothing.
 #[derive(Debug)]
 struct Notifier {
     efd: File,

@@ -3,8 +3,9 @@
 //!
 //! - [`config`]: what the operator asks for ([`DiskConfig`], [`LogMode`]);
 //! - [`backing`]: the backing file/device, `O_DIRECT`, locked against a second server;
-//! - [`commit`]: group commit between a queue's I/O tasks and the disk's log writer;
-//! - `queue`: the per-queue executor and the per-I/O logic (log → perform → complete);
+//! - [`commit`]: group commit between the queues' I/Os and the disk's log writer;
+//! - `queue`: the per-queue io_uring event loop and the per-I/O state machine (log →
+//!   perform → complete);
 //! - [`server`]: creating or recovering the device and serving it ([`serve`]);
 //! - [`devices`]: listing and deleting the disks ([`devices::list`], [`devices::delete`]).
 //!
