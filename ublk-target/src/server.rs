@@ -13,7 +13,7 @@
 //! change's record is written to the log before the change is performed, the new server
 //! continues the log chain (`Resume::Recovered`) without a tracking gap. After a *host*
 //! crash under [`Durability::Flush`] the records written since the last flush may be lost
-//! while their data reached the backing: the run marker ([`crate::marker`]) tells the two
+//! while their data reached the backing: the run marker (`marker.rs`) tells the two
 //! apart, and the new server then records a whole-disk gap (a checksum resync).
 
 use std::path::{Path, PathBuf};
