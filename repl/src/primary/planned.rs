@@ -25,10 +25,11 @@ use std::time::Instant;
 use proto::Msg;
 use tokio::sync::{oneshot, watch};
 
+use super::cycles::{CyclesEnd, ship_sealed};
 use super::resync::{WINDOW_BYTES, WINDOW_RANGES};
 use super::scan::{Pass, scan};
 use super::state::{FailedOverInfo, log_dir};
-use super::worker::{CyclesEnd, Session, ship_sealed};
+use super::worker::Session;
 use super::{Agent, DiskRt, FrozenCycle, freeze, lock};
 use crate::digest::Key;
 use crate::net::ReplError;

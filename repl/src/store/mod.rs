@@ -23,24 +23,25 @@
 //! applying a cycle twice, or completing a half-applied one, yields exactly the state after
 //! the whole cycle. Cycles apply strictly in chain order.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::fs::{self, File};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use proto::{Frame, Msg};
+use proto::Frame;
 use serde::{Deserialize, Serialize};
 
 use crate::points::{PointsFile, Retention};
-use crate::undo::{self, UndoIndex};
+use crate::undo::UndoIndex;
 
+mod apply;
+mod open;
 mod points;
 mod resync;
 mod staging;
 
 pub use resync::{MAX_PENDING_BYTES, ResyncProgress, ResyncSession};
 pub use staging::Staging;
-use staging::read_frame_sync;
 
 /// Magic at the start of a staged cycle file.
 pub const STAGE_MAGIC: &[u8; 8] = b"SRSTAGE1";
@@ -285,173 +286,6 @@ pub fn list_disks(store: &Path) -> std::io::Result<Vec<String>> {
 }
 
 impl Disk {
-    /// Opens an existing replica and finishes any cycle a crash left staged.
-    ///
-    /// # Errors
-    /// Missing or corrupt state, or a staged cycle that cannot be applied.
-    pub fn open(store: &Path, name: &str) -> Result<Self> {
-        let dir = disk_dir(store, name);
-        let state_path = dir.join("state.json");
-        let text = fs::read(&state_path).map_err(io_err(name, "reading state.json"))?;
-        let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
-            disk: name.into(),
-            path: state_path.clone(),
-            why: e.to_string(),
-        })?;
-        if state.version != 1 {
-            return Err(StoreError::Corrupt {
-                disk: name.into(),
-                path: state_path,
-                why: format!("unsupported state version {}", state.version),
-            });
-        }
-        let replica_path = state
-            .replica_device
-            .clone()
-            .unwrap_or_else(|| dir.join("replica.img"));
-        let replica = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&replica_path)
-            .map_err(io_err(name, format!("opening {}", replica_path.display())))?;
-        advise_random(&replica);
-        let undo_dir = dir.join("undo");
-        fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
-        undo::clean_tmp(&undo_dir);
-        let undo = undo::load_all(&undo_dir).map_err(|e| StoreError::Corrupt {
-            disk: name.into(),
-            path: undo_dir.clone(),
-            why: e.to_string(),
-        })?;
-        let points_path = dir.join("points.json");
-        let points = match fs::read(&points_path) {
-            Ok(t) => serde_json::from_slice(&t).map_err(|e| StoreError::Corrupt {
-                disk: name.into(),
-                path: points_path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PointsFile {
-                version: 1,
-                ..PointsFile::default()
-            },
-            Err(e) => return Err(io_err(name, "reading points.json")(e)),
-        };
-        let mut disk = Self {
-            dir,
-            state,
-            replica,
-            counters: DiskCounters::default(),
-            undo,
-            points,
-            retention: Retention::default(),
-        };
-        disk.recover()?;
-        disk.drop_unreconstructible_points();
-        Ok(disk)
-    }
-
-    /// Opens disk `req.name`, creating its replica on first attach (owned by `req.client`),
-    /// after checking the client may write it and that it is the same disk.
-    ///
-    /// # Errors
-    /// [`StoreError::Unauthorized`], [`StoreError::Mismatch`], or a file error.
-    pub fn attach(store: &Path, req: &AttachRequest<'_>) -> Result<Self> {
-        let name = req.name;
-        let dir = disk_dir(store, name);
-        if !dir.join("state.json").exists() {
-            fs::create_dir_all(dir.join("staging"))
-                .map_err(io_err(name, "creating its directory"))?;
-            fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
-            let replica = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(dir.join("replica.img"))
-                .map_err(io_err(name, "creating replica.img"))?;
-            advise_random(&replica);
-            replica
-                .set_len(req.size)
-                .map_err(io_err(name, "sizing replica.img"))?;
-            replica
-                .sync_all()
-                .map_err(io_err(name, "syncing replica.img"))?;
-            let state = DiskState {
-                version: 1,
-                name: name.into(),
-                disk_id: req.disk_id.clone(),
-                owner: req.client.into(),
-                size: req.size,
-                block_size: req.block_size,
-                created_unix_ns: crate::now_ns(),
-                copy: None,
-                applied: None,
-                broken: None,
-                resync: None,
-                base_seq: None,
-                failed_over: None,
-                replica_device: None,
-            };
-            let mut d = Self {
-                dir,
-                state,
-                replica,
-                counters: DiskCounters::default(),
-                undo: Vec::new(),
-                points: PointsFile {
-                    version: 1,
-                    ..PointsFile::default()
-                },
-                retention: Retention::default(),
-            };
-            d.save()?;
-            return Ok(d);
-        }
-        let d = Self::open(store, name)?;
-        d.check_attach(req)?;
-        Ok(d)
-    }
-
-    /// Checks that `req` may continue replicating into this (already open) disk.
-    ///
-    /// # Errors
-    /// [`StoreError::Unauthorized`] or [`StoreError::Mismatch`].
-    pub fn check_attach(&self, req: &AttachRequest<'_>) -> Result<()> {
-        let name = req.name;
-        if let Some(why) = &self.state.failed_over {
-            return Err(StoreError::FailedOver {
-                disk: name.into(),
-                why: why.clone(),
-            });
-        }
-        if self.state.owner != req.client {
-            return Err(StoreError::Unauthorized {
-                disk: name.into(),
-                owner: self.state.owner.clone(),
-                client: req.client.into(),
-            });
-        }
-        if self.state.disk_id != req.disk_id {
-            return Err(StoreError::Mismatch {
-                disk: name.into(),
-                why: format!(
-                    "the replica belongs to disk id {}, not {} (another disk with the same name?)",
-                    self.state.disk_id, req.disk_id
-                ),
-            });
-        }
-        if self.state.size != req.size || self.state.block_size != req.block_size {
-            return Err(StoreError::Mismatch {
-                disk: name.into(),
-                why: format!(
-                    "the replica is {} bytes with {}-byte blocks, the source {} bytes with {}-byte blocks",
-                    self.state.size, self.state.block_size, req.size, req.block_size
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// The persisted state.
     #[must_use]
     pub fn state(&self) -> &DiskState {
@@ -500,92 +334,6 @@ impl Disk {
             .replica_device
             .clone()
             .unwrap_or_else(|| self.dir.join("replica.img"))
-    }
-
-    /// Reverse replication: makes `device` (the old primary's own disk) the replica of
-    /// `req.name`, owned by `req.client`, with the copy complete at `from_seq` (the client
-    /// compares the whole disk by digests next). An existing entry of that name (the
-    /// previous direction's replica) is moved to `STORE/retired/NAME-<ns>` first, never
-    /// deleted.
-    ///
-    /// # Errors
-    /// The device cannot be opened or has another size, or a file error.
-    pub fn adopt(
-        store: &Path,
-        req: &AttachRequest<'_>,
-        device: &Path,
-        from_seq: u64,
-    ) -> Result<Self> {
-        let name = req.name;
-        let replica = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(device)
-            .map_err(io_err(name, format!("opening {}", device.display())))?;
-        advise_random(&replica);
-        let size = {
-            use std::io::{Seek, SeekFrom};
-            (&replica)
-                .seek(SeekFrom::End(0))
-                .map_err(io_err(name, format!("sizing {}", device.display())))?
-        };
-        if size != req.size {
-            return Err(StoreError::Mismatch {
-                disk: name.into(),
-                why: format!(
-                    "{} is {size} bytes, the disk to reverse-replicate {} bytes",
-                    device.display(),
-                    req.size
-                ),
-            });
-        }
-        let dir = disk_dir(store, name);
-        if dir.exists() {
-            let retired = store.join("retired");
-            fs::create_dir_all(&retired).map_err(io_err(name, "creating retired/"))?;
-            let to = retired.join(format!("{name}-{}", crate::now_ns()));
-            fs::rename(&dir, &to).map_err(io_err(
-                name,
-                format!("retiring the previous replica to {}", to.display()),
-            ))?;
-            tracing::info!(disk = name, to = %to.display(), "previous replica retired");
-        }
-        fs::create_dir_all(dir.join("staging")).map_err(io_err(name, "creating its directory"))?;
-        fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
-        let state = DiskState {
-            version: 1,
-            name: name.into(),
-            disk_id: req.disk_id.clone(),
-            owner: req.client.into(),
-            size: req.size,
-            block_size: req.block_size,
-            created_unix_ns: crate::now_ns(),
-            copy: Some(CopyProgress {
-                done: true,
-                from_seq,
-                cursor: req.size,
-            }),
-            applied: None,
-            broken: None,
-            resync: None,
-            base_seq: None,
-            failed_over: None,
-            replica_device: Some(device.to_path_buf()),
-        };
-        let mut d = Self {
-            dir,
-            state,
-            replica,
-            counters: DiskCounters::default(),
-            undo: Vec::new(),
-            points: PointsFile {
-                version: 1,
-                ..PointsFile::default()
-            },
-            retention: Retention::default(),
-        };
-        d.save()?;
-        Ok(d)
     }
 
     fn name(&self) -> &str {
@@ -642,41 +390,6 @@ impl Disk {
             next = next.max(s + 1);
         }
         Ok(Some(next))
-    }
-
-    /// Applies every staged cycle after the last applied one, removes stale files.
-    fn recover(&mut self) -> Result<()> {
-        let dir = self.staging_dir();
-        fs::create_dir_all(&dir).map_err(io_err(self.name(), "creating staging/"))?;
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().contains(".cycle.tmp") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        for (seq, path) in self.staged()? {
-            if self.state.applied.is_some_and(|a| a.seq >= seq) {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            self.apply_staged(seq, &path)?;
-        }
-        Ok(())
-    }
-
-    /// Applies, in chain order, the staged cycles the replica does not hold yet: a cycle is
-    /// acknowledged once staged, so when its apply fails (out of space, say) the running
-    /// server applies it before anything else touches the replica. The staged files stay
-    /// until then, so a failure here loses nothing either.
-    ///
-    /// # Errors
-    /// As [`Disk::apply_staged`]: a file error (out of space...) or a corrupt staged cycle.
-    pub fn apply_pending(&mut self) -> Result<()> {
-        for (seq, path) in self.staged()? {
-            self.apply_staged(seq, &path)?;
-        }
-        Ok(())
     }
 
     // ---- initial copy -------------------------------------------------------------------
@@ -805,192 +518,6 @@ impl Disk {
         });
         self.save()
     }
-
-    // ---- cycles ---------------------------------------------------------------------------
-
-    /// Decides what to do with an arriving cycle `seq`.
-    ///
-    /// # Errors
-    /// [`StoreError::BrokenChain`] if it skips ahead (the disk is marked broken), or if no
-    /// copy has completed.
-    pub fn cycle_admit(&mut self, seq: u64) -> Result<Admit> {
-        if let Some(b) = &self.state.broken {
-            return Err(StoreError::BrokenChain {
-                disk: self.name().into(),
-                why: b.clone(),
-            });
-        }
-        if let Some(r) = self.state.resync {
-            return Err(StoreError::BadRequest {
-                disk: self.name().into(),
-                why: format!("cycle {seq} while resync {} is in progress", r.id),
-            });
-        }
-        // A cycle acknowledged but not applied (the apply failed: out of space...) comes
-        // first: the next one must never be applied over that hole.
-        self.apply_pending()?;
-        let Some(expected) = self.expected_seq()? else {
-            return Err(StoreError::BadRequest {
-                disk: self.name().into(),
-                why: format!("cycle {seq} before the initial copy completed"),
-            });
-        };
-        if seq < expected {
-            self.counters.duplicates += 1;
-            return Ok(Admit::Duplicate);
-        }
-        if seq > expected {
-            let why =
-                format!("expected cycle {expected}, received {seq}: cycles in between are missing");
-            self.state.broken = Some(why.clone());
-            self.save()?;
-            return Err(StoreError::BrokenChain {
-                disk: self.name().into(),
-                why,
-            });
-        }
-        Ok(Admit::Stage)
-    }
-
-    /// Starts receiving cycle `seq` into a staging file private to session `epoch`.
-    ///
-    /// # Errors
-    /// A file error.
-    pub fn stage_begin(&self, seq: u64, epoch: u64, begin: &Msg) -> Result<Staging> {
-        Staging::create(self.name(), &self.staging_dir(), seq, epoch, begin)
-    }
-
-    /// Makes a fully received staging file durable under its final name.
-    ///
-    /// # Errors
-    /// The counts do not match, or a file error.
-    pub fn stage_commit(&mut self, staging: Staging, end: &Msg) -> Result<PathBuf> {
-        let path = staging.finish(self.name(), end)?;
-        self.counters.cycles_staged += 1;
-        Ok(path)
-    }
-
-    /// Applies staged cycle `seq` (see the module docs for why this is crash-safe).
-    ///
-    /// # Errors
-    /// The staged file is corrupt, names ranges outside the disk, or a file error.
-    pub fn apply_staged(&mut self, seq: u64, path: &Path) -> Result<AppliedCycle> {
-        if let Some(a) = self.state.applied.filter(|a| a.seq >= seq) {
-            // Applied already (by [`Disk::cycle_admit`] of a newer session).
-            let _ = fs::remove_file(path);
-            return Ok(a);
-        }
-        // Validate the whole file first (every frame's CRC, the counts), so a corrupt staged
-        // cycle leaves the replica untouched; then write it.
-        let mut ranges = Vec::new();
-        let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges))?;
-        let bytes: u64 = ranges.iter().map(|r| r.1).sum();
-        self.ensure_undo(seq, cut_time_ns, ranges)?;
-        self.walk_staged(seq, path, None)?;
-        let name = self.name().to_string();
-        self.replica
-            .sync_data()
-            .map_err(io_err(&name, "syncing replica.img"))?;
-        let applied = AppliedCycle {
-            seq,
-            cut_time_ns,
-            applied_unix_ns: crate::now_ns(),
-        };
-        let before = self.state.applied.replace(applied);
-        if let Err(e) = self.save() {
-            // state.json still says `before`: so must memory, so that the staged file (kept)
-            // is applied again (harmless: a redo log) instead of being taken as applied.
-            self.state.applied = before;
-            return Err(e);
-        }
-        let _ = fs::remove_file(path);
-        self.counters.cycles_applied += 1;
-        // Counted once (a crash before this line re-applies, and may count it again: the
-        // figure is informational).
-        self.points.unpointed_bytes += bytes;
-        Ok(applied)
-    }
-
-    /// Reads staged cycle `seq` at `path` and checks it, collecting its ranges into
-    /// `check` — or, without `check`, writes it to the replica. Returns its cut time.
-    fn walk_staged(
-        &mut self,
-        seq: u64,
-        path: &Path,
-        mut check: Option<&mut Vec<(u64, u64)>>,
-    ) -> Result<u64> {
-        let name = self.name().to_string();
-        let corrupt = |why: String| StoreError::Corrupt {
-            disk: name.clone(),
-            path: path.to_path_buf(),
-            why,
-        };
-        let f = File::open(path).map_err(io_err(&name, format!("opening {}", path.display())))?;
-        let mut r = BufReader::with_capacity(1 << 20, f);
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic)
-            .map_err(|e| corrupt(format!("no magic: {e}")))?;
-        if &magic != STAGE_MAGIC {
-            return Err(corrupt("bad magic".into()));
-        }
-        let mut buf = Vec::new();
-        let mut cut_time_ns = 0;
-        let mut frames = 0u64;
-        let mut data_bytes = 0u64;
-        let mut began = false;
-        loop {
-            let frame = read_frame_sync(&mut r, &mut buf).map_err(&corrupt)?;
-            let Some(frame) = frame else {
-                return Err(corrupt("ends before its CycleEnd".into()));
-            };
-            match frame {
-                Frame::Control(Msg::CycleBegin {
-                    seq: s,
-                    cut_time_ns: t,
-                    ..
-                }) if !began => {
-                    if s != seq {
-                        return Err(corrupt(format!("holds cycle {s}, named {seq}")));
-                    }
-                    cut_time_ns = t;
-                    began = true;
-                }
-                Frame::Data { offset, data } if began => {
-                    if let Some(r) = check.as_deref_mut() {
-                        self.check_range(offset, data.len() as u64)?;
-                        r.push((offset, data.len() as u64));
-                    } else {
-                        self.write_data(offset, &data)?;
-                    }
-                    frames += 1;
-                    data_bytes += data.len() as u64;
-                }
-                Frame::Zero { offset, len } if began => {
-                    if let Some(r) = check.as_deref_mut() {
-                        self.check_range(offset, len)?;
-                        r.push((offset, len));
-                    } else {
-                        self.write_zero(offset, len)?;
-                    }
-                    frames += 1;
-                }
-                Frame::Control(Msg::CycleEnd {
-                    seq: s,
-                    frames: f,
-                    data_bytes: b,
-                }) if began => {
-                    if s != seq || f != frames || b != data_bytes {
-                        return Err(corrupt(format!(
-                            "CycleEnd says cycle {s}, {f} frames, {b} bytes; file has cycle {seq}, {frames} frames, {data_bytes} bytes"
-                        )));
-                    }
-                    break;
-                }
-                other => return Err(corrupt(format!("unexpected frame {}", frame_name(&other)))),
-            }
-        }
-        Ok(cut_time_ns)
-    }
 }
 
 /// What to do with an arriving cycle.
@@ -1008,16 +535,6 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Data { .. } => "Data",
         Frame::Zero { .. } => "Zero",
     }
-}
-
-/// Tells the kernel the replica is read at random (the undo capture reads the old bytes of
-/// every range a cycle overwrites). Without it, reads at rising offsets across a big cycle
-/// look sequential, readahead grows to its maximum, and on a sparse replica the kernel
-/// zero-fills hundreds of KiB of holes per 4 KiB read: a profile of 50 MB/s of 4 KiB writes
-/// showed 56 % of the server's CPU in that memset, and the lag never recovered once a cycle
-/// grew big. Advice only: an error is ignored (the device may not support it).
-fn advise_random(f: &File) {
-    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
 }
 
 fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
@@ -1044,71 +561,5 @@ fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    const SIZE: u64 = 1 << 20;
-
-    fn disk(store: &Path) -> Disk {
-        let req = AttachRequest {
-            name: "d",
-            disk_id: "00112233445566778899aabbccddeeff".into(),
-            size: SIZE,
-            block_size: 512,
-            client: "sitea",
-        };
-        let mut d = Disk::attach(store, &req).unwrap();
-        d.copy_begin(10, false).unwrap();
-        d.copy_done(10).unwrap();
-        d
-    }
-
-    /// Stages cycle `seq` writing 4 KiB of `byte` at `offset`; returns the staged file.
-    fn stage(d: &mut Disk, seq: u64, offset: u64, byte: u8) -> PathBuf {
-        assert_eq!(d.cycle_admit(seq).unwrap(), Admit::Stage);
-        let begin = Msg::CycleBegin {
-            seq,
-            log_id: [7; 16],
-            cut_time_ns: 1000 + seq,
-            extents: 1,
-            data_bytes: 4096,
-        };
-        let mut s = d.stage_begin(seq, 1, &begin).unwrap();
-        let data = Frame::Data {
-            offset,
-            data: vec![byte; 4096],
-        };
-        s.push("d", SIZE, &data).unwrap();
-        let end = Msg::CycleEnd {
-            seq,
-            frames: 1,
-            data_bytes: 4096,
-        };
-        d.stage_commit(s, &end).unwrap()
-    }
-
-    #[test]
-    fn a_cycle_staged_but_not_applied_is_applied_before_the_next_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = disk(dir.path());
-        // Cycle 10 is acknowledged, then its apply fails (out of space): still staged.
-        let p10 = stage(&mut d, 10, 0, 1);
-        assert_eq!(d.expected_seq().unwrap(), Some(11));
-        // The agent goes on with cycle 11: 10 is applied first, in chain order.
-        let p11 = stage(&mut d, 11, 4096, 2);
-        assert_eq!(d.state().applied.unwrap().seq, 10);
-        assert!(!p10.exists());
-        d.apply_staged(11, &p11).unwrap();
-        // A late apply of 10 (a superseded session) changes nothing.
-        assert_eq!(d.apply_staged(10, &p10).unwrap().seq, 11);
-        let img = fs::read(d.replica_path()).unwrap();
-        assert_eq!(&img[..4096], &[1; 4096][..]);
-        assert_eq!(&img[4096..8192], &[2; 4096][..]);
-        assert!(d.staged().unwrap().is_empty());
     }
 }
