@@ -2,7 +2,7 @@
 # ublk benchmark (BRIEF §7: a tracked ublk disk reaches >= 1.0x the IOPS of rublk's loop
 # target on the same backing file, in the same VM run).
 #
-#   benches/ublk/run.sh [SECONDS_PER_JOB] [ROUNDS]       (defaults: 5 2)
+#   benches/ublk/run.sh [SECONDS_PER_JOB] [ROUNDS]       (defaults: 4 4)
 #
 # Output: $SITREP_BENCH_OUT (default target/bench-out/ublk): results.json (every sample:
 # target -> job -> [IOPS or bytes/s per round]), vm.log, the fio JSON files.
@@ -15,8 +15,8 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../../scripts/lib.sh"
 cd "$SITREP_ROOT"
-secs=${1:-5}
-rounds=${2:-2}
+secs=${1:-4}
+rounds=${2:-4}
 
 ensure_vng_on_path
 kernel="$(scripts/vm-kernel.sh)"
@@ -70,4 +70,11 @@ for t in targets:
         cells.append(f"{shown} ({v / base:.2f}x)")
     print(f"| {names[t]} | " + " | ".join(cells) + " |")
 print(f"\n(medians of {rounds} rounds; ratios against rublk in the same VM run)")
+print("\nmedian of per-round ratios against rublk (each round's result over the same round's rublk):")
+for t in ["kloop", "extents", "journal", "extents-write"]:
+    cells = []
+    for j, _, _ in jobs:
+        rs = [a / b for a, b in zip(raw[t][j], raw["rublk"][j]) if b > 0]
+        cells.append(f"{j} {statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})")
+    print(f"- {names[t]}: " + ", ".join(cells))
 PY
