@@ -22,7 +22,10 @@ truncate -s 1G /tmp/logfs.img
 logdev=$(losetup -f --show /tmp/logfs.img)
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$logdev"
 mkdir -p /tmp/logs
-mount "$logdev" /tmp/logs
+# The image lives in the guest's tmpfs (half the VM's RAM, shared with the backing file):
+# discard gives deleted logs' blocks back to it, or a few rounds of journal mode fill it and
+# the log writes fail with ENOSPC.
+mount -o discard "$logdev" /tmp/logs
 
 jobs=(
   "randwrite4k --rw=randwrite --bs=4k --iodepth=32"
@@ -53,7 +56,9 @@ teardown() {
   case $1 in
     kloop) losetup -d "$dev" ;;
     rublk) "$rublk" del -a >/dev/null ;;
-    extents | journal | extents-write) "$sitrep" disk del "${dev#/dev/ublkb}" >/dev/null ;;
+    extents | journal | extents-write)
+      "$sitrep" disk del "${dev#/dev/ublkb}" >/dev/null
+      rm -rf "/tmp/logs/$1" ;;
   esac
 }
 

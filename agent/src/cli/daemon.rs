@@ -102,7 +102,8 @@ pub(crate) struct AgentArgs {
     metrics: Option<String>,
 }
 
-fn init_logging() {
+/// Logs to stderr (`RUST_LOG`, default `info`).
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -142,6 +142,12 @@ fn config(a: &AddArgs) -> anyhow::Result<DiskConfig> {
 
 fn add_foreground(a: &AddArgs) -> anyhow::Result<Outcome> {
     let cfg = config(a)?;
+    // A server in the operator's terminal says what goes wrong (a failed log write, an I/O
+    // failed with EIO); a detached one's stderr is the parent's error channel until READY
+    // and /dev/null after it (docs/ublk.md, known limits).
+    if !a.notify_ready {
+        super::daemon::init_logging();
+    }
     let (notify, json) = (a.notify_ready, a.json);
     let stopped = ublk_target::serve(&cfg, move |info| {
         if notify {
