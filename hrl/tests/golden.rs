@@ -176,3 +176,20 @@ fn every_kind_has_its_documented_number_and_payload_size() {
         assert_eq!(out.len(), (32 + payload).next_multiple_of(8), "{body:?}");
     }
 }
+
+#[test]
+fn gap_reason_numbers_are_pinned() {
+    let pinned = [
+        (GapReason::NoCleanPredecessor, 1),
+        (GapReason::EventsLost, 2),
+        (GapReason::LogSpaceExhausted, 3),
+        (GapReason::NotTracking, 4),
+        (GapReason::Operator, 5),
+        (GapReason::CompletionsMissed, 6),
+        (GapReason::Other(77), 77),
+    ];
+    for (reason, n) in pinned {
+        assert_eq!(reason.to_u16(), n, "{reason:?}");
+        assert_eq!(GapReason::from_u16(n), reason, "{n}");
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use hrl::{GapReason, Record, RecordBody, Resume};
@@ -853,4 +853,93 @@ fn default_tracking_at_full_rate_misses_nothing() {
         k.bitmap_writes + k.received + k.drops + k.coarse >= kernel,
         "the counters are short of the kernel's {kernel} completed write requests: {k:?}"
     );
+}
+
+/// The gaps of `reason` in a log, with their scopes (`None` = the whole disk).
+fn gaps_of(log: &LogFile, reason: GapReason) -> Vec<Option<Vec<(u64, u64)>>> {
+    log.records
+        .iter()
+        .filter_map(|r| match &r.body {
+            RecordBody::TrackingGap { reason: g, scope } if *g == reason => Some(match scope {
+                hrl::GapScope::WholeDisk => None,
+                hrl::GapScope::Extents(v) => {
+                    Some(v.iter().map(|e| (e.offset(), e.offset() + e.len())).collect())
+                }
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A change whose completion the program never sees (the test seam ignores it, as the 6.18
+/// kernel sometimes does: see `default_tracking_at_full_rate_misses_nothing`) is noticed by
+/// comparing with the kernel's own counts, and the log sealed next records a gap over every
+/// range the change can be in: with queue-time marks (the default), the ranges of the recent
+/// logs; completion-only, the whole disk.
+#[test]
+fn missed_completions_are_noticed_and_logged_as_gaps() {
+    if !require!(NEEDS[0], NEEDS[1], NEEDS[2]) {
+        return;
+    }
+    const SIZE: u64 = 64 * MIB;
+    let (a, b) = ((MIB, MIB + 64 * 1024), (8 * MIB, 8 * MIB + 4096));
+    for mark_at_queue in [true, false] {
+        let dev = loop_dev(SIZE);
+        let logs = tempfile::tempdir().unwrap();
+        fill_device(dev.path(), 0xFACE);
+        let before = read_device(dev.path());
+        let skip = Arc::new(AtomicI64::new(0));
+        let mut t = Tracker::start(TrackerConfig {
+            mark_at_queue,
+            skip_completions: Some(skip.clone()),
+            ..TrackerConfig::default()
+        })
+        .unwrap();
+        t.add_device(dev.path(), logs.path()).unwrap();
+        assert!(t.stats().disks[0].1.completion_check, "loop devices keep iostats");
+        // Log 1 holds region A.
+        dd_random(dev.path(), a.0, a.1 - a.0);
+        settle(&t);
+        t.cut(dev.path()).unwrap();
+        // B's completion is ignored (the poller hands the count to the program within a
+        // poll), so only its queue-time mark, if any, records it.
+        skip.store(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        dd_random(dev.path(), b.0, b.1 - b.0);
+        settle(&t);
+        t.cut(dev.path()).unwrap();
+        let stats = t.stats().disks[0].1.clone();
+        let reports = t.stop().unwrap();
+        let after = read_device(dev.path());
+
+        assert_eq!(stats.missed_sectors, 8, "one 4 KiB write missed: {stats:?}");
+        assert_eq!(stats.missed_gaps, 1, "{stats:?}");
+        assert_eq!(reports[0].stats.missed_sectors, 8);
+        let chain = read_chain(logs.path()).unwrap();
+        assert_eq!(chain.len(), 3, "two cuts and the last log");
+        let gaps = gaps_of(&chain[1], GapReason::CompletionsMissed);
+        assert_eq!(gaps.len(), 1, "the gap is in the log current when B completed");
+        if mark_at_queue {
+            // The gap covers log 1's ranges (coarsely), where a write queued before the
+            // first cut would be; B itself is in log 2 from its queue-time mark.
+            let scope = regions(gaps[0].as_ref().expect("a scoped gap"));
+            assert!(scope.overlap(a.0, a.1) == Some(a), "scope {scope:?} covers A");
+            assert!(scope.overlap(b.0, b.1).is_none(), "scope {scope:?} is not B's");
+            let cov = coverage(after_first_start_gap(&chain), SIZE);
+            assert_oracle("a missed completion, queue marks", &before, &after, &cov);
+        } else {
+            assert_eq!(gaps[0], None, "completion-only: nothing says where, the whole disk");
+            // Without the gap, B would be lost: no other record names it.
+            let others: Vec<&Record> = all_records(&chain)[1..]
+                .iter()
+                .copied()
+                .filter(|r| whole_disk_gap(r).is_none())
+                .collect();
+            let cov = coverage(others, SIZE);
+            assert!(
+                oracle(&before, &after, &cov).is_some(),
+                "the seam really hid B from the records"
+            );
+        }
+    }
 }

@@ -112,6 +112,37 @@ impl DeviceInfo {
     }
 }
 
+impl DeviceInfo {
+    /// Whether the kernel keeps I/O statistics for the device (`queue/iostats` of the disk,
+    /// or of a partition's disk): the missed-completion check compares with them.
+    #[must_use]
+    pub fn iostats(&self) -> bool {
+        let sys = sysfs_dir(self.major, self.minor);
+        let disk = if sys.join("partition").exists() {
+            sys.join("..")
+        } else {
+            sys
+        };
+        std::fs::read_to_string(disk.join("queue/iostats")).is_ok_and(|s| s.trim() == "1")
+    }
+
+    /// The device's `stat` file in sysfs.
+    #[must_use]
+    pub fn stat_path(&self) -> PathBuf {
+        sysfs_dir(self.major, self.minor).join("stat")
+    }
+
+    /// Whether the device is a whole disk with partitions: their writes carry their own
+    /// `dev_t` (not seen while the disk is tracked) but count in the disk's statistics.
+    #[must_use]
+    pub fn has_partitions(&self) -> bool {
+        std::fs::read_dir(sysfs_dir(self.major, self.minor)).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.path().join("partition").exists())
+        })
+    }
+}
+
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 

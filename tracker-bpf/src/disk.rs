@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags, SealedLog};
 
 use crate::coalesce::{Coalescer, MAX_EXTENTS_PER_RECORD};
+use crate::completions::RecentRanges;
 use crate::continuity::{self, CleanStop};
 use crate::error::{Error, Result};
 use crate::event::{Event, Op};
@@ -28,6 +29,10 @@ pub(crate) enum DiskMsg {
     Written { extents: Vec<Extent>, granules: u64 },
     /// Record a tracking gap over the whole disk.
     Gap { reason: GapReason, why: String },
+    /// The kernel completed `sectors` of changes the program never saw complete (see
+    /// [`crate::completions`]): record a gap over the recent logs' ranges (`carry`: every
+    /// change was also recorded when queued), or over the whole disk.
+    Missed { sectors: u64, carry: bool },
     /// Seal the current log and start the next.
     Rotate(Sender<Result<SealedLog>>),
     /// Append a consistency tag (after everything queued before it) and commit.
@@ -63,6 +68,13 @@ pub struct DiskStats {
     pub log_errors: u64,
     /// The last log failure, if any.
     pub last_error: Option<String>,
+    /// Whether completed changes are checked against the kernel's own counts (blk-mq
+    /// devices with iostats on; see docs/tracking.md, *Missed completions*).
+    pub completion_check: bool,
+    /// Sectors the kernel completed that the program never saw complete.
+    pub missed_sectors: u64,
+    /// Gaps recorded for them.
+    pub missed_gaps: u64,
 }
 
 /// What a clean stop produced.
@@ -85,6 +97,7 @@ pub(crate) struct DiskThread {
     pub(crate) stats: Arc<Mutex<DiskStats>>,
     pub(crate) delay: Duration,
     pub(crate) disk_size: u64,
+    pub(crate) recent: RecentRanges,
 }
 
 /// Pending events above which a window is flushed early.
@@ -136,6 +149,11 @@ impl DiskThread {
                     tracing::warn!(device = %self.device.display(), %why, "tracking gap");
                     self.gap(reason, GapScope::WholeDisk);
                 }
+                Ok(DiskMsg::Missed { sectors, carry }) => {
+                    self.flush(&mut window);
+                    since = None;
+                    self.missed(sectors, carry);
+                }
                 Ok(DiskMsg::Tag(tag, reply)) => {
                     self.flush(&mut window);
                     since = None;
@@ -157,6 +175,9 @@ impl DiskThread {
                     self.flush(&mut window);
                     since = None;
                     let r = self.writer.rotate().map_err(|e| self.log_err(e));
+                    if r.is_ok() {
+                        self.recent.sealed(Instant::now());
+                    }
                     let _ = reply.send(r);
                 }
                 Ok(DiskMsg::Stop(clean, reply)) => {
@@ -194,7 +215,10 @@ impl DiskThread {
     /// Appends one record; over the space cap, logs its ranges as a gap instead.
     fn append(&mut self, flags: RecordFlags, body: &RecordBody) {
         match self.writer.append(flags, body) {
-            Ok(_) => self.bump(|s| s.records += 1),
+            Ok(_) => {
+                self.note(body);
+                self.bump(|s| s.records += 1);
+            }
             Err(hrl::Error::Full { .. }) => {
                 let scope = body
                     .extents()
@@ -210,17 +234,60 @@ impl DiskThread {
             GapScope::Extents(v) if v.is_empty() => return,
             s => s,
         };
-        match self.writer.append(
-            RecordFlags::empty(),
-            &RecordBody::TrackingGap { reason, scope },
-        ) {
-            Ok(_) => self.bump(|s| {
-                s.records += 1;
-                s.gaps += 1;
-            }),
+        let body = RecordBody::TrackingGap { reason, scope };
+        match self.writer.append(RecordFlags::empty(), &body) {
+            Ok(_) => {
+                self.note(&body);
+                self.bump(|s| {
+                    s.records += 1;
+                    s.gaps += 1;
+                });
+            }
             Err(e) => self.failed(&e),
         }
         self.commit();
+    }
+
+    /// Notes a logged record's ranges in the current log's [`RecentRanges`].
+    fn note(&mut self, body: &RecordBody) {
+        if let RecordBody::Write(v)
+        | RecordBody::Discard(v)
+        | RecordBody::SecureErase(v)
+        | RecordBody::WriteZeroes(v)
+        | RecordBody::TrackingGap {
+            scope: GapScope::Extents(v),
+            ..
+        } = body
+        {
+            for e in v {
+                self.recent.mark(e);
+            }
+        }
+    }
+
+    /// Missed completions (see [`crate::completions`]): the gap goes into the current log,
+    /// which is sealed after the missed changes completed.
+    fn missed(&mut self, sectors: u64, carry: bool) {
+        let scope = if carry {
+            GapScope::Extents(self.recent.suspects(Instant::now()))
+        } else {
+            GapScope::WholeDisk
+        };
+        tracing::warn!(
+            device = %self.device.display(),
+            sectors,
+            whole_disk = !carry,
+            "the kernel completed changes the tracker did not see complete; recording a gap \
+             over every range they can be in"
+        );
+        // No suspects: the missed changes were queued while the current log was open, and
+        // their queue-time records are in it (`gap` writes nothing for an empty scope).
+        let recorded = !matches!(&scope, GapScope::Extents(v) if v.is_empty());
+        self.bump(|s| {
+            s.missed_sectors = s.missed_sectors.saturating_add(sectors);
+            s.missed_gaps += u64::from(recorded);
+        });
+        self.gap(GapReason::CompletionsMissed, scope);
     }
 
     fn failed(&self, e: &hrl::Error) {

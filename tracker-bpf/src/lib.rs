@@ -20,6 +20,7 @@
 //! restart), [`Tracker`] (the API).
 
 pub mod coalesce;
+mod completions;
 pub mod continuity;
 pub mod device;
 mod disk;

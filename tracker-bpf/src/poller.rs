@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ use hrl::Extent;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
 
+use crate::completions::{MissCheck, RETENTION};
+use crate::device::IoCounters;
 use crate::disk::DiskMsg;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -29,6 +31,8 @@ pub const MAX_DEVICES: usize = 64;
 /// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
 pub(crate) const BITMAP_WORDS: usize = 2048;
 const STATS_SIZE: usize = 12 * 8;
+/// How often completions are checked against the kernel's counts (also at every cut).
+const COMPLETION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the fine write bitmap is drained into the log.
 const FINE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 const TRK_CFG_WRITE_BITMAP: u32 = 1;
@@ -121,6 +125,34 @@ pub(crate) struct SlotCfg {
     pub(crate) tx: Sender<DiskMsg>,
     /// Set by the poller when the device gets a region of the fine write bitmap.
     pub(crate) fine: Option<fine::Region>,
+    /// The missed-completion check, if the device can be checked (blk-mq, iostats on).
+    pub(crate) check: Option<CompletionCheck>,
+    /// Since when changes are also recorded at queue time (set by the poller); `None` while
+    /// they are not.
+    pub(crate) marked_since: Option<Instant>,
+    /// ... and that has been so since the device was added.
+    pub(crate) marked_from_add: bool,
+}
+
+impl SlotCfg {
+    /// Whether every change that can still complete was recorded when it was queued, so a
+    /// missed completion's range is in a recent log: queue marks on since the device was
+    /// added (a change in flight at that moment is covered by the first log's whole-disk
+    /// gap, or there is none: a clean restart waits for the device to be idle), or for
+    /// longer than [`RETENTION`].
+    fn marks_cover(&self) -> bool {
+        self.marked_from_add || self.marked_since.is_some_and(|t| t.elapsed() > RETENTION)
+    }
+}
+
+/// What [`Poller::check_completions`] needs of a device (see [`crate::completions`]).
+pub(crate) struct CompletionCheck {
+    /// `/sys/dev/block/M:m/stat`.
+    pub(crate) stat: std::path::PathBuf,
+    /// A whole disk with partitions: writes through their nodes count in its statistics but
+    /// are never seen, so a shortfall cannot be placed.
+    pub(crate) partitions: bool,
+    pub(crate) miss: MissCheck,
 }
 
 pub(crate) enum Ctrl {
@@ -157,6 +189,8 @@ pub(crate) struct PollerConfig {
     /// Also record changes at `block_bio_queue` (the pre-completion behaviour; comparison).
     pub(crate) mark_at_queue: bool,
     pub(crate) pause: Option<Arc<AtomicBool>>,
+    /// Test seam (see `TrackerConfig::skip_completions`).
+    pub(crate) skip_completions: Option<Arc<AtomicI64>>,
     pub(crate) poll: Duration,
 }
 
@@ -169,7 +203,7 @@ pub(crate) fn run(
     stats: Arc<Mutex<KernelStats>>,
 ) {
     let mut obj = MaybeUninit::uninit();
-    let (skel, attached, mut links) = match load(&cfg, &mut obj) {
+    let (mut skel, attached, mut links) = match load(&cfg, &mut obj) {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -236,6 +270,7 @@ pub(crate) fn run(
                     p.bad_events += bad.swap(0, Ordering::Relaxed);
                     p.route(&inbox);
                     p.drain_bitmaps(true);
+                    p.check_completions(&skel);
                     let _ = reply.send(Ok(()));
                 }
                 Ok(Ctrl::OwnLogs(on, reply)) => {
@@ -260,6 +295,7 @@ pub(crate) fn run(
                     p.bad_events += bad.swap(0, Ordering::Relaxed);
                     p.route(&inbox);
                     p.drain_bitmaps(true);
+                    p.check_completions(&skel);
                     let after = read_stats(&skel).map(|k| k.seq);
                     let exact = before.is_some() && before == after;
                     let _ = tx.send(DiskMsg::Rotate(sealed));
@@ -283,6 +319,16 @@ pub(crate) fn run(
             // times out: consume explicitly after it.
             let _ = ring.poll(cfg.poll);
             let _ = ring.consume();
+        }
+        if let Some(n) = cfg.skip_completions.as_ref().map(|n| n.swap(0, Ordering::Relaxed))
+            && n != 0
+            && let Some(bss) = skel.maps.bss_data.as_deref_mut()
+        {
+            // The program decrements it concurrently: add atomically.
+            // SAFETY: the field is an aligned i64 in the mmapped .bss, shared with the
+            // program, which only ever updates it atomically.
+            let cell = unsafe { AtomicI64::from_ptr(&raw mut bss.test_skip_completions) };
+            cell.fetch_add(n, Ordering::SeqCst);
         }
         p.bad_events += bad.swap(0, Ordering::Relaxed);
         p.route(&inbox);
@@ -341,6 +387,7 @@ fn try_load<'obj>(
     open.maps.fine_summary.set_max_entries(fine_words / 64)?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.exclude_tgid = cfg.exclude_tgid;
+        ro.test_seams = u32::from(cfg.skip_completions.is_some());
     }
     let (btf, raw) = (kind == Attached::TpBtf, kind == Attached::RawTp);
     open.progs.on_bio_queue_btf.set_autoload(btf);
@@ -442,6 +489,8 @@ struct Poller {
     /// (seq handed out at the previous check, when): everything below it must be received
     /// or dropped by the next check.
     checkpoint: (u64, Instant),
+    /// When completions were last checked against the kernel's counts.
+    last_completion_check: Instant,
 }
 
 impl Poller {
@@ -471,6 +520,7 @@ impl Poller {
             queue_link: None,
             attached: Attached::TpBtf,
             checkpoint: (0, Instant::now()),
+            last_completion_check: Instant::now(),
         })
     }
 
@@ -504,6 +554,8 @@ impl Poller {
 
     fn add(&mut self, skel: &TrackerSkel<'_>, slot: u16, mut c: SlotCfg) -> Result<()> {
         self.update_queue_hook(skel, c.bio_based || c.queue_mark)?;
+        c.marked_since = self.mark_at_queue.then(Instant::now);
+        c.marked_from_add = self.mark_at_queue;
         c.fine = self.fine_alloc.as_mut().and_then(|a| a.alloc(c.nr_sects));
         if let Some(r) = c.fine {
             fine::clear(self.fine.words(), self.fine_summary.words(), r);
@@ -549,7 +601,56 @@ impl Poller {
             }
             return Err(Error::Bpf(format!("registering device: {e}")));
         }
+        // The baseline: counts from before (a device written before tracking, an earlier
+        // use of the slot) are not misses.
+        let _ = self.check_slot(skel, slot);
         Ok(())
+    }
+
+    /// Checks every slot's completions against the kernel's counts (see
+    /// [`crate::completions`]) and tells the disk thread of any shortfall, ahead of whatever
+    /// is sent to it next.
+    fn check_completions(&mut self, skel: &TrackerSkel<'_>) {
+        self.last_completion_check = Instant::now();
+        let slots: Vec<u16> = self.slots.keys().copied().collect();
+        for slot in slots {
+            let missed = self.check_slot(skel, slot);
+            let Some(c) = self.slots.get(&slot) else {
+                continue;
+            };
+            if missed == 0 {
+                continue;
+            }
+            let partitions = c.check.as_ref().is_some_and(|k| k.partitions);
+            let _ = c.tx.send(DiskMsg::Missed {
+                sectors: missed,
+                carry: c.marks_cover() && !partitions,
+            });
+        }
+    }
+
+    /// Two readings of one slot (the higher counts; see [`MissCheck`]): the sectors proven
+    /// missed since the last check.
+    fn check_slot(&mut self, skel: &TrackerSkel<'_>, slot: u16) -> u64 {
+        let Some(chk) = self.slots.get_mut(&slot).and_then(|c| c.check.as_mut()) else {
+            return 0;
+        };
+        let mut missed = 0u64;
+        for _ in 0..2 {
+            // The kernel's count first (see MissCheck).
+            let Some(kernel) = std::fs::read_to_string(&chk.stat)
+                .ok()
+                .and_then(|t| IoCounters::parse(&t))
+                .map(|k| k.write_sectors.saturating_add(k.discard_sectors))
+            else {
+                return missed;
+            };
+            let Some(seen) = seen_sectors(skel, slot) else {
+                return missed;
+            };
+            missed = missed.saturating_add(chk.miss.observe(kernel, seen));
+        }
+        missed
     }
 
     /// Turns recording at queue time on or off for one slot (both copies of its configuration:
@@ -567,6 +668,12 @@ impl Poller {
             .get_mut(&slot)
             .ok_or_else(|| Error::Invalid(format!("slot {slot} is not tracked")))?;
         c.queue_mark = on;
+        if self.mark_at_queue || on {
+            c.marked_since = c.marked_since.or_else(|| Some(Instant::now()));
+        } else {
+            c.marked_since = None;
+            c.marked_from_add = false;
+        }
         let v = dev_cfg(slot, c, self.mark_at_queue || on);
         // SAFETY: as in `add` — a plain #[repr(C)] struct of integers viewed as bytes.
         let bytes = unsafe {
@@ -619,6 +726,8 @@ impl Poller {
         let Some(dev) = self.slots.get(&slot).map(|c| c.dev) else {
             return Err(Error::Invalid(format!("slot {slot} is not tracked")));
         };
+        // Misses up to now go into the last log, before it is sealed.
+        self.check_completions(skel);
         self.set_index(skel, dev_index(dev), Some(slot))
             .map_err(|e| Error::Bpf(format!("unregistering device: {e}")))?;
         skel.maps
@@ -704,6 +813,9 @@ impl Poller {
     }
 
     fn account(&mut self, skel: &TrackerSkel<'_>, attached: Attached) {
+        if self.last_completion_check.elapsed() >= COMPLETION_CHECK_INTERVAL {
+            self.check_completions(skel);
+        }
         let mut k = read_stats(skel).unwrap_or_default();
         // The kernel silently skips a tracing program that would recurse on a CPU where it
         // is already running: such a bio or request is not seen at all. Its only trace is
@@ -861,6 +973,21 @@ fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
         k.inflight_full += f(11);
     }
     Some(k)
+}
+
+/// The sectors of change requests the program saw complete on `slot`, all CPUs.
+fn seen_sectors(skel: &TrackerSkel<'_>, slot: u16) -> Option<u64> {
+    let per_cpu = skel
+        .maps
+        .done_sectors
+        .lookup_percpu(&u32::from(slot).to_ne_bytes(), MapFlags::ANY)
+        .ok()??;
+    Some(
+        per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+            .fold(0u64, u64::wrapping_add),
+    )
 }
 
 /// Atomically takes the set bits of one device's bitmap and turns them into byte extents

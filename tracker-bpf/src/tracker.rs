@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,12 +15,14 @@ use hrl::{
     Resume, SealedLog, WriterConfig,
 };
 
+use crate::completions::{MissCheck, RecentRanges};
 use crate::continuity::{self, CleanStop};
 use crate::device::{DeviceInfo, IoCounters, boot_id};
 use crate::disk::{DiskMsg, DiskStats, DiskThread, StopReport};
 use crate::error::{Error, Result};
 use crate::poller::{
-    self, AttachMode, Attached, Ctrl, KernelStats, MAX_DEVICES, PollerConfig, SlotCfg,
+    self, AttachMode, Attached, CompletionCheck, Ctrl, KernelStats, MAX_DEVICES, PollerConfig,
+    SlotCfg,
     granule_shift_for,
 };
 
@@ -58,6 +60,11 @@ pub struct TrackerConfig {
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
     pub pause: Option<Arc<AtomicBool>>,
+    /// Test seam: completions of tracked changes for the program to ignore entirely, as if
+    /// the kernel had not reported them (what the missed-completion check must catch). The
+    /// poller moves the count into the program at each poll. `Some` loads the program with
+    /// its test seams on.
+    pub skip_completions: Option<Arc<AtomicI64>>,
 }
 
 impl Default for TrackerConfig {
@@ -78,6 +85,7 @@ impl Default for TrackerConfig {
             write_bitmap_bytes: 8 << 20,
             mark_at_queue: true,
             pause: None,
+            skip_completions: None,
         }
     }
 }
@@ -170,6 +178,7 @@ impl Tracker {
             },
             mark_at_queue: cfg.mark_at_queue,
             pause: cfg.pause.clone(),
+            skip_completions: cfg.skip_completions.clone(),
             poll: Duration::from_millis(10),
         };
         let k = kernel.clone();
@@ -253,7 +262,10 @@ impl Tracker {
             _ => None,
         };
         let (tx, rx) = bounded(64);
-        let stats = Arc::new(Mutex::new(DiskStats::default()));
+        let stats = Arc::new(Mutex::new(DiskStats {
+            completion_check: !info.bio_based && info.iostats(),
+            ..DiskStats::default()
+        }));
         let t = DiskThread {
             device: device.to_owned(),
             writer,
@@ -261,6 +273,7 @@ impl Tracker {
             stats: stats.clone(),
             delay: self.cfg.coalesce,
             disk_size: info.size,
+            recent: RecentRanges::new(info.size),
         };
         let thread = std::thread::Builder::new()
             .name(format!("sitrep-log-{slot}"))
@@ -276,6 +289,9 @@ impl Tracker {
             queue_mark: false,
             tx: tx.clone(),
             fine: None,
+            check: completion_check(&info),
+            marked_since: None,
+            marked_from_add: false,
         };
         let log_fs = fs_device(log_dir);
         // The queue hook must run before the device is registered if sitrep's own log
@@ -555,6 +571,38 @@ impl Tracker {
             .chain(extra.map(|(_, fs)| fs))
             .any(|fs| fs.is_none_or(|dev| tracked(dev) || is_stacked(dev)))
     }
+}
+
+/// The missed-completion check for a device, if it can have one (see
+/// [`crate::completions`]); says why not, or what limits it.
+fn completion_check(info: &DeviceInfo) -> Option<CompletionCheck> {
+    if info.bio_based {
+        // Completions come from block_bio_complete; the counts are not comparable.
+        return None;
+    }
+    if !info.iostats() {
+        tracing::warn!(
+            device = %info.path.display(),
+            "iostats is off for this device (queue/iostats = 0): completions the kernel does \
+             not report to the tracker cannot be noticed; `echo 1 > /sys/block/DISK/queue/iostats` \
+             turns the check on"
+        );
+        return None;
+    }
+    let partitions = info.has_partitions();
+    if partitions {
+        tracing::warn!(
+            device = %info.path.display(),
+            "this disk has partitions: writes through a partition's own node are not seen when \
+             the whole disk is tracked, and each one found in the disk's counters records a \
+             whole-disk gap; track the partitions instead"
+        );
+    }
+    Some(CompletionCheck {
+        stat: info.stat_path(),
+        partitions,
+        miss: MissCheck::default(),
+    })
 }
 
 /// The device of the filesystem holding `dir` (`st_dev`), if it can be read.

@@ -149,6 +149,9 @@ pub enum GapReason {
     NotTracking,
     /// An operator asked for these ranges to be resynced.
     Operator,
+    /// The kernel completed changes the tracker never saw complete (its completion counts
+    /// fell short of the device's own); the scope is every range that could be theirs.
+    CompletionsMissed,
     /// A reason this version does not name (still a gap: it must be resynced).
     Other(u16),
 }
@@ -163,6 +166,7 @@ impl GapReason {
             GapReason::LogSpaceExhausted => 3,
             GapReason::NotTracking => 4,
             GapReason::Operator => 5,
+            GapReason::CompletionsMissed => 6,
             GapReason::Other(v) => v,
         }
     }
@@ -175,6 +179,7 @@ impl GapReason {
             3 => GapReason::LogSpaceExhausted,
             4 => GapReason::NotTracking,
             5 => GapReason::Operator,
+            6 => GapReason::CompletionsMissed,
             v => GapReason::Other(v),
         }
     }

@@ -80,6 +80,11 @@ enum req_flag_bits {
 
 /* --- configuration (set by the loader before load) --- */
 const volatile __u32 exclude_tgid = 0; /* sitrep's own process: its log writes */
+/* Test seams (tests only): 0 in production, which lets the verifier drop their code. */
+const volatile __u32 test_seams = 0;
+/* With test_seams: the next this-many tracked change completions are ignored entirely, as
+ * if block_rq_complete had not fired for them (what the 6.18 host kernel does, rarely). */
+__s64 test_skip_completions = 0;
 
 /* --- maps --- */
 struct {
@@ -173,6 +178,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct trk_stats);
 } stats SEC(".maps");
+
+/*
+ * Per slot, per CPU: sectors of change requests (write, discard, secure erase, write-zeroes)
+ * whose completion block_rq_complete reported, counted the way the kernel's own iostats count
+ * them (every completed byte, charged to the request's first bio's device). The poller
+ * compares the sum with /sys/dev/block/M:m/stat: a kernel count that grows faster means
+ * completions the program never saw (see docs/tracking.md, "Missed completions").
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TRK_MAX_DEVS);
+	__type(key, __u32);
+	__type(value, __u64);
+} done_sectors SEC(".maps");
 
 static __always_inline int ring_fill_high(void)
 {
@@ -540,6 +559,26 @@ static __always_inline void walk_request(struct bio *bio, __u64 left, struct trk
 	}
 }
 
+/* Counts a completed change request's bytes against its device (see `done_sectors`). */
+static __always_inline void count_done(__u32 slot, __u32 nr_bytes)
+{
+	__u64 *d = bpf_map_lookup_elem(&done_sectors, &slot);
+
+	if (d)
+		*d += nr_bytes >> 9;
+}
+
+/* The test seam: whether to ignore this completion entirely. */
+static __always_inline int test_skip(void)
+{
+	if (!test_seams || test_skip_completions <= 0)
+		return 0;
+	if (__sync_fetch_and_add(&test_skip_completions, -1) > 0)
+		return 1;
+	__sync_fetch_and_add(&test_skip_completions, 1);
+	return 0;
+}
+
 /* block_rq_complete: blk-mq devices. */
 static __always_inline int on_rq_complete(struct request *rq, __u32 nr_bytes, const int direct)
 {
@@ -560,6 +599,10 @@ static __always_inline int on_rq_complete(struct request *rq, __u32 nr_bytes, co
 		st = stats_here();
 		if (kind && kind != TRK_OP_FLUSH && st)
 			walk_request(bio, nr_bytes, st, direct);
+		/* The kernel charges the whole request to its first bio's device. */
+		cfg = find_dev(dev);
+		if (kind && cfg)
+			count_done(cfg->slot, nr_bytes);
 		return 0;
 	}
 	cfg = find_dev(dev);
@@ -572,6 +615,9 @@ static __always_inline int on_rq_complete(struct request *rq, __u32 nr_bytes, co
 	kind = classify(RD(direct, bio, bi_opf), nr_bytes, &flags);
 	if (!kind)
 		return 0;
+	if (test_skip())
+		return 0;
+	count_done(cfg->slot, nr_bytes);
 	if (own_pending && !bpf_map_delete_elem(&own_bios, &key)) {
 		__sync_fetch_and_sub(&own_pending, 1);
 		if (last == bio)
