@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::write(BPF_STATS, "1");
     }
     let (mut writes, mut events, mut drops, mut unaccounted, mut fallback) = (0, 0, 0, 0, 0);
-    let mut bitmap = 0;
+    let (mut bitmap, mut missed) = (0, 0);
     for i in 0..a.rounds {
         let b = round(&lo.dev, &a)?;
         base.push(b.write_iops);
@@ -146,9 +146,11 @@ fn main() -> anyhow::Result<()> {
         drops += s.kernel.drops;
         fallback += s.kernel.fallback_bits;
         unaccounted += s.kernel.unaccounted;
+        let round_missed = s.disks.first().map_or(0, |d| d.1.missed_sectors);
+        missed += round_missed;
         eprintln!(
             "round {i}: untracked {:.0} IOPS, tracked {:.0} IOPS ({:.3}), events {} + bitmap \
-             writes {} for {} writes ({kw} write requests completed by the kernel; program runs: completion {}, queue {}), drops {}",
+             writes {} for {} writes ({kw} write requests completed by the kernel; program runs: completion {}, queue {}), drops {}, missed completions noticed: {round_missed} sectors",
             b.write_iops,
             r.write_iops,
             r.write_iops / b.write_iops,
@@ -185,6 +187,7 @@ fn main() -> anyhow::Result<()> {
     println!("| writes recorded in the fine write bitmap | {bitmap} |");
     println!("| ring drops (fell back to bitmap) | {drops} (bitmap words {fallback}) |");
     println!("| unaccounted events | {unaccounted} |");
+    println!("| completions the kernel did not report (noticed, sectors) | {missed} |");
     println!(
         "| tracker CPU (userspace, % of one core, median) | {:.1} % |",
         median(&cpu_secs) * 100.0
