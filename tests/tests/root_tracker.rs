@@ -862,9 +862,11 @@ fn gaps_of(log: &LogFile, reason: GapReason) -> Vec<Option<Vec<(u64, u64)>>> {
         .filter_map(|r| match &r.body {
             RecordBody::TrackingGap { reason: g, scope } if *g == reason => Some(match scope {
                 hrl::GapScope::WholeDisk => None,
-                hrl::GapScope::Extents(v) => {
-                    Some(v.iter().map(|e| (e.offset(), e.offset() + e.len())).collect())
-                }
+                hrl::GapScope::Extents(v) => Some(
+                    v.iter()
+                        .map(|e| (e.offset(), e.offset() + e.len()))
+                        .collect(),
+                ),
             }),
             _ => None,
         })
@@ -896,7 +898,10 @@ fn missed_completions_are_noticed_and_logged_as_gaps() {
         })
         .unwrap();
         t.add_device(dev.path(), logs.path()).unwrap();
-        assert!(t.stats().disks[0].1.completion_check, "loop devices keep iostats");
+        assert!(
+            t.stats().disks[0].1.completion_check,
+            "loop devices keep iostats"
+        );
         // Log 1 holds region A.
         dd_random(dev.path(), a.0, a.1 - a.0);
         settle(&t);
@@ -918,17 +923,30 @@ fn missed_completions_are_noticed_and_logged_as_gaps() {
         let chain = read_chain(logs.path()).unwrap();
         assert_eq!(chain.len(), 3, "two cuts and the last log");
         let gaps = gaps_of(&chain[1], GapReason::CompletionsMissed);
-        assert_eq!(gaps.len(), 1, "the gap is in the log current when B completed");
+        assert_eq!(
+            gaps.len(),
+            1,
+            "the gap is in the log current when B completed"
+        );
         if mark_at_queue {
             // The gap covers log 1's ranges (coarsely), where a write queued before the
             // first cut would be; B itself is in log 2 from its queue-time mark.
             let scope = regions(gaps[0].as_ref().expect("a scoped gap"));
-            assert!(scope.overlap(a.0, a.1) == Some(a), "scope {scope:?} covers A");
-            assert!(scope.overlap(b.0, b.1).is_none(), "scope {scope:?} is not B's");
+            assert!(
+                scope.overlap(a.0, a.1) == Some(a),
+                "scope {scope:?} covers A"
+            );
+            assert!(
+                scope.overlap(b.0, b.1).is_none(),
+                "scope {scope:?} is not B's"
+            );
             let cov = coverage(after_first_start_gap(&chain), SIZE);
             assert_oracle("a missed completion, queue marks", &before, &after, &cov);
         } else {
-            assert_eq!(gaps[0], None, "completion-only: nothing says where, the whole disk");
+            assert_eq!(
+                gaps[0], None,
+                "completion-only: nothing says where, the whole disk"
+            );
             // Without the gap, B would be lost: no other record names it.
             let others: Vec<&Record> = all_records(&chain)[1..]
                 .iter()

@@ -186,7 +186,11 @@ mod tests {
         // and the baseline stays.
         assert_eq!(m.observe(1_008, 56), 0);
         assert_eq!(m.observe(1_016, 56), 0, "the kernel caught up");
-        assert_eq!(m.observe(1_024, 56), 8, "the kernel completed 8 sectors unseen");
+        assert_eq!(
+            m.observe(1_024, 56),
+            8,
+            "the kernel completed 8 sectors unseen"
+        );
         assert_eq!(m.observe(1_024, 56), 0, "reported once");
         assert_eq!(m.observe(2_000, 1_032), 0);
         assert_eq!(m.observe(u64::MAX, 0), u64::MAX - 968, "no overflow");

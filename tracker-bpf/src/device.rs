@@ -136,10 +136,8 @@ impl DeviceInfo {
     /// `dev_t` (not seen while the disk is tracked) but count in the disk's statistics.
     #[must_use]
     pub fn has_partitions(&self) -> bool {
-        std::fs::read_dir(sysfs_dir(self.major, self.minor)).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.path().join("partition").exists())
-        })
+        std::fs::read_dir(sysfs_dir(self.major, self.minor))
+            .is_ok_and(|d| d.flatten().any(|e| e.path().join("partition").exists()))
     }
 }
 

@@ -320,7 +320,10 @@ pub(crate) fn run(
             let _ = ring.poll(cfg.poll);
             let _ = ring.consume();
         }
-        if let Some(n) = cfg.skip_completions.as_ref().map(|n| n.swap(0, Ordering::Relaxed))
+        if let Some(n) = cfg
+            .skip_completions
+            .as_ref()
+            .map(|n| n.swap(0, Ordering::Relaxed))
             && n != 0
             && let Some(bss) = skel.maps.bss_data.as_deref_mut()
         {

@@ -22,8 +22,7 @@ use crate::disk::{DiskMsg, DiskStats, DiskThread, StopReport};
 use crate::error::{Error, Result};
 use crate::poller::{
     self, AttachMode, Attached, CompletionCheck, Ctrl, KernelStats, MAX_DEVICES, PollerConfig,
-    SlotCfg,
-    granule_shift_for,
+    SlotCfg, granule_shift_for,
 };
 
 /// How to run the tracker.

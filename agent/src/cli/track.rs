@@ -149,6 +149,7 @@ fn print_counters(prev: &(Instant, TrackerStats), now: &(Instant, TrackerStats),
             a.3 + d.gaps,
         )
     });
+    let missed: u64 = now.1.disks.iter().map(|(_, d)| d.missed_sectors).sum();
     let prev_events: u64 = prev.1.disks.iter().map(|(_, d)| d.events).sum();
     let prev_bytes = prev.1.kernel.bytes;
     #[allow(clippy::cast_precision_loss)]
@@ -169,10 +170,11 @@ fn print_counters(prev: &(Instant, TrackerStats), now: &(Instant, TrackerStats),
         };
         println!(
             "events {events} ({rate:.0}/s, {mbps:.1} MB/s)  drops {}  fallback words {}  \
-             unaccounted {}  coalescing {ratio:.1}x  gaps {gaps}  logs {}",
+             unaccounted {}  missed completions {}  coalescing {ratio:.1}x  gaps {gaps}  logs {}",
             k.drops,
             k.fallback_bits,
             k.unaccounted,
+            human::bytes(missed * 512),
             human::bytes(log_bytes)
         );
     }
