@@ -8,6 +8,10 @@
 //! 3. seal: `pwrite` the seal block into header sector 1, fdatasync. A crash before the seal
 //!    leaves an unsealed log whose tail the reader validates record by record.
 //!
+//! A rotation does step 1 for log N+1 up to the rename first, then seals N, then renames
+//! N+1 into the chain: a full filesystem fails it before anything changed, and a crash in
+//! between leaves only a `.tmp`, which the next create removes.
+//!
 //! **Preallocation** (optional): the file is created already `preallocate` bytes long and
 //! filled with zeros (written, not merely reserved), so appends are overwrites of allocated,
 //! initialised blocks inside `i_size`. Their fdatasync then flushes data only, without a
@@ -63,13 +67,16 @@ pub(crate) struct LogFile {
 }
 
 impl LogFile {
-    /// Creates `path` with `header` (atomically, see the module docs).
-    pub(crate) fn create(
+    /// Creates `path` with `header` (atomically, see the module docs) up to the rename: the
+    /// file exists only as `NAME.tmp`, outside the chain. [`Prepared::publish`] renames it in; [`Prepared::discard`] removes it. A
+    /// rotation prepares the next log *before* sealing the current one, so a full
+    /// filesystem fails the rotation with nothing changed.
+    pub(crate) fn prepare(
         path: &Path,
         header: LogHeader,
         sync: SyncPolicy,
         preallocate: u64,
-    ) -> Result<Self> {
+    ) -> Result<Prepared> {
         let tmp = path.with_extension("hrl.tmp");
         // A `.tmp` left by a writer that died mid-creation (e.g. while preallocating) was
         // never renamed into the chain, so it holds nothing: remove it. The caller holds
@@ -85,29 +92,40 @@ impl LogFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, "create", e))?;
-        let bytes = encode_header(&header);
-        file.write_all_at(&bytes, 0)
-            .map_err(|e| Error::io(&tmp, "write header of", e))?;
-        if preallocate > HEADER_SIZE as u64 {
-            write_zeros(&file, HEADER_SIZE as u64, preallocate)
-                .map_err(|e| Error::io(&tmp, "preallocate", e))?;
+        let prepared = Prepared {
+            log: Self {
+                file,
+                path: path.to_owned(),
+                header,
+                end: HEADER_SIZE as u64,
+                next_seq: header.first_seq,
+                record_count: 0,
+            },
+            tmp,
+        };
+        let written = (|| {
+            let file = &prepared.log.file;
+            let bytes = encode_header(&header);
+            file.write_all_at(&bytes, 0)
+                .map_err(|e| Error::io(&prepared.tmp, "write header of", e))?;
+            if preallocate > HEADER_SIZE as u64 {
+                write_zeros(file, HEADER_SIZE as u64, preallocate)
+                    .map_err(|e| Error::io(&prepared.tmp, "preallocate", e))?;
+            }
+            if sync.syncs_structure() {
+                file.sync_data()
+                    .map_err(|e| Error::io(&prepared.tmp, "fdatasync", e))?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => Ok(prepared),
+            Err(e) => {
+                // Give the space back (a full filesystem is the usual cause).
+                prepared.discard();
+                Err(e)
+            }
         }
-        if sync.syncs_structure() {
-            file.sync_data()
-                .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into", e))?;
-        if sync.syncs_structure() {
-            sync_dir(path)?;
-        }
-        Ok(Self {
-            file,
-            path: path.to_owned(),
-            header,
-            end: HEADER_SIZE as u64,
-            next_seq: header.first_seq,
-            record_count: 0,
-        })
     }
 
     /// Reopens an unsealed log whose valid records end at `end` (found by the reader),
@@ -148,6 +166,11 @@ impl LogFile {
         &self.header
     }
 
+    /// The sequence number the next appended record gets.
+    pub(crate) fn next_seq(&self) -> SeqNo {
+        self.next_seq
+    }
+
     /// Offset one past the last appended record.
     pub(crate) fn end(&self) -> u64 {
         self.end
@@ -177,8 +200,9 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes the seal block and syncs; the log is then immutable.
-    pub(crate) fn seal(self, recovered: bool, sync: SyncPolicy) -> Result<(PathBuf, Seal)> {
+    /// Writes the seal block and syncs; the log is then immutable. On an error the log is
+    /// still open (and still appendable: at worst its preallocated tail is gone).
+    pub(crate) fn seal(&mut self, recovered: bool, sync: SyncPolicy) -> Result<(PathBuf, Seal)> {
         // Drop a preallocated zero tail: a sealed log is exactly its records.
         let len = self
             .file
@@ -205,7 +229,34 @@ impl LogFile {
                 .sync_data()
                 .map_err(|e| Error::io(&self.path, "fdatasync", e))?;
         }
-        Ok((self.path, seal))
+        Ok((self.path.clone(), seal))
+    }
+}
+
+/// A log file written but not yet in the chain (see [`LogFile::prepare`]).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    log: LogFile,
+    tmp: PathBuf,
+}
+
+impl Prepared {
+    /// Renames the file into the chain (and fsyncs the directory per `sync`).
+    pub(crate) fn publish(self, sync: SyncPolicy) -> Result<LogFile> {
+        if let Err(e) = std::fs::rename(&self.tmp, &self.log.path) {
+            let err = Error::io(&self.log.path, "rename into", e);
+            self.discard();
+            return Err(err);
+        }
+        if sync.syncs_structure() {
+            sync_dir(&self.log.path)?;
+        }
+        Ok(self.log)
+    }
+
+    /// Removes the file (best effort: a leftover `.tmp` is removed by the next prepare).
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::chain::{FIRST_SEQ, list_logs, log_file_name};
 use crate::error::{Error, Result};
-use crate::file::{LogFile, SyncPolicy};
+use crate::file::{LogFile, Prepared, SyncPolicy};
 use crate::format::header::{DiskIdentity, LogHeader, Seal};
 use crate::format::record::{
     RecordBody, RecordFlags, encode_record, encode_write_data, validate_body,
@@ -291,6 +291,12 @@ impl LogWriter {
     }
 
     fn create_log(&self, log_seq: LogSeq, prev: LogId, first_seq: SeqNo) -> Result<LogFile> {
+        self.prepare_log(log_seq, prev, first_seq)?
+            .publish(self.cfg.sync)
+    }
+
+    /// The next log, written but not in the chain yet (see [`LogFile::prepare`]).
+    fn prepare_log(&self, log_seq: LogSeq, prev: LogId, first_seq: SeqNo) -> Result<Prepared> {
         let header = LogHeader {
             disk: self.spec.disk,
             journal: self.spec.journal,
@@ -306,7 +312,7 @@ impl LogWriter {
         } else {
             0
         };
-        LogFile::create(
+        LogFile::prepare(
             &self.dir.join(log_file_name(log_seq)),
             header,
             self.cfg.sync,
@@ -591,31 +597,45 @@ impl LogWriter {
 
     /// Commits, seals the current log and opens the next one. Returns the sealed log.
     ///
+    /// The next log is written (header, preallocation) before the current one is sealed,
+    /// and renamed into the chain after: if the filesystem is full, the rotation fails with
+    /// nothing changed — the writer keeps appending to the current log, and a later
+    /// `rotate` tries again.
+    ///
     /// # Errors
-    /// IO. If sealing fails the writer is closed (the directory then holds an unsealed log
-    /// that the next [`open`](Self::open) recovers). [`Error::Config`] while a split commit
-    /// is in flight.
+    /// IO: writing the pending batch or the next log (nothing changed), or sealing (the
+    /// current log stays open). Only a failure to rename the sealed log's successor into the
+    /// chain closes the writer (the next [`open`](Self::open) continues the chain).
+    /// [`Error::Config`] while a split commit is in flight.
     pub fn rotate(&mut self) -> Result<SealedLog> {
         self.refuse_in_flight("rotate")?;
-        let sealed = self.seal_current()?;
+        self.write_batch()?;
+        let cur = self.current()?;
+        let (log_seq, log_id, next_seq) =
+            (cur.header().log_seq, cur.header().log_id, cur.next_seq());
+        let next = self.prepare_log(LogSeq(log_seq.0 + 1), log_id, next_seq)?;
+        let sealed = match self.seal_current() {
+            Ok(s) => s,
+            Err(e) => {
+                next.discard();
+                return Err(e);
+            }
+        };
         self.stats.rotations += 1;
-        let next = self.create_log(
-            LogSeq(sealed.header.log_seq.0 + 1),
-            sealed.header.log_id,
-            sealed.seal.next_seq,
-        )?;
-        self.current = Some(next);
+        self.current = Some(next.publish(self.cfg.sync)?);
         Ok(sealed)
     }
 
     fn seal_current(&mut self) -> Result<SealedLog> {
         self.write_batch()?;
+        let sync = self.cfg.sync;
         let cur = self
             .current
-            .take()
+            .as_mut()
             .ok_or_else(|| Error::Config("log writer is closed".into()))?;
         let header = *cur.header();
-        let (path, seal) = cur.seal(false, self.cfg.sync)?;
+        let (path, seal) = cur.seal(false, sync)?;
+        self.current = None;
         self.sealed_bytes += seal.end_offset;
         Ok(SealedLog { path, header, seal })
     }
@@ -750,7 +770,7 @@ fn recover_last(path: &Path, spec: &ChainSpec, sync: SyncPolicy) -> Result<(Seal
     let end = r.valid_end();
     // Only a real tear counts as truncated; a preallocated zero tail is not data.
     let torn = matches!(r.tail(), Some(Tail::Truncated { .. }));
-    let f = LogFile::reopen_truncated(path, header, end, r.next_seq(), r.records_read())?;
+    let mut f = LogFile::reopen_truncated(path, header, end, r.next_seq(), r.records_read())?;
     let (_, seal) = f.seal(true, sync)?;
     let resume = Resume::Recovered {
         prev: path.to_owned(),

@@ -561,3 +561,37 @@ fn close_refuses_while_a_split_commit_is_in_flight() {
     );
     w.close().unwrap();
 }
+
+/// A rotation that cannot create the next log (a full filesystem; here a directory squats
+/// on the next log's temporary name, so the create fails) changes nothing: the writer keeps
+/// appending to the current log, and once the obstacle is gone a rotation succeeds and the
+/// chain is whole.
+#[test]
+fn a_rotation_that_cannot_create_the_next_log_leaves_the_writer_usable() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(d.path());
+    write(&mut w, 0, 4096);
+    w.commit().unwrap();
+    let (seq, cur) = list_logs(d.path()).unwrap().pop().unwrap();
+    let next = hrl::chain::log_file_name(hrl::LogSeq(seq.0 + 1));
+    let squat = d.path().join(next).with_extension("hrl.tmp");
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::write(squat.join("keep"), b"x").unwrap();
+
+    let err = w.rotate().unwrap_err();
+    assert!(err.to_string().contains("hrl.tmp"), "{err}");
+    assert_eq!(w.current_path(), Some(cur.as_path()), "still the same log");
+    assert_eq!(w.stats().rotations, 0);
+    write(&mut w, 8192, 4096);
+    w.commit().unwrap();
+
+    std::fs::remove_dir_all(&squat).unwrap();
+    let sealed = w.rotate().unwrap();
+    assert_eq!(sealed.path, cur);
+    assert_eq!(sealed.seal.record_count, 2, "both writes in the first log");
+    write(&mut w, 16384, 4096);
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len(), 3);
+    assert!(recs.windows(2).all(|p| p[1].seq == p[0].seq.next()));
+}
