@@ -43,6 +43,9 @@ pub const TARGET_NAME: &str = "sitrep";
 
 /// Largest I/O the kernel sends us (and so the largest journal record's data).
 const IO_BUF_BYTES: u32 = 512 << 10;
+/// Each queue thread runs on one CPU of its queue's affinity mask (libublk picks it), as
+/// rublk's targets do by default: no migrations between the CPUs the mask allows.
+const QUEUE_AFFINITY: UblkFlags = UblkFlags::UBLK_DEV_F_SINGLE_CPU_AFFINITY;
 
 /// What a started disk looks like; given to the caller once the device is live.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -325,7 +328,7 @@ fn open_device(cfg: &DiskConfig, p: &Prepared) -> Result<(UblkCtrl, bool)> {
         .depth(cfg.depth)
         .io_buf_bytes(IO_BUF_BYTES)
         .ctrl_flags(ctrl_flags)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV | QUEUE_AFFINITY)
         .build()
         .map_err(|e| Error::ublk("add device", &e))?;
     Ok((ctrl, false))
@@ -363,7 +366,7 @@ fn take_over(id: u32, old_pid: i32) -> Result<Option<UblkCtrl>> {
                 .id(sid)
                 .nr_queues(nr_queues)
                 .depth(depth)
-                .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+                .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV | QUEUE_AFFINITY)
                 .build()
                 .map_err(|e| Error::ublk("recover device", &e))?;
             Ok(Some(ctrl))
