@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::HEADER_SIZE;
 use crate::format::header::{LogHeader, SEAL_OFFSET, Seal, encode_header, encode_seal};
+use crate::mapped::Mapping;
 use crate::units::SeqNo;
 
 /// When to make appended records durable.
@@ -64,6 +65,8 @@ pub(crate) struct LogFile {
     end: u64,
     next_seq: SeqNo,
     record_count: u64,
+    /// Appends are copies into this mapping while they fit (see `mapped.rs`).
+    map: Option<Mapping>,
 }
 
 impl LogFile {
@@ -76,6 +79,7 @@ impl LogFile {
         header: LogHeader,
         sync: SyncPolicy,
         preallocate: u64,
+        map: u64,
     ) -> Result<Prepared> {
         let tmp = path.with_extension("hrl.tmp");
         // A `.tmp` left by a writer that died mid-creation (e.g. while preallocating) was
@@ -92,7 +96,7 @@ impl LogFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, "create", e))?;
-        let prepared = Prepared {
+        let mut prepared = Prepared {
             log: Self {
                 file,
                 path: path.to_owned(),
@@ -100,6 +104,7 @@ impl LogFile {
                 end: HEADER_SIZE as u64,
                 next_seq: header.first_seq,
                 record_count: 0,
+                map: None,
             },
             tmp,
         };
@@ -118,6 +123,9 @@ impl LogFile {
             }
             Ok(())
         })();
+        if written.is_ok() && map > HEADER_SIZE as u64 {
+            prepared.log.map = Mapping::new(&prepared.log.file, map);
+        }
         match written {
             Ok(()) => Ok(prepared),
             Err(e) => {
@@ -151,6 +159,7 @@ impl LogFile {
             end,
             next_seq,
             record_count,
+            map: None,
         })
     }
 
@@ -186,9 +195,15 @@ impl LogFile {
         if batch.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all_at(batch, self.end)
-            .map_err(|e| Error::io(&self.path, "append to", e))?;
+        let mapped = self
+            .map
+            .as_mut()
+            .is_some_and(|m| m.write_at(batch, self.end));
+        if !mapped {
+            self.file
+                .write_all_at(batch, self.end)
+                .map_err(|e| Error::io(&self.path, "append to", e))?;
+        }
         if sync.syncs_batches() {
             self.file
                 .sync_data()
@@ -203,6 +218,8 @@ impl LogFile {
     /// Writes the seal block and syncs; the log is then immutable. On an error the log is
     /// still open (and still appendable: at worst its preallocated tail is gone).
     pub(crate) fn seal(&mut self, recovered: bool, sync: SyncPolicy) -> Result<(PathBuf, Seal)> {
+        // Unmap first: the truncate below would leave the mapping's tail unbacked.
+        self.map = None;
         // Drop a preallocated zero tail: a sealed log is exactly its records.
         let len = self
             .file

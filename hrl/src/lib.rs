@@ -18,6 +18,7 @@ pub mod dirty;
 pub mod error;
 mod file;
 pub mod format;
+mod mapped;
 pub mod reader;
 pub mod units;
 pub mod writer;

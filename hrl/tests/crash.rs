@@ -13,6 +13,9 @@ use hrl::chain::{check_link, list_logs};
 use hrl::{LogReader, LogWriter, RecordBody, RecordFlags, RecoveryMode, Resume, WriterConfig};
 
 const CHILD_ENV: &str = "HRL_CRASH_CHILD_DIR";
+/// Set: the child appends through a memory mapping (`WriterConfig::map`, explicit syncs) and
+/// reports what `write_pending` put in the page cache — which a process kill must not lose.
+const MAPPED_ENV: &str = "HRL_CRASH_CHILD_MAPPED";
 
 /// The child's body: only does anything when the parent runs it.
 #[test]
@@ -20,8 +23,15 @@ fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
+    let mapped = std::env::var_os(MAPPED_ENV).is_some();
     let cfg = WriterConfig {
         max_log_bytes: 64 << 10, // rotate often so kills land in every phase
+        sync: if mapped {
+            hrl::SyncPolicy::Explicit
+        } else {
+            hrl::SyncPolicy::Data
+        },
+        map: mapped,
         ..WriterConfig::default()
     };
     let (mut w, _) = LogWriter::open(std::path::Path::new(&dir), common::spec(), cfg).unwrap();
@@ -33,18 +43,41 @@ fn crash_child() {
             w.append(RecordFlags::empty(), &body).unwrap();
             i += 1;
         }
-        let durable = w.commit().unwrap().unwrap();
+        let durable = if mapped {
+            let written = w.write_pending().unwrap().unwrap();
+            if w.rotation_due() {
+                w.rotate().unwrap();
+            }
+            written
+        } else {
+            w.commit().unwrap().unwrap()
+        };
         println!("{}", durable.0);
     }
 }
 
 #[test]
 fn sigkill_at_random_points_loses_no_committed_record() {
+    sigkill_rounds(false);
+}
+
+/// Mapped appends (`WriterConfig::map`): a record copied into the mapping is in the page
+/// cache, so killing the writer's process loses none that `write_pending` reported.
+#[test]
+fn sigkill_with_mapped_appends_loses_no_written_record() {
+    sigkill_rounds(true);
+}
+
+fn sigkill_rounds(mapped: bool) {
     let exe = std::env::current_exe().unwrap();
     let d = tempfile::tempdir().unwrap();
     let mut last_reported = 0u64;
     for round in 0..6u64 {
-        let mut child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if mapped {
+            cmd.env(MAPPED_ENV, "1");
+        }
+        let mut child = cmd
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, d.path())
             .stdout(Stdio::piped())
@@ -73,6 +106,17 @@ fn sigkill_at_random_points_loses_no_committed_record() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(seen > 0, "child made no progress in round {round}");
+        if mapped {
+            // The open log was allocated whole for its mapping: the copies really went there.
+            let (_, open) = list_logs(d.path()).unwrap().pop().unwrap();
+            let len = std::fs::metadata(&open).unwrap().len();
+            assert_eq!(
+                len,
+                (64 << 10) + (1 << 20),
+                "round {round}: {}",
+                open.display()
+            );
+        }
 
         // Recovery: every reported-durable record is there, the chain links.
         let (w, resume) = LogWriter::open(d.path(), common::spec(), common::cfg()).unwrap();

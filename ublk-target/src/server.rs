@@ -441,7 +441,9 @@ fn init_target(
 /// is most of the cost of logging before performing a write. `Flush` durability: batches
 /// are written without a sync (`SyncPolicy::Explicit`; the log thread syncs at flushes), and
 /// logs are not preallocated: zero-filling 16 MiB at each rotation would cost more than the
-/// rare flush-time metadata commit it saves.
+/// rare flush-time metadata commit it saves. Instead each log's space is allocated
+/// (`fallocate`) and mapped, and a queue's batch is a copy into the mapping — no system
+/// call between receiving a write and performing it (`WriterConfig::map`).
 ///
 /// Batches are written by the queues or the log thread (`commit.rs`), not by size: the
 /// batch limits are only a memory backstop (an append that finds the batch that big while
@@ -457,6 +459,7 @@ fn log_writer_config(durability: Durability) -> WriterConfig {
     WriterConfig {
         sync,
         preallocate,
+        map: durability == Durability::Flush,
         max_log_bytes: 16 << 20,
         max_batch_bytes: 32 << 20,
         max_batch_records: 1 << 16,
