@@ -371,6 +371,20 @@ impl LogWriter {
     /// # Errors
     /// [`Error::InvalidRecord`] (nothing appended), [`Error::Full`], or a commit's errors.
     pub fn append(&mut self, flags: RecordFlags, body: &RecordBody) -> Result<SeqNo> {
+        self.append_at(flags, body, crate::now_unix_ns())
+    }
+
+    /// [`append`](Self::append) with the record's time (Unix ns) given by the caller — one
+    /// clock read for a whole batch of records appended at the same moment.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub fn append_at(
+        &mut self,
+        flags: RecordFlags,
+        body: &RecordBody,
+        unix_ns: u64,
+    ) -> Result<SeqNo> {
         validate_body(body, flags, self.spec.disk.size).map_err(|reason| Error::InvalidRecord {
             disk_size: self.spec.disk.size,
             reason,
@@ -379,14 +393,7 @@ impl LogWriter {
         let log_id = self.current_log_id()?;
         let start = self.batch.len();
         let seq = self.next_seq;
-        encode_record(
-            &log_id,
-            seq,
-            crate::now_unix_ns(),
-            flags,
-            body,
-            &mut self.batch,
-        );
+        encode_record(&log_id, seq, unix_ns, flags, body, &mut self.batch);
         self.admit(start, exempt)
     }
 
@@ -399,6 +406,21 @@ impl LogWriter {
         flags: RecordFlags,
         offset: u64,
         data: &[u8],
+    ) -> Result<SeqNo> {
+        self.append_write_data_at(flags, offset, data, crate::now_unix_ns())
+    }
+
+    /// [`append_write_data`](Self::append_write_data) with the record's time given (see
+    /// [`append_at`](Self::append_at)).
+    ///
+    /// # Errors
+    /// As [`append_write_data`](Self::append_write_data).
+    pub fn append_write_data_at(
+        &mut self,
+        flags: RecordFlags,
+        offset: u64,
+        data: &[u8],
+        unix_ns: u64,
     ) -> Result<SeqNo> {
         if !self.spec.journal {
             return Err(Error::Config(
@@ -418,8 +440,7 @@ impl LogWriter {
         let log_id = self.current_log_id()?;
         let start = self.batch.len();
         let seq = self.next_seq;
-        let ts = crate::now_unix_ns();
-        encode_write_data(&log_id, seq, ts, flags, offset, data, &mut self.batch);
+        encode_write_data(&log_id, seq, unix_ns, flags, offset, data, &mut self.batch);
         self.admit(start, false)
     }
 

@@ -205,7 +205,8 @@ impl Drop for SharedLog {
 
 impl Inner {
     /// Appends the record for `change` (not yet written).
-    fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
+    /// Appends `change`'s record, stamped `now` (Unix ns).
+    fn append(&self, change: Change<'_>, now: u64) -> Result<Ticket, LogFailed> {
         let mut guard = lock(&self.writer);
         let w = guard.as_mut().ok_or(LogFailed)?;
         let res = match change {
@@ -216,21 +217,23 @@ impl Inner {
                     RecordFlags::empty()
                 };
                 if self.journal {
-                    w.append_write_data(flags, offset, data)
+                    w.append_write_data_at(flags, offset, data, now)
                 } else {
                     let ext = extent(offset, data.len() as u64)?;
-                    w.append(flags, &RecordBody::Write(vec![ext]))
+                    w.append_at(flags, &RecordBody::Write(vec![ext]), now)
                 }
             }
-            Change::Discard { offset, len } => w.append(
+            Change::Discard { offset, len } => w.append_at(
                 RecordFlags::empty(),
                 &RecordBody::Discard(vec![extent(offset, len)?]),
+                now,
             ),
-            Change::WriteZeroes { offset, len } => w.append(
+            Change::WriteZeroes { offset, len } => w.append_at(
                 RecordFlags::empty(),
                 &RecordBody::WriteZeroes(vec![extent(offset, len)?]),
+                now,
             ),
-            Change::Flush => w.append(RecordFlags::empty(), &RecordBody::Flush),
+            Change::Flush => w.append_at(RecordFlags::empty(), &RecordBody::Flush, now),
         };
         match res {
             Ok(_) => {}
@@ -491,6 +494,8 @@ pub(crate) struct QueueLog {
     notifier: Arc<Notifier>,
     appended: Cell<bool>,
     sync_wanted: Cell<bool>,
+    /// The time stamped on this turn's records (read at its first append).
+    turn_time: Cell<Option<u64>>,
 }
 
 impl QueueLog {
@@ -513,12 +518,22 @@ impl QueueLog {
             notifier,
             appended: Cell::new(false),
             sync_wanted: Cell::new(false),
+            turn_time: Cell::new(None),
         })
     }
 
     /// Appends `change`; returns what to wait for ([`state`](Self::state)).
     pub(crate) fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
-        let t = self.shared.inner.append(change)?;
+        // One clock read per batch of completions: the records of a turn share a time.
+        let now = match self.turn_time.get() {
+            Some(t) => t,
+            None => {
+                let t = hrl::now_unix_ns();
+                self.turn_time.set(Some(t));
+                t
+            }
+        };
+        let t = self.shared.inner.append(change, now)?;
         self.appended.set(true);
         if t.need == Need::Durable {
             self.sync_wanted.set(true);
@@ -539,6 +554,7 @@ impl QueueLog {
     /// return, unless the write failed), and asks the log thread for a sync if a flush or
     /// FUA write is waiting.
     pub(crate) fn after_tick(&self) {
+        self.turn_time.set(None);
         if !self.appended.replace(false) {
             return;
         }
