@@ -204,11 +204,15 @@ impl Drop for SharedLog {
 }
 
 impl Inner {
-    /// Appends the record for `change` (not yet written).
-    /// Appends `change`'s record, stamped `now` (Unix ns).
-    fn append(&self, change: Change<'_>, now: u64) -> Result<Ticket, LogFailed> {
-        let mut guard = lock(&self.writer);
-        let w = guard.as_mut().ok_or(LogFailed)?;
+    /// Appends `change`'s record, stamped `now` (Unix ns), to the locked writer `w` (not yet
+    /// written).
+    fn append(
+        &self,
+        w: Option<&mut LogWriter>,
+        change: Change<'_>,
+        now: u64,
+    ) -> Result<Ticket, LogFailed> {
+        let w = w.ok_or(LogFailed)?;
         let res = match change {
             Change::Write { offset, data, fua } => {
                 let flags = if fua {
@@ -308,7 +312,11 @@ impl Inner {
     /// `pwrite`, under the writer's mutex so records land in order) and publishes them as
     /// written. Kicks the log thread if the log is due to rotate.
     fn write_inline(&self) {
-        let mut guard = lock(&self.writer);
+        self.write_locked(lock(&self.writer));
+    }
+
+    /// [`write_inline`](Self::write_inline) with the writer already locked.
+    fn write_locked(&self, mut guard: MutexGuard<'_, Option<LogWriter>>) {
         let Some(w) = guard.as_mut() else { return };
         match w.write_pending() {
             Ok(written) => {
@@ -494,8 +502,8 @@ pub(crate) struct QueueLog {
     notifier: Arc<Notifier>,
     appended: Cell<bool>,
     sync_wanted: Cell<bool>,
-    /// The time stamped on this turn's records (read at its first append).
-    turn_time: Cell<Option<u64>>,
+    /// `append_all` already wrote this turn's records.
+    written: Cell<bool>,
 }
 
 impl QueueLog {
@@ -518,27 +526,44 @@ impl QueueLog {
             notifier,
             appended: Cell::new(false),
             sync_wanted: Cell::new(false),
-            turn_time: Cell::new(None),
+            written: Cell::new(false),
         })
     }
 
     /// Appends `change`; returns what to wait for ([`state`](Self::state)).
+    #[cfg(test)]
     pub(crate) fn append(&self, change: Change<'_>) -> Result<Ticket, LogFailed> {
-        // One clock read per batch of completions: the records of a turn share a time.
-        let now = match self.turn_time.get() {
-            Some(t) => t,
-            None => {
-                let t = hrl::now_unix_ns();
-                self.turn_time.set(Some(t));
-                t
+        let mut t = Vec::with_capacity(1);
+        self.append_all(std::iter::once(change), &mut t, false);
+        t.pop().unwrap_or(Err(LogFailed))
+    }
+
+    /// Appends the records of a turn's changes under one lock of the writer, stamped with
+    /// one clock read, pushing a ticket (or the failure) per change onto `out`; with `write`
+    /// (`flush` durability, end of the turn) also writes them, under the same lock.
+    pub(crate) fn append_all<'c>(
+        &self,
+        changes: impl Iterator<Item = Change<'c>>,
+        out: &mut Vec<Result<Ticket, LogFailed>>,
+        write: bool,
+    ) {
+        let inner = &self.shared.inner;
+        let now = hrl::now_unix_ns();
+        let mut guard = lock(&inner.writer);
+        for change in changes {
+            let t = inner.append(guard.as_mut(), change, now);
+            if let Ok(t) = &t {
+                self.appended.set(true);
+                if t.need == Need::Durable {
+                    self.sync_wanted.set(true);
+                }
             }
-        };
-        let t = self.shared.inner.append(change, now)?;
-        self.appended.set(true);
-        if t.need == Need::Durable {
-            self.sync_wanted.set(true);
+            out.push(t);
         }
-        Ok(t)
+        if write && inner.durability == Durability::Flush && self.appended.get() {
+            inner.write_locked(guard);
+            self.written.set(true);
+        }
     }
 
     /// Whether `t`'s records are logged as the change needs — written, or durable for a
@@ -554,13 +579,15 @@ impl QueueLog {
     /// return, unless the write failed), and asks the log thread for a sync if a flush or
     /// FUA write is waiting.
     pub(crate) fn after_tick(&self) {
-        self.turn_time.set(None);
+        let written = self.written.replace(false);
         if !self.appended.replace(false) {
             return;
         }
         let inner = &self.shared.inner;
         if inner.durability == Durability::Flush {
-            inner.write_inline();
+            if !written {
+                inner.write_inline();
+            }
             if !self.sync_wanted.replace(false) {
                 return;
             }

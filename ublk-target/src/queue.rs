@@ -26,7 +26,7 @@ use libublk::sys;
 use libublk::{BufDesc, BufDescList, UblkIORes, UblkUringData};
 
 use crate::backing::{Backing, BackingKind};
-use crate::commit::{Change, QueueLog, SharedLog, Ticket};
+use crate::commit::{Change, LogFailed, QueueLog, SharedLog, Ticket};
 
 /// Index of the backing file in each queue ring's registered files (0 is the ublk char
 /// device, registered by libublk).
@@ -74,6 +74,8 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
         shared,
         qlog: &qlog,
         retries: vec![0; bufs.len()],
+        pending: Vec::new(),
+        tickets: Vec::new(),
         waits: Vec::new(),
         poll_failures: 0,
     };
@@ -138,11 +140,14 @@ struct QueueState<'a> {
     qlog: &'a QueueLog,
     /// EAGAIN resubmissions of each tag's current backing SQE.
     retries: Vec<u8>,
+    /// This turn's changes, logged together at its end (one lock of the log writer).
+    pending: Vec<(u16, Change<'a>, Then)>,
+    tickets: Vec<Result<Ticket, LogFailed>>,
     waits: Vec<Wait>,
     poll_failures: u32,
 }
 
-impl QueueState<'_> {
+impl<'a> QueueState<'a> {
     /// One completion: a new I/O from the kernel, a backing SQE of a tag, or the log
     /// eventfd.
     fn on_cqe(&mut self, ud: u64, res: i32) {
@@ -235,17 +240,32 @@ impl QueueState<'_> {
         }
     }
 
-    /// Appends `change` and parks the tag until its record is logged (`after_batch`).
-    fn log_then(&mut self, tag: u16, change: Change<'_>, then: Then) {
-        match self.qlog.append(change) {
-            Ok(ticket) => self.waits.push(Wait { tag, ticket, then }),
-            Err(_) => self.complete(tag, -libc::EIO),
-        }
+    /// Queues `change` for logging at the end of the turn and parks the tag until its record
+    /// is logged (`after_batch`).
+    fn log_then(&mut self, tag: u16, change: Change<'a>, then: Then) {
+        self.pending.push((tag, change, then));
     }
 
-    /// End of a batch of completions: write (or hand over) what the batch appended, then
-    /// move every tag whose record is now logged on to its change.
+    /// End of a batch of completions: append (and, under `flush` durability, write) the
+    /// records of the turn's changes, then move every tag whose record is now logged on to
+    /// its change.
     fn after_batch(&mut self) {
+        if !self.pending.is_empty() {
+            let mut tickets = std::mem::take(&mut self.tickets);
+            tickets.clear();
+            self.qlog
+                .append_all(self.pending.iter().map(|p| p.1), &mut tickets, true);
+            let pending = std::mem::take(&mut self.pending);
+            for (&(tag, _, then), t) in pending.iter().zip(tickets.drain(..)) {
+                match t {
+                    Ok(ticket) => self.waits.push(Wait { tag, ticket, then }),
+                    Err(_) => self.complete(tag, -libc::EIO),
+                }
+            }
+            self.pending = pending;
+            self.pending.clear();
+            self.tickets = tickets;
+        }
         if self.waits.is_empty() {
             return;
         }
