@@ -27,6 +27,8 @@ mod disk;
 pub mod error;
 pub mod event;
 mod fine;
+mod kernel_stats;
+mod load;
 mod poller;
 mod skel;
 mod tracker;
@@ -34,7 +36,8 @@ mod tracker;
 pub use device::{DeviceInfo, IoCounters};
 pub use disk::{DiskStats, StopReport};
 pub use error::{Error, Result};
-pub use poller::{AttachMode, Attached, KernelStats, MAX_DEVICES};
+pub use kernel_stats::KernelStats;
+pub use poller::{AttachMode, Attached, MAX_DEVICES};
 pub use tracker::{AddReport, Cut, Tracker, TrackerConfig, TrackerStats};
 
 /// The change-log crate every interceptor writes through.

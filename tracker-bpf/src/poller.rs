@@ -8,14 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use hrl::Extent;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
 
 use crate::completions::{MissCheck, RETENTION};
@@ -24,13 +23,14 @@ use crate::disk::DiskMsg;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::fine;
-use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder, types};
+use crate::kernel_stats::{KernelStats, prog_info, programs, read_stats, seen_sectors};
+use crate::load::load;
+use crate::skel::{TrackerSkel, types};
 
 /// Devices tracked at once (`TRK_MAX_DEVS`).
 pub const MAX_DEVICES: usize = 64;
 /// Fallback bitmap words per device (`TRK_BITMAP_WORDS`).
 pub(crate) const BITMAP_WORDS: usize = 2048;
-const STATS_SIZE: usize = 12 * 8;
 /// How often completions are checked against the kernel's counts (also at every cut).
 const COMPLETION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the fine write bitmap is drained into the log.
@@ -59,58 +59,6 @@ pub enum Attached {
     TpBtf,
     /// `raw_tp/block_{bio_queue,rq_complete,bio_complete}`.
     RawTp,
-}
-
-/// Kernel-side counters plus the consumer's accounting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KernelStats {
-    /// Events the program submitted to the ring buffer.
-    pub events: u64,
-    /// Bytes those events covered.
-    pub bytes: u64,
-    /// Failed ring-buffer reservations (each fell back to the bitmap).
-    pub drops: u64,
-    /// Bitmap words touched by fallbacks.
-    pub fallback_bits: u64,
-    /// Fallbacks that marked a whole device dirty.
-    pub overflows: u64,
-    /// Bios from sitrep's own process, not tracked.
-    pub excluded: u64,
-    /// Tracked-device bios that change nothing (reads, ...).
-    pub ignored_ops: u64,
-    /// Sequence numbers handed out (events + drops + bitmap writes + coarse).
-    pub seq: u64,
-    /// Events the consumer received.
-    pub received: u64,
-    /// Sequence numbers neither received nor dropped after a grace period (should be 0;
-    /// each loss turned into a whole-disk gap on every tracked disk).
-    pub unaccounted: u64,
-    /// Events for no registered slot (device removed while its bio was in flight).
-    pub orphans: u64,
-    /// Runs of the busiest program — about one per I/O on the system, since every I/O passes
-    /// both `block_bio_queue` and a completion (0 unless `kernel.bpf_stats_enabled`).
-    /// `prog_run_ns / prog_runs` is then the tracker's cost per I/O.
-    pub prog_runs: u64,
-    /// Nanoseconds all the programs ran in total (0 unless `kernel.bpf_stats_enabled`).
-    pub prog_run_ns: u64,
-    /// Runs of the `block_bio_queue` program.
-    pub queue_runs: u64,
-    /// Nanoseconds in the `block_bio_queue` program.
-    pub queue_run_ns: u64,
-    /// Runs of the two completion programs (`block_rq_complete`, `block_bio_complete`).
-    pub complete_runs: u64,
-    /// Nanoseconds in the completion programs.
-    pub complete_run_ns: u64,
-    /// Writes recorded in the fine write bitmap instead of the ring.
-    pub bitmap_writes: u64,
-    /// Ranges of requests walked bio by bio (spanning devices, or multi-range discards),
-    /// recorded straight into the coarse bitmap.
-    pub coarse: u64,
-    /// Completions of bio-based bios queued before tracking saw them (recorded from the
-    /// bio's own range).
-    pub late: u64,
-    /// Bio-based bios that found the in-flight table full (their device was marked dirty).
-    pub inflight_full: u64,
 }
 
 pub(crate) struct SlotCfg {
@@ -344,77 +292,6 @@ pub(crate) fn run(
         p.drain_bitmaps(fine_due);
         p.account(&skel, attached);
     }
-}
-
-type Loaded<'obj> = (TrackerSkel<'obj>, Attached, Vec<Link>);
-
-fn load<'obj>(
-    cfg: &PollerConfig,
-    obj: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
-) -> Result<Loaded<'obj>> {
-    let order: &[Attached] = match cfg.attach {
-        AttachMode::Auto => &[Attached::TpBtf, Attached::RawTp],
-        AttachMode::TpBtf => &[Attached::TpBtf],
-        AttachMode::RawTp => &[Attached::RawTp],
-    };
-    let mut errors = Vec::new();
-    // Each attempt needs a fresh object: a failed load consumes it.
-    let obj: *mut MaybeUninit<libbpf_rs::OpenObject> = obj;
-    for kind in order {
-        // `obj` outlives 'obj (it is the caller's storage). Only one attempt's skeleton is
-        // alive at a time: a failed attempt's skeleton is dropped (dropping the object it
-        // initialised) before the next attempt writes the storage again.
-        // SAFETY: as above — a unique, live, caller-owned storage slot.
-        let storage = unsafe { &mut *obj };
-        match try_load(cfg, *kind, storage) {
-            Ok((skel, links)) => return Ok((skel, *kind, links)),
-            Err(e) => errors.push(format!("{kind:?}: {e}")),
-        }
-    }
-    Err(Error::Bpf(format!(
-        "could not attach to the block tracepoints ({}); sitrep needs root, CONFIG_BPF_SYSCALL and \
-         BTF (/sys/kernel/btf/vmlinux)",
-        errors.join("; ")
-    )))
-}
-
-fn try_load<'obj>(
-    cfg: &PollerConfig,
-    kind: Attached,
-    obj: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
-) -> std::result::Result<(TrackerSkel<'obj>, Vec<Link>), libbpf_rs::Error> {
-    let mut open: OpenTrackerSkel<'obj> = TrackerSkelBuilder::default().open(obj)?;
-    open.maps.events.set_max_entries(cfg.ring_bytes)?;
-    let fine_words = cfg.fine_words.max(64);
-    open.maps.fine.set_max_entries(fine_words)?;
-    open.maps.fine_summary.set_max_entries(fine_words / 64)?;
-    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-        ro.exclude_tgid = cfg.exclude_tgid;
-        ro.test_seams = u32::from(cfg.skip_completions.is_some());
-    }
-    let (btf, raw) = (kind == Attached::TpBtf, kind == Attached::RawTp);
-    open.progs.on_bio_queue_btf.set_autoload(btf);
-    open.progs.on_rq_complete_btf.set_autoload(btf);
-    open.progs.on_bio_complete_btf.set_autoload(btf);
-    open.progs.on_bio_queue_raw.set_autoload(raw);
-    open.progs.on_rq_complete_raw.set_autoload(raw);
-    open.progs.on_bio_complete_raw.set_autoload(raw);
-    let skel = open.load()?;
-    // Completions first: a bio-based bio remembered at queue time is then always taken out
-    // again when it completes. The queue hook last: `run` detaches it while not needed.
-    let links = match kind {
-        Attached::TpBtf => vec![
-            skel.progs.on_rq_complete_btf.attach()?,
-            skel.progs.on_bio_complete_btf.attach()?,
-            skel.progs.on_bio_queue_btf.attach()?,
-        ],
-        Attached::RawTp => vec![
-            skel.progs.on_rq_complete_raw.attach()?,
-            skel.progs.on_bio_complete_raw.attach()?,
-            skel.progs.on_bio_queue_raw.attach()?,
-        ],
-    };
-    Ok((skel, links))
 }
 
 /// A shared, writable mapping of an `BPF_F_MMAPABLE` array map of u64.
@@ -894,35 +771,6 @@ fn flag(on: bool, bit: u32) -> u32 {
     if on { bit } else { 0 }
 }
 
-/// The attached programs: `block_bio_queue` first, then the two completions.
-fn programs<'a>(skel: &'a TrackerSkel<'_>, attached: Attached) -> [std::os::fd::BorrowedFd<'a>; 3] {
-    let p = &skel.progs;
-    match attached {
-        Attached::TpBtf => [
-            p.on_bio_queue_btf.as_fd(),
-            p.on_rq_complete_btf.as_fd(),
-            p.on_bio_complete_btf.as_fd(),
-        ],
-        Attached::RawTp => [
-            p.on_bio_queue_raw.as_fd(),
-            p.on_rq_complete_raw.as_fd(),
-            p.on_bio_complete_raw.as_fd(),
-        ],
-    }
-}
-
-/// The program's run statistics and `recursion_misses` counter, if they can be read.
-fn prog_info(prog: std::os::fd::BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
-    let mut info = libbpf_sys::bpf_prog_info::default();
-    let mut len = u32::try_from(size_of::<libbpf_sys::bpf_prog_info>()).ok()?;
-    // SAFETY: `info` is a bpf_prog_info of `len` bytes that the kernel fills in; no other
-    // pointer fields are set, so the kernel writes nothing else.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &raw mut info, &raw mut len)
-    };
-    (rc == 0).then_some(info)
-}
-
 fn dev_cfg(slot: u16, c: &SlotCfg, queue_mark: bool) -> types::trk_dev_cfg {
     types::trk_dev_cfg {
         start_sect: c.start_sect,
@@ -944,53 +792,6 @@ fn hrl_now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn read_stats(skel: &TrackerSkel<'_>) -> Option<KernelStats> {
-    let per_cpu = skel
-        .maps
-        .stats
-        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .ok()??;
-    let mut k = KernelStats::default();
-    for cpu in per_cpu {
-        let f = |i: usize| -> u64 {
-            cpu.get(i * 8..i * 8 + 8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_ne_bytes)
-        };
-        if cpu.len() < STATS_SIZE {
-            continue;
-        }
-        k.events += f(0);
-        k.bytes += f(1);
-        k.drops += f(2);
-        k.fallback_bits += f(3);
-        k.overflows += f(4);
-        k.excluded += f(5);
-        k.ignored_ops += f(6);
-        k.seq += f(7);
-        k.bitmap_writes += f(8);
-        k.coarse += f(9);
-        k.late += f(10);
-        k.inflight_full += f(11);
-    }
-    Some(k)
-}
-
-/// The sectors of change requests the program saw complete on `slot`, all CPUs.
-fn seen_sectors(skel: &TrackerSkel<'_>, slot: u16) -> Option<u64> {
-    let per_cpu = skel
-        .maps
-        .done_sectors
-        .lookup_percpu(&u32::from(slot).to_ne_bytes(), MapFlags::ANY)
-        .ok()??;
-    Some(
-        per_cpu
-            .iter()
-            .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
-            .fold(0u64, u64::wrapping_add),
-    )
 }
 
 /// Atomically takes the set bits of one device's bitmap and turns them into byte extents

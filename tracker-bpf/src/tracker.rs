@@ -20,9 +20,10 @@ use crate::continuity::{self, CleanStop};
 use crate::device::{DeviceInfo, IoCounters, boot_id};
 use crate::disk::{DiskMsg, DiskStats, DiskThread, StopReport};
 use crate::error::{Error, Result};
+use crate::kernel_stats::KernelStats;
 use crate::poller::{
-    self, AttachMode, Attached, CompletionCheck, Ctrl, KernelStats, MAX_DEVICES, PollerConfig,
-    SlotCfg, granule_shift_for,
+    self, AttachMode, Attached, CompletionCheck, Ctrl, MAX_DEVICES, PollerConfig, SlotCfg,
+    granule_shift_for,
 };
 
 /// How to run the tracker.
