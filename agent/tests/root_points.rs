@@ -313,17 +313,25 @@ fn retention_keeps_the_newest_points_and_storage_bounded() {
         seen.len() > 3,
         "too few points to exercise retention: {seen:?}"
     );
-    // The retained points still pass.
+    // The retained points still pass. A late cycle (the workload's last records can reach
+    // the log just after `wait` returned) may retire a listed point before its export: that
+    // one is no longer retained and is skipped, but at least one must be checked.
     let pts = points(&sites, "r");
+    let mut checked = 0;
     for pt in pts["points"].as_array().unwrap() {
         let id = pt["id"].as_u64().unwrap();
-        let img = export(&sites, "r", id).unwrap();
+        let Some(img) = export(&sites, "r", id) else {
+            eprintln!("point {id} was retired between the listing and its export");
+            continue;
+        };
         assert!(
             check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()).is_ok(),
             "retained point {id}"
         );
         std::fs::remove_file(img).unwrap();
+        checked += 1;
     }
+    assert!(checked > 0, "no retained point could be exported: {pts}");
     // A few small changes at rest (not the workload's: no check past here): each makes a
     // new point, retiring the busy ones and their undo data.
     for i in 0..4u64 {
