@@ -176,14 +176,21 @@ fn every_offered_point_passes_the_checker_at_several_rates_and_depths() {
             }
             std::fs::remove_file(img).unwrap();
         }
+        // A late cycle may retire a listed point before its export (see the retention test).
+        let mut checked = 0;
         for pt in &list {
             let id = pt["id"].as_u64().unwrap();
-            let img = export(&sites, &name, id).unwrap();
+            let Some(img) = export(&sites, &name, id) else {
+                eprintln!("{name}: point {id} was retired between the listing and its export");
+                continue;
+            };
             if let Err(v) = check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()) {
                 panic!("{name}: point {id} is not the disk at its cut time: {v}");
             }
             std::fs::remove_file(img).unwrap();
+            checked += 1;
         }
+        assert!(checked > 0, "{name}: no listed point could be exported");
         ctl(&s, &["unprotect", &name]);
     }
 }
@@ -264,14 +271,21 @@ fn a_server_killed_during_apply_and_export_keeps_only_valid_points() {
     let pts = points(&sites, "k");
     let list = pts["points"].as_array().unwrap().clone();
     assert!(!list.is_empty(), "{pts}");
+    // A late cycle may retire a listed point before its export (see the retention test).
+    let mut checked = 0;
     for pt in &list {
         let id = pt["id"].as_u64().unwrap();
-        let img = export(&sites, "k", id).unwrap();
+        let Some(img) = export(&sites, "k", id) else {
+            eprintln!("point {id} was retired between the listing and its export");
+            continue;
+        };
         if let Err(v) = check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()) {
             panic!("point {id} listed after the kills is not valid: {v}");
         }
         std::fs::remove_file(img).unwrap();
+        checked += 1;
     }
+    assert!(checked > 0, "no listed point could be exported: {pts}");
     assert_eq!(
         sites.path("interrupted.img").exists(),
         export_ok,
@@ -313,9 +327,11 @@ fn retention_keeps_the_newest_points_and_storage_bounded() {
         seen.len() > 3,
         "too few points to exercise retention: {seen:?}"
     );
-    // The retained points still pass. A late cycle (the workload's last records can reach
-    // the log just after `wait` returned) may retire a listed point before its export: that
-    // one is no longer retained and is skipped, but at least one must be checked.
+    // The retained points still pass. A late cycle may retire a listed point before its
+    // export: the workload's last records can reach the log just after `wait` returned, and
+    // a missed completion (docs/tracking.md) is reported at the tracker's next check, up to
+    // a second later. That point is no longer retained and is skipped; at least one must be
+    // checked.
     let pts = points(&sites, "r");
     let mut checked = 0;
     for pt in pts["points"].as_array().unwrap() {
