@@ -262,8 +262,9 @@ impl Tracker {
             _ => None,
         };
         let (tx, rx) = bounded(64);
+        let check = completion_check(&info);
         let stats = Arc::new(Mutex::new(DiskStats {
-            completion_check: !info.bio_based && info.iostats(),
+            completion_check: check.is_some(),
             ..DiskStats::default()
         }));
         let t = DiskThread {
@@ -289,7 +290,7 @@ impl Tracker {
             queue_mark: false,
             tx: tx.clone(),
             fine: None,
-            check: completion_check(&info),
+            check,
             marked_since: None,
             marked_from_add: false,
         };

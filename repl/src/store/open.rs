@@ -120,20 +120,7 @@ impl Disk {
                 failed_over: None,
                 replica_device: None,
             };
-            let mut d = Self {
-                dir,
-                state,
-                replica,
-                counters: DiskCounters::default(),
-                undo: Vec::new(),
-                points: PointsFile {
-                    version: 1,
-                    ..PointsFile::default()
-                },
-                retention: Retention::default(),
-            };
-            d.save()?;
-            return Ok(d);
+            return Self::create_new(dir, state, replica);
         }
         let d = Self::open(store, name)?;
         d.check_attach(req)?;
@@ -250,6 +237,11 @@ impl Disk {
             failed_over: None,
             replica_device: Some(device.to_path_buf()),
         };
+        Self::create_new(dir, state, replica)
+    }
+
+    /// A disk's store just made: no points, no undo data, default retention; saved.
+    fn create_new(dir: std::path::PathBuf, state: DiskState, replica: File) -> Result<Self> {
         let mut d = Self {
             dir,
             state,
