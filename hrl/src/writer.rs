@@ -46,10 +46,11 @@ use crate::error::{Error, Result};
 use crate::file::{LogFile, Prepared, SyncPolicy};
 use crate::format::header::{DiskIdentity, LogHeader, Seal};
 use crate::format::record::{
-    RecordBody, RecordFlags, encode_record, encode_write_data, validate_body,
+    RecordBody, RecordFlags, RecordKind, encode_extent_record, encode_record, encode_write_data,
+    log_id_crc, validate_body, validate_extent_record,
 };
 use crate::reader::{LogReader, RecoveryMode, Tail};
-use crate::units::{Generation, LogId, LogSeq, SeqNo};
+use crate::units::{Extent, Generation, LogId, LogSeq, SeqNo};
 
 /// Tuning for a [`LogWriter`]. Defaults suit a tracked disk in production.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +175,8 @@ pub struct LogWriter {
     stats: WriterStats,
     /// The split commit in flight, if any (see the module docs).
     in_flight: Option<InFlight>,
+    /// The CRC-32 state after the id of the log records go to (see `append_extent_at`).
+    log_crc: Option<(LogId, u32)>,
     _lock: File,
 }
 
@@ -295,6 +298,7 @@ impl LogWriter {
             sealed_bytes,
             stats: WriterStats::default(),
             in_flight: None,
+            log_crc: None,
             _lock: lock,
         };
         w.current = Some(w.create_log(log_seq, prev_id, first_seq)?);
@@ -395,6 +399,42 @@ impl LogWriter {
         let seq = self.next_seq;
         encode_record(&log_id, seq, unix_ns, flags, body, &mut self.batch);
         self.admit(start, exempt)
+    }
+
+    /// Appends a change record of one extent — the record a block interceptor logs per I/O
+    /// (`Write`, `Discard`, `SecureErase` or `WriteZeroes`) — stamped `unix_ns`. The same
+    /// record, byte for byte, as [`append_at`](Self::append_at) with the kind's body of a
+    /// one-element list, at a fraction of the cost: no body is built or dropped, and the
+    /// log's id is not hashed again for every record.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append); [`Error::InvalidRecord`] for another kind.
+    pub fn append_extent_at(
+        &mut self,
+        kind: RecordKind,
+        flags: RecordFlags,
+        extent: Extent,
+        unix_ns: u64,
+    ) -> Result<SeqNo> {
+        validate_extent_record(kind, flags, extent, self.spec.disk.size).map_err(|reason| {
+            Error::InvalidRecord {
+                disk_size: self.spec.disk.size,
+                reason,
+            }
+        })?;
+        let log_id = self.current_log_id()?;
+        let log_crc = match self.log_crc {
+            Some((id, crc)) if id == log_id => crc,
+            _ => {
+                let crc = log_id_crc(&log_id);
+                self.log_crc = Some((log_id, crc));
+                crc
+            }
+        };
+        let start = self.batch.len();
+        let seq = self.next_seq;
+        encode_extent_record(log_crc, seq, unix_ns, kind, flags, extent, &mut self.batch);
+        self.admit(start, false)
     }
 
     /// Appends a journal-mode `WriteData` record without copying `data` first.

@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags};
+use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags, RecordKind};
 
 use crate::config::Durability;
 
@@ -224,17 +224,19 @@ impl Inner {
                     w.append_write_data_at(flags, offset, data, now)
                 } else {
                     let ext = extent(offset, data.len() as u64)?;
-                    w.append_at(flags, &RecordBody::Write(vec![ext]), now)
+                    w.append_extent_at(RecordKind::Write, flags, ext, now)
                 }
             }
-            Change::Discard { offset, len } => w.append_at(
+            Change::Discard { offset, len } => w.append_extent_at(
+                RecordKind::Discard,
                 RecordFlags::empty(),
-                &RecordBody::Discard(vec![extent(offset, len)?]),
+                extent(offset, len)?,
                 now,
             ),
-            Change::WriteZeroes { offset, len } => w.append_at(
+            Change::WriteZeroes { offset, len } => w.append_extent_at(
+                RecordKind::WriteZeroes,
                 RecordFlags::empty(),
-                &RecordBody::WriteZeroes(vec![extent(offset, len)?]),
+                extent(offset, len)?,
                 now,
             ),
             Change::Flush => w.append_at(RecordFlags::empty(), &RecordBody::Flush, now),

@@ -546,6 +546,11 @@ pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> R
         }
         _ => {}
     }
+    check_flags(kind, flags)
+}
+
+/// The flags a record of `kind` may carry (FUA/PREFLUSH on the write kinds and Flush only).
+fn check_flags(kind: RecordKind, flags: RecordFlags) -> Result<(), String> {
     if flags.bits() & !RecordFlags::KNOWN != 0
         || (flags.bits() != 0
             && !matches!(
@@ -565,6 +570,31 @@ pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> R
     Ok(())
 }
 
+/// Size of a one-extent change record ([`encode_extent_record`]): header, count, reserved,
+/// one extent — already a multiple of 8, no padding.
+pub const EXTENT_RECORD_SIZE: usize = RECORD_HEADER_SIZE + 8 + 16;
+
+/// Validates a one-extent change record as [`validate_body`] validates the same record
+/// built as a [`RecordBody`] with a one-element list.
+///
+/// # Errors
+/// The reason, for [`Error::InvalidRecord`](crate::Error::InvalidRecord).
+pub fn validate_extent_record(
+    kind: RecordKind,
+    flags: RecordFlags,
+    extent: Extent,
+    disk_size: u64,
+) -> Result<(), String> {
+    if !matches!(
+        kind,
+        RecordKind::Write | RecordKind::Discard | RecordKind::SecureErase | RecordKind::WriteZeroes
+    ) {
+        return Err(format!("{} is not a one-extent change", kind.name()));
+    }
+    check_extent(extent.offset(), extent.len(), disk_size).map_err(|c| c.to_string())?;
+    check_flags(kind, flags)
+}
+
 /// Appends one encoded record (header, payload, padding) to `out`. The caller has validated
 /// `body` with [`validate_body`]; `out.len()` must be a multiple of 8 relative to the file.
 pub fn encode_record(
@@ -579,6 +609,46 @@ pub fn encode_record(
     out.resize(start + RECORD_HEADER_SIZE, 0);
     encode_payload(body, out);
     finish_record(log_id, start, body.kind(), flags, seq, timestamp_ns, out);
+}
+
+/// Like [`encode_record`] for a change record of one extent (the per-I/O record of a block
+/// interceptor), byte for byte the same as `encode_record` of the kind's body with a
+/// one-element list, without building the body. `log_crc` is the CRC-32 state after the
+/// log's id ([`log_id_crc`]), so the id is not hashed again for every record. The caller
+/// has validated the record with [`validate_extent_record`].
+#[allow(clippy::too_many_arguments)] // the header's fields, as encode_record takes them
+pub fn encode_extent_record(
+    log_crc: u32,
+    seq: SeqNo,
+    timestamp_ns: u64,
+    kind: RecordKind,
+    flags: RecordFlags,
+    extent: Extent,
+    out: &mut Vec<u8>,
+) {
+    let mut r = [0u8; EXTENT_RECORD_SIZE];
+    const TOTAL_LEN: u32 = 56;
+    const _: () = assert!(TOTAL_LEN as usize == EXTENT_RECORD_SIZE);
+    put(&mut r, 0, &TOTAL_LEN.to_le_bytes());
+    put(&mut r, 4, &(kind as u16).to_le_bytes());
+    put(&mut r, 6, &flags.bits().to_le_bytes());
+    put(&mut r, 8, &seq.0.to_le_bytes());
+    put(&mut r, 16, &timestamp_ns.to_le_bytes());
+    put(&mut r, 32, &1u32.to_le_bytes());
+    put(&mut r, 40, &extent.offset().to_le_bytes());
+    put(&mut r, 48, &extent.len().to_le_bytes());
+    let mut h = crc32fast::Hasher::new_with_initial(log_crc);
+    h.update(&r[..28]);
+    h.update(&r[RECORD_HEADER_SIZE..]);
+    put(&mut r, 28, &h.finalize().to_le_bytes());
+    out.extend_from_slice(&r);
+}
+
+/// The CRC-32 state after a log's id, with which every record of that log's crc starts
+/// ([`encode_extent_record`]).
+#[must_use]
+pub fn log_id_crc(log_id: &LogId) -> u32 {
+    crc32(&[&log_id.0])
 }
 
 /// Like [`encode_record`] for a `WriteData` record, without copying `data` into a body first
