@@ -46,8 +46,8 @@ use crate::error::{Error, Result};
 use crate::file::{LogFile, Prepared, SyncPolicy};
 use crate::format::header::{DiskIdentity, LogHeader, Seal};
 use crate::format::record::{
-    RecordBody, RecordFlags, RecordKind, encode_extent_record, encode_record, encode_write_data,
-    log_id_crc, validate_body, validate_extent_record,
+    RecordBody, RecordFlags, RecordKind, encode_extents_record, encode_record, encode_write_data,
+    log_id_crc, validate_body, validate_extents_record,
 };
 use crate::reader::{LogReader, RecoveryMode, Tail};
 use crate::units::{Extent, Generation, LogId, LogSeq, SeqNo};
@@ -175,7 +175,7 @@ pub struct LogWriter {
     stats: WriterStats,
     /// The split commit in flight, if any (see the module docs).
     in_flight: Option<InFlight>,
-    /// The CRC-32 state after the id of the log records go to (see `append_extent_at`).
+    /// The CRC-32 state after the id of the log records go to (see `append_extents_at`).
     log_crc: Option<(LogId, u32)>,
     _lock: File,
 }
@@ -401,22 +401,23 @@ impl LogWriter {
         self.admit(start, exempt)
     }
 
-    /// Appends a change record of one extent — the record a block interceptor logs per I/O
-    /// (`Write`, `Discard`, `SecureErase` or `WriteZeroes`) — stamped `unix_ns`. The same
-    /// record, byte for byte, as [`append_at`](Self::append_at) with the kind's body of a
-    /// one-element list, at a fraction of the cost: no body is built or dropped, and the
-    /// log's id is not hashed again for every record.
+    /// Appends a change record of a list of extents — what a block interceptor logs for
+    /// the I/Os of one turn (`Write`, `Discard`, `SecureErase` or `WriteZeroes`) — stamped
+    /// `unix_ns`. The same record, byte for byte, as [`append_at`](Self::append_at) with the
+    /// kind's body of that list, at a fraction of the cost: no body is built or dropped,
+    /// and the log's id is not hashed again for every record.
     ///
     /// # Errors
-    /// As [`append`](Self::append); [`Error::InvalidRecord`] for another kind.
-    pub fn append_extent_at(
+    /// As [`append`](Self::append); [`Error::InvalidRecord`] for another kind, an empty or
+    /// too long list.
+    pub fn append_extents_at(
         &mut self,
         kind: RecordKind,
         flags: RecordFlags,
-        extent: Extent,
+        extents: &[Extent],
         unix_ns: u64,
     ) -> Result<SeqNo> {
-        validate_extent_record(kind, flags, extent, self.spec.disk.size).map_err(|reason| {
+        validate_extents_record(kind, flags, extents, self.spec.disk.size).map_err(|reason| {
             Error::InvalidRecord {
                 disk_size: self.spec.disk.size,
                 reason,
@@ -433,7 +434,7 @@ impl LogWriter {
         };
         let start = self.batch.len();
         let seq = self.next_seq;
-        encode_extent_record(log_crc, seq, unix_ns, kind, flags, extent, &mut self.batch);
+        encode_extents_record(log_crc, seq, unix_ns, kind, flags, extents, &mut self.batch);
         self.admit(start, false)
     }
 
@@ -768,6 +769,12 @@ impl LogWriter {
     #[must_use]
     pub fn durable_seq(&self) -> Option<SeqNo> {
         self.durable_seq
+    }
+
+    /// The chain this writer appends to: the disk, the mode, the generation.
+    #[must_use]
+    pub fn spec(&self) -> &ChainSpec {
+        &self.spec
     }
 
     /// The sequence number the next record will get.

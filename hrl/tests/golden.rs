@@ -195,12 +195,18 @@ fn gap_reason_numbers_are_pinned() {
 }
 
 #[test]
-fn the_one_extent_encoder_writes_the_same_bytes_as_encode_record() {
-    use hrl::format::record::{EXTENT_RECORD_SIZE, encode_extent_record, log_id_crc};
+fn the_extents_encoder_writes_the_same_bytes_as_encode_record() {
     use hrl::RecordKind;
+    use hrl::format::record::{encode_extents_record, extents_record_size, log_id_crc};
     let log_id = LogId([0x5C; 16]);
     let crc = log_id_crc(&log_id);
-    let extents = [(0, 512), (4096, 4096), (1 << 40, 1 << 20), (u64::MAX - 1023, 512)];
+    let all = [
+        (0, 512),
+        (4096, 4096),
+        (1 << 40, 1 << 20),
+        (u64::MAX - 1023, 512),
+        (8192, 4096),
+    ];
     type Body = fn(Vec<Extent>) -> RecordBody;
     let kinds: [(RecordKind, Body); 4] = [
         (RecordKind::Write, RecordBody::Write),
@@ -210,15 +216,18 @@ fn the_one_extent_encoder_writes_the_same_bytes_as_encode_record() {
     ];
     for (kind, body) in kinds {
         for flags in [RecordFlags::empty(), RecordFlags::FUA] {
-            for (i, &(off, len)) in extents.iter().enumerate() {
-                let e = Extent::new(off, len).unwrap();
-                let (seq, ts) = (SeqNo(1000 + i as u64), 0x0123_4567_89ab_cdef ^ i as u64);
+            for n in 1..=all.len() {
+                let list: Vec<Extent> = all[..n]
+                    .iter()
+                    .map(|&(o, l)| Extent::new(o, l).unwrap())
+                    .collect();
+                let (seq, ts) = (SeqNo(1000 + n as u64), 0x0123_4567_89ab_cdef ^ n as u64);
                 let mut want = vec![7u8; 8]; // something already in the batch
-                encode_record(&log_id, seq, ts, flags, &body(vec![e]), &mut want);
+                encode_record(&log_id, seq, ts, flags, &body(list.clone()), &mut want);
                 let mut got = vec![7u8; 8];
-                encode_extent_record(crc, seq, ts, kind, flags, e, &mut got);
-                assert_eq!(got, want, "{kind:?} {flags:?} {off}+{len}");
-                assert_eq!(got.len() - 8, EXTENT_RECORD_SIZE);
+                encode_extents_record(crc, seq, ts, kind, flags, &list, &mut got);
+                assert_eq!(got, want, "{kind:?} {flags:?} {n} extents");
+                assert_eq!(got.len() - 8, extents_record_size(n));
             }
         }
     }

@@ -597,7 +597,7 @@ fn a_rotation_that_cannot_create_the_next_log_leaves_the_writer_usable() {
 }
 
 #[test]
-fn one_extent_appends_are_the_same_log_as_generic_appends() {
+fn extents_appends_are_the_same_log_as_generic_appends() {
     use hrl::{Extent, RecordKind};
     let cfg = WriterConfig {
         max_log_bytes: 8192, // a few rotations: the cached log-id crc must follow them
@@ -609,18 +609,20 @@ fn one_extent_appends_are_the_same_log_as_generic_appends() {
     let (mut f, _) = LogWriter::open(fast.path(), spec, cfg.clone()).unwrap();
     let (mut s, _) = LogWriter::open(slow.path(), spec, cfg).unwrap();
     for i in 0..600u64 {
-        let e = Extent::new((i * 7919 % 1000) * 4096, 4096 * (1 + i % 3)).unwrap();
+        let list: Vec<Extent> = (0..1 + i % 5)
+            .map(|k| Extent::new(((i + k * 13) * 7919 % 1000) * 4096, 4096 * (1 + k % 3)).unwrap())
+            .collect();
         let (kind, body) = match i % 3 {
-            0 => (RecordKind::Write, RecordBody::Write(vec![e])),
-            1 => (RecordKind::Discard, RecordBody::Discard(vec![e])),
-            _ => (RecordKind::WriteZeroes, RecordBody::WriteZeroes(vec![e])),
+            0 => (RecordKind::Write, RecordBody::Write(list.clone())),
+            1 => (RecordKind::Discard, RecordBody::Discard(list.clone())),
+            _ => (RecordKind::WriteZeroes, RecordBody::WriteZeroes(list.clone())),
         };
         let flags = if kind == RecordKind::Write && i % 5 == 0 {
             RecordFlags::FUA
         } else {
             RecordFlags::empty()
         };
-        let a = f.append_extent_at(kind, flags, e, 1_000 + i).unwrap();
+        let a = f.append_extents_at(kind, flags, &list, 1_000 + i).unwrap();
         let b = s.append_at(flags, &body, 1_000 + i).unwrap();
         assert_eq!(a, b);
         if i % 7 == 0 {
@@ -628,13 +630,15 @@ fn one_extent_appends_are_the_same_log_as_generic_appends() {
             s.commit().unwrap();
         }
     }
-    // Refused like the generic path: a kind that is not a one-extent change, an extent
-    // outside the disk, a flag a discard cannot carry.
+    // Refused like the generic path: a kind that is not a change of extents, no extents,
+    // an extent outside the disk, a flag a discard cannot carry.
     let e = Extent::new(0, 4096).unwrap();
-    assert!(f.append_extent_at(RecordKind::Flush, RecordFlags::empty(), e, 0).is_err());
+    let none = RecordFlags::empty();
+    assert!(f.append_extents_at(RecordKind::Flush, none, &[e], 0).is_err());
+    assert!(f.append_extents_at(RecordKind::Write, none, &[], 0).is_err());
     let outside = Extent::new(spec.disk.size, 4096).unwrap();
-    assert!(f.append_extent_at(RecordKind::Write, RecordFlags::empty(), outside, 0).is_err());
-    assert!(f.append_extent_at(RecordKind::Discard, RecordFlags::FUA, e, 0).is_err());
+    assert!(f.append_extents_at(RecordKind::Write, none, &[e, outside], 0).is_err());
+    assert!(f.append_extents_at(RecordKind::Discard, RecordFlags::FUA, &[e], 0).is_err());
     f.close().unwrap();
     s.close().unwrap();
     let (fa, sa) = (read_chain(fast.path()), read_chain(slow.path()));

@@ -38,7 +38,7 @@
 //! stay in front of the batch to be retried with the next change: a record of a change that
 //! was never made is harmless, a change without a record is not.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use hrl::format::record::MAX_RECORD_EXTENTS;
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags, RecordKind};
 
 use crate::config::Durability;
@@ -61,6 +62,8 @@ pub struct SharedLog {
 #[derive(Debug)]
 struct Inner {
     writer: Mutex<Option<LogWriter>>,
+    /// The disk's size, which every logged range must fit in.
+    disk_size: u64,
     journal: bool,
     durability: Durability,
     /// One past the last record known durable.
@@ -152,8 +155,10 @@ impl SharedLog {
         durability: Durability,
     ) -> std::io::Result<Arc<Self>> {
         let start = writer.next_seq().0;
+        let disk_size = writer.spec().disk.size;
         let inner = Arc::new(Inner {
             writer: Mutex::new(Some(writer)),
+            disk_size,
             journal,
             durability,
             durable_end: AtomicU64::new(start),
@@ -213,63 +218,79 @@ impl Inner {
         now: u64,
     ) -> Result<Ticket, LogFailed> {
         let w = w.ok_or(LogFailed)?;
-        let res = match change {
+        let (kind, flags, e) = match change {
             Change::Write { offset, data, fua } => {
                 let flags = if fua {
                     RecordFlags::FUA
                 } else {
                     RecordFlags::empty()
                 };
+                let e = extent(offset, data.len() as u64)?;
                 if self.journal {
-                    w.append_write_data_at(flags, offset, data, now)
-                } else {
-                    let ext = extent(offset, data.len() as u64)?;
-                    w.append_extent_at(RecordKind::Write, flags, ext, now)
+                    let res = w.append_write_data_at(flags, offset, data, now);
+                    return self.admitted(w, res, &[e], fua);
                 }
+                (RecordKind::Write, flags, e)
             }
-            Change::Discard { offset, len } => w.append_extent_at(
-                RecordKind::Discard,
-                RecordFlags::empty(),
-                extent(offset, len)?,
-                now,
-            ),
-            Change::WriteZeroes { offset, len } => w.append_extent_at(
+            Change::Discard { offset, len } => {
+                (RecordKind::Discard, RecordFlags::empty(), extent(offset, len)?)
+            }
+            Change::WriteZeroes { offset, len } => (
                 RecordKind::WriteZeroes,
                 RecordFlags::empty(),
                 extent(offset, len)?,
-                now,
             ),
-            Change::Flush => w.append_at(RecordFlags::empty(), &RecordBody::Flush, now),
+            Change::Flush => {
+                let res = w.append_at(RecordFlags::empty(), &RecordBody::Flush, now);
+                return self.admitted(w, res, &[], true);
+            }
         };
+        let res = w.append_extents_at(kind, flags, &[e], now);
+        self.admitted(w, res, &[e], change.needs_durable())
+    }
+
+    /// Appends one `Write` record for `writes`, the plain (not FUA) writes of a queue's turn
+    /// in extents mode: one record, one crc, ~26 bytes per write instead of 56 for a turn of
+    /// four. Their I/Os were all in flight together, so nothing orders them among
+    /// themselves.
+    fn append_writes(
+        &self,
+        w: Option<&mut LogWriter>,
+        writes: &[Extent],
+        now: u64,
+    ) -> Result<Ticket, LogFailed> {
+        let w = w.ok_or(LogFailed)?;
+        let res = w.append_extents_at(RecordKind::Write, RecordFlags::empty(), writes, now);
+        self.admitted(w, res, writes, false)
+    }
+
+    /// The ticket of a record just appended to `w` (`res`), over `range` (the disk ranges
+    /// it names, if any). Over the log's space cap the change is still recorded, as a gap
+    /// over its ranges: the write goes ahead (never fail a write because replication is
+    /// behind) and the ranges are resynced. A flush then waits for the records before it.
+    fn admitted(
+        &self,
+        w: &mut LogWriter,
+        res: hrl::Result<hrl::SeqNo>,
+        range: &[Extent],
+        durable: bool,
+    ) -> Result<Ticket, LogFailed> {
         match res {
             Ok(_) => {}
-            // Over the space cap the change is still recorded, as a gap over its range:
-            // the write goes ahead (never fail a write because replication is behind) and
-            // the range is resynced. A flush then waits for the records before it.
-            Err(hrl::Error::Full { .. }) => {
-                let scope = match change {
-                    Change::Write { offset, data, .. } => {
-                        Some(GapScope::Extents(vec![extent(offset, data.len() as u64)?]))
-                    }
-                    Change::Discard { offset, len } | Change::WriteZeroes { offset, len } => {
-                        Some(GapScope::Extents(vec![extent(offset, len)?]))
-                    }
-                    Change::Flush => None,
-                };
-                if let Some(scope) = scope {
-                    w.append(
-                        RecordFlags::empty(),
-                        &RecordBody::TrackingGap {
-                            reason: GapReason::LogSpaceExhausted,
-                            scope,
-                        },
-                    )
-                    .map_err(|e| log_error(&e))?;
-                }
+            Err(hrl::Error::Full { .. }) if !range.is_empty() => {
+                w.append(
+                    RecordFlags::empty(),
+                    &RecordBody::TrackingGap {
+                        reason: GapReason::LogSpaceExhausted,
+                        scope: GapScope::Extents(range.to_vec()),
+                    },
+                )
+                .map_err(|e| log_error(&e))?;
             }
+            Err(hrl::Error::Full { .. }) => {}
             Err(e) => return Err(log_error(&e)),
         }
-        let need = if self.durability == Durability::Write || change.needs_durable() {
+        let need = if self.durability == Durability::Write || durable {
             Need::Durable
         } else {
             Need::Written
@@ -506,6 +527,8 @@ pub(crate) struct QueueLog {
     sync_wanted: Cell<bool>,
     /// `append_all` already wrote this turn's records.
     written: Cell<bool>,
+    /// Scratch list of a turn's plain writes (kept to reuse its allocation).
+    writes: RefCell<Vec<Extent>>,
 }
 
 impl QueueLog {
@@ -529,6 +552,7 @@ impl QueueLog {
             appended: Cell::new(false),
             sync_wanted: Cell::new(false),
             written: Cell::new(false),
+            writes: RefCell::new(Vec::new()),
         })
     }
 
@@ -552,19 +576,63 @@ impl QueueLog {
         let inner = &self.shared.inner;
         let now = hrl::now_unix_ns();
         let mut guard = lock(&inner.writer);
+        // Consecutive plain writes share one record (extents mode; see `append_writes`).
+        let mut writes = std::mem::take(&mut *self.writes.borrow_mut());
+        writes.clear();
         for change in changes {
-            let t = inner.append(guard.as_mut(), change, now);
-            if let Ok(t) = &t {
-                self.appended.set(true);
-                if t.need == Need::Durable {
-                    self.sync_wanted.set(true);
+            if let (false, Change::Write { offset, data, fua: false }) = (inner.journal, change) {
+                if writes.len() == MAX_RECORD_EXTENTS {
+                    self.append_writes(guard.as_mut(), &mut writes, now, out);
                 }
+                // Checked here, so a bad range fails its own I/O, not the turn's record.
+                match hrl::format::record::check_extent(offset, data.len() as u64, inner.disk_size) {
+                    Ok(e) => writes.push(e),
+                    Err(c) => {
+                        tracing::error!(error = %c, "a write outside the log's disk; failing the I/O");
+                        self.append_writes(guard.as_mut(), &mut writes, now, out);
+                        out.push(Err(LogFailed));
+                    }
+                }
+                continue;
             }
+            self.append_writes(guard.as_mut(), &mut writes, now, out);
+            let t = inner.append(guard.as_mut(), change, now);
+            self.note(t);
             out.push(t);
         }
+        self.append_writes(guard.as_mut(), &mut writes, now, out);
+        *self.writes.borrow_mut() = writes;
         if write && inner.durability == Durability::Flush && self.appended.get() {
             inner.write_locked(guard);
             self.written.set(true);
+        }
+    }
+
+    /// Appends the record of the plain writes collected in `writes` (if any), one ticket per
+    /// write onto `out`, and empties `writes`.
+    fn append_writes(
+        &self,
+        w: Option<&mut LogWriter>,
+        writes: &mut Vec<Extent>,
+        now: u64,
+        out: &mut Vec<Result<Ticket, LogFailed>>,
+    ) {
+        if writes.is_empty() {
+            return;
+        }
+        let t = self.shared.inner.append_writes(w, writes, now);
+        self.note(t);
+        out.extend(std::iter::repeat_n(t, writes.len()));
+        writes.clear();
+    }
+
+    /// Notes what an appended record asks of the end of the turn.
+    fn note(&self, t: Result<Ticket, LogFailed>) {
+        if let Ok(t) = t {
+            self.appended.set(true);
+            if t.need == Need::Durable {
+                self.sync_wanted.set(true);
+            }
         }
     }
 
@@ -784,6 +852,65 @@ mod tests {
         wait(&q, fua).unwrap();
         wait(&q, flush).unwrap();
         assert!(inner.durable_end.load(Ordering::SeqCst) >= flush.end);
+        drop(q);
+        log.take().unwrap().close().unwrap();
+    }
+
+    #[test]
+    fn a_turns_plain_writes_share_one_record_and_other_changes_keep_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = shared(dir.path(), Durability::Flush);
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        let data = [0u8; 4096];
+        let w = |i: u64, fua| Change::Write {
+            offset: i * 8192,
+            data: &data,
+            fua,
+        };
+        let turn = [
+            w(0, false),
+            w(1, false),
+            w(2, false),
+            w(3, true),
+            w(4, false),
+            Change::Discard {
+                offset: 1 << 20,
+                len: 4096,
+            },
+            w(5, false),
+            w(6, false),
+            // Outside the 64 MiB disk: refused alone, the writes around it still logged.
+            w(1 << 20, false),
+            w(7, false),
+        ];
+        let mut out = Vec::new();
+        q.append_all(turn.iter().copied(), &mut out, true);
+        q.after_tick();
+        assert_eq!(out.len(), turn.len(), "one ticket per change");
+        assert_eq!(out[8], Err(LogFailed));
+        let t: Vec<Ticket> = out.iter().filter_map(|t| t.ok()).collect();
+        // Records: W{0,1,2}, FUA W3, W{4}, Discard, W{5,6}, W{7}.
+        let ends: Vec<u64> = t.iter().map(|x| x.end - t[0].end).collect();
+        assert_eq!(ends, [0, 0, 0, 1, 2, 3, 4, 4, 5]);
+        assert_eq!(t[3].need, Need::Durable);
+        wait(&q, t[3]).unwrap();
+        let path = log
+            .with_writer(|w| w.current_path().unwrap().to_owned())
+            .unwrap();
+        let mut r = LogReader::open(&path, RecoveryMode::TruncateTail).unwrap();
+        let bodies: Vec<RecordBody> = r.read_all().unwrap().into_iter().map(|r| r.body).collect();
+        let ext = |i: u64| Extent::new(i * 8192, 4096).unwrap();
+        assert_eq!(
+            bodies,
+            [
+                RecordBody::Write(vec![ext(0), ext(1), ext(2)]),
+                RecordBody::Write(vec![ext(3)]),
+                RecordBody::Write(vec![ext(4)]),
+                RecordBody::Discard(vec![Extent::new(1 << 20, 4096).unwrap()]),
+                RecordBody::Write(vec![ext(5), ext(6)]),
+                RecordBody::Write(vec![ext(7)]),
+            ]
+        );
         drop(q);
         log.take().unwrap().close().unwrap();
     }

@@ -512,7 +512,7 @@ pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> R
         if v.is_empty() {
             return Err(format!("{} with no extents", kind.name()));
         }
-        if v.len() > (MAX_PAYLOAD - 16) / 16 {
+        if v.len() > MAX_RECORD_EXTENTS {
             return Err(format!("{} extents exceed the record cap", v.len()));
         }
         for e in v {
@@ -570,28 +570,42 @@ fn check_flags(kind: RecordKind, flags: RecordFlags) -> Result<(), String> {
     Ok(())
 }
 
-/// Size of a one-extent change record ([`encode_extent_record`]): header, count, reserved,
-/// one extent — already a multiple of 8, no padding.
-pub const EXTENT_RECORD_SIZE: usize = RECORD_HEADER_SIZE + 8 + 16;
+/// Size of a change record of `n` extents ([`encode_extents_record`]): header, count,
+/// reserved, the extents — a multiple of 8, no padding.
+#[must_use]
+pub const fn extents_record_size(n: usize) -> usize {
+    RECORD_HEADER_SIZE + 8 + 16 * n
+}
 
-/// Validates a one-extent change record as [`validate_body`] validates the same record
-/// built as a [`RecordBody`] with a one-element list.
+/// Most extents in one change record (the payload cap).
+pub const MAX_RECORD_EXTENTS: usize = (MAX_PAYLOAD - 16) / 16;
+
+/// Validates a change record of a list of extents as [`validate_body`] validates the same
+/// record built as a [`RecordBody`].
 ///
 /// # Errors
 /// The reason, for [`Error::InvalidRecord`](crate::Error::InvalidRecord).
-pub fn validate_extent_record(
+pub fn validate_extents_record(
     kind: RecordKind,
     flags: RecordFlags,
-    extent: Extent,
+    extents: &[Extent],
     disk_size: u64,
 ) -> Result<(), String> {
     if !matches!(
         kind,
         RecordKind::Write | RecordKind::Discard | RecordKind::SecureErase | RecordKind::WriteZeroes
     ) {
-        return Err(format!("{} is not a one-extent change", kind.name()));
+        return Err(format!("{} is not a change of extents", kind.name()));
     }
-    check_extent(extent.offset(), extent.len(), disk_size).map_err(|c| c.to_string())?;
+    if extents.is_empty() {
+        return Err(format!("{} with no extents", kind.name()));
+    }
+    if extents.len() > MAX_RECORD_EXTENTS {
+        return Err(format!("{} extents exceed the record cap", extents.len()));
+    }
+    for e in extents {
+        check_extent(e.offset(), e.len(), disk_size).map_err(|c| c.to_string())?;
+    }
     check_flags(kind, flags)
 }
 
@@ -611,41 +625,48 @@ pub fn encode_record(
     finish_record(log_id, start, body.kind(), flags, seq, timestamp_ns, out);
 }
 
-/// Like [`encode_record`] for a change record of one extent (the per-I/O record of a block
-/// interceptor), byte for byte the same as `encode_record` of the kind's body with a
-/// one-element list, without building the body. `log_crc` is the CRC-32 state after the
-/// log's id ([`log_id_crc`]), so the id is not hashed again for every record. The caller
-/// has validated the record with [`validate_extent_record`].
+/// Like [`encode_record`] for a change record of a list of extents (what a block
+/// interceptor logs for the writes of one turn), byte for byte the same as `encode_record`
+/// of the kind's body with that list, without building the body. `log_crc` is the CRC-32
+/// state after the log's id ([`log_id_crc`]), so the id is not hashed again for every
+/// record. The caller has validated the record with [`validate_extents_record`].
 #[allow(clippy::too_many_arguments)] // the header's fields, as encode_record takes them
-pub fn encode_extent_record(
+pub fn encode_extents_record(
     log_crc: u32,
     seq: SeqNo,
     timestamp_ns: u64,
     kind: RecordKind,
     flags: RecordFlags,
-    extent: Extent,
+    extents: &[Extent],
     out: &mut Vec<u8>,
 ) {
-    let mut r = [0u8; EXTENT_RECORD_SIZE];
-    const TOTAL_LEN: u32 = 56;
-    const _: () = assert!(TOTAL_LEN as usize == EXTENT_RECORD_SIZE);
-    put(&mut r, 0, &TOTAL_LEN.to_le_bytes());
-    put(&mut r, 4, &(kind as u16).to_le_bytes());
-    put(&mut r, 6, &flags.bits().to_le_bytes());
-    put(&mut r, 8, &seq.0.to_le_bytes());
-    put(&mut r, 16, &timestamp_ns.to_le_bytes());
-    put(&mut r, 32, &1u32.to_le_bytes());
-    put(&mut r, 40, &extent.offset().to_le_bytes());
-    put(&mut r, 48, &extent.len().to_le_bytes());
+    let start = out.len();
+    let size = extents_record_size(extents.len());
+    // Bounded by MAX_RECORD_EXTENTS through validate_extents_record: fits in u32.
+    let total = u32::try_from(size).unwrap_or(u32::MAX);
+    let count = u32::try_from(extents.len()).unwrap_or(u32::MAX);
+    out.reserve(size);
+    out.extend_from_slice(&total.to_le_bytes());
+    out.extend_from_slice(&(kind as u16).to_le_bytes());
+    out.extend_from_slice(&flags.bits().to_le_bytes());
+    out.extend_from_slice(&seq.0.to_le_bytes());
+    out.extend_from_slice(&timestamp_ns.to_le_bytes());
+    out.extend_from_slice(&[0; 8]); // reserved, crc (below)
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for e in extents {
+        out.extend_from_slice(&e.offset().to_le_bytes());
+        out.extend_from_slice(&e.len().to_le_bytes());
+    }
     let mut h = crc32fast::Hasher::new_with_initial(log_crc);
-    h.update(&r[..28]);
-    h.update(&r[RECORD_HEADER_SIZE..]);
-    put(&mut r, 28, &h.finalize().to_le_bytes());
-    out.extend_from_slice(&r);
+    h.update(&out[start..start + 28]);
+    h.update(&out[start + RECORD_HEADER_SIZE..]);
+    let crc = h.finalize();
+    put(&mut out[start..], 28, &crc.to_le_bytes());
 }
 
 /// The CRC-32 state after a log's id, with which every record of that log's crc starts
-/// ([`encode_extent_record`]).
+/// ([`encode_extents_record`]).
 #[must_use]
 pub fn log_id_crc(log_id: &LogId) -> u32 {
     crc32(&[&log_id.0])
