@@ -508,18 +508,7 @@ pub fn check_extent(offset: u64, len: u64, disk_size: u64) -> Result<Extent, Cor
 /// The reason, for [`Error::InvalidRecord`](crate::Error::InvalidRecord).
 pub fn validate_body(body: &RecordBody, flags: RecordFlags, disk_size: u64) -> Result<(), String> {
     let kind = body.kind();
-    let list = |v: &[Extent]| -> Result<(), String> {
-        if v.is_empty() {
-            return Err(format!("{} with no extents", kind.name()));
-        }
-        if v.len() > MAX_RECORD_EXTENTS {
-            return Err(format!("{} extents exceed the record cap", v.len()));
-        }
-        for e in v {
-            check_extent(e.offset(), e.len(), disk_size).map_err(|c| c.to_string())?;
-        }
-        Ok(())
-    };
+    let list = |v: &[Extent]| check_list(kind, v, disk_size);
     match body {
         RecordBody::Write(v)
         | RecordBody::Discard(v)
@@ -597,16 +586,23 @@ pub fn validate_extents_record(
     ) {
         return Err(format!("{} is not a change of extents", kind.name()));
     }
-    if extents.is_empty() {
+    check_list(kind, extents, disk_size)?;
+    check_flags(kind, flags)
+}
+
+/// An extent list of a `kind` record: not empty, under the record cap, every range inside
+/// the disk and 512-aligned.
+fn check_list(kind: RecordKind, v: &[Extent], disk_size: u64) -> Result<(), String> {
+    if v.is_empty() {
         return Err(format!("{} with no extents", kind.name()));
     }
-    if extents.len() > MAX_RECORD_EXTENTS {
-        return Err(format!("{} extents exceed the record cap", extents.len()));
+    if v.len() > MAX_RECORD_EXTENTS {
+        return Err(format!("{} extents exceed the record cap", v.len()));
     }
-    for e in extents {
+    for e in v {
         check_extent(e.offset(), e.len(), disk_size).map_err(|c| c.to_string())?;
     }
-    check_flags(kind, flags)
+    Ok(())
 }
 
 /// Appends one encoded record (header, payload, padding) to `out`. The caller has validated
