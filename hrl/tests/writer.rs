@@ -615,7 +615,10 @@ fn extents_appends_are_the_same_log_as_generic_appends() {
         let (kind, body) = match i % 3 {
             0 => (RecordKind::Write, RecordBody::Write(list.clone())),
             1 => (RecordKind::Discard, RecordBody::Discard(list.clone())),
-            _ => (RecordKind::WriteZeroes, RecordBody::WriteZeroes(list.clone())),
+            _ => (
+                RecordKind::WriteZeroes,
+                RecordBody::WriteZeroes(list.clone()),
+            ),
         };
         let flags = if kind == RecordKind::Write && i % 5 == 0 {
             RecordFlags::FUA
@@ -634,15 +637,30 @@ fn extents_appends_are_the_same_log_as_generic_appends() {
     // an extent outside the disk, a flag a discard cannot carry.
     let e = Extent::new(0, 4096).unwrap();
     let none = RecordFlags::empty();
-    assert!(f.append_extents_at(RecordKind::Flush, none, &[e], 0).is_err());
-    assert!(f.append_extents_at(RecordKind::Write, none, &[], 0).is_err());
+    assert!(
+        f.append_extents_at(RecordKind::Flush, none, &[e], 0)
+            .is_err()
+    );
+    assert!(
+        f.append_extents_at(RecordKind::Write, none, &[], 0)
+            .is_err()
+    );
     let outside = Extent::new(spec.disk.size, 4096).unwrap();
-    assert!(f.append_extents_at(RecordKind::Write, none, &[e, outside], 0).is_err());
-    assert!(f.append_extents_at(RecordKind::Discard, RecordFlags::FUA, &[e], 0).is_err());
+    assert!(
+        f.append_extents_at(RecordKind::Write, none, &[e, outside], 0)
+            .is_err()
+    );
+    assert!(
+        f.append_extents_at(RecordKind::Discard, RecordFlags::FUA, &[e], 0)
+            .is_err()
+    );
     f.close().unwrap();
     s.close().unwrap();
     let (fa, sa) = (read_chain(fast.path()), read_chain(slow.path()));
     assert_eq!(fa.len(), 600);
     assert_eq!(fa, sa);
-    assert!(list_logs(fast.path()).unwrap().len() > 3, "no rotation exercised");
+    assert!(
+        list_logs(fast.path()).unwrap().len() > 3,
+        "no rotation exercised"
+    );
 }

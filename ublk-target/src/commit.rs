@@ -232,9 +232,11 @@ impl Inner {
                 }
                 (RecordKind::Write, flags, e)
             }
-            Change::Discard { offset, len } => {
-                (RecordKind::Discard, RecordFlags::empty(), extent(offset, len)?)
-            }
+            Change::Discard { offset, len } => (
+                RecordKind::Discard,
+                RecordFlags::empty(),
+                extent(offset, len)?,
+            ),
             Change::WriteZeroes { offset, len } => (
                 RecordKind::WriteZeroes,
                 RecordFlags::empty(),
@@ -580,12 +582,21 @@ impl QueueLog {
         let mut writes = std::mem::take(&mut *self.writes.borrow_mut());
         writes.clear();
         for change in changes {
-            if let (false, Change::Write { offset, data, fua: false }) = (inner.journal, change) {
+            if let (
+                false,
+                Change::Write {
+                    offset,
+                    data,
+                    fua: false,
+                },
+            ) = (inner.journal, change)
+            {
                 if writes.len() == MAX_RECORD_EXTENTS {
                     self.append_writes(guard.as_mut(), &mut writes, now, out);
                 }
                 // Checked here, so a bad range fails its own I/O, not the turn's record.
-                match hrl::format::record::check_extent(offset, data.len() as u64, inner.disk_size) {
+                match hrl::format::record::check_extent(offset, data.len() as u64, inner.disk_size)
+                {
                     Ok(e) => writes.push(e),
                     Err(c) => {
                         tracing::error!(error = %c, "a write outside the log's disk; failing the I/O");
