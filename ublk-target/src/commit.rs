@@ -926,6 +926,50 @@ mod tests {
         log.take().unwrap().close().unwrap();
     }
 
+    #[test]
+    fn over_the_space_cap_a_turns_writes_become_one_gap_and_still_go_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            max_total_bytes: Some(4096 + 150),
+            ..WriterConfig::default()
+        };
+        let log = shared_with(dir.path(), cfg, Durability::Flush);
+        let q = QueueLog::new(Arc::clone(&log)).unwrap();
+        let data = [0u8; 4096];
+        let w = |i: u64| Change::Write {
+            offset: i * 8192,
+            data: &data,
+            fua: false,
+        };
+        let mut out = Vec::new();
+        // 40 + 16 × 3 = 88 bytes: fits under the cap; the next turn's 104 do not.
+        q.append_all((0..3).map(w), &mut out, true);
+        q.append_all((3..7).map(w), &mut out, true);
+        q.after_tick();
+        assert_eq!(out.len(), 7);
+        for t in &out {
+            assert_eq!(q.state(t.unwrap()), Some(true), "the writes go ahead");
+        }
+        let path = log
+            .with_writer(|w| w.current_path().unwrap().to_owned())
+            .unwrap();
+        let mut r = LogReader::open(&path, RecoveryMode::TruncateTail).unwrap();
+        let bodies: Vec<RecordBody> = r.read_all().unwrap().into_iter().map(|r| r.body).collect();
+        let ext = |i: u64| Extent::new(i * 8192, 4096).unwrap();
+        assert_eq!(
+            bodies,
+            [
+                RecordBody::Write((0..3).map(ext).collect()),
+                RecordBody::TrackingGap {
+                    reason: GapReason::LogSpaceExhausted,
+                    scope: GapScope::Extents((3..7).map(ext).collect()),
+                },
+            ]
+        );
+        drop(q);
+        log.take().unwrap().close().unwrap();
+    }
+
     /// `Flush` durability with tiny logs: the log thread rotates them (a queue never does),
     /// and the chain holds every record once, in order.
     #[test]
