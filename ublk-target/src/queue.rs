@@ -51,6 +51,10 @@ pub(crate) struct TargetShared {
 /// Body of one queue thread (passed to `UblkCtrl::run_target`).
 pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
     let bufs = dev.alloc_queue_io_bufs();
+    if let Err(e) = init_ring(dev) {
+        tracing::error!(queue = qid, error = %e, "creating the queue's io_uring failed");
+        return;
+    }
     let q = match UblkQueue::new(qid, dev)
         .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs))))
     {
@@ -91,6 +95,29 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
     for tag in q.tags() {
         q.unregister_io_buf(tag);
     }
+}
+
+/// Creates this thread's queue ring (before `UblkQueue::new`, which would otherwise make a
+/// default one): only this thread ever submits to it (`SINGLE_ISSUER`), and the kernel's
+/// completion work for it — new I/Os from the ublk driver, backing completions — runs when
+/// the thread waits on the ring (`DEFER_TASKRUN`), in one batch, instead of interrupting
+/// the thread at each of its syscalls.
+fn init_ring(dev: &UblkDev) -> Result<(), libublk::UblkError> {
+    let (sq, cq) = (u32::from(dev.tgt.sq_depth), u32::from(dev.tgt.cq_depth));
+    libublk::io::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = io_uring::IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(sq)
+                .map_err(libublk::UblkError::IOError)?;
+            cell.set(std::cell::RefCell::new(ring))
+                .map_err(|_| libublk::UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    })
 }
 
 /// One I/O as the kernel described it.
