@@ -185,6 +185,19 @@ impl LogFile {
         self.end
     }
 
+    /// See [`Mapping::prefault_due`]; false for an unmapped log.
+    pub(crate) fn prefault_due(&self, low: usize) -> bool {
+        self.map
+            .as_ref()
+            .is_some_and(|m| m.prefault_due(self.end, low))
+    }
+
+    /// See [`Mapping::prefault`]; `None` for an unmapped log.
+    pub(crate) fn prefault(&mut self, ahead: usize) -> Option<crate::mapped::Prefault> {
+        let end = self.end;
+        self.map.as_mut().and_then(|m| m.prefault(end, ahead))
+    }
+
     /// Writes a batch of encoded records at the end, then syncs per `sync`.
     pub(crate) fn append_batch(
         &mut self,

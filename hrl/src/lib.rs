@@ -28,6 +28,7 @@ pub use file::SyncPolicy;
 pub use format::FORMAT_VERSION;
 pub use format::header::{DiskIdentity, LogHeader, Seal};
 pub use format::record::{GapReason, GapScope, Record, RecordBody, RecordFlags, RecordKind};
+pub use mapped::Prefault;
 pub use reader::{LogReader, RecoveryMode, Tail};
 pub use units::{DiskId, Extent, Generation, GroupId, LogId, LogSeq, SECTOR_SIZE, SeqNo};
 pub use writer::{ChainSpec, LogWriter, Resume, SealedLog, WriterConfig, WriterStats};

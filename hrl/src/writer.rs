@@ -49,6 +49,7 @@ use crate::format::record::{
     RecordBody, RecordFlags, RecordKind, encode_extents_record, encode_record, encode_write_data,
     log_id_crc, validate_body, validate_extents_record,
 };
+use crate::mapped::Prefault;
 use crate::reader::{LogReader, RecoveryMode, Tail};
 use crate::units::{Extent, Generation, LogId, LogSeq, SeqNo};
 
@@ -575,6 +576,24 @@ impl LogWriter {
                 .current
                 .as_ref()
                 .is_some_and(|c| c.end() >= self.cfg.max_log_bytes)
+    }
+
+    /// Whether fewer than `low` bytes past the open log's end are populated in its mapping
+    /// ([`WriterConfig::map`]) — time for a [`prefault`](Self::prefault). Cheap: two
+    /// comparisons, for the appending thread to decide whether to ask for one.
+    #[must_use]
+    pub fn prefault_due(&self, low: usize) -> bool {
+        self.in_flight.is_none() && self.current.as_ref().is_some_and(|c| c.prefault_due(low))
+    }
+
+    /// The stretch of the open log's mapping to populate so that `ahead` bytes past its end
+    /// are; run it ([`Prefault::run`]) without holding the writer. `None` if the log is not
+    /// mapped, a split commit holds it, or the stretch is already populated (or handed out).
+    pub fn prefault(&mut self, ahead: usize) -> Option<Prefault> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        self.current.as_mut().and_then(|c| c.prefault(ahead))
     }
 
     /// For [`SyncPolicy::Explicit`]: a second handle on the open log and the last record

@@ -664,3 +664,66 @@ fn extents_appends_are_the_same_log_as_generic_appends() {
         "no rotation exercised"
     );
 }
+
+/// `prefault` hands out the mapping ahead of the appends, once, in page-aligned stretches
+/// that follow the end; running them (and a stale one, after the log it came from was
+/// sealed) changes no record; an unmapped writer never asks for one.
+#[test]
+fn prefaulting_the_mapping_ahead_changes_no_record() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig {
+        sync: hrl::SyncPolicy::Explicit,
+        map: true,
+        max_log_bytes: 4 << 20,
+        ..cfg()
+    };
+    let (mut w, _) = LogWriter::open(d.path(), spec(), cfg).unwrap();
+    const AHEAD: usize = 256 << 10;
+    const LOW: usize = 128 << 10;
+    assert!(w.prefault_due(LOW), "a new log has nothing populated");
+    let first = w.prefault(AHEAD).unwrap();
+    // From the end (just past the 4 KiB header) to 256 KiB past it.
+    assert_eq!(first.len(), AHEAD);
+    first.run().unwrap();
+    assert!(!w.prefault_due(LOW));
+    assert_eq!(w.prefault(AHEAD), None, "already handed out");
+    // ~150 KiB of records: less than LOW is left ahead, the next stretch follows the last.
+    let mut n = 0u64;
+    while !w.prefault_due(LOW) {
+        write(&mut w, (n * 4096) % (DISK_SIZE - 4096), 4096);
+        w.write_pending().unwrap();
+        n += 1;
+    }
+    let next = w.prefault(AHEAD).unwrap();
+    assert_eq!(next.len() % 4096, 0);
+    assert!(
+        next.len() < AHEAD && next.len() > AHEAD - LOW,
+        "{}",
+        next.len()
+    );
+    next.run().unwrap();
+    // A stale stretch, run after its log was sealed and unmapped: harmless either way.
+    let stale = w.prefault(AHEAD + (1 << 20)).unwrap();
+    w.rotate().unwrap();
+    let _ = stale.run();
+    for _ in 0..100 {
+        write(&mut w, (n * 4096) % (DISK_SIZE - 4096), 4096);
+        n += 1;
+    }
+    w.close().unwrap();
+    let recs = read_chain(d.path());
+    assert_eq!(recs.len() as u64, n);
+    for (i, r) in recs.iter().enumerate() {
+        let off = (i as u64 * 4096) % (DISK_SIZE - 4096);
+        assert_eq!(
+            r.body,
+            RecordBody::Write(vec![ext(off, 4096)]),
+            "record {i}"
+        );
+    }
+
+    let plain = tempfile::tempdir().unwrap();
+    let (mut u, _) = LogWriter::open(plain.path(), spec(), common::cfg()).unwrap();
+    assert!(!u.prefault_due(LOW));
+    assert_eq!(u.prefault(AHEAD), None);
+}

@@ -75,14 +75,28 @@ struct Inner {
     failed_end: AtomicU64,
     kick: Mutex<Kick>,
     kicked: Condvar,
+    /// A queue has asked the log thread to populate more of the log's mapping (cleared by
+    /// the log thread when it takes the request).
+    prefault_asked: AtomicBool,
     queues: Mutex<Vec<Arc<Notifier>>>,
 }
 
 #[derive(Debug, Default)]
 struct Kick {
+    /// Write/sync/commit (and rotate) what the queues appended.
     pending: bool,
+    /// Populate the open log's mapping ahead of the appends.
+    prefault: bool,
     stop: bool,
 }
+
+/// The log thread keeps this much of the open log's mapping populated past its end
+/// ([`LogWriter::prefault`]), so a queue's append is a copy into memory that is already
+/// there, not a page fault (page allocation and the log filesystem's `page_mkwrite`, on the
+/// I/O path); it is asked for more when less than [`PREFAULT_LOW`] is left.
+const PREFAULT_AHEAD: usize = 1 << 20;
+/// See [`PREFAULT_AHEAD`].
+const PREFAULT_LOW: usize = 512 << 10;
 
 /// How the log thread wakes one queue: an eventfd the queue's io_uring polls, signalled only
 /// when the queue has tags waiting (`armed`), so idle queues cost nothing.
@@ -166,6 +180,7 @@ impl SharedLog {
             failed_end: AtomicU64::new(0),
             kick: Mutex::new(Kick::default()),
             kicked: Condvar::new(),
+            prefault_asked: AtomicBool::new(false),
             queues: Mutex::new(Vec::new()),
         });
         let t = Arc::clone(&inner);
@@ -311,21 +326,64 @@ impl Inner {
         }
     }
 
+    /// Asks the log thread to populate more of the log's mapping, once per request.
+    fn kick_prefault(&self) {
+        if self.prefault_asked.load(Ordering::Relaxed)
+            || self.prefault_asked.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let mut k = lock(&self.kick);
+        if !k.prefault {
+            k.prefault = true;
+            self.kicked.notify_one();
+        }
+    }
+
+    /// If less than [`PREFAULT_LOW`] of the open log's mapping is populated past its end,
+    /// populates it up to [`PREFAULT_AHEAD`], without the writer's mutex (the queues keep
+    /// appending meanwhile).
+    fn prefault(&self) {
+        self.prefault_asked.store(false, Ordering::Release);
+        let Some(p) = lock(&self.writer)
+            .as_mut()
+            .filter(|w| w.prefault_due(PREFAULT_LOW))
+            .and_then(|w| w.prefault(PREFAULT_AHEAD))
+        else {
+            return;
+        };
+        if let Err(e) = p.run() {
+            // Not an error for the disk: the appends take the page faults themselves.
+            tracing::debug!(error = %e, bytes = p.len(), "populating the log's mapping failed");
+        }
+    }
+
     /// The log thread: commit (`Write`) or sync (`Flush`) each time a queue kicks, until
-    /// stopped; the last pass leaves everything appended durable.
+    /// stopped (the last pass leaves everything appended durable); keep the open log's
+    /// mapping populated ahead of the appends.
     fn run(&self) {
+        // The log the server opened: populate its first stretch before the first I/O.
+        self.prefault();
         loop {
-            let stop = {
+            let (stop, pending, prefault) = {
                 let mut k = lock(&self.kick);
-                while !k.pending && !k.stop {
+                while !k.pending && !k.prefault && !k.stop {
                     k = self.kicked.wait(k).unwrap_or_else(PoisonError::into_inner);
                 }
+                let taken = (k.stop, k.pending, k.prefault);
                 k.pending = false;
-                k.stop
+                k.prefault = false;
+                taken
             };
-            match self.durability {
-                Durability::Write => self.commit_all(),
-                Durability::Flush => self.sync_all(),
+            if pending || stop {
+                match self.durability {
+                    Durability::Write => self.commit_all(),
+                    Durability::Flush => self.sync_all(),
+                }
+            }
+            // After a commit or sync too: either may have rotated to a new, empty log.
+            if prefault || (pending && !stop) {
+                self.prefault();
             }
             if stop {
                 return;
@@ -346,10 +404,13 @@ impl Inner {
         match w.write_pending() {
             Ok(written) => {
                 let rotate = w.rotation_due();
+                let prefault = w.prefault_due(PREFAULT_LOW);
                 drop(guard);
                 self.publish_written(written);
                 if rotate {
                     self.kick();
+                } else if prefault {
+                    self.kick_prefault();
                 }
             }
             Err(e) => {

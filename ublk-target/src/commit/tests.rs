@@ -354,3 +354,68 @@ fn a_change_is_refused_once_the_log_is_taken_and_take_commits_the_rest() {
         w.close().unwrap();
     }
 }
+
+/// Waits (up to 10 s) until the log thread has populated the open log's mapping ahead.
+fn wait_populated(log: &SharedLog) -> bool {
+    for _ in 0..1000 {
+        if log.with_writer(|w| !w.prefault_due(PREFAULT_LOW)) == Some(true) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+/// The log thread keeps the open log's mapping populated ahead of the queue's appends: at
+/// start, again once the appends have used up to the low mark, and in the log that
+/// follows a rotation; the records are all there.
+#[test]
+fn the_log_thread_populates_the_mapping_ahead_of_the_appends() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig {
+        map: true,
+        max_log_bytes: 4 << 20,
+        ..WriterConfig::default()
+    };
+    let log = shared_with(d.path(), cfg, Durability::Flush);
+    assert!(wait_populated(&log), "the first stretch at start");
+    let q = QueueLog::new(Arc::clone(&log)).unwrap();
+    let data = [0u8; 4096];
+    let mut n = 0u64;
+    let mut append_until_due = |q: &QueueLog| {
+        let mut tickets = Vec::new();
+        while log.with_writer(|w| w.prefault_due(PREFAULT_LOW)) == Some(false) {
+            tickets.clear();
+            let change = Change::Write {
+                offset: (n * 4096) % (DISK - 4096),
+                data: &data,
+                fua: n.is_multiple_of(2), // one record per write: the log fills faster
+            };
+            q.append_all(std::iter::once(change), &mut tickets, true);
+            q.after_tick();
+            n += 1;
+        }
+    };
+    append_until_due(&q);
+    assert!(wait_populated(&log), "asked again at the low mark");
+    // Into the next log: the log thread rotates and populates that one too.
+    let first = log.with_writer(|w| w.current_path().map(std::path::Path::to_owned));
+    while log.with_writer(|w| w.current_path().map(std::path::Path::to_owned)) == first {
+        append_until_due(&q);
+        assert!(wait_populated(&log));
+    }
+    assert!(wait_populated(&log), "the log after the rotation");
+    drop(q);
+    let w = log.take().unwrap();
+    w.close().unwrap();
+    let mut writes = 0;
+    for (_, path) in hrl::chain::list_logs(d.path()).unwrap() {
+        let mut r = LogReader::open(&path, RecoveryMode::Strict).unwrap();
+        for rec in r.read_all().unwrap() {
+            if let RecordBody::Write(l) = rec.body {
+                writes += l.len() as u64;
+            }
+        }
+    }
+    assert_eq!(writes, n);
+}
