@@ -8,16 +8,9 @@
 #   cpu-guest.sh OUT SITREP RUBLK SECONDS ROUNDS
 set -euo pipefail
 out=$1 sitrep=$2 rublk=$3 secs=$4 rounds=$5
-modprobe ublk_drv
-modprobe loop
+# shellcheck source=benches/ublk/guest-setup.sh
+source "$(dirname "$0")/guest-setup.sh"
 mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing || true
-backing=/tmp/bench.img
-truncate -s 512M "$backing"
-truncate -s 1G /tmp/logfs.img
-logdev=$(losetup -f --show /tmp/logfs.img)
-mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$logdev"
-mkdir -p /tmp/logs
-mount -o discard "$logdev" /tmp/logs
 events=syscalls:sys_enter_io_uring_enter,io_uring:io_uring_queue_async_work,sched:sched_switch,exceptions:page_fault_user,syscalls:sys_enter_pwrite64
 dev=""
 for r in $(seq "$rounds"); do

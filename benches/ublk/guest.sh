@@ -11,21 +11,8 @@
 #   guest.sh OUT SITREP RUBLK SECONDS ROUNDS
 set -euo pipefail
 out=$1 sitrep=$2 rublk=$3 secs=$4 rounds=$5
-modprobe ublk_drv
-modprobe loop
-
-backing=/tmp/bench.img
-truncate -s 512M "$backing"
-# sitrep's logs live on ext4 over a loop device, so each group commit pays a real
-# fdatasync through a filesystem (a log on tmpfs would make logging free).
-truncate -s 1G /tmp/logfs.img
-logdev=$(losetup -f --show /tmp/logfs.img)
-mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$logdev"
-mkdir -p /tmp/logs
-# The image lives in the guest's tmpfs (half the VM's RAM, shared with the backing file):
-# discard gives deleted logs' blocks back to it, or a few rounds of journal mode fill it and
-# the log writes fail with ENOSPC.
-mount -o discard "$logdev" /tmp/logs
+# shellcheck source=benches/ublk/guest-setup.sh
+source "$(dirname "$0")/guest-setup.sh"
 
 jobs=(
   "randwrite4k --rw=randwrite --bs=4k --iodepth=32"
