@@ -701,6 +701,9 @@ fn ublk_two_queues_share_one_log_and_it_replays_to_the_backing() {
     let disk = Disk::new(48 * MIB, 11);
     let server = Server::start(&DiskConfig {
         queues: 2,
+        // Over the registered-buffer budget (256 × 512 KiB > 64 MiB): this test also covers
+        // the backing I/O through unregistered buffers; the others, registered ones.
+        depth: 256,
         ..disk.config(LogMode::Extents)
     });
     let name = server
