@@ -99,6 +99,12 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
     for tag in q.tags() {
         q.unregister_io_buf(tag);
     }
+    // Before `bufs` is freed (the ring itself lives until the thread exits).
+    if fixed_bufs
+        && let Err(e) = libublk::io::with_task_io_ring(|r| r.submitter().unregister_buffers())
+    {
+        tracing::warn!(queue = qid, error = %e, "unregistering the queue's buffers failed");
+    }
 }
 
 /// Most buffer space a queue registers with its ring (see [`init_ring`]): depth × 512 KiB,
@@ -144,9 +150,9 @@ fn init_ring(dev: &UblkDev, bufs: &[IoBuf<u8>]) -> Result<bool, libublk::UblkErr
         })
         .collect();
     let registered = libublk::io::with_task_io_ring(|ring| {
-        // SAFETY: the buffers outlive their registration: they are the queue's I/O buffers,
-        // allocated before the ring and freed after the queue thread's ring is gone (both
-        // live for the whole queue thread), and every fixed SQE names a tag's own buffer.
+        // SAFETY: the buffers outlive their registration: `run_queue` owns them and
+        // unregisters them before it returns and drops them; every fixed SQE names its
+        // tag's own buffer (index = tag) with a length checked against it.
         unsafe { ring.submitter().register_buffers(&iovs) }
     });
     match registered {
