@@ -42,9 +42,9 @@ impl Prefault {
     /// The `madvise` error (`EINVAL` on kernels without `MADV_POPULATE_WRITE`); the appends
     /// then simply take their page faults.
     pub fn run(self) -> std::io::Result<()> {
-        // SAFETY: madvise takes an address range, not a Rust reference; MADV_POPULATE_WRITE
-        // only installs page-table entries (contents unchanged), and on an unmapped or
-        // foreign range fails or pre-faults, never corrupting memory (see above).
+        // MADV_POPULATE_WRITE only installs page-table entries (contents unchanged); on an
+        // unmapped or foreign range it fails or pre-faults, never corrupting memory.
+        // SAFETY: an address range, no Rust reference; populating changes no memory (above).
         let r = unsafe {
             libc::madvise(
                 self.addr as *mut libc::c_void,

@@ -150,9 +150,9 @@ fn init_ring(dev: &UblkDev, bufs: &[IoBuf<u8>]) -> Result<bool, libublk::UblkErr
         })
         .collect();
     let registered = libublk::io::with_task_io_ring(|ring| {
-        // SAFETY: the buffers outlive their registration: `run_queue` owns them and
-        // unregisters them before it returns and drops them; every fixed SQE names its
-        // tag's own buffer (index = tag) with a length checked against it.
+        // `run_queue` owns the buffers and unregisters them before it returns and drops
+        // them; every fixed SQE names its tag's own buffer (index = tag), length checked.
+        // SAFETY: the registered buffers outlive their registration (above).
         unsafe { ring.submitter().register_buffers(&iovs) }
     });
     match registered {
