@@ -25,7 +25,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Shared, export, lock, select_point};
+use super::export::{export, select_point};
+use super::{Shared, lock};
 use crate::points::Point;
 use crate::store::write_atomic;
 
