@@ -13,6 +13,7 @@
 //! - [`backoff`]: the retry schedule (1, 2, 4, 8, 10 units, then every 30, with jitter);
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`), rendered from the status;
 //! - [`digest`]: keyed 128-bit block digests at two levels (4 KiB, 1 MiB) for the checksum resync;
+//! - [`modes`]: data at rest readable by root only (umask 077, 0700/0600 at start);
 //! - [`ranges`]: `(offset, len)` range arithmetic and the resync's bounded windows.
 //!
 //! docs/architecture.md explains the design; docs/protocol.md the wire format.
@@ -24,6 +25,7 @@ pub mod cycle;
 pub mod devread;
 pub mod digest;
 pub mod metrics;
+pub mod modes;
 pub mod net;
 pub mod points;
 pub mod primary;

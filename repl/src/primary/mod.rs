@@ -515,6 +515,9 @@ pub async fn run(
     identity: &pki::Identity,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::modes::restrict_umask();
+    crate::modes::private_dir(&opts.state)
+        .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
     std::fs::create_dir_all(opts.state.join("disks"))
         .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
     // Bound before anything starts, so a bad --metrics fails the start cleanly.

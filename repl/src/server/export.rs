@@ -1,5 +1,9 @@
 //! `sitrep points export`: a recovery point materialized as an image file.
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
 use super::{Shared, lock};
 use crate::status;
 use crate::store::Disk;
@@ -42,7 +46,7 @@ pub(super) fn export(
     sh: &Shared,
     name: &str,
     point: &str,
-    out: &std::path::Path,
+    out: &Path,
     force: bool,
     progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<status::ExportReport> {
@@ -62,8 +66,8 @@ pub(super) fn export(
     if out.exists() && !force {
         anyhow::bail!("{} exists (use --force to overwrite it)", out.display());
     }
-    let tmp = out.with_extension("partial");
-    let f = std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    let (tmp, f) = create_partial(out)?;
+    let mut cleanup = RemoveOnDrop(Some(tmp.clone()));
     f.set_len(size)?;
     let mut buf = vec![0u8; EXPORT_CHUNK];
     let mut at = 0u64;
@@ -85,7 +89,10 @@ pub(super) fn export(
         progress(at, size);
     }
     f.sync_all()?;
-    std::fs::rename(&tmp, out)?;
+    std::fs::rename(&tmp, out)
+        .map_err(|e| anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), out.display()))?;
+    cleanup.0 = None;
+    sync_parent(out)?;
     Ok(status::ExportReport {
         disk: name.to_string(),
         point: p,
@@ -93,4 +100,49 @@ pub(super) fn export(
         size,
         bytes_written: written,
     })
+}
+
+/// Creates the export's temporary file beside `out`: a name no one can predict
+/// (`OUT.partial.<random>`), created exclusively (`O_EXCL`), never through a symbolic link
+/// (`O_NOFOLLOW`), mode 0600. The server runs as root; a predictable name would let a local
+/// user plant a symlink there and have root overwrite any file.
+fn create_partial(out: &Path) -> anyhow::Result<(PathBuf, File)> {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file name to export to", out.display()))?;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("random name: {e}"))?;
+    name.push(format!(".partial.{}", u64::from_le_bytes(rnd)));
+    let tmp = out.with_file_name(name);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
+    Ok((tmp, f))
+}
+
+/// Removes a half-written export when the export fails.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Makes the rename of `path` durable: fsync of its directory.
+fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| anyhow::anyhow!("syncing {}: {e}", dir.display()))
 }

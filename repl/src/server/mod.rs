@@ -90,6 +90,9 @@ pub async fn run(
     identity: &pki::Identity,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::modes::restrict_umask();
+    crate::modes::private_dir(&opts.store)
+        .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
     std::fs::create_dir_all(opts.store.join("disks"))
         .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
     let shared = Arc::new(Shared {
