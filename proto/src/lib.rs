@@ -32,7 +32,7 @@ pub use frame::{
 pub use io::{FrameReader, FrameWriter, read_frame, write_frame};
 pub use msg::{
     CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_KEY_LEN,
-    MAX_PATH_LEN, Msg,
+    MAX_LABEL_LEN, MAX_PATH_LEN, Msg, clip_label,
 };
 
 /// The protocol version this build prefers.

@@ -142,7 +142,8 @@ pub enum Msg {
         seq: u64,
         /// Whether the replica after this cycle is the source at the cycle's cut.
         crash_consistent: bool,
-        /// For an app-consistent point: how it was quiesced (e.g. `fsfreeze /mnt`).
+        /// For an app-consistent point: how it was quiesced (e.g. `fsfreeze /mnt`); at most
+        /// [`MAX_LABEL_LEN`] bytes.
         label: Option<String>,
     },
     // ---- version 2: checksum resync and online verify ----------------------------------
@@ -265,6 +266,21 @@ pub enum Msg {
 
 /// Longest device or image path in a `FailoverDone`.
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest label in a `Verdict`, in bytes: how an app-consistent point was quiesced
+/// (`fsfreeze /mnt`), shown to operators and stored with the point. A server refuses a longer
+/// one; an agent clips its labels to it ([`clip_label`]).
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// `label` cut to at most [`MAX_LABEL_LEN`] bytes, at a character boundary.
+#[must_use]
+pub fn clip_label(label: &str) -> String {
+    let mut end = label.len().min(MAX_LABEL_LEN);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    label[..end].to_string()
+}
 
 /// Longest digest key in a `DigestKey`.
 pub const MAX_KEY_LEN: usize = 256;

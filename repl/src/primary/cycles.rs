@@ -312,7 +312,9 @@ async fn ship_cycle(
                     f.label.clone()
                 }
             });
-            let label = label.filter(|l| !l.is_empty());
+            let label = label
+                .filter(|l| !l.is_empty())
+                .map(|l| proto::clip_label(&l));
             if let Some(f) = app {
                 let report = crate::status::AppPointReport {
                     disk: lock(&rt.prot).name.clone(),

@@ -97,6 +97,18 @@ impl Disk {
         label: Option<String>,
         now_ns: u64,
     ) -> Result<Option<Point>> {
+        if let Some(l) = &label
+            && l.len() > proto::MAX_LABEL_LEN
+        {
+            return Err(StoreError::BadRequest {
+                disk: self.state.name.clone(),
+                why: format!(
+                    "a verdict label of {} bytes (at most {} are kept)",
+                    l.len(),
+                    proto::MAX_LABEL_LEN
+                ),
+            });
+        }
         let before = self.points.clone();
         self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
         let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
