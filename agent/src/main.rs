@@ -7,6 +7,7 @@
 
 mod cli;
 mod human;
+mod out;
 mod stop;
 
 use std::process::ExitCode;
@@ -128,7 +129,18 @@ pub(crate) enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help, version or a usage error: printed like `Cli::parse` would, but a failing
+            // stdout is reported (see `out`) instead of ignored.
+            if let Err(w) = e.print() {
+                out::fail(&w);
+            }
+            out::flush();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let result = match cli.command {
         Command::Log(cmd) => cli::log::run(cmd),
         Command::Track(a) => cli::track::run(&a),
@@ -152,12 +164,30 @@ fn main() -> ExitCode {
         Command::Points(a) => cli::repl::points(&a),
         Command::Point(c) => cli::repl::point(&c),
     };
+    out::flush();
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Invalid) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("sitrep: error: {e:#}");
+            eprintln!("sitrep: error: {}", out::printable(&error_chain(&e)));
             ExitCode::from(1)
         }
     }
+}
+
+/// `e` and its causes, `: `-separated, each cause once: an error that already quotes its
+/// source (`open F: No such file (os error 2)`) is not followed by the same text again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if s.contains(&t) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s
 }

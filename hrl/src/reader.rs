@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corrupt, Error, Result};
@@ -83,11 +84,25 @@ impl LogReader {
     /// [`Error::NotALog`], [`Error::VersionMismatch`], [`Error::Corruption`] (truncated
     /// header, bad header crc or field, bad seal, seal past the end of file), or IO.
     pub fn open(path: &Path, mode: RecoveryMode) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat", e))?
-            .len();
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever;
+        // it changes nothing for the regular files accepted below.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(path, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        if !meta.is_file() {
+            return Err(Error::io(
+                path,
+                "open",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (a log is a file)",
+                ),
+            ));
+        }
+        let file_len = meta.len();
         let mut input = BufReader::with_capacity(256 << 10, file);
         let mut hdr = vec![0u8; HEADER_SIZE.min(usize::try_from(file_len).unwrap_or(HEADER_SIZE))];
         input

@@ -133,7 +133,7 @@ fn init(a: &InitArgs) -> anyhow::Result<Outcome> {
     let r = pki::init_with(&a.dir, &a.cert.name, &a.cert.options(false))
         .with_context(|| format!("creating the CA in {}", a.dir.display()))?;
     if a.cert.json {
-        println!("{}", serde_json::to_string(&r)?);
+        crate::outln!("{}", serde_json::to_string(&r)?);
     } else {
         print_init(&r);
     }
@@ -141,15 +141,15 @@ fn init(a: &InitArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print_init(r: &InitReport) {
-    println!("created a CA and the certificate of {}", cn(&r.cert));
+    crate::outln!("created a CA and the certificate of {}", cn(&r.cert));
     print_cert("CA", &r.ca);
     print_cert("certificate", &r.cert);
-    println!("wrote {}", files(&r.files));
-    println!(
+    crate::outln!("wrote {}", files(&r.files));
+    crate::outln!(
         "{} signs new certificates: keep it on this host only.",
         r.dir.join(pki::CA_KEY_FILE).display()
     );
-    println!(
+    crate::outln!(
         "next: sitrep certs issue --ca {} --name <peer> --out ./<peer>-pki",
         r.dir.display()
     );
@@ -159,7 +159,7 @@ fn issue(a: &IssueArgs) -> anyhow::Result<Outcome> {
     let r = pki::issue_with(&a.ca, &a.cert.name, &a.cert.options(a.expired), &a.out)
         .with_context(|| format!("issuing a certificate for {}", a.cert.name))?;
     if a.cert.json {
-        println!("{}", serde_json::to_string(&r)?);
+        crate::outln!("{}", serde_json::to_string(&r)?);
     } else {
         print_issue(&r);
     }
@@ -167,14 +167,14 @@ fn issue(a: &IssueArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print_issue(r: &IssueReport) {
-    println!(
+    crate::outln!(
         "issued the certificate of {}, signed by {}",
         cn(&r.cert),
         cn(&r.ca)
     );
     print_cert("certificate", &r.cert);
-    println!("wrote {}", files(&r.files));
-    println!(
+    crate::outln!("wrote {}", files(&r.files));
+    crate::outln!(
         "copy {} to {} as its PKI directory (key.pem is secret).",
         r.out_dir.display(),
         cn(&r.cert)
@@ -184,7 +184,7 @@ fn print_issue(r: &IssueReport) {
 fn show(a: &ShowArgs) -> anyhow::Result<Outcome> {
     let r = pki::describe(&a.dir).with_context(|| format!("reading {}", a.dir.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        crate::outln!("{}", serde_json::to_string(&r)?);
     } else {
         print_show(&r);
     }
@@ -201,7 +201,7 @@ fn print_show(r: &DirReport) {
     } else {
         ""
     };
-    println!("{}{can_issue}", r.dir.display());
+    crate::outln!("{}{can_issue}", r.dir.display());
     for c in &r.ca {
         print_cert("CA", c);
     }
@@ -209,24 +209,24 @@ fn print_show(r: &DirReport) {
         print_cert(if i == 0 { "certificate" } else { "chain" }, c);
     }
     if r.problems.is_empty() {
-        println!("OK: loads as a TLS identity, within validity");
+        crate::outln!("OK: loads as a TLS identity, within validity");
     }
     for p in &r.problems {
-        println!("PROBLEM: {p}");
+        crate::outln!("PROBLEM: {p}");
     }
 }
 
 fn print_cert(what: &str, c: &CertInfo) {
     let expired = if c.expired { "  EXPIRED" } else { "" };
-    println!("{what}:");
-    println!("  subject   {}", c.subject);
+    crate::outln!("{what}:");
+    crate::outln!("  subject   {}", c.subject);
     if !c.sans.is_empty() {
-        println!("  SANs      {}", c.sans.join(", "));
+        crate::outln!("  SANs      {}", c.sans.join(", "));
     }
-    println!("  issuer    {}", c.issuer);
-    println!("  valid     {} .. {}{expired}", c.not_before, c.not_after);
-    println!("  serial    {}", c.serial);
-    println!("  SHA-256   {}", c.sha256_fingerprint);
+    crate::outln!("  issuer    {}", c.issuer);
+    crate::outln!("  valid     {} .. {}{expired}", c.not_before, c.not_after);
+    crate::outln!("  serial    {}", c.serial);
+    crate::outln!("  SHA-256   {}", c.sha256_fingerprint);
 }
 
 fn cn(c: &CertInfo) -> &str {

@@ -45,7 +45,7 @@ pub(crate) fn run(a: &CheckArgs) -> anyhow::Result<Outcome> {
     let report = check_image(&history, &a.image, opts)
         .with_context(|| format!("checking {}", a.image.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
         print_human(a, &report);
     }
@@ -58,7 +58,7 @@ pub(crate) fn run(a: &CheckArgs) -> anyhow::Result<Outcome> {
 
 fn print_human(a: &CheckArgs, r: &Report) {
     let h = &r.history;
-    println!(
+    crate::outln!(
         "history    {}: run {}, {} write records, {}",
         a.history.display(),
         r.run_id,
@@ -69,21 +69,27 @@ fn print_human(a: &CheckArgs, r: &Report) {
             format!("NOT closed cleanly ({} torn tail bytes)", h.torn_tail_bytes)
         }
     );
-    println!("image      {}", a.image.display());
-    println!("point time {} ({} ns)", r.point_time, r.point_time_ns);
+    crate::outln!("image      {}", a.image.display());
+    crate::outln!("point time {} ({} ns)", r.point_time, r.point_time_ns);
     let c = &r.counts;
-    println!(
+    crate::outln!(
         "checked    {} of {} blocks of {} bytes: {} current, {} in flight, {} unwritten, {} unrecorded",
-        r.checked, r.blocks, r.block_size, c.current, c.in_flight, c.unwritten, c.unrecorded
+        r.checked,
+        r.blocks,
+        r.block_size,
+        c.current,
+        c.in_flight,
+        c.unwritten,
+        c.unrecorded
     );
     for n in &r.notes {
-        println!("note       {n}");
+        crate::outln!("note       {n}");
     }
     if r.ok {
-        println!("CONSISTENT: every block holds a version the device held at the point time");
+        crate::outln!("CONSISTENT: every block holds a version the device held at the point time");
         return;
     }
-    println!(
+    crate::outln!(
         "NOT CONSISTENT: {} violations ({})",
         r.violations_total,
         kinds(c)
@@ -96,14 +102,16 @@ fn print_human(a: &CheckArgs, r: &Report) {
         let found = v
             .found_seq
             .map_or_else(|| "no version".to_owned(), |s| format!("seq {s}"));
-        println!(
+        crate::outln!(
             "  block {}: {}: found {found}, allowed {allowed}: {}",
-            v.block, v.kind, v.detail
+            v.block,
+            v.kind,
+            v.detail
         );
     }
     let hidden = r.violations_total - r.violations.len() as u64;
     if hidden > 0 {
-        println!("  ... and {hidden} more (--max-violations, or --json)");
+        crate::outln!("  ... and {hidden} more (--max-violations, or --json)");
     }
 }
 

@@ -70,8 +70,10 @@ pub(crate) struct AgentArgs {
     /// then every 30 (seconds; the seed's schedule is in minutes: 60).
     #[arg(long, default_value_t = 60.0)]
     retry_unit: f64,
-    /// zstd level for data (0 disables compression; negative levels are zstd's fast modes).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    /// zstd level for data, -100..=22 (0 disables compression; negative levels are zstd's
+    /// fast modes).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-100..=22))]
     compress_level: i32,
     /// When to compress cycle data: `auto` compresses while the link is what limits shipping
     /// and sends raw while the CPU is (compressing 4 KiB blocks costs more CPU than anything

@@ -152,18 +152,20 @@ fn add_foreground(a: &AddArgs) -> anyhow::Result<Outcome> {
     let stopped = ublk_target::serve(&cfg, move |info| {
         if notify {
             let line = serde_json::to_string(info).unwrap_or_default();
-            println!("{READY}{line}");
+            crate::outln!("{READY}{line}");
             detach_stdio();
         } else {
             print_added(info, json);
             if !json {
-                println!("serving in the foreground; Ctrl-C seals the log and removes the disk");
+                crate::outln!(
+                    "serving in the foreground; Ctrl-C seals the log and removes the disk"
+                );
             }
         }
     })
     .with_context(|| format!("disk over {}", cfg.backing.display()))?;
     if !a.notify_ready && !a.json {
-        println!(
+        crate::outln!(
             "stopped {}; log sealed: {}",
             stopped.info.device.display(),
             stopped.sealed_log.display()
@@ -206,9 +208,9 @@ fn add_detached(a: &AddArgs) -> anyhow::Result<Outcome> {
     if let Some(line) = ready {
         let info: serde_json::Value = serde_json::from_str(&line).context("server READY line")?;
         if a.json {
-            println!("{info}");
+            crate::outln!("{info}");
         } else {
-            println!(
+            crate::outln!(
                 "{} ready ({}, {} mode, log synced at {}, log {}), server pid {}",
                 info["device"].as_str().unwrap_or("?"),
                 human::bytes(info["size"].as_u64().unwrap_or(0)),
@@ -218,7 +220,7 @@ fn add_detached(a: &AddArgs) -> anyhow::Result<Outcome> {
                 info["pid"]
             );
             if info["gap_recorded"].as_bool() == Some(true) {
-                println!("{GAP_NOTE}");
+                crate::outln!("{GAP_NOTE}");
             }
         }
         return Ok(Outcome::Ok);
@@ -244,7 +246,7 @@ const GAP_NOTE: &str = "note: the host restarted while the log had unsynced reco
 
 fn print_added(info: &DiskInfo, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(info).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string(info).unwrap_or_default());
         return;
     }
     let how = if info.device_recovered {
@@ -252,7 +254,7 @@ fn print_added(info: &DiskInfo, json: bool) {
     } else {
         "created"
     };
-    println!(
+    crate::outln!(
         "{} {how}: {} over {}, {} mode, log synced at {}, log {} ({})",
         info.device.display(),
         human::bytes(info.size),
@@ -263,23 +265,29 @@ fn print_added(info: &DiskInfo, json: bool) {
         info.log_resume
     );
     if info.gap_recorded {
-        println!("{GAP_NOTE}");
+        crate::outln!("{GAP_NOTE}");
     }
 }
 
 fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
     let disks = ublk_target::devices::list();
     if a.json {
-        println!("{}", serde_json::to_string(&disks)?);
+        crate::outln!("{}", serde_json::to_string(&disks)?);
         return Ok(Outcome::Ok);
     }
     if disks.is_empty() {
-        println!("no tracked disks");
+        crate::outln!("no tracked disks");
         return Ok(Outcome::Ok);
     }
-    println!(
+    crate::outln!(
         "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} {:<6} BACKING -> LOG",
-        "ID", "DEVICE", "SIZE", "STATE", "PID", "MODE", "SYNC"
+        "ID",
+        "DEVICE",
+        "SIZE",
+        "STATE",
+        "PID",
+        "MODE",
+        "SYNC"
     );
     for d in disks {
         let pid = if d.server_alive {
@@ -287,7 +295,7 @@ fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
         } else {
             "dead".to_owned()
         };
-        println!(
+        crate::outln!(
             "{:<4} {:<13} {:>10} {:<9} {:>7} {:<8} {:<6} {} -> {}",
             d.id,
             d.device.display(),
@@ -305,7 +313,7 @@ fn list(a: &ListArgs) -> anyhow::Result<Outcome> {
 
 fn del(a: &DelArgs) -> anyhow::Result<Outcome> {
     let d = ublk_target::devices::delete(a.id, a.force, Duration::from_secs(a.timeout))?;
-    println!(
+    crate::outln!(
         "removed {} (backing {}; log sealed in {})",
         d.device.display(),
         d.target.backing.display(),

@@ -64,11 +64,14 @@ fn ask(a: &SocketArg, req: &Request) -> anyhow::Result<FailoverRecord> {
 }
 
 fn print(r: &FailoverRecord, what: &str) {
-    println!(
+    crate::outln!(
         "{what}: disk {} point {} ({:?}, source cut at {} ns since the epoch)",
-        r.disk, r.point.id, r.point.kind, r.point.cut_time_ns
+        r.disk,
+        r.point.id,
+        r.point.kind,
+        r.point.cut_time_ns
     );
-    println!("device {}   image {}", r.device, r.image.display());
+    crate::outln!("device {}   image {}", r.device, r.image.display());
 }
 
 fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
@@ -90,27 +93,32 @@ fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
     }
     let r: PlannedReport = serde_json::from_value(resp.data)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(Outcome::Ok);
     }
-    println!(
+    crate::outln!(
         "failed over (planned): disk {} is active on the secondary at point {} ({}, source cut at {} ns since the epoch)",
-        r.disk, r.point, r.point_kind, r.cut_time_unix_ns
+        r.disk,
+        r.point,
+        r.point_kind,
+        r.cut_time_unix_ns
     );
-    println!("device {} (on the secondary)   image {}", r.device, r.image);
-    println!(
+    crate::outln!("device {} (on the secondary)   image {}", r.device, r.image);
+    crate::outln!(
         "{} bytes compared equal by digests before the activation; {:.1} s",
-        r.compared_bytes, r.seconds
+        r.compared_bytes,
+        r.seconds
     );
     if r.frozen {
-        println!(
+        crate::outln!(
             "the source stays quiesced ({}): stop the application here, then thaw (fsfreeze -u) and unmount",
             r.quiesced
         );
     }
-    println!(
+    crate::outln!(
         "replication of {} from this site has stopped; finalize on the secondary with: sitrep commit {}",
-        r.disk, r.disk
+        r.disk,
+        r.disk
     );
     Ok(Outcome::Ok)
 }
@@ -135,9 +143,9 @@ pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else if a.cleanup {
-        println!(
+        crate::outln!(
             "test failover of disk {} removed ({} detached, {} deleted)",
             r.disk,
             r.device,
@@ -145,13 +153,13 @@ pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
         );
     } else if a.test {
         print(&r, "test failover");
-        println!(
+        crate::outln!(
             "replication continues; remove it with: sitrep failover {} --test --cleanup",
             r.disk
         );
     } else {
         print(&r, "failed over");
-        println!(
+        crate::outln!(
             "another point can still be chosen; finalize with: sitrep commit {} (deletes the recovery points)",
             r.disk
         );
@@ -167,10 +175,10 @@ pub(crate) fn commit(a: &CommitArgs) -> anyhow::Result<Outcome> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print(&r, "committed");
-        println!("the recovery points of disk {} are deleted", r.disk);
+        crate::outln!("the recovery points of disk {} are deleted", r.disk);
     }
     Ok(Outcome::Ok)
 }

@@ -208,7 +208,7 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<Outcome> {
     }
     let rep = report(&a.file, a.records);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print_report(&rep);
     }
@@ -220,9 +220,9 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print_report(rep: &LogReport) {
-    println!("log       {}", rep.path.display());
+    crate::outln!("log       {}", rep.path.display());
     if let Some(h) = &rep.header {
-        println!(
+        crate::outln!(
             "format    HRL v{}{}",
             hrl::FORMAT_VERSION,
             if h.journal {
@@ -231,7 +231,7 @@ fn print_report(rep: &LogReport) {
                 ""
             }
         );
-        println!(
+        crate::outln!(
             "disk      {}  size {} ({} bytes)  logical block {}",
             h.disk.id,
             human::bytes(h.disk.size),
@@ -243,15 +243,18 @@ fn print_report(rep: &LogReport) {
         } else {
             h.prev_log_id.to_string()
         };
-        println!(
+        crate::outln!(
             "chain     log #{}  id {}  prev {}",
-            h.log_seq, h.log_id, prev
+            h.log_seq,
+            h.log_id,
+            prev
         );
-        println!(
+        crate::outln!(
             "          generation {}  first record {}",
-            h.generation, h.first_seq
+            h.generation,
+            h.first_seq
         );
-        println!("created   {}", human::timestamp(h.created_unix_ns));
+        crate::outln!("created   {}", human::timestamp(h.created_unix_ns));
     }
     let state = match (rep.state, &rep.seal, &rep.tail) {
         ("sealed", Some(s), _) => format!(
@@ -272,19 +275,19 @@ fn print_report(rep: &LogReport) {
         }
         _ => "INVALID".to_owned(),
     };
-    println!("state     {state}");
+    crate::outln!("state     {state}");
     match (rep.first_seq, rep.last_seq) {
-        (Some(f), Some(l)) => println!("records   {} (seq {f}..={l})", rep.records),
-        _ => println!("records   0"),
+        (Some(f), Some(l)) => crate::outln!("records   {} (seq {f}..={l})", rep.records),
+        _ => crate::outln!("records   0"),
     }
     if !rep.kinds.is_empty() {
-        println!("  {:<20} {:>10} {:>16}", "kind", "count", "bytes covered");
+        crate::outln!("  {:<20} {:>10} {:>16}", "kind", "count", "bytes covered");
         for (k, s) in &rep.kinds {
-            println!("  {k:<20} {:>10} {:>16}", s.count, s.bytes);
+            crate::outln!("  {k:<20} {:>10} {:>16}", s.count, s.bytes);
         }
     }
     if rep.whole_disk_gaps > 0 {
-        println!(
+        crate::outln!(
             "WARNING   {} whole-disk tracking gap(s): the whole disk must be (re)synced",
             rep.whole_disk_gaps
         );
@@ -300,7 +303,7 @@ fn print_report(rep: &LogReport) {
             .as_deref()
             .map(|d| format!(" {d}"))
             .unwrap_or_default();
-        println!(
+        crate::outln!(
             "  #{:<8} {} {}{flags} {}{detail}",
             line.seq,
             line.time,
@@ -309,7 +312,7 @@ fn print_report(rep: &LogReport) {
         );
     }
     if let Some(e) = &rep.error {
-        println!("ERROR     {e}");
+        crate::outln!("ERROR     {e}");
     }
 }
 
@@ -360,7 +363,7 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
     }
     rep.ok = rep.logs.iter().all(LogReport::ok) && rep.links.iter().all(|l| l.error.is_none());
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print_chain(&rep);
     }
@@ -372,7 +375,7 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print_chain(rep: &ChainReport) {
-    println!(
+    crate::outln!(
         "{}: {} log(s), {}",
         rep.dir.display(),
         rep.logs.len(),
@@ -389,20 +392,20 @@ fn print_chain(rep: &ChainReport) {
             _ => "empty".to_owned(),
         };
         let status = l.error.as_deref().unwrap_or(l.state);
-        println!("  {name}  {:>6} records  {seqs:<24} {status}", l.records);
+        crate::outln!("  {name}  {:>6} records  {seqs:<24} {status}", l.records);
         if let Some(link) = rep.links.get(i).filter(|k| k.error.is_some()) {
             let to = link
                 .to
                 .file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default();
-            println!(
+            crate::outln!(
                 "  BROKEN CHAIN before {to}: {}",
                 link.error.as_deref().unwrap_or_default()
             );
         }
     }
-    println!(
+    crate::outln!(
         "{}",
         if rep.ok {
             "chain OK"
@@ -462,9 +465,9 @@ fn demo(a: &DemoArgs) -> anyhow::Result<Outcome> {
         )?;
         w.commit()?;
         let sealed = if cycle < 2 { w.rotate()? } else { break };
-        println!("sealed {}", sealed.path.display());
+        crate::outln!("sealed {}", sealed.path.display());
     }
     let last = w.close()?;
-    println!("sealed {}", last.path.display());
+    crate::outln!("sealed {}", last.path.display());
     Ok(Outcome::Ok)
 }

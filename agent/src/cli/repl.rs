@@ -123,12 +123,16 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(60),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
     } else {
         let job: Job = serde_json::from_value(resp.data)?;
-        println!(
+        crate::outln!(
             "protecting {} as disk {} → {} (job {}: {}); follow with `sitrep jobs` / `sitrep status`",
-            a.device, job.disk, a.to, job.id, job.kind
+            a.device,
+            job.disk,
+            a.to,
+            job.id,
+            job.kind
         );
     }
     Ok(Outcome::Ok)
@@ -143,9 +147,9 @@ pub(crate) fn unprotect(a: &UnprotectArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(60),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
     } else {
-        println!(
+        crate::outln!(
             "disk {} is no longer protected (tracking stopped, logs removed; the replica stays on the server)",
             a.name
         );
@@ -164,7 +168,7 @@ fn print_disk(d: &DiskStatus) {
             )
         },
     );
-    println!(
+    crate::outln!(
         "{:<16} {:<20} {:<8} lag {:>7.1}s  backlog {:>10}  shipped {:>10} (wire {}, zero {})",
         d.name,
         format!("{:?}", d.state).to_lowercase(),
@@ -175,7 +179,7 @@ fn print_disk(d: &DiskStatus) {
         human::bytes(d.wire_bytes),
         human::bytes(d.zero_bytes),
     );
-    println!(
+    crate::outln!(
         "{:<16} {} {}  last applied: {applied}",
         "",
         d.device.as_deref().unwrap_or("-"),
@@ -188,7 +192,7 @@ fn print_disk(d: &DiskStatus) {
     if let Some(c) = &d.copy
         && !c.done
     {
-        println!(
+        crate::outln!(
             "{:<16} initial copy {} of {} ({:.1}%), {:.1} MiB/s, ETA {}",
             "",
             human::bytes(c.bytes_done),
@@ -204,14 +208,14 @@ fn print_disk(d: &DiskStatus) {
         );
     }
     if let Some(r) = &d.resync_reason {
-        println!("{:<16} resync required: {r}", "");
+        crate::outln!("{:<16} resync required: {r}", "");
     }
     if let Some(e) = &d.error {
-        println!("{:<16} error: {e}", "");
+        crate::outln!("{:<16} error: {e}", "");
     }
     if let Some(at) = d.next_retry_unix_ns {
         let secs = at.saturating_sub(repl::now_ns()) as f64 / 1e9;
-        println!(
+        crate::outln!(
             "{:<16} next retry {} (in {secs:.0}s); {} retried so far",
             "",
             human::timestamp(at),
@@ -219,18 +223,18 @@ fn print_disk(d: &DiskStatus) {
         );
     }
     if let Some(a) = &d.action {
-        println!("{:<16} action: {a}", "");
+        crate::outln!("{:<16} action: {a}", "");
     }
 }
 
 pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
     let resp = ask(&a.socket, &Request::Status, Duration::from_secs(10))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: StatusReport = serde_json::from_value(resp.data)?;
-    println!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
+    crate::outln!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
     for d in &r.disks {
         print_disk(d);
     }
@@ -240,15 +244,15 @@ pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
 pub(crate) fn jobs(a: &ShowArgs) -> anyhow::Result<Outcome> {
     let resp = ask(&a.socket, &Request::Jobs, Duration::from_secs(10))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: JobsReport = serde_json::from_value(resp.data)?;
     if r.jobs.is_empty() {
-        println!("no jobs");
+        crate::outln!("no jobs");
     }
     for j in &r.jobs {
-        println!(
+        crate::outln!(
             "{:>4} {:<18} {:<16} {:<10} {:>5.1}%  {}{}",
             j.id,
             j.kind,
@@ -275,10 +279,10 @@ pub(crate) fn wait(a: &WaitArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(a.timeout + 10),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
     } else {
         let d: DiskStatus = serde_json::from_value(resp.data)?;
-        println!("disk {} is caught up:", d.name);
+        crate::outln!("disk {} is caught up:", d.name);
         print_disk(&d);
     }
     Ok(Outcome::Ok)
@@ -339,18 +343,18 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(10),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: PointsReport = serde_json::from_value(resp.data)?;
-    println!(
+    crate::outln!(
         "disk {}: {} recovery point(s), {} of undo data kept",
         r.disk,
         r.points.len(),
         human::bytes(r.storage_bytes)
     );
     for p in r.points.iter().rev() {
-        println!(
+        crate::outln!(
             "{:>8}  {:<17} cut {}  cycles {}..={} ({}){}",
             p.id,
             format!("{:?}", p.kind).to_lowercase(),
@@ -380,11 +384,11 @@ fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(24 * 3600),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: ExportReport = serde_json::from_value(resp.data)?;
-    println!(
+    crate::outln!(
         "exported point {} of disk {} ({:?}, cut {}) to {} ({}, {} written)",
         r.point.id,
         r.disk,
@@ -436,11 +440,11 @@ pub(crate) fn point(cmd: &PointCommand) -> anyhow::Result<Outcome> {
         Duration::from_secs(330),
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: AppPointReport = serde_json::from_value(resp.data)?;
-    println!(
+    crate::outln!(
         "app-consistent point {} of disk {} (cut {}, {}, frozen {:.1} ms)",
         r.seq,
         r.disk,

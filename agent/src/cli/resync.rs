@@ -85,7 +85,7 @@ fn progress_line(r: &ResyncStatus) -> String {
 }
 
 fn print_result(r: &ResyncStatus) {
-    println!(
+    crate::outln!(
         "resync complete in {:.1}s: compared {}, {} differed and were repaired ({} of data sent, {} on the wire)",
         r.seconds,
         human::bytes(r.compared_bytes),
@@ -93,7 +93,7 @@ fn print_result(r: &ResyncStatus) {
         human::bytes(r.data_bytes_sent),
         human::bytes(r.wire_bytes),
     );
-    println!("reason: {}", r.reason);
+    crate::outln!("reason: {}", r.reason);
 }
 
 pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
@@ -107,9 +107,9 @@ pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
     )?)?;
     if a.no_wait {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&before)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&before)?);
         } else if let Some(r) = &before.resync {
-            println!(
+            crate::outln!(
                 "disk {}: resync {} ({}); follow with `sitrep status` / `sitrep jobs`",
                 a.name,
                 if r.phase == "waiting-for-window" && !a.now {
@@ -137,7 +137,7 @@ pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
             if a.json {
                 let mut v = serde_json::to_value(r)?;
                 v["disk"] = serde_json::Value::String(a.name.clone());
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_result(r);
             }
@@ -189,9 +189,9 @@ pub(crate) fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(24 * 3600 + 60),
     )?)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
+        crate::outln!(
             "disk {}: compared {} in {:.1}s; {} in flight (changed since the last applied cycle)",
             r.disk,
             human::bytes(r.compared_bytes),
@@ -199,18 +199,18 @@ pub(crate) fn verify(a: &VerifyArgs) -> anyhow::Result<Outcome> {
             human::bytes(r.in_flight_bytes)
         );
         if r.mismatches.is_empty() {
-            println!("replica matches the source");
+            crate::outln!("replica matches the source");
         } else {
-            println!(
+            crate::outln!(
                 "{} range(s) differ ({}), planned for a resync:",
                 r.mismatches.len(),
                 human::bytes(r.mismatches.iter().map(|m| m.1).sum())
             );
             for (o, l) in r.mismatches.iter().take(50) {
-                println!("  offset {o} length {l}");
+                crate::outln!("  offset {o} length {l}");
             }
             if r.mismatches.len() > 50 {
-                println!("  ... ({} more; --json lists all)", r.mismatches.len() - 50);
+                crate::outln!("  ... ({} more; --json lists all)", r.mismatches.len() - 50);
             }
         }
     }

@@ -76,9 +76,9 @@ pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
             "disk_id": add.disk_id.to_string(),
             "gap": add.gap,
         });
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
-        println!(
+        crate::outln!(
             "tracking {} ({}:{}, {}, block {}) into {}; attached via {:?}",
             info.path.display(),
             info.major,
@@ -88,8 +88,8 @@ pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
             a.log_dir.display(),
             t.attached()
         );
-        println!("log: {continuity}");
-        println!("Ctrl-C seals the log cleanly.");
+        crate::outln!("log: {continuity}");
+        crate::outln!("Ctrl-C seals the log cleanly.");
     }
     let interval = Duration::from_secs_f64(a.interval.max(0.05));
     let rotate = (a.rotate_every > 0.0).then(|| Duration::from_secs_f64(a.rotate_every));
@@ -101,7 +101,7 @@ pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
             let sealed = t.rotate(&a.device)?;
             last_rotate = Instant::now();
             if !a.json {
-                println!("sealed {}", sealed.path.display());
+                crate::outln!("sealed {}", sealed.path.display());
             }
         }
         if last.0.elapsed() >= interval {
@@ -120,9 +120,9 @@ pub(crate) fn run(a: &TrackArgs) -> anyhow::Result<Outcome> {
                 "clean": r.clean,
                 "stats": r.stats,
             });
-            println!("{v}");
+            crate::outln!("{v}");
         } else {
-            println!(
+            crate::outln!(
                 "stopped: sealed {} ({} records); {}",
                 r.sealed.path.display(),
                 r.sealed.seal.record_count,
@@ -157,7 +157,7 @@ fn print_counters(prev: &(Instant, TrackerStats), now: &(Instant, TrackerStats),
     #[allow(clippy::cast_precision_loss)]
     let mbps = (k.bytes - prev_bytes.min(k.bytes)) as f64 / secs / 1e6;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"event": "counters", "kernel": k, "disks": now.1.disks})
         );
@@ -168,7 +168,7 @@ fn print_counters(prev: &(Instant, TrackerStats), now: &(Instant, TrackerStats),
         } else {
             events as f64 / extents as f64
         };
-        println!(
+        crate::outln!(
             "events {events} ({rate:.0}/s, {mbps:.1} MB/s)  drops {}  fallback words {}  \
              unaccounted {}  missed completions {}  coalescing {ratio:.1}x  gaps {gaps}  logs {}",
             k.drops,

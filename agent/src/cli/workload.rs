@@ -94,10 +94,10 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
             "elapsed_s": secs,
             "writes_per_s": rate,
         });
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
-        println!("run        {}", st.run_id);
-        println!(
+        crate::outln!("run        {}", st.run_id);
+        crate::outln!(
             "writes     {} ({} initialization + {} random) to {} blocks of {}",
             st.writes,
             st.init_writes,
@@ -105,18 +105,18 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
             st.blocks,
             human::bytes(a.block_size.as_u64())
         );
-        println!("time       {secs:.2} s, {rate:.0} writes/s");
-        println!(
+        crate::outln!("time       {secs:.2} s, {rate:.0} writes/s");
+        crate::outln!(
             "started    {} ({} ns)",
             human::timestamp(st.start_ns.0),
             st.start_ns.0
         );
-        println!(
+        crate::outln!(
             "ended      {} ({} ns)",
             human::timestamp(st.end_ns.0),
             st.end_ns.0
         );
-        println!("history    {} (closed cleanly)", a.history.display());
+        crate::outln!("history    {} (closed cleanly)", a.history.display());
     }
     Ok(Outcome::Ok)
 }
