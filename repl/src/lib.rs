@@ -61,3 +61,42 @@ pub fn valid_disk_name(name: &str) -> bool {
 pub fn hex16(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Longest peer-chosen text quoted in a log line or an error message, in characters.
+pub const MAX_PEER_TEXT: usize = 200;
+
+/// Text a peer chose (a rejected disk name, a refusal's message), made safe to quote in a
+/// log line or an operator's terminal: control characters escaped (a CR/LF cannot forge a
+/// log line, an escape sequence cannot reach the terminal), at most [`MAX_PEER_TEXT`]
+/// characters (then `…`).
+#[must_use]
+pub fn peer_text(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_PEER_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peer_text_escapes_controls_and_caps_length() {
+        assert_eq!(super::peer_text("disk-1"), "disk-1");
+        assert_eq!(
+            super::peer_text("x\r\nINFO forged\u{1b}[2J"),
+            "x\\r\\nINFO forged\\u{1b}[2J"
+        );
+        let long = super::peer_text(&"a".repeat(10_000));
+        assert_eq!(long.chars().count(), super::MAX_PEER_TEXT + 1);
+        assert!(long.ends_with('…'));
+    }
+}
