@@ -5,6 +5,7 @@
 #
 # Tiers (see docs/testing.md):
 #   deps   scripts/install-deps.sh (idempotent; ~1 s when everything is present)
+#   deny   cargo deny check bans licenses sources (deny.toml)
 #   host   cargo test --workspace: unit tests + root tier (tests/tests/root_*.rs); VM-tier tests
 #          print SKIP on the host, because the next step runs them
 #   vm     scripts/vm-tests.sh: VM tier inside the Debian 6.12 kernel
@@ -60,6 +61,9 @@ ensure_vng_on_path
 # Every tier has a hard limit, so a hang fails its tier (and prints what ran) instead of
 # holding CI until its own 90-minute limit with nothing to show. A normal run takes ~5, ~6
 # and ~3 minutes on 2 cores.
+# Dependency policy (deny.toml): banned crates, licenses, sources. Advisories need the RustSec
+# database, which CI cannot fetch; docs/security.md records the manual review.
+tier deny cargo deny check bans licenses sources
 tier host timeout --kill-after=30s 40m cargo test --workspace --no-fail-fast
 tier vm timeout --kill-after=30s 25m scripts/vm-tests.sh
 if [[ -x scripts/fuzz.sh ]]; then
