@@ -23,8 +23,8 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// Copy + one cycle judged consistent: one point (id 1).
-async fn one_point(server: &Server, disk: &str) {
+/// Copy + cycle 1 applied, not judged yet.
+async fn one_cycle(server: &Server, disk: &str) -> Client {
     let (mut c, r) = Client::attach(server, "alice", disk, 1, SIZE).await;
     r.unwrap();
     c.copy(&vec![7u8; SIZE as usize], 1, false).await;
@@ -37,6 +37,12 @@ async fn one_point(server: &Server, disk: &str) {
     )
     .await
     .unwrap();
+    c
+}
+
+/// Copy + one cycle judged consistent: one point (id 1).
+async fn one_point(server: &Server, disk: &str) {
+    let mut c = one_cycle(server, disk).await;
     c.consistent(1).await;
     c.send(Msg::Bye).await;
 }
@@ -149,18 +155,7 @@ fn an_export_never_writes_through_a_planted_symlink() {
 fn a_verdict_label_longer_than_the_cap_is_refused_and_not_stored() {
     let server = Server::start();
     rt().block_on(async {
-        let (mut c, r) = Client::attach(&server, "alice", "d", 1, SIZE).await;
-        r.unwrap();
-        c.copy(&vec![7u8; SIZE as usize], 1, false).await;
-        c.cycle(
-            1,
-            &[Frame::Data {
-                offset: 0,
-                data: vec![1; 4096],
-            }],
-        )
-        .await
-        .unwrap();
+        let mut c = one_cycle(&server, "d").await;
         c.send(Msg::Verdict {
             seq: 1,
             crash_consistent: true,
