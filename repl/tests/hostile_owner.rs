@@ -339,3 +339,75 @@ fn an_unauthorized_attach_does_not_open_or_recover_another_clients_disk() {
         &[0xEE; 4096][..]
     );
 }
+
+#[test]
+fn a_full_copy_into_an_adopted_device_keeps_its_points() {
+    // Reverse replication into this site's own device, two points, then the peer starts a
+    // full copy over it (a failback with --mode full-download): the device is rewritten,
+    // the points stay exportable from the retired copy, byte for byte.
+    let agent = AgentState::new("r", Some("bob"));
+    let server = start_adopting(&agent);
+    let resp = server.call(&Request::AcceptReverse {
+        name: "r".into(),
+        from: None,
+        discard_local_changes: true,
+        revoke: false,
+    });
+    assert!(resp.ok, "{resp:?}");
+    rt().block_on(async {
+        let (mut c, r) = attach_reverse(&server, "bob", "r", 2, false).await;
+        assert!(matches!(r, Ok(Msg::Attached { .. })), "{r:?}");
+        for seq in 3..=4u64 {
+            c.cycle(
+                seq,
+                &[Frame::Data {
+                    offset: 8192 * seq,
+                    data: vec![seq as u8; 8192],
+                }],
+            )
+            .await
+            .unwrap();
+            c.consistent(seq).await;
+        }
+        c.send(Msg::Bye).await;
+    });
+    let pts = wait_points(&server, "r", 2);
+    let out = tempfile::tempdir().unwrap();
+    let export = |disk: &str, id: u64| {
+        let f = out
+            .path()
+            .join(format!("{}-{id}.img", disk.replace('@', "_")));
+        let r = server.call(&Request::Export {
+            name: disk.into(),
+            point: id.to_string(),
+            out: f.display().to_string(),
+            force: true,
+        });
+        assert!(r.ok, "{r:?}");
+        std::fs::read(f).unwrap()
+    };
+    let before: Vec<(u64, Vec<u8>)> = pts
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .map(|id| (id, export("r", id)))
+        .collect();
+    rt().block_on(async {
+        let (mut c, r) = attach_reverse(&server, "bob", "r", 2, false).await;
+        assert!(matches!(r, Ok(Msg::Attached { .. })), "{r:?}");
+        c.copy(&vec![0x33u8; SIZE as usize], 20, true).await;
+        c.send(Msg::Bye).await;
+    });
+    assert_eq!(
+        std::fs::read(&agent.device).unwrap(),
+        vec![0x33u8; SIZE as usize],
+        "the copy went into the device"
+    );
+    let r = server.call(&Request::Retired { purge: None });
+    let copies = r.data["retired"].as_array().cloned().unwrap_or_default();
+    assert_eq!(copies.len(), 1, "{r:?}");
+    assert_eq!(copies[0]["replica_kept"], true);
+    let id = copies[0]["id"].as_str().unwrap().to_string();
+    for (p, bytes) in &before {
+        assert!(export(&id, *p) == *bytes, "point {p} changed");
+    }
+}

@@ -467,58 +467,6 @@ impl Disk {
         Ok(copy)
     }
 
-    /// Retires this entry whole and reopens a fresh one for the copy `copy` (same owner,
-    /// id, size and replica device; a new sparse `replica.img` otherwise).
-    fn retire_for_copy(&mut self, copy: CopyProgress) -> Result<()> {
-        let name = self.name().to_string();
-        let store = self
-            .dir
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or_else(|| StoreError::BadRequest {
-                disk: name.clone(),
-                why: format!("{} is not inside a store", self.dir.display()),
-            })?;
-        let state = DiskState {
-            created_unix_ns: crate::now_ns(),
-            copy: Some(copy),
-            applied: None,
-            broken: None,
-            resync: None,
-            base_seq: None,
-            failed_over: None,
-            ..self.state.clone()
-        };
-        let why = format!(
-            "a full copy from cycle {} requested by its owner '{}' (it rewrites the replica)",
-            copy.from_seq, self.state.owner
-        );
-        retired::install(&store, &name, &why, |dir| {
-            fs::create_dir(dir.join("staging")).map_err(io_err(&name, "creating staging/"))?;
-            fs::create_dir(dir.join("undo")).map_err(io_err(&name, "creating undo/"))?;
-            if state.replica_device.is_none() {
-                let f = File::create(dir.join("replica.img"))
-                    .map_err(io_err(&name, "creating replica.img"))?;
-                f.set_len(state.size)
-                    .map_err(io_err(&name, "sizing replica.img"))?;
-                f.sync_all().map_err(io_err(&name, "syncing replica.img"))?;
-            }
-            let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Io {
-                disk: name.clone(),
-                what: "encoding state.json".into(),
-                source: std::io::Error::other(e),
-            })?;
-            write_atomic(&dir.join("state.json"), &bytes)
-                .map_err(io_err(&name, "writing state.json"))
-        })?;
-        let mut fresh = Self::open(&store, &name)?;
-        fresh.retention = std::mem::take(&mut self.retention);
-        fresh.counters = self.counters;
-        *self = fresh;
-        Ok(())
-    }
-
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         if offset
             .checked_add(len)

@@ -33,13 +33,15 @@
 //! agent retries) until the operator purges one — a peer cannot grow the store without
 //! bound by restarting copies, and cannot make room by deleting history either.
 
-use std::fs;
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DiskState, Result, StoreError, disk_dir, io_err, sync_dir, write_atomic};
+use super::{
+    CopyProgress, Disk, DiskState, Result, StoreError, disk_dir, io_err, sync_dir, write_atomic,
+};
 use crate::points::{Point, PointsFile};
 
 /// Most retired copies kept per disk name before a request that would retire another is
@@ -360,6 +362,60 @@ pub(super) fn install(
     Ok(Some(to))
 }
 
+impl Disk {
+    /// Retires this entry whole and reopens a fresh one for the copy `copy` (same owner,
+    /// id, size and replica device; a new sparse `replica.img` otherwise).
+    pub(super) fn retire_for_copy(&mut self, copy: CopyProgress) -> Result<()> {
+        let name = self.name().to_string();
+        let store = self
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StoreError::BadRequest {
+                disk: name.clone(),
+                why: format!("{} is not inside a store", self.dir.display()),
+            })?;
+        let state = DiskState {
+            created_unix_ns: crate::now_ns(),
+            copy: Some(copy),
+            applied: None,
+            broken: None,
+            resync: None,
+            base_seq: None,
+            failed_over: None,
+            ..self.state.clone()
+        };
+        let why = format!(
+            "a full copy from cycle {} requested by its owner '{}' (it rewrites the replica)",
+            copy.from_seq, self.state.owner
+        );
+        install(&store, &name, &why, |dir| {
+            fs::create_dir(dir.join("staging")).map_err(io_err(&name, "creating staging/"))?;
+            fs::create_dir(dir.join("undo")).map_err(io_err(&name, "creating undo/"))?;
+            if state.replica_device.is_none() {
+                let f = File::create(dir.join("replica.img"))
+                    .map_err(io_err(&name, "creating replica.img"))?;
+                f.set_len(state.size)
+                    .map_err(io_err(&name, "sizing replica.img"))?;
+                f.sync_all().map_err(io_err(&name, "syncing replica.img"))?;
+            }
+            let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Io {
+                disk: name.clone(),
+                what: "encoding state.json".into(),
+                source: std::io::Error::other(e),
+            })?;
+            write_atomic(&dir.join("state.json"), &bytes)
+                .map_err(io_err(&name, "writing state.json"))
+        })?;
+        let mut fresh = Self::open(&store, &name)?;
+        fresh.retention = std::mem::take(&mut self.retention);
+        fresh.counters = self.counters;
+        *self = fresh;
+        Ok(())
+    }
+}
+
 /// Swaps two directories atomically.
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
@@ -369,7 +425,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 /// Copies `device` into the sparse file `to` (zero chunks are holes), durably.
 fn snapshot(name: &str, device: &Path, to: &Path) -> Result<()> {
     let e = |what: String| io_err(name, what);
-    let src = fs::File::open(device).map_err(e(format!("opening {}", device.display())))?;
+    let src = File::open(device).map_err(e(format!("opening {}", device.display())))?;
     let size = {
         use std::io::{Seek, SeekFrom};
         (&src)
@@ -377,7 +433,7 @@ fn snapshot(name: &str, device: &Path, to: &Path) -> Result<()> {
             .map_err(e(format!("sizing {}", device.display())))?
     };
     let tmp = to.with_extension("tmp");
-    let dst = fs::File::create(&tmp).map_err(e(format!("creating {}", tmp.display())))?;
+    let dst = File::create(&tmp).map_err(e(format!("creating {}", tmp.display())))?;
     dst.set_len(size)
         .map_err(e(format!("sizing {}", tmp.display())))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
