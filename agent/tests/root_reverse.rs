@@ -219,6 +219,16 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
         Some(0),
         "the disks were equal: {st}"
     );
+    // B's original replica of the disk was retired by that adoption, not deleted.
+    let r = ctl(&server_b, &["retired"]);
+    assert!(
+        r["retired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["disk"] == "rv" && c["replica_kept"] == true),
+        "{r}"
+    );
     random_region(d.path(), 30, 31);
     ctl(&sa, &["wait", "rv", "--timeout", "120"]);
     assert_same(d.path(), &dev_b);
