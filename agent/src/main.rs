@@ -109,8 +109,23 @@ enum Command {
     /// device (that site's server runs with --adopt-from its agent's state). Nothing is
     /// copied whole: both disks are compared by digests and only differing blocks cross.
     /// If the other site also wrote the disk since the failover, that is a split brain:
-    /// reported, nothing overwritten, until --discard-target-changes.
+    /// reported, nothing overwritten, until the other site's operator runs
+    /// `sitrep reverse-accept NAME --discard-local-changes` there.
     Reverse(cli::reverse::ReverseArgs),
+    /// Allow the next reverse replication into this site's own disk (on the site whose disk
+    /// would be overwritten, against its server).
+    ///
+    /// Only this site's operator decides: --from CN lets that client adopt the disk (when
+    /// it is not the server this site's agent replicated to, or this store's entry is owned
+    /// by another client); --discard-local-changes resolves a split brain in favour of the
+    /// other site's disk. Shows what would be discarded. Used up by the adoption it allows.
+    ReverseAccept(cli::reverse::AcceptArgs),
+    /// Retired copies of replicas (server): kept whole, with their recovery points, when a
+    /// full re-copy or a reverse adoption replaced a disk's entry; list or purge them.
+    ///
+    /// A peer never deletes them. `sitrep points ID` lists a copy's points, `sitrep points
+    /// export ID POINT --out F` exports one.
+    Retired(cli::retired::RetiredArgs),
     /// Move a reverse-replicated disk back to the other site: a planned failover from here
     /// (quiesce, ship the rest, compare, activate there). Then `sitrep reverse` on that
     /// site restores the original direction.
@@ -158,6 +173,8 @@ fn main() -> ExitCode {
         Command::Failover(a) => cli::failover::failover(&a),
         Command::Commit(a) => cli::failover::commit(&a),
         Command::Reverse(a) => cli::reverse::reverse(&a),
+        Command::ReverseAccept(a) => cli::reverse::accept(&a),
+        Command::Retired(a) => cli::retired::run(&a),
         Command::Failback(a) => cli::reverse::failback(&a),
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),

@@ -219,13 +219,24 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
         Some(0),
         "the disks were equal: {st}"
     );
+    // B's original replica of the disk was retired by that adoption, not deleted.
+    let r = ctl(&server_b, &["retired"]);
+    assert!(
+        r["retired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["disk"] == "rv" && c["replica_kept"] == true),
+        "{r}"
+    );
     random_region(d.path(), 30, 31);
     ctl(&sa, &["wait", "rv", "--timeout", "120"]);
     assert_same(d.path(), &dev_b);
 }
 
 /// A partition, an unplanned failover on B, writes on both sites: reverse reports a split
-/// brain and overwrites nothing, until the operator chooses B's disk.
+/// brain and overwrites nothing — whatever flag B sends — until A's operator, whose changes
+/// are lost, chooses B's disk on site A (`sitrep reverse-accept --discard-local-changes`).
 #[test]
 fn a_split_brain_is_reported_and_nothing_is_overwritten() {
     if !sitrep_tests::require!(needs: &NEEDS) {
@@ -263,18 +274,36 @@ fn a_split_brain_is_reported_and_nothing_is_overwritten() {
     let rv = reverse_daemons(&sites, &state_b);
     let err = reverse(&rv.agent_b, &server_b, "sb", &to_a(), &[]).unwrap_err();
     assert!(err.contains("split brain"), "{err}");
-    assert!(err.contains("--discard-target-changes"), "{err}");
+    assert!(
+        err.contains("sitrep reverse-accept sb --discard-local-changes"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(sha(d.path()), before, "the old primary's disk was written");
-    // The operator chooses B's disk.
-    let st = reverse(
+    // B cannot decide what A loses: the old flag fails and says who decides.
+    let err = reverse(
         &rv.agent_b,
         &server_b,
         "sb",
         &to_a(),
         &["--discard-target-changes"],
     )
-    .unwrap();
+    .unwrap_err();
+    assert!(
+        err.contains("reverse-accept sb --discard-local-changes"),
+        "{err}"
+    );
+    assert_eq!(sha(d.path()), before, "the old primary's disk was written");
+    // Site A's operator chooses B's disk, on site A; B reverses again.
+    let g = ctl(
+        &rv.server_a,
+        &["reverse-accept", "sb", "--discard-local-changes"],
+    );
+    assert!(
+        g["local_changes"].is_string(),
+        "the operator is shown what A wrote: {g}"
+    );
+    let st = reverse(&rv.agent_b, &server_b, "sb", &to_a(), &[]).unwrap();
     assert_eq!(st["state"], "protected", "{st}");
     ctl(&rv.agent_b, &["wait", "sb", "--timeout", "120"]);
     assert_same(&dev_b, d.path());

@@ -65,7 +65,10 @@ pub enum Msg {
         /// The cycle sequence the server expects next.
         expected_seq: Option<u64>,
     },
-    /// Client: an initial copy (or full re-copy) starts; `restart` discards any cursor.
+    /// Client: an initial copy (or full re-copy) starts; `restart` discards any cursor. It
+    /// never deletes recovery points: over a replica that has some, the server retires the
+    /// whole entry (kept until its operator removes it) and copies into a fresh one, or
+    /// refuses with `NoSpace` while too many retired copies are kept.
     CopyBegin {
         /// The first cycle sequence that follows the copy.
         from_seq: u64,
@@ -239,12 +242,16 @@ pub enum Msg {
     },
     // ---- version 2: reverse replication ------------------------------------------------
     /// Client (v2), instead of `Attach`: reverse replication of a disk that failed over to
-    /// the client's site, into the server's own (old primary) device. The server adopts the
-    /// disk its local agent protected under this name — after checking that this site did
-    /// not write it since the failover (else `Error{SplitBrain}`, unless
-    /// `discard_target_changes`) — and answers `Attached` with the copy done at `from_seq`;
-    /// the client then compares the whole disk by digests (a resync) and sends only what
-    /// differs. A later session for the same disk id is a plain attach.
+    /// the client's site, into the server's own (old primary) device. Only the owner of the
+    /// server's entry of this name may (whatever `disk_id`), or — when it has none — the
+    /// server the local agent replicated the disk to, or a client the server site's
+    /// operator allowed (`sitrep reverse-accept NAME --from CN`); else `Error{Unauthorized}`
+    /// with nothing touched. The server adopts the disk its local agent protected under
+    /// this name — after checking that this site did not write it since the failover (else
+    /// `Error{SplitBrain}`, unless the server site's operator chose to discard its changes)
+    /// — and answers `Attached` with the copy done at `from_seq`; the client then compares
+    /// the whole disk by digests (a resync) and sends only what differs. A previous entry
+    /// is retired, not deleted. A later session for the same disk id is a plain attach.
     AttachReverse {
         /// Disk name.
         disk: String,
@@ -259,7 +266,9 @@ pub enum Msg {
         fork_seq: u64,
         /// The first cycle that follows.
         from_seq: u64,
-        /// The operator chose the client's disk over changes made on the server's site.
+        /// Ignored by the server since issue 19 (kept for wire compatibility; sitrep's agent
+        /// sends false): a peer never decides what the server's site discards — that site's
+        /// operator does, with `sitrep reverse-accept NAME --discard-local-changes`.
         discard_target_changes: bool,
     },
 }

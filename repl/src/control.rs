@@ -148,6 +148,33 @@ pub enum Request {
         /// Give up after this long.
         timeout_secs: u64,
     },
+    /// `sitrep reverse-accept NAME` (server, on the site whose disk reverse replication
+    /// would overwrite): allow the next adoption of the disk — by client `from` (a
+    /// certificate name), and/or overwriting what this site wrote since the failover
+    /// (`discard_local_changes`, a split brain); `revoke` removes such a grant. Only this
+    /// site's operator decides this, never a peer.
+    AcceptReverse {
+        /// Disk name.
+        name: String,
+        /// The client allowed to adopt it (default: the entry's owner, or the server the
+        /// local agent replicated it to).
+        #[serde(default)]
+        from: Option<String>,
+        /// Overwrite this site's changes since the failover.
+        #[serde(default)]
+        discard_local_changes: bool,
+        /// Remove the grant instead.
+        #[serde(default)]
+        revoke: bool,
+    },
+    /// `sitrep retired [purge ID]` (server): the retired copies of disks (kept whole when a
+    /// full re-copy or a reverse adoption replaced an entry), or remove copy `purge` — the
+    /// only way their points go.
+    Retired {
+        /// The id (`NAME@NS`) of the copy to remove; `None` lists them.
+        #[serde(default)]
+        purge: Option<String>,
+    },
 }
 
 /// A daemon's answer: `{"ok": true, ...data}` or `{"ok": false, "error": "..."}`.

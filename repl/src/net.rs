@@ -70,7 +70,9 @@ impl ReplError {
                 ErrorCode::NoSpace | ErrorCode::Internal => return None,
                 ErrorCode::Unauthorized => format!(
                     "the disk {disk} on the server is owned by another client: protect this disk \
-                     under another --name, or remove that replica on the server"
+                     under another --name, or remove that replica on the server (reverse \
+                     replication: that site's operator can allow this client with \
+                     `sitrep reverse-accept {disk} --from CN`)"
                 ),
                 ErrorCode::DiskMismatch => format!(
                     "the name {disk} is already used on the server for another disk (id, size or \
@@ -87,9 +89,10 @@ impl ReplError {
                 ),
                 ErrorCode::SplitBrain => format!(
                     "both sites wrote the disk since the failover and nothing was overwritten: \
-                     choose — keep this site's disk and discard the other site's changes with \
-                     `sitrep reverse {disk} --to HOST:PORT --discard-target-changes`, or save \
-                     what the other site wrote first"
+                     to keep this site's disk, the other site's operator discards that site's \
+                     changes there (`sitrep reverse-accept {disk} --discard-local-changes` on \
+                     its server) — after saving what it wrote, if it matters — then run \
+                     `sitrep reverse {disk} --to HOST:PORT` here again"
                 ),
                 ErrorCode::BadRequest => "a bug in sitrep: report it with the logs of both \
                                           daemons"
@@ -371,7 +374,7 @@ mod tests {
             (
                 ErrorCode::SplitBrain,
                 false,
-                Some("--discard-target-changes"),
+                Some("sitrep reverse-accept d --discard-local-changes"),
             ),
             (ErrorCode::BadRequest, false, Some("report it")),
             (ErrorCode::VersionMismatch, false, Some("upgrade")),

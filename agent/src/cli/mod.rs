@@ -8,6 +8,7 @@ pub(crate) mod failover;
 pub(crate) mod log;
 pub(crate) mod repl;
 pub(crate) mod resync;
+pub(crate) mod retired;
 pub(crate) mod reverse;
 pub(crate) mod track;
 pub(crate) mod workload;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use repl::control::{AGENT_SOCKET, Request, SERVER_SOCKET, call};
+use repl::server::AcceptReport;
 use repl::server::failover::FailoverRecord;
 use repl::status::{DiskStatus, Health, Job, ReplState, StatusReport};
 
@@ -21,9 +22,10 @@ pub(crate) struct ReverseArgs {
     /// `HOST:PORT` of the other site's server (started with --adopt-from its agent's state).
     #[arg(long)]
     to: String,
-    /// Split brain only: the other site also wrote the disk since the failover. Keep this
-    /// site's disk and overwrite those changes (compared by digests, only what differs).
-    #[arg(long)]
+    /// No longer honoured (fails with what to do instead): what the other site wrote is
+    /// discarded only by that site's operator, with `sitrep reverse-accept NAME
+    /// --discard-local-changes` on that site.
+    #[arg(long, hide = true)]
     discard_target_changes: bool,
     /// Cycle frequency of the reverse replication: continuous, 30s, 5m or 15m.
     #[arg(long, default_value = "30s")]
@@ -41,6 +43,31 @@ pub(crate) struct ReverseArgs {
     #[arg(long, default_value_t = 86_400)]
     timeout: u64,
     /// Machine-readable output: the disk's status at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep reverse-accept`.
+#[derive(Args)]
+pub(crate) struct AcceptArgs {
+    /// The disk name.
+    name: String,
+    /// The client (its certificate name) allowed to reverse-replicate into this site's
+    /// disk, when it is not the server this site's agent replicated the disk to, or when
+    /// this store's entry of the disk is owned by another client.
+    #[arg(long, value_name = "CN")]
+    from: Option<String>,
+    /// Split brain: overwrite what this site wrote to the disk since the failover (the
+    /// other site's disk wins; only blocks that differ are rewritten).
+    #[arg(long)]
+    discard_local_changes: bool,
+    /// Remove the grant instead.
+    #[arg(long, conflicts_with_all = ["from", "discard_local_changes"])]
+    revoke: bool,
+    /// This site's server control socket.
+    #[arg(long, default_value = SERVER_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable output.
     #[arg(long)]
     json: bool,
 }
@@ -130,6 +157,13 @@ fn follow(sock: &Path, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<
 }
 
 pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
+    if a.discard_target_changes {
+        anyhow::bail!(
+            "disk {}: --discard-target-changes is no longer honoured: what the other site wrote is discarded only by that site's operator — run `sitrep reverse-accept {} --discard-local-changes` on the other site (against its server), then this command again without the flag",
+            a.name,
+            a.name
+        );
+    }
     let rec: FailoverRecord = ask(
         &a.server_socket,
         &Request::FailoverRecord {
@@ -149,7 +183,7 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
             device: rec.device.clone(),
             to: a.to.clone(),
             fork_seq: rec.point.id,
-            discard_target_changes: a.discard_target_changes,
+            discard_target_changes: false,
             frequency: a.frequency.clone(),
         },
     )?;
@@ -238,5 +272,57 @@ pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
             r.disk
         );
     }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn accept(a: &AcceptArgs) -> anyhow::Result<Outcome> {
+    let r: AcceptReport = ask(
+        &a.socket,
+        &Request::AcceptReverse {
+            name: a.name.clone(),
+            from: a.from.clone(),
+            discard_local_changes: a.discard_local_changes,
+            revoke: a.revoke,
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    let Some(g) = &r.grant else {
+        println!(
+            "disk {}: no reverse-accept grant any more ({})",
+            r.disk, r.path
+        );
+        return Ok(Outcome::Ok);
+    };
+    let who = g
+        .from
+        .clone()
+        .unwrap_or_else(|| match (&r.entry_owner, &r.recorded_server) {
+            (Some(o), _) => format!("{o} (owner of this store's entry)"),
+            (None, Some(s)) => format!("{s} (the server this site's agent replicated to)"),
+            (None, None) => "nobody yet: add --from CN".into(),
+        });
+    println!(
+        "disk {}: the next reverse replication from {who} may adopt {}",
+        r.disk, r.device
+    );
+    if g.discard_local_changes {
+        match &r.local_changes {
+            Some(w) => println!("  and DISCARD what this site wrote since the failover: {w}"),
+            None => println!("  (this site's logs record no change since the failover)"),
+        }
+    }
+    if !r.failed_over {
+        println!(
+            "  note: this site's agent still replicates disk {}: fail it over (or unprotect it) first",
+            r.disk
+        );
+    }
+    println!(
+        "granted in {}; used up by that adoption; undo with `sitrep reverse-accept {} --revoke`",
+        r.path, r.disk
+    );
     Ok(Outcome::Ok)
 }

@@ -93,6 +93,7 @@ impl Agent {
             points_from_seq: 0,
             failed_over: None,
             reverse,
+            server_name: None,
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -231,6 +232,9 @@ impl Agent {
         discard_target_changes: bool,
         frequency: &str,
     ) -> anyhow::Result<Job> {
+        if discard_target_changes {
+            anyhow::bail!("{}", discard_refused(&name));
+        }
         let existing = lock(&self.disks).get(&name).cloned();
         if let Some(rt) = existing {
             let replaceable = {
@@ -254,7 +258,7 @@ impl Agent {
             (None, None),
             Some(state::ReverseInfo {
                 fork_seq,
-                discard_target_changes,
+                discard_target_changes: false,
             }),
         )
         .await
@@ -419,8 +423,13 @@ impl Agent {
                 Ok(r) => Response::ok(r),
                 Err(e) => Response::err(format!("{e:#}")),
             },
-            Request::Points { .. } | Request::Export { .. } => Response::err(
-                "recovery points live on the server: use the server's socket (--socket)",
+            Request::Points { .. } | Request::Export { .. } | Request::Retired { .. } => {
+                Response::err(
+                    "recovery points live on the server: use the server's socket (--socket)",
+                )
+            }
+            Request::AcceptReverse { .. } => Response::err(
+                "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)",
             ),
             Request::Failover { .. } | Request::Commit { .. } | Request::FailoverRecord { .. } => {
                 Response::err(
@@ -472,4 +481,11 @@ impl Agent {
             }
         }
     }
+}
+
+/// Why `sitrep reverse --discard-target-changes` no longer works, and what to do instead.
+fn discard_refused(name: &str) -> String {
+    format!(
+        "disk {name}: --discard-target-changes is no longer honoured: the changes of the other site are discarded only by that site's operator — run `sitrep reverse-accept {name} --discard-local-changes` on the other site's server, then `sitrep reverse {name} --to HOST:PORT` here again"
+    )
 }

@@ -67,6 +67,11 @@ pub struct Protection {
     /// back into the other site's own disk (`AttachReverse` instead of `Attach`).
     #[serde(default)]
     pub reverse: Option<ReverseInfo>,
+    /// The certificate name of the server this disk was last attached to (from the TLS
+    /// session, at every successful attach): after a failover, the client this site's
+    /// server lets adopt the disk for reverse replication without a local grant.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// A reverse replication's terms, as the agent persists them.
@@ -75,7 +80,9 @@ pub struct Protection {
 pub struct ReverseInfo {
     /// The recovery point this site activated (the last cycle of the old direction).
     pub fork_seq: u64,
-    /// The operator chose this site's disk over the other site's changes since then.
+    /// Kept for compatibility of `protection.json`; always false now and ignored by the
+    /// server: the other site's operator decides what that site discards
+    /// (`sitrep reverse-accept NAME --discard-local-changes` there).
     pub discard_target_changes: bool,
 }
 

@@ -279,6 +279,7 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
     let size = rt.size;
     let cfg = agent.client_cfg.clone();
     let mut stream = net::connect(&prot.to, cfg, Duration::from_secs(10)).await?;
+    let server_name = pki::peer_name(stream.get_ref().1);
     net::client_hello(&mut stream, &agent.name, &prot.to).await?;
     let (r, w) = tokio::io::split(stream);
     let mut s = Session {
@@ -331,6 +332,7 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
             }
         });
         tracing::info!(disk = %prot.name, server = %prot.to, "attached");
+        record_server_name(agent, rt, server_name.as_deref());
         // The server is the authority on what it holds: if it lost the copy (a new store), or it
         // belongs to another copy, start over.
         {
@@ -413,6 +415,21 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
         // its refusal is then waiting behind the broken pipe.
         Err(ReplError::Net(n)) => Err(s.pending_refusal().await.unwrap_or(ReplError::Net(n))),
         r => r,
+    }
+}
+
+/// Records the certificate name of the server the disk attached to: after a failover, the
+/// client this site's server lets adopt the disk for reverse replication
+/// (`server/reverse.rs`).
+fn record_server_name(agent: &Agent, rt: &DiskRt, name: Option<&str>) {
+    let Some(name) = name else { return };
+    let mut p = lock(&rt.prot);
+    if p.server_name.as_deref() == Some(name) {
+        return;
+    }
+    p.server_name = Some(name.to_string());
+    if let Err(e) = p.save(&agent.opts.state) {
+        tracing::warn!(disk = %p.name, "recording the server's name: {e}");
     }
 }
 

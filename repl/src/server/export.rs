@@ -51,10 +51,14 @@ pub(super) fn export(
     progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<status::ExportReport> {
     use std::os::unix::fs::FileExt;
-    let slot = lock(&sh.slots)
-        .get(name)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+    // `NAME@NS`: a retired copy (`retired.rs`), read-only.
+    let slot = match super::retired::slot(sh, name)? {
+        Some(s) => s,
+        None => lock(&sh.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?,
+    };
     let (id, size, p) = {
         let g = lock(&slot.disk);
         let d = g

@@ -19,11 +19,15 @@ use crate::store::{self, Disk};
 
 mod export;
 pub mod failover;
+mod grants;
 mod jobs;
 mod report;
 mod requests;
+mod retired;
 mod reverse;
 mod session;
+
+pub use grants::{AcceptReport, Grant};
 
 use report::status_report;
 use session::session;

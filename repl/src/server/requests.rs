@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{Shared, export::export, failover, report};
+use super::{Shared, export::export, failover, grants, report, retired};
 use crate::control::{Call, Request, Response};
 use crate::status;
 
@@ -19,6 +19,7 @@ pub(super) async fn serve(sh: Arc<Shared>, mut crx: mpsc::Receiver<Call>) {
                 schema: status::SCHEMA,
                 jobs: sh.jobs.report(),
             }),
+            Request::Points { name } if name.contains('@') => retired::points_report(&sh, &name),
             Request::Points { name } => report::points_report(&sh, &name),
             Request::Export {
                 name,
@@ -73,6 +74,16 @@ pub(super) async fn serve(sh: Arc<Shared>, mut crx: mpsc::Receiver<Call>) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(format!("{e:#}")),
             },
+            Request::AcceptReverse {
+                name,
+                from,
+                discard_local_changes,
+                revoke,
+            } => match grants::accept(&sh, &name, from, discard_local_changes, revoke) {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Retired { purge } => retired::request(&sh, purge.as_deref()),
             other => Response::err(format!(
                 "{other:?} is an agent request; this is the server's socket"
             )),

@@ -3,29 +3,38 @@
 //! back here, into the device this site's agent protected before (`sitrep server
 //! --adopt-from AGENT_STATE`).
 //!
-//! Adoption is refused — nothing is written — unless this site's agent has the disk failed
-//! over (it stopped replicating it), the device is not mounted here, and this site provably
-//! did not write the disk after the point the other site activated (`fork_seq`): its agent's
-//! remaining logs must start right after that point and record no change and no tracking
-//! gap. Otherwise both sites wrote since their common state — a **split brain**, reported
-//! with what this site wrote, resolved only by the operator's explicit choice
-//! (`discard_target_changes`: the other site's disk wins; its agent then compares the whole
-//! disk by digests and overwrites what differs).
+//! **Who may.** The owner binding holds on this path as on every other: authorization is
+//! decided first, from `state.json` and the local agent's protection, before anything is
+//! opened or written. If the store has an entry for the name, only its `owner` (the
+//! certificate name that created it) may reverse into it — whatever disk id it sends. If
+//! it has none (the first reverse into this site), only the server this site's agent
+//! replicated the disk to (`server_name` of its protection, recorded from the TLS peer at
+//! every attach). This site's operator can name another client with a local grant
+//! (`sitrep reverse-accept NAME --from CN`, see `grants.rs`).
+//!
+//! **When.** Adoption is refused — nothing is written — unless this site's agent has the
+//! disk failed over (it stopped replicating it), the device is not mounted here, and this
+//! site provably did not write the disk after the point the other site activated
+//! (`fork_seq`): its agent's remaining logs must start right after that point and record no
+//! change and no tracking gap. Otherwise both sites wrote since their common state — a
+//! **split brain**, reported with what this site wrote. Only this site's operator, whose
+//! changes would be lost, resolves it (`sitrep reverse-accept NAME
+//! --discard-local-changes`); the peer's `discard_target_changes` flag is ignored.
 
 use std::path::Path;
 
 use hrl::{GapScope, LogReader, RecordBody, RecoveryMode};
 
-use super::Shared;
+use super::{Shared, grants};
 use crate::primary::state::{self, Protection};
 use crate::store::{self, AttachRequest, Disk, StoreError};
 
-/// What `AttachReverse` asked.
+/// What `AttachReverse` asked (its `discard_target_changes` is not here: a peer does not
+/// decide what this site discards).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ReverseReq {
     pub(super) fork_seq: u64,
     pub(super) from_seq: u64,
-    pub(super) discard_target_changes: bool,
 }
 
 fn bad(disk: &str, why: String) -> StoreError {
@@ -36,21 +45,40 @@ fn bad(disk: &str, why: String) -> StoreError {
 }
 
 /// Opens disk `req.name` for reverse replication: the entry adopted earlier for this
-/// relationship, or a new adoption of the local agent's device.
+/// relationship (`Ok(None)` when `current`, the slot's open disk, is it), or a new
+/// adoption of the local agent's device.
 ///
 /// # Errors
-/// Not adoptable (see the module doc), a split brain, or a file error.
+/// Not allowed ([`StoreError::Unauthorized`], [`StoreError::NotAllowed`]), not adoptable
+/// (see the module doc), a split brain, or a file error.
 pub(super) fn open(
     sh: &Shared,
+    current: Option<&Disk>,
     req: &AttachRequest<'_>,
     r: ReverseReq,
-) -> Result<Disk, StoreError> {
+) -> Result<Option<Disk>, StoreError> {
     let name = req.name;
-    if store::disk_dir(&sh.store, name).join("state.json").exists() {
-        let d = Disk::open(&sh.store, name)?;
-        if d.state().replica_device.is_some() && d.state().disk_id == req.disk_id {
-            d.check_attach(req)?;
-            return Ok(d);
+    let existing = match current {
+        Some(d) => Some(d.state().clone()),
+        None => store::read_state(&sh.store, name)?,
+    };
+    let grant = grants::load(&sh.store, name)?;
+    let granted = grant.as_ref().and_then(|g| g.from.as_deref()) == Some(req.client);
+    if let Some(st) = &existing {
+        if st.owner != req.client && !granted {
+            return Err(StoreError::Unauthorized {
+                disk: name.into(),
+                owner: st.owner.clone(),
+                client: req.client.into(),
+            });
+        }
+        if st.replica_device.is_some() && st.disk_id == req.disk_id {
+            // This relationship, resumed: a plain attach.
+            store::check_attach_state(st, req)?;
+            return match current {
+                Some(_) => Ok(None),
+                None => Disk::open(&sh.store, name).map(Some),
+            };
         }
     }
     let Some(agent_state) = &sh.adopt_from else {
@@ -60,7 +88,51 @@ pub(super) fn open(
         ));
     };
     let prot = load(agent_state, name)?;
-    let Some(fo) = &prot.failed_over else {
+    if existing.is_none() && !granted && prot.server_name.as_deref() != Some(req.client) {
+        return Err(StoreError::NotAllowed {
+            disk: name.into(),
+            why: format!(
+                "no replica of it is kept here, and this site's agent replicated it to {}, not to '{}': if '{}' is the other site, allow it on this site with `sitrep reverse-accept {name} --from {}`",
+                prot.server_name
+                    .as_deref()
+                    .map_or_else(|| "a server it did not record".into(), |s| format!("'{s}'")),
+                req.client,
+                req.client,
+                req.client
+            ),
+        });
+    }
+    adoptable(name, &prot)?;
+    let discard = grant.as_ref().is_some_and(|g| g.discard_local_changes);
+    match (written_since(agent_state, name, r.fork_seq), discard) {
+        (Some(what), false) => {
+            return Err(StoreError::SplitBrain {
+                disk: name.into(),
+                why: format!(
+                    "this site wrote the disk after point {} that the other site activated ({what}), and the other site's disk is active since ({} failover); only the operator of this server's site, whose changes would be lost, can choose the other site's disk: `sitrep reverse-accept {name} --discard-local-changes` on this server's host",
+                    r.fork_seq,
+                    prot.failed_over.as_ref().map_or("", |f| f.kind.as_str())
+                ),
+            });
+        }
+        (Some(what), true) => tracing::warn!(
+            disk = name,
+            "split brain resolved by this site's operator (reverse-accept): this site's changes are discarded ({what})"
+        ),
+        (None, _) => {}
+    }
+    tracing::info!(disk = name, device = %prot.device.display(), client = req.client, "adopted for reverse replication");
+    let d = Disk::adopt(&sh.store, req, &prot.device, r.from_seq)?;
+    if grant.is_some() {
+        grants::consume(&sh.store, name);
+    }
+    Ok(Some(d))
+}
+
+/// The local agent stopped replicating the disk (it failed over) and its device is not
+/// mounted here.
+fn adoptable(name: &str, prot: &Protection) -> Result<(), StoreError> {
+    if prot.failed_over.is_none() {
         return Err(bad(
             name,
             format!(
@@ -68,43 +140,22 @@ pub(super) fn open(
                 prot.device.display()
             ),
         ));
-    };
+    }
     match crate::primary::freeze::mount_point(&prot.device) {
-        Ok(Some(m)) => {
-            return Err(bad(
-                name,
-                format!(
-                    "{} is mounted at {} on this site: stop the application, thaw it (fsfreeze -u) and unmount it first",
-                    prot.device.display(),
-                    m.display()
-                ),
-            ));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(bad(name, format!("reading the mounts: {e}"))),
+        Ok(Some(m)) => Err(bad(
+            name,
+            format!(
+                "{} is mounted at {} on this site: stop the application, thaw it (fsfreeze -u) and unmount it first",
+                prot.device.display(),
+                m.display()
+            ),
+        )),
+        Ok(None) => Ok(()),
+        Err(e) => Err(bad(name, format!("reading the mounts: {e}"))),
     }
-    let written = written_since(agent_state, name, r.fork_seq);
-    match (written, r.discard_target_changes) {
-        (Some(what), false) => {
-            return Err(StoreError::SplitBrain {
-                disk: name.into(),
-                why: format!(
-                    "this site wrote the disk after point {} that the other site activated ({what}), and the other site's disk is active since ({} failover)",
-                    r.fork_seq, fo.kind
-                ),
-            });
-        }
-        (Some(what), true) => tracing::warn!(
-            disk = name,
-            "split brain resolved by the operator: this site's changes are discarded ({what})"
-        ),
-        (None, _) => {}
-    }
-    tracing::info!(disk = name, device = %prot.device.display(), client = req.client, "adopted for reverse replication");
-    Disk::adopt(&sh.store, req, &prot.device, r.from_seq)
 }
 
-fn load(agent_state: &Path, name: &str) -> Result<Protection, StoreError> {
+pub(super) fn load(agent_state: &Path, name: &str) -> Result<Protection, StoreError> {
     let path = state::disk_dir(agent_state, name).join("protection.json");
     let text = match std::fs::read(&path) {
         Ok(t) => t,
@@ -135,7 +186,7 @@ fn load(agent_state: &Path, name: &str) -> Result<Protection, StoreError> {
 /// What this site wrote after cycle `fork`, from its agent's remaining logs; `None` only
 /// when provably nothing: the logs start right after `fork` (every cycle up to it was
 /// shipped and is in the activated point) and record no change and no gap.
-fn written_since(agent_state: &Path, name: &str, fork: u64) -> Option<String> {
+pub(super) fn written_since(agent_state: &Path, name: &str, fork: u64) -> Option<String> {
     let dir = state::log_dir(agent_state, name);
     let logs = match hrl::chain::list_logs(&dir) {
         Ok(l) => l,

@@ -13,7 +13,8 @@ use crate::store::{self, Admit, AttachRequest, Disk, StoreError};
 
 fn code_of(e: &StoreError) -> ErrorCode {
     match e {
-        StoreError::Unauthorized { .. } => ErrorCode::Unauthorized,
+        StoreError::Unauthorized { .. } | StoreError::NotAllowed { .. } => ErrorCode::Unauthorized,
+        StoreError::HistoryFull { .. } => ErrorCode::NoSpace,
         StoreError::Mismatch { .. } => ErrorCode::DiskMismatch,
         StoreError::BrokenChain { .. } => ErrorCode::BrokenChain,
         StoreError::BadRequest { .. } => ErrorCode::BadRequest,
@@ -153,7 +154,9 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
             block_size,
             fork_seq,
             from_seq,
-            discard_target_changes,
+            // Ignored: what the server's site discards is its operator's decision
+            // (`sitrep reverse-accept --discard-local-changes`), never a peer's.
+            discard_target_changes: _,
         } => {
             if !crate::valid_disk_name(&disk) {
                 let e = StoreError::BadRequest {
@@ -172,23 +175,11 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
             let slot = shared.slot(&disk);
             let res = tokio::task::block_in_place(|| {
                 let mut g = lock(&slot.disk);
-                let resumed = g.as_ref().is_some_and(|d| {
-                    d.state().replica_device.is_some() && d.state().disk_id == req.disk_id
-                });
-                if resumed {
-                    return g.as_ref().map_or(Ok(()), |d| d.check_attach(&req));
+                let r = reverse::ReverseReq { fork_seq, from_seq };
+                if let Some(mut d) = reverse::open(&shared, g.as_ref(), &req, r)? {
+                    d.set_retention(shared.retention.clone());
+                    *g = Some(d);
                 }
-                let mut d = reverse::open(
-                    &shared,
-                    &req,
-                    reverse::ReverseReq {
-                        fork_seq,
-                        from_seq,
-                        discard_target_changes,
-                    },
-                )?;
-                d.set_retention(shared.retention.clone());
-                *g = Some(d);
                 Ok(())
             });
             if let Err(e) = res {

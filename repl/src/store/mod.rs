@@ -38,8 +38,10 @@ mod apply;
 mod open;
 mod points;
 mod resync;
+pub mod retired;
 mod staging;
 
+pub use open::{check_attach_state, read_state};
 pub use resync::{MAX_PENDING_BYTES, ResyncProgress, ResyncSession};
 pub use staging::Staging;
 
@@ -107,6 +109,23 @@ pub enum StoreError {
         /// The disk.
         disk: String,
         /// What each side wrote.
+        why: String,
+    },
+    /// The client may not do this to the disk (reverse replication not allowed for it).
+    #[error("disk {disk}: {why}")]
+    NotAllowed {
+        /// The disk.
+        disk: String,
+        /// Why, and what this site's operator can do.
+        why: String,
+    },
+    /// Keeping the disk's history would need more room than its cap: refused (retried)
+    /// until the operator makes room.
+    #[error("disk {disk}: refused to keep its history safe: {why}")]
+    HistoryFull {
+        /// The disk.
+        disk: String,
+        /// What is kept and what to do.
         why: String,
     },
     /// A staged cycle or the state file is corrupt.
@@ -253,6 +272,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// The directory of disk `name` in `store`.
 #[must_use]
 pub fn disk_dir(store: &Path, name: &str) -> PathBuf {
@@ -395,45 +419,52 @@ impl Disk {
     // ---- initial copy -------------------------------------------------------------------
 
     /// A copy starts: `restart` (or a different `from_seq`) discards the old cursor, and any
-    /// staged cycle (the copy supersedes it).
+    /// staged cycle (the copy supersedes it). The copy rewrites the replica without undo
+    /// data, so no older point would survive it in place: if the disk has recovery points,
+    /// the whole entry is retired first (`STORE/retired/`, see [`retired`]) — replica, undo
+    /// data and points kept, never deleted on a peer's request — and the copy goes into a
+    /// fresh entry with the same owner and id.
     ///
     /// # Errors
-    /// A file error.
+    /// [`StoreError::HistoryFull`] (too many retired copies), or a file error.
     pub fn copy_begin(&mut self, from_seq: u64, restart: bool) -> Result<CopyProgress> {
         let keep = !restart
             && self
                 .state
                 .copy
                 .is_some_and(|c| c.from_seq == from_seq && !c.done);
-        if !keep {
-            for (_, p) in self.staged()? {
-                let _ = fs::remove_file(p);
-            }
-            // The copy rewrites the replica without undo data: no older point survives it.
-            // (The checksum resync that replaces full re-copies keeps them.)
-            self.points.points.clear();
-            self.points.judged_upto = None;
-            self.save_points()?;
-            for u in std::mem::take(&mut self.undo) {
-                let _ = fs::remove_file(&u.path);
-            }
-            self.points.skipped.clear();
-            self.save_points()?;
-            self.state.copy = Some(CopyProgress {
+        if keep {
+            return Ok(self.state.copy.unwrap_or(CopyProgress {
                 done: false,
                 from_seq,
                 cursor: 0,
-            });
-            self.state.broken = None;
-            self.state.resync = None;
-            self.state.base_seq = None;
-            self.save()?;
+            }));
         }
-        Ok(self.state.copy.unwrap_or(CopyProgress {
+        let copy = CopyProgress {
             done: false,
             from_seq,
             cursor: 0,
-        }))
+        };
+        if !self.points.points.is_empty() {
+            self.retire_for_copy(copy)?;
+            return Ok(copy);
+        }
+        for (_, p) in self.staged()? {
+            let _ = fs::remove_file(p);
+        }
+        // No point exists: undo data serves none (see `Disk::verdict`).
+        self.points.judged_upto = None;
+        self.points.skipped.clear();
+        self.save_points()?;
+        for u in std::mem::take(&mut self.undo) {
+            let _ = fs::remove_file(&u.path);
+        }
+        self.state.copy = Some(copy);
+        self.state.broken = None;
+        self.state.resync = None;
+        self.state.base_seq = None;
+        self.save()?;
+        Ok(copy)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{
     AttachRequest, CopyProgress, Disk, DiskCounters, DiskState, Result, StoreError, disk_dir,
-    io_err,
+    io_err, sync_dir,
 };
 use crate::points::{PointsFile, Retention};
 use crate::undo;
@@ -18,34 +18,45 @@ impl Disk {
     /// # Errors
     /// Missing or corrupt state, or a staged cycle that cannot be applied.
     pub fn open(store: &Path, name: &str) -> Result<Self> {
-        let dir = disk_dir(store, name);
-        let state_path = dir.join("state.json");
-        let text = fs::read(&state_path).map_err(io_err(name, "reading state.json"))?;
-        let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+        let mut disk = Self::open_dir(disk_dir(store, name), name, false)?;
+        disk.recover()?;
+        disk.drop_unreconstructible_points();
+        Ok(disk)
+    }
+
+    /// Opens a retired copy (`STORE/retired/NAME-<ns>`, see [`super::retired`]) to read
+    /// its points: its own `replica.img` (never a device: the device moved on), read-only,
+    /// no staged cycle applied, nothing written.
+    ///
+    /// # Errors
+    /// Missing or corrupt state, points or undo data, or no replica kept.
+    pub fn open_retired(dir: std::path::PathBuf, label: &str) -> Result<Self> {
+        Self::open_dir(dir, label, true)
+    }
+
+    /// The disk in `dir`: its state, replica, undo index and points (no recovery).
+    /// `retired`: read-only, and the replica is always `dir/replica.img`.
+    fn open_dir(dir: std::path::PathBuf, name: &str, retired: bool) -> Result<Self> {
+        let state = read_state_file(&dir, name)?.ok_or_else(|| StoreError::Corrupt {
             disk: name.into(),
-            path: state_path.clone(),
-            why: e.to_string(),
+            path: dir.join("state.json"),
+            why: "missing".into(),
         })?;
-        if state.version != 1 {
-            return Err(StoreError::Corrupt {
-                disk: name.into(),
-                path: state_path,
-                why: format!("unsupported state version {}", state.version),
-            });
-        }
-        let replica_path = state
-            .replica_device
-            .clone()
-            .unwrap_or_else(|| dir.join("replica.img"));
+        let replica_path = match (&state.replica_device, retired) {
+            (Some(dev), false) => dev.clone(),
+            _ => dir.join("replica.img"),
+        };
         let replica = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!retired)
             .open(&replica_path)
             .map_err(io_err(name, format!("opening {}", replica_path.display())))?;
         advise_random(&replica);
         let undo_dir = dir.join("undo");
-        fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
-        undo::clean_tmp(&undo_dir);
+        if !retired {
+            fs::create_dir_all(&undo_dir).map_err(io_err(name, "creating undo/"))?;
+            undo::clean_tmp(&undo_dir);
+        }
         let undo = undo::load_all(&undo_dir).map_err(|e| StoreError::Corrupt {
             disk: name.into(),
             path: undo_dir.clone(),
@@ -64,7 +75,7 @@ impl Disk {
             },
             Err(e) => return Err(io_err(name, "reading points.json")(e)),
         };
-        let mut disk = Self {
+        Ok(Self {
             dir,
             state,
             replica,
@@ -72,10 +83,7 @@ impl Disk {
             undo,
             points,
             retention: Retention::default(),
-        };
-        disk.recover()?;
-        disk.drop_unreconstructible_points();
-        Ok(disk)
+        })
     }
 
     /// Opens disk `req.name`, creating its replica on first attach (owned by `req.client`),
@@ -86,10 +94,22 @@ impl Disk {
     pub fn attach(store: &Path, req: &AttachRequest<'_>) -> Result<Self> {
         let name = req.name;
         let dir = disk_dir(store, name);
-        if !dir.join("state.json").exists() {
+        if let Some(state) = read_state(store, name)? {
+            // Authorize first: a client that may not write this disk never makes the server
+            // open it (which applies what a crash left staged).
+            check_attach_state(&state, req)?;
+            let d = Self::open(store, name)?;
+            d.check_attach(req)?;
+            return Ok(d);
+        }
+        {
             fs::create_dir_all(dir.join("staging"))
                 .map_err(io_err(name, "creating its directory"))?;
             fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
+            // The new directories are durable before anything in them is acknowledged.
+            for d in [store.join("disks"), dir.clone()] {
+                sync_dir(&d).map_err(io_err(name, format!("syncing {}", d.display())))?;
+            }
             let replica = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -120,11 +140,8 @@ impl Disk {
                 failed_over: None,
                 replica_device: None,
             };
-            return Self::create_new(dir, state, replica);
+            Self::create_new(dir, state, replica)
         }
-        let d = Self::open(store, name)?;
-        d.check_attach(req)?;
-        Ok(d)
     }
 
     /// Checks that `req` may continue replicating into this (already open) disk.
@@ -132,49 +149,18 @@ impl Disk {
     /// # Errors
     /// [`StoreError::Unauthorized`] or [`StoreError::Mismatch`].
     pub fn check_attach(&self, req: &AttachRequest<'_>) -> Result<()> {
-        let name = req.name;
-        if let Some(why) = &self.state.failed_over {
-            return Err(StoreError::FailedOver {
-                disk: name.into(),
-                why: why.clone(),
-            });
-        }
-        if self.state.owner != req.client {
-            return Err(StoreError::Unauthorized {
-                disk: name.into(),
-                owner: self.state.owner.clone(),
-                client: req.client.into(),
-            });
-        }
-        if self.state.disk_id != req.disk_id {
-            return Err(StoreError::Mismatch {
-                disk: name.into(),
-                why: format!(
-                    "the replica belongs to disk id {}, not {} (another disk with the same name?)",
-                    self.state.disk_id, req.disk_id
-                ),
-            });
-        }
-        if self.state.size != req.size || self.state.block_size != req.block_size {
-            return Err(StoreError::Mismatch {
-                disk: name.into(),
-                why: format!(
-                    "the replica is {} bytes with {}-byte blocks, the source {} bytes with {}-byte blocks",
-                    self.state.size, self.state.block_size, req.size, req.block_size
-                ),
-            });
-        }
-        Ok(())
+        check_attach_state(&self.state, req)
     }
 
     /// Reverse replication: makes `device` (the old primary's own disk) the replica of
     /// `req.name`, owned by `req.client`, with the copy complete at `from_seq` (the client
     /// compares the whole disk by digests next). An existing entry of that name (the
-    /// previous direction's replica) is moved to `STORE/retired/NAME-<ns>` first, never
-    /// deleted.
+    /// previous direction's replica) is retired to `STORE/retired/NAME-<ns>` first, never
+    /// deleted (see [`super::retired`]). The caller has authorized `req.client`.
     ///
     /// # Errors
-    /// The device cannot be opened or has another size, or a file error.
+    /// The device cannot be opened or has another size, too many retired copies
+    /// ([`StoreError::HistoryFull`]), or a file error.
     pub fn adopt(
         store: &Path,
         req: &AttachRequest<'_>,
@@ -187,13 +173,13 @@ impl Disk {
             .write(true)
             .open(device)
             .map_err(io_err(name, format!("opening {}", device.display())))?;
-        advise_random(&replica);
         let size = {
             use std::io::{Seek, SeekFrom};
             (&replica)
                 .seek(SeekFrom::End(0))
                 .map_err(io_err(name, format!("sizing {}", device.display())))?
         };
+        drop(replica);
         if size != req.size {
             return Err(StoreError::Mismatch {
                 disk: name.into(),
@@ -204,19 +190,6 @@ impl Disk {
                 ),
             });
         }
-        let dir = disk_dir(store, name);
-        if dir.exists() {
-            let retired = store.join("retired");
-            fs::create_dir_all(&retired).map_err(io_err(name, "creating retired/"))?;
-            let to = retired.join(format!("{name}-{}", crate::now_ns()));
-            fs::rename(&dir, &to).map_err(io_err(
-                name,
-                format!("retiring the previous replica to {}", to.display()),
-            ))?;
-            tracing::info!(disk = name, to = %to.display(), "previous replica retired");
-        }
-        fs::create_dir_all(dir.join("staging")).map_err(io_err(name, "creating its directory"))?;
-        fs::create_dir_all(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
         let state = DiskState {
             version: 1,
             name: name.into(),
@@ -237,7 +210,23 @@ impl Disk {
             failed_over: None,
             replica_device: Some(device.to_path_buf()),
         };
-        Self::create_new(dir, state, replica)
+        let why = format!(
+            "reverse replication by '{}' adopted {} under this name",
+            req.client,
+            device.display()
+        );
+        super::retired::install(store, name, &why, |dir| {
+            fs::create_dir(dir.join("staging")).map_err(io_err(name, "creating staging/"))?;
+            fs::create_dir(dir.join("undo")).map_err(io_err(name, "creating undo/"))?;
+            let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Io {
+                disk: name.into(),
+                what: "encoding state.json".into(),
+                source: std::io::Error::other(e),
+            })?;
+            super::write_atomic(&dir.join("state.json"), &bytes)
+                .map_err(io_err(name, "writing state.json"))
+        })?;
+        Self::open(store, name)
     }
 
     /// A disk's store just made: no points, no undo data, default retention; saved.
@@ -257,6 +246,80 @@ impl Disk {
         d.save()?;
         Ok(d)
     }
+}
+
+/// Checks that `req` may replicate into the disk whose state is `state`: the client is its
+/// owner (the certificate name that created it), it did not fail over here, and it is the
+/// same disk (id, size, block size).
+///
+/// # Errors
+/// [`StoreError::FailedOver`], [`StoreError::Unauthorized`] or [`StoreError::Mismatch`].
+pub fn check_attach_state(state: &DiskState, req: &AttachRequest<'_>) -> Result<()> {
+    let name = req.name;
+    if state.owner != req.client {
+        return Err(StoreError::Unauthorized {
+            disk: name.into(),
+            owner: state.owner.clone(),
+            client: req.client.into(),
+        });
+    }
+    if let Some(why) = &state.failed_over {
+        return Err(StoreError::FailedOver {
+            disk: name.into(),
+            why: why.clone(),
+        });
+    }
+    if state.disk_id != req.disk_id {
+        return Err(StoreError::Mismatch {
+            disk: name.into(),
+            why: format!(
+                "the replica belongs to disk id {}, not {} (another disk with the same name?)",
+                state.disk_id, req.disk_id
+            ),
+        });
+    }
+    if state.size != req.size || state.block_size != req.block_size {
+        return Err(StoreError::Mismatch {
+            disk: name.into(),
+            why: format!(
+                "the replica is {} bytes with {}-byte blocks, the source {} bytes with {}-byte blocks",
+                state.size, state.block_size, req.size, req.block_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The persisted state of disk `name` (`STORE/disks/NAME/state.json`) without opening the
+/// disk — nothing is recovered or written; `None` if it has no entry. What authorization
+/// decides on before anything else happens.
+///
+/// # Errors
+/// The file cannot be read or is invalid.
+pub fn read_state(store: &Path, name: &str) -> Result<Option<DiskState>> {
+    read_state_file(&disk_dir(store, name), name)
+}
+
+pub(super) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {
+    let path = dir.join("state.json");
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(name, "reading state.json")(e)),
+    };
+    let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+        disk: name.into(),
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if state.version != 1 {
+        return Err(StoreError::Corrupt {
+            disk: name.into(),
+            path,
+            why: format!("unsupported state version {}", state.version),
+        });
+    }
+    Ok(Some(state))
 }
 
 /// Tells the kernel the replica is read at random (the undo capture reads the old bytes of
