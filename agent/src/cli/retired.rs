@@ -50,13 +50,13 @@ pub(crate) fn run(a: &RetiredArgs) -> anyhow::Result<Outcome> {
         anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
         return Ok(Outcome::Ok);
     }
     let r: RetiredReport = serde_json::from_value(resp.data)?;
     if purge.is_some() {
         for c in &r.retired {
-            println!(
+            crate::outln!(
                 "purged retired copy {} ({} recovery point(s), {} freed)",
                 c.id,
                 c.points.len(),
@@ -66,10 +66,10 @@ pub(crate) fn run(a: &RetiredArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     if r.retired.is_empty() {
-        println!("no retired copies");
+        crate::outln!("no retired copies");
     }
     for c in &r.retired {
-        println!(
+        crate::outln!(
             "{:<32} retired {}  {} point(s), {}{}  owner {}",
             c.id,
             human::timestamp(c.retired_unix_ns),
@@ -78,10 +78,10 @@ pub(crate) fn run(a: &RetiredArgs) -> anyhow::Result<Outcome> {
             if c.replica_kept { "" } else { " (no replica)" },
             c.owner
         );
-        println!("{:<32} {}", "", c.why);
+        crate::outln!("{:<32} {}", "", c.why);
     }
     if !r.retired.is_empty() {
-        println!(
+        crate::outln!(
             "points: `sitrep points ID`; export: `sitrep points export ID POINT --out F`; remove: `sitrep retired purge ID`"
         );
     }

@@ -189,9 +189,9 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
     )?;
     if a.no_wait {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&job)?);
         } else {
-            println!(
+            crate::outln!(
                 "reverse replication started (job {}); follow it with: sitrep status",
                 job.id
             );
@@ -200,13 +200,15 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
     }
     let d = follow(&a.socket, &a.name, a.json, a.timeout)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&d)?);
     } else {
-        println!(
+        crate::outln!(
             "disk {} replicates to {} again; the comparison sent {} bytes on the wire",
-            d.name, d.peer, d.wire_bytes
+            d.name,
+            d.peer,
+            d.wire_bytes
         );
-        println!("move it back there with: sitrep failback {}", d.name);
+        crate::outln!("move it back there with: sitrep failback {}", d.name);
     }
     Ok(Outcome::Ok)
 }
@@ -261,13 +263,15 @@ pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
+        crate::outln!(
             "failed back: disk {} is active on the other site ({}) at point {}",
-            r.disk, r.device, r.point
+            r.disk,
+            r.device,
+            r.point
         );
-        println!(
+        crate::outln!(
             "restore the original direction there with: sitrep reverse {} --to HOST:PORT",
             r.disk
         );
@@ -286,13 +290,14 @@ pub(crate) fn accept(a: &AcceptArgs) -> anyhow::Result<Outcome> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(Outcome::Ok);
     }
     let Some(g) = &r.grant else {
-        println!(
+        crate::outln!(
             "disk {}: no reverse-accept grant any more ({})",
-            r.disk, r.path
+            r.disk,
+            r.path
         );
         return Ok(Outcome::Ok);
     };
@@ -304,25 +309,27 @@ pub(crate) fn accept(a: &AcceptArgs) -> anyhow::Result<Outcome> {
             (None, Some(s)) => format!("{s} (the server this site's agent replicated to)"),
             (None, None) => "nobody yet: add --from CN".into(),
         });
-    println!(
+    crate::outln!(
         "disk {}: the next reverse replication from {who} may adopt {}",
-        r.disk, r.device
+        r.disk,
+        r.device
     );
     if g.discard_local_changes {
         match &r.local_changes {
-            Some(w) => println!("  and DISCARD what this site wrote since the failover: {w}"),
-            None => println!("  (this site's logs record no change since the failover)"),
+            Some(w) => crate::outln!("  and DISCARD what this site wrote since the failover: {w}"),
+            None => crate::outln!("  (this site's logs record no change since the failover)"),
         }
     }
     if !r.failed_over {
-        println!(
+        crate::outln!(
             "  note: this site's agent still replicates disk {}: fail it over (or unprotect it) first",
             r.disk
         );
     }
-    println!(
+    crate::outln!(
         "granted in {}; used up by that adoption; undo with `sitrep reverse-accept {} --revoke`",
-        r.path, r.disk
+        r.path,
+        r.disk
     );
     Ok(Outcome::Ok)
 }
