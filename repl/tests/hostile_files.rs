@@ -170,3 +170,23 @@ fn a_verdict_label_longer_than_the_cap_is_refused_and_not_stored() {
         std::fs::read_to_string(server.store_dir().join("disks/d/points.json")).unwrap_or_default();
     assert!(text.len() < 4096, "points.json holds {} bytes", text.len());
 }
+
+#[test]
+fn a_rejected_disk_name_is_escaped_and_capped_in_the_refusal() {
+    let server = Server::start();
+    let forged = format!(
+        "x\r\n2026-12-05T00:00:00Z INFO forged\u{1b}[2J{}",
+        "y".repeat(5000)
+    );
+    let e = rt().block_on(async {
+        let (_c, r) = Client::attach(&server, "alice", &forged, 1, SIZE).await;
+        r.unwrap_err().to_string()
+    });
+    assert!(e.contains("invalid disk name"), "{e}");
+    assert!(
+        !e.contains('\r') && !e.contains('\n') && !e.contains('\u{1b}'),
+        "{e:?}"
+    );
+    assert!(e.contains("x\\r\\n2026"), "{e}");
+    assert!(e.len() < 1000, "{} bytes", e.len());
+}

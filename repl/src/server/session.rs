@@ -58,6 +58,16 @@ struct Conn<R, W> {
     peer: String,
 }
 
+/// The refusal of a disk name that is not 1–64 of `[A-Za-z0-9._-]`: the name is quoted
+/// escaped and capped ([`crate::peer_text`]) — it is logged, and a CR/LF in it must not forge
+/// a log line.
+fn invalid_name(disk: &str) -> StoreError {
+    StoreError::BadRequest {
+        disk: format!("'{}'", crate::peer_text(disk)),
+        why: "invalid disk name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)".into(),
+    }
+}
+
 async fn refuse<R, W: AsyncWrite + Unpin>(c: &mut Conn<R, W>, e: StoreError) -> ReplError {
     let code = code_of(&e);
     send_error(&mut c.w, code, e.to_string()).await;
@@ -115,11 +125,7 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
             block_size,
         } => {
             if !crate::valid_disk_name(&disk) {
-                let e = StoreError::BadRequest {
-                    disk: disk.clone(),
-                    why: "invalid disk name".into(),
-                };
-                return Err(refuse(&mut c, e).await);
+                return Err(refuse(&mut c, invalid_name(&disk)).await);
             }
             let req = AttachRequest {
                 name: &disk,
@@ -159,11 +165,7 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
             discard_target_changes: _,
         } => {
             if !crate::valid_disk_name(&disk) {
-                let e = StoreError::BadRequest {
-                    disk: disk.clone(),
-                    why: "invalid disk name".into(),
-                };
-                return Err(refuse(&mut c, e).await);
+                return Err(refuse(&mut c, invalid_name(&disk)).await);
             }
             let req = AttachRequest {
                 name: &disk,
