@@ -294,17 +294,20 @@ impl Disk {
                 let dir = self.dir.join("undo");
                 let part = undo::next_part(&dir, r.from_seq)
                     .map_err(io_err(&name, "listing undo parts"))?;
-                let replica = &self.replica;
-                let idx =
-                    undo::write_part(&dir, r.from_seq, part, crate::now_ns(), &ranges, |o, b| {
-                        replica.read_exact_at(b, o)
-                    })
-                    .map_err(|e| {
-                        // Give a partial file's space back (out of space, typically).
-                        let tmp = format!("{}.tmp", undo::file_name(r.from_seq, Some(part)));
-                        let _ = std::fs::remove_file(dir.join(tmp));
-                        io_err(&name, format!("writing undo part {part} of the resync"))(e)
-                    })?;
+                let idx = undo::write_part(
+                    &dir,
+                    r.from_seq,
+                    part,
+                    crate::now_ns(),
+                    &ranges,
+                    &self.replica,
+                )
+                .map_err(|e| {
+                    // Give a partial file's space back (out of space, typically).
+                    let tmp = format!("{}.tmp", undo::file_name(r.from_seq, Some(part)));
+                    let _ = std::fs::remove_file(dir.join(tmp));
+                    io_err(&name, format!("writing undo part {part} of the resync"))(e)
+                })?;
                 self.undo.push(idx);
                 self.undo.sort_by_key(undo::UndoIndex::order);
             }
