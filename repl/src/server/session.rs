@@ -15,7 +15,8 @@ fn code_of(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Unauthorized { .. } => ErrorCode::Unauthorized,
         StoreError::Mismatch { .. } => ErrorCode::DiskMismatch,
-        StoreError::BrokenChain { .. } => ErrorCode::BrokenChain,
+        // Past a cap the agent can reach: it replaces the cycle with a checksum resync.
+        StoreError::BrokenChain { .. } | StoreError::TooLarge { .. } => ErrorCode::BrokenChain,
         StoreError::BadRequest { .. } => ErrorCode::BadRequest,
         StoreError::FailedOver { .. } => ErrorCode::FailedOver,
         StoreError::SplitBrain { .. } => ErrorCode::SplitBrain,
