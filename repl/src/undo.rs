@@ -332,7 +332,7 @@ fn step(src: &mut impl Source, at: u64, end: u64) -> std::io::Result<(u64, u64)>
 
 /// An upper bound of the entries an undo file for `ranges` (sorted, disjoint) of `src` needs
 /// as `src` is now: one per hole and one per started [`MAX_ENTRY_LEN`] of each data run
-/// ([`write`] merges zero pieces, so it needs at most this many). Nothing is read. Counting
+/// ([`write()`] merges zero pieces, so it needs at most this many). Nothing is read. Counting
 /// stops once past `limit` (the result is then some value above `limit`), so the walk costs
 /// at most `limit` + `ranges.len()` steps however long the ranges are.
 ///

@@ -5,6 +5,7 @@
 //! STORE/disks/NAME/replica.img    the replica, a sparse file of the disk's size
 //! STORE/disks/NAME/staging/SEQ.cycle          a staged cycle (see below), durable before it is acked
 //! STORE/disks/NAME/staging/SEQ.cycle.tmp.E    a cycle being received by session epoch E
+//! STORE/disks/NAME/staging/SEQ.cycle.unapplied  a staged cycle that could not be applied (kept)
 //! ```
 //!
 //! **Staged cycle file** (format version 1): the 8 bytes `SRSTAGE1`, then protocol frames
