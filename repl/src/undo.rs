@@ -19,24 +19,37 @@
 //! a re-sent batch is harmless: its part saved half-written bytes, but an earlier part saved
 //! the originals.
 //!
-//! **Format** (little-endian). Writers write version 2; readers accept versions 1 and 2.
+//! **Format** (little-endian). Writers write version 3; readers accept versions 1, 2 and 3.
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0 | 8 | magic `SRUNDO01` |
-//! | 8 | 4 | version: 1 or 2 (anything else is refused) |
-//! | 12 | 4 | flags (0; version 2 refuses others, version 1 ignores them) |
+//! | 8 | 4 | version: 1, 2 or 3 (anything else is refused) |
+//! | 12 | 4 | flags (0; versions 2 and 3 refuse others, version 1 ignores them) |
 //! | 16 | 8 | sequence: the cycle's, or for a part the resync's `from_seq` |
 //! | 24 | 8 | entry count `n` (at most [`MAX_ENTRIES`]) |
 //! | 32 | 4 | CRC-32 of bytes 0..32, 36..64 and the entry table |
 //! | 36 | 8 | cut time (ns since the epoch): the cycle's source-side cut; for a part, as passed to [`write_part`] |
-//! | 44 | 4 | version 2: part number (0..`u32::MAX`), `u32::MAX` for a cycle's undo; version 1: zero, ignored (always a cycle's undo) |
-//! | 48 | 16 | zero (version 2 refuses others, version 1 ignores them) |
-//! | 64 | 32·n | entries: `offset` u64, `len` u64 (1..=[`MAX_ENTRY_LEN`]), `data_pos` u64 (`u64::MAX`: the range was zero), `crc` u32 of the data, 4 zero bytes |
+//! | 44 | 4 | versions 2 and 3: part number (0..`u32::MAX`), `u32::MAX` for a cycle's undo; version 1: zero, ignored (always a cycle's undo) |
+//! | 48 | 16 | zero (versions 2 and 3 refuse others, version 1 ignores them) |
+//! | 64 | 32·n | entries: `offset` u64, `len` u64, `data_pos` u64 (`u64::MAX`: the range was zero), `crc` u32 of the data, 4 zero bytes |
 //! | … | | data, at each entry's `data_pos` |
 //!
-//! Version 1 is version 2 without the part field: its bytes 44..64 were written as zero and
-//! it is always a cycle's undo (`part` = `None`).
+//! An entry's `len` is 1..=[`MAX_ENTRY_LEN`], except that from version 3 a *zero* entry
+//! (`data_pos` `u64::MAX`) may be of any length: a hole of the replica, or a run of all-zero
+//! pieces, is one entry however long. Version 3 is otherwise version 2 (a whole-device discard
+//! of a 64 TiB disk needed 64 Mi one-MiB entries before, more than an undo file holds; now
+//! it needs one entry per hole and per MiB of *data* it overwrites). Version 2 is version 3
+//! with every entry at most [`MAX_ENTRY_LEN`]. Version 1 is version 2 without the part field:
+//! its bytes 44..64 were written as zero and it is always a cycle's undo (`part` = `None`).
+//!
+//! **What a writer saves.** The writer asks its [`Source`] (the replica) where its data lies
+//! (`SEEK_DATA`/`SEEK_HOLE` on a file): a hole becomes one zero entry without being read, data
+//! is read in pieces of at most [`MAX_ENTRY_LEN`] (an all-zero piece becomes a zero entry), and
+//! adjacent zero entries merge. The entries of a file, and so the memory and the time to
+//! write it, are bounded by the holes and the MiB of data under its ranges — never by the
+//! ranges' length. [`estimate_entries`] computes that bound without reading, so a cycle
+//! whose undo would not fit is refused before it is acknowledged.
 //!
 //! Entries are sorted by offset and do not overlap. The file is written to `.tmp`, fsynced,
 //! and renamed (a part is linked into place so that it cannot replace a file), then the
@@ -45,21 +58,28 @@
 //! same sequence and part as its file name.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"SRUNDO01";
 /// The format version writers write.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Header size.
 pub const HEADER_LEN: u64 = 64;
 /// Entry size.
 pub const ENTRY_LEN: u64 = 32;
-/// Most entries in one file.
+/// Most entries in one file: 4 Mi. The entry table is read whole (128 MiB at most, checked
+/// before allocating) and kept in memory while the file is retained (about 40 bytes an
+/// entry), so this bounds the memory one undo file costs. With data entries of at most
+/// [`MAX_ENTRY_LEN`] it bounds what one cycle may overwrite to about 4 TiB of *allocated*
+/// replica data (holes cost one entry each, whatever their length); a cycle past it is
+/// refused before it is acknowledged, and the source replaces it with a checksum resync.
 pub const MAX_ENTRIES: u64 = 1 << 22;
-/// Longest entry (ranges are split to this size).
+/// Longest data entry (data is saved in pieces of at most this size, each with its own CRC,
+/// which export checks whenever it reads a whole piece). From version 3 a zero entry may be
+/// longer.
 pub const MAX_ENTRY_LEN: u64 = 1 << 20;
 const ZERO_POS: u64 = u64::MAX;
 /// The header's part field of a cycle's undo (version 2).
@@ -70,7 +90,7 @@ const CYCLE_PART: u32 = u32::MAX;
 pub struct Entry {
     /// Byte offset on the disk.
     pub offset: u64,
-    /// Length.
+    /// Length (at most [`MAX_ENTRY_LEN`] for data; any length for a zero entry).
     pub len: u64,
     /// Where its data is in the file (`None`: it was all zero).
     pub data_pos: Option<u64>,
@@ -156,26 +176,35 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Encodes a version-2 header and entry table (the data follows). `part` `None` is a cycle's
+/// The 64-byte header of a file of `n` entries, its CRC field zero.
+fn header(seq: u64, part: Option<u32>, cut_time_ns: u64, n: u64) -> [u8; 64] {
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..32].copy_from_slice(&n.to_le_bytes());
+    h[36..44].copy_from_slice(&cut_time_ns.to_le_bytes());
+    h[44..48].copy_from_slice(&part.unwrap_or(CYCLE_PART).to_le_bytes());
+    h
+}
+
+fn entry_bytes(e: &Entry) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&e.offset.to_le_bytes());
+    b[8..16].copy_from_slice(&e.len.to_le_bytes());
+    b[16..24].copy_from_slice(&e.data_pos.unwrap_or(ZERO_POS).to_le_bytes());
+    b[24..28].copy_from_slice(&e.crc.to_le_bytes());
+    b
+}
+
+/// Encodes a version-3 header and entry table (the data follows). `part` `None` is a cycle's
 /// undo.
 #[must_use]
 pub fn encode_index(seq: u64, part: Option<u32>, cut_time_ns: u64, entries: &[Entry]) -> Vec<u8> {
     let mut b = Vec::with_capacity(64 + entries.len() * 32);
-    b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&VERSION.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    b.extend_from_slice(&[0u8; 4]);
-    b.extend_from_slice(&cut_time_ns.to_le_bytes());
-    b.extend_from_slice(&part.unwrap_or(CYCLE_PART).to_le_bytes());
-    b.extend_from_slice(&[0u8; 16]);
+    b.extend_from_slice(&header(seq, part, cut_time_ns, entries.len() as u64));
     for e in entries {
-        b.extend_from_slice(&e.offset.to_le_bytes());
-        b.extend_from_slice(&e.len.to_le_bytes());
-        b.extend_from_slice(&e.data_pos.unwrap_or(ZERO_POS).to_le_bytes());
-        b.extend_from_slice(&e.crc.to_le_bytes());
-        b.extend_from_slice(&[0u8; 4]);
+        b.extend_from_slice(&entry_bytes(e));
     }
     let mut h = crc32fast::Hasher::new();
     h.update(&b[..32]);
@@ -185,37 +214,187 @@ pub fn encode_index(seq: u64, part: Option<u32>, cut_time_ns: u64, entries: &[En
     b
 }
 
-/// Writes `undo/SEQ.undo` (the undo of cycle `seq`) from `read(offset, buf)` (the replica's
-/// current bytes) for `ranges` (sorted, disjoint), durably. Returns its index. An existing
-/// file of that name is replaced (the caller checks its index first: after a crash that file
-/// may be all that is left of the replica's old bytes).
+/// Writes what [`encode_index`] encodes at the start of `f`, a MiB of the table at a time (a
+/// table of [`MAX_ENTRIES`] is 128 MiB: never encoded whole in memory).
+fn write_index(
+    f: &File,
+    seq: u64,
+    part: Option<u32>,
+    cut_time_ns: u64,
+    entries: &[Entry],
+) -> std::io::Result<()> {
+    let mut h = header(seq, part, cut_time_ns, entries.len() as u64);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..32]);
+    crc.update(&h[36..]);
+    let mut at = HEADER_LEN;
+    for group in entries.chunks(1 << 15) {
+        let table: Vec<u8> = group.iter().flat_map(entry_bytes).collect();
+        crc.update(&table);
+        f.write_all_at(&table, at)?;
+        at += table.len() as u64;
+    }
+    h[32..36].copy_from_slice(&crc.finalize().to_le_bytes());
+    f.write_all_at(&h, 0)
+}
+
+/// What an undo file saves: the replica's current bytes, and where it has none (holes).
+pub trait Source {
+    /// Fills `buf` with the bytes at `offset`.
+    ///
+    /// # Errors
+    /// The read failed.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+
+    /// The first run of data in `[from, end)`: `Some((start, stop))` with
+    /// `from <= start < stop <= end`, every byte of `[from, start)` reading as zero; `None`
+    /// when all of `[from, end)` reads as zero. A source that cannot tell answers that it is
+    /// all data (the default).
+    ///
+    /// # Errors
+    /// The query failed.
+    fn next_data(&mut self, from: u64, end: u64) -> std::io::Result<Option<(u64, u64)>> {
+        Ok((from < end).then_some((from, end)))
+    }
+}
+
+/// A [`Source`] that reads with `read(offset, buf)` and knows no holes (see [`from_fn`]).
+#[derive(Debug)]
+pub struct FnSource<F>(F);
+
+/// A [`Source`] made of `read(offset, buf)`, all data (no holes).
+pub fn from_fn<F: FnMut(u64, &mut [u8]) -> std::io::Result<()>>(read: F) -> FnSource<F> {
+    FnSource(read)
+}
+
+impl<F: FnMut(u64, &mut [u8]) -> std::io::Result<()>> Source for FnSource<F> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        (self.0)(offset, buf)
+    }
+}
+
+/// A file (the replica): its holes are found with `SEEK_DATA`/`SEEK_HOLE`, never read.
+impl Source for &File {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+
+    fn next_data(&mut self, from: u64, end: u64) -> std::io::Result<Option<(u64, u64)>> {
+        Ok(data_run(self, from, end))
+    }
+}
+
+/// The first data run of `f` in `[from, end)` (see [`Source::next_data`]). Moves the file
+/// offset, which positional reads and writes ignore. A file system or device that cannot
+/// answer (`EINVAL`...) is taken as all data: only the cost changes, never the contents.
+#[must_use]
+pub fn data_run(f: &File, from: u64, end: u64) -> Option<(u64, u64)> {
+    use nix::errno::Errno;
+    use nix::unistd::{Whence, lseek};
+    if from >= end {
+        return None;
+    }
+    let all = Some((from, end));
+    let Ok(o) = i64::try_from(from) else {
+        return all;
+    };
+    let start = match lseek(f, o, Whence::SeekData) {
+        Ok(s) => u64::try_from(s).unwrap_or(from).max(from),
+        // No data at or after `from`.
+        Err(Errno::ENXIO) => return None,
+        Err(_) => return all,
+    };
+    if start >= end {
+        return None;
+    }
+    let stop = i64::try_from(start)
+        .ok()
+        .and_then(|s| lseek(f, s, Whence::SeekHole).ok())
+        .and_then(|h| u64::try_from(h).ok())
+        .filter(|&h| h > start)
+        .map_or(end, |h| h.min(end));
+    Some((start, stop))
+}
+
+/// The next step of a walk over `[at, end)` of `src`: `(start, stop)` with
+/// `at <= start <= stop <= end`, a hole before `start`, data in `[start, stop)`, and progress
+/// made (`stop > at`, or `start == end`) whatever the source answers.
+fn step(src: &mut impl Source, at: u64, end: u64) -> std::io::Result<(u64, u64)> {
+    Ok(match src.next_data(at, end)? {
+        None => (end, end),
+        Some((s, t)) => {
+            let s = s.clamp(at, end);
+            let t = t.clamp(s, end);
+            if t == s && s < end { (s, end) } else { (s, t) }
+        }
+    })
+}
+
+/// An upper bound of the entries an undo file for `ranges` (sorted, disjoint) of `src` needs
+/// as `src` is now: one per hole and one per started [`MAX_ENTRY_LEN`] of each data run
+/// ([`write()`] merges zero pieces, so it needs at most this many). Nothing is read. Counting
+/// stops once past `limit` (the result is then some value above `limit`), so the walk costs
+/// at most `limit` + `ranges.len()` steps however long the ranges are.
 ///
 /// # Errors
-/// Reading the replica or writing the file failed.
+/// The source could not say where its data is.
+pub fn estimate_entries(
+    src: &mut impl Source,
+    ranges: &[(u64, u64)],
+    limit: u64,
+) -> std::io::Result<u64> {
+    let mut n = 0u64;
+    for &(o, l) in ranges {
+        let end = o.saturating_add(l);
+        let mut at = o;
+        while at < end {
+            let (s, t) = step(src, at, end)?;
+            n = n
+                .saturating_add(u64::from(s > at))
+                .saturating_add((t - s).div_ceil(MAX_ENTRY_LEN));
+            if n > limit {
+                return Ok(n);
+            }
+            at = t.max(s);
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `undo/SEQ.undo` (the undo of cycle `seq`) from `src` (the replica's current bytes)
+/// for `ranges` (sorted, disjoint), durably. Returns its index. An existing file of that name
+/// is replaced (the caller checks its index first: after a crash that file may be all that is
+/// left of the replica's old bytes).
+///
+/// # Errors
+/// More than [`MAX_ENTRIES`] entries would be needed ([`std::io::ErrorKind::FileTooLarge`],
+/// before anything is read: see [`estimate_entries`]), or reading the replica or writing the
+/// file failed.
 pub fn write(
     dir: &Path,
     seq: u64,
     cut_time_ns: u64,
     ranges: &[(u64, u64)],
-    read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    src: impl Source,
 ) -> std::io::Result<UndoIndex> {
-    write_file(dir, seq, None, cut_time_ns, ranges, read)
+    write_file(dir, seq, None, cut_time_ns, ranges, src)
 }
 
 /// Writes `undo/SEQ.rPART.undo`, part `part` of the resync before cycle `seq` (its
-/// `from_seq`), from `read(offset, buf)` for `ranges` (sorted, disjoint), durably: call it
-/// before writing the batch into the replica. Never replaces a file. Returns its index.
+/// `from_seq`), from `src` for `ranges` (sorted, disjoint), durably: call it before writing
+/// the batch into the replica. Never replaces a file. Returns its index.
 ///
 /// # Errors
 /// The file already exists ([`std::io::ErrorKind::AlreadyExists`]: take [`next_part`]),
-/// `part` is `u32::MAX` (reserved), or reading the replica or writing the file failed.
+/// `part` is `u32::MAX` (reserved), more than [`MAX_ENTRIES`] entries would be needed, or
+/// reading the replica or writing the file failed.
 pub fn write_part(
     dir: &Path,
     seq: u64,
     part: u32,
     cut_time_ns: u64,
     ranges: &[(u64, u64)],
-    read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    src: impl Source,
 ) -> std::io::Result<UndoIndex> {
     if part == CYCLE_PART {
         return Err(std::io::Error::new(
@@ -223,7 +402,28 @@ pub fn write_part(
             format!("undo part number {part} is reserved"),
         ));
     }
-    write_file(dir, seq, Some(part), cut_time_ns, ranges, read)
+    write_file(dir, seq, Some(part), cut_time_ns, ranges, src)
+}
+
+/// Appends entry `e` to `entries`, merged into the previous one when both are zero and
+/// touch. Fails when a new entry would pass `reserved` (the source changed since it was
+/// estimated).
+fn push_entry(entries: &mut Vec<Entry>, e: Entry, reserved: u64) -> std::io::Result<()> {
+    if e.data_pos.is_none()
+        && let Some(last) = entries.last_mut()
+        && last.data_pos.is_none()
+        && last.end() == e.offset
+    {
+        last.len += e.len;
+        return Ok(());
+    }
+    if entries.len() as u64 >= reserved {
+        return Err(std::io::Error::other(
+            "the replica's layout changed while its undo data was being saved",
+        ));
+    }
+    entries.push(e);
+    Ok(())
 }
 
 /// The one writer of undo files: a cycle's (`part` `None`, replaces) or a part (never replaces).
@@ -233,7 +433,7 @@ fn write_file(
     part: Option<u32>,
     cut_time_ns: u64,
     ranges: &[(u64, u64)],
-    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    mut src: impl Source,
 ) -> std::io::Result<UndoIndex> {
     let what = || match part {
         None => format!("cycle {seq}"),
@@ -248,58 +448,64 @@ fn write_file(
             format!("{}: the undo of {} already exists", path.display(), what()),
         ));
     }
-    let mut pieces = Vec::new();
-    for &(o, l) in ranges {
-        let mut at = o;
-        while at < o + l {
-            let n = (o + l - at).min(MAX_ENTRY_LEN);
-            pieces.push((at, n));
-            at += n;
-        }
+    // The table's room is reserved for the bound; entries merged below it leave a hole in the
+    // file between the table and the data, which readers never look at.
+    let reserved = estimate_entries(&mut src, ranges, MAX_ENTRIES)?;
+    if reserved > MAX_ENTRIES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "{} overwrites more than {MAX_ENTRIES} holes and MiB of data, more than an undo file holds",
+                what()
+            ),
+        ));
     }
-    if pieces.len() as u64 > MAX_ENTRIES {
-        return Err(std::io::Error::other(format!(
-            "{} overwrites {} ranges, more than an undo file holds",
-            what(),
-            pieces.len()
-        )));
-    }
-    let data_start = HEADER_LEN + ENTRY_LEN * pieces.len() as u64;
-    let f = File::create(&tmp)?;
+    let data_start = HEADER_LEN + ENTRY_LEN * reserved;
+    let mut f = File::create(&tmp)?;
+    f.seek(SeekFrom::Start(data_start))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    // Placeholder index; rewritten once the data's CRCs and positions are known.
-    w.write_all(&vec![
-        0u8;
-        usize::try_from(data_start)
-            .map_err(std::io::Error::other)?
-    ])?;
-    let mut entries = Vec::with_capacity(pieces.len());
+    let mut entries = Vec::new();
     let mut pos = data_start;
     let mut buf = vec![0u8; usize::try_from(MAX_ENTRY_LEN).unwrap_or(1 << 20)];
-    for (o, l) in pieces {
-        let n = usize::try_from(l).map_err(std::io::Error::other)?;
-        let b = &mut buf[..n];
-        read(o, b)?;
-        if crate::devread::is_zero(b) {
-            entries.push(Entry {
-                offset: o,
-                len: l,
-                data_pos: None,
-                crc: 0,
-            });
-        } else {
-            w.write_all(b)?;
-            entries.push(Entry {
-                offset: o,
-                len: l,
-                data_pos: Some(pos),
-                crc: crc32fast::hash(b),
-            });
-            pos += l;
+    let zero = |offset, len| Entry {
+        offset,
+        len,
+        data_pos: None,
+        crc: 0,
+    };
+    for &(o, l) in ranges {
+        let end = o.saturating_add(l);
+        let mut at = o;
+        while at < end {
+            let (s, t) = step(&mut src, at, end)?;
+            if s > at {
+                push_entry(&mut entries, zero(at, s - at), reserved)?;
+            }
+            let mut p = s;
+            while p < t {
+                let n = (t - p).min(MAX_ENTRY_LEN);
+                let b = &mut buf[..usize::try_from(n).map_err(std::io::Error::other)?];
+                src.read_at(p, b)?;
+                if crate::devread::is_zero(b) {
+                    push_entry(&mut entries, zero(p, n), reserved)?;
+                } else {
+                    w.write_all(b)?;
+                    let e = Entry {
+                        offset: p,
+                        len: n,
+                        data_pos: Some(pos),
+                        crc: crc32fast::hash(b),
+                    };
+                    push_entry(&mut entries, e, reserved)?;
+                    pos += n;
+                }
+                p += n;
+            }
+            at = t.max(s);
         }
     }
     let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.write_all_at(&encode_index(seq, part, cut_time_ns, &entries), 0)?;
+    write_index(&f, seq, part, cut_time_ns, &entries)?;
     f.sync_all()?;
     drop(f);
     if part.is_some() {
@@ -361,11 +567,11 @@ pub fn next_part(dir: &Path, seq: u64) -> std::io::Result<u32> {
     }
 }
 
-/// Reads an undo file's index (version 1 or 2), checking it.
+/// Reads an undo file's index (version 1, 2 or 3), checking it.
 ///
 /// # Errors
-/// Unreadable, wrong magic or version, bad CRC, nonzero reserved bytes (version 2), or sizes
-/// that do not fit the file.
+/// Unreadable, wrong magic or version, bad CRC, nonzero reserved bytes (versions 2 and 3),
+/// entries too long for their version, or sizes that do not fit the file.
 pub fn read_index(path: &Path) -> std::io::Result<UndoIndex> {
     let bad = |why: String| std::io::Error::other(format!("{}: {why}", path.display()));
     let mut f = File::open(path)?;
@@ -377,7 +583,7 @@ pub fn read_index(path: &Path) -> std::io::Result<UndoIndex> {
         return Err(bad("not an undo file".into()));
     }
     let version = le32(&h, 8);
-    if version != 1 && version != 2 {
+    if !(1..=3).contains(&version) {
         return Err(bad(format!("unsupported undo format version {version}")));
     }
     let seq = le64(&h, 16);
@@ -410,7 +616,9 @@ pub fn read_index(path: &Path) -> std::io::Result<UndoIndex> {
     for e in table.chunks_exact(32) {
         let (offset, l, pos, crc) = (le64(e, 0), le64(e, 8), le64(e, 16), le32(e, 24));
         let end = offset.checked_add(l);
-        if l == 0 || l > MAX_ENTRY_LEN || end.is_none() || offset < prev_end {
+        // Version 3 lets a zero entry be longer than a data entry.
+        let long_ok = version >= 3 && pos == ZERO_POS;
+        if l == 0 || (l > MAX_ENTRY_LEN && !long_ok) || end.is_none() || offset < prev_end {
             return Err(bad(format!("bad entry {offset}+{l}")));
         }
         if pos != ZERO_POS && pos.checked_add(l).is_none_or(|x| x > len) {
@@ -523,7 +731,7 @@ mod tests {
         want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // 24: entry count
         want.extend_from_slice(&[0; 4]); // 32: CRC, patched below
         want.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0]); // 36: cut time
-        want.extend_from_slice(&part_field.to_le_bytes()); // 44: part (v2) / zero (v1)
+        want.extend_from_slice(&part_field.to_le_bytes()); // 44: part (v2, v3) / zero (v1)
         want.extend_from_slice(&[0; 16]); // 48: zero
         assert_eq!(want.len(), 64);
         want.extend_from_slice(&[0, 0x10, 0, 0, 0, 0, 0, 0]); // offset 4096
@@ -557,13 +765,38 @@ mod tests {
     }
 
     #[test]
-    fn golden_v2() {
+    fn golden_v2_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        for (part_field, want) in [(3, Some(3)), (u32::MAX, None)] {
+            let p = dir.path().join(file_name(7, want));
+            fs::write(&p, documented_bytes(2, part_field)).unwrap();
+            let u = read_index(&p).unwrap();
+            assert_eq!((u.seq, u.part, u.cut_time_ns), (7, want, 9));
+            assert_eq!(u.entries, [zero_entry()]);
+        }
+        // Version 2 never held an entry longer than MAX_ENTRY_LEN, zero or not.
+        let p = dir.path().join(file_name(7, None));
+        fs::write(&p, with_long_zero_entry(2)).unwrap();
+        let e = read_index(&p).unwrap_err().to_string();
+        assert!(e.contains("bad entry"), "{e}");
+    }
+
+    /// `documented_bytes(version, u32::MAX)` whose one zero entry is 64 TiB long.
+    fn with_long_zero_entry(version: u32) -> Vec<u8> {
+        let mut b = documented_bytes(version, u32::MAX);
+        b[72..80].copy_from_slice(&(64u64 << 40).to_le_bytes());
+        fix_crc(&mut b);
+        b
+    }
+
+    #[test]
+    fn golden_v3() {
         let part = encode_index(7, Some(3), 9, &[zero_entry()]);
-        assert_eq!(part, documented_bytes(2, 3));
+        assert_eq!(part, documented_bytes(3, 3));
         assert_eq!(&part[44..48], &[3, 0, 0, 0]);
         let cycle = encode_index(7, None, 9, &[zero_entry()]);
-        assert_eq!(cycle, documented_bytes(2, u32::MAX));
-        assert_eq!(&cycle[8..12], &[2, 0, 0, 0]);
+        assert_eq!(cycle, documented_bytes(3, u32::MAX));
+        assert_eq!(&cycle[8..12], &[3, 0, 0, 0]);
         assert_eq!(&cycle[44..48], &[0xff; 4]);
         // The CRC covers the part field.
         let (a, b) = (le32(&part, 32), le32(&cycle, 32));
@@ -581,6 +814,27 @@ mod tests {
             assert_eq!((u.seq, u.part, u.cut_time_ns), (7, want, 9));
             assert_eq!(u.entries, [zero_entry()]);
         }
+        // A zero entry of any length (a 64 TiB hole: bytes 72..80 are its length).
+        let long = with_long_zero_entry(3);
+        let mut e = zero_entry();
+        e.len = 64 << 40;
+        assert_eq!(long, encode_index(7, None, 9, &[e]));
+        assert_eq!(&long[72..80], &[0, 0, 0, 0, 0, 0x40, 0, 0]);
+        let p = dir.path().join(file_name(7, None));
+        fs::write(&p, &long).unwrap();
+        assert_eq!(read_index(&p).unwrap().entries, [e]);
+        // A data entry stays at most MAX_ENTRY_LEN (its CRC covers it whole).
+        let mut b = long.clone();
+        b[80..88].copy_from_slice(&64u64.to_le_bytes());
+        fix_crc(&mut b);
+        b.resize(b.len() + 64, 0);
+        fs::write(&p, &b).unwrap();
+        let err = read_index(&p).unwrap_err().to_string();
+        assert!(err.contains("bad entry"), "{err}");
+        // The streaming writer writes exactly what encode_index encodes.
+        let f = File::create(&p).unwrap();
+        write_index(&f, 7, None, 9, &[e]).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), long);
     }
 
     #[test]
@@ -624,11 +878,11 @@ mod tests {
             3,
             0,
             &[(0, 4096), (1 << 20, (1 << 20) + 4096)],
-            |o, b| {
+            from_fn(|o, b| {
                 let o = usize::try_from(o).unwrap();
                 b.copy_from_slice(&zeroed[o..o + b.len()]);
                 Ok(())
-            },
+            }),
         )
         .unwrap();
         assert_eq!(idx.part, None);
@@ -642,8 +896,8 @@ mod tests {
         assert_eq!(back.part, None);
         assert_eq!(
             le32(&fs::read(&idx.path).unwrap(), 8),
-            2,
-            "writes version 2"
+            3,
+            "writes version 3"
         );
         let f = File::open(&idx.path).unwrap();
         let mut out = vec![0u8; 4096];
@@ -671,14 +925,110 @@ mod tests {
     }
 
     #[test]
+    fn holes_cost_one_entry_whatever_their_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("replica");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&img)
+            .unwrap();
+        let size = 64u64 << 30;
+        f.set_len(size).unwrap();
+        f.write_all_at(&[7u8; 8192], 1 << 30).unwrap();
+        // Allocated but all zero: merges with the holes around it.
+        f.write_all_at(&[0u8; 8192], 2 << 30).unwrap();
+        f.write_all_at(&vec![9u8; 3 << 20], 3 << 30).unwrap();
+        let ranges = [(0, size)];
+        let bound = estimate_entries(&mut &f, &ranges, MAX_ENTRIES).unwrap();
+        assert!(bound <= 12, "{bound}");
+        let d = dir.path().join("undo");
+        fs::create_dir(&d).unwrap();
+        let idx = write(&d, 5, 0, &ranges, &f).unwrap();
+        let kinds: Vec<(u64, u64, bool)> = idx
+            .entries
+            .iter()
+            .map(|e| (e.offset, e.len, e.data_pos.is_some()))
+            .collect();
+        // A file system may allocate around a write (ext4 and tmpfs do not); what the
+        // entries say must hold whatever it did.
+        assert!(kinds.len() as u64 <= bound, "{kinds:?}");
+        assert_eq!(kinds.iter().map(|k| k.1).sum::<u64>(), size);
+        let data: u64 = kinds.iter().filter(|k| k.2).map(|k| k.1).sum();
+        assert!(data >= 8192 + (3 << 20), "{kinds:?}");
+        assert!(data < 16 << 20, "holes are not saved as data: {kinds:?}");
+        assert!(fs::metadata(&idx.path).unwrap().len() < 64 << 20);
+        for w in kinds.windows(2) {
+            assert!(w[0].2 || w[1].2, "adjacent zero entries merge: {kinds:?}");
+        }
+        // Read back through the index: the bytes and the zeros.
+        let back = read_index(&idx.path).unwrap();
+        assert_eq!(back.entries, idx.entries);
+        let u = File::open(&idx.path).unwrap();
+        let at = |o: u64| {
+            back.entries
+                .iter()
+                .find(|e| e.offset <= o && o < e.end())
+                .unwrap()
+        };
+        for (o, want) in [(1u64 << 30, 7u8), (3 << 30, 9), (2 << 30, 0), (5 << 30, 0)] {
+            let mut b = [1u8; 4096];
+            read_entry(&u, at(o), o, &mut b).unwrap();
+            assert!(b.iter().all(|&x| x == want), "{o}");
+        }
+    }
+
+    #[test]
+    fn an_undo_past_the_entry_cap_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reads = 0;
+        // A source that cannot tell holes: 4 TiB + 1 MiB of data needs one entry too many.
+        let e = write(
+            dir.path(),
+            1,
+            0,
+            &[(0, MAX_ENTRIES * MAX_ENTRY_LEN + 1)],
+            from_fn(|_, _| {
+                reads += 1;
+                Ok(())
+            }),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge, "{e}");
+        assert_eq!(reads, 0);
+        let mut all_data = from_fn(|_, _| Ok(()));
+        let n = estimate_entries(
+            &mut all_data,
+            &[(0, MAX_ENTRIES * MAX_ENTRY_LEN)],
+            MAX_ENTRIES,
+        )
+        .unwrap();
+        assert_eq!(n, MAX_ENTRIES);
+        assert!(
+            !dir.path()
+                .join(format!("{}.tmp", file_name(1, None)))
+                .exists()
+        );
+    }
+
+    #[test]
     fn part_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let disk: Vec<u8> = (0..(64u32 << 10)).map(|i| (i % 13) as u8 + 1).collect();
-        let idx = write_part(dir.path(), 4, 2, 11, &[(4096, 8192)], |o, b| {
-            let o = usize::try_from(o).unwrap();
-            b.copy_from_slice(&disk[o..o + b.len()]);
-            Ok(())
-        })
+        let idx = write_part(
+            dir.path(),
+            4,
+            2,
+            11,
+            &[(4096, 8192)],
+            from_fn(|o, b| {
+                let o = usize::try_from(o).unwrap();
+                b.copy_from_slice(&disk[o..o + b.len()]);
+                Ok(())
+            }),
+        )
         .unwrap();
         assert_eq!(
             idx.path,
@@ -701,16 +1051,16 @@ mod tests {
     }
 
     fn empty_part(dir: &Path, seq: u64, part: u32) -> std::io::Result<UndoIndex> {
-        write_part(dir, seq, part, 0, &[], |_, _| Ok(()))
+        write_part(dir, seq, part, 0, &[], from_fn(|_, _| Ok(())))
     }
 
     #[test]
     fn ordering() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let none = |_: u64, _: &mut [u8]| Ok(());
-        write(d, 6, 0, &[], none).unwrap();
-        write(d, 5, 0, &[], none).unwrap();
+        let none = || from_fn(|_, _| Ok(()));
+        write(d, 6, 0, &[], none()).unwrap();
+        write(d, 5, 0, &[], none()).unwrap();
         // Part numbers whose names sort the other way round (9 digits before 8).
         for p in [100_000_000, 10, 0, 99_999_999, 9, 1] {
             empty_part(d, 6, p).unwrap();
@@ -755,28 +1105,49 @@ mod tests {
     fn write_part_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let first = write_part(d, 3, 0, 0, &[(0, 512)], |_, b| {
-            b.fill(1);
-            Ok(())
-        })
+        let first = write_part(
+            d,
+            3,
+            0,
+            0,
+            &[(0, 512)],
+            from_fn(|_, b| {
+                b.fill(1);
+                Ok(())
+            }),
+        )
         .unwrap();
         let before = fs::read(&first.path).unwrap();
         let mut reads = 0;
-        let e = write_part(d, 3, 0, 0, &[(0, 512)], |_, b| {
-            reads += 1;
-            b.fill(2);
-            Ok(())
-        })
+        let e = write_part(
+            d,
+            3,
+            0,
+            0,
+            &[(0, 512)],
+            from_fn(|_, b| {
+                reads += 1;
+                b.fill(2);
+                Ok(())
+            }),
+        )
         .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(reads, 0, "refused before reading the replica");
         assert_eq!(fs::read(&first.path).unwrap(), before);
         // Also when the file appears while the part is being written.
-        let e = write_part(d, 3, 1, 0, &[(0, 512)], |_, b| {
-            fs::write(d.join(file_name(3, Some(1))), b"racer")?;
-            b.fill(3);
-            Ok(())
-        })
+        let e = write_part(
+            d,
+            3,
+            1,
+            0,
+            &[(0, 512)],
+            from_fn(|_, b| {
+                fs::write(d.join(file_name(3, Some(1))), b"racer")?;
+                b.fill(3);
+                Ok(())
+            }),
+        )
         .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(fs::read(d.join(file_name(3, Some(1)))).unwrap(), b"racer");
@@ -792,7 +1163,7 @@ mod tests {
         let d = dir.path();
         assert_eq!(next_part(&d.join("missing"), 4).unwrap(), 0);
         assert_eq!(next_part(d, 4).unwrap(), 0);
-        write(d, 4, 0, &[], |_, _| Ok(())).unwrap();
+        write(d, 4, 0, &[], from_fn(|_, _| Ok(()))).unwrap();
         empty_part(d, 3, 7).unwrap();
         empty_part(d, 5, 7).unwrap();
         assert_eq!(next_part(d, 4).unwrap(), 0, "other sequences do not count");
@@ -821,7 +1192,7 @@ mod tests {
     fn corrupt_and_unknown_versions() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(file_name(7, Some(3)));
-        for v in [0u32, 3, u32::MAX] {
+        for v in [0u32, 4, u32::MAX] {
             let mut b = documented_bytes(2, 3);
             b[8..12].copy_from_slice(&v.to_le_bytes());
             fix_crc(&mut b);

@@ -68,7 +68,7 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
             state,
             health: if st.broken.is_some() {
                 Health::Critical
-            } else if err.is_some() {
+            } else if err.is_some() || d.fault().is_some() {
                 Health::Warning
             } else {
                 Health::Normal
@@ -94,7 +94,7 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
                 eta_seconds: None,
             }),
             connected: slot.connected.load(Ordering::Relaxed),
-            error: st.broken.clone().or(err),
+            error: st.broken.clone().or(d.fault().map(String::from)).or(err),
             resync_reason: st.broken.clone(),
             points: d.points().len() as u64,
             points_bytes: d.points_bytes(),

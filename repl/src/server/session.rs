@@ -16,7 +16,8 @@ fn code_of(e: &StoreError) -> ErrorCode {
         StoreError::Unauthorized { .. } | StoreError::NotAllowed { .. } => ErrorCode::Unauthorized,
         StoreError::HistoryFull { .. } => ErrorCode::NoSpace,
         StoreError::Mismatch { .. } => ErrorCode::DiskMismatch,
-        StoreError::BrokenChain { .. } => ErrorCode::BrokenChain,
+        // Past a cap the agent can reach: it replaces the cycle with a checksum resync.
+        StoreError::BrokenChain { .. } | StoreError::TooLarge { .. } => ErrorCode::BrokenChain,
         StoreError::BadRequest { .. } => ErrorCode::BadRequest,
         StoreError::FailedOver { .. } => ErrorCode::FailedOver,
         StoreError::SplitBrain { .. } => ErrorCode::SplitBrain,

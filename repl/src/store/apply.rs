@@ -1,5 +1,6 @@
-//! Cycles on the replica: admitting an arriving cycle, staging it, and applying staged cycles
-//! as a redo log (see the parent module's docs), also those a crash or a failed apply left.
+//! Cycles on the replica: admitting an arriving cycle, staging it (refused before the ack
+//! when it could not be applied), and applying staged cycles as a redo log (see the parent
+//! module's docs), also those a crash or a failed apply left.
 
 use std::fs::{self, File};
 use std::io::{BufReader, Read};
@@ -7,13 +8,15 @@ use std::path::{Path, PathBuf};
 
 use proto::{Frame, Msg};
 
-use super::staging::read_frame_sync;
+use super::staging::{max_cycle_frames, read_frame_sync};
 use super::{
     Admit, AppliedCycle, Disk, Result, STAGE_MAGIC, Staging, StoreError, frame_name, io_err,
 };
+use crate::undo;
 
 impl Disk {
-    /// Applies every staged cycle after the last applied one, removes stale files.
+    /// Applies every staged cycle after the last applied one, removes stale files. A staged
+    /// cycle that cannot be applied leaves the disk open (see [`Disk::apply_pending`]).
     pub(super) fn recover(&mut self) -> Result<()> {
         let dir = self.staging_dir();
         fs::create_dir_all(&dir).map_err(io_err(self.name(), "creating staging/"))?;
@@ -24,12 +27,9 @@ impl Disk {
                 }
             }
         }
-        for (seq, path) in self.staged()? {
-            if self.state.applied.is_some_and(|a| a.seq >= seq) {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            self.apply_staged(seq, &path)?;
+        self.staged()?;
+        if let Err(e) = self.apply_pending() {
+            tracing::error!("{e}");
         }
         Ok(())
     }
@@ -37,15 +37,60 @@ impl Disk {
     /// Applies, in chain order, the staged cycles the replica does not hold yet: a cycle is
     /// acknowledged once staged, so when its apply fails (out of space, say) the running
     /// server applies it before anything else touches the replica. The staged files stay
-    /// until then, so a failure here loses nothing either.
+    /// until then, so a failure here loses nothing either. A failure that can never clear (a
+    /// damaged staged file, one past a cap) moves the cycle aside and marks the disk broken.
     ///
     /// # Errors
-    /// As [`Disk::apply_staged`]: a file error (out of space...) or a corrupt staged cycle.
+    /// A file error (out of space...: kept as [`Disk::fault`] until an apply succeeds), or
+    /// [`StoreError::BrokenChain`] when a staged cycle cannot be applied.
     pub fn apply_pending(&mut self) -> Result<()> {
         for (seq, path) in self.staged()? {
-            self.apply_staged(seq, &path)?;
+            if let Err(e) = self.apply_staged(seq, &path) {
+                return Err(self.apply_failed(seq, e));
+            }
         }
+        self.fault = None;
         Ok(())
+    }
+
+    /// What a failed apply of staged cycle `seq` leaves. A file error (out of space, an I/O
+    /// error) may clear: it becomes the disk's fault and the cycle stays staged. Anything
+    /// else (a damaged file, a range outside the disk, a cap) never clears, and applying later
+    /// cycles over the hole would be wrong: cycle `seq` and any after it are renamed to
+    /// `SEQ.cycle.unapplied` (kept for the operator), and the disk is marked broken, so cycles
+    /// are refused and the agent runs a whole-disk checksum resync.
+    fn apply_failed(&mut self, seq: u64, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Io { .. }) {
+            self.fault = Some(e.to_string());
+            return e;
+        }
+        let why = format!(
+            "staged cycle {seq} cannot be applied ({e}); it is kept as staging/{seq:020}.cycle.unapplied and a checksum resync of the whole disk must replace it"
+        );
+        self.state.broken = Some(why.clone());
+        if let Err(save) = self.save() {
+            self.state.broken = None;
+            self.fault = Some(save.to_string());
+            return save;
+        }
+        tracing::error!(disk = %self.name(), "{why}");
+        let moved = self.staged().map(|staged| {
+            for (_, p) in staged.into_iter().filter(|(s, _)| *s >= seq) {
+                let to = p.with_extension("cycle.unapplied");
+                if let Err(err) = fs::rename(&p, &to) {
+                    tracing::error!(disk = %self.name(), "moving {} aside: {err}", p.display());
+                }
+            }
+            File::open(self.staging_dir()).and_then(|d| d.sync_all())
+        });
+        if let Err(err) = moved {
+            tracing::error!(disk = %self.name(), "moving staged cycles aside: {err}");
+        }
+        self.fault = None;
+        StoreError::BrokenChain {
+            disk: self.name().into(),
+            why,
+        }
     }
 
     // ---- cycles ---------------------------------------------------------------------------
@@ -107,9 +152,37 @@ impl Disk {
     /// # Errors
     /// The counts do not match, or a file error.
     pub fn stage_commit(&mut self, staging: Staging, end: &Msg) -> Result<PathBuf> {
-        let path = staging.finish(self.name(), end)?;
+        let seq = staging.seq();
+        let path = staging.finish(self.name(), end, |ranges| {
+            self.check_undo_bound(seq, &crate::ranges::normalize(ranges))
+        })?;
         self.counters.cycles_staged += 1;
         Ok(path)
+    }
+
+    /// Refuses cycle `seq` over `ranges` (normalized) if its undo data would not fit an undo
+    /// file: one entry per hole and per MiB of allocated data of the replica under them
+    /// ([`undo::estimate_entries`]; the walk stops at the cap). Nothing to check when its undo
+    /// file is complete already (a crash after it was written).
+    ///
+    /// # Errors
+    /// [`StoreError::TooLarge`], or the replica's layout could not be read.
+    fn check_undo_bound(&self, seq: u64, ranges: &[(u64, u64)]) -> Result<()> {
+        if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
+            return Ok(());
+        }
+        let cap = self.undo_cap;
+        let n = undo::estimate_entries(&mut &self.replica, ranges, cap)
+            .map_err(io_err(self.name(), "finding the replica's data"))?;
+        if n > cap {
+            return Err(StoreError::TooLarge {
+                disk: self.name().into(),
+                why: format!(
+                    "cycle {seq} overwrites more than {cap} holes and MiB of allocated replica data: its undo data would not fit an undo file"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Applies staged cycle `seq` (see the module docs for why this is crash-safe).
@@ -127,6 +200,8 @@ impl Disk {
         let mut ranges = Vec::new();
         let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges))?;
         let bytes: u64 = ranges.iter().map(|r| r.1).sum();
+        let ranges = crate::ranges::normalize(ranges);
+        self.check_undo_bound(seq, &ranges)?;
         self.ensure_undo(seq, cut_time_ns, ranges)?;
         self.walk_staged(seq, path, None)?;
         let name = self.name().to_string();
@@ -154,7 +229,9 @@ impl Disk {
     }
 
     /// Reads staged cycle `seq` at `path` and checks it, collecting its ranges into
-    /// `check` — or, without `check`, writes it to the replica. Returns its cut time.
+    /// `check` (at most [`max_cycle_frames`] of them: more is refused, so memory stays
+    /// bounded whatever the file holds) — or, without `check`, writes it to the replica.
+    /// Returns its cut time.
     fn walk_staged(
         &mut self,
         seq: u64,
@@ -180,7 +257,14 @@ impl Disk {
         let mut frames = 0u64;
         let mut data_bytes = 0u64;
         let mut began = false;
+        let cap = max_cycle_frames(self.state.size);
         loop {
+            if check.is_some() && frames > cap {
+                return Err(StoreError::TooLarge {
+                    disk: name.clone(),
+                    why: format!("staged cycle {seq} has more than {cap} frames"),
+                });
+            }
             let frame = read_frame_sync(&mut r, &mut buf).map_err(&corrupt)?;
             let Some(frame) = frame else {
                 return Err(corrupt("ends before its CycleEnd".into()));
@@ -279,6 +363,78 @@ mod tests {
             data_bytes: 4096,
         };
         d.stage_commit(s, &end).unwrap()
+    }
+
+    /// Cycle `seq`: one Zero frame over `[offset, offset+len)`, received up to its end.
+    fn zero_cycle(d: &mut Disk, seq: u64, offset: u64, len: u64) -> Result<PathBuf> {
+        assert_eq!(d.cycle_admit(seq).unwrap(), Admit::Stage);
+        let begin = Msg::CycleBegin {
+            seq,
+            log_id: [7; 16],
+            cut_time_ns: 1000 + seq,
+            extents: 1,
+            data_bytes: len,
+        };
+        let mut s = d.stage_begin(seq, 1, &begin).unwrap();
+        s.push("d", SIZE, &Frame::Zero { offset, len }).unwrap();
+        let end = Msg::CycleEnd {
+            seq,
+            frames: 1,
+            data_bytes: 0,
+        };
+        d.stage_commit(s, &end)
+    }
+
+    #[test]
+    fn a_cycle_whose_undo_would_not_fit_is_refused_before_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = disk(dir.path());
+        // Six separate 4 KiB extents of data, holes between them: a discard of the whole disk
+        // needs six data entries and up to seven hole entries.
+        for i in 0..6u64 {
+            d.write_data(i * (128 << 10), &[1u8; 4096]).unwrap();
+        }
+        d.undo_cap = 8;
+        let e = zero_cycle(&mut d, 10, 0, SIZE).unwrap_err();
+        assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("cycle 10"), "{e}");
+        // Nothing staged or applied; the disk still takes cycle 10.
+        assert!(d.staged().unwrap().is_empty());
+        assert!(fs::read_dir(d.staging_dir()).unwrap().next().is_none());
+        assert_eq!(d.expected_seq().unwrap(), Some(10));
+        let p = zero_cycle(&mut d, 10, 0, 256 << 10).unwrap();
+        d.apply_staged(10, &p).unwrap();
+        d.undo_cap = undo::MAX_ENTRIES;
+        let p = zero_cycle(&mut d, 11, 0, SIZE).unwrap();
+        d.apply_staged(11, &p).unwrap();
+        assert!(fs::read(d.replica_path()).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn an_unapplicable_staged_cycle_is_moved_aside_and_marks_the_disk_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = disk(dir.path());
+        let p = stage(&mut d, 10, 0, 1);
+        // Damaged on disk after the ack: a frame no longer reads back.
+        let mut bytes = fs::read(&p).unwrap();
+        let last = bytes.len() - 40;
+        bytes[last] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        drop(d);
+        let mut d = Disk::open(dir.path(), "d").unwrap();
+        let why = d.state().broken.clone().unwrap();
+        assert!(why.contains("staged cycle 10"), "{why}");
+        assert!(d.staged().unwrap().is_empty());
+        assert_eq!(
+            fs::read(p.with_extension("cycle.unapplied")).unwrap(),
+            bytes
+        );
+        assert!(d.state().applied.is_none());
+        let e = d.cycle_admit(10).unwrap_err();
+        assert!(matches!(e, StoreError::BrokenChain { .. }), "{e}");
+        // A resync repairs it.
+        d.resync_begin(1, 11).unwrap();
+        assert!(d.state().broken.is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! STORE/disks/NAME/replica.img    the replica, a sparse file of the disk's size
 //! STORE/disks/NAME/staging/SEQ.cycle          a staged cycle (see below), durable before it is acked
 //! STORE/disks/NAME/staging/SEQ.cycle.tmp.E    a cycle being received by session epoch E
+//! STORE/disks/NAME/staging/SEQ.cycle.unapplied  a staged cycle that could not be applied (kept)
 //! ```
 //!
 //! **Staged cycle file** (format version 1): the 8 bytes `SRSTAGE1`, then protocol frames
@@ -22,6 +23,26 @@
 //! range is zero"), and the ranges of one cycle do not depend on each other's order, so
 //! applying a cycle twice, or completing a half-applied one, yields exactly the state after
 //! the whole cycle. Cycles apply strictly in chain order.
+//!
+//! **Acknowledged means applicable.** Everything that could make a cycle fail to apply for
+//! good is checked before its `CycleAck`: its ranges lie inside the disk, its counts match,
+//! it stays within the frame and byte caps (`staging`), and its undo data fits an undo file
+//! ([`crate::undo::estimate_entries`] over the replica's allocated extents under its ranges).
+//! What remains is the transient (out of space, an I/O error), which a later apply retries.
+//! A staged cycle that still cannot be applied (damaged, or written by an older version
+//! without these checks) does not keep its disk from opening: it is moved aside to
+//! `staging/SEQ.cycle.unapplied` (kept, never deleted), the disk is marked broken with the
+//! cause (status Critical; cycles refused with `BrokenChain`, so the agent runs a whole-disk
+//! checksum resync), and its points stay available for export and failover.
+//!
+//! **Caps on what one peer can make the server hold** (each past-cap request is refused with
+//! a clear error; the disk, and every other disk, go on for the next honest session):
+//! frames per cycle [`MAX_CYCLE_FRAMES`] (and [`max_cycle_frames`] of the disk), bytes named
+//! per cycle ≤ the disk's size (so a staged file ≤ size + 32 bytes a frame, and at most one
+//! staged file per disk plus one being received per session), undo entries per file
+//! [`crate::undo::MAX_ENTRIES`], and for a resync, between two commits,
+//! [`MAX_PENDING_BYTES`] of data, [`MAX_PENDING_FRAMES`] frames and [`MAX_PENDING_NAMED`]
+//! bytes named.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -42,8 +63,10 @@ pub mod retired;
 mod staging;
 
 pub use open::{check_attach_state, read_state};
-pub use resync::{MAX_PENDING_BYTES, ResyncProgress, ResyncSession};
-pub use staging::Staging;
+pub use resync::{
+    MAX_PENDING_BYTES, MAX_PENDING_FRAMES, MAX_PENDING_NAMED, ResyncProgress, ResyncSession,
+};
+pub use staging::{MAX_CYCLE_FRAMES, Staging, max_cycle_frames};
 
 /// Magic at the start of a staged cycle file.
 pub const STAGE_MAGIC: &[u8; 8] = b"SRSTAGE1";
@@ -126,6 +149,17 @@ pub enum StoreError {
         /// The disk.
         disk: String,
         /// What is kept and what to do.
+        why: String,
+    },
+    /// A cycle is past a cap the agent can reach (too many frames, undo data that would not fit
+    /// an undo file): refused before it is acknowledged. Sent as `BrokenChain`, so the agent
+    /// replaces the cycle with a checksum resync, which carries any change in bounded
+    /// batches; the disk itself is not marked broken.
+    #[error("disk {disk}: {why}; a checksum resync must replace this cycle")]
+    TooLarge {
+        /// The disk.
+        disk: String,
+        /// Which cap, and by how much.
         why: String,
     },
     /// A staged cycle or the state file is corrupt.
@@ -230,6 +264,11 @@ pub struct Disk {
     undo: Vec<UndoIndex>,
     points: PointsFile,
     retention: Retention,
+    /// Why the last apply of a staged cycle failed (out of space...), until one succeeds.
+    fault: Option<String>,
+    /// Most undo entries a cycle may need: [`crate::undo::MAX_ENTRIES`] (a field so that unit
+    /// tests can reach it with a small replica).
+    undo_cap: u64,
 }
 
 /// What [`Disk::attach`] was asked for.
@@ -320,6 +359,14 @@ impl Disk {
     #[must_use]
     pub fn counters(&self) -> DiskCounters {
         self.counters
+    }
+
+    /// Why a staged (acknowledged) cycle is not applied yet — a transient failure such as a
+    /// full file system, retried before the next cycle — or `None`. (A cycle that can never
+    /// be applied marks the disk broken instead: [`DiskState::broken`].)
+    #[must_use]
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.as_deref()
     }
 
     /// Marks the disk failed over (`why`: when, to which point): sessions are refused from
@@ -580,17 +627,27 @@ fn punch_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
         l,
     ) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EOPNOTSUPP) => {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = offset;
-            let end = offset + len;
-            while at < end {
-                let n = usize::try_from((end - at).min(1 << 20)).unwrap_or(1 << 20);
-                f.write_all_at(&zeros[..n], at)?;
-                at += n as u64;
-            }
-            Ok(())
-        }
+        Err(nix::errno::Errno::EOPNOTSUPP) => write_zeros(f, offset, len),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes zeros over the *data* of `[offset, offset+len)` (where holes cannot be punched):
+/// a hole already reads as zero, so the work follows the data there, not the range's length
+/// (a whole-device discard of a sparse 64 TiB replica writes nothing).
+fn write_zeros(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; 1 << 20];
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while let Some((s, t)) = crate::undo::data_run(f, at, end) {
+        let mut p = s;
+        while p < t {
+            let n = (t - p).min(CHUNK);
+            f.write_all_at(&zeros[..usize::try_from(n).unwrap_or(1 << 20)], p)?;
+            p += n;
+        }
+        at = t;
+    }
+    Ok(())
 }

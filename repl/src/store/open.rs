@@ -13,10 +13,13 @@ use crate::points::{PointsFile, Retention};
 use crate::undo;
 
 impl Disk {
-    /// Opens an existing replica and finishes any cycle a crash left staged.
+    /// Opens an existing replica and finishes any cycle a crash left staged. A staged cycle
+    /// that cannot be applied does not keep the disk closed (its points stay available): a
+    /// transient failure is kept as [`Disk::fault`], a lasting one marks the disk broken (see
+    /// the parent module's docs).
     ///
     /// # Errors
-    /// Missing or corrupt state, or a staged cycle that cannot be applied.
+    /// Missing or corrupt state or undo data, or the staging directory cannot be read.
     pub fn open(store: &Path, name: &str) -> Result<Self> {
         let mut disk = Self::open_dir(disk_dir(store, name), name, false)?;
         disk.recover()?;
@@ -83,6 +86,8 @@ impl Disk {
             undo,
             points,
             retention: Retention::default(),
+            fault: None,
+            undo_cap: undo::MAX_ENTRIES,
         })
     }
 
@@ -242,6 +247,8 @@ impl Disk {
                 ..PointsFile::default()
             },
             retention: Retention::default(),
+            fault: None,
+            undo_cap: undo::MAX_ENTRIES,
         };
         d.save()?;
         Ok(d)

@@ -35,12 +35,8 @@ impl Disk {
                 _ => merged.push((o, l)),
             }
         }
-        let replica = &self.replica;
         let dir = self.dir.join("undo");
-        let idx = undo::write(&dir, seq, cut_time_ns, &merged, |o, b| {
-            replica.read_exact_at(b, o)
-        })
-        .map_err(|e| {
+        let idx = undo::write(&dir, seq, cut_time_ns, &merged, &self.replica).map_err(|e| {
             // Out of space, typically: give the partial file's space back (the retry
             // writes it again; the replica is untouched until it is whole).
             let _ = fs::remove_file(dir.join(format!("{}.tmp", undo::file_name(seq, None))));

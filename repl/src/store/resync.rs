@@ -2,8 +2,10 @@
 //! *Resync*): digests of the replica, repairs made durable with undo data first, the
 //! persisted cursor, and the hand-over back to cycles.
 //!
-//! Repairs arrive as Data/Zero frames and are held in memory (at most
-//! [`MAX_PENDING_BYTES`]) until `ResyncCommit`; a commit then (1) saves what they overwrite
+//! Repairs arrive as Data/Zero frames and are held in memory (at most [`MAX_PENDING_BYTES`]
+//! of data, [`MAX_PENDING_FRAMES`] frames and [`MAX_PENDING_NAMED`] bytes named, zero ranges
+//! included; past any of them the session is refused and its held repairs dropped) until
+//! `ResyncCommit`; a commit then (1) saves what they overwrite
 //! as an undo *part* when any recovery point exists (`undo/FROM.rPART.undo`, ordered after
 //! every cycle before `FROM` and before cycle `FROM`'s own undo — see `crate::undo`), (2)
 //! writes them, (3) fdatasyncs the replica, and (4) records the cursor in `state.json`. A
@@ -21,8 +23,19 @@ use super::{Disk, Result, StoreError, io_err};
 use crate::digest::{self, Digest, Key};
 use crate::undo;
 
-/// Most repair bytes held between two commits (the agent commits every window).
+/// Most repair data bytes held between two commits: 256 MiB. The agent commits after 16 MiB
+/// of repairs or 64 MiB compared (docs/architecture.md, *Resync*).
 pub const MAX_PENDING_BYTES: u64 = 256 << 20;
+/// Most repair frames (Data and Zero) held between two commits: 256 Ki. Each costs about
+/// 40 bytes besides its data, so at most ~10 MiB; a Zero frame costs that however long its
+/// range. The agent holds at most ~30 Ki 4 KiB repairs between commits (64 MiB compared plus
+/// six 8 MiB windows in flight): an eight-fold margin.
+pub const MAX_PENDING_FRAMES: u64 = 1 << 18;
+/// Most bytes the held repairs may name (data and zero ranges together): 1 GiB. A commit
+/// saves what they overwrite in one undo part, so this keeps every part far below
+/// [`crate::undo::MAX_ENTRIES`] (≤ 2 Mi entries even on a replica of alternating 512-byte
+/// holes) and its read of the old bytes bounded; the agent names ≤ ~112 MiB per commit.
+pub const MAX_PENDING_NAMED: u64 = 1 << 30;
 /// 1 MiB pieces whose fine digests are kept between a coarse and a fine request.
 const CACHE_PIECES: usize = 512;
 
@@ -46,6 +59,8 @@ pub struct ResyncSession {
     cache: BTreeMap<u64, (u64, Vec<Digest>)>,
     pending: Vec<(u64, Repair)>,
     pending_bytes: u64,
+    /// Bytes the pending repairs name (data and zero ranges).
+    pending_named: u64,
 }
 
 #[derive(Debug)]
@@ -102,6 +117,7 @@ impl ResyncSession {
     pub fn abandon(&mut self) {
         self.pending.clear();
         self.pending_bytes = 0;
+        self.pending_named = 0;
     }
 }
 
@@ -238,7 +254,8 @@ impl Disk {
     /// Holds one repair frame until the next commit.
     ///
     /// # Errors
-    /// No resync in progress, a range outside the disk, or too much uncommitted data.
+    /// No resync in progress, a range outside the disk, or past a cap on what is held
+    /// uncommitted (module docs).
     pub fn resync_put(&self, sess: &mut ResyncSession, frame: proto::Frame) -> Result<()> {
         let bad = |why: String| StoreError::BadRequest {
             disk: self.name().into(),
@@ -253,7 +270,18 @@ impl Disk {
             proto::Frame::Control(m) => return Err(bad(format!("{} as repair data", m.name()))),
         };
         self.check_range(offset, r.len())?;
-        // Memory held: the data (a zero range costs 16 bytes however long it is).
+        // Memory held: the data, and per frame its entry (a zero range's however long it is).
+        if sess.pending.len() as u64 >= MAX_PENDING_FRAMES {
+            return Err(bad(format!(
+                "more than {MAX_PENDING_FRAMES} repair frames without a ResyncCommit"
+            )));
+        }
+        sess.pending_named = sess.pending_named.saturating_add(r.len());
+        if sess.pending_named > MAX_PENDING_NAMED {
+            return Err(bad(format!(
+                "repairs naming more than {MAX_PENDING_NAMED} bytes without a ResyncCommit"
+            )));
+        }
         if let Repair::Data(d) = &r {
             sess.pending_bytes += d.len() as u64;
         }
@@ -287,6 +315,7 @@ impl Disk {
         }
         let pending = std::mem::take(&mut sess.pending);
         sess.pending_bytes = 0;
+        sess.pending_named = 0;
         if !pending.is_empty() {
             if !self.points.points.is_empty() {
                 let ranges =
@@ -294,17 +323,20 @@ impl Disk {
                 let dir = self.dir.join("undo");
                 let part = undo::next_part(&dir, r.from_seq)
                     .map_err(io_err(&name, "listing undo parts"))?;
-                let replica = &self.replica;
-                let idx =
-                    undo::write_part(&dir, r.from_seq, part, crate::now_ns(), &ranges, |o, b| {
-                        replica.read_exact_at(b, o)
-                    })
-                    .map_err(|e| {
-                        // Give a partial file's space back (out of space, typically).
-                        let tmp = format!("{}.tmp", undo::file_name(r.from_seq, Some(part)));
-                        let _ = std::fs::remove_file(dir.join(tmp));
-                        io_err(&name, format!("writing undo part {part} of the resync"))(e)
-                    })?;
+                let idx = undo::write_part(
+                    &dir,
+                    r.from_seq,
+                    part,
+                    crate::now_ns(),
+                    &ranges,
+                    &self.replica,
+                )
+                .map_err(|e| {
+                    // Give a partial file's space back (out of space, typically).
+                    let tmp = format!("{}.tmp", undo::file_name(r.from_seq, Some(part)));
+                    let _ = std::fs::remove_file(dir.join(tmp));
+                    io_err(&name, format!("writing undo part {part} of the resync"))(e)
+                })?;
                 self.undo.push(idx);
                 self.undo.sort_by_key(undo::UndoIndex::order);
             }
