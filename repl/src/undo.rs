@@ -343,22 +343,56 @@ pub fn estimate_entries(
     ranges: &[(u64, u64)],
     limit: u64,
 ) -> std::io::Result<u64> {
-    let mut n = 0u64;
+    Ok(estimate(src, ranges, limit)?.entries)
+}
+
+/// What the undo file of `ranges` will need at most, found without reading any data (see
+/// [`estimate_entries`]; the walk stops once past `limit` entries).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// Entries: one per hole, one per MiB of allocated data.
+    pub entries: u64,
+    /// Allocated bytes of the source under the ranges: the most data the file can hold.
+    pub data_bytes: u64,
+}
+
+impl Estimate {
+    /// The most bytes the undo file can take on disk: header, entry table, data.
+    #[must_use]
+    pub fn file_bytes(&self) -> u64 {
+        HEADER_LEN
+            .saturating_add(self.entries.saturating_mul(ENTRY_LEN))
+            .saturating_add(self.data_bytes)
+    }
+}
+
+/// [`estimate_entries`] with the data bytes too.
+///
+/// # Errors
+/// The source could not say where its data is.
+pub fn estimate(
+    src: &mut impl Source,
+    ranges: &[(u64, u64)],
+    limit: u64,
+) -> std::io::Result<Estimate> {
+    let mut e = Estimate::default();
     for &(o, l) in ranges {
         let end = o.saturating_add(l);
         let mut at = o;
         while at < end {
             let (s, t) = step(src, at, end)?;
-            n = n
+            e.entries = e
+                .entries
                 .saturating_add(u64::from(s > at))
                 .saturating_add((t - s).div_ceil(MAX_ENTRY_LEN));
-            if n > limit {
-                return Ok(n);
+            e.data_bytes = e.data_bytes.saturating_add(t - s);
+            if e.entries > limit {
+                return Ok(e);
             }
             at = t.max(s);
         }
     }
-    Ok(n)
+    Ok(e)
 }
 
 /// Writes `undo/SEQ.undo` (the undo of cycle `seq`) from `src` (the replica's current bytes)

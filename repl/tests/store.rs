@@ -1,5 +1,10 @@
 //! The secondary's store without a network: staging, crash-safe apply, chain order, refusals.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::Path;
 
@@ -202,4 +207,68 @@ fn a_corrupt_staged_cycle_is_refused_not_half_applied() {
         before,
         "nothing of a corrupt cycle reaches the replica"
     );
+}
+
+/// The history budget (issue 19, item 4): a primary that writes without ever making a new
+/// point cannot grow a disk's undo data past its budget — the cycle is refused before it is
+/// acknowledged, as `NoSpace` (retried), and no point or undo file is deleted.
+#[test]
+fn a_disk_at_its_history_budget_refuses_cycles_before_the_ack_and_keeps_its_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = copied(dir.path());
+    let p = stage(&mut d, 10, 0, 1);
+    d.apply_staged(10, &p).unwrap();
+    let point = d.verdict(10, true, None, 1).unwrap().expect("a point");
+    // Room for a few 4 KiB pre-images (the copy made the first MiB allocated).
+    d.set_history_budget(repl::store::HistoryBudget::Bytes(20 << 10));
+    let mut seq = 11;
+    let refused = loop {
+        assert!(seq < 40, "never refused");
+        assert_eq!(d.cycle_admit(seq).unwrap(), Admit::Stage);
+        let mut s = d.stage_begin(seq, 1, &begin(seq)).unwrap();
+        s.push(
+            "d",
+            SIZE,
+            &Frame::Data {
+                offset: 4096 * seq,
+                data: vec![seq as u8; 4096],
+            },
+        )
+        .unwrap();
+        match d.stage_commit(s, &end(seq, 1, 4096)) {
+            Ok(p) => {
+                d.apply_staged(seq, &p).unwrap();
+                seq += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refused, StoreError::HistoryFull { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("--history-budget"),
+        "{refused}"
+    );
+    assert!(d.points_bytes() <= 20 << 10, "{}", d.points_bytes());
+    assert_eq!(d.points().len(), 1);
+    assert_eq!(d.points()[0].id, point.id);
+    assert_eq!(
+        d.state().applied.unwrap().seq,
+        seq - 1,
+        "nothing after the refusal"
+    );
+    assert!(
+        d.staged().unwrap().is_empty(),
+        "nothing of the refused cycle is staged"
+    );
+    // The point is still whole: its bytes are the replica after cycle 10.
+    let mut buf = vec![0u8; 4096];
+    d.export_chunk(point.id, 4096 * 11, &mut buf).unwrap();
+    assert_eq!(buf, vec![0xAA; 4096]);
+    // A larger budget lets the same cycle through.
+    d.set_history_budget(repl::store::HistoryBudget::default());
+    let p = stage(&mut d, seq, 4096 * seq, 7);
+    d.apply_staged(seq, &p).unwrap();
 }

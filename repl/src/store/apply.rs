@@ -172,8 +172,9 @@ impl Disk {
             return Ok(());
         }
         let cap = self.undo_cap;
-        let n = undo::estimate_entries(&mut &self.replica, ranges, cap)
+        let est = undo::estimate(&mut &self.replica, ranges, cap)
             .map_err(io_err(self.name(), "finding the replica's data"))?;
+        let n = est.entries;
         if n > cap {
             return Err(StoreError::TooLarge {
                 disk: self.name().into(),
@@ -182,7 +183,7 @@ impl Disk {
                 ),
             });
         }
-        Ok(())
+        self.check_history_room(seq, est)
     }
 
     /// Applies staged cycle `seq` (see the module docs for why this is crash-safe).

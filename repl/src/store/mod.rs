@@ -56,12 +56,14 @@ use crate::points::{PointsFile, Retention};
 use crate::undo::UndoIndex;
 
 mod apply;
+mod budget;
 mod open;
 mod points;
 mod resync;
 pub mod retired;
 mod staging;
 
+pub use budget::{DEFAULT_MULTIPLE, FREE_SPACE_RESERVE, HistoryBudget, MIN_BUDGET};
 pub use open::{check_attach_state, read_state};
 pub use resync::{
     MAX_PENDING_BYTES, MAX_PENDING_FRAMES, MAX_PENDING_NAMED, ResyncProgress, ResyncSession,
@@ -269,6 +271,8 @@ pub struct Disk {
     /// Most undo entries a cycle may need: [`crate::undo::MAX_ENTRIES`] (a field so that unit
     /// tests can reach it with a small replica).
     undo_cap: u64,
+    /// How much undo data the disk may keep ([`HistoryBudget`]).
+    budget: HistoryBudget,
 }
 
 /// What [`Disk::attach`] was asked for.

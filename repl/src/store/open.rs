@@ -88,6 +88,7 @@ impl Disk {
             retention: Retention::default(),
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
+            budget: super::HistoryBudget::default(),
         })
     }
 
@@ -249,6 +250,7 @@ impl Disk {
             retention: Retention::default(),
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
+            budget: super::HistoryBudget::default(),
         };
         d.save()?;
         Ok(d)

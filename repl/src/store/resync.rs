@@ -320,6 +320,9 @@ impl Disk {
             if !self.points.points.is_empty() {
                 let ranges =
                     crate::ranges::normalize(pending.iter().map(|(o, r)| (*o, r.len())).collect());
+                let est = undo::estimate(&mut &self.replica, &ranges, undo::MAX_ENTRIES)
+                    .map_err(io_err(&name, "finding the replica's data"))?;
+                self.check_history_room(r.from_seq, est)?;
                 let dir = self.dir.join("undo");
                 let part = undo::next_part(&dir, r.from_seq)
                     .map_err(io_err(&name, "listing undo parts"))?;
