@@ -58,17 +58,11 @@ where
 {
     let source: Source = Arc::new(source);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stats = crate::listen::ListenerStats::new("metrics endpoint");
     tokio::spawn(async move {
         loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // E.g. out of file descriptors: do not spin.
-                    tracing::warn!("metrics endpoint: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            // Errors (e.g. out of descriptors) pause and retry, rate-limited in the log.
+            let (tcp, _) = crate::listen::accept(&stats, || listener.accept()).await;
             // Busy: close unanswered; the scraper tries again at its next interval.
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 continue;
@@ -485,6 +479,7 @@ mod tests {
             role: "agent".into(),
             host: "site\"a\\".into(),
             disks: vec![a, b],
+            listeners: Vec::new(),
         }
     }
 
@@ -549,6 +544,7 @@ sitrep_retries_total{disk="logs"} 3
             role: "server".into(),
             host: "siteb".into(),
             disks: vec![d],
+            listeners: Vec::new(),
         };
         let text = render(&r);
         assert!(text.ends_with(

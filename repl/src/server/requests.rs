@@ -9,8 +9,10 @@ use super::{Shared, export::export, failover, report};
 use crate::control::{Call, Request, Response};
 use crate::status;
 
-/// Answers control requests until the channel closes. Long work (export, failover) runs on
-/// the blocking pool and answers from there.
+/// Answers control requests until the channel closes. Status, points and jobs are answered
+/// here from published snapshots (never waiting for a disk); anything that takes a disk's
+/// mutex or does long work (export, failover, commit) runs on the blocking pool and answers
+/// from there.
 pub(super) async fn serve(sh: Arc<Shared>, mut crx: mpsc::Receiver<Call>) {
     while let Some((req, reply)) = crx.recv().await {
         let resp = match req {
@@ -69,10 +71,18 @@ pub(super) async fn serve(sh: Arc<Shared>, mut crx: mpsc::Receiver<Call>) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(format!("{e:#}")),
             },
-            Request::Commit { name } => match failover::commit(&sh, &name) {
-                Ok(v) => Response::ok(v),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+            Request::Commit { name } => {
+                // Waits for the disk's mutex (a long operation may hold it): off this loop,
+                // so status, points and jobs keep answering meanwhile.
+                let sh = sh.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(match failover::commit(&sh, &name) {
+                        Ok(v) => Response::ok(v),
+                        Err(e) => Response::err(format!("{e:#}")),
+                    });
+                });
+                continue;
+            }
             other => Response::err(format!(
                 "{other:?} is an agent request; this is the server's socket"
             )),
