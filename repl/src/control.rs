@@ -232,7 +232,9 @@ impl ControlShared {
     /// The socket's counters (`listeners` in the status).
     #[must_use]
     pub fn status(&self) -> ListenerStatus {
-        self.stats.status(self.gate.open(), 0)
+        let mut s = self.stats.status(self.gate.open(), 0);
+        s.name = "control".into();
+        s
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
@@ -258,6 +260,16 @@ impl ControlShared {
                 }
             },
         }
+    }
+
+    /// Tells the oldest connection that has not sent its request yet to stop (freeing its
+    /// descriptor); whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let victim = self.lock_idle().pop_front();
+        victim.is_some_and(|_| {
+            self.stats.evicted();
+            true
+        })
     }
 
     /// Takes back the pass of idle connection `id`; None if it was evicted meanwhile.
@@ -346,7 +358,13 @@ impl ControlSocket {
             shared,
         } = self;
         loop {
-            let (stream, _) = crate::listen::accept(&shared.stats, || listener.accept()).await;
+            // Out of descriptors: an idle connection of ours goes first.
+            let (stream, _) = crate::listen::accept_or_relieve(
+                &shared.stats,
+                || listener.accept(),
+                || shared.evict_oldest_idle(),
+            )
+            .await;
             let Some(pass) = shared.admit() else {
                 continue;
             };

@@ -116,7 +116,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Accepts the next connection with `accept_one` (e.g. `|| listener.accept()`), retrying
 /// errors as the module doc says; never returns an error.
-pub async fn accept<T, F, Fut>(stats: &ListenerStats, mut accept_one: F) -> T
+pub async fn accept<T, F, Fut>(stats: &ListenerStats, accept_one: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<T>>,
+{
+    accept_or_relieve(stats, accept_one, || false).await
+}
+
+/// [`accept`], calling `relieve` when out of descriptors or memory: it may close something
+/// of the listener's own (an idle connection) and say so, and the next attempt then comes
+/// after the shortest pause.
+pub async fn accept_or_relieve<T, F, Fut>(
+    stats: &ListenerStats,
+    mut accept_one: F,
+    mut relieve: impl FnMut() -> bool,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::io::Result<T>>,
@@ -130,9 +145,8 @@ where
             }
             Err(e) => {
                 stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                let kind = e.kind();
                 if matches!(
-                    kind,
+                    e.kind(),
                     std::io::ErrorKind::ConnectionAborted
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::Interrupted
@@ -144,15 +158,28 @@ where
                 stats.log.warn(
                     "accept",
                     format_args!(
-                        "{}: accept: {e}; retrying in {pause:?} (out of descriptors? see `ulimit -n` and `sitrep status --json` listeners)",
+                        "{}: accept: {e}; retrying in {pause:?} (out of descriptors? see `ulimit -n` and `listeners` in `sitrep status --json`)",
                         stats.name
                     ),
                 );
+                let relieved = is_exhaustion(&e) && relieve();
                 tokio::time::sleep(pause).await;
-                pause = next_pause(pause);
+                pause = if relieved {
+                    BACKOFF_MIN
+                } else {
+                    next_pause(pause)
+                };
             }
         }
     }
+}
+
+/// Out of descriptors or memory: the errors that last until something is closed.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The pause after `pause` while accept errors go on: twice as long, at most [`BACKOFF_MAX`].
