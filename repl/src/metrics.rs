@@ -9,8 +9,9 @@
 //! and the endpoint adds neither a dependency nor much to attack. It is unauthenticated and
 //! read-only: bind it to an address only the monitoring network reaches.
 //!
-//! The report is built on the blocking pool (it takes the daemon's status locks, as the
-//! control socket's `status` does), so a slow lock never stalls the async workers.
+//! The report is built on the blocking pool from what the control socket's `status` reads
+//! (published snapshots on the server), so nothing here waits for a busy disk or stalls the
+//! async workers.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
