@@ -125,3 +125,59 @@ impl Drop for DiskGuard<'_> {
         *lock(&self.owner.snap) = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::AttachRequest;
+
+    fn disk(store: &std::path::Path) -> Disk {
+        Disk::attach(
+            store,
+            &AttachRequest {
+                name: "d",
+                disk_id: "01".repeat(16),
+                size: 1 << 20,
+                block_size: 512,
+                client: "alice",
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mutable_guard_publishes_when_dropped_and_a_reader_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = PublishedDisk::default();
+        assert!(p.snapshot().is_none(), "nothing open, nothing published");
+        *p.lock() = Some(disk(dir.path()));
+        let first = p.snapshot().unwrap();
+        assert_eq!(first.state.name, "d");
+        assert_eq!(first.counters.data_bytes, 0);
+        {
+            let mut g = p.lock();
+            let d = g.as_mut().unwrap();
+            d.copy_begin(1, false).unwrap();
+            d.write_data(0, &[7u8; 4096]).unwrap();
+            // While the operation holds the disk, readers get the last snapshot at once.
+            let during = p.snapshot().unwrap();
+            assert_eq!(during.counters.data_bytes, 0);
+        }
+        let after = p.snapshot().unwrap();
+        assert_eq!(after.counters.data_bytes, 4096);
+        assert!(after.state.copy.is_some());
+        assert!(
+            Arc::ptr_eq(&first.points, &after.points),
+            "unchanged parts reused"
+        );
+        {
+            let g = p.lock();
+            assert!(g.is_some());
+        }
+        assert!(
+            Arc::ptr_eq(&after, &p.snapshot().unwrap()),
+            "a read-only guard publishes nothing"
+        );
+    }
+}
