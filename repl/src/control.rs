@@ -1,5 +1,12 @@
 //! The local control socket: the CLI sends one JSON request line, the daemon answers one JSON
 //! response line. Root-only (mode 0600). Requests are handed to the daemon through a channel.
+//!
+//! A flood of connections (even by root) cannot lock the operator out: at most
+//! [`crate::listen::CONTROL_CONNECTIONS`] are open at once, each must send its line within
+//! [`crate::listen::CONTROL_READ_TIMEOUT`], and when every slot is taken a new connection
+//! closes the oldest one that has not sent its line yet — the CLI sends its line as soon as it
+//! connects, so it is never the oldest idle one for long. Accept errors (out of descriptors)
+//! pause and retry; the socket never stops answering while the daemon runs.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -7,9 +14,16 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::listen::{Gate, ListenerStats, Pass};
+use crate::status::ListenerStatus;
 
 /// Default socket of the primary's agent.
 pub const AGENT_SOCKET: &str = "/run/sitrep/agent.sock";
@@ -213,50 +227,238 @@ impl Response {
 /// A request waiting for the daemon's answer.
 pub type Call = (Request, oneshot::Sender<Response>);
 
-/// Serves `path` until the runtime stops; every request goes to `tx`.
+/// A bound control socket, not yet served; holds `SOCKET.lock` for the daemon's life.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    _lock: crate::lockfile::LockFile,
+    shared: Arc<ControlShared>,
+}
+
+/// What the daemon reads of its control socket: the counters for `sitrep status`.
+#[derive(Debug)]
+pub struct ControlShared {
+    stats: ListenerStats,
+    gate: Arc<Gate>,
+    read_timeout: Duration,
+    /// Connections that have not sent their request line yet, oldest first, each with its
+    /// pass and the sender whose drop tells it to stop.
+    idle: Mutex<VecDeque<Idle>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Idle {
+    id: u64,
+    pass: Pass,
+    _stop: oneshot::Sender<()>,
+}
+
+impl ControlShared {
+    /// The socket's counters (`listeners` in the status).
+    #[must_use]
+    pub fn status(&self) -> ListenerStatus {
+        let mut s = self.stats.status(self.gate.open(), 0);
+        s.name = "control".into();
+        s
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A pass for a new connection: a free slot, or the slot of the oldest connection that
+    /// has not sent its request yet (which is told to stop).
+    fn admit(&self) -> Option<Pass> {
+        match self.gate.try_enter(None) {
+            Ok(p) => Some(p),
+            Err(full) => match self.lock_idle().pop_front() {
+                Some(victim) => {
+                    self.stats.evicted();
+                    Some(victim.pass)
+                }
+                None => {
+                    self.stats
+                        .refused("a local client", "control request", full);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Tells the oldest connection that has not sent its request yet to stop (freeing its
+    /// descriptor); whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let victim = self.lock_idle().pop_front();
+        victim.is_some_and(|_| {
+            self.stats.evicted();
+            true
+        })
+    }
+
+    /// Takes back the pass of idle connection `id`; None if it was evicted meanwhile.
+    fn claim(&self, id: u64) -> Option<Pass> {
+        let mut idle = self.lock_idle();
+        let at = idle.iter().position(|i| i.id == id)?;
+        idle.remove(at).map(|i| i.pass)
+    }
+}
+
+/// Binds the control socket at `path` (mode 0600), after making sure no live daemon answers
+/// there: a socket file that accepts a connection belongs to a running daemon and is left
+/// alone (error); a stale one (nobody listening) is replaced. `connections` and
+/// `read_timeout`: see [`crate::listen::Limits`].
 ///
 /// # Errors
-/// The socket cannot be created.
-pub async fn serve(path: &Path, tx: mpsc::Sender<Call>) -> std::io::Result<()> {
+/// Another daemon answers on `path` or holds `PATH.lock`, `path` is not a socket, or it
+/// cannot be created.
+pub fn bind(
+    path: &Path,
+    connections: usize,
+    read_timeout: Duration,
+) -> anyhow::Result<ControlSocket> {
+    use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = crate::lockfile::LockFile::acquire(Path::new(&lock_path), "control socket")?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "{} exists and is not a socket: remove it, or give the daemon another --socket",
+            path.display()
+        ),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "another daemon answers on {}: stop it first, or give this one another --socket",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!(socket = %path.display(), "replacing a stale control socket");
+                std::fs::remove_file(path)
+                    .map_err(|e| anyhow::anyhow!("removing {}: {e}", path.display()))?;
+            }
+            Err(e) => anyhow::bail!(
+                "{}: {e} (is another daemon using it? remove it if not)",
+                path.display()
+            ),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let path: PathBuf = path.to_path_buf();
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let tx = tx.clone();
-        let p = path.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut r = tokio::io::BufReader::new(r).take(MAX_REQUEST as u64);
-            let mut line = String::new();
-            let resp = match r.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => {
-                        let (otx, orx) = oneshot::channel();
-                        if tx.send((req, otx)).await.is_err() {
-                            Response::err("the daemon is shutting down")
-                        } else {
-                            orx.await
-                                .unwrap_or_else(|_| Response::err("the daemon dropped the request"))
-                        }
-                    }
-                    Err(e) => Response::err(format!("bad request on {}: {e}", p.display())),
-                },
-                Err(e) => Response::err(e),
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(ControlSocket {
+        listener,
+        path: path.to_path_buf(),
+        _lock: lock,
+        shared: Arc::new(ControlShared {
+            stats: ListenerStats::new("control socket"),
+            gate: Gate::new(connections, connections),
+            read_timeout,
+            idle: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+        }),
+    })
+}
+
+impl ControlSocket {
+    /// The counters the daemon reports.
+    #[must_use]
+    pub fn shared(&self) -> Arc<ControlShared> {
+        self.shared.clone()
+    }
+
+    /// Serves until the runtime stops (an accept error pauses and retries, never ends it);
+    /// every request goes to `tx`.
+    pub async fn serve(self, tx: mpsc::Sender<Call>) {
+        let Self {
+            listener,
+            path,
+            _lock,
+            shared,
+        } = self;
+        loop {
+            // Out of descriptors: an idle connection of ours goes first.
+            let (stream, _) = crate::listen::accept_or_relieve(
+                &shared.stats,
+                || listener.accept(),
+                || shared.evict_oldest_idle(),
+            )
+            .await;
+            let Some(pass) = shared.admit() else {
+                continue;
             };
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            let _ = w.write_all(&out).await;
-        });
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (stop_tx, stop_rx) = oneshot::channel();
+            shared.lock_idle().push_back(Idle {
+                id,
+                pass,
+                _stop: stop_tx,
+            });
+            tokio::spawn(answer(
+                stream,
+                shared.clone(),
+                id,
+                stop_rx,
+                tx.clone(),
+                path.clone(),
+            ));
+        }
     }
+}
+
+/// One control connection: its request line (within the read timeout, unless evicted first),
+/// the daemon's answer.
+async fn answer(
+    stream: tokio::net::UnixStream,
+    shared: Arc<ControlShared>,
+    id: u64,
+    stop: oneshot::Receiver<()>,
+    tx: mpsc::Sender<Call>,
+    path: PathBuf,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut r = tokio::io::BufReader::new(r).take(MAX_REQUEST as u64);
+    let mut line = String::new();
+    let read = tokio::select! {
+        r = tokio::time::timeout(shared.read_timeout, r.read_line(&mut line)) => r,
+        _ = stop => return,
+    };
+    // From here on the connection holds its pass itself: it is no longer idle.
+    let Some(_pass) = shared.claim(id) else {
+        return;
+    };
+    let resp = match read {
+        Err(_) => {
+            shared
+                .stats
+                .timed_out("a local client", "no request line in time");
+            return;
+        }
+        Ok(Err(e)) => Response::err(e),
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let (otx, orx) = oneshot::channel();
+                if tx.send((req, otx)).await.is_err() {
+                    Response::err("the daemon is shutting down")
+                } else {
+                    orx.await
+                        .unwrap_or_else(|_| Response::err("the daemon dropped the request"))
+                }
+            }
+            Err(e) => Response::err(format!("bad request on {}: {e}", path.display())),
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(shared.read_timeout, w.write_all(&out)).await;
 }
 
 use tokio::io::AsyncReadExt as _;

@@ -10,6 +10,8 @@
 //! - [`control`]: the local control socket the CLI talks to (JSON lines);
 //! - [`status`]: the documented `--json` schemas of `status` and `jobs`;
 //! - [`net`]: TLS connect/accept and the handshake both sides share;
+//! - [`listen`]: accept loops that back off on errors, connection caps, rate-limited warnings;
+//! - [`lockfile`]: the exclusive lock that keeps two daemons off one store or state directory;
 //! - [`backoff`]: the retry schedule (1, 2, 4, 8, 10 units, then every 30, with jitter);
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`), rendered from the status;
 //! - [`digest`]: keyed 128-bit block digests at two levels (4 KiB, 1 MiB) for the checksum resync;
@@ -24,6 +26,8 @@ pub mod control;
 pub mod cycle;
 pub mod devread;
 pub mod digest;
+pub mod listen;
+pub mod lockfile;
 pub mod metrics;
 pub mod modes;
 pub mod net;

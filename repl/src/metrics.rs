@@ -9,8 +9,9 @@
 //! and the endpoint adds neither a dependency nor much to attack. It is unauthenticated and
 //! read-only: bind it to an address only the monitoring network reaches.
 //!
-//! The report is built on the blocking pool (it takes the daemon's status locks, as the
-//! control socket's `status` does), so a slow lock never stalls the async workers.
+//! The report is built on the blocking pool from what the control socket's `status` reads
+//! (published snapshots on the server), so nothing here waits for a busy disk or stalls the
+//! async workers.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -58,17 +59,11 @@ where
 {
     let source: Source = Arc::new(source);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stats = crate::listen::ListenerStats::new("metrics endpoint");
     tokio::spawn(async move {
         loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // E.g. out of file descriptors: do not spin.
-                    tracing::warn!("metrics endpoint: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            // Errors (e.g. out of descriptors) pause and retry, rate-limited in the log.
+            let (tcp, _) = crate::listen::accept(&stats, || listener.accept()).await;
             // Busy: close unanswered; the scraper tries again at its next interval.
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 continue;
@@ -485,6 +480,7 @@ mod tests {
             role: "agent".into(),
             host: "site\"a\\".into(),
             disks: vec![a, b],
+            listeners: Vec::new(),
         }
     }
 
@@ -549,6 +545,7 @@ sitrep_retries_total{disk="logs"} 3
             role: "server".into(),
             host: "siteb".into(),
             disks: vec![d],
+            listeners: Vec::new(),
         };
         let text = render(&r);
         assert!(text.ends_with(

@@ -221,6 +221,84 @@ pub async fn connect(
     Ok(tls)
 }
 
+/// A writer whose writes fail with [`std::io::ErrorKind::TimedOut`] when the peer accepts no
+/// byte for `limit`: a peer that stops reading cannot pin the task that writes to it (nor its
+/// buffers, nor the disk it holds) forever. The limit runs while a write, flush or shutdown
+/// is pending and restarts at every bit of progress, so a slow but live link is never cut.
+#[derive(Debug)]
+pub struct WriteTimeout<W> {
+    inner: W,
+    limit: Duration,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> WriteTimeout<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: None,
+        }
+    }
+
+    /// `r` from the inner writer: progress clears the timer, waiting starts it (and fails
+    /// once it fired).
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if r.is_ready() {
+            self.deadline = None;
+            return r;
+        }
+        let limit = self.limit;
+        let sleep = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.deadline = None;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {limit:?}"),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
+}
+
 /// Control frames are never compressed.
 pub const CONTROL: EncodeOpts = EncodeOpts {
     compress_level: None,
@@ -300,6 +378,30 @@ pub async fn send_error<W: AsyncWrite + Unpin>(w: &mut W, code: ErrorCode, messa
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_times_out() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = WriteTimeout::new(a, Duration::from_millis(50));
+        w.write_all(&[1u8; 1000]).await.unwrap();
+        let e = w.write_all(&[2u8; 4096]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        // A peer that reads keeps the writer going however long the whole write takes.
+        let mut w = WriteTimeout::new(w.inner, Duration::from_millis(50));
+        let reader = tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut buf = [0u8; 4096];
+            // 1,024 bytes written before the time-out, then the 64 KiB.
+            while got < 1024 + 64 * 1024 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                got += b.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        w.write_all(&[3u8; 64 * 1024]).await.unwrap();
+        assert!(reader.await.unwrap() >= 64 * 1024);
+    }
 
     #[test]
     fn host_port() {

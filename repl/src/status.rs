@@ -19,6 +19,33 @@ pub struct StatusReport {
     pub host: String,
     /// One entry per protected (agent) or replicated (server) disk.
     pub disks: Vec<DiskStatus>,
+    /// The daemon's listeners (`tls`, `control`): connections open, refused over a cap,
+    /// timed out, accept errors (see `repl::listen`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Counters of one listening socket since the daemon started (`listeners` in
+/// [`StatusReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    /// `tls` (the server's port for agents) or `control` (the local socket).
+    pub name: String,
+    /// Connections open now.
+    pub open: u64,
+    /// Of those, connections still in the TLS handshake.
+    pub handshaking: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed at once because a cap was reached.
+    pub refused: u64,
+    /// Idle connections closed to make room for a new one (control socket).
+    pub evicted: u64,
+    /// Connections closed because a phase (handshake, Hello, Attach, request line) took
+    /// too long.
+    pub timed_out: u64,
+    /// Failed `accept` calls (e.g. out of descriptors; retried with a pause).
+    pub accept_errors: u64,
 }
 
 /// Replication state of a disk.

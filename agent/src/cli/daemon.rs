@@ -136,8 +136,15 @@ async fn terminated() {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one, so the listeners' caps decide.
+fn descriptors() {
+    let n = repl::listen::raise_descriptor_limit();
+    tracing::info!(limit = n, "open file descriptors");
+}
+
 pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
     init_logging();
+    descriptors();
     let id = pki::Identity::load(&a.pki)?;
     let opts = repl::server::ServerOptions {
         listen: a.listen.clone(),
@@ -155,6 +162,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         },
         metrics: a.metrics.clone(),
         adopt_from: a.adopt_from.clone(),
+        limits: repl::listen::Limits::default(),
     };
     runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;
     Ok(Outcome::Ok)
@@ -162,6 +170,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
 
 pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
     init_logging();
+    descriptors();
     let id = pki::Identity::load(&a.pki)?;
     let policy = a.config.as_deref().map(PolicyFile::load).transpose()?;
     let max_rate = a

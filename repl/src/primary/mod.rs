@@ -138,6 +138,8 @@ pub(crate) struct DiskRt {
     pub(crate) block_size: u32,
     cut_request: AtomicBool,
     records_at_cut: AtomicU64,
+    /// Records since the cut as `status` last read them (shown while the tracker is busy).
+    records_seen: AtomicU64,
     job: Mutex<Option<u64>>,
     cache: Mutex<BTreeMap<u64, u64>>,
     /// A pending `sitrep point create` request.
@@ -193,6 +195,8 @@ pub struct Agent {
     disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
     jobs: Mutex<Vec<Job>>,
     next_job: AtomicU64,
+    /// The control socket's counters (`listeners` in the status).
+    control: Arc<control::ControlShared>,
 }
 
 fn local(e: impl std::fmt::Display) -> crate::net::ReplError {
@@ -232,15 +236,37 @@ impl Agent {
 
     fn records(&self, dev: &Path) -> u64 {
         let g = lock(&self.tracker);
-        g.as_ref()
-            .and_then(|t| {
-                t.stats()
-                    .disks
-                    .into_iter()
-                    .find(|(p, _)| p == dev)
-                    .map(|(_, s)| s.records)
-            })
-            .unwrap_or(0)
+        Self::records_in(g.as_ref(), dev)
+    }
+
+    fn records_in(t: Option<&Tracker>, dev: &Path) -> u64 {
+        t.and_then(|t| {
+            t.stats()
+                .disks
+                .into_iter()
+                .find(|(p, _)| p == dev)
+                .map(|(_, s)| s.records)
+        })
+        .unwrap_or(0)
+    }
+
+    /// Records appended since the last cut, for `status`: never waits for the tracker (a cut
+    /// or a tag holds it while a log commit reaches the disk) — while it is busy, the count
+    /// read last time stands.
+    pub(crate) fn records_since_cut_now(&self, rt: &DiskRt) -> u64 {
+        let dev = lock(&rt.prot).device.clone();
+        let now = match self.tracker.try_lock() {
+            Ok(g) => Self::records_in(g.as_ref(), &dev),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                Self::records_in(p.into_inner().as_ref(), &dev)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return rt.records_seen.load(Ordering::Relaxed);
+            }
+        };
+        let n = now.saturating_sub(rt.records_at_cut.load(Ordering::SeqCst));
+        rt.records_seen.store(n, Ordering::Relaxed);
+        n
     }
 
     /// Seals the disk's current log (a cycle); returns its sequence.
@@ -406,6 +432,7 @@ impl Agent {
             block_size: report.info.logical_block_size,
             cut_request: AtomicBool::new(false),
             records_at_cut: AtomicU64::new(0),
+            records_seen: AtomicU64::new(0),
             job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
@@ -520,6 +547,14 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
     std::fs::create_dir_all(opts.state.join("disks"))
         .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
+    // Before anything else: a second agent on this state directory refuses to start.
+    let _state_lock =
+        crate::lockfile::LockFile::acquire(&opts.state.join("LOCK"), "state directory")?;
+    let control_socket = control::bind(
+        &opts.socket,
+        crate::listen::CONTROL_CONNECTIONS,
+        crate::listen::CONTROL_READ_TIMEOUT,
+    )?;
     // Bound before anything starts, so a bad --metrics fails the start cleanly.
     let metrics = match &opts.metrics {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -535,6 +570,7 @@ pub async fn run(
         disks: Mutex::new(BTreeMap::new()),
         jobs: Mutex::new(Vec::new()),
         next_job: AtomicU64::new(0),
+        control: control_socket.shared(),
     });
     for prot in Protection::load_all(&opts.state)? {
         let name = prot.name.clone();
@@ -572,12 +608,7 @@ pub async fn run(
         crate::metrics::spawn(listener, move || a.status());
     }
     let (ctx, mut crx) = mpsc::channel::<Call>(16);
-    let sock = opts.socket.clone();
-    tokio::spawn(async move {
-        if let Err(e) = control::serve(&sock, ctx).await {
-            tracing::error!("control socket {}: {e}", sock.display());
-        }
-    });
+    tokio::spawn(control_socket.serve(ctx));
     let a = agent.clone();
     tokio::spawn(async move {
         while let Some((req, reply)) = crx.recv().await {

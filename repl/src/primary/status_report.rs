@@ -1,5 +1,10 @@
 //! What the agent reports (`sitrep status`, the metrics endpoint): each disk's state,
 //! health, lag and counters, computed from its protection and run-time status.
+//!
+//! Built without waiting for any disk's I/O: the protection and run-time status are small
+//! structs behind mutexes held for field updates (and, for the protection, the atomic save
+//! of `protection.json`), and the tracker — held during a cut or tag while a log commit
+//! reaches the disk — is only tried (`records_since_cut_now`).
 
 use std::sync::Arc;
 
@@ -10,7 +15,7 @@ use crate::status::{self, CopyStatus, CycleStatus, DiskStatus, Health, ReplState
 impl Agent {
     pub(super) fn disk_status(&self, rt: &DiskRt) -> DiskStatus {
         let p = lock(&rt.prot).clone();
-        let records = self.records_since_cut(rt);
+        let records = self.records_since_cut_now(rt);
         let st = lock(&rt.st);
         let now = crate::now_ns();
         let applied_seq = st.last_applied.as_ref().map(|a| a.seq);
@@ -120,6 +125,7 @@ impl Agent {
             role: "agent".into(),
             host: self.name.clone(),
             disks: disks.iter().map(|d| self.disk_status(d)).collect(),
+            listeners: vec![self.control.status()],
         }
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn export(
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?,
     };
     let (id, size, p) = {
-        let g = lock(&slot.disk);
+        let g = slot.disk.lock();
         let d = g
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
@@ -79,7 +79,7 @@ pub(super) fn export(
     while at < size {
         let n = usize::try_from((size - at).min(EXPORT_CHUNK as u64)).unwrap_or(EXPORT_CHUNK);
         {
-            let g = lock(&slot.disk);
+            let g = slot.disk.lock();
             let d = g
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("disk {name} closed during the export"))?;

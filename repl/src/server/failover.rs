@@ -112,11 +112,13 @@ fn disk_dir(sh: &Shared, name: &str) -> anyhow::Result<PathBuf> {
         .get(name)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
-    let g = lock(&slot.disk);
-    let d = g
-        .as_ref()
+    // From the published snapshot: the directory never changes, and `failover record` or
+    // `commit` must not wait behind a long operation on the disk to learn it.
+    let snap = slot
+        .disk
+        .snapshot()
         .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
-    Ok(d.dir().to_path_buf())
+    Ok(snap.dir.to_path_buf())
 }
 
 /// Which failover.
@@ -152,7 +154,7 @@ pub(super) fn planned(sh: &Shared, name: &str, seq: u64) -> anyhow::Result<Failo
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
-        let g = lock(&slot.disk);
+        let g = slot.disk.lock();
         let d = g
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
@@ -251,7 +253,7 @@ fn activate(
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
-        let mut g = lock(&slot.disk);
+        let mut g = slot.disk.lock();
         let d = g
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
@@ -370,7 +372,7 @@ pub(super) fn commit(sh: &Shared, name: &str) -> anyhow::Result<FailoverRecord> 
             .get(name)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
-        let mut g = lock(&slot.disk);
+        let mut g = slot.disk.lock();
         let d = g
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;

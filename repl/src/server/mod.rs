@@ -14,23 +14,24 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::control::{self, Call};
-use crate::net;
+use crate::listen::Limits;
 use crate::store::{self, Disk};
 
 mod export;
 pub mod failover;
 mod grants;
 mod jobs;
+mod listener;
 mod report;
 mod requests;
 mod retired;
 mod reverse;
 mod session;
+mod snapshot;
 
 pub use grants::{AcceptReport, Grant};
 
 use report::status_report;
-use session::session;
 
 /// A session that sends nothing for this long is dropped (agents ping when idle).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,11 +52,14 @@ pub struct ServerOptions {
     /// The local agent's state directory: reverse replication adopts the disks it failed
     /// over (`--adopt-from`; None: no reverse replication into this site).
     pub adopt_from: Option<PathBuf>,
+    /// Caps and timeouts of the listeners and sessions (default: `repl::listen`'s constants).
+    pub limits: Limits,
 }
 
 #[derive(Default)]
 struct Slot {
-    disk: Mutex<Option<Disk>>,
+    /// The open disk; its guard publishes the snapshot `status` and `points` read.
+    disk: snapshot::PublishedDisk,
     epoch: AtomicU64,
     connected: AtomicBool,
     wire_bytes: AtomicU64,
@@ -69,6 +73,11 @@ struct Shared {
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     jobs: jobs::Jobs,
     adopt_from: Option<PathBuf>,
+    limits: Limits,
+    /// The TLS port's caps and counters.
+    tls: listener::TlsGates,
+    /// The control socket's counters.
+    control: Arc<control::ControlShared>,
 }
 
 impl Shared {
@@ -99,6 +108,13 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
     std::fs::create_dir_all(opts.store.join("disks"))
         .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
+    // Before anything else: a second server on this store refuses to start.
+    let _store_lock = crate::lockfile::LockFile::acquire(&opts.store.join("LOCK"), "store")?;
+    let control_socket = control::bind(
+        &opts.socket,
+        opts.limits.control_connections,
+        opts.limits.control_read_timeout,
+    )?;
     let shared = Arc::new(Shared {
         store: opts.store.clone(),
         name: identity.name().to_string(),
@@ -106,6 +122,9 @@ pub async fn run(
         slots: Mutex::new(BTreeMap::new()),
         jobs: jobs::Jobs::default(),
         adopt_from: opts.adopt_from.clone(),
+        limits: opts.limits.clone(),
+        tls: listener::TlsGates::new(&opts.limits),
+        control: control_socket.shared(),
     });
     // Finish whatever a crash left staged before anything connects.
     for name in store::list_disks(&opts.store)? {
@@ -114,7 +133,7 @@ pub async fn run(
             Ok(mut d) => {
                 tracing::info!(disk = %name, "replica open");
                 d.set_retention(opts.retention.clone());
-                *lock(&slot.disk) = Some(d);
+                *slot.disk.lock() = Some(d);
             }
             Err(e) => {
                 tracing::error!("{e}");
@@ -123,7 +142,7 @@ pub async fn run(
         }
     }
     let tls = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
+    let tcp = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.listen))?;
     if let Some(addr) = &opts.metrics {
@@ -133,40 +152,11 @@ pub async fn run(
     }
     tracing::info!(listen = %opts.listen, store = %opts.store.display(), "server ready");
     let (ctx, crx) = mpsc::channel::<Call>(16);
-    let sock = opts.socket.clone();
-    tokio::spawn(async move {
-        if let Err(e) = control::serve(&sock, ctx).await {
-            tracing::error!("control socket {}: {e}", sock.display());
-        }
-    });
+    tokio::spawn(control_socket.serve(ctx));
     tokio::spawn(requests::serve(shared.clone(), crx));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            acc = listener.accept() => {
-                let (tcp, peer) = match acc {
-                    Ok(x) => x,
-                    Err(e) => { tracing::warn!("accept: {e}"); continue; }
-                };
-                let _ = tcp.set_nodelay(true);
-                let tls = tls.clone();
-                let sh = shared.clone();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(30), tls.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::warn!(%peer, "TLS handshake refused: {}", net::io_error(&e));
-                            return;
-                        }
-                        Err(_) => { tracing::warn!(%peer, "TLS handshake timed out"); return; }
-                    };
-                    if let Err(e) = session(sh, stream).await {
-                        tracing::warn!(%peer, "session ended: {e}");
-                    }
-                });
-            }
-        }
+    tokio::select! {
+        () = shutdown => {}
+        () = listener::serve(shared, tcp, tls) => {}
     }
     tracing::info!("server stopping");
     Ok(())

@@ -1,4 +1,5 @@
-//! The server's `status --json` and `points` answers.
+//! The server's `status --json` and `points` answers, built from the disks' published
+//! snapshots (`snapshot.rs`): they never wait for a disk's mutex, whatever runs on the disk.
 
 use std::sync::atomic::Ordering;
 
@@ -11,9 +12,9 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
     let now = crate::now_ns();
     let mut disks = Vec::new();
     for (name, slot) in slots {
-        let guard = lock(&slot.disk);
+        let snap = slot.disk.snapshot();
         let err = lock(&slot.error).clone();
-        let Some(d) = guard.as_ref() else {
+        let Some(d) = snap else {
             if let Some(e) = err {
                 disks.push(DiskStatus {
                     name,
@@ -47,8 +48,8 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
             }
             continue;
         };
-        let st = d.state();
-        let c = d.counters();
+        let st = &*d.state;
+        let c = d.counters;
         let copy_done = st.copy.is_some_and(|c| c.done);
         let state = if st.failed_over.is_some() {
             ReplState::FailedOver
@@ -96,8 +97,8 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
             connected: slot.connected.load(Ordering::Relaxed),
             error: st.broken.clone().or(d.fault().map(String::from)).or(err),
             resync_reason: st.broken.clone(),
-            points: d.points().len() as u64,
-            points_bytes: d.points_bytes(),
+            points: d.points.len() as u64,
+            points_bytes: d.points_bytes,
             cycles_judged: 0,
             cycles_consistent: 0,
             resync: None,
@@ -113,6 +114,7 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
         role: "server".into(),
         host: sh.name.clone(),
         disks,
+        listeners: vec![sh.tls.status(), sh.control.status()],
     }
 }
 
@@ -121,15 +123,14 @@ pub(super) fn points_report(sh: &Shared, name: &str) -> Response {
     let Some(slot) = slot else {
         return Response::err(format!("disk {name} is not replicated here"));
     };
-    let g = lock(&slot.disk);
-    let Some(d) = g.as_ref() else {
+    let Some(d) = slot.disk.snapshot() else {
         return Response::err(format!("disk {name} is not open (see `sitrep status`)"));
     };
     Response::ok(status::PointsReport {
         schema: status::SCHEMA,
         disk: name.to_string(),
-        size: d.state().size,
-        storage_bytes: d.points_bytes(),
-        points: d.points().to_vec(),
+        size: d.state.size,
+        storage_bytes: d.points_bytes,
+        points: d.points.to_vec(),
     })
 }

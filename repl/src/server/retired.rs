@@ -1,7 +1,7 @@
 //! The server's side of retired copies (`store/retired.rs`): `sitrep retired [purge ID]`,
 //! and `sitrep points NAME@NS` / `points export NAME@NS POINT` reading one read-only.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::{Shared, Slot};
 use crate::control::Response;
@@ -42,7 +42,7 @@ pub(super) fn slot(sh: &Shared, id: &str) -> anyhow::Result<Option<Arc<Slot>>> {
     }
     let d = Disk::open_retired(dir, id).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Some(Arc::new(Slot {
-        disk: Mutex::new(Some(d)),
+        disk: super::snapshot::PublishedDisk::open(d),
         ..Slot::default()
     })))
 }
@@ -54,7 +54,7 @@ pub(super) fn points_report(sh: &Shared, id: &str) -> Response {
         Ok(None) => return Response::err(format!("'{id}' is not a retired copy id")),
         Err(e) => return Response::err(format!("{e:#}")),
     };
-    let g = super::lock(&slot.disk);
+    let g = slot.disk.lock();
     let Some(d) = g.as_ref() else {
         return Response::err(format!("retired copy {id} is not open"));
     };

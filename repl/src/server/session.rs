@@ -8,7 +8,7 @@ use proto::{CopyState, CycleInfo, ErrorCode, Frame, Msg};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
 use super::{IDLE_TIMEOUT, Shared, Slot, failover, lock, reverse};
-use crate::net::{ReplError, ServerStream, recv_control, send, send_error};
+use crate::net::{ReplError, ServerStream, WriteTimeout, recv_control, send, send_error};
 use crate::store::{self, Admit, AttachRequest, Disk, StoreError};
 
 fn code_of(e: &StoreError) -> ErrorCode {
@@ -34,7 +34,7 @@ fn with_disk<T>(
     f: impl FnOnce(&mut Disk) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     tokio::task::block_in_place(|| {
-        let mut g = lock(&slot.disk);
+        let mut g = slot.disk.lock();
         match g.as_mut() {
             Some(d) => f(d),
             None => Err(StoreError::BadRequest {
@@ -79,17 +79,36 @@ async fn refuse<R, W: AsyncWrite + Unpin>(c: &mut Conn<R, W>, e: StoreError) -> 
     }
 }
 
+/// `recv` (the `Hello` or the `Attach`) within the setup time limit.
+async fn setup_phase(
+    shared: &Shared,
+    client: &str,
+    what: &str,
+    recv: impl Future<Output = Result<Msg, ReplError>>,
+) -> Result<Msg, ReplError> {
+    let limit = shared.limits.setup_timeout;
+    match tokio::time::timeout(limit, recv).await {
+        Ok(r) => r,
+        Err(_) => {
+            let why = format!("no {what} within {limit:?}");
+            shared.tls.stats.timed_out(client, &why);
+            Err(ReplError::Net(format!("{client} sent {why}")))
+        }
+    }
+}
+
 pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result<(), ReplError> {
     let client = pki::peer_name(stream.get_ref().1)
         .ok_or_else(|| ReplError::Auth("client presented no usable certificate name".into()))?;
     let (r, w): (ReadHalf<ServerStream>, WriteHalf<ServerStream>) = tokio::io::split(stream);
     let mut c = Conn {
         r,
-        w,
+        // Every write to the peer: a peer that stops reading ends the session.
+        w: WriteTimeout::new(w, shared.limits.write_timeout),
         peer: client.clone(),
     };
     // Version handshake.
-    match recv_control(&mut c.r, &client).await? {
+    match setup_phase(&shared, &client, "Hello", recv_control(&mut c.r, &client)).await? {
         Msg::Hello { versions, .. } => match proto::negotiate(proto::SUPPORTED, &versions) {
             Some(v) => {
                 send(
@@ -118,86 +137,87 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
         }
     }
     // Attach.
-    let (name, slot) = match recv_control(&mut c.r, &client).await? {
-        Msg::Attach {
-            disk,
-            disk_id,
-            size,
-            block_size,
-        } => {
-            if !crate::valid_disk_name(&disk) {
-                return Err(refuse(&mut c, invalid_name(&disk)).await);
-            }
-            let req = AttachRequest {
-                name: &disk,
-                disk_id: crate::hex16(&disk_id),
+    let (name, slot) =
+        match setup_phase(&shared, &client, "Attach", recv_control(&mut c.r, &client)).await? {
+            Msg::Attach {
+                disk,
+                disk_id,
                 size,
                 block_size,
-                client: &client,
-            };
-            let slot = shared.slot(&disk);
-            let res = tokio::task::block_in_place(|| {
-                let mut g = lock(&slot.disk);
-                match g.as_ref() {
-                    Some(d) => d.check_attach(&req),
-                    None => {
-                        let mut d = Disk::attach(&shared.store, &req)?;
+            } => {
+                if !crate::valid_disk_name(&disk) {
+                    return Err(refuse(&mut c, invalid_name(&disk)).await);
+                }
+                let req = AttachRequest {
+                    name: &disk,
+                    disk_id: crate::hex16(&disk_id),
+                    size,
+                    block_size,
+                    client: &client,
+                };
+                let slot = shared.slot(&disk);
+                let res = tokio::task::block_in_place(|| {
+                    let mut g = slot.disk.lock();
+                    match g.as_ref() {
+                        Some(d) => d.check_attach(&req),
+                        None => {
+                            let mut d = Disk::attach(&shared.store, &req)?;
+                            d.set_retention(shared.retention.clone());
+                            *g = Some(d);
+                            Ok(())
+                        }
+                    }
+                });
+                if let Err(e) = res {
+                    tracing::warn!("{e}");
+                    return Err(refuse(&mut c, e).await);
+                }
+                (disk, slot)
+            }
+            Msg::AttachReverse {
+                disk,
+                disk_id,
+                size,
+                block_size,
+                fork_seq,
+                from_seq,
+                // Ignored: what the server's site discards is its operator's decision
+                // (`sitrep reverse-accept --discard-local-changes`), never a peer's.
+                discard_target_changes: _,
+            } => {
+                if !crate::valid_disk_name(&disk) {
+                    return Err(refuse(&mut c, invalid_name(&disk)).await);
+                }
+                let req = AttachRequest {
+                    name: &disk,
+                    disk_id: crate::hex16(&disk_id),
+                    size,
+                    block_size,
+                    client: &client,
+                };
+                let slot = shared.slot(&disk);
+                let res = tokio::task::block_in_place(|| {
+                    let mut g = slot.disk.lock();
+                    let r = reverse::ReverseReq { fork_seq, from_seq };
+                    if let Some(mut d) = reverse::open(&shared, g.as_ref(), &req, r)? {
                         d.set_retention(shared.retention.clone());
                         *g = Some(d);
-                        Ok(())
                     }
+                    Ok(())
+                });
+                if let Err(e) = res {
+                    tracing::warn!("{e}");
+                    return Err(refuse(&mut c, e).await);
                 }
-            });
-            if let Err(e) = res {
-                tracing::warn!("{e}");
-                return Err(refuse(&mut c, e).await);
+                (disk, slot)
             }
-            (disk, slot)
-        }
-        Msg::AttachReverse {
-            disk,
-            disk_id,
-            size,
-            block_size,
-            fork_seq,
-            from_seq,
-            // Ignored: what the server's site discards is its operator's decision
-            // (`sitrep reverse-accept --discard-local-changes`), never a peer's.
-            discard_target_changes: _,
-        } => {
-            if !crate::valid_disk_name(&disk) {
-                return Err(refuse(&mut c, invalid_name(&disk)).await);
+            m => {
+                return Err(ReplError::Protocol(format!(
+                    "{client} sent {} before Attach",
+                    m.name()
+                )));
             }
-            let req = AttachRequest {
-                name: &disk,
-                disk_id: crate::hex16(&disk_id),
-                size,
-                block_size,
-                client: &client,
-            };
-            let slot = shared.slot(&disk);
-            let res = tokio::task::block_in_place(|| {
-                let mut g = lock(&slot.disk);
-                let r = reverse::ReverseReq { fork_seq, from_seq };
-                if let Some(mut d) = reverse::open(&shared, g.as_ref(), &req, r)? {
-                    d.set_retention(shared.retention.clone());
-                    *g = Some(d);
-                }
-                Ok(())
-            });
-            if let Err(e) = res {
-                tracing::warn!("{e}");
-                return Err(refuse(&mut c, e).await);
-            }
-            (disk, slot)
-        }
-        m => {
-            return Err(ReplError::Protocol(format!(
-                "{client} sent {} before Attach",
-                m.name()
-            )));
-        }
-    };
+        };
     let epoch = slot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
     slot.connected.store(true, Ordering::Relaxed);
     *lock(&slot.error) = None;

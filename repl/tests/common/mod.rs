@@ -95,6 +95,7 @@ impl Server {
             retention: repl::points::Retention::default(),
             metrics: None,
             adopt_from: None,
+            limits: repl::listen::Limits::default(),
         };
         tweak(&mut opts);
         let id = pki::Identity::load(&pki.server_dir()).unwrap();
