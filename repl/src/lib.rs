@@ -67,7 +67,7 @@ pub fn hex16(id: &[u8; 16]) -> String {
 }
 
 /// Longest peer-chosen text quoted in a log line or an error message, in characters.
-pub const MAX_PEER_TEXT: usize = 200;
+pub const MAX_PEER_TEXT: usize = 1024;
 
 /// Text a peer chose (a rejected disk name, a refusal's message), made safe to quote in a
 /// log line or an operator's terminal: control characters escaped (a CR/LF cannot forge a
@@ -75,9 +75,15 @@ pub const MAX_PEER_TEXT: usize = 200;
 /// characters (then `…`).
 #[must_use]
 pub fn peer_text(s: &str) -> String {
+    peer_text_max(s, MAX_PEER_TEXT)
+}
+
+/// [`peer_text`] with at most `max` characters kept.
+#[must_use]
+pub fn peer_text_max(s: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i == MAX_PEER_TEXT {
+        if i == max {
             out.push('…');
             break;
         }

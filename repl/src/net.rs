@@ -320,10 +320,11 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: Msg) -> Result<(), ReplEr
 /// Read failure, a data frame, or the peer's error.
 pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R, peer: &str) -> Result<Msg, ReplError> {
     match proto::read_frame(r).await? {
+        // The peer chose the text: escaped and capped before it reaches a log or a status.
         Frame::Control(Msg::Error { code, message, .. }) => Err(ReplError::Refused {
             peer: peer.to_string(),
             code,
-            message,
+            message: crate::peer_text(&message),
         }),
         Frame::Control(m) => Ok(m),
         _ => Err(ReplError::Protocol(format!(

@@ -146,6 +146,7 @@ fn second_server(first: &Server, tweak: impl FnOnce(&mut repl::server::ServerOpt
         retention: repl::points::Retention::default(),
         metrics: None,
         adopt_from: None,
+        history_budget: repl::store::HistoryBudget::default(),
         limits: repl::listen::Limits::default(),
     };
     tweak(&mut opts);

@@ -171,3 +171,67 @@ fn copy_restarts_past_the_retired_cap_are_refused_and_delete_nothing() {
     assert_eq!(points(&server, "d"), live);
     assert_eq!(retired(&server).len() as u64, cap);
 }
+
+/// A primary that keeps writing but never offers another point (what a compromised host
+/// does: no more verdicts) cannot grow the disk's history past its budget: its cycles are
+/// refused before the ack as `NoSpace` (retried), the points stay, and the disk says why.
+#[test]
+fn writing_without_new_points_stops_at_the_history_budget_and_keeps_the_points() {
+    let server = Server::start_with(|o| {
+        o.history_budget = repl::store::HistoryBudget::Bytes(64 << 10);
+    });
+    let refused = rt().block_on(async {
+        let (mut c, r) = Client::attach(&server, "mallory-host", "d", 1, SIZE).await;
+        r.unwrap();
+        c.copy(&vec![7u8; SIZE as usize], 1, false).await;
+        c.cycle(
+            1,
+            &[Frame::Data {
+                offset: 0,
+                data: vec![1; 4096],
+            }],
+        )
+        .await
+        .unwrap();
+        c.consistent(1).await;
+        // Then only writes, each overwriting 16 KiB of allocated data: no more verdicts.
+        for seq in 2..100u64 {
+            let frame = Frame::Data {
+                offset: (seq % 60) * 16384,
+                data: vec![seq as u8; 16384],
+            };
+            if let Err(e) = c.cycle(seq, &[frame]).await {
+                return (seq, e);
+            }
+        }
+        panic!("never refused");
+    });
+    let (seq, e) = refused;
+    match &e {
+        repl::net::ReplError::Refused { code, message, .. } => {
+            assert_eq!(*code, proto::ErrorCode::NoSpace, "{message}");
+            assert!(message.contains("--history-budget"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(seq > 2, "refused at once: {e}");
+    let pts = points(&server, "d");
+    assert_eq!(pts.len(), 1, "{pts:?}");
+    assert_eq!(pts[0]["id"], 1);
+    let st = server.status();
+    let disk = &st["disks"][0];
+    assert!(disk["points_bytes"].as_u64().unwrap() <= 64 << 10, "{disk}");
+    assert_eq!(disk["last_applied"]["seq"], seq - 1, "{disk}");
+    // The point is still whole: exported, its first block is cycle 1's.
+    let out = server.store.path().join("p1.img");
+    let r = server.call(&repl::control::Request::Export {
+        name: "d".into(),
+        point: "1".into(),
+        out: out.display().to_string(),
+        force: false,
+    });
+    assert!(r.ok, "{r:?}");
+    let img = std::fs::read(&out).unwrap();
+    assert_eq!(&img[..4096], &[1u8; 4096][..]);
+    assert_eq!(&img[4096..16384], &[7u8; 12288][..]);
+}

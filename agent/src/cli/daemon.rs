@@ -45,6 +45,12 @@ pub(crate) struct ServerArgs {
     /// failover (else: split brain, reported, nothing overwritten).
     #[arg(long, value_name = "AGENT_STATE")]
     adopt_from: Option<PathBuf>,
+    /// Most recovery-point history (undo data) one disk may keep: `Nx` times the disk's size
+    /// (at least 4 GiB) or a size (`500G`). Past it the disk's cycles wait, retried, and the
+    /// disk shows why; nothing is deleted (a protected host must not be able to erase its
+    /// history by writing). Raise it, and restart, to let them through.
+    #[arg(long, default_value = "16x", value_parser = repl::store::HistoryBudget::parse)]
+    history_budget: repl::store::HistoryBudget,
 }
 
 /// Arguments of `sitrep agent`.
@@ -162,6 +168,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         },
         metrics: a.metrics.clone(),
         adopt_from: a.adopt_from.clone(),
+        history_budget: a.history_budget,
         limits: repl::listen::Limits::default(),
     };
     runtime()?.block_on(repl::server::run(opts, &id, terminated()))?;

@@ -101,7 +101,16 @@ async fn connection(
             return;
         }
     };
-    if let Err(e) = session(sh.clone(), stream).await {
-        tracing::warn!(%peer, "session ended: {e}");
+    match session(sh.clone(), stream).await {
+        Ok(()) => {}
+        // A refusal names the disk and the cause (it is also the disk's status): logged.
+        Err(e @ net::ReplError::Refused { .. }) => tracing::warn!(%peer, "session ended: {e}"),
+        // Network trouble and protocol breaches — what a flood of connections produces —
+        // are rate-limited like the port's other warnings.
+        Err(e) => sh
+            .tls
+            .stats
+            .log
+            .warn("session-ended", format_args!("{peer}: session ended: {e}")),
     }
 }

@@ -54,6 +54,9 @@ pub struct ServerOptions {
     pub adopt_from: Option<PathBuf>,
     /// Caps and timeouts of the listeners and sessions (default: `repl::listen`'s constants).
     pub limits: Limits,
+    /// How much undo data (recovery-point history) each disk may keep
+    /// (`--history-budget`; see [`crate::store::HistoryBudget`]).
+    pub history_budget: store::HistoryBudget,
 }
 
 #[derive(Default)]
@@ -70,6 +73,7 @@ struct Shared {
     store: PathBuf,
     name: String,
     retention: crate::points::Retention,
+    history_budget: store::HistoryBudget,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     jobs: jobs::Jobs,
     adopt_from: Option<PathBuf>,
@@ -81,6 +85,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// The server's policies for a disk just opened or attached: retention, history budget.
+    fn configure(&self, d: &mut Disk) {
+        d.set_retention(self.retention.clone());
+        d.set_history_budget(self.history_budget);
+    }
+
     fn slot(&self, name: &str) -> Arc<Slot> {
         let mut slots = self
             .slots
@@ -119,6 +129,7 @@ pub async fn run(
         store: opts.store.clone(),
         name: identity.name().to_string(),
         retention: opts.retention.clone(),
+        history_budget: opts.history_budget,
         slots: Mutex::new(BTreeMap::new()),
         jobs: jobs::Jobs::default(),
         adopt_from: opts.adopt_from.clone(),
@@ -132,7 +143,7 @@ pub async fn run(
         match Disk::open(&opts.store, &name) {
             Ok(mut d) => {
                 tracing::info!(disk = %name, "replica open");
-                d.set_retention(opts.retention.clone());
+                shared.configure(&mut d);
                 *slot.disk.lock() = Some(d);
             }
             Err(e) => {

@@ -64,7 +64,7 @@ struct Conn<R, W> {
 /// a log line.
 fn invalid_name(disk: &str) -> StoreError {
     StoreError::BadRequest {
-        disk: format!("'{}'", crate::peer_text(disk)),
+        disk: format!("'{}'", crate::peer_text_max(disk, 100)),
         why: "invalid disk name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)".into(),
     }
 }
@@ -162,7 +162,7 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
                         Some(d) => d.check_attach(&req),
                         None => {
                             let mut d = Disk::attach(&shared.store, &req)?;
-                            d.set_retention(shared.retention.clone());
+                            shared.configure(&mut d);
                             *g = Some(d);
                             Ok(())
                         }
@@ -200,7 +200,7 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
                     let mut g = slot.disk.lock();
                     let r = reverse::ReverseReq { fork_seq, from_seq };
                     if let Some(mut d) = reverse::open(&shared, g.as_ref(), &req, r)? {
-                        d.set_retention(shared.retention.clone());
+                        shared.configure(&mut d);
                         *g = Some(d);
                     }
                     Ok(())

@@ -95,6 +95,7 @@ impl Server {
             retention: repl::points::Retention::default(),
             metrics: None,
             adopt_from: None,
+            history_budget: repl::store::HistoryBudget::default(),
             limits: repl::listen::Limits::default(),
         };
         tweak(&mut opts);
