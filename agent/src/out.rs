@@ -1,7 +1,7 @@
 //! Standard output that never panics: `println!` panics when stdout fails (`sitrep status |
 //! head -0` closes the pipe, `> /dev/full` has no space), and a CLI must not crash with exit
-//! 101 and a backtrace for that. [`outln!`](crate::outln) and [`out!`](crate::out) write
-//! through [`write`]: a closed pipe (the reader has what it wanted) ends the program quietly
+//! 101 and a backtrace for that. [`outln!`](crate::outln) and [`out!`](macro@crate::out) write
+//! through [`write()`]: a closed pipe (the reader has what it wanted) ends the program quietly
 //! with status 0; any other write error ends it with a message and status 1 — the command
 //! had nothing left to do but print, so ending at once loses nothing.
 
@@ -37,7 +37,7 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(s)
 }
 
-/// Flushes stdout before the program exits (the same rules as [`write`]).
+/// Flushes stdout before the program exits (the same rules as [`write()`]).
 pub(crate) fn flush() {
     if let Err(e) = std::io::stdout().lock().flush() {
         fail(&e);
@@ -57,7 +57,7 @@ pub(crate) fn fail(e: &std::io::Error) -> ! {
     std::process::exit(1);
 }
 
-/// `println!` for the CLI's output (see [`crate::out`]).
+/// `println!` for the CLI's output (see [`mod@crate::out`]).
 #[macro_export]
 macro_rules! outln {
     () => {
@@ -68,7 +68,7 @@ macro_rules! outln {
     };
 }
 
-/// `print!` for the CLI's output (see [`crate::out`]).
+/// `print!` for the CLI's output (see [`mod@crate::out`]).
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {
