@@ -148,7 +148,7 @@ fn refused_certificates_and_foreign_clients_are_critical_and_never_retried() {
         // Authenticated, but "owned" belongs to sitea.
         ("rogue", "pki-rogue", "owned", "Unauthorized"),
     ];
-    let handshakes_before = count(&sites.server.log_text(), &["TLS handshake refused"]);
+    let handshakes_before = tls_handshakes_failed(&sites);
     let mut agents = Vec::new();
     let mut devs = Vec::new();
     for (tag, pki, name, _) in cases {
@@ -198,7 +198,7 @@ fn refused_certificates_and_foreign_clients_are_critical_and_never_retried() {
     // The server saw one attempt per refused client.
     let slog = sites.server.log_text();
     assert_eq!(
-        count(&slog, &["TLS handshake refused"]) - handshakes_before,
+        tls_handshakes_failed(&sites) - handshakes_before,
         2,
         "one refused handshake each for 'foreign' and 'evil':\n{slog}"
     );
@@ -537,4 +537,14 @@ fn a_cycle_acknowledged_then_not_applied_for_lack_of_space_is_not_lost() {
     store.empty();
     assert_recovered(&sites, &store, dev.path());
     drop(agent);
+}
+
+/// The server's count of failed TLS handshakes (`status --json`, listener `tls`).
+fn tls_handshakes_failed(sites: &Sites) -> u64 {
+    let st = ctl(&sites.path("server.sock"), &["status"]);
+    st["listeners"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == "tls"))
+        .and_then(|l| l["handshake_failed"].as_u64())
+        .unwrap_or_else(|| panic!("no tls listener in {st}"))
 }

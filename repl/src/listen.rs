@@ -359,6 +359,7 @@ pub struct ListenerStats {
     evicted: AtomicU64,
     timed_out: AtomicU64,
     accept_errors: AtomicU64,
+    handshake_failed: AtomicU64,
     /// Warnings of this listener.
     pub log: RateLimitedLog,
 }
@@ -374,6 +375,7 @@ impl ListenerStats {
             evicted: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            handshake_failed: AtomicU64::new(0),
             log: RateLimitedLog::new(LOG_EVERY),
         }
     }
@@ -396,6 +398,16 @@ impl ListenerStats {
         self.log.warn(
             "timeout",
             format_args!("{}: closed the connection from {peer}: {what}", self.name),
+        );
+    }
+
+    /// A TLS handshake from `peer` that failed (a refused certificate, garbage instead of
+    /// TLS): counted, logged rate-limited.
+    pub fn handshake_failed(&self, peer: impl Display, why: impl Display) {
+        self.handshake_failed.fetch_add(1, Ordering::Relaxed);
+        self.log.warn(
+            "tls-refused",
+            format_args!("{peer}: TLS handshake refused: {why}"),
         );
     }
 
@@ -424,6 +436,7 @@ impl ListenerStats {
             evicted: self.evicted.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            handshake_failed: self.handshake_failed.load(Ordering::Relaxed),
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct ListenerStatus {
     pub timed_out: u64,
     /// Failed `accept` calls (e.g. out of descriptors; retried with a pause).
     pub accept_errors: u64,
+    /// TLS handshakes that failed: a certificate refused either way, or no TLS at all.
+    #[serde(default)]
+    pub handshake_failed: u64,
 }
 
 /// Replication state of a disk.

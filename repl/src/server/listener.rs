@@ -76,10 +76,7 @@ async fn connection(
     let stream = match tokio::time::timeout(sh.limits.handshake_timeout, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            sh.tls.stats.log.warn(
-                "tls-refused",
-                format_args!("{peer}: TLS handshake refused: {}", net::io_error(&e)),
-            );
+            sh.tls.stats.handshake_failed(peer, net::io_error(&e));
             return;
         }
         Err(_) => {

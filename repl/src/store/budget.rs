@@ -18,9 +18,13 @@
 //!   primary must not be able to destroy, so running out of room stops replication of that
 //!   disk, not retention. The operator raises the budget (or, once issue 21's time-based
 //!   retention lands, old points age out).
-//! - **per store**: a cycle is refused (`NoSpace`) if staging it and its undo would leave the
-//!   store's filesystem with less than [`FREE_SPACE_RESERVE`], so the daemon's own state
-//!   files can always be written and one disk cannot take the last byte from the others.
+//! - **per store**: a cycle is refused (`NoSpace`) if its undo data would leave the store's
+//!   filesystem with less than [`reserve`] free ([`FREE_SPACE_RESERVE`], 1/1024 of a small
+//!   filesystem), so the daemon's own state files can still be written and one disk's
+//!   history cannot take the last byte from the others. (The replica's own growth when a
+//!   cycle fills holes is not counted: space another writer takes between the ack and the
+//!   apply has to be handled there anyway — the cycle stays staged, the disk shows the
+//!   fault, the apply is retried before the next cycle.)
 //!
 //! Rejected: dropping the oldest points to make room (Zerto's journal hard limit). It keeps
 //! replication going, but it hands the primary a way to erase history at will by writing.
@@ -34,7 +38,8 @@ use crate::undo;
 pub const DEFAULT_MULTIPLE: u64 = 16;
 /// The default budget is never below this (small disks still get room for many points).
 pub const MIN_BUDGET: u64 = 4 << 30;
-/// Free space the store's filesystem keeps after any cycle is staged and its undo saved.
+/// Free space the store's filesystem keeps after a cycle's undo is saved (less on a small
+/// filesystem: [`reserve`]).
 pub const FREE_SPACE_RESERVE: u64 = 1 << 30;
 
 /// How much undo data one disk may keep.
@@ -105,12 +110,13 @@ impl Disk {
                 ),
             });
         }
-        let free = free_bytes(&self.dir).map_err(super::io_err(name, "reading free space"))?;
-        if free < need.saturating_add(FREE_SPACE_RESERVE) {
+        let (free, total) = space(&self.dir).map_err(super::io_err(name, "reading free space"))?;
+        let reserve = reserve(total);
+        if free < need.saturating_add(reserve) {
             return Err(StoreError::HistoryFull {
                 disk: name.into(),
                 why: format!(
-                    "the store's filesystem has {free} bytes free; cycle {seq} may need {need} and {FREE_SPACE_RESERVE} stay in reserve — make room on the store's filesystem"
+                    "the store's filesystem has {free} bytes free; cycle {seq} may need {need} for its undo data and {reserve} stay in reserve — make room on the store's filesystem"
                 ),
             });
         }
@@ -118,11 +124,23 @@ impl Disk {
     }
 }
 
-/// Bytes an unprivileged writer could still use on the filesystem holding `dir` (root may
-/// use the reserved blocks too; the reserve above is on top of those).
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+/// The free space kept on a store's filesystem of `total` bytes: [`FREE_SPACE_RESERVE`], or
+/// 1/1024 of a small filesystem (a 64 MiB test store keeps 64 KiB).
+#[must_use]
+pub fn reserve(total: u64) -> u64 {
+    FREE_SPACE_RESERVE.min(total / 1024)
+}
+
+/// `(free, total)` bytes of the filesystem holding `dir`; free as an unprivileged writer
+/// could use it (root may use the reserved blocks too; the reserve above is on top of
+/// those).
+fn space(dir: &Path) -> std::io::Result<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+    let f = st.fragment_size();
+    Ok((
+        st.blocks_available().saturating_mul(f),
+        st.blocks().saturating_mul(f),
+    ))
 }
 
 #[cfg(test)]
@@ -144,5 +162,7 @@ mod tests {
         assert_eq!(HistoryBudget::Multiple(16).bytes(1 << 40), 16 << 40);
         assert_eq!(HistoryBudget::Bytes(5).bytes(1 << 40), 5);
         assert_eq!(HistoryBudget::Multiple(u64::MAX).bytes(2), u64::MAX);
+        assert_eq!(reserve(64 << 20), 64 << 10);
+        assert_eq!(reserve(1 << 50), FREE_SPACE_RESERVE);
     }
 }

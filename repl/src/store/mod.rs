@@ -63,7 +63,7 @@ mod resync;
 pub mod retired;
 mod staging;
 
-pub use budget::{DEFAULT_MULTIPLE, FREE_SPACE_RESERVE, HistoryBudget, MIN_BUDGET};
+pub use budget::{DEFAULT_MULTIPLE, FREE_SPACE_RESERVE, HistoryBudget, MIN_BUDGET, reserve};
 pub use open::{check_attach_state, read_state};
 pub use resync::{
     MAX_PENDING_BYTES, MAX_PENDING_FRAMES, MAX_PENDING_NAMED, ResyncProgress, ResyncSession,
