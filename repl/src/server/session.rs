@@ -59,6 +59,51 @@ struct Conn<R, W> {
     peer: String,
 }
 
+/// `Attach` (`reverse` None) or `AttachReverse` of disk `disk` by `client`: the name checked,
+/// the owner binding checked before the disk is opened, the disk opened (created, adopted)
+/// into its slot. Refused with an `Error` frame, nothing touched, on any failure.
+async fn attach<R, W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    c: &mut Conn<R, W>,
+    client: &str,
+    disk: String,
+    (disk_id, size, block_size): ([u8; 16], u64, u32),
+    reverse: Option<reverse::ReverseReq>,
+) -> Result<(String, Arc<Slot>), ReplError> {
+    if !crate::valid_disk_name(&disk) {
+        return Err(refuse(c, invalid_name(&disk)).await);
+    }
+    let req = AttachRequest {
+        name: &disk,
+        disk_id: crate::hex16(&disk_id),
+        size,
+        block_size,
+        client,
+    };
+    let slot = shared.slot(&disk);
+    let res = tokio::task::block_in_place(|| {
+        let mut g = slot.disk.lock();
+        let opened = match (reverse, g.as_ref()) {
+            (Some(r), current) => reverse::open(shared, current, &req, r)?,
+            (None, Some(d)) => {
+                d.check_attach(&req)?;
+                None
+            }
+            (None, None) => Some(Disk::attach(&shared.store, &req)?),
+        };
+        if let Some(mut d) = opened {
+            shared.configure(&mut d);
+            *g = Some(d);
+        }
+        Ok(())
+    });
+    if let Err(e) = res {
+        tracing::warn!("{e}");
+        return Err(refuse(c, e).await);
+    }
+    Ok((disk, slot))
+}
+
 /// The refusal of a disk name that is not 1–64 of `[A-Za-z0-9._-]`: the name is quoted
 /// escaped and capped ([`crate::peer_text`]) — it is logged, and a CR/LF in it must not forge
 /// a log line.
@@ -145,34 +190,8 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
                 size,
                 block_size,
             } => {
-                if !crate::valid_disk_name(&disk) {
-                    return Err(refuse(&mut c, invalid_name(&disk)).await);
-                }
-                let req = AttachRequest {
-                    name: &disk,
-                    disk_id: crate::hex16(&disk_id),
-                    size,
-                    block_size,
-                    client: &client,
-                };
-                let slot = shared.slot(&disk);
-                let res = tokio::task::block_in_place(|| {
-                    let mut g = slot.disk.lock();
-                    match g.as_ref() {
-                        Some(d) => d.check_attach(&req),
-                        None => {
-                            let mut d = Disk::attach(&shared.store, &req)?;
-                            shared.configure(&mut d);
-                            *g = Some(d);
-                            Ok(())
-                        }
-                    }
-                });
-                if let Err(e) = res {
-                    tracing::warn!("{e}");
-                    return Err(refuse(&mut c, e).await);
-                }
-                (disk, slot)
+                let geometry = (disk_id, size, block_size);
+                attach(&shared, &mut c, &client, disk, geometry, None).await?
             }
             Msg::AttachReverse {
                 disk,
@@ -185,31 +204,9 @@ pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result
                 // (`sitrep reverse-accept --discard-local-changes`), never a peer's.
                 discard_target_changes: _,
             } => {
-                if !crate::valid_disk_name(&disk) {
-                    return Err(refuse(&mut c, invalid_name(&disk)).await);
-                }
-                let req = AttachRequest {
-                    name: &disk,
-                    disk_id: crate::hex16(&disk_id),
-                    size,
-                    block_size,
-                    client: &client,
-                };
-                let slot = shared.slot(&disk);
-                let res = tokio::task::block_in_place(|| {
-                    let mut g = slot.disk.lock();
-                    let r = reverse::ReverseReq { fork_seq, from_seq };
-                    if let Some(mut d) = reverse::open(&shared, g.as_ref(), &req, r)? {
-                        shared.configure(&mut d);
-                        *g = Some(d);
-                    }
-                    Ok(())
-                });
-                if let Err(e) = res {
-                    tracing::warn!("{e}");
-                    return Err(refuse(&mut c, e).await);
-                }
-                (disk, slot)
+                let geometry = (disk_id, size, block_size);
+                let r = reverse::ReverseReq { fork_seq, from_seq };
+                attach(&shared, &mut c, &client, disk, geometry, Some(r)).await?
             }
             m => {
                 return Err(ReplError::Protocol(format!(
