@@ -85,7 +85,12 @@ fn refused(args: &[&str], pid: u32, lock: &Path) {
 
 #[test]
 fn both_daemons_answer_status_during_and_after_a_connection_flood() {
-    if !require!(Need::Root, Need::Bpf, Need::Command("prlimit")) {
+    if !require!(
+        Need::Root,
+        Need::Bpf,
+        Need::Command("prlimit"),
+        Need::Command("python3")
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -176,9 +181,7 @@ fn both_daemons_answer_status_during_and_after_a_connection_flood() {
 
     // The flood: idle connections, none sends a byte.
     let started = Instant::now();
-    let tcp: Vec<_> = (0..CONNECTIONS)
-        .map(|_| std::net::TcpStream::connect(&listen).unwrap())
-        .collect();
+    let tcp = TcpFlood::start(port, CONNECTIONS);
     let unix: Vec<_> = [&server_sock, &agent_sock]
         .iter()
         .flat_map(|s| {
@@ -221,4 +224,51 @@ fn both_daemons_answer_status_during_and_after_a_connection_flood() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop((agent, server));
+}
+
+/// Idle TCP connections to 127.0.0.1:`port` from ten source addresses (127.0.0.2–11), so
+/// the per-address caps do not stop the flood before the totals and the descriptor limit
+/// are reached. Held by a Python child (std cannot bind before connecting) until dropped.
+struct TcpFlood(Child);
+
+impl TcpFlood {
+    fn start(port: u16, n: usize) -> Self {
+        const SCRIPT: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for i in range(n):
+    s = socket.socket()
+    s.bind(("127.0.0.%d" % (2 + i % 10), 0))
+    s.connect(("127.0.0.1", port))
+    held.append(s)
+print("flooding", len(held), flush=True)
+sys.stdin.read()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SCRIPT, &port.to_string(), &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the TCP flood");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("flooding {n}"),
+            "the flood did not start"
+        );
+        Self(child)
+    }
+}
+
+impl Drop for TcpFlood {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }

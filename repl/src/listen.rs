@@ -110,6 +110,50 @@ impl Default for Limits {
     }
 }
 
+/// Descriptors kept out of the TLS port's caps by [`Limits::fit_descriptors`]: the control
+/// socket's connections and the daemon's own files (replicas, undo, logs, sockets).
+pub const RESERVED_DESCRIPTORS: u64 = CONTROL_CONNECTIONS as u64 + 64;
+
+impl Limits {
+    /// These limits with the TLS port's totals lowered so that its handshakes and sessions
+    /// together can never take the descriptors the control socket and the store need: at
+    /// most `soft_limit` − [`RESERVED_DESCRIPTORS`], a quarter of that for handshakes. With
+    /// caps above the limit a flood runs the daemon out of descriptors and the control
+    /// socket's `accept` loses every freed descriptor to the TLS port's until the flood's
+    /// handshakes time out (seen: `status` waiting 10 s at `ulimit -n 128`). `soft_limit` 0
+    /// (unknown) changes nothing.
+    #[must_use]
+    pub fn fit_descriptors(&self, soft_limit: u64) -> Self {
+        let mut l = self.clone();
+        if soft_limit == 0 {
+            return l;
+        }
+        let budget =
+            usize::try_from(soft_limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+        l.handshakes_total = l.handshakes_total.min((budget / 4).max(1));
+        l.sessions_total = l
+            .sessions_total
+            .min(budget.saturating_sub(l.handshakes_total).max(1));
+        l.handshakes_per_ip = l.handshakes_per_ip.min(l.handshakes_total);
+        l.sessions_per_ip = l.sessions_per_ip.min(l.sessions_total);
+        l
+    }
+}
+
+/// The process's soft limit on open descriptors (0 if it cannot be read).
+#[must_use]
+pub fn descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -471,6 +515,27 @@ pub fn raise_descriptor_limit() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_tls_caps_fit_under_the_descriptor_limit() {
+        let d = Limits::default();
+        assert_eq!(d.fit_descriptors(0), d, "unknown limit: unchanged");
+        assert_eq!(d.fit_descriptors(1 << 20), d, "a high limit: unchanged");
+        let l = d.fit_descriptors(128);
+        assert_eq!(
+            (l.handshakes_total, l.sessions_total),
+            (1, 1),
+            "nothing left: one each"
+        );
+        let l = d.fit_descriptors(1024);
+        assert_eq!(l.handshakes_total, 128);
+        assert_eq!(l.sessions_total, 1024 - 128 - 128);
+        assert!(l.handshakes_per_ip <= l.handshakes_total);
+        let l = d.fit_descriptors(400);
+        assert_eq!(l.handshakes_total, (400 - 128) / 4);
+        assert_eq!(l.sessions_total, 400 - 128 - (400 - 128) / 4);
+        assert!(l.sessions_per_ip <= l.sessions_total && l.handshakes_per_ip <= 32);
+    }
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())

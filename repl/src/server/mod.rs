@@ -114,12 +114,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::modes::restrict_umask();
-    crate::modes::private_dir(&opts.store)
-        .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
     std::fs::create_dir_all(opts.store.join("disks"))
         .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
     // Before anything else: a second server on this store refuses to start.
     let _store_lock = crate::lockfile::LockFile::acquire(&opts.store.join("LOCK"), "store")?;
+    crate::modes::private_dir(&opts.store)
+        .map_err(|e| anyhow::anyhow!("store {}: {e}", opts.store.display()))?;
+    let limits = opts
+        .limits
+        .fit_descriptors(crate::listen::descriptor_limit());
+    if limits != opts.limits {
+        tracing::warn!(
+            handshakes = limits.handshakes_total,
+            sessions = limits.sessions_total,
+            "the descriptor limit (ulimit -n) lowers the TLS port's caps; raise it for more disks"
+        );
+    }
     let control_socket = control::bind(
         &opts.socket,
         opts.limits.control_connections,
@@ -133,8 +143,8 @@ pub async fn run(
         slots: Mutex::new(BTreeMap::new()),
         jobs: jobs::Jobs::default(),
         adopt_from: opts.adopt_from.clone(),
-        limits: opts.limits.clone(),
-        tls: listener::TlsGates::new(&opts.limits),
+        tls: listener::TlsGates::new(&limits),
+        limits,
         control: control_socket.shared(),
     });
     // Finish whatever a crash left staged before anything connects.
