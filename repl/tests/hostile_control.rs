@@ -37,20 +37,7 @@ fn disk(status: &Value) -> Value {
 async fn resync_with_pending_repairs(server: &Server) -> Client {
     let (mut c, r) = Client::attach(server, "alice", "d", 1, SIZE).await;
     r.unwrap();
-    c.send(Msg::CopyBegin {
-        from_seq: 1,
-        restart: false,
-    })
-    .await;
-    assert!(matches!(c.recv().await.unwrap(), Msg::CopyAck { .. }));
-    c.frame(&Frame::Zero {
-        offset: 0,
-        len: SIZE,
-    })
-    .await
-    .unwrap();
-    c.send(Msg::CopyDone { from_seq: 1 }).await;
-    assert!(matches!(c.recv().await.unwrap(), Msg::CopyAck { .. }));
+    c.copy_zero(SIZE).await;
     c.cycle(
         1,
         &[Frame::Data {

@@ -16,22 +16,7 @@ const SIZE: u64 = 1 << 20;
 
 /// An honest session: copy, two cycles judged consistent → two recovery points.
 async fn replicate_two_points(server: &Server) {
-    let (mut c, r) = Client::attach(server, "alice", "d", 1, SIZE).await;
-    r.unwrap();
-    c.copy(&vec![7u8; SIZE as usize], 1, false).await;
-    for seq in 1..=2u64 {
-        c.cycle(
-            seq,
-            &[Frame::Data {
-                offset: 4096 * seq,
-                data: vec![seq as u8; 4096],
-            }],
-        )
-        .await
-        .unwrap();
-        c.consistent(seq).await;
-    }
-    c.send(proto::Msg::Bye).await;
+    common::replicate_points(server, "alice", "d", 2).await;
 }
 
 #[test]

@@ -106,22 +106,7 @@ fn refused_with(r: &Result<Msg, ReplError>, want: ErrorCode) -> String {
 
 /// alice's disk `d`: copy + two points.
 async fn alice_replicates(server: &Server) {
-    let (mut c, r) = Client::attach(server, "alice", "d", 1, SIZE).await;
-    r.unwrap();
-    c.copy(&vec![7u8; SIZE as usize], 1, false).await;
-    for seq in 1..=2u64 {
-        c.cycle(
-            seq,
-            &[Frame::Data {
-                offset: 4096 * seq,
-                data: vec![seq as u8; 4096],
-            }],
-        )
-        .await
-        .unwrap();
-        c.consistent(seq).await;
-    }
-    c.send(Msg::Bye).await;
+    common::replicate_points(server, "alice", "d", 2).await;
 }
 
 fn wait_points(server: &Server, disk: &str, n: usize) -> Vec<serde_json::Value> {
@@ -357,18 +342,7 @@ fn a_full_copy_into_an_adopted_device_keeps_its_points() {
     rt().block_on(async {
         let (mut c, r) = attach_reverse(&server, "bob", "r", 2, false).await;
         assert!(matches!(r, Ok(Msg::Attached { .. })), "{r:?}");
-        for seq in 3..=4u64 {
-            c.cycle(
-                seq,
-                &[Frame::Data {
-                    offset: 8192 * seq,
-                    data: vec![seq as u8; 8192],
-                }],
-            )
-            .await
-            .unwrap();
-            c.consistent(seq).await;
-        }
+        c.write_points(3..=4, 8192).await;
         c.send(Msg::Bye).await;
     });
     let pts = wait_points(&server, "r", 2);

@@ -37,20 +37,7 @@ async fn attach_copied(server: &Server, size: u64) -> Client {
         Msg::Attached { .. } => {}
         m => panic!("Attach answered with {}", m.name()),
     }
-    c.send(Msg::CopyBegin {
-        from_seq: 1,
-        restart: false,
-    })
-    .await;
-    assert!(matches!(c.recv().await.unwrap(), Msg::CopyAck { .. }));
-    c.frame(&Frame::Zero {
-        offset: 0,
-        len: size,
-    })
-    .await
-    .unwrap();
-    c.send(Msg::CopyDone { from_seq: 1 }).await;
-    assert!(matches!(c.recv().await.unwrap(), Msg::CopyAck { .. }));
+    c.copy_zero(size).await;
     c
 }
 

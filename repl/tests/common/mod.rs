@@ -339,6 +339,51 @@ impl Client {
     }
 }
 
+impl Client {
+    /// An initial copy of a disk of `size` bytes as one zero range: no byte of the replica
+    /// is allocated.
+    pub async fn copy_zero(&mut self, size: u64) {
+        self.send(Msg::CopyBegin {
+            from_seq: 1,
+            restart: false,
+        })
+        .await;
+        assert!(matches!(self.recv().await.unwrap(), Msg::CopyAck { .. }));
+        self.frame(&Frame::Zero {
+            offset: 0,
+            len: size,
+        })
+        .await
+        .unwrap();
+        self.send(Msg::CopyDone { from_seq: 1 }).await;
+        assert!(matches!(self.recv().await.unwrap(), Msg::CopyAck { .. }));
+    }
+
+    /// Cycles `seqs`, each writing `len` bytes of the byte `seq` at offset `len × seq`, each
+    /// judged consistent: one recovery point per cycle.
+    pub async fn write_points(&mut self, seqs: std::ops::RangeInclusive<u64>, len: usize) {
+        for seq in seqs {
+            let frame = Frame::Data {
+                offset: len as u64 * seq,
+                data: vec![seq as u8; len],
+            };
+            self.cycle(seq, &[frame]).await.unwrap();
+            self.consistent(seq).await;
+        }
+    }
+}
+
+/// `client`'s disk `disk` (1 MiB, id 1): attached, copied (all 7s), then `points` cycles of
+/// 4 KiB judged consistent; the session then ends.
+pub async fn replicate_points(server: &Server, client: &str, disk: &str, points: u64) {
+    let size = 1u64 << 20;
+    let (mut c, r) = Client::attach(server, client, disk, 1, size).await;
+    r.unwrap();
+    c.copy(&vec![7u8; 1 << 20], 1, false).await;
+    c.write_points(1..=points, 4096).await;
+    c.send(Msg::Bye).await;
+}
+
 /// The points of `disk` (`sitrep points`), as JSON.
 pub fn points(server: &Server, disk: &str) -> Vec<serde_json::Value> {
     let r = server.call(&Request::Points { name: disk.into() });
