@@ -17,5 +17,5 @@ cd "$SITREP_ROOT"
 scripts/install-deps.sh
 ensure_vng_on_path
 log "building the release binaries (sitrep, tracker_overhead, sitrep-bench)"
-cargo build --release -q -p sitrep-agent -p sitrep-benches --bins
+cargo build --release -q -p sitrep-cli -p sitrep-benches --bins
 exec target/release/sitrep-bench run "$@"

@@ -23,7 +23,7 @@ corpus=hrl/fuzz/corpus/reader
 mkdir -p "$corpus"
 if [ -z "$(ls -A "$corpus")" ]; then
   # Seed with real logs: the demo chain, as whole files (shape byte 0 = even).
-  cargo build -q -p sitrep-agent
+  cargo build -q -p sitrep-cli
   seed=$(mktemp -d)
   "$root/target/debug/sitrep" log demo "$seed/logs" >/dev/null
   i=0

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "quickstart: run as root (eBPF tracking, loop devices)" >&2; exit 1; }
 
 echo "== building sitrep (release)"
-cargo build --release -q -p sitrep-agent
+cargo build --release -q -p sitrep-cli
 sitrep=$PWD/target/release/sitrep
 
 work=${1:-$(mktemp -d /tmp/sitrep-quickstart.XXXXXX)}

@@ -33,7 +33,7 @@ rm -rf "$status_dir"
 mkdir -p "$status_dir"
 
 log "building the sitrep binary (VM tests drive the CLI too: target/debug/sitrep)"
-cargo build -q -p sitrep-agent
+cargo build -q -p sitrep-cli
 log "building VM-tier test binaries (cargo test -p sitrep-tests --test 'vm_*' --no-run)"
 cargo test -p sitrep-tests --test 'vm_*' --no-run --message-format=json >"$status_dir/build.json"
 python3 - "$status_dir/build.json" >"$status_dir/binaries" <<'EOF'

@@ -266,8 +266,8 @@ log "$bdsync_note"
 # ---- sitrep build and CLI contract --------------------------------------------------------
 if ((run_sitrep)); then
     log "building sitrep (release)"
-    (cd "$SITREP_ROOT" && cargo build --release -q -p sitrep-agent) ||
-        die "cargo build --release -p sitrep-agent failed"
+    (cd "$SITREP_ROOT" && cargo build --release -q -p sitrep-cli) ||
+        die "cargo build --release -p sitrep-cli failed"
     missing=()
     if help=$("$sitrep" resync --help 2>&1); then
         for f in --now --json --socket; do

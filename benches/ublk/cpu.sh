@@ -17,7 +17,7 @@ ensure_vng_on_path
 kernel="$(scripts/vm-kernel.sh)"
 tools="$SITREP_ROOT/target/bench-tools"
 [[ -x "$tools/bin/rublk" ]] || cargo install rublk --locked --root "$tools"
-cargo build --release -q -p sitrep-agent
+cargo build --release -q -p sitrep-cli
 out="${SITREP_BENCH_OUT:-$SITREP_ROOT/target/bench-out/ublk-cpu}"
 rm -rf "$out" && mkdir -p "$out"
 guest="$(printf '%q ' "$SITREP_ROOT/benches/ublk/cpu-guest.sh" "$out" \

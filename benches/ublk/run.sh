@@ -26,7 +26,7 @@ if [[ ! -x "$tools/bin/rublk" ]]; then
     cargo install rublk --locked --root "$tools"
 fi
 log "building sitrep (release)"
-cargo build --release -q -p sitrep-agent
+cargo build --release -q -p sitrep-cli
 out="${SITREP_BENCH_OUT:-$SITREP_ROOT/target/bench-out/ublk}"
 rm -rf "$out" && mkdir -p "$out"
 

@@ -24,7 +24,7 @@ const BENCHES: [(&str, &str); 4] = [
     ("sitrep-hrl", "append"),
     ("sitrep-hrl", "dirty"),
     ("sitrep-tracker-bpf", "coalesce"),
-    ("sitrep-repl", "digest"),
+    ("sitrep-base", "digest"),
 ];
 
 const DESCRIPTION: &str = "Criterion benches of the hot paths, each run with `cargo bench` \
@@ -41,7 +41,7 @@ into a fresh `DirtyMap` of a 1 GiB disk — random 4 KiB writes with the default
 mode), the same with a 1 024-extent budget (bitmap mode after the fallback), sequential 4 KiB \
 writes (events/s). **Coalescer** (`tracker-bpf/benches/coalesce.rs`): the eBPF tracker's \
 window of 65 536 write events pushed and drained into records, random and sequential 4 KiB \
-writes (events/s). **Digest** (`repl/benches/digest.rs`): fine and coarse resync digests of \
+writes (events/s). **Digest** (`base/benches/digest.rs`): fine and coarse resync digests of \
 64 MiB with xxh3 and keyed BLAKE3 (MB/s). Each value is a throughput computed from \
 criterion's per-sample time per iteration; the median is criterion's.";
 

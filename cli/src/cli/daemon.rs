@@ -1,0 +1,210 @@
+//! `sitrep server` and `sitrep agent`: the two daemons, in the foreground (systemd-friendly:
+//! logs to stderr, a clean stop on SIGTERM or Ctrl-C).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base::config::{PolicyFile, parse_size};
+use base::control::{AGENT_SOCKET, SERVER_SOCKET};
+use clap::Args;
+
+use crate::Outcome;
+
+/// Arguments of `sitrep server`.
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on for agents (mutual TLS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    listen: String,
+    /// Where replicas live: STORE/disks/NAME/{replica.img,state.json,staging/}.
+    #[arg(long)]
+    store: PathBuf,
+    /// PKI directory with ca.pem, cert.pem, key.pem (`sitrep certs init` makes one). Agents
+    /// must present a certificate from the same CA; the server's certificate must name the
+    /// address agents dial (`--san`).
+    #[arg(long)]
+    pki: PathBuf,
+    /// Control socket for `sitrep status` / `sitrep points` on this host.
+    #[arg(long, default_value = SERVER_SOCKET)]
+    socket: PathBuf,
+    /// Recovery points kept per disk (the newest N; Hyper-V Replica keeps 24).
+    #[arg(long, default_value_t = 24)]
+    keep_points: usize,
+    /// Also keep older points in tiers EVERY:WINDOW, e.g. `10m:1h,1h:24h,1d:7d` (one per
+    /// 10 minutes for an hour, hourly for a day, daily for a week).
+    #[arg(long)]
+    retention_tiers: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP, unauthenticated) on ADDR:PORT,
+    /// e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
+    /// Accept reverse replication into this site's own disks: the state directory of the
+    /// local agent (its --state). After a failover, the other site's agent replicates the
+    /// active disk back into the device this agent protected — only once this agent has the
+    /// disk failed over, the device is unmounted, and this site did not write it since the
+    /// failover (else: split brain, reported, nothing overwritten).
+    #[arg(long, value_name = "AGENT_STATE")]
+    adopt_from: Option<PathBuf>,
+    /// Most recovery-point history (undo data) one disk may keep: `Nx` times the disk's size
+    /// (at least 4 GiB) or a size (`500G`). Past it the disk's cycles wait, retried, and the
+    /// disk shows why; nothing is deleted (a protected host must not be able to erase its
+    /// history by writing). Raise it, and restart, to let them through.
+    #[arg(long, default_value = "16x", value_parser = secondary::store::HistoryBudget::parse)]
+    history_budget: secondary::store::HistoryBudget,
+}
+
+/// Arguments of `sitrep agent`.
+#[derive(Args)]
+pub(crate) struct AgentArgs {
+    /// State directory: one STATE/disks/NAME/ per protected disk (its logs and progress).
+    #[arg(long)]
+    state: PathBuf,
+    /// PKI directory with ca.pem, cert.pem, key.pem (a cert issued by the server's CA with
+    /// `sitrep certs issue`).
+    #[arg(long)]
+    pki: PathBuf,
+    /// Control socket for `sitrep protect/status/jobs/...` on this host.
+    #[arg(long, default_value = AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Policy file (TOML, strict) listing disks to protect at start.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bandwidth limit per disk, bytes per second (e.g. 50M).
+    #[arg(long)]
+    max_rate: Option<String>,
+    /// Unit of the retry schedule for recoverable errors: retries after 1, 2, 4, 8, 10 units,
+    /// then every 30 (seconds; the seed's schedule is in minutes: 60).
+    #[arg(long, default_value_t = 60.0)]
+    retry_unit: f64,
+    /// zstd level for data, -100..=22 (0 disables compression; negative levels are zstd's
+    /// fast modes).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-100..=22))]
+    compress_level: i32,
+    /// When to compress cycle data: `auto` compresses while the link is what limits shipping
+    /// and sends raw while the CPU is (compressing 4 KiB blocks costs more CPU than anything
+    /// else on the path); `always` compresses every frame that shrinks. The initial copy
+    /// always compresses.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always"])]
+    compression: String,
+    /// TEST ONLY: offer every cycle as a crash-consistent point without checking — a broken
+    /// cut, for proving the consistency checker catches one.
+    #[arg(long, hide = true)]
+    unsafe_offer_every_cycle: bool,
+    /// When automatic checksum resyncs may start: `always`, or HH:MM-HH:MM local time
+    /// (wraps past midnight). Default: outside business hours. `sitrep resync NAME --now`
+    /// starts one at any time.
+    #[arg(long, default_value = "18:00-08:00")]
+    resync_window: String,
+    /// Pending logs naming more than this percentage of a disk (after an outage) are
+    /// replaced by a checksum resync of their ranges (100 = never).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    resync_log_threshold: u32,
+    /// Digest of resync and verify: xxh3 (XXH3-128 with a random per-session secret) or
+    /// blake3 (keyed BLAKE3; slower, cryptographic).
+    #[arg(long, default_value = "xxh3")]
+    digest: String,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP, unauthenticated) on ADDR:PORT,
+    /// e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
+}
+
+/// Logs to stderr (`RUST_LOG`, default `info`).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, so the listeners' caps decide.
+fn descriptors() {
+    let n = base::listen::raise_descriptor_limit();
+    tracing::info!(limit = n, "open file descriptors");
+}
+
+pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
+    init_logging();
+    descriptors();
+    let id = pki::Identity::load(&a.pki)?;
+    let opts = secondary::server::ServerOptions {
+        listen: a.listen.clone(),
+        store: a.store.clone(),
+        socket: a.socket.clone(),
+        retention: base::points::Retention {
+            keep: a.keep_points.max(1),
+            tiers: a
+                .retention_tiers
+                .as_deref()
+                .map(base::points::Retention::parse_tiers)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or_default(),
+        },
+        metrics: a.metrics.clone(),
+        adopt_from: a.adopt_from.clone(),
+        history_budget: a.history_budget,
+        limits: base::listen::Limits::default(),
+    };
+    runtime()?.block_on(secondary::server::run(opts, &id, terminated()))?;
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
+    init_logging();
+    descriptors();
+    let id = pki::Identity::load(&a.pki)?;
+    let policy = a.config.as_deref().map(PolicyFile::load).transpose()?;
+    let max_rate = a
+        .max_rate
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if !(a.retry_unit > 0.0 && a.retry_unit <= 3600.0) {
+        anyhow::bail!("--retry-unit must be between 0 and 3600 seconds");
+    }
+    let opts = primary::AgentOptions {
+        state: a.state.clone(),
+        socket: a.socket.clone(),
+        retry_unit: Duration::from_secs_f64(a.retry_unit),
+        max_rate,
+        compress_level: (a.compress_level != 0).then_some(a.compress_level),
+        compress_auto: a.compression == "auto",
+        policy,
+        tracker: tracker_bpf::TrackerConfig::default(),
+        offer_every_cycle: a.unsafe_offer_every_cycle,
+        resync_window: primary::resync::ResyncWindow::parse(&a.resync_window)
+            .map_err(anyhow::Error::msg)?,
+        resync_log_threshold_pct: a.resync_log_threshold,
+        digest: a.digest.parse().map_err(anyhow::Error::msg)?,
+        metrics: a.metrics.clone(),
+    };
+    runtime()?.block_on(primary::run(opts, &id, terminated()))?;
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,184 @@
+//! `sitrep failover` and `sitrep commit`: make a recovery point a block device on the
+//! secondary (test and unplanned failover, commit: the server's socket), or move the disk
+//! there with zero data loss (planned failover: the agent's socket, on the primary).
+//! docs/architecture.md, *Failover*.
+
+use std::time::Duration;
+
+use base::control::{Request, call};
+use base::status::PlannedReport;
+use clap::Args;
+use secondary::server::failover::FailoverRecord;
+
+use super::repl::SocketArg;
+use crate::Outcome;
+
+/// Arguments of `sitrep failover`.
+#[derive(Args)]
+pub(crate) struct FailoverArgs {
+    /// The disk name.
+    name: String,
+    /// Which recovery point: latest, latest-processed, latest-app-consistent, or an id
+    /// (`sitrep points NAME`).
+    #[arg(long, default_value = "latest")]
+    point: String,
+    /// A test failover: an isolated, writable copy of the point as a loop device, while
+    /// replication goes on. One per disk.
+    #[arg(long)]
+    test: bool,
+    /// With --test: detach and delete the test copy.
+    #[arg(long, requires = "test")]
+    cleanup: bool,
+    /// A planned failover, run on the PRIMARY (the agent's socket): freeze the filesystem
+    /// mounted from the disk (or, with none mounted, require that nobody writes it), ship
+    /// everything, compare the whole replica with the source by digests, then activate the
+    /// replica on the secondary. Zero data loss, or nothing changes. The source's filesystem
+    /// stays frozen afterwards so it cannot diverge.
+    #[arg(long, conflicts_with_all = ["test", "cleanup", "point"])]
+    planned: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output: the device, the image and the point used.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep commit`.
+#[derive(Args)]
+pub(crate) struct CommitArgs {
+    /// The disk name.
+    name: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ask(a: &SocketArg, req: &Request) -> anyhow::Result<FailoverRecord> {
+    let resp = call(&a.path(), req, Duration::from_secs(24 * 3600))?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(serde_json::from_value(resp.data)?)
+}
+
+fn print(r: &FailoverRecord, what: &str) {
+    crate::outln!(
+        "{what}: disk {} point {} ({:?}, source cut at {} ns since the epoch)",
+        r.disk,
+        r.point.id,
+        r.point.kind,
+        r.point.cut_time_ns
+    );
+    crate::outln!("device {}   image {}", r.device, r.image.display());
+}
+
+fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if !a.json {
+        eprintln!(
+            "planned failover of disk {}: quiescing the source, shipping, comparing, then activating it on the secondary …",
+            a.name
+        );
+    }
+    let resp = call(
+        &a.socket.path(),
+        &Request::PlannedFailover {
+            name: a.name.clone(),
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    let r: PlannedReport = serde_json::from_value(resp.data)?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    crate::outln!(
+        "failed over (planned): disk {} is active on the secondary at point {} ({}, source cut at {} ns since the epoch)",
+        r.disk,
+        r.point,
+        r.point_kind,
+        r.cut_time_unix_ns
+    );
+    crate::outln!("device {} (on the secondary)   image {}", r.device, r.image);
+    crate::outln!(
+        "{} bytes compared equal by digests before the activation; {:.1} s",
+        r.compared_bytes,
+        r.seconds
+    );
+    if r.frozen {
+        crate::outln!(
+            "the source stays quiesced ({}): stop the application here, then thaw (fsfreeze -u) and unmount",
+            r.quiesced
+        );
+    }
+    crate::outln!(
+        "replication of {} from this site has stopped; finalize on the secondary with: sitrep commit {}",
+        r.disk,
+        r.disk
+    );
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if a.planned {
+        return planned(a);
+    }
+    if !a.test && !a.json {
+        eprintln!(
+            "unplanned failover of disk {}: replication of this disk stops now; the agent's sessions will be refused",
+            a.name
+        );
+    }
+    let r = ask(
+        &a.socket,
+        &Request::Failover {
+            name: a.name.clone(),
+            point: a.point.clone(),
+            test: a.test,
+            cleanup: a.cleanup,
+        },
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+    } else if a.cleanup {
+        crate::outln!(
+            "test failover of disk {} removed ({} detached, {} deleted)",
+            r.disk,
+            r.device,
+            r.image.display()
+        );
+    } else if a.test {
+        print(&r, "test failover");
+        crate::outln!(
+            "replication continues; remove it with: sitrep failover {} --test --cleanup",
+            r.disk
+        );
+    } else {
+        print(&r, "failed over");
+        crate::outln!(
+            "another point can still be chosen; finalize with: sitrep commit {} (deletes the recovery points)",
+            r.disk
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn commit(a: &CommitArgs) -> anyhow::Result<Outcome> {
+    let r = ask(
+        &a.socket,
+        &Request::Commit {
+            name: a.name.clone(),
+        },
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print(&r, "committed");
+        crate::outln!("the recovery points of disk {} are deleted", r.disk);
+    }
+    Ok(Outcome::Ok)
+}

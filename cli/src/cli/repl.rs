@@ -1,0 +1,456 @@
+//! `sitrep protect | unprotect | status | jobs | wait`: the operator's view of replication,
+//! talking to the daemon on this host over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base::control::{AGENT_SOCKET, Request, Response, SERVER_SOCKET, call};
+use base::status::{
+    AppPointReport, DiskStatus, ExportReport, Job, JobsReport, PointsReport, StatusReport,
+};
+use clap::Args;
+
+use crate::{Outcome, human};
+
+/// Which daemon to talk to.
+#[derive(Args)]
+pub(crate) struct SocketArg {
+    /// The daemon's control socket (default: the agent's, else the server's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    pub(crate) fn path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            if Path::new(AGENT_SOCKET).exists() || !Path::new(SERVER_SOCKET).exists() {
+                PathBuf::from(AGENT_SOCKET)
+            } else {
+                PathBuf::from(SERVER_SOCKET)
+            }
+        })
+    }
+}
+
+/// Arguments of `sitrep protect`.
+#[derive(Args)]
+pub(crate) struct ProtectArgs {
+    /// The block device to protect (e.g. /dev/vdb, /dev/loop3).
+    device: String,
+    /// The server: HOST:PORT (its certificate must name HOST).
+    #[arg(long)]
+    to: String,
+    /// Name of the disk on both sites (default: the device's base name).
+    #[arg(long)]
+    name: Option<String>,
+    /// How often changes are shipped: continuous, 30s, 5m or 15m.
+    #[arg(long, default_value = "continuous")]
+    frequency: String,
+    /// Also make an app-consistent point (filesystem frozen) this often: 1h to 12h.
+    #[arg(long)]
+    app_consistent_every: Option<String>,
+    /// Quiesce the application for app-consistent points with this command (`sh -c`)
+    /// instead of freezing the filesystem mounted from the device.
+    #[arg(long)]
+    pre_hook: Option<String>,
+    /// Release the application afterwards (runs whenever the pre-hook succeeded).
+    #[arg(long, requires = "pre_hook")]
+    post_hook: Option<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (the job, see docs/architecture.md).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep unprotect`.
+#[derive(Args)]
+pub(crate) struct UnprotectArgs {
+    /// The disk name.
+    name: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep status` and `sitrep jobs`.
+#[derive(Args)]
+pub(crate) struct ShowArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (schema 1, documented in base/src/status.rs).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sitrep wait`.
+#[derive(Args)]
+pub(crate) struct WaitArgs {
+    /// The disk name.
+    name: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output (the disk's status once caught up).
+    #[arg(long)]
+    json: bool,
+}
+
+fn ask(socket: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
+    let resp = call(&socket.path(), req, timeout)?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(resp)
+}
+
+pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Protect {
+            device: a.device.clone(),
+            to: a.to.clone(),
+            name: a.name.clone(),
+            frequency: a.frequency.clone(),
+            app_consistent_every: a.app_consistent_every.clone(),
+            pre_hook: a.pre_hook.clone(),
+            post_hook: a.post_hook.clone(),
+        },
+        Duration::from_secs(60),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        let job: Job = serde_json::from_value(resp.data)?;
+        crate::outln!(
+            "protecting {} as disk {} → {} (job {}: {}); follow with `sitrep jobs` / `sitrep status`",
+            a.device,
+            job.disk,
+            a.to,
+            job.id,
+            job.kind
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn unprotect(a: &UnprotectArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Unprotect {
+            name: a.name.clone(),
+        },
+        Duration::from_secs(60),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        crate::outln!(
+            "disk {} is no longer protected (tracking stopped, logs removed; the replica stays on the server)",
+            a.name
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_disk(d: &DiskStatus) {
+    let applied = d.last_applied.as_ref().map_or_else(
+        || "none".to_string(),
+        |c| {
+            format!(
+                "cycle {} cut {}",
+                c.seq,
+                human::timestamp(c.cut_time_unix_ns)
+            )
+        },
+    );
+    crate::outln!(
+        "{:<16} {:<20} {:<8} lag {:>7.1}s  backlog {:>10}  shipped {:>10} (wire {}, zero {})",
+        d.name,
+        format!("{:?}", d.state).to_lowercase(),
+        format!("{:?}", d.health).to_lowercase(),
+        d.lag_seconds,
+        human::bytes(d.backlog_bytes),
+        human::bytes(d.bytes_shipped),
+        human::bytes(d.wire_bytes),
+        human::bytes(d.zero_bytes),
+    );
+    crate::outln!(
+        "{:<16} {} {}  last applied: {applied}",
+        "",
+        d.device.as_deref().unwrap_or("-"),
+        if d.connected {
+            format!("connected to {}", d.peer)
+        } else {
+            format!("not connected ({})", d.peer)
+        },
+    );
+    if let Some(c) = &d.copy
+        && !c.done
+    {
+        crate::outln!(
+            "{:<16} initial copy {} of {} ({:.1}%), {:.1} MiB/s, ETA {}",
+            "",
+            human::bytes(c.bytes_done),
+            human::bytes(c.size),
+            if c.size > 0 {
+                100.0 * c.bytes_done as f64 / c.size as f64
+            } else {
+                0.0
+            },
+            c.rate_bytes_per_sec / f64::from(1u32 << 20),
+            c.eta_seconds
+                .map_or_else(|| "-".into(), |s| format!("{s:.0}s")),
+        );
+    }
+    if let Some(r) = &d.resync_reason {
+        crate::outln!("{:<16} resync required: {r}", "");
+    }
+    if let Some(e) = &d.error {
+        crate::outln!("{:<16} error: {e}", "");
+    }
+    if let Some(at) = d.next_retry_unix_ns {
+        let secs = at.saturating_sub(base::now_ns()) as f64 / 1e9;
+        crate::outln!(
+            "{:<16} next retry {} (in {secs:.0}s); {} retried so far",
+            "",
+            human::timestamp(at),
+            d.retries
+        );
+    }
+    if let Some(a) = &d.action {
+        crate::outln!("{:<16} action: {a}", "");
+    }
+}
+
+pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(&a.socket, &Request::Status, Duration::from_secs(10))?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: StatusReport = serde_json::from_value(resp.data)?;
+    crate::outln!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
+    for d in &r.disks {
+        print_disk(d);
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn jobs(a: &ShowArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(&a.socket, &Request::Jobs, Duration::from_secs(10))?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: JobsReport = serde_json::from_value(resp.data)?;
+    if r.jobs.is_empty() {
+        crate::outln!("no jobs");
+    }
+    for j in &r.jobs {
+        crate::outln!(
+            "{:>4} {:<18} {:<16} {:<10} {:>5.1}%  {}{}",
+            j.id,
+            j.kind,
+            j.disk,
+            format!("{:?}", j.state).to_lowercase(),
+            j.progress_percent,
+            j.step,
+            j.error
+                .as_ref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn wait(a: &WaitArgs) -> anyhow::Result<Outcome> {
+    let resp = ask(
+        &a.socket,
+        &Request::Wait {
+            name: a.name.clone(),
+            timeout_secs: a.timeout,
+        },
+        Duration::from_secs(a.timeout + 10),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        let d: DiskStatus = serde_json::from_value(resp.data)?;
+        crate::outln!("disk {} is caught up:", d.name);
+        print_disk(&d);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Arguments of `sitrep points`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct PointsArgs {
+    #[command(subcommand)]
+    cmd: Option<PointsCommand>,
+    /// The disk whose recovery points to list (on the server).
+    #[arg(required = true)]
+    name: Option<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sitrep points export`.
+#[derive(clap::Subcommand)]
+pub(crate) enum PointsCommand {
+    /// Materialize a recovery point as a disk image on the server while replication goes on
+    /// (the replica is not touched).
+    Export(ExportArgs),
+}
+
+/// Arguments of `sitrep points export`.
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// The disk.
+    name: String,
+    /// The point: an id from `sitrep points NAME`, `latest` or `latest-app-consistent`.
+    point: String,
+    /// The image file to write (on the server's host; sparse where the disk is zero).
+    #[arg(long)]
+    out: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
+    if let Some(PointsCommand::Export(e)) = &a.cmd {
+        return export(e);
+    }
+    let name = a.name.clone().unwrap_or_default();
+    let resp = ask(
+        &a.socket,
+        &Request::Points { name },
+        Duration::from_secs(10),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: PointsReport = serde_json::from_value(resp.data)?;
+    crate::outln!(
+        "disk {}: {} recovery point(s), {} of undo data kept",
+        r.disk,
+        r.points.len(),
+        human::bytes(r.storage_bytes)
+    );
+    for p in r.points.iter().rev() {
+        crate::outln!(
+            "{:>8}  {:<17} cut {}  cycles {}..={} ({}){}",
+            p.id,
+            format!("{:?}", p.kind).to_lowercase(),
+            human::timestamp(p.cut_time_ns),
+            p.first_seq,
+            p.id,
+            human::bytes(p.bytes),
+            p.label
+                .as_ref()
+                .map(|l| format!("  ({l})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
+    let out = std::path::absolute(&a.out)?;
+    let resp = ask(
+        &a.socket,
+        &Request::Export {
+            name: a.name.clone(),
+            point: a.point.clone(),
+            out: out.display().to_string(),
+            force: a.force,
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: ExportReport = serde_json::from_value(resp.data)?;
+    crate::outln!(
+        "exported point {} of disk {} ({:?}, cut {}) to {} ({}, {} written)",
+        r.point.id,
+        r.disk,
+        r.point.kind,
+        human::timestamp(r.point.cut_time_ns),
+        r.out,
+        human::bytes(r.size),
+        human::bytes(r.bytes_written)
+    );
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep point ...` (agent).
+#[derive(clap::Subcommand)]
+pub(crate) enum PointCommand {
+    /// Make a recovery point now. With --app-consistent: freeze the filesystem mounted from
+    /// the disk (FIFREEZE), cut, read the frozen cycle, thaw — the server lists the point as
+    /// app-consistent. (Crash-consistent points are made automatically as cycles apply.)
+    Create(CreatePointArgs),
+}
+
+/// Arguments of `sitrep point create`.
+#[derive(Args)]
+pub(crate) struct CreatePointArgs {
+    /// The disk.
+    name: String,
+    /// Quiesce the filesystem (required: crash-consistent points are automatic).
+    #[arg(long, required = true)]
+    app_consistent: bool,
+    /// Longest the filesystem may stay frozen (ms); past it the filesystem is thawed and no
+    /// app-consistent point is made.
+    #[arg(long, default_value_t = 10_000)]
+    max_freeze_ms: u64,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn point(cmd: &PointCommand) -> anyhow::Result<Outcome> {
+    let PointCommand::Create(a) = cmd;
+    let resp = ask(
+        &a.socket,
+        &Request::CreatePoint {
+            name: a.name.clone(),
+            max_freeze_ms: a.max_freeze_ms,
+        },
+        Duration::from_secs(330),
+    )?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(Outcome::Ok);
+    }
+    let r: AppPointReport = serde_json::from_value(resp.data)?;
+    crate::outln!(
+        "app-consistent point {} of disk {} (cut {}, {}, frozen {:.1} ms)",
+        r.seq,
+        r.disk,
+        human::timestamp(r.cut_time_unix_ns),
+        r.label,
+        r.freeze_ms
+    );
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,636 @@
+//! The primary's daemon (`sitrep agent`): protects disks — tracks them with the eBPF tracker,
+//! copies them once, then ships their changes as cycles — and only ever connects out.
+//!
+//! State lives in `STATE/disks/NAME/` ([`state`]); a restart resumes every protection: a
+//! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
+//! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
+
+pub mod backoff;
+pub mod cycle;
+mod cycles;
+pub mod freeze;
+mod planned;
+mod requests;
+pub mod resync;
+mod scan;
+pub mod ship;
+mod status_report;
+mod window;
+pub mod worker;
+
+pub use base::agent_state as state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::CycleInfo;
+use tokio::sync::{mpsc, watch};
+use tracker_bpf::{Tracker, TrackerConfig};
+
+use base::config::{Frequency, PolicyFile};
+use base::control::{self, Call};
+use base::status::{self, Job, JobState};
+use state::{CopyPlan, Protection};
+
+pub(crate) use base::lock;
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// State directory (protections and logs).
+    pub state: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Unit of the retry schedule (1, 2, 4, 8, 10, then 30 units).
+    pub retry_unit: Duration,
+    /// Bandwidth limit in bytes per second, per disk.
+    pub max_rate: Option<u64>,
+    /// zstd level for data frames (None: never compress).
+    pub compress_level: Option<i32>,
+    /// Compress cycle data only while the link, not the CPU, limits shipping (see
+    /// `ship::Compression`); false: always compress (when `compress_level` is set).
+    pub compress_auto: bool,
+    /// Disks to protect at start.
+    pub policy: Option<PolicyFile>,
+    /// The tracker's settings.
+    pub tracker: TrackerConfig,
+    /// Test only: call every cycle crash-consistent without checking (a broken cut the
+    /// consistency checker must catch).
+    pub offer_every_cycle: bool,
+    /// When automatic checksum resyncs may start.
+    pub resync_window: resync::ResyncWindow,
+    /// Pending logs naming more than this percentage of a disk trigger a resync instead of
+    /// shipping them (checked when a session starts).
+    pub resync_log_threshold_pct: u32,
+    /// Digest algorithm of resync and verify.
+    pub digest: base::digest::Algo,
+    /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
+    pub metrics: Option<String>,
+}
+
+/// A running initial copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyRun {
+    pub(crate) cursor: u64,
+    pub(crate) size: u64,
+    pub(crate) started: Instant,
+    pub(crate) started_cursor: u64,
+    pub(crate) done: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RtStatus {
+    /// Server confirmations of real work (acks, applied cycles) since start: a session that
+    /// moved it resets the retry schedule.
+    pub(crate) progress: u64,
+    pub(crate) connected: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) critical: bool,
+    pub(crate) last_applied: Option<CycleInfo>,
+    pub(crate) last_shipped_seq: Option<u64>,
+    pub(crate) last_cut: Option<(u64, u64)>,
+    pub(crate) bytes_shipped: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) zero_bytes: u64,
+    pub(crate) cycles_applied: u64,
+    pub(crate) cycles_judged: u64,
+    pub(crate) cycles_consistent: u64,
+    pub(crate) copy: Option<CopyRun>,
+    pub(crate) backlog_bytes: u64,
+    pub(crate) pending_logs: usize,
+    pub(crate) resync: Option<resync::ResyncRun>,
+    pub(crate) last_resync: Option<status::ResyncStatus>,
+    pub(crate) resyncs_completed: u64,
+    /// When the next attempt is due (Unix ns) while waiting to retry.
+    pub(crate) next_retry_ns: Option<u64>,
+    /// Attempts retried since the agent started.
+    pub(crate) retries: u64,
+    /// The operator's action for a critical error.
+    pub(crate) action: Option<String>,
+}
+
+/// An app-consistent point asked for.
+pub(crate) struct PointRequest {
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
+    pub(crate) max_freeze: Duration,
+    /// Pending changes were already cut and shipped (so the frozen cycle is small).
+    pub(crate) precut: bool,
+}
+
+/// The cycle cut while the filesystem was frozen.
+pub(crate) struct FrozenCycle {
+    pub(crate) seq: u64,
+    pub(crate) frozen: Option<freeze::Frozen>,
+    pub(crate) label: String,
+    pub(crate) freeze_ms: f64,
+    pub(crate) max_freeze: Duration,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
+}
+
+/// One protected disk at run time.
+pub(crate) struct DiskRt {
+    pub(crate) prot: Mutex<Protection>,
+    st: Mutex<RtStatus>,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) size: u64,
+    pub(crate) block_size: u32,
+    cut_request: AtomicBool,
+    records_at_cut: AtomicU64,
+    /// Records since the cut as `status` last read them (shown while the tracker is busy).
+    records_seen: AtomicU64,
+    job: Mutex<Option<u64>>,
+    cache: Mutex<BTreeMap<u64, u64>>,
+    /// A pending `sitrep point create` request.
+    pub(crate) point_req: Mutex<Option<PointRequest>>,
+    /// The cycle being cut and read while the filesystem is frozen.
+    pub(crate) frozen: Mutex<Option<FrozenCycle>>,
+    /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
+    pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
+    /// `sitrep resync --now`: start the required resync outside its window.
+    pub(crate) resync_now: AtomicBool,
+    /// A pending `sitrep verify`.
+    pub(crate) verify_req: Mutex<Option<resync::VerifyRequest>>,
+    /// A pending `sitrep failover NAME --planned`.
+    pub(crate) planned_req: Mutex<Option<planned::PlannedRequest>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DiskRt {
+    pub(crate) fn set(&self, f: impl FnOnce(&mut RtStatus)) {
+        f(&mut lock(&self.st));
+    }
+
+    pub(crate) fn take_cut_request(&self) -> bool {
+        self.cut_request.swap(false, Ordering::SeqCst)
+    }
+
+    /// Changed bytes a sealed log names (cached; None if it cannot be read).
+    pub(crate) fn cached_bytes(&self, seq: u64, path: &Path, size: u64) -> Option<u64> {
+        if let Some(b) = lock(&self.cache).get(&seq) {
+            return Some(*b);
+        }
+        let c = cycle::read_cycle(path, size, worker::GRANULE).ok()?;
+        let b = if c.whole_disk_gap.is_some() {
+            size
+        } else {
+            c.bytes
+        };
+        lock(&self.cache).insert(seq, b);
+        Some(b)
+    }
+
+    pub(crate) fn forget_cached(&self, seq: u64) {
+        lock(&self.cache).remove(&seq);
+    }
+}
+
+/// The agent.
+pub struct Agent {
+    pub(crate) opts: AgentOptions,
+    pub(crate) name: String,
+    pub(crate) client_cfg: Arc<rustls::ClientConfig>,
+    tracker: Mutex<Option<Tracker>>,
+    disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
+    jobs: Mutex<Vec<Job>>,
+    next_job: AtomicU64,
+    /// The control socket's counters (`listeners` in the status).
+    control: Arc<control::ControlShared>,
+}
+
+fn local(e: impl std::fmt::Display) -> base::net::ReplError {
+    base::net::ReplError::Local(e.to_string())
+}
+
+impl Agent {
+    fn with_tracker<T>(
+        &self,
+        f: impl FnOnce(&mut Tracker) -> tracker_bpf::Result<T>,
+    ) -> anyhow::Result<T> {
+        tokio::task::block_in_place(|| {
+            let mut g = lock(&self.tracker);
+            let t = g
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("the tracker is stopped"))?;
+            Ok(f(t)?)
+        })
+    }
+
+    /// Tags the disk's log after every change completed so far.
+    pub(crate) fn mark(&self, rt: &DiskRt, tag: u64) -> Result<(), base::net::ReplError> {
+        let dev = lock(&rt.prot).device.clone();
+        self.with_tracker(|t| {
+            t.mark(&dev, tag)?;
+            t.queue_marks(&dev, false)
+        })
+        .map_err(|e| local(format!("{}: tagging the log: {e:#}", dev.display())))
+    }
+
+    /// Records appended to the disk's log since the last cut.
+    pub(crate) fn records_since_cut(&self, rt: &DiskRt) -> u64 {
+        let dev = lock(&rt.prot).device.clone();
+        let now = self.records(&dev);
+        now.saturating_sub(rt.records_at_cut.load(Ordering::SeqCst))
+    }
+
+    fn records(&self, dev: &Path) -> u64 {
+        let g = lock(&self.tracker);
+        Self::records_in(g.as_ref(), dev)
+    }
+
+    fn records_in(t: Option<&Tracker>, dev: &Path) -> u64 {
+        t.and_then(|t| {
+            t.stats()
+                .disks
+                .into_iter()
+                .find(|(p, _)| p == dev)
+                .map(|(_, s)| s.records)
+        })
+        .unwrap_or(0)
+    }
+
+    /// Records appended since the last cut, for `status`: never waits for the tracker (a cut
+    /// or a tag holds it while a log commit reaches the disk) — while it is busy, the count
+    /// read last time stands.
+    pub(crate) fn records_since_cut_now(&self, rt: &DiskRt) -> u64 {
+        let dev = lock(&rt.prot).device.clone();
+        let now = match self.tracker.try_lock() {
+            Ok(g) => Self::records_in(g.as_ref(), &dev),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                Self::records_in(p.into_inner().as_ref(), &dev)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return rt.records_seen.load(Ordering::Relaxed);
+            }
+        };
+        let n = now.saturating_sub(rt.records_at_cut.load(Ordering::SeqCst));
+        rt.records_seen.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Seals the disk's current log (a cycle); returns its sequence.
+    pub(crate) fn cut(&self, rt: &DiskRt) -> Result<u64, base::net::ReplError> {
+        let dev = lock(&rt.prot).device.clone();
+        // Count before sealing: a record racing the seal is then counted as "after" and
+        // only causes one extra (possibly empty) cycle, never a missed one.
+        let before = self.records(&dev);
+        let started = base::now_ns();
+        // Writes queued from now until the cycle's tag are recorded at submission too, so
+        // the verdict sees any that could land before the cycle's data is read.
+        let cut = self
+            .with_tracker(|t| {
+                t.queue_marks(&dev, true)?;
+                t.cut(&dev)
+            })
+            .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
+        rt.records_at_cut.store(before, Ordering::SeqCst);
+        let seq = cut.sealed.header.log_seq.0;
+        let mut cuts = lock(&rt.cuts);
+        cuts.insert(seq, (cut.time_ns, cut.exact));
+        // Bounded: cuts of cycles long shipped (or never to be judged) are forgotten.
+        while cuts.len() > 4096 {
+            cuts.pop_first();
+        }
+        drop(cuts);
+        // The time the cut began: everything completed before it is in this log or earlier.
+        rt.set(|s| s.last_cut = Some((seq, started)));
+        Ok(seq)
+    }
+
+    /// Starts a full re-copy (the stand-in for the checksum resync): cut, and copy everything
+    /// again with cycles from the new log on.
+    pub(crate) fn start_recopy(&self, rt: &DiskRt, why: &str) -> Result<(), base::net::ReplError> {
+        let seq = self.cut(rt)?;
+        let mut p = lock(&rt.prot);
+        tracing::warn!(disk = %p.name, "resync required: {why}; copying the disk again");
+        p.copy = CopyPlan {
+            from_seq: seq + 1,
+            done: false,
+            restart: true,
+        };
+        p.resync_reason = Some(why.to_string());
+        p.save(&self.opts.state)
+            .map_err(|e| local(format!("disk {}: saving state: {e}", p.name)))?;
+        let name = p.name.clone();
+        drop(p);
+        self.new_job(rt, "resync", &name);
+        Ok(())
+    }
+
+    fn new_job(&self, rt: &DiskRt, kind: &str, disk: &str) -> u64 {
+        let id = self.next_job.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.jobs).push(Job {
+            id,
+            kind: kind.into(),
+            disk: disk.into(),
+            state: JobState::Running,
+            step: "prerequisites".into(),
+            progress_percent: 0.0,
+            bytes_done: 0,
+            bytes_total: 0,
+            rate_bytes_per_sec: 0.0,
+            eta_seconds: None,
+            started_unix_ns: base::now_ns(),
+            finished_unix_ns: None,
+            error: None,
+        });
+        *lock(&rt.job) = Some(id);
+        id
+    }
+
+    fn update_job(&self, rt: &DiskRt, f: impl FnOnce(&mut Job)) {
+        let Some(id) = *lock(&rt.job) else { return };
+        if let Some(j) = lock(&self.jobs).iter_mut().find(|j| j.id == id) {
+            f(j);
+        }
+    }
+
+    pub(crate) fn job_step(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
+        let (rate, eta) = {
+            let st = lock(&rt.st);
+            match st.copy {
+                Some(c) if step == "initial-replication" => {
+                    let secs = c.started.elapsed().as_secs_f64();
+                    let rate = if secs > 0.5 {
+                        done.saturating_sub(c.started_cursor) as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
+                    (rate, eta)
+                }
+                _ => (0.0, None),
+            }
+        };
+        self.update_job(rt, |j| {
+            j.step = step.into();
+            j.bytes_done = done;
+            j.bytes_total = total;
+            j.rate_bytes_per_sec = rate;
+            j.eta_seconds = eta;
+            j.progress_percent = match step {
+                "prerequisites" => 0.0,
+                "start-tracking" => 2.0,
+                "initial-replication" if total > 0 => 5.0 + 85.0 * done as f64 / total as f64,
+                "initial-replication" => 5.0,
+                "ship-changes-during-copy" => 92.0,
+                // Planned failover.
+                "ship-pending" => 10.0,
+                "quiesce" => 20.0,
+                "ship-last-cycle" => 25.0,
+                "compare" => 30.0,
+                "check-no-writes" => 90.0,
+                "activate" => 92.0,
+                _ => 98.0,
+            };
+        });
+    }
+
+    pub(crate) fn job_fail(&self, rt: &DiskRt, msg: &str) {
+        self.job_finish(rt, JobState::Failed, Some(msg.to_string()));
+    }
+
+    pub(crate) fn job_finish(&self, rt: &DiskRt, state: JobState, error: Option<String>) {
+        let finished = base::now_ns();
+        self.update_job(rt, |j| {
+            if j.state == JobState::Running {
+                j.state = state;
+                j.error = error;
+                j.finished_unix_ns = Some(finished);
+                if state == JobState::Succeeded {
+                    j.step = if j.kind == "enable-protection" {
+                        "finalize-protection"
+                    } else {
+                        "complete"
+                    }
+                    .into();
+                    j.progress_percent = 100.0;
+                }
+            }
+        });
+        if state != JobState::Running {
+            *lock(&rt.job) = None;
+        }
+    }
+
+    /// Starts tracking and replicating `prot` (new or loaded at start).
+    fn start_disk(
+        self: &Arc<Self>,
+        mut prot: Protection,
+        new: bool,
+    ) -> anyhow::Result<(Arc<DiskRt>, Option<u64>)> {
+        let logs = state::log_dir(&self.opts.state, &prot.name);
+        std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
+        let report = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
+        let (stop, _) = watch::channel(false);
+        let rt = Arc::new(DiskRt {
+            prot: Mutex::new(prot.clone()),
+            st: Mutex::new(RtStatus::default()),
+            stop,
+            size: report.info.size,
+            block_size: report.info.logical_block_size,
+            cut_request: AtomicBool::new(false),
+            records_at_cut: AtomicU64::new(0),
+            records_seen: AtomicU64::new(0),
+            job: Mutex::new(None),
+            cache: Mutex::new(BTreeMap::new()),
+            cuts: Mutex::new(BTreeMap::new()),
+            point_req: Mutex::new(None),
+            frozen: Mutex::new(None),
+            task: Mutex::new(None),
+            resync_now: AtomicBool::new(false),
+            verify_req: Mutex::new(None),
+            planned_req: Mutex::new(None),
+        });
+        if prot.failed_over.is_some() {
+            // Active on the secondary since a planned failover: tracked (so changes made here
+            // are known), never replicated from here.
+            lock(&self.disks).insert(prot.name.clone(), rt.clone());
+            return Ok((rt, None));
+        }
+        let mut job = None;
+        if new && prot.reverse.is_some() {
+            // Reverse replication: no copy — the other site holds the old disk; a whole-disk
+            // comparison by digests sends only what differs.
+            let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
+            prot.copy = CopyPlan {
+                from_seq: seq + 1,
+                done: true,
+                restart: false,
+            };
+            *lock(&rt.prot) = prot.clone();
+            prot.save(&self.opts.state)
+                .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
+            self.require_resync(
+                &rt,
+                "reverse replication: the whole disk is compared with the other site's",
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            job = *lock(&rt.job);
+        } else if new {
+            job = Some(self.new_job(&rt, "enable-protection", &prot.name));
+            self.job_step(&rt, "start-tracking", 0, 0);
+            let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
+            prot.copy = CopyPlan {
+                from_seq: seq + 1,
+                done: false,
+                restart: false,
+            };
+            *lock(&rt.prot) = prot.clone();
+            prot.save(&self.opts.state)
+                .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
+        } else if let Some(gap) = &report.gap {
+            let why = format!("tracking was interrupted ({gap})");
+            if prot.copy.done {
+                self.require_resync(&rt, &why, None)
+            } else {
+                self.start_recopy(&rt, &why)
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else if let Some(plan) = &prot.resync {
+            rt.set(|s| s.resync = Some(resync::ResyncRun::new(plan.reason.clone())));
+            self.new_job(&rt, "resync", &prot.name);
+        } else if !prot.copy.done {
+            self.new_job(&rt, "enable-protection", &prot.name);
+        }
+        lock(&self.disks).insert(prot.name.clone(), rt.clone());
+        let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
+        *lock(&rt.task) = Some(h);
+        Ok((rt, job))
+    }
+
+    async fn stop_disk(&self, rt: &Arc<DiskRt>) {
+        let _ = rt.stop.send(true);
+        let h = lock(&rt.task).take();
+        if let Some(h) = h {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
+    /// The server refused the disk with `FailedOver` (an unplanned failover on the other
+    /// site): remember it, so reverse replication into this site's disk can be adopted.
+    /// Tracking goes on, so what this site writes from now on is known.
+    pub(crate) fn record_failed_over_elsewhere(&self, rt: &DiskRt, why: &str) {
+        let mut p = lock(&rt.prot);
+        if p.failed_over.is_some() {
+            return;
+        }
+        p.failed_over = Some(state::FailedOverInfo {
+            kind: "unplanned".into(),
+            unix_ns: base::now_ns(),
+            point: 0,
+            cut_time_unix_ns: 0,
+            device: String::new(),
+            image: String::new(),
+            quiesced: format!("not quiesced: learned from the server ({why})"),
+        });
+        if let Err(e) = p.save(&self.opts.state) {
+            tracing::error!(disk = %p.name, "saving the failed-over state: {e}");
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then stops every disk cleanly (logs sealed, so
+/// the next start continues without a resync).
+///
+/// # Errors
+/// The tracker cannot start, the state is unreadable, or the control socket cannot be made.
+pub async fn run(
+    opts: AgentOptions,
+    identity: &pki::Identity,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    base::modes::restrict_umask();
+    base::modes::private_dir(&opts.state)
+        .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
+    std::fs::create_dir_all(opts.state.join("disks"))
+        .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
+    // Before anything else: a second agent on this state directory refuses to start.
+    let _state_lock =
+        base::lockfile::LockFile::acquire(&opts.state.join("LOCK"), "state directory")?;
+    let control_socket = control::bind(
+        &opts.socket,
+        base::listen::CONTROL_CONNECTIONS,
+        base::listen::CONTROL_READ_TIMEOUT,
+    )?;
+    // Bound before anything starts, so a bad --metrics fails the start cleanly.
+    let metrics = match &opts.metrics {
+        Some(addr) => Some(base::metrics::bind(addr).await?),
+        None => None,
+    };
+    let tracker = tokio::task::block_in_place(|| Tracker::start(opts.tracker.clone()))
+        .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
+    let agent = Arc::new(Agent {
+        name: identity.name().to_string(),
+        client_cfg: identity.client_config()?,
+        opts: opts.clone(),
+        tracker: Mutex::new(Some(tracker)),
+        disks: Mutex::new(BTreeMap::new()),
+        jobs: Mutex::new(Vec::new()),
+        next_job: AtomicU64::new(0),
+        control: control_socket.shared(),
+    });
+    for prot in Protection::load_all(&opts.state)? {
+        let name = prot.name.clone();
+        if let Err(e) = agent.start_disk(prot, false) {
+            tracing::error!("disk {name}: cannot resume protection: {e:#}");
+        }
+    }
+    if let Some(policy) = &opts.policy {
+        for d in &policy.disk {
+            let exists = lock(&agent.disks)
+                .values()
+                .any(|r| lock(&r.prot).device == Path::new(&d.device));
+            if exists {
+                continue;
+            }
+            let freq = d.frequency.unwrap_or(Frequency::Continuous).to_string();
+            if let Err(e) = agent
+                .protect(
+                    d.device.clone(),
+                    d.to.clone(),
+                    d.name.clone(),
+                    &freq,
+                    d.app_consistent_every.as_deref(),
+                    (d.pre_hook.clone(), d.post_hook.clone()),
+                    None,
+                )
+                .await
+            {
+                tracing::error!("policy: {e:#}");
+            }
+        }
+    }
+    if let Some(listener) = metrics {
+        let a = agent.clone();
+        base::metrics::spawn(listener, move || a.status());
+    }
+    let (ctx, mut crx) = mpsc::channel::<Call>(16);
+    tokio::spawn(control_socket.serve(ctx));
+    let a = agent.clone();
+    tokio::spawn(async move {
+        while let Some((req, reply)) = crx.recv().await {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(a.handle(req).await);
+            });
+        }
+    });
+    tracing::info!(state = %opts.state.display(), "agent ready");
+    shutdown.await;
+    tracing::info!("agent stopping: sealing logs");
+    let disks: Vec<Arc<DiskRt>> = lock(&agent.disks).values().cloned().collect();
+    for d in &disks {
+        agent.stop_disk(d).await;
+    }
+    let t = lock(&agent.tracker).take();
+    if let Some(t) = t {
+        tokio::task::block_in_place(|| t.stop())
+            .map_err(|e| anyhow::anyhow!("stopping the tracker: {e}"))?;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    Ok(())
+}

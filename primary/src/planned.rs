@@ -1,0 +1,265 @@
+//! Planned failover, on the primary (`sitrep failover NAME --planned`; docs/architecture.md,
+//! *Failover*): move the disk to the secondary with zero data loss, proved rather than
+//! assumed.
+//!
+//! Runs inside the disk's session, between cycles, in this order:
+//! 1. **ship** what is pending (so the quiesced window is short);
+//! 2. **quiesce**: `fsfreeze` the filesystem mounted from the device; with none mounted the
+//!    operator must have stopped the writers, and step 5 checks that nobody wrote;
+//! 3. **last cycle**: cut and ship it; it must be judged consistent (no change raced its
+//!    reads), and it becomes a recovery point labelled `planned failover: …`;
+//! 4. **compare**: digests of the whole source and the whole replica (the resync's engine,
+//!    compare only) — any difference aborts;
+//! 5. **no writes**: a second cut must hold no change since the last cycle;
+//! 6. **activate**: `PlannedFailover{seq}`; the server checks the replica is exactly at that
+//!    cycle and point, activates it as a block device and answers `FailoverDone`.
+//!
+//! Any failure before 6 thaws the filesystem and replication goes on; the operator hears why.
+//! After 6 the protection records `failed_over`, replication of the disk from this site stops,
+//! and the filesystem **stays frozen** so the old primary cannot diverge (tracking goes on,
+//! so changes made here afterwards are known). To release it: stop the application, then
+//! `fsfreeze -u MOUNT` and unmount.
+
+use std::time::Instant;
+
+use proto::Msg;
+use tokio::sync::{oneshot, watch};
+
+use super::cycles::{CyclesEnd, ship_sealed};
+use super::resync::{WINDOW_BYTES, WINDOW_RANGES};
+use super::scan::{Pass, scan};
+use super::state::{FailedOverInfo, log_dir};
+use super::worker::Session;
+use super::{Agent, DiskRt, FrozenCycle, freeze, lock};
+use base::digest::Key;
+use base::net::ReplError;
+use base::ranges;
+use base::status::{JobState, PlannedReport};
+
+/// A pending `sitrep failover NAME --planned`.
+pub(crate) struct PlannedRequest {
+    pub(crate) reply: oneshot::Sender<Result<PlannedReport, String>>,
+}
+
+/// Why the planned failover stopped before the activation (replication goes on).
+struct Abort(String);
+
+/// Runs a planned failover for `req`. `Ok(true)`: the disk is active on the secondary now
+/// (the caller ends the session); `Ok(false)`: it was aborted and replication goes on (the
+/// operator was told why). Errors are the session's (network, local), and abort it too.
+pub(crate) async fn run(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    stop: &mut watch::Receiver<bool>,
+    req: PlannedRequest,
+) -> Result<bool, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let started = Instant::now();
+    agent.new_job(rt, "planned-failover", &name);
+    let mut quiesced: Option<freeze::Frozen> = None;
+    let res = steps(agent, rt, s, expected, stop, &mut quiesced).await;
+    match res {
+        Ok(Ok((mut report, info))) => {
+            report.seconds = started.elapsed().as_secs_f64();
+            {
+                let mut p = lock(&rt.prot);
+                p.failed_over = Some(info);
+                if let Err(e) = p.save(&agent.opts.state) {
+                    // The activation happened; the record is what failed. Say so loudly:
+                    // a restarted agent would try to replicate a disk the server refuses.
+                    tracing::error!(disk = %name, "saving the failed-over state: {e}");
+                }
+            }
+            if let Some(f) = quiesced.take() {
+                // Stays frozen on purpose: the old primary must not diverge.
+                f.keep();
+            }
+            agent.job_finish(rt, JobState::Succeeded, None);
+            tracing::info!(
+                disk = %name, point = report.point, device = %report.device,
+                "planned failover complete; replication from this site stopped"
+            );
+            let _ = req.reply.send(Ok(report));
+            Ok(true)
+        }
+        Ok(Err(Abort(why))) => {
+            drop(quiesced.take());
+            let msg = format!("disk {name}: planned failover aborted: {why}; replication goes on");
+            tracing::warn!("{msg}");
+            agent.job_finish(rt, JobState::Failed, Some(msg.clone()));
+            let _ = req.reply.send(Err(msg));
+            Ok(false)
+        }
+        Err(e) => {
+            drop(quiesced.take());
+            let msg = format!("disk {name}: planned failover failed: {e}");
+            agent.job_finish(rt, JobState::Failed, Some(msg.clone()));
+            let _ = req.reply.send(Err(msg));
+            Err(e)
+        }
+    }
+}
+
+type Steps = Result<(PlannedReport, FailedOverInfo), Abort>;
+
+async fn steps(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    stop: &mut watch::Receiver<bool>,
+    quiesced: &mut Option<freeze::Frozen>,
+) -> Result<Steps, ReplError> {
+    let (name, device) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.device.clone())
+    };
+    // 1. Ship what is pending.
+    agent.job_step(rt, "ship-pending", 0, 0);
+    agent.cut(rt)?;
+    if let Some(end) = ship_sealed(agent, rt, s, expected, stop).await? {
+        return Ok(Err(Abort(match end {
+            CyclesEnd::Resync(Some(why)) => format!("a resync is needed first ({why})"),
+            CyclesEnd::Resync(None) => "a resync is needed first".into(),
+            CyclesEnd::Stopped | CyclesEnd::FailedOver => "the agent is stopping".into(),
+        })));
+    }
+    // 2. Quiesce.
+    agent.job_step(rt, "quiesce", 0, 0);
+    let label = match freeze::mount_point(&device) {
+        Ok(Some(mount)) => match freeze::Frozen::new(&mount) {
+            Ok(f) => {
+                *quiesced = Some(f);
+                format!("planned failover: fsfreeze {}", mount.display())
+            }
+            Err(e) => return Ok(Err(Abort(format!("freezing {}: {e}", mount.display())))),
+        },
+        Ok(None) => "planned failover: no filesystem mounted, no writes seen".to_string(),
+        Err(e) => return Ok(Err(Abort(format!("reading the mounts: {e}")))),
+    };
+    // 3. The last cycle, judged like an app-consistent point's.
+    agent.job_step(rt, "ship-last-cycle", 0, 0);
+    let last = agent.cut(rt)?;
+    let (tx, mut judged) = oneshot::channel();
+    *lock(&rt.frozen) = Some(FrozenCycle {
+        seq: last,
+        frozen: None,
+        label: label.clone(),
+        freeze_ms: 0.0,
+        max_freeze: std::time::Duration::from_secs(24 * 3600),
+        reply: tx,
+    });
+    let shipped = ship_sealed(agent, rt, s, expected, stop).await;
+    // Not judged (an error, or the log was not shipped): forget the request.
+    lock(&rt.frozen).take_if(|f| f.seq == last);
+    if let Some(end) = shipped? {
+        return Ok(Err(Abort(match end {
+            CyclesEnd::Resync(Some(why)) => format!("a resync is needed ({why})"),
+            _ => "the last cycle was not shipped".into(),
+        })));
+    }
+    match judged.try_recv() {
+        Ok(Ok(r)) if r.consistent => {}
+        Ok(Ok(_)) | Err(_) => {
+            return Ok(Err(Abort(format!(
+                "the last cycle {last} could not be proved consistent (was the disk written?)"
+            ))));
+        }
+        Ok(Err(e)) => return Ok(Err(Abort(e))),
+    }
+    let cut_time_ns = lock(&rt.st)
+        .last_applied
+        .as_ref()
+        .map_or(0, |a| a.cut_time_ns);
+    // 4. Compare the whole disk.
+    agent.job_step(rt, "compare", 0, rt.size);
+    let key = Key::random(agent.opts.digest)
+        .map_err(|e| ReplError::Local(format!("random digest key: {e}")))?;
+    s.msg(Msg::DigestKey {
+        algo: key.algo().as_u8(),
+        key: key.as_bytes().to_vec(),
+    })
+    .await?;
+    let windows = ranges::windows(&[(0, rt.size)], 0, WINDOW_BYTES, WINDOW_RANGES);
+    let differ = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+    if !differ.is_empty() {
+        let differ = ranges::normalize(differ);
+        return Ok(Err(Abort(format!(
+            "the replica differs from the source in {} bytes ({} ranges, first at offset {}) after the last cycle",
+            ranges::total(&differ),
+            differ.len(),
+            differ.first().map_or(0, |r| r.0)
+        ))));
+    }
+    // 5. Nobody wrote since the last cycle.
+    agent.job_step(rt, "check-no-writes", 0, 0);
+    let after = agent.cut(rt)?;
+    let logs = log_dir(&agent.opts.state, &name);
+    let path = hrl::chain::list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?
+        .into_iter()
+        .find(|(seq, _)| seq.0 == after)
+        .map(|(_, p)| p)
+        .ok_or_else(|| ReplError::Local(format!("disk {name}: log {after} vanished")))?;
+    let cyc = tokio::task::block_in_place(|| {
+        crate::cycle::read_cycle(&path, rt.size, super::worker::GRANULE)
+    })
+    .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+    if cyc.bytes > 0 || cyc.whole_disk_gap.is_some() {
+        return Ok(Err(Abort(format!(
+            "{} was written during the planned failover ({} bytes after the last cycle): stop its writers (or mount its filesystem, which is then frozen) and try again",
+            device.display(),
+            cyc.bytes
+        ))));
+    }
+    // 6. Activate.
+    agent.job_step(rt, "activate", 0, 0);
+    s.msg(Msg::PlannedFailover { seq: last }).await?;
+    let (point, cut, dev, image) = match s.answer(rt).await {
+        Ok(Msg::FailoverDone {
+            point,
+            cut_time_ns,
+            device,
+            image,
+        }) if device.len() <= proto::MAX_PATH_LEN && image.len() <= proto::MAX_PATH_LEN => {
+            (point, cut_time_ns, device, image)
+        }
+        Ok(m) => {
+            return Err(ReplError::Protocol(format!(
+                "{} answered PlannedFailover with {}",
+                s.peer,
+                m.name()
+            )));
+        }
+        Err(ReplError::Refused { message, .. }) => {
+            return Ok(Err(Abort(format!("the server refused: {message}"))));
+        }
+        Err(e) => return Err(e),
+    };
+    let cut = if cut == 0 { cut_time_ns } else { cut };
+    let report = PlannedReport {
+        disk: name.clone(),
+        kind: "planned".into(),
+        point,
+        point_kind: "app-consistent".into(),
+        cut_time_unix_ns: cut,
+        device: dev.clone(),
+        image: image.clone(),
+        quiesced: label.clone(),
+        frozen: quiesced.is_some(),
+        compared_bytes: rt.size,
+        seconds: 0.0,
+    };
+    let info = FailedOverInfo {
+        kind: "planned".into(),
+        unix_ns: base::now_ns(),
+        point,
+        cut_time_unix_ns: cut,
+        device: dev,
+        image,
+        quiesced: label,
+    };
+    Ok(Ok((report, info)))
+}

@@ -1,0 +1,131 @@
+//! What the agent reports (`sitrep status`, the metrics endpoint): each disk's state,
+//! health, lag and counters, computed from its protection and run-time status.
+//!
+//! Built without waiting for any disk's I/O: the protection and run-time status are small
+//! structs behind mutexes held for field updates (and, for the protection, the atomic save
+//! of `protection.json`), and the tracker — held during a cut or tag while a log commit
+//! reaches the disk — is only tried (`records_since_cut_now`).
+
+use std::sync::Arc;
+
+use super::{Agent, DiskRt, lock};
+use base::config::Frequency;
+use base::status::{self, CopyStatus, CycleStatus, DiskStatus, Health, ReplState, StatusReport};
+
+impl Agent {
+    pub(super) fn disk_status(&self, rt: &DiskRt) -> DiskStatus {
+        let p = lock(&rt.prot).clone();
+        let records = self.records_since_cut_now(rt);
+        let st = lock(&rt.st);
+        let now = base::now_ns();
+        let applied_seq = st.last_applied.as_ref().map(|a| a.seq);
+        let pending = !p.copy.done
+            || st.pending_logs > 0
+            || records > 0
+            || st
+                .last_shipped_seq
+                .is_some_and(|s| applied_seq.is_none_or(|a| a < s));
+        let since = st
+            .last_applied
+            .as_ref()
+            .map_or(p.created_unix_ns, |a| a.cut_time_ns);
+        let running = st.resync.as_ref().is_some_and(|r| r.started.is_some());
+        let state = if p.failed_over.is_some() {
+            ReplState::FailedOverToPeer
+        } else if st.critical {
+            ReplState::Critical
+        } else if p.resync.is_some() && running {
+            ReplState::Resynchronizing
+        } else if p.resync.is_some() || (!p.copy.done && p.resync_reason.is_some()) {
+            ReplState::ResyncRequired
+        } else if !p.copy.done {
+            ReplState::InitialReplication
+        } else {
+            ReplState::Protected
+        };
+        let lag_seconds = if pending {
+            now.saturating_sub(since) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let rpo_target = match p.frequency {
+            Frequency::Continuous => 60.0,
+            Frequency::Every(d) => 2.0 * d.as_secs_f64() + 60.0,
+        };
+        let health = if st.critical {
+            Health::Critical
+        } else if st.error.is_some()
+            || state == ReplState::ResyncRequired
+            || (state == ReplState::Protected && lag_seconds > rpo_target)
+        {
+            Health::Warning
+        } else {
+            Health::Normal
+        };
+        DiskStatus {
+            name: p.name.clone(),
+            device: Some(p.device.display().to_string()),
+            peer: p.to.clone(),
+            state,
+            health,
+            lag_seconds,
+            rpo_target_seconds: Some(rpo_target),
+            backlog_bytes: st.backlog_bytes,
+            bytes_shipped: st.bytes_shipped,
+            wire_bytes: st.wire_bytes,
+            zero_bytes: st.zero_bytes,
+            cycles_applied: st.cycles_applied,
+            last_applied: st.last_applied.as_ref().map(|a| CycleStatus {
+                seq: a.seq,
+                cut_time_unix_ns: a.cut_time_ns,
+            }),
+            copy: st.copy.map(|c| {
+                let secs = c.started.elapsed().as_secs_f64();
+                let rate = if secs > 0.5 {
+                    c.cursor.saturating_sub(c.started_cursor) as f64 / secs
+                } else {
+                    0.0
+                };
+                CopyStatus {
+                    done: c.done,
+                    bytes_done: c.cursor,
+                    size: c.size,
+                    rate_bytes_per_sec: rate,
+                    eta_seconds: (rate > 0.0 && !c.done)
+                        .then(|| c.size.saturating_sub(c.cursor) as f64 / rate),
+                }
+            }),
+            connected: st.connected,
+            error: st.error.clone(),
+            resync_reason: if p.copy.done && p.resync.is_none() {
+                None
+            } else {
+                p.resync_reason.clone()
+            },
+            points: 0,
+            points_bytes: 0,
+            cycles_judged: st.cycles_judged,
+            cycles_consistent: st.cycles_consistent,
+            resync: st
+                .resync
+                .as_ref()
+                .map(|r| r.status(self.opts.resync_window)),
+            last_resync: st.last_resync.clone(),
+            resyncs_completed: st.resyncs_completed,
+            next_retry_unix_ns: if st.critical { None } else { st.next_retry_ns },
+            retries: st.retries,
+            action: if st.critical { st.action.clone() } else { None },
+        }
+    }
+
+    pub(super) fn status(&self) -> StatusReport {
+        let disks: Vec<Arc<DiskRt>> = lock(&self.disks).values().cloned().collect();
+        StatusReport {
+            schema: status::SCHEMA,
+            role: "agent".into(),
+            host: self.name.clone(),
+            disks: disks.iter().map(|d| self.disk_status(d)).collect(),
+            listeners: vec![self.control.status()],
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The server's `status --json` and `points` answers, built from the disks' published
+//! snapshots (`snapshot.rs`): they never wait for a disk's mutex, whatever runs on the disk.
+
+use std::sync::atomic::Ordering;
+
+use super::{Shared, lock};
+use base::control::Response;
+use base::status::{self, DiskStatus, Health, ReplState, StatusReport};
+
+pub(super) fn status_report(sh: &Shared) -> StatusReport {
+    let slots = lock(&sh.slots).clone();
+    let now = base::now_ns();
+    let mut disks = Vec::new();
+    for (name, slot) in slots {
+        let snap = slot.disk.snapshot();
+        let err = lock(&slot.error).clone();
+        let Some(d) = snap else {
+            if let Some(e) = err {
+                disks.push(DiskStatus {
+                    name,
+                    device: None,
+                    peer: String::new(),
+                    state: ReplState::Critical,
+                    health: Health::Critical,
+                    lag_seconds: 0.0,
+                    rpo_target_seconds: None,
+                    backlog_bytes: 0,
+                    bytes_shipped: 0,
+                    wire_bytes: 0,
+                    zero_bytes: 0,
+                    cycles_applied: 0,
+                    last_applied: None,
+                    copy: None,
+                    connected: false,
+                    error: Some(e),
+                    resync_reason: None,
+                    points: 0,
+                    points_bytes: 0,
+                    cycles_judged: 0,
+                    cycles_consistent: 0,
+                    resync: None,
+                    last_resync: None,
+                    resyncs_completed: 0,
+                    next_retry_unix_ns: None,
+                    retries: 0,
+                    action: None,
+                });
+            }
+            continue;
+        };
+        let st = &*d.state;
+        let c = d.counters;
+        let copy_done = st.copy.is_some_and(|c| c.done);
+        let state = if st.failed_over.is_some() {
+            ReplState::FailedOver
+        } else if st.broken.is_some() {
+            ReplState::Critical
+        } else if st.resync.is_some() {
+            ReplState::Resynchronizing
+        } else if copy_done {
+            ReplState::Replicating
+        } else {
+            ReplState::InitialReplication
+        };
+        disks.push(DiskStatus {
+            name,
+            device: None,
+            peer: st.owner.clone(),
+            state,
+            health: if st.broken.is_some() {
+                Health::Critical
+            } else if err.is_some() || d.fault().is_some() {
+                Health::Warning
+            } else {
+                Health::Normal
+            },
+            lag_seconds: st
+                .applied
+                .map_or(0.0, |a| now.saturating_sub(a.cut_time_ns) as f64 / 1e9),
+            rpo_target_seconds: None,
+            backlog_bytes: 0,
+            bytes_shipped: c.data_bytes,
+            wire_bytes: slot.wire_bytes.load(Ordering::Relaxed),
+            zero_bytes: c.zero_bytes,
+            cycles_applied: c.cycles_applied,
+            last_applied: st.applied.map(|a| status::CycleStatus {
+                seq: a.seq,
+                cut_time_unix_ns: a.cut_time_ns,
+            }),
+            copy: st.copy.map(|cp| status::CopyStatus {
+                done: cp.done,
+                bytes_done: cp.cursor,
+                size: st.size,
+                rate_bytes_per_sec: 0.0,
+                eta_seconds: None,
+            }),
+            connected: slot.connected.load(Ordering::Relaxed),
+            error: st.broken.clone().or(d.fault().map(String::from)).or(err),
+            resync_reason: st.broken.clone(),
+            points: d.points.len() as u64,
+            points_bytes: d.points_bytes,
+            cycles_judged: 0,
+            cycles_consistent: 0,
+            resync: None,
+            last_resync: None,
+            resyncs_completed: 0,
+            next_retry_unix_ns: None,
+            retries: 0,
+            action: None,
+        });
+    }
+    StatusReport {
+        schema: status::SCHEMA,
+        role: "server".into(),
+        host: sh.name.clone(),
+        disks,
+        listeners: vec![sh.tls.status(), sh.control.status()],
+    }
+}
+
+pub(super) fn points_report(sh: &Shared, name: &str) -> Response {
+    let slot = lock(&sh.slots).get(name).cloned();
+    let Some(slot) = slot else {
+        return Response::err(format!("disk {name} is not replicated here"));
+    };
+    let Some(d) = slot.disk.snapshot() else {
+        return Response::err(format!("disk {name} is not open (see `sitrep status`)"));
+    };
+    Response::ok(status::PointsReport {
+        schema: status::SCHEMA,
+        disk: name.to_string(),
+        size: d.state.size,
+        storage_bytes: d.points_bytes,
+        points: d.points.to_vec(),
+    })
+}

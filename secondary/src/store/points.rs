@@ -1,0 +1,224 @@
+//! The recovery-point side of a [`Disk`]: undo data before each apply, verdicts into points,
+//! retention, and rebuilding a point for export (see `crate::undo` and `base::points`).
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+
+use super::{Disk, Result, StoreError, io_err, write_atomic};
+use crate::undo::{self, UndoIndex};
+use base::points::{Point, PointKind, Retention};
+
+impl Disk {
+    // ---- recovery points ------------------------------------------------------------------
+
+    /// Sets the retention policy (applied at the next point).
+    pub fn set_retention(&mut self, r: Retention) {
+        self.retention = r;
+    }
+
+    /// Saves what cycle `seq` is about to overwrite (unless a crash already left a complete
+    /// undo file for it: then the replica may be half-written and must not be read).
+    pub(super) fn ensure_undo(
+        &mut self,
+        seq: u64,
+        cut_time_ns: u64,
+        mut ranges: Vec<(u64, u64)>,
+    ) -> Result<()> {
+        if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
+            return Ok(());
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (o, l) in ranges {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml >= o => *ml = (*ml).max(o + l - *mo),
+                _ => merged.push((o, l)),
+            }
+        }
+        let dir = self.dir.join("undo");
+        let idx = undo::write(&dir, seq, cut_time_ns, &merged, &self.replica).map_err(|e| {
+            // Out of space, typically: give the partial file's space back (the retry
+            // writes it again; the replica is untouched until it is whole).
+            let _ = fs::remove_file(dir.join(format!("{}.tmp", undo::file_name(seq, None))));
+            io_err(self.name(), format!("writing the undo file of cycle {seq}"))(e)
+        })?;
+        self.undo.push(idx);
+        self.undo.sort_by_key(UndoIndex::order);
+        Ok(())
+    }
+
+    pub(super) fn save_points(&mut self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.points).map_err(|e| StoreError::Io {
+            disk: self.state.name.clone(),
+            what: "encoding points.json".into(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.dir.join("points.json"), &bytes)
+            .map_err(io_err(&self.state.name, "writing points.json"))
+    }
+
+    /// Points whose later undo files are missing cannot be rebuilt: forget them.
+    pub(super) fn drop_unreconstructible_points(&mut self) {
+        let applied = self.state.applied.map_or(0, |a| a.seq);
+        let have: std::collections::BTreeSet<u64> = self
+            .undo
+            .iter()
+            .filter(|u| u.part.is_none())
+            .map(|u| u.seq)
+            .collect();
+        // Cycles a resync replaced never existed on the replica: nothing to undo for them
+        // (the resync's own undo parts cover what it changed).
+        let skipped = self.points.skipped.clone();
+        let present = |m: u64| have.contains(&m) || skipped.iter().any(|&(a, b)| a <= m && m <= b);
+        let before = self.points.points.len();
+        self.points
+            .points
+            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(present));
+        if self.points.points.len() != before {
+            tracing::warn!(disk = %self.state.name, "dropped {} recovery points whose undo data is gone", before - self.points.points.len());
+            let _ = self.save_points();
+        }
+    }
+
+    /// The source's verdict on applied cycle `seq`: if it was crash-consistent it becomes a
+    /// recovery point (app-consistent when `label` says how it was quiesced). Applies the
+    /// retention policy and deletes undo data no retained point needs. Returns the new point.
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn verdict(
+        &mut self,
+        seq: u64,
+        consistent: bool,
+        label: Option<String>,
+        now_ns: u64,
+    ) -> Result<Option<Point>> {
+        if let Some(l) = &label
+            && l.len() > proto::MAX_LABEL_LEN
+        {
+            return Err(StoreError::BadRequest {
+                disk: self.state.name.clone(),
+                why: format!(
+                    "a verdict label of {} bytes (at most {} are kept)",
+                    l.len(),
+                    proto::MAX_LABEL_LEN
+                ),
+            });
+        }
+        let before = self.points.clone();
+        self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
+        let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
+        let applied = self.state.applied.map(|a| a.seq);
+        let known = self
+            .undo
+            .iter()
+            .find(|u| u.seq == seq && u.part.is_none())
+            .map(|u| u.cut_time_ns);
+        let mut made = None;
+        if consistent
+            && let (Some(from), Some(applied), Some(cut_time_ns)) = (copy_from, applied, known)
+            && seq >= from
+            && seq <= applied
+            && !self.points.points.iter().any(|p| p.id == seq)
+        {
+            let first_seq = self.points.points.last().map_or(from, |p| p.id + 1);
+            let p = Point {
+                id: seq,
+                kind: if label.is_some() {
+                    PointKind::AppConsistent
+                } else {
+                    PointKind::CrashConsistent
+                },
+                cut_time_ns,
+                first_seq,
+                created_unix_ns: now_ns,
+                label,
+                bytes: std::mem::take(&mut self.points.unpointed_bytes),
+            };
+            self.points.points.push(p.clone());
+            self.points.points.sort_by_key(|p| p.id);
+            made = Some(p);
+        }
+        let keep = self.retention.keep_flags(&self.points.points, now_ns);
+        let mut i = 0;
+        self.points.points.retain(|_| {
+            let k = keep[i];
+            i += 1;
+            k
+        });
+        if let Err(e) = self.save_points() {
+            // points.json is unchanged (out of space...): so is memory.
+            self.points = before;
+            return Err(e);
+        }
+        // Undo of cycle m is needed only by points older than m.
+        let floor = match self.points.points.first() {
+            Some(p) => p.id,
+            None => self.points.judged_upto.unwrap_or(0),
+        };
+        let (gone, kept): (Vec<UndoIndex>, Vec<UndoIndex>) = std::mem::take(&mut self.undo)
+            .into_iter()
+            .partition(|u| u.seq <= floor);
+        self.undo = kept;
+        for u in gone {
+            let _ = fs::remove_file(&u.path);
+        }
+        Ok(made)
+    }
+
+    /// Retained recovery points, oldest first.
+    #[must_use]
+    pub fn points(&self) -> &[Point] {
+        &self.points.points
+    }
+
+    /// Bytes of undo data kept for the retained points.
+    #[must_use]
+    pub fn points_bytes(&self) -> u64 {
+        self.undo.iter().map(|u| u.bytes).sum()
+    }
+
+    /// Fills `buf` with point `id`'s bytes at `offset`: the replica's, overlaid by what the
+    /// cycles after the point overwrote (the earliest such cycle wins).
+    ///
+    /// # Errors
+    /// No such point, out of range, or a read failed.
+    pub fn export_chunk(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.points.points.iter().any(|p| p.id == id) {
+            return Err(StoreError::BadRequest {
+                disk: self.name().into(),
+                why: format!("no recovery point {id}"),
+            });
+        }
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        self.replica.read_exact_at(buf, offset).map_err(io_err(
+            self.name(),
+            format!("reading replica.img at {offset}"),
+        ))?;
+        let end = offset + len;
+        for u in self.undo.iter().rev().filter(|u| u.seq > id) {
+            let first = u.entries.partition_point(|e| e.end() <= offset);
+            let mut file = None;
+            for e in u.entries[first..].iter().take_while(|e| e.offset < end) {
+                let s = e.offset.max(offset);
+                let t = e.end().min(end);
+                let f =
+                    match &file {
+                        Some(f) => f,
+                        None => file.insert(File::open(&u.path).map_err(io_err(
+                            self.name(),
+                            format!("opening {}", u.path.display()),
+                        ))?),
+                    };
+                let (a, b) = (
+                    usize::try_from(s - offset).unwrap_or(0),
+                    usize::try_from(t - offset).unwrap_or(0),
+                );
+                undo::read_entry(f, e, s, &mut buf[a..b])
+                    .map_err(io_err(self.name(), format!("reading {}", u.path.display())))?;
+            }
+        }
+        Ok(())
+    }
+}
