@@ -73,25 +73,7 @@ impl TryFrom<String> for Frequency {
     }
 }
 
-/// Parses a byte size like `512`, `64K`, `100M`, `2G` (binary units).
-///
-/// # Errors
-/// Not a size.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let bad = || format!("size '{s}': expected a number with an optional K, M, G or T suffix");
-    let (num, suffix) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let shift = match suffix.trim_end_matches(['B', 'b', 'i']) {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
-}
+pub use crate::units::parse_size;
 
 /// One disk in the policy file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

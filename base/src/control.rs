@@ -463,6 +463,24 @@ async fn answer(
 
 use tokio::io::AsyncReadExt as _;
 
+/// Sends `req` to the daemon at `path`, waits up to `timeout`, and returns the answer's data
+/// as `T` — the one control-socket client every CLI command uses.
+///
+/// # Errors
+/// No daemon answered, it refused (the error carries its message), or the data is not a `T`.
+pub fn ask<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let resp = call(path, req, timeout)?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    serde_json::from_value(resp.data)
+        .map_err(|e| anyhow::anyhow!("unexpected answer from {}: {e}", path.display()))
+}
+
 /// Sends `req` to the daemon at `path` and waits up to `timeout` for its answer.
 ///
 /// # Errors

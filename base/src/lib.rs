@@ -8,7 +8,8 @@
 //! - [`status`]: the documented `--json` schemas of `status`, `jobs` and the other reports;
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`), rendered from the status;
 //! - [`points`]: recovery points as both sites and the CLI see them, retention;
-//! - [`config`]: the agent's policy file and the size/duration grammar every flag uses;
+//! - [`config`]: the agent's policy file;
+//! - [`units`]: the one size/rate/duration grammar every flag and file uses;
 //! - [`agent_state`]: the agent's state directory (`STATE/disks/NAME/protection.json`, logs),
 //!   read by the server too when it adopts a reverse replication;
 //! - [`digest`]: keyed 128-bit block digests at two levels (4 KiB, 1 MiB) for the checksum resync;
@@ -36,6 +37,7 @@ pub mod net;
 pub mod points;
 pub mod ranges;
 pub mod status;
+pub mod units;
 
 /// Locks `m`, recovering the data if a thread panicked while holding it (every structure
 /// guarded here stays consistent between statements, so a panic elsewhere must not stop

@@ -26,7 +26,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::status::ListenerStatus;
@@ -154,9 +154,7 @@ pub fn descriptor_limit() -> u64 {
     lim.rlim_cur
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 /// Accepts the next connection with `accept_one` (e.g. `|| listener.accept()`), retrying
 /// errors as the module doc says; never returns an error.

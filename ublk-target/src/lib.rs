@@ -30,7 +30,7 @@ mod signals;
 /// The change-log crate every interceptor writes through.
 pub use hrl;
 
-pub use config::{DiskConfig, Durability, LogMode, parse_size};
+pub use config::{DiskConfig, Durability, LogMode};
 pub use error::{Error, Result};
 pub use server::{DiskInfo, Stopped, serve};
 

@@ -123,7 +123,12 @@ pub(crate) fn run(cmd: DiskCommand) -> anyhow::Result<Outcome> {
 fn config(a: &AddArgs) -> anyhow::Result<DiskConfig> {
     let cfg = DiskConfig {
         backing: a.backing.clone(),
-        size: a.size.as_deref().map(ublk_target::parse_size).transpose()?,
+        size: a
+            .size
+            .as_deref()
+            .map(base::units::parse_size)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         queues: a.queues,
         depth: a.depth,
         mode: match a.mode {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use base::control::{Request, call};
+use base::control::Request;
 use base::status::PlannedReport;
 use clap::Args;
 use secondary::server::failover::FailoverRecord;
@@ -56,11 +56,7 @@ pub(crate) struct CommitArgs {
 }
 
 fn ask(a: &SocketArg, req: &Request) -> anyhow::Result<FailoverRecord> {
-    let resp = call(&a.path(), req, Duration::from_secs(24 * 3600))?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
-    Ok(serde_json::from_value(resp.data)?)
+    base::control::ask(&a.path(), req, Duration::from_secs(24 * 3600))
 }
 
 fn print(r: &FailoverRecord, what: &str) {
@@ -81,17 +77,13 @@ fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
             a.name
         );
     }
-    let resp = call(
+    let r: PlannedReport = base::control::ask(
         &a.socket.path(),
         &Request::PlannedFailover {
             name: a.name.clone(),
         },
         Duration::from_secs(24 * 3600),
     )?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
-    let r: PlannedReport = serde_json::from_value(resp.data)?;
     if a.json {
         crate::outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(Outcome::Ok);

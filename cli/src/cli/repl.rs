@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base::control::{AGENT_SOCKET, Request, Response, SERVER_SOCKET, call};
+use base::control::{AGENT_SOCKET, Request, SERVER_SOCKET};
 use base::status::{
     AppPointReport, DiskStatus, ExportReport, Job, JobsReport, PointsReport, StatusReport,
 };
@@ -100,12 +100,8 @@ pub(crate) struct WaitArgs {
     json: bool,
 }
 
-fn ask(socket: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
-    let resp = call(&socket.path(), req, timeout)?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
-    Ok(resp)
+fn ask(socket: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    base::control::ask(&socket.path(), req, timeout)
 }
 
 pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
@@ -123,9 +119,9 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(60),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
-        let job: Job = serde_json::from_value(resp.data)?;
+        let job: Job = serde_json::from_value(resp)?;
         crate::outln!(
             "protecting {} as disk {} → {} (job {}: {}); follow with `sitrep jobs` / `sitrep status`",
             a.device,
@@ -147,7 +143,7 @@ pub(crate) fn unprotect(a: &UnprotectArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(60),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
         crate::outln!(
             "disk {} is no longer protected (tracking stopped, logs removed; the replica stays on the server)",
@@ -230,10 +226,10 @@ fn print_disk(d: &DiskStatus) {
 pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
     let resp = ask(&a.socket, &Request::Status, Duration::from_secs(10))?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
-    let r: StatusReport = serde_json::from_value(resp.data)?;
+    let r: StatusReport = serde_json::from_value(resp)?;
     crate::outln!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
     for d in &r.disks {
         print_disk(d);
@@ -244,10 +240,10 @@ pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
 pub(crate) fn jobs(a: &ShowArgs) -> anyhow::Result<Outcome> {
     let resp = ask(&a.socket, &Request::Jobs, Duration::from_secs(10))?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
-    let r: JobsReport = serde_json::from_value(resp.data)?;
+    let r: JobsReport = serde_json::from_value(resp)?;
     if r.jobs.is_empty() {
         crate::outln!("no jobs");
     }
@@ -279,9 +275,9 @@ pub(crate) fn wait(a: &WaitArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(a.timeout + 10),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
-        let d: DiskStatus = serde_json::from_value(resp.data)?;
+        let d: DiskStatus = serde_json::from_value(resp)?;
         crate::outln!("disk {} is caught up:", d.name);
         print_disk(&d);
     }
@@ -343,10 +339,10 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(10),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
-    let r: PointsReport = serde_json::from_value(resp.data)?;
+    let r: PointsReport = serde_json::from_value(resp)?;
     crate::outln!(
         "disk {}: {} recovery point(s), {} of undo data kept",
         r.disk,
@@ -384,10 +380,10 @@ fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(24 * 3600),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
-    let r: ExportReport = serde_json::from_value(resp.data)?;
+    let r: ExportReport = serde_json::from_value(resp)?;
     crate::outln!(
         "exported point {} of disk {} ({:?}, cut {}) to {} ({}, {} written)",
         r.point.id,
@@ -440,10 +436,10 @@ pub(crate) fn point(cmd: &PointCommand) -> anyhow::Result<Outcome> {
         Duration::from_secs(330),
     )?;
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
-    let r: AppPointReport = serde_json::from_value(resp.data)?;
+    let r: AppPointReport = serde_json::from_value(resp)?;
     crate::outln!(
         "app-consistent point {} of disk {} (cut {}, {}, frozen {:.1} ms)",
         r.seq,

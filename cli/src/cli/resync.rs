@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use base::control::{Request, call};
+use base::control::Request;
 use base::status::{DiskStatus, ResyncStatus, StatusReport, VerifyReport};
 use clap::Args;
 
@@ -43,11 +43,7 @@ pub(crate) struct VerifyArgs {
 }
 
 fn ask(a: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-    let resp = call(&a.path(), req, timeout)?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
-    Ok(resp.data)
+    base::control::ask(&a.path(), req, timeout)
 }
 
 fn disk(a: &SocketArg, name: &str) -> anyhow::Result<DiskStatus> {

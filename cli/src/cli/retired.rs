@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use base::control::{Request, SERVER_SOCKET, call};
+use base::control::{Request, SERVER_SOCKET, ask};
 use clap::{Args, Subcommand};
 use secondary::store::retired::RetiredReport;
 
@@ -39,21 +39,18 @@ pub(crate) fn run(a: &RetiredArgs) -> anyhow::Result<Outcome> {
         .cmd
         .as_ref()
         .map(|RetiredCommand::Purge { id }| id.clone());
-    let resp = call(
+    let data: serde_json::Value = ask(
         &a.socket,
         &Request::Retired {
             purge: purge.clone(),
         },
         Duration::from_secs(60),
     )?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
     if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&resp.data)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(Outcome::Ok);
     }
-    let r: RetiredReport = serde_json::from_value(resp.data)?;
+    let r: RetiredReport = serde_json::from_value(data)?;
     if purge.is_some() {
         for c in &r.retired {
             crate::outln!(

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base::control::{AGENT_SOCKET, Request, SERVER_SOCKET, call};
+use base::control::{AGENT_SOCKET, Request, SERVER_SOCKET};
 use base::status::{DiskStatus, Health, Job, ReplState, StatusReport};
 use clap::{Args, ValueEnum};
 use secondary::server::AcceptReport;
@@ -103,11 +103,7 @@ pub(crate) struct FailbackArgs {
 }
 
 fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &Request) -> anyhow::Result<T> {
-    let resp = call(sock, req, Duration::from_secs(24 * 3600))?;
-    if !resp.ok {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
-    }
-    Ok(serde_json::from_value(resp.data)?)
+    base::control::ask(sock, req, Duration::from_secs(24 * 3600))
 }
 
 fn disk(sock: &Path, name: &str) -> anyhow::Result<DiskStatus> {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use checker::{BlockSize, WorkloadConfig, parse_duration, parse_rate, run_workload};
+use base::units::{parse_duration, parse_rate};
+use checker::{BlockSize, WorkloadConfig, run_workload};
 use clap::Args;
 
 use crate::Outcome;
@@ -43,11 +44,11 @@ fn block_size(s: &str) -> Result<BlockSize, String> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
+    parse_duration(s)
 }
 
 fn rate(s: &str) -> Result<u64, String> {
-    parse_rate(s).map_err(|e| e.to_string())
+    parse_rate(s)
 }
 
 /// Runs `sitrep workload`.

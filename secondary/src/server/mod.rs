@@ -100,9 +100,7 @@ impl Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use base::lock;
 
 /// Runs the server until `shutdown` resolves.
 ///
