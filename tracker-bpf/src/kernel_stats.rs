@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::poller::Attached;
+use crate::attach::Attached;
 use crate::skel::TrackerSkel;
 
 /// `struct trk_stats` (tracker.h): 12 counters.

@@ -19,6 +19,7 @@
 //! [`coalesce`], `disk` (log thread), `poller` (BPF owner), [`continuity`] (clean stop and
 //! restart), [`Tracker`] (the API).
 
+mod attach;
 pub mod coalesce;
 mod completions;
 pub mod continuity;
@@ -33,11 +34,12 @@ mod poller;
 mod skel;
 mod tracker;
 
+pub use attach::{AttachMode, Attached};
 pub use device::{DeviceInfo, IoCounters};
 pub use disk::{DiskStats, StopReport};
 pub use error::{Error, Result};
 pub use kernel_stats::KernelStats;
-pub use poller::{AttachMode, Attached, MAX_DEVICES};
+pub use poller::MAX_DEVICES;
 pub use tracker::{AddReport, Cut, Tracker, TrackerConfig, TrackerStats};
 
 /// The change-log crate every interceptor writes through.

@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 use libbpf_rs::Link;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
+use crate::attach::{AttachMode, Attached, PollerConfig};
 use crate::error::{Error, Result};
-use crate::poller::{AttachMode, Attached, PollerConfig};
 use crate::skel::{OpenTrackerSkel, TrackerSkel, TrackerSkelBuilder};
 
 pub(crate) type Loaded<'obj> = (TrackerSkel<'obj>, Attached, Vec<Link>);

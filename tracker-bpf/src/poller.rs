@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use hrl::Extent;
 use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
 
+pub(crate) use crate::attach::{AttachMode, Attached, PollerConfig};
 use crate::completions::{MissCheck, RETENTION};
 use crate::device::IoCounters;
 use crate::disk::DiskMsg;
@@ -38,28 +39,6 @@ const FINE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 const TRK_CFG_WRITE_BITMAP: u32 = 1;
 const TRK_CFG_BIO_BASED: u32 = 2;
 const TRK_CFG_QUEUE_MARK: u32 = 4;
-
-/// How to attach to the block layer: the tracepoints `block_bio_queue`, `block_rq_complete`
-/// and `block_bio_complete`, all three the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub enum AttachMode {
-    /// BTF-typed tracepoints (`tp_btf`), falling back to raw tracepoints if that fails.
-    #[default]
-    Auto,
-    /// Only `tp_btf`.
-    TpBtf,
-    /// Only `raw_tp` (kernels without BTF-typed tracepoints).
-    RawTp,
-}
-
-/// Which attachment is in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Attached {
-    /// `tp_btf/block_{bio_queue,rq_complete,bio_complete}`.
-    TpBtf,
-    /// `raw_tp/block_{bio_queue,rq_complete,bio_complete}`.
-    RawTp,
-}
 
 pub(crate) struct SlotCfg {
     pub(crate) dev: u32,
@@ -126,20 +105,6 @@ pub(crate) enum Ctrl {
     /// run to recognise them).
     OwnLogs(bool, Sender<Result<()>>),
     Stop,
-}
-
-pub(crate) struct PollerConfig {
-    pub(crate) ring_bytes: u32,
-    /// Words of the fine write bitmap; 0 disables it (every write goes through the ring).
-    pub(crate) fine_words: u32,
-    pub(crate) attach: AttachMode,
-    pub(crate) exclude_tgid: u32,
-    /// Also record changes at `block_bio_queue` (the pre-completion behaviour; comparison).
-    pub(crate) mark_at_queue: bool,
-    pub(crate) pause: Option<Arc<AtomicBool>>,
-    /// Test seam (see `TrackerConfig::skip_completions`).
-    pub(crate) skip_completions: Option<Arc<AtomicI64>>,
-    pub(crate) poll: Duration,
 }
 
 /// Runs the poller until `Ctrl::Stop` or the control channel closes. Reports readiness (or
