@@ -297,6 +297,29 @@ fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) ->
 
 pub(crate) use base::files::{sync_dir, write_atomic};
 
+/// Reads a disk directory's `state.json` (None: there is none).
+pub(crate) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {
+    let path = dir.join("state.json");
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(name, "reading state.json")(e)),
+    };
+    let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+        disk: name.into(),
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if state.version != 1 {
+        return Err(StoreError::Corrupt {
+            disk: name.into(),
+            path,
+            why: format!("unsupported state version {}", state.version),
+        });
+    }
+    Ok(Some(state))
+}
+
 /// The directory of disk `name` in `store`.
 #[must_use]
 pub fn disk_dir(store: &Path, name: &str) -> PathBuf {

@@ -40,7 +40,7 @@ impl Disk {
     /// The disk in `dir`: its state, replica, undo index and points (no recovery).
     /// `retired`: read-only, and the replica is always `dir/replica.img`.
     fn open_dir(dir: std::path::PathBuf, name: &str, retired: bool) -> Result<Self> {
-        let state = read_state_file(&dir, name)?.ok_or_else(|| StoreError::Corrupt {
+        let state = super::read_state_file(&dir, name)?.ok_or_else(|| StoreError::Corrupt {
             disk: name.into(),
             path: dir.join("state.json"),
             why: "missing".into(),
@@ -306,29 +306,7 @@ pub fn check_attach_state(state: &DiskState, req: &AttachRequest<'_>) -> Result<
 /// # Errors
 /// The file cannot be read or is invalid.
 pub fn read_state(store: &Path, name: &str) -> Result<Option<DiskState>> {
-    read_state_file(&disk_dir(store, name), name)
-}
-
-pub(super) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {
-    let path = dir.join("state.json");
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(name, "reading state.json")(e)),
-    };
-    let state: DiskState = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
-        disk: name.into(),
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
-    if state.version != 1 {
-        return Err(StoreError::Corrupt {
-            disk: name.into(),
-            path,
-            why: format!("unsupported state version {}", state.version),
-        });
-    }
-    Ok(Some(state))
+    super::read_state_file(&disk_dir(store, name), name)
 }
 
 /// Tells the kernel the replica is read at random (the undo capture reads the old bytes of

@@ -286,7 +286,7 @@ pub(super) fn install(
     let live = disk_dir(store, name);
     let e = |what: String| io_err(name, what);
     sweep(store, Some(name)).map_err(e("finishing an interrupted retirement".into()))?;
-    let old = super::open::read_state_file(&live, name)?;
+    let old = super::read_state_file(&live, name)?;
     let points: Vec<Point> = fs::read(live.join("points.json"))
         .ok()
         .and_then(|t| serde_json::from_slice::<PointsFile>(&t).ok())
