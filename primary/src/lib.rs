@@ -14,6 +14,7 @@ mod requests;
 pub mod resync;
 mod scan;
 pub mod ship;
+pub mod source;
 mod status_report;
 mod window;
 pub mod worker;
@@ -28,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use proto::CycleInfo;
 use tokio::sync::{mpsc, watch};
-use tracker_bpf::{Tracker, TrackerConfig};
+use tracker_bpf::TrackerConfig;
 
 use base::config::{Frequency, PolicyFile};
 use base::control::{self, Call};
 use base::status::{self, Job, JobState};
+use source::{ChangeSource, bpf::BpfSource};
 use state::{CopyPlan, Protection};
 
 pub(crate) use base::lock;
@@ -147,7 +149,7 @@ pub(crate) struct DiskRt {
     pub(crate) point_req: Mutex<Option<PointRequest>>,
     /// The cycle being cut and read while the filesystem is frozen.
     pub(crate) frozen: Mutex<Option<FrozenCycle>>,
-    /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
+    /// Cut instant and exactness of the logs this agent sealed (see `ChangeSource::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
     /// `sitrep resync --now`: start the required resync outside its window.
     pub(crate) resync_now: AtomicBool,
@@ -192,7 +194,8 @@ pub struct Agent {
     pub(crate) opts: AgentOptions,
     pub(crate) name: String,
     pub(crate) client_cfg: Arc<rustls::ClientConfig>,
-    tracker: Mutex<Option<Tracker>>,
+    /// Where the disks' changes come from (None once stopped).
+    source: Mutex<Option<Box<dyn ChangeSource>>>,
     disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
     jobs: Mutex<Vec<Job>>,
     next_job: AtomicU64,
@@ -205,16 +208,17 @@ fn local(e: impl std::fmt::Display) -> base::net::ReplError {
 }
 
 impl Agent {
-    fn with_tracker<T>(
+    /// Runs `f` on the change source, in blocking context (a call may wait for a log commit).
+    fn with_tracker<T, E: Into<anyhow::Error>>(
         &self,
-        f: impl FnOnce(&mut Tracker) -> tracker_bpf::Result<T>,
+        f: impl FnOnce(&mut dyn ChangeSource) -> Result<T, E>,
     ) -> anyhow::Result<T> {
         tokio::task::block_in_place(|| {
-            let mut g = lock(&self.tracker);
+            let mut g = lock(&self.source);
             let t = g
                 .as_mut()
                 .ok_or_else(|| anyhow::anyhow!("the tracker is stopped"))?;
-            Ok(f(t)?)
+            f(t.as_mut()).map_err(Into::into)
         })
     }
 
@@ -236,19 +240,12 @@ impl Agent {
     }
 
     fn records(&self, dev: &Path) -> u64 {
-        let g = lock(&self.tracker);
-        Self::records_in(g.as_ref(), dev)
+        let g = lock(&self.source);
+        Self::records_in(g.as_deref(), dev)
     }
 
-    fn records_in(t: Option<&Tracker>, dev: &Path) -> u64 {
-        t.and_then(|t| {
-            t.stats()
-                .disks
-                .into_iter()
-                .find(|(p, _)| p == dev)
-                .map(|(_, s)| s.records)
-        })
-        .unwrap_or(0)
+    fn records_in(t: Option<&dyn ChangeSource>, dev: &Path) -> u64 {
+        t.map_or(0, |t| t.records(dev))
     }
 
     /// Records appended since the last cut, for `status`: never waits for the tracker (a cut
@@ -256,10 +253,10 @@ impl Agent {
     /// read last time stands.
     pub(crate) fn records_since_cut_now(&self, rt: &DiskRt) -> u64 {
         let dev = lock(&rt.prot).device.clone();
-        let now = match self.tracker.try_lock() {
-            Ok(g) => Self::records_in(g.as_ref(), &dev),
+        let now = match self.source.try_lock() {
+            Ok(g) => Self::records_in(g.as_deref(), &dev),
             Err(std::sync::TryLockError::Poisoned(p)) => {
-                Self::records_in(p.into_inner().as_ref(), &dev)
+                Self::records_in(p.into_inner().as_deref(), &dev)
             }
             Err(std::sync::TryLockError::WouldBlock) => {
                 return rt.records_seen.load(Ordering::Relaxed);
@@ -286,7 +283,7 @@ impl Agent {
             })
             .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
         rt.records_at_cut.store(before, Ordering::SeqCst);
-        let seq = cut.sealed.header.log_seq.0;
+        let seq = cut.seq;
         let mut cuts = lock(&rt.cuts);
         cuts.insert(seq, (cut.time_ns, cut.exact));
         // Bounded: cuts of cycles long shipped (or never to be judged) are forgotten.
@@ -423,14 +420,14 @@ impl Agent {
     ) -> anyhow::Result<(Arc<DiskRt>, Option<u64>)> {
         let logs = state::log_dir(&self.opts.state, &prot.name);
         std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
-        let report = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
+        let added = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
         let (stop, _) = watch::channel(false);
         let rt = Arc::new(DiskRt {
             prot: Mutex::new(prot.clone()),
             st: Mutex::new(RtStatus::default()),
             stop,
-            size: report.info.size,
-            block_size: report.info.logical_block_size,
+            size: added.size,
+            block_size: added.block_size,
             cut_request: AtomicBool::new(false),
             records_at_cut: AtomicU64::new(0),
             records_seen: AtomicU64::new(0),
@@ -482,7 +479,7 @@ impl Agent {
             *lock(&rt.prot) = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
-        } else if let Some(gap) = &report.gap {
+        } else if let Some(gap) = &added.gap {
             let why = format!("tracking was interrupted ({gap})");
             if prot.copy.done {
                 self.require_resync(&rt, &why, None)
@@ -543,6 +540,30 @@ pub async fn run(
     identity: &pki::Identity,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let cfg = opts.tracker.clone();
+    let start = move || -> anyhow::Result<Box<dyn ChangeSource>> {
+        let tracker =
+            BpfSource::start(cfg).map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
+        Ok(Box::new(tracker))
+    };
+    run_with_source(opts, identity, start, shutdown).await
+}
+
+/// [`run`] with the disks' changes coming from the source `start_source` makes (called once,
+/// in blocking context, after the state directory is locked and the sockets are bound —
+/// where `run` loads the eBPF tracker). `opts.tracker` is then unused. The source is
+/// stopped after every disk, when `shutdown` resolves. Needs a multi-threaded runtime (the
+/// source is called through `block_in_place`).
+///
+/// # Errors
+/// As [`run`]: the source cannot start, the state is unreadable, or the control socket
+/// cannot be made.
+pub async fn run_with_source(
+    opts: AgentOptions,
+    identity: &pki::Identity,
+    start_source: impl FnOnce() -> anyhow::Result<Box<dyn ChangeSource>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     base::modes::restrict_umask();
     base::modes::private_dir(&opts.state)
         .map_err(|e| anyhow::anyhow!("state {}: {e}", opts.state.display()))?;
@@ -561,13 +582,12 @@ pub async fn run(
         Some(addr) => Some(base::metrics::bind(addr).await?),
         None => None,
     };
-    let tracker = tokio::task::block_in_place(|| Tracker::start(opts.tracker.clone()))
-        .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
+    let source = tokio::task::block_in_place(start_source)?;
     let agent = Arc::new(Agent {
         name: identity.name().to_string(),
         client_cfg: identity.client_config()?,
         opts: opts.clone(),
-        tracker: Mutex::new(Some(tracker)),
+        source: Mutex::new(Some(source)),
         disks: Mutex::new(BTreeMap::new()),
         jobs: Mutex::new(Vec::new()),
         next_job: AtomicU64::new(0),
@@ -626,7 +646,7 @@ pub async fn run(
     for d in &disks {
         agent.stop_disk(d).await;
     }
-    let t = lock(&agent.tracker).take();
+    let t = lock(&agent.source).take();
     if let Some(t) = t {
         tokio::task::block_in_place(|| t.stop())
             .map_err(|e| anyhow::anyhow!("stopping the tracker: {e}"))?;
