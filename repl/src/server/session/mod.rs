@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use proto::ErrorCode;
-use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Shared, Slot, lock};
 use crate::net::{ReplError, ServerStream, WriteTimeout, send_error};
@@ -88,16 +88,33 @@ async fn or_refuse<T, R, W: AsyncWrite + Unpin>(
     }
 }
 
-/// Serves one agent connection until it ends: the handshake, the attach, the disk's frames.
-/// The slot records whether the disk is connected and why its last session ended (unless
-/// a newer session of the disk took over).
+/// Serves one agent's TLS connection until it ends, as [`serve`] for the name its
+/// certificate carries.
 ///
 /// # Errors
-/// Why the session ended, if not cleanly.
+/// No usable certificate name, or why the session ended, if not cleanly.
 pub(super) async fn session(shared: Arc<Shared>, stream: ServerStream) -> Result<(), ReplError> {
     let client = pki::peer_name(stream.get_ref().1)
         .ok_or_else(|| ReplError::Auth("client presented no usable certificate name".into()))?;
-    let (r, w): (ReadHalf<ServerStream>, WriteHalf<ServerStream>) = tokio::io::split(stream);
+    serve(shared, client, stream).await
+}
+
+/// Serves agent `client` on `stream` until it ends: the handshake, the attach, the disk's
+/// frames. Generic over the stream, so a test can run it over an in-memory duplex. The slot
+/// records whether the disk is connected and why its last session ended (unless a newer
+/// session of the disk took over).
+///
+/// # Errors
+/// Why the session ended, if not cleanly.
+pub(super) async fn serve<S>(
+    shared: Arc<Shared>,
+    client: String,
+    stream: S,
+) -> Result<(), ReplError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (r, w) = tokio::io::split(stream);
     let mut c = Conn {
         r,
         // Every write to the peer: a peer that stops reading ends the session.
