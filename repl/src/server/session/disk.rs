@@ -55,14 +55,19 @@ pub(super) enum Flow {
 
 /// One attached disk's session: the connection, the disk's slot, the resync state.
 pub(super) struct DiskSession<'a, R, W> {
+    /// The server's state (store, policies, jobs).
     pub(super) shared: &'a Shared,
+    /// The disk's slot: the open disk, the session epoch, the counters.
     pub(super) slot: &'a Slot,
     /// This session's number for the disk: a newer attach supersedes it.
     pub(super) epoch: u64,
+    /// The disk's name.
     pub(super) name: &'a str,
+    /// The connection to the agent.
     pub(super) c: &'a mut Conn<R, W>,
     /// The disk's size at the attach.
     pub(super) size: u64,
+    /// The checksum resync's key, cached digests and uncommitted repairs.
     pub(super) rs: store::ResyncSession,
     /// One reader per session: it keeps its zstd context across frames.
     reader: proto::FrameReader,
