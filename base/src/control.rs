@@ -222,6 +222,15 @@ impl Response {
             data: serde_json::Value::Null,
         }
     }
+
+    /// The answer to a request that ran: `data` on success, else the error with its causes
+    /// (`{e:#}`: "outer: inner: root").
+    pub fn answer(r: anyhow::Result<impl Serialize>) -> Self {
+        match r {
+            Ok(v) => Self::ok(v),
+            Err(e) => Self::err(format!("{e:#}")),
+        }
+    }
 }
 
 /// A request waiting for the daemon's answer.

@@ -224,15 +224,7 @@ fn activate(
     let path = record_path(&dir, test);
     let existing = load(&path)?;
     if cleanup {
-        if !test {
-            anyhow::bail!("--cleanup removes a test failover: add --test");
-        }
-        let r = existing
-            .ok_or_else(|| anyhow::anyhow!("disk {name} has no test failover to clean up"))?;
-        remove(&r);
-        std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        tracing::info!(disk = name, device = %r.device, "test failover cleaned up");
-        return Ok(r);
+        return clean_up(name, test, existing, &path);
     }
     if test && let Some(r) = &existing {
         anyhow::bail!(
@@ -248,51 +240,107 @@ fn activate(
         );
     }
     sh.jobs.step(job, "select-point", 5.0, 0, 0);
-    let (point, in_place) = {
-        let slot = lock(&sh.slots)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
-        let mut g = slot.disk.lock();
-        let d = g
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
-        let p = select_point(d, name, sel)?;
-        // A reverse-replicated disk's replica is this site's own device: it becomes the
-        // active disk in place, at its newest applied cycle only (older points would mean
-        // rewinding the disk itself; export them instead).
-        let in_place = match (&d.state().replica_device, test) {
-            (Some(dev), false) => {
-                let applied = d.state().applied.map(|a| a.seq);
-                if applied != Some(p.id) {
-                    anyhow::bail!(
-                        "disk {name}: the replica is the device {} itself, which holds cycle {applied:?}; only that point can be activated in place (export point {} with `sitrep points export` instead)",
-                        dev.display(),
-                        p.id
-                    );
-                }
-                Some(dev.clone())
-            }
-            _ => None,
-        };
-        if !test {
-            // Replication of this disk stops before anything else: its agent is refused
-            // from now on, and a running session ends at its next frame.
-            d.set_failed_over(format!(
-                "{} failover to point {} (source cut at {} ns since the epoch)",
-                kind.as_str(),
-                p.id,
-                p.cut_time_ns
-            ))?;
-            slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        (p, in_place)
-    };
+    let (point, in_place) = select(sh, name, sel, kind)?;
     if let Some(old) = existing {
         // Another point chosen before the commit: the previous activation goes.
         remove(&old);
     }
-    let (image, device) = match in_place {
+    let (image, device) = bring_up(sh, name, &dir, &point, in_place, test, job)?;
+    let r = FailoverRecord {
+        version: 1,
+        kind: kind.as_str().into(),
+        disk: name.into(),
+        point,
+        image,
+        device,
+        created_unix_ns: base::now_ns(),
+        committed: false,
+    };
+    save(&path, &r)?;
+    tracing::info!(disk = name, kind = %r.kind, point = r.point.id, device = %r.device, "failover");
+    Ok(r)
+}
+
+/// `--test --cleanup`: the test failover of disk `name` (its record `existing`, at `path`)
+/// removed.
+fn clean_up(
+    name: &str,
+    test: bool,
+    existing: Option<FailoverRecord>,
+    path: &Path,
+) -> anyhow::Result<FailoverRecord> {
+    if !test {
+        anyhow::bail!("--cleanup removes a test failover: add --test");
+    }
+    let r =
+        existing.ok_or_else(|| anyhow::anyhow!("disk {name} has no test failover to clean up"))?;
+    remove(&r);
+    std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tracing::info!(disk = name, device = %r.device, "test failover cleaned up");
+    Ok(r)
+}
+
+/// The point `sel` of disk `name`, and the device to activate in place (a reverse-replicated
+/// disk's replica), with the disk marked failed over unless this is a test.
+fn select(
+    sh: &Shared,
+    name: &str,
+    sel: &str,
+    kind: Kind,
+) -> anyhow::Result<(Point, Option<PathBuf>)> {
+    let test = kind == Kind::Test;
+    let slot = lock(&sh.slots)
+        .get(name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+    let mut g = slot.disk.lock();
+    let d = g
+        .as_mut()
+        .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+    let p = select_point(d, name, sel)?;
+    // A reverse-replicated disk's replica is this site's own device: it becomes the
+    // active disk in place, at its newest applied cycle only (older points would mean
+    // rewinding the disk itself; export them instead).
+    let in_place = match (&d.state().replica_device, test) {
+        (Some(dev), false) => {
+            let applied = d.state().applied.map(|a| a.seq);
+            if applied != Some(p.id) {
+                anyhow::bail!(
+                    "disk {name}: the replica is the device {} itself, which holds cycle {applied:?}; only that point can be activated in place (export point {} with `sitrep points export` instead)",
+                    dev.display(),
+                    p.id
+                );
+            }
+            Some(dev.clone())
+        }
+        _ => None,
+    };
+    if !test {
+        // Replication of this disk stops before anything else: its agent is refused
+        // from now on, and a running session ends at its next frame.
+        d.set_failed_over(format!(
+            "{} failover to point {} (source cut at {} ns since the epoch)",
+            kind.as_str(),
+            p.id,
+            p.cut_time_ns
+        ))?;
+        slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    Ok((p, in_place))
+}
+
+/// The failover's disk brought up: the replica's device in place, or `point` exported to an
+/// image in `dir` and attached to a loop device. Returns the image and the device.
+fn bring_up(
+    sh: &Shared,
+    name: &str,
+    dir: &Path,
+    point: &Point,
+    in_place: Option<PathBuf>,
+    test: bool,
+    job: u64,
+) -> anyhow::Result<(PathBuf, String)> {
+    Ok(match in_place {
         Some(dev) => {
             sh.jobs.step(job, "activate-in-place", 90.0, 0, 0);
             let d = dev.display().to_string();
@@ -327,20 +375,7 @@ fn activate(
                 })?;
             (image, device)
         }
-    };
-    let r = FailoverRecord {
-        version: 1,
-        kind: kind.as_str().into(),
-        disk: name.into(),
-        point,
-        image,
-        device,
-        created_unix_ns: base::now_ns(),
-        committed: false,
-    };
-    save(&path, &r)?;
-    tracing::info!(disk = name, kind = %r.kind, point = r.point.id, device = %r.device, "failover");
-    Ok(r)
+    })
 }
 
 /// The failover record of disk `name` (for `sitrep reverse`: which device and point).

@@ -3,111 +3,24 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Shared, lock};
+use super::snapshot::DiskSnapshot;
+use super::{Shared, Slot, lock};
 use base::control::Response;
 use base::status::{self, DiskStatus, Health, ReplState, StatusReport};
 
+/// The server's `status --json`: one entry per disk slot (a disk that could not be opened
+/// shows as Critical with its error), and the listeners' counters.
 pub(super) fn status_report(sh: &Shared) -> StatusReport {
     let slots = lock(&sh.slots).clone();
     let now = base::now_ns();
     let mut disks = Vec::new();
     for (name, slot) in slots {
-        let snap = slot.disk.snapshot();
         let err = lock(&slot.error).clone();
-        let Some(d) = snap else {
-            if let Some(e) = err {
-                disks.push(DiskStatus {
-                    name,
-                    device: None,
-                    peer: String::new(),
-                    state: ReplState::Critical,
-                    health: Health::Critical,
-                    lag_seconds: 0.0,
-                    rpo_target_seconds: None,
-                    backlog_bytes: 0,
-                    bytes_shipped: 0,
-                    wire_bytes: 0,
-                    zero_bytes: 0,
-                    cycles_applied: 0,
-                    last_applied: None,
-                    copy: None,
-                    connected: false,
-                    error: Some(e),
-                    resync_reason: None,
-                    points: 0,
-                    points_bytes: 0,
-                    cycles_judged: 0,
-                    cycles_consistent: 0,
-                    resync: None,
-                    last_resync: None,
-                    resyncs_completed: 0,
-                    next_retry_unix_ns: None,
-                    retries: 0,
-                    action: None,
-                });
-            }
-            continue;
-        };
-        let st = &*d.state;
-        let c = d.counters;
-        let copy_done = st.copy.is_some_and(|c| c.done);
-        let state = if st.failed_over.is_some() {
-            ReplState::FailedOver
-        } else if st.broken.is_some() {
-            ReplState::Critical
-        } else if st.resync.is_some() {
-            ReplState::Resynchronizing
-        } else if copy_done {
-            ReplState::Replicating
-        } else {
-            ReplState::InitialReplication
-        };
-        disks.push(DiskStatus {
-            name,
-            device: None,
-            peer: st.owner.clone(),
-            state,
-            health: if st.broken.is_some() {
-                Health::Critical
-            } else if err.is_some() || d.fault().is_some() {
-                Health::Warning
-            } else {
-                Health::Normal
-            },
-            lag_seconds: st
-                .applied
-                .map_or(0.0, |a| now.saturating_sub(a.cut_time_ns) as f64 / 1e9),
-            rpo_target_seconds: None,
-            backlog_bytes: 0,
-            bytes_shipped: c.data_bytes,
-            wire_bytes: slot.wire_bytes.load(Ordering::Relaxed),
-            zero_bytes: c.zero_bytes,
-            cycles_applied: c.cycles_applied,
-            last_applied: st.applied.map(|a| status::CycleStatus {
-                seq: a.seq,
-                cut_time_unix_ns: a.cut_time_ns,
-            }),
-            copy: st.copy.map(|cp| status::CopyStatus {
-                done: cp.done,
-                bytes_done: cp.cursor,
-                size: st.size,
-                rate_bytes_per_sec: 0.0,
-                eta_seconds: None,
-            }),
-            connected: slot.connected.load(Ordering::Relaxed),
-            error: st.broken.clone().or(d.fault().map(String::from)).or(err),
-            resync_reason: st.broken.clone(),
-            points: d.points.len() as u64,
-            points_bytes: d.points_bytes,
-            cycles_judged: 0,
-            cycles_consistent: 0,
-            resync: None,
-            last_resync: None,
-            resyncs_completed: 0,
-            next_retry_unix_ns: None,
-            retries: 0,
-            action: None,
-        });
+        match (slot.disk.snapshot(), err) {
+            (Some(d), err) => disks.push(disk_status(name, &slot, &d, err, now)),
+            (None, Some(e)) => disks.push(unopened(name, e)),
+            (None, None) => {}
+        }
     }
     StatusReport {
         schema: status::SCHEMA,
@@ -115,6 +28,109 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
         host: sh.name.clone(),
         disks,
         listeners: vec![sh.tls.status(), sh.control.status()],
+    }
+}
+
+/// The status of open disk `name` from its snapshot `d` (`err`: why its last session ended).
+fn disk_status(
+    name: String,
+    slot: &Slot,
+    d: &DiskSnapshot,
+    err: Option<String>,
+    now: u64,
+) -> DiskStatus {
+    let st = &*d.state;
+    let c = d.counters;
+    let copy_done = st.copy.is_some_and(|c| c.done);
+    let state = if st.failed_over.is_some() {
+        ReplState::FailedOver
+    } else if st.broken.is_some() {
+        ReplState::Critical
+    } else if st.resync.is_some() {
+        ReplState::Resynchronizing
+    } else if copy_done {
+        ReplState::Replicating
+    } else {
+        ReplState::InitialReplication
+    };
+    DiskStatus {
+        name,
+        device: None,
+        peer: st.owner.clone(),
+        state,
+        health: if st.broken.is_some() {
+            Health::Critical
+        } else if err.is_some() || d.fault().is_some() {
+            Health::Warning
+        } else {
+            Health::Normal
+        },
+        lag_seconds: st
+            .applied
+            .map_or(0.0, |a| now.saturating_sub(a.cut_time_ns) as f64 / 1e9),
+        rpo_target_seconds: None,
+        backlog_bytes: 0,
+        bytes_shipped: c.data_bytes,
+        wire_bytes: slot.wire_bytes.load(Ordering::Relaxed),
+        zero_bytes: c.zero_bytes,
+        cycles_applied: c.cycles_applied,
+        last_applied: st.applied.map(|a| status::CycleStatus {
+            seq: a.seq,
+            cut_time_unix_ns: a.cut_time_ns,
+        }),
+        copy: st.copy.map(|cp| status::CopyStatus {
+            done: cp.done,
+            bytes_done: cp.cursor,
+            size: st.size,
+            rate_bytes_per_sec: 0.0,
+            eta_seconds: None,
+        }),
+        connected: slot.connected.load(Ordering::Relaxed),
+        error: st.broken.clone().or(d.fault().map(String::from)).or(err),
+        resync_reason: st.broken.clone(),
+        points: d.points.len() as u64,
+        points_bytes: d.points_bytes,
+        cycles_judged: 0,
+        cycles_consistent: 0,
+        resync: None,
+        last_resync: None,
+        resyncs_completed: 0,
+        next_retry_unix_ns: None,
+        retries: 0,
+        action: None,
+    }
+}
+
+/// The status of disk `name`, which could not be opened (`e`).
+fn unopened(name: String, e: String) -> DiskStatus {
+    DiskStatus {
+        name,
+        device: None,
+        peer: String::new(),
+        state: ReplState::Critical,
+        health: Health::Critical,
+        lag_seconds: 0.0,
+        rpo_target_seconds: None,
+        backlog_bytes: 0,
+        bytes_shipped: 0,
+        wire_bytes: 0,
+        zero_bytes: 0,
+        cycles_applied: 0,
+        last_applied: None,
+        copy: None,
+        connected: false,
+        error: Some(e),
+        resync_reason: None,
+        points: 0,
+        points_bytes: 0,
+        cycles_judged: 0,
+        cycles_consistent: 0,
+        resync: None,
+        last_resync: None,
+        resyncs_completed: 0,
+        next_retry_unix_ns: None,
+        retries: 0,
+        action: None,
     }
 }
 

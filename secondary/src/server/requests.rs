@@ -40,13 +40,6 @@ fn off_loop(sh: &Arc<Shared>, reply: oneshot::Sender<Response>, req: Request) {
     });
 }
 
-fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
-    match r {
-        Ok(v) => Response::ok(v),
-        Err(e) => Response::err(format!("{e:#}")),
-    }
-}
-
 /// The requests that may wait for a disk or the store's files.
 fn blocking(sh: &Shared, req: Request) -> Response {
     match req {
@@ -56,7 +49,7 @@ fn blocking(sh: &Shared, req: Request) -> Response {
             point,
             out,
             force,
-        } => answer(export(
+        } => Response::answer(export(
             sh,
             &name,
             &point,
@@ -75,16 +68,16 @@ fn blocking(sh: &Shared, req: Request) -> Response {
             } else {
                 failover::Kind::Unplanned
             };
-            answer(failover::run(sh, &name, &point, kind, cleanup))
+            Response::answer(failover::run(sh, &name, &point, kind, cleanup))
         }
-        Request::FailoverRecord { name } => answer(failover::record(sh, &name)),
-        Request::Commit { name } => answer(failover::commit(sh, &name)),
+        Request::FailoverRecord { name } => Response::answer(failover::record(sh, &name)),
+        Request::Commit { name } => Response::answer(failover::commit(sh, &name)),
         Request::AcceptReverse {
             name,
             from,
             discard_local_changes,
             revoke,
-        } => answer(grants::accept(
+        } => Response::answer(grants::accept(
             sh,
             &name,
             from,

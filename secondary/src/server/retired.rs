@@ -19,10 +19,7 @@ pub(super) fn request(sh: &Shared, purge: Option<&str>) -> Response {
             )
         }),
     };
-    match r {
-        Ok(copies) => Response::ok(retired::RetiredReport { retired: copies }),
-        Err(e) => Response::err(format!("{e:#}")),
-    }
+    Response::answer(r.map(|copies| retired::RetiredReport { retired: copies }))
 }
 
 /// Retired copy `id` (`NAME@NS`) opened read-only, in a slot of its own; `None` if `id` is
@@ -49,16 +46,16 @@ pub(super) fn slot(sh: &Shared, id: &str) -> anyhow::Result<Option<Arc<Slot>>> {
 
 /// `sitrep points NAME@NS`: the points of a retired copy.
 pub(super) fn points_report(sh: &Shared, id: &str) -> Response {
-    let slot = match slot(sh, id) {
-        Ok(Some(s)) => s,
-        Ok(None) => return Response::err(format!("'{id}' is not a retired copy id")),
-        Err(e) => return Response::err(format!("{e:#}")),
-    };
+    Response::answer(retired_points(sh, id))
+}
+
+fn retired_points(sh: &Shared, id: &str) -> anyhow::Result<status::PointsReport> {
+    let slot = slot(sh, id)?.ok_or_else(|| anyhow::anyhow!("'{id}' is not a retired copy id"))?;
     let g = slot.disk.lock();
-    let Some(d) = g.as_ref() else {
-        return Response::err(format!("retired copy {id} is not open"));
-    };
-    Response::ok(status::PointsReport {
+    let d = g
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("retired copy {id} is not open"))?;
+    Ok(status::PointsReport {
         schema: status::SCHEMA,
         disk: id.to_string(),
         size: d.state().size,

@@ -421,3 +421,29 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Keeps `Arc` in use for tests that share a server across threads.
 pub type Shared<T> = Arc<T>;
+
+/// Polls `server`'s status until `done` holds; panics after 20 s, naming `what` and showing
+/// the last status.
+pub fn wait_for_status(
+    server: &Server,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = server.status();
+        if done(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The files in the staging directory of disk `disk` of the store at `store`.
+pub fn staged_files(store: &Path, disk: &str) -> Vec<PathBuf> {
+    let dir = store.join("disks").join(disk).join("staging");
+    std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
