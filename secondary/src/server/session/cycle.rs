@@ -6,45 +6,10 @@ use proto::{Frame, Msg};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
+use super::staged::StagedCycle;
 use super::{refuse, with_disk};
-use crate::store::{self, Admit, StoreError};
+use crate::store::Admit;
 use base::net::{ReplError, send};
-
-/// A cycle being received into its staging file. Dropped before it was committed — the
-/// session refused it, failed or ended — it removes the file: nothing was acknowledged.
-#[derive(Debug)]
-pub(super) struct StagedCycle(Option<store::Staging>);
-
-impl StagedCycle {
-    /// Appends a Data or Zero frame ([`store::Staging::push`]).
-    fn push(&mut self, disk: &str, size: u64, f: &Frame) -> Result<(), StoreError> {
-        match self.0.as_mut() {
-            Some(s) => s.push(disk, size, f),
-            None => Err(committed(disk)),
-        }
-    }
-
-    /// The staging file, handed over to be committed: the guard no longer removes it.
-    fn commit(mut self, disk: &str) -> Result<store::Staging, StoreError> {
-        self.0.take().ok_or_else(|| committed(disk))
-    }
-}
-
-/// The error of a guard used after its commit (the guard is consumed by it: never seen).
-fn committed(disk: &str) -> StoreError {
-    StoreError::BadRequest {
-        disk: disk.into(),
-        why: "the cycle was committed already".into(),
-    }
-}
-
-impl Drop for StagedCycle {
-    fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            s.abandon();
-        }
-    }
-}
 
 impl<R, W> DiskSession<'_, R, W>
 where
@@ -59,7 +24,7 @@ where
             Ok(Admit::Stage) => {
                 let epoch = self.epoch;
                 let s = self.on_disk(|d| d.stage_begin(seq, epoch, &begin)).await?;
-                Ok(Flow::Continue(Mode::Cycle(StagedCycle(Some(s)))))
+                Ok(Flow::Continue(Mode::Cycle(StagedCycle::new(s))))
             }
             Err(e) => {
                 tracing::error!("{e}");

@@ -5,14 +5,14 @@
 //! The mode is a value moved through the loop — into the method that handles a frame and
 //! back out as its [`Flow`] — rather than a field the methods mutate: a method that fails
 //! (`?`) drops the mode it was given, and with it any cycle being staged
-//! ([`super::cycle::StagedCycle`] removes its file on `Drop`).
+//! ([`super::staged::StagedCycle`] removes its file on `Drop`).
 
 use std::sync::atomic::Ordering;
 
 use proto::{CopyState, CycleInfo, Frame, Msg};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::cycle::StagedCycle;
+use super::staged::StagedCycle;
 use super::{Conn, or_refuse, refuse, with_disk};
 use crate::server::{IDLE_TIMEOUT, Shared, Slot};
 use crate::store::{self, Disk, StoreError};

@@ -14,6 +14,7 @@ mod cycle;
 mod disk;
 mod resync;
 mod setup;
+mod staged;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
