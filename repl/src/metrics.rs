@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::status::{DiskStatus, Health, ResyncStatus, StatusReport};
+use crate::status::{DiskStatus, Health, ResyncPhase, ResyncStatus, StatusReport};
 
 /// Longest request head (request line and headers) accepted; longer gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -362,12 +362,11 @@ fn resync_ratio(r: &ResyncStatus) -> f64 {
     } else {
         (r.bytes_done as f64 / r.scope_bytes as f64).clamp(0.0, 1.0)
     };
-    match r.phase.as_str() {
-        "waiting-for-window" => 0.0,
-        "compare-and-repair" => pass / 2.0,
-        "confirm" => 0.5 + pass / 2.0,
-        "done" => 1.0,
-        _ => pass,
+    match r.phase {
+        ResyncPhase::WaitingForWindow => 0.0,
+        ResyncPhase::CompareAndRepair => pass / 2.0,
+        ResyncPhase::Confirm => 0.5 + pass / 2.0,
+        ResyncPhase::Done => 1.0,
     }
 }
 
@@ -462,7 +461,7 @@ mod tests {
         b.error = Some("disk logs: network: connection refused".into());
         b.retries = 3;
         b.resync = Some(ResyncStatus {
-            phase: "confirm".into(),
+            phase: ResyncPhase::Confirm,
             reason: "tracking was interrupted".into(),
             scope_bytes: 1000,
             bytes_done: 500,
@@ -597,12 +596,13 @@ sitrep_retries_total{disk="logs"} 3
             ("confirm", 5000, 1.0),
             ("done", 1000, 1.0),
         ] {
-            r.phase = phase.into();
+            // The schema's strings parse to the typed phase.
+            r.phase = serde_json::from_value(serde_json::json!(phase)).unwrap();
             r.bytes_done = done;
             assert!((resync_ratio(&r) - ratio).abs() < 1e-9, "{phase} {done}");
         }
         r.scope_bytes = 0;
-        r.phase = "compare-and-repair".into();
+        r.phase = ResyncPhase::CompareAndRepair;
         assert!(resync_ratio(&r).abs() < 1e-9);
     }
 

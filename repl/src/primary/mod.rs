@@ -7,6 +7,7 @@
 
 mod cycles;
 pub mod freeze;
+mod jobs;
 mod planned;
 mod requests;
 pub mod resync;
@@ -29,7 +30,8 @@ use tracker_bpf::{Tracker, TrackerConfig};
 
 use crate::config::{Frequency, PolicyFile};
 use crate::control::{self, Call};
-use crate::status::{self, Job, JobState};
+use crate::status::{self, Job};
+use jobs::{JobKind, JobStep};
 use state::{CopyPlan, Protection};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,7 +142,7 @@ pub(crate) struct DiskRt {
     records_at_cut: AtomicU64,
     /// Records since the cut as `status` last read them (shown while the tracker is busy).
     records_seen: AtomicU64,
-    job: Mutex<Option<u64>>,
+    job: Mutex<Option<jobs::CurrentJob>>,
     cache: Mutex<BTreeMap<u64, u64>>,
     /// A pending `sitrep point create` request.
     pub(crate) point_req: Mutex<Option<PointRequest>>,
@@ -314,104 +316,8 @@ impl Agent {
             .map_err(|e| local(format!("disk {}: saving state: {e}", p.name)))?;
         let name = p.name.clone();
         drop(p);
-        self.new_job(rt, "resync", &name);
+        self.new_job(rt, JobKind::Resync, &name);
         Ok(())
-    }
-
-    fn new_job(&self, rt: &DiskRt, kind: &str, disk: &str) -> u64 {
-        let id = self.next_job.fetch_add(1, Ordering::SeqCst) + 1;
-        lock(&self.jobs).push(Job {
-            id,
-            kind: kind.into(),
-            disk: disk.into(),
-            state: JobState::Running,
-            step: "prerequisites".into(),
-            progress_percent: 0.0,
-            bytes_done: 0,
-            bytes_total: 0,
-            rate_bytes_per_sec: 0.0,
-            eta_seconds: None,
-            started_unix_ns: crate::now_ns(),
-            finished_unix_ns: None,
-            error: None,
-        });
-        *lock(&rt.job) = Some(id);
-        id
-    }
-
-    fn update_job(&self, rt: &DiskRt, f: impl FnOnce(&mut Job)) {
-        let Some(id) = *lock(&rt.job) else { return };
-        if let Some(j) = lock(&self.jobs).iter_mut().find(|j| j.id == id) {
-            f(j);
-        }
-    }
-
-    pub(crate) fn job_step(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
-        let (rate, eta) = {
-            let st = lock(&rt.st);
-            match st.copy {
-                Some(c) if step == "initial-replication" => {
-                    let secs = c.started.elapsed().as_secs_f64();
-                    let rate = if secs > 0.5 {
-                        done.saturating_sub(c.started_cursor) as f64 / secs
-                    } else {
-                        0.0
-                    };
-                    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
-                    (rate, eta)
-                }
-                _ => (0.0, None),
-            }
-        };
-        self.update_job(rt, |j| {
-            j.step = step.into();
-            j.bytes_done = done;
-            j.bytes_total = total;
-            j.rate_bytes_per_sec = rate;
-            j.eta_seconds = eta;
-            j.progress_percent = match step {
-                "prerequisites" => 0.0,
-                "start-tracking" => 2.0,
-                "initial-replication" if total > 0 => 5.0 + 85.0 * done as f64 / total as f64,
-                "initial-replication" => 5.0,
-                "ship-changes-during-copy" => 92.0,
-                // Planned failover.
-                "ship-pending" => 10.0,
-                "quiesce" => 20.0,
-                "ship-last-cycle" => 25.0,
-                "compare" => 30.0,
-                "check-no-writes" => 90.0,
-                "activate" => 92.0,
-                _ => 98.0,
-            };
-        });
-    }
-
-    pub(crate) fn job_fail(&self, rt: &DiskRt, msg: &str) {
-        self.job_finish(rt, JobState::Failed, Some(msg.to_string()));
-    }
-
-    pub(crate) fn job_finish(&self, rt: &DiskRt, state: JobState, error: Option<String>) {
-        let finished = crate::now_ns();
-        self.update_job(rt, |j| {
-            if j.state == JobState::Running {
-                j.state = state;
-                j.error = error;
-                j.finished_unix_ns = Some(finished);
-                if state == JobState::Succeeded {
-                    j.step = if j.kind == "enable-protection" {
-                        "finalize-protection"
-                    } else {
-                        "complete"
-                    }
-                    .into();
-                    j.progress_percent = 100.0;
-                }
-            }
-        });
-        if state != JobState::Running {
-            *lock(&rt.job) = None;
-        }
     }
 
     /// Starts tracking and replicating `prot` (new or loaded at start).
@@ -468,10 +374,10 @@ impl Agent {
                 None,
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            job = *lock(&rt.job);
+            job = lock(&rt.job).map(|j| j.id);
         } else if new {
-            job = Some(self.new_job(&rt, "enable-protection", &prot.name));
-            self.job_step(&rt, "start-tracking", 0, 0);
+            job = Some(self.new_job(&rt, JobKind::EnableProtection, &prot.name));
+            self.job_step(&rt, JobStep::StartTracking, 0, 0);
             let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
             prot.copy = CopyPlan {
                 from_seq: seq + 1,
@@ -491,9 +397,9 @@ impl Agent {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else if let Some(plan) = &prot.resync {
             rt.set(|s| s.resync = Some(resync::ResyncRun::new(plan.reason.clone())));
-            self.new_job(&rt, "resync", &prot.name);
+            self.new_job(&rt, JobKind::Resync, &prot.name);
         } else if !prot.copy.done {
-            self.new_job(&rt, "enable-protection", &prot.name);
+            self.new_job(&rt, JobKind::EnableProtection, &prot.name);
         }
         lock(&self.disks).insert(prot.name.clone(), rt.clone());
         let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
@@ -518,7 +424,7 @@ impl Agent {
             return;
         }
         p.failed_over = Some(state::FailedOverInfo {
-            kind: "unplanned".into(),
+            kind: state::FailoverKind::Unplanned,
             unix_ns: crate::now_ns(),
             point: 0,
             cut_time_unix_ns: 0,

@@ -26,9 +26,10 @@ use proto::Msg;
 use tokio::sync::{oneshot, watch};
 
 use super::cycles::{CyclesEnd, ship_sealed};
+use super::jobs::{JobKind, JobStep};
 use super::resync::{WINDOW_BYTES, WINDOW_RANGES};
 use super::scan::{Pass, scan};
-use super::state::{FailedOverInfo, log_dir};
+use super::state::{FailedOverInfo, FailoverKind, log_dir};
 use super::worker::Session;
 use super::{Agent, DiskRt, FrozenCycle, freeze, lock};
 use crate::digest::Key;
@@ -57,7 +58,7 @@ pub(crate) async fn run(
 ) -> Result<bool, ReplError> {
     let name = lock(&rt.prot).name.clone();
     let started = Instant::now();
-    agent.new_job(rt, "planned-failover", &name);
+    agent.new_job(rt, JobKind::PlannedFailover, &name);
     let mut quiesced: Option<freeze::Frozen> = None;
     let res = steps(agent, rt, s, expected, stop, &mut quiesced).await;
     match res {
@@ -117,7 +118,7 @@ async fn steps(
         (p.name.clone(), p.device.clone())
     };
     // 1. Ship what is pending.
-    agent.job_step(rt, "ship-pending", 0, 0);
+    agent.job_step(rt, JobStep::ShipPending, 0, 0);
     agent.cut(rt)?;
     if let Some(end) = ship_sealed(agent, rt, s, expected, stop).await? {
         return Ok(Err(Abort(match end {
@@ -127,7 +128,7 @@ async fn steps(
         })));
     }
     // 2. Quiesce.
-    agent.job_step(rt, "quiesce", 0, 0);
+    agent.job_step(rt, JobStep::Quiesce, 0, 0);
     let label = match freeze::mount_point(&device) {
         Ok(Some(mount)) => match freeze::Frozen::new(&mount) {
             Ok(f) => {
@@ -140,7 +141,7 @@ async fn steps(
         Err(e) => return Ok(Err(Abort(format!("reading the mounts: {e}")))),
     };
     // 3. The last cycle, judged like an app-consistent point's.
-    agent.job_step(rt, "ship-last-cycle", 0, 0);
+    agent.job_step(rt, JobStep::ShipLastCycle, 0, 0);
     let last = agent.cut(rt)?;
     let (tx, mut judged) = oneshot::channel();
     *lock(&rt.frozen) = Some(FrozenCycle {
@@ -174,7 +175,7 @@ async fn steps(
         .as_ref()
         .map_or(0, |a| a.cut_time_ns);
     // 4. Compare the whole disk.
-    agent.job_step(rt, "compare", 0, rt.size);
+    agent.job_step(rt, JobStep::Compare, 0, rt.size);
     let key = Key::random(agent.opts.digest)
         .map_err(|e| ReplError::Local(format!("random digest key: {e}")))?;
     s.msg(Msg::DigestKey {
@@ -194,7 +195,7 @@ async fn steps(
         ))));
     }
     // 5. Nobody wrote since the last cycle.
-    agent.job_step(rt, "check-no-writes", 0, 0);
+    agent.job_step(rt, JobStep::CheckNoWrites, 0, 0);
     let after = agent.cut(rt)?;
     let logs = log_dir(&agent.opts.state, &name);
     let path = hrl::chain::list_logs(&logs)
@@ -215,7 +216,7 @@ async fn steps(
         ))));
     }
     // 6. Activate.
-    agent.job_step(rt, "activate", 0, 0);
+    agent.job_step(rt, JobStep::Activate, 0, 0);
     s.msg(Msg::PlannedFailover { seq: last }).await?;
     let (point, cut, dev, image) = match s.answer(rt).await {
         Ok(Msg::FailoverDone {
@@ -253,7 +254,7 @@ async fn steps(
         seconds: 0.0,
     };
     let info = FailedOverInfo {
-        kind: "planned".into(),
+        kind: FailoverKind::Planned,
         unix_ns: crate::now_ns(),
         point,
         cut_time_unix_ns: cut,

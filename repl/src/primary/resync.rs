@@ -28,6 +28,7 @@ use hrl::chain::list_logs;
 use proto::Msg;
 use tokio::sync::watch;
 
+use super::jobs::{JobKind, JobStep};
 use super::scan::{Pass, scan};
 use super::state::{ResyncPlan, log_dir};
 pub use super::window::ResyncWindow;
@@ -37,7 +38,7 @@ use crate::cycle::read_cycle;
 use crate::digest::Key;
 use crate::net::ReplError;
 use crate::ranges::{self, Range};
-use crate::status::{ResyncStatus, VerifyReport};
+use crate::status::{ResyncPhase, ResyncStatus, VerifyReport};
 
 /// Bytes of one compare window.
 pub const WINDOW_BYTES: u64 = 8 << 20;
@@ -61,7 +62,7 @@ const DRAIN: Duration = Duration::from_millis(250);
 /// A running resync's live progress (agent memory; `status` shows it).
 #[derive(Debug, Clone)]
 pub(crate) struct ResyncRun {
-    pub(crate) phase: &'static str,
+    pub(crate) phase: ResyncPhase,
     pub(crate) reason: String,
     pub(crate) scope_bytes: u64,
     pub(crate) pass_total: u64,
@@ -80,7 +81,7 @@ pub(crate) struct ResyncRun {
 impl ResyncRun {
     pub(crate) fn new(reason: String) -> Self {
         Self {
-            phase: "waiting-for-window",
+            phase: ResyncPhase::WaitingForWindow,
             reason,
             scope_bytes: 0,
             pass_total: 0,
@@ -104,7 +105,7 @@ impl ResyncRun {
             0.0
         };
         ResyncStatus {
-            phase: self.phase.into(),
+            phase: self.phase,
             reason: self.reason.clone(),
             scope_bytes: self.scope_bytes,
             bytes_done: self.pass_done,
@@ -172,35 +173,10 @@ impl Agent {
         drop(p);
         rt.set(|s| s.resync = Some(ResyncRun::new(reason)));
         if lock(&rt.job).is_none() {
-            self.new_job(rt, "resync", &name);
-            self.resync_job(rt, "waiting-for-window", 0, 0);
+            self.new_job(rt, JobKind::Resync, &name);
+            self.job_step(rt, JobStep::WaitingForWindow, 0, 0);
         }
         Ok(())
-    }
-
-    pub(crate) fn resync_job(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
-        let (rate, eta) = lock(&rt.st).resync.as_ref().map_or((0.0, None), |r| {
-            let s = r.status(self.opts.resync_window);
-            (s.rate_bytes_per_sec, s.eta_seconds)
-        });
-        self.update_job(rt, |j| {
-            j.step = step.into();
-            j.bytes_done = done;
-            j.bytes_total = total;
-            j.rate_bytes_per_sec = rate;
-            j.eta_seconds = eta;
-            let frac = if total > 0 {
-                done as f64 / total as f64
-            } else {
-                0.0
-            };
-            j.progress_percent = match step {
-                "waiting-for-window" => 0.0,
-                "compare-and-repair" => 5.0 + 75.0 * frac,
-                "confirm" => 80.0 + 15.0 * frac,
-                _ => 97.0,
-            };
-        });
     }
 }
 
@@ -234,11 +210,11 @@ pub(crate) async fn run(
     });
     if lock(&rt.job).is_none() {
         let name = lock(&rt.prot).name.clone();
-        agent.new_job(rt, "resync", &name);
+        agent.new_job(rt, JobKind::Resync, &name);
     }
     // 0. The window (or `sitrep resync --now`).
     while !(rt.resync_now.load(std::sync::atomic::Ordering::SeqCst) || window.open_now()) {
-        agent.resync_job(rt, "waiting-for-window", 0, 0);
+        agent.job_step(rt, JobStep::WaitingForWindow, 0, 0);
         if idle(s, rt, stop, Duration::from_secs(1)).await? {
             return Ok(ResyncEnd::Stopped);
         }
@@ -290,7 +266,7 @@ pub(crate) async fn run(
     }
     // 2. Compare and repair, from the cursor.
     let todo = ranges::after(&scope, cursor);
-    start_pass(rt, "compare-and-repair", ranges::total(&todo));
+    start_pass(rt, ResyncPhase::CompareAndRepair, ranges::total(&todo));
     if cursor > 0 {
         tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
     }
@@ -310,7 +286,7 @@ pub(crate) async fn run(
     let mut last_cut;
     let mut round = 0;
     loop {
-        start_pass(rt, "confirm", ranges::total(&check));
+        start_pass(rt, ResyncPhase::Confirm, ranges::total(&check));
         let windows = ranges::windows(&check, 0, WINDOW_BYTES, WINDOW_RANGES);
         let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
         agent.cut(rt)?;
@@ -339,7 +315,11 @@ pub(crate) async fn run(
                 unexplained[0].0
             )));
         }
-        start_pass(rt, "compare-and-repair", ranges::total(&unexplained));
+        start_pass(
+            rt,
+            ResyncPhase::CompareAndRepair,
+            ranges::total(&unexplained),
+        );
         let windows = ranges::windows(&unexplained, 0, WINDOW_BYTES, WINDOW_RANGES);
         scan(
             agent,
@@ -379,7 +359,7 @@ pub(crate) async fn run(
     let window = agent.opts.resync_window;
     rt.set(|st| {
         if let Some(mut r) = st.resync.take() {
-            r.phase = "done";
+            r.phase = ResyncPhase::Done;
             r.wire_now = wire;
             let status = r.status(window);
             tracing::info!(
@@ -395,7 +375,7 @@ pub(crate) async fn run(
         }
         st.resyncs_completed += 1;
     });
-    agent.resync_job(rt, "ship-changes-during-resync", 0, 0);
+    agent.job_step(rt, JobStep::ShipChangesDuringResync, 0, 0);
     agent.job_finish(rt, crate::status::JobState::Succeeded, None);
     Ok(ResyncEnd::Done(from_seq))
 }
@@ -481,7 +461,7 @@ fn changed_since(
     Ok(Some(out))
 }
 
-fn start_pass(rt: &DiskRt, phase: &'static str, total: u64) {
+fn start_pass(rt: &DiskRt, phase: ResyncPhase, total: u64) {
     rt.set(|st| {
         if let Some(r) = &mut st.resync {
             r.phase = phase;

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use proto::{Frame, Msg};
 use tokio::sync::{mpsc, watch};
 
+use super::jobs::JobStep;
 use super::resync::{COMMIT_DATA, COMMIT_EVERY, WINDOWS_IN_FLIGHT};
 use super::worker::{Session, send_frame};
 use super::{Agent, DiskRt, lock};
 use crate::digest::{self, Digest, Key};
 use crate::net::ReplError;
 use crate::ranges::{self, Range};
+use crate::status::ResyncPhase;
 
 /// What a scan does with differences.
 #[derive(Debug, Clone, Copy)]
@@ -238,11 +240,11 @@ pub(crate) async fn scan(
             let st = lock(&rt.st);
             st.resync
                 .as_ref()
-                .map_or((0, 0, "compare-and-repair"), |r| {
+                .map_or((0, 0, ResyncPhase::CompareAndRepair), |r| {
                     (r.pass_done, r.pass_total, r.phase)
                 })
         };
-        agent.resync_job(rt, phase, done, total);
+        agent.job_step(rt, JobStep::from(phase), done, total);
         let wire = s.w.wire_bytes;
         rt.set(|st| {
             if let Some(r) = &mut st.resync {

@@ -10,6 +10,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::cycles::{CyclesEnd, run_cycles};
+use super::jobs::JobStep;
 use super::ship::{Item, STALL, Wire, spawn_reader};
 use super::state::{CopyPlan, log_dir};
 use super::{Agent, DiskRt, lock};
@@ -463,7 +464,7 @@ async fn run_copy(
             .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
     }
     tracing::info!(disk = %name, from = start, size, "initial copy");
-    agent.job_step(rt, "initial-replication", start, size);
+    agent.job_step(rt, JobStep::InitialReplication, start, size);
     rt.set(|st| {
         st.copy = Some(super::CopyRun {
             cursor: start,
@@ -546,7 +547,7 @@ async fn run_copy(
         }
     });
     tracing::info!(disk = %name, "initial copy complete; shipping the changes made during it");
-    agent.job_step(rt, "ship-changes-during-copy", 0, 0);
+    agent.job_step(rt, JobStep::ShipChangesDuringCopy, 0, 0);
     Ok(false)
 }
 
@@ -556,7 +557,7 @@ fn copy_progress(agent: &Agent, rt: &DiskRt, cursor: u64, size: u64) {
             c.cursor = cursor;
         }
     });
-    agent.job_step(rt, "initial-replication", cursor, size);
+    agent.job_step(rt, JobStep::InitialReplication, cursor, size);
 }
 
 /// Plans a resync when the pending logs name more than the threshold of the disk.
