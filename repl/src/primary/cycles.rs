@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hrl::chain::list_logs;
 use proto::Msg;
 
+use super::owner::{FrozenCycle, Owner, PointRequest};
 use super::ship::{Item, STALL};
 use super::state::log_dir;
 use super::worker::{GRANULE, PING_EVERY, SCHEDULED_MAX_FREEZE, Session, send_frame};
@@ -14,6 +15,9 @@ use super::{Agent, DiskRt, lock};
 use crate::config::Frequency;
 use crate::cycle::read_cycle;
 use crate::net::ReplError;
+
+/// How often an idle session looks at the tracker's record count (commands wake it at once).
+const RECORDS_TICK: Duration = Duration::from_millis(50);
 
 pub(crate) enum CyclesEnd {
     Stopped,
@@ -30,7 +34,7 @@ pub(super) async fn run_cycles(
     rt: &DiskRt,
     s: &mut Session,
     expected: &mut Option<u64>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<CyclesEnd, ReplError> {
     let (name, device, frequency) = {
         let p = lock(&rt.prot);
@@ -43,13 +47,13 @@ pub(super) async fn run_cycles(
     let mut next_app = app_every.map(|d| Instant::now() + d);
     loop {
         // 1. Ship every sealed log, oldest first.
-        if let Some(end) = ship_sealed(agent, rt, s, expected, stop).await? {
+        if let Some(end) = ship_sealed(agent, rt, s, expected, own).await? {
             return Ok(end);
         }
         agent.job_done_if_caught_up(rt);
         // 2. Wait for the next cut.
         loop {
-            if *stop.borrow() {
+            if own.is_stopped() {
                 return Ok(CyclesEnd::Stopped);
             }
             if lock(&rt.prot).resync.is_some() || !lock(&rt.prot).copy.done {
@@ -57,16 +61,16 @@ pub(super) async fn run_cycles(
                 // required: the session loop runs it.
                 return Ok(CyclesEnd::Resync(None));
             }
-            let planned = lock(&rt.planned_req).take();
+            let planned = own.take_planned();
             if let Some(req) = planned {
-                if super::planned::run(agent, rt, s, expected, stop, req).await? {
+                if super::planned::run(agent, rt, s, expected, own, req).await? {
                     return Ok(CyclesEnd::FailedOver);
                 }
                 break;
             }
-            let verify = lock(&rt.verify_req).take();
+            let verify = own.take_verify();
             if let Some(v) = verify {
-                let r = super::resync::verify(agent, rt, s, stop, *expected).await;
+                let r = super::resync::verify(agent, rt, s, own, *expected).await;
                 let (reply, res) = match r {
                     Ok(rep) => (Ok(rep), Ok(())),
                     Err(e) => (Err(e.to_string()), Err(e)),
@@ -75,14 +79,14 @@ pub(super) async fn run_cycles(
                 res?;
                 break;
             }
-            let idle_for_point = lock(&rt.point_req).is_none();
+            let idle_for_point = own.idle_for_point();
             if let Some(at) = next_app
                 && Instant::now() >= at
                 && idle_for_point
             {
                 next_app = app_every.map(|d| Instant::now() + d);
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                *lock(&rt.point_req) = Some(super::PointRequest {
+                own.put_point(PointRequest {
                     reply: tx,
                     max_freeze: SCHEDULED_MAX_FREEZE,
                     precut: false,
@@ -101,20 +105,18 @@ pub(super) async fn run_cycles(
                     }
                 });
             }
-            // (Taken in its own statement: the guard must not live into the block, which
-            // locks it again.)
-            let req = lock(&rt.point_req).take();
+            let req = own.take_point();
             if let Some(req) = req {
                 if !req.precut && agent.records_since_cut(rt) > 0 {
                     // Ship what is pending first, so the frozen cycle is small.
-                    *lock(&rt.point_req) = Some(super::PointRequest {
+                    own.put_point(PointRequest {
                         precut: true,
                         ..req
                     });
                     agent.cut(rt)?;
                     break;
                 }
-                if freeze_and_cut(agent, rt, &device, req)? {
+                if freeze_and_cut(agent, rt, own, &device, req)? {
                     break;
                 }
                 continue;
@@ -122,7 +124,7 @@ pub(super) async fn run_cycles(
             // A requested cut (`sitrep wait`) is made even if nothing seems recorded: the
             // tracker's drain and the log thread's queue are ordered before the seal, so the
             // sealed log holds every change completed before the request.
-            let forced = rt.take_cut_request();
+            let forced = own.take_cut();
             let records = agent.records_since_cut(rt);
             let due = match frequency {
                 Frequency::Continuous => true,
@@ -146,14 +148,15 @@ pub(super) async fn run_cycles(
             if s.last_sent.elapsed() > PING_EVERY {
                 s.msg(Msg::Ping { nonce: 0 }).await?;
             }
-            // Drain replies (Applied, Pong) while idle.
+            // Drain replies (Applied, Pong) while idle; a command wakes the loop at once.
+            // (The tick is for the tracker's record count only: it has no wake-up to offer.)
             tokio::select! {
                 m = s.recv(rt) => {
                     let m = m?;
                     return Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())));
                 }
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = stop.changed() => return Ok(CyclesEnd::Stopped),
+                () = tokio::time::sleep(RECORDS_TICK) => {}
+                () = own.next() => {}
             }
         }
     }
@@ -167,7 +170,7 @@ pub(crate) async fn ship_sealed(
     rt: &DiskRt,
     s: &mut Session,
     expected: &mut Option<u64>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<Option<CyclesEnd>, ReplError> {
     let (name, device, from_seq) = {
         let p = lock(&rt.prot);
@@ -213,7 +216,7 @@ pub(crate) async fn ship_sealed(
                 "log {seq} records a tracking gap ({why})"
             )))));
         }
-        ship_cycle(agent, rt, s, &device, &cyc, stop).await?;
+        ship_cycle(agent, rt, s, &device, &cyc, own).await?;
         let _ = std::fs::remove_file(&path);
         rt.forget_cached(seq);
         *expected = Some(seq + 1);
@@ -222,7 +225,7 @@ pub(crate) async fn ship_sealed(
             st.pending_logs = st.pending_logs.saturating_sub(1);
             st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
         });
-        if *stop.borrow() {
+        if own.is_stopped() {
             return Ok(Some(CyclesEnd::Stopped));
         }
     }
@@ -235,7 +238,7 @@ async fn ship_cycle(
     s: &mut Session,
     device: &Path,
     cyc: &crate::cycle::CycleExtents,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<(), ReplError> {
     // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
     // sealed by auto-rotation or crash recovery: never a point).
@@ -261,14 +264,14 @@ async fn ship_cycle(
         let waiting = Instant::now();
         let item = tokio::select! {
             i = rx.recv() => i,
-            _ = stop.changed() => return Err(ReplError::Local("stopping".into())),
+            () = own.stopped() => return Err(ReplError::Local("stopping".into())),
         };
         match item {
             Some(Item::Frame { bytes, data, zero }) => {
                 let (waited, sending) = (waiting.elapsed(), Instant::now());
                 send_frame(s, rt, &bytes, data, zero).await?;
                 s.comp.note(waited, sending.elapsed());
-                thaw_if(rt, cyc.seq, true);
+                thaw_if(own, cyc.seq, true);
             }
             Some(Item::Mark(_)) => {}
             Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
@@ -277,7 +280,7 @@ async fn ship_cycle(
                 // recorded between the cut and now can be told from later ones — and only
                 // then thaw a frozen filesystem, whose writes would otherwise race the tag.
                 let tagged = agent.mark(rt, cyc.seq);
-                thaw_if(rt, cyc.seq, false);
+                thaw_if(own, cyc.seq, false);
                 tagged?;
                 break (frames, data_bytes);
             }
@@ -304,7 +307,7 @@ async fn ship_cycle(
                     .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
                         == Some(false));
             lock(&rt.cuts).remove(&cyc.seq);
-            let app = lock(&rt.frozen).take_if(|f| f.seq == cyc.seq);
+            let app = own.frozen.take_if(|f| f.seq == cyc.seq);
             let label = app.as_ref().map(|f| {
                 if f.frozen.is_none() && f.freeze_ms > f.max_freeze.as_secs_f64() * 1000.0 {
                     String::new()
@@ -372,14 +375,15 @@ async fn ship_cycle(
 fn freeze_and_cut(
     agent: &Agent,
     rt: &DiskRt,
+    own: &mut Owner,
     device: &Path,
-    req: super::PointRequest,
+    req: PointRequest,
 ) -> Result<bool, ReplError> {
     let (name, pre, post) = {
         let p = lock(&rt.prot);
         (p.name.clone(), p.pre_hook.clone(), p.post_hook.clone())
     };
-    let fail = |req: super::PointRequest, why: String| {
+    let fail = |req: PointRequest, why: String| {
         let _ = req.reply.send(Err(format!("disk {name}: {why}")));
         Ok(false)
     };
@@ -389,7 +393,7 @@ fn freeze_and_cut(
             Err(e) => return fail(req, e.to_string()),
         };
         tracing::info!(disk = %name, "pre-hook ran for an app-consistent point");
-        return cut_quiesced(agent, rt, req, quiesced, format!("pre-hook `{pre}`"));
+        return cut_quiesced(agent, rt, own, req, quiesced, format!("pre-hook `{pre}`"));
     }
     let mount = match super::freeze::mount_point(device) {
         Ok(Some(m)) => m,
@@ -410,14 +414,15 @@ fn freeze_and_cut(
     };
     tracing::info!(disk = %name, mount = %mount.display(), "frozen for an app-consistent point");
     let label = format!("fsfreeze {}", mount.display());
-    cut_quiesced(agent, rt, req, frozen, label)
+    cut_quiesced(agent, rt, own, req, frozen, label)
 }
 
 /// Cuts the cycle to be read while the disk stays quiesced by `frozen`.
 fn cut_quiesced(
     agent: &Agent,
     rt: &DiskRt,
-    req: super::PointRequest,
+    own: &mut Owner,
+    req: PointRequest,
     frozen: super::freeze::Frozen,
     label: String,
 ) -> Result<bool, ReplError> {
@@ -430,7 +435,7 @@ fn cut_quiesced(
             return Err(e);
         }
     };
-    *lock(&rt.frozen) = Some(super::FrozenCycle {
+    own.frozen = Some(FrozenCycle {
         seq,
         frozen: Some(frozen),
         label,
@@ -443,9 +448,8 @@ fn cut_quiesced(
 
 /// Thaws the filesystem frozen for cycle `seq`: when its reads are done, or (`early`) once it
 /// has been frozen longer than allowed.
-fn thaw_if(rt: &DiskRt, seq: u64, early: bool) {
-    let mut g = lock(&rt.frozen);
-    if let Some(f) = g.as_mut()
+fn thaw_if(own: &mut Owner, seq: u64, early: bool) {
+    if let Some(f) = own.frozen.as_mut()
         && f.seq == seq
         && let Some(fz) = f
             .frozen

@@ -8,6 +8,7 @@
 mod cycles;
 pub mod freeze;
 mod jobs;
+mod owner;
 mod planned;
 mod requests;
 pub mod resync;
@@ -20,12 +21,12 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::CycleInfo;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracker_bpf::{Tracker, TrackerConfig};
 
 use crate::config::{Frequency, PolicyFile};
@@ -113,59 +114,27 @@ pub(crate) struct RtStatus {
     pub(crate) action: Option<String>,
 }
 
-/// An app-consistent point asked for.
-pub(crate) struct PointRequest {
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
-    pub(crate) max_freeze: Duration,
-    /// Pending changes were already cut and shipped (so the frozen cycle is small).
-    pub(crate) precut: bool,
-}
-
-/// The cycle cut while the filesystem was frozen.
-pub(crate) struct FrozenCycle {
-    pub(crate) seq: u64,
-    pub(crate) frozen: Option<freeze::Frozen>,
-    pub(crate) label: String,
-    pub(crate) freeze_ms: f64,
-    pub(crate) max_freeze: Duration,
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
-}
-
 /// One protected disk at run time.
 pub(crate) struct DiskRt {
     pub(crate) prot: Mutex<Protection>,
     st: Mutex<RtStatus>,
-    pub(crate) stop: watch::Sender<bool>,
+    /// The disk task's command channel.
+    pub(crate) cmd: owner::Commands,
     pub(crate) size: u64,
     pub(crate) block_size: u32,
-    cut_request: AtomicBool,
     records_at_cut: AtomicU64,
     /// Records since the cut as `status` last read them (shown while the tracker is busy).
     records_seen: AtomicU64,
     job: Mutex<Option<jobs::CurrentJob>>,
     cache: Mutex<BTreeMap<u64, u64>>,
-    /// A pending `sitrep point create` request.
-    pub(crate) point_req: Mutex<Option<PointRequest>>,
-    /// The cycle being cut and read while the filesystem is frozen.
-    pub(crate) frozen: Mutex<Option<FrozenCycle>>,
     /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
-    /// `sitrep resync --now`: start the required resync outside its window.
-    pub(crate) resync_now: AtomicBool,
-    /// A pending `sitrep verify`.
-    pub(crate) verify_req: Mutex<Option<resync::VerifyRequest>>,
-    /// A pending `sitrep failover NAME --planned`.
-    pub(crate) planned_req: Mutex<Option<planned::PlannedRequest>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl DiskRt {
     pub(crate) fn set(&self, f: impl FnOnce(&mut RtStatus)) {
         f(&mut lock(&self.st));
-    }
-
-    pub(crate) fn take_cut_request(&self) -> bool {
-        self.cut_request.swap(false, Ordering::SeqCst)
     }
 
     /// Changed bytes a sealed log names (cached; None if it cannot be read).
@@ -329,25 +298,19 @@ impl Agent {
         let logs = state::log_dir(&self.opts.state, &prot.name);
         std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
         let report = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
-        let (stop, _) = watch::channel(false);
+        let (cmd, own) = owner::Owner::channel(&prot.name);
         let rt = Arc::new(DiskRt {
             prot: Mutex::new(prot.clone()),
             st: Mutex::new(RtStatus::default()),
-            stop,
+            cmd,
             size: report.info.size,
             block_size: report.info.logical_block_size,
-            cut_request: AtomicBool::new(false),
             records_at_cut: AtomicU64::new(0),
             records_seen: AtomicU64::new(0),
             job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
-            point_req: Mutex::new(None),
-            frozen: Mutex::new(None),
             task: Mutex::new(None),
-            resync_now: AtomicBool::new(false),
-            verify_req: Mutex::new(None),
-            planned_req: Mutex::new(None),
         });
         if prot.failed_over.is_some() {
             // Active on the secondary since a planned failover: tracked (so changes made here
@@ -402,13 +365,13 @@ impl Agent {
             self.new_job(&rt, JobKind::EnableProtection, &prot.name);
         }
         lock(&self.disks).insert(prot.name.clone(), rt.clone());
-        let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
+        let h = tokio::spawn(worker::run(self.clone(), rt.clone(), own));
         *lock(&rt.task) = Some(h);
         Ok((rt, job))
     }
 
     async fn stop_disk(&self, rt: &Arc<DiskRt>) {
-        let _ = rt.stop.send(true);
+        let _ = rt.cmd.send(owner::DiskCommand::Stop);
         let h = lock(&rt.task).take();
         if let Some(h) = h {
             let _ = tokio::time::timeout(Duration::from_secs(30), h).await;

@@ -23,24 +23,20 @@
 use std::time::Instant;
 
 use proto::Msg;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::cycles::{CyclesEnd, ship_sealed};
 use super::jobs::{JobKind, JobStep};
+use super::owner::{FrozenCycle, Owner, PlannedRequest};
 use super::resync::{WINDOW_BYTES, WINDOW_RANGES};
 use super::scan::{Pass, scan};
 use super::state::{FailedOverInfo, FailoverKind, log_dir};
 use super::worker::Session;
-use super::{Agent, DiskRt, FrozenCycle, freeze, lock};
+use super::{Agent, DiskRt, freeze, lock};
 use crate::digest::Key;
 use crate::net::ReplError;
 use crate::ranges;
 use crate::status::{JobState, PlannedReport};
-
-/// A pending `sitrep failover NAME --planned`.
-pub(crate) struct PlannedRequest {
-    pub(crate) reply: oneshot::Sender<Result<PlannedReport, String>>,
-}
 
 /// Why the planned failover stopped before the activation (replication goes on).
 struct Abort(String);
@@ -53,14 +49,14 @@ pub(crate) async fn run(
     rt: &DiskRt,
     s: &mut Session,
     expected: &mut Option<u64>,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     req: PlannedRequest,
 ) -> Result<bool, ReplError> {
     let name = lock(&rt.prot).name.clone();
     let started = Instant::now();
     agent.new_job(rt, JobKind::PlannedFailover, &name);
     let mut quiesced: Option<freeze::Frozen> = None;
-    let res = steps(agent, rt, s, expected, stop, &mut quiesced).await;
+    let res = steps(agent, rt, s, expected, own, &mut quiesced).await;
     match res {
         Ok(Ok((mut report, info))) => {
             report.seconds = started.elapsed().as_secs_f64();
@@ -110,7 +106,7 @@ async fn steps(
     rt: &DiskRt,
     s: &mut Session,
     expected: &mut Option<u64>,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     quiesced: &mut Option<freeze::Frozen>,
 ) -> Result<Steps, ReplError> {
     let (name, device) = {
@@ -120,7 +116,7 @@ async fn steps(
     // 1. Ship what is pending.
     agent.job_step(rt, JobStep::ShipPending, 0, 0);
     agent.cut(rt)?;
-    if let Some(end) = ship_sealed(agent, rt, s, expected, stop).await? {
+    if let Some(end) = ship_sealed(agent, rt, s, expected, own).await? {
         return Ok(Err(Abort(match end {
             CyclesEnd::Resync(Some(why)) => format!("a resync is needed first ({why})"),
             CyclesEnd::Resync(None) => "a resync is needed first".into(),
@@ -144,7 +140,7 @@ async fn steps(
     agent.job_step(rt, JobStep::ShipLastCycle, 0, 0);
     let last = agent.cut(rt)?;
     let (tx, mut judged) = oneshot::channel();
-    *lock(&rt.frozen) = Some(FrozenCycle {
+    own.frozen = Some(FrozenCycle {
         seq: last,
         frozen: None,
         label: label.clone(),
@@ -152,9 +148,9 @@ async fn steps(
         max_freeze: std::time::Duration::from_secs(24 * 3600),
         reply: tx,
     });
-    let shipped = ship_sealed(agent, rt, s, expected, stop).await;
+    let shipped = ship_sealed(agent, rt, s, expected, own).await;
     // Not judged (an error, or the log was not shipped): forget the request.
-    lock(&rt.frozen).take_if(|f| f.seq == last);
+    own.frozen.take_if(|f| f.seq == last);
     if let Some(end) = shipped? {
         return Ok(Err(Abort(match end {
             CyclesEnd::Resync(Some(why)) => format!("a resync is needed ({why})"),
@@ -184,7 +180,7 @@ async fn steps(
     })
     .await?;
     let windows = ranges::windows(&[(0, rt.size)], 0, WINDOW_BYTES, WINDOW_RANGES);
-    let differ = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+    let differ = scan(agent, rt, s, &key, windows, Pass::Compare, own).await?;
     if !differ.is_empty() {
         let differ = ranges::normalize(differ);
         return Ok(Err(Abort(format!(

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::owner::{DiskCommand, PlannedRequest, PointRequest, VerifyRequest};
 use super::state::{self, CopyPlan, Protection};
-use super::{Agent, PointRequest, lock, planned, resync};
+use super::{Agent, lock};
 use crate::config::Frequency;
 use crate::control::{Request, Response};
 use crate::status::{self, DiskStatus, Job, JobsReport};
@@ -145,17 +145,13 @@ impl Agent {
             anyhow::bail!("disk {name}: no point before the initial copy completes");
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.point_req);
-            if g.is_some() || lock(&rt.frozen).is_some() {
-                anyhow::bail!("disk {name}: an app-consistent point is already being made");
-            }
-            *g = Some(PointRequest {
-                reply: tx,
-                max_freeze,
-                precut: false,
-            });
-        }
+        // Refused by the disk's task if a point is already being made; dropped (the reply
+        // then says replication stopped) if the task is gone.
+        let _ = rt.cmd.send(DiskCommand::Point(PointRequest {
+            reply: tx,
+            max_freeze,
+            precut: false,
+        }));
         tokio::time::timeout(Duration::from_secs(300), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: no point after 300 s (is it connected?)"))?
@@ -181,7 +177,7 @@ impl Agent {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if now {
-            rt.resync_now.store(true, Ordering::SeqCst);
+            let _ = rt.cmd.send(DiskCommand::ResyncNow);
         }
         Ok(self.disk_status(&rt))
     }
@@ -206,13 +202,9 @@ impl Agent {
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.verify_req);
-            if g.is_some() {
-                anyhow::bail!("disk {name}: a verify is already running");
-            }
-            *g = Some(resync::VerifyRequest { reply: tx });
-        }
+        let _ = rt
+            .cmd
+            .send(DiskCommand::Verify(VerifyRequest { reply: tx }));
         tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: verify did not finish in 24 h"))?
@@ -314,13 +306,9 @@ impl Agent {
             );
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.planned_req);
-            if g.is_some() {
-                anyhow::bail!("disk {name}: a planned failover is already running");
-            }
-            *g = Some(planned::PlannedRequest { reply: tx });
-        }
+        let _ = rt
+            .cmd
+            .send(DiskCommand::PlannedFailover(PlannedRequest { reply: tx }));
         tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: the planned failover did not finish in 24 h"))?
@@ -338,7 +326,7 @@ impl Agent {
         let settled = t0;
         let deadline = Instant::now() + timeout;
         let mut target: Option<u64> = None;
-        rt.cut_request.store(true, Ordering::SeqCst);
+        let _ = rt.cmd.send(DiskCommand::Cut);
         loop {
             {
                 let p = lock(&rt.prot);
@@ -369,7 +357,7 @@ impl Agent {
                 anyhow::bail!("disk {name}: not caught up after {timeout:?}");
             }
             if target.is_none() {
-                rt.cut_request.store(true, Ordering::SeqCst);
+                let _ = rt.cmd.send(DiskCommand::Cut);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use hrl::chain::list_logs;
 use proto::Msg;
-use tokio::sync::watch;
 
 use super::jobs::{JobKind, JobStep};
+use super::owner::Owner;
 use super::scan::{Pass, scan};
 use super::state::{ResyncPlan, log_dir};
 pub use super::window::ResyncWindow;
@@ -195,7 +195,7 @@ pub(crate) async fn run(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<ResyncEnd, ReplError> {
     let window = agent.opts.resync_window;
     let reason = lock(&rt.prot)
@@ -213,14 +213,13 @@ pub(crate) async fn run(
         agent.new_job(rt, JobKind::Resync, &name);
     }
     // 0. The window (or `sitrep resync --now`).
-    while !(rt.resync_now.load(std::sync::atomic::Ordering::SeqCst) || window.open_now()) {
+    while !(own.resync_now() || window.open_now()) {
         agent.job_step(rt, JobStep::WaitingForWindow, 0, 0);
-        if idle(s, rt, stop, Duration::from_secs(1)).await? {
+        if idle(s, rt, own, Duration::from_secs(1)).await? {
             return Ok(ResyncEnd::Stopped);
         }
     }
-    rt.resync_now
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    own.clear_resync_now();
     let name = lock(&rt.prot).name.clone();
     let size = rt.size;
     // 1. The cut and the scope.
@@ -278,7 +277,7 @@ pub(crate) async fn run(
         &key,
         windows,
         Pass::Repair { fixed_cursor: None },
-        stop,
+        own,
     )
     .await?;
     // 3. Confirm.
@@ -288,7 +287,7 @@ pub(crate) async fn run(
     loop {
         start_pass(rt, ResyncPhase::Confirm, ranges::total(&check));
         let windows = ranges::windows(&check, 0, WINDOW_BYTES, WINDOW_RANGES);
-        let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+        let found = scan(agent, rt, s, &key, windows, Pass::Compare, own).await?;
         agent.cut(rt)?;
         tokio::time::sleep(DRAIN).await;
         last_cut = agent.cut(rt)?;
@@ -330,7 +329,7 @@ pub(crate) async fn run(
             Pass::Repair {
                 fixed_cursor: Some(size),
             },
-            stop,
+            own,
         )
         .await?;
         check = unexplained;
@@ -472,14 +471,14 @@ fn start_pass(rt: &DiskRt, phase: ResyncPhase, total: u64) {
     });
 }
 
-/// Pings and drains while idle for `d`; true if stopped.
+/// Pings and drains while idle for `d` (or until a command arrives); true if stopped.
 pub(crate) async fn idle(
     s: &mut Session,
     rt: &DiskRt,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     d: Duration,
 ) -> Result<bool, ReplError> {
-    if *stop.borrow() {
+    if own.is_stopped() {
         return Ok(true);
     }
     if s.last_sent.elapsed() > PING_EVERY {
@@ -491,16 +490,11 @@ pub(crate) async fn idle(
             Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())))
         }
         () = tokio::time::sleep(d) => Ok(false),
-        _ = stop.changed() => Ok(true),
+        () = own.next() => Ok(own.is_stopped()),
     }
 }
 
 // ---- online verify ------------------------------------------------------------------------
-
-/// A `sitrep verify` request waiting for the disk's session.
-pub(crate) struct VerifyRequest {
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<VerifyReport, String>>,
-}
 
 /// Compares the whole replica with the source by digests only (between cycles); plans a
 /// resync of the differences no recorded change explains.
@@ -508,7 +502,7 @@ pub(crate) async fn verify(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     expected: Option<u64>,
 ) -> Result<VerifyReport, ReplError> {
     let name = lock(&rt.prot).name.clone();
@@ -522,7 +516,7 @@ pub(crate) async fn verify(
     .await?;
     let scope = vec![(0, rt.size)];
     let windows = ranges::windows(&scope, 0, WINDOW_BYTES, WINDOW_RANGES);
-    let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+    let found = scan(agent, rt, s, &key, windows, Pass::Compare, own).await?;
     agent.cut(rt)?;
     tokio::time::sleep(DRAIN).await;
     let last = agent.cut(rt)?;

@@ -8,9 +8,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use proto::{Frame, Msg};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::jobs::JobStep;
+use super::owner::Owner;
 use super::resync::{COMMIT_DATA, COMMIT_EVERY, WINDOWS_IN_FLIGHT};
 use super::worker::{Session, send_frame};
 use super::{Agent, DiskRt, lock};
@@ -165,7 +166,7 @@ pub(crate) async fn scan(
     key: &Key,
     windows: Vec<Vec<Range>>,
     pass: Pass,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<Vec<Range>, ReplError> {
     let device = lock(&rt.prot).device.clone();
     let mut rx = spawn_source(device, key.clone(), windows);
@@ -186,7 +187,7 @@ pub(crate) async fn scan(
         while !src_done && q.len() < WINDOWS_IN_FLIGHT {
             let w = tokio::select! {
                 w = rx.recv() => w,
-                _ = stop.changed() => return Err(ReplError::Local("stopping".into())),
+                () = own.stopped() => return Err(ReplError::Local("stopping".into())),
             };
             match w {
                 None => src_done = true,

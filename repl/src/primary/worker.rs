@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::cycles::{CyclesEnd, run_cycles};
 use super::jobs::JobStep;
+use super::owner::Owner;
 use super::ship::{Item, STALL, Wire, spawn_reader};
 use super::state::{CopyPlan, log_dir};
 use super::{Agent, DiskRt, lock};
@@ -36,16 +37,15 @@ enum Ended {
 }
 
 /// Runs disk `rt` until it is stopped.
-pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
+pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
     let clock = SystemClock;
     let mut backoff = Backoff::new(agent.opts.retry_unit);
-    let mut stop = rt.stop.subscribe();
     loop {
-        if *stop.borrow() {
+        if own.is_stopped() {
             return;
         }
         let progress = lock(&rt.st).progress;
-        let res = session(&agent, &rt).await;
+        let res = session(&agent, &rt, &mut own).await;
         // The schedule starts over only if the server confirmed real work in the session
         // (a staged cycle, a copy or resync checkpoint, ...): a server that accepts the
         // attach but fails every cycle (out of space) is retried 1, 2, 4, ... units apart.
@@ -55,7 +55,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
         rt.set(|s| s.connected = false);
         // Never leave a filesystem frozen behind a failed session (dropping thaws it, and
         // the requester hears that replication stopped).
-        drop(lock(&rt.frozen).take());
+        drop(own.frozen.take());
         match res {
             Ok(Ended::Stopped) => return,
             Err(ReplError::Refused {
@@ -83,7 +83,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                     });
                     tokio::select! {
                         () = clock.sleep(retry.delay) => {}
-                        _ = stop.changed() => {
+                        () = own.stopped() => {
                             rt.set(|s| s.next_retry_ns = None);
                             return;
                         }
@@ -116,7 +116,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                     }
                     agent.job_fail(&rt, &msg);
                     // Non-recoverable: wait for the operator (unprotect, or restart the agent).
-                    let _ = stop.changed().await;
+                    own.stopped().await;
                     return;
                 }
             }
@@ -275,7 +275,7 @@ fn spawn_receiver(
     rx
 }
 
-async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
+async fn session(agent: &Agent, rt: &DiskRt, own: &mut Owner) -> Result<Ended, ReplError> {
     let prot = lock(&rt.prot).clone();
     let size = rt.size;
     let cfg = agent.client_cfg.clone();
@@ -358,7 +358,6 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
                 let _ = p.save(&agent.opts.state);
             }
         }
-        let mut stop = rt.stop.subscribe();
         // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
         // than shipping them, and drops them at once.
         if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
@@ -375,13 +374,13 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
                         .filter(|c| c.from_seq == plan.from_seq && !c.done)
                         .map(|c| c.cursor)
                 };
-                if run_copy(agent, rt, &mut s, plan, cursor, &mut stop).await? {
+                if run_copy(agent, rt, &mut s, plan, cursor, own).await? {
                     return Ok(Ended::Stopped);
                 }
                 expected = Some(plan.from_seq);
             }
             if lock(&rt.prot).resync.is_some() {
-                match super::resync::run(agent, rt, &mut s, &mut stop).await? {
+                match super::resync::run(agent, rt, &mut s, own).await? {
                     super::resync::ResyncEnd::Stopped => {
                         let _ = s.msg(Msg::Bye).await;
                         s.w.shutdown().await;
@@ -392,7 +391,7 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
                 }
                 continue;
             }
-            match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
+            match run_cycles(agent, rt, &mut s, &mut expected, own).await? {
                 CyclesEnd::Stopped => {
                     let _ = s.msg(Msg::Bye).await;
                     s.w.shutdown().await;
@@ -442,7 +441,7 @@ async fn run_copy(
     s: &mut Session,
     plan: CopyPlan,
     cursor: Option<u64>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<bool, ReplError> {
     let size = rt.size;
     let name = lock(&rt.prot).name.clone();
@@ -487,7 +486,7 @@ async fn run_copy(
     loop {
         let item = tokio::select! {
             i = rx.recv() => i,
-            _ = stop.changed() => return Ok(true),
+            () = own.stopped() => return Ok(true),
         };
         match item {
             Some(Item::Frame { bytes, data, zero }) => {
