@@ -172,7 +172,7 @@ impl Agent {
     /// Moves the disk's job to `step`, `done` of `total` bytes into it.
     #[allow(clippy::cast_precision_loss)] // rates
     pub(crate) fn job_step(&self, rt: &DiskRt, step: JobStep, done: u64, total: u64) {
-        let snap = lock(&rt.st);
+        let snap = rt.snapshot();
         let (rate, eta) = match (&snap.copy, &snap.resync) {
             (Some(c), _) if step == JobStep::InitialReplication => {
                 let secs = c.started.elapsed().as_secs_f64();

@@ -9,11 +9,13 @@ mod cycles;
 pub mod freeze;
 mod jobs;
 mod owner;
+mod phase;
 mod planned;
 mod requests;
 pub mod resync;
 mod scan;
 pub mod ship;
+mod snapshot;
 pub mod state;
 mod status_report;
 mod window;
@@ -23,16 +25,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use proto::CycleInfo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracker_bpf::{Tracker, TrackerConfig};
 
 use crate::config::{Frequency, PolicyFile};
 use crate::control::{self, Call};
-use crate::status::{self, Job};
+use crate::status::Job;
 use jobs::{JobKind, JobStep};
+use snapshot::{DiskSnapshot, ProtGuard};
 use state::{CopyPlan, Protection};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,51 +75,11 @@ pub struct AgentOptions {
     pub metrics: Option<String>,
 }
 
-/// A running initial copy.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CopyRun {
-    pub(crate) cursor: u64,
-    pub(crate) size: u64,
-    pub(crate) started: Instant,
-    pub(crate) started_cursor: u64,
-    pub(crate) done: bool,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct RtStatus {
-    /// Server confirmations of real work (acks, applied cycles) since start: a session that
-    /// moved it resets the retry schedule.
-    pub(crate) progress: u64,
-    pub(crate) connected: bool,
-    pub(crate) error: Option<String>,
-    pub(crate) critical: bool,
-    pub(crate) last_applied: Option<CycleInfo>,
-    pub(crate) last_shipped_seq: Option<u64>,
-    pub(crate) last_cut: Option<(u64, u64)>,
-    pub(crate) bytes_shipped: u64,
-    pub(crate) wire_bytes: u64,
-    pub(crate) zero_bytes: u64,
-    pub(crate) cycles_applied: u64,
-    pub(crate) cycles_judged: u64,
-    pub(crate) cycles_consistent: u64,
-    pub(crate) copy: Option<CopyRun>,
-    pub(crate) backlog_bytes: u64,
-    pub(crate) pending_logs: usize,
-    pub(crate) resync: Option<resync::ResyncRun>,
-    pub(crate) last_resync: Option<status::ResyncStatus>,
-    pub(crate) resyncs_completed: u64,
-    /// When the next attempt is due (Unix ns) while waiting to retry.
-    pub(crate) next_retry_ns: Option<u64>,
-    /// Attempts retried since the agent started.
-    pub(crate) retries: u64,
-    /// The operator's action for a critical error.
-    pub(crate) action: Option<String>,
-}
-
 /// One protected disk at run time.
 pub(crate) struct DiskRt {
     pub(crate) prot: Mutex<Protection>,
-    st: Mutex<RtStatus>,
+    /// The published state (`status`, jobs and metrics read it).
+    snap: watch::Sender<DiskSnapshot>,
     /// The disk task's command channel.
     pub(crate) cmd: owner::Commands,
     pub(crate) size: u64,
@@ -133,8 +95,31 @@ pub(crate) struct DiskRt {
 }
 
 impl DiskRt {
-    pub(crate) fn set(&self, f: impl FnOnce(&mut RtStatus)) {
-        f(&mut lock(&self.st));
+    /// Changes the published state (its phase follows).
+    pub(crate) fn set(&self, f: impl FnOnce(&mut DiskSnapshot)) {
+        self.snap.send_modify(|s| {
+            f(s);
+            s.phase = phase::Phase::of(s);
+        });
+    }
+
+    /// The published state, as last changed (a short read borrow: do not hold it across
+    /// other locks or awaits).
+    pub(crate) fn snapshot(&self) -> watch::Ref<'_, DiskSnapshot> {
+        self.snap.borrow()
+    }
+
+    /// A subscription to the published state.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<DiskSnapshot> {
+        self.snap.subscribe()
+    }
+
+    /// The protection, locked for a change that is published when the guard drops.
+    pub(crate) fn prot_mut(&self) -> ProtGuard<'_> {
+        ProtGuard {
+            guard: lock(&self.prot),
+            snap: &self.snap,
+        }
     }
 
     /// Changed bytes a sealed log names (cached; None if it cannot be read).
@@ -273,7 +258,7 @@ impl Agent {
     /// again with cycles from the new log on.
     pub(crate) fn start_recopy(&self, rt: &DiskRt, why: &str) -> Result<(), crate::net::ReplError> {
         let seq = self.cut(rt)?;
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         tracing::warn!(disk = %p.name, "resync required: {why}; copying the disk again");
         p.copy = CopyPlan {
             from_seq: seq + 1,
@@ -301,7 +286,7 @@ impl Agent {
         let (cmd, own) = owner::Owner::channel(&prot.name);
         let rt = Arc::new(DiskRt {
             prot: Mutex::new(prot.clone()),
-            st: Mutex::new(RtStatus::default()),
+            snap: watch::channel(DiskSnapshot::new(prot.clone())).0,
             cmd,
             size: report.info.size,
             block_size: report.info.logical_block_size,
@@ -328,7 +313,7 @@ impl Agent {
                 done: true,
                 restart: false,
             };
-            *lock(&rt.prot) = prot.clone();
+            *rt.prot_mut() = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
             self.require_resync(
@@ -347,7 +332,7 @@ impl Agent {
                 done: false,
                 restart: false,
             };
-            *lock(&rt.prot) = prot.clone();
+            *rt.prot_mut() = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
         } else if let Some(gap) = &report.gap {
@@ -359,7 +344,7 @@ impl Agent {
             }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else if let Some(plan) = &prot.resync {
-            rt.set(|s| s.resync = Some(resync::ResyncRun::new(plan.reason.clone())));
+            rt.set(|s| s.resync = Some(snapshot::ResyncRun::new(plan.reason.clone())));
             self.new_job(&rt, JobKind::Resync, &prot.name);
         } else if !prot.copy.done {
             self.new_job(&rt, JobKind::EnableProtection, &prot.name);
@@ -382,7 +367,7 @@ impl Agent {
     /// site): remember it, so reverse replication into this site's disk can be adopted.
     /// Tracking goes on, so what this site writes from now on is known.
     pub(crate) fn record_failed_over_elsewhere(&self, rt: &DiskRt, why: &str) {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         if p.failed_over.is_some() {
             return;
         }

@@ -57,11 +57,12 @@ pub(crate) async fn run(
     agent.new_job(rt, JobKind::PlannedFailover, &name);
     let mut quiesced: Option<freeze::Frozen> = None;
     let res = steps(agent, rt, s, expected, own, &mut quiesced).await;
+    rt.set(|st| st.planned = None);
     match res {
         Ok(Ok((mut report, info))) => {
             report.seconds = started.elapsed().as_secs_f64();
             {
-                let mut p = lock(&rt.prot);
+                let mut p = rt.prot_mut();
                 p.failed_over = Some(info);
                 if let Err(e) = p.save(&agent.opts.state) {
                     // The activation happened; the record is what failed. Say so loudly:
@@ -99,6 +100,12 @@ pub(crate) async fn run(
     }
 }
 
+/// Moves the failover to `at` (the job's step and the disk's phase).
+fn step(agent: &Agent, rt: &DiskRt, at: JobStep, done: u64, total: u64) {
+    rt.set(|st| st.planned = Some(at));
+    agent.job_step(rt, at, done, total);
+}
+
 type Steps = Result<(PlannedReport, FailedOverInfo), Abort>;
 
 async fn steps(
@@ -114,7 +121,7 @@ async fn steps(
         (p.name.clone(), p.device.clone())
     };
     // 1. Ship what is pending.
-    agent.job_step(rt, JobStep::ShipPending, 0, 0);
+    step(agent, rt, JobStep::ShipPending, 0, 0);
     agent.cut(rt)?;
     if let Some(end) = ship_sealed(agent, rt, s, expected, own).await? {
         return Ok(Err(Abort(match end {
@@ -124,7 +131,7 @@ async fn steps(
         })));
     }
     // 2. Quiesce.
-    agent.job_step(rt, JobStep::Quiesce, 0, 0);
+    step(agent, rt, JobStep::Quiesce, 0, 0);
     let label = match freeze::mount_point(&device) {
         Ok(Some(mount)) => match freeze::Frozen::new(&mount) {
             Ok(f) => {
@@ -137,7 +144,7 @@ async fn steps(
         Err(e) => return Ok(Err(Abort(format!("reading the mounts: {e}")))),
     };
     // 3. The last cycle, judged like an app-consistent point's.
-    agent.job_step(rt, JobStep::ShipLastCycle, 0, 0);
+    step(agent, rt, JobStep::ShipLastCycle, 0, 0);
     let last = agent.cut(rt)?;
     let (tx, mut judged) = oneshot::channel();
     own.frozen = Some(FrozenCycle {
@@ -166,12 +173,13 @@ async fn steps(
         }
         Ok(Err(e)) => return Ok(Err(Abort(e))),
     }
-    let cut_time_ns = lock(&rt.st)
+    let cut_time_ns = rt
+        .snapshot()
         .last_applied
         .as_ref()
         .map_or(0, |a| a.cut_time_ns);
     // 4. Compare the whole disk.
-    agent.job_step(rt, JobStep::Compare, 0, rt.size);
+    step(agent, rt, JobStep::Compare, 0, rt.size);
     let key = Key::random(agent.opts.digest)
         .map_err(|e| ReplError::Local(format!("random digest key: {e}")))?;
     s.msg(Msg::DigestKey {
@@ -191,7 +199,7 @@ async fn steps(
         ))));
     }
     // 5. Nobody wrote since the last cycle.
-    agent.job_step(rt, JobStep::CheckNoWrites, 0, 0);
+    step(agent, rt, JobStep::CheckNoWrites, 0, 0);
     let after = agent.cut(rt)?;
     let logs = log_dir(&agent.opts.state, &name);
     let path = hrl::chain::list_logs(&logs)
@@ -212,7 +220,7 @@ async fn steps(
         ))));
     }
     // 6. Activate.
-    agent.job_step(rt, JobStep::Activate, 0, 0);
+    step(agent, rt, JobStep::Activate, 0, 0);
     s.msg(Msg::PlannedFailover { seq: last }).await?;
     let (point, cut, dev, image) = match s.answer(rt).await {
         Ok(Msg::FailoverDone {

@@ -13,6 +13,9 @@ use crate::config::Frequency;
 use crate::control::{Request, Response};
 use crate::status::{self, DiskStatus, Job, JobsReport};
 
+/// How often `sitrep wait` repeats its cut request until a cut made after it is seen.
+const CUT_AGAIN: Duration = Duration::from_millis(50);
+
 impl Agent {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn protect(
@@ -299,11 +302,13 @@ impl Agent {
                 );
             }
         }
-        if lock(&rt.st).critical {
-            anyhow::bail!(
-                "disk {name} is critical: {}",
-                lock(&rt.st).error.clone().unwrap_or_default()
-            );
+        let critical = {
+            let snap = rt.snapshot();
+            snap.critical
+                .then(|| snap.error.clone().unwrap_or_default())
+        };
+        if let Some(error) = critical {
+            anyhow::bail!("disk {name} is critical: {error}");
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = rt
@@ -327,10 +332,10 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut target: Option<u64> = None;
         let _ = rt.cmd.send(DiskCommand::Cut);
+        let mut snap = rt.subscribe();
         loop {
             {
-                let p = lock(&rt.prot);
-                let st = lock(&rt.st);
+                let st = snap.borrow_and_update();
                 if st.critical {
                     anyhow::bail!(
                         "disk {name}: {}",
@@ -338,17 +343,15 @@ impl Agent {
                     );
                 }
                 let applied = st.last_applied.as_ref().map(|a| a.seq);
-                if p.copy.done {
+                if st.prot.copy.done {
                     if target.is_none()
                         && let Some((seq, at)) = st.last_cut
                         && at >= settled
                     {
                         target = Some(seq);
                     }
-                    let reached = target.is_some_and(|t| applied.is_some_and(|a| a >= t));
-                    if reached {
+                    if target.is_some_and(|t| applied.is_some_and(|a| a >= t)) {
                         drop(st);
-                        drop(p);
                         return Ok(self.disk_status(&rt));
                     }
                 }
@@ -357,9 +360,11 @@ impl Agent {
                 anyhow::bail!("disk {name}: not caught up after {timeout:?}");
             }
             if target.is_none() {
+                // Until a cut made after the call is seen (the task may be busy copying).
                 let _ = rt.cmd.send(DiskCommand::Cut);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Woken by the disk's next publication; the tick repeats the cut request.
+            let _ = tokio::time::timeout(CUT_AGAIN, snap.changed()).await;
         }
     }
 

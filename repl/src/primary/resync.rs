@@ -30,6 +30,7 @@ use proto::Msg;
 use super::jobs::{JobKind, JobStep};
 use super::owner::Owner;
 use super::scan::{Pass, scan};
+use super::snapshot::ResyncRun;
 use super::state::{ResyncPlan, log_dir};
 pub use super::window::ResyncWindow;
 use super::worker::{GRANULE, PING_EVERY, Session};
@@ -38,7 +39,7 @@ use crate::cycle::read_cycle;
 use crate::digest::Key;
 use crate::net::ReplError;
 use crate::ranges::{self, Range};
-use crate::status::{ResyncPhase, ResyncStatus, VerifyReport};
+use crate::status::{ResyncPhase, VerifyReport};
 
 /// Bytes of one compare window.
 pub const WINDOW_BYTES: u64 = 8 << 20;
@@ -59,69 +60,6 @@ pub const CONFIRM_ROUNDS: usize = 3;
 /// Wait after the confirmation's first cut so writes in flight at it are recorded.
 const DRAIN: Duration = Duration::from_millis(250);
 
-/// A running resync's live progress (agent memory; `status` shows it).
-#[derive(Debug, Clone)]
-pub(crate) struct ResyncRun {
-    pub(crate) phase: ResyncPhase,
-    pub(crate) reason: String,
-    pub(crate) scope_bytes: u64,
-    pub(crate) pass_total: u64,
-    pub(crate) pass_done: u64,
-    pub(crate) pass_started: Instant,
-    pub(crate) compared: u64,
-    pub(crate) differing: u64,
-    pub(crate) data_sent: u64,
-    pub(crate) wire_at_start: u64,
-    pub(crate) wire_now: u64,
-    /// Bytes written by earlier sessions of this resync.
-    pub(crate) wire_before: u64,
-    pub(crate) started: Option<Instant>,
-}
-
-impl ResyncRun {
-    pub(crate) fn new(reason: String) -> Self {
-        Self {
-            phase: ResyncPhase::WaitingForWindow,
-            reason,
-            scope_bytes: 0,
-            pass_total: 0,
-            pass_done: 0,
-            pass_started: Instant::now(),
-            compared: 0,
-            differing: 0,
-            data_sent: 0,
-            wire_at_start: 0,
-            wire_now: 0,
-            wire_before: 0,
-            started: None,
-        }
-    }
-
-    pub(crate) fn status(&self, window: ResyncWindow) -> ResyncStatus {
-        let secs = self.pass_started.elapsed().as_secs_f64();
-        let rate = if secs > 0.2 {
-            self.pass_done as f64 / secs
-        } else {
-            0.0
-        };
-        ResyncStatus {
-            phase: self.phase,
-            reason: self.reason.clone(),
-            scope_bytes: self.scope_bytes,
-            bytes_done: self.pass_done,
-            compared_bytes: self.compared,
-            differing_bytes: self.differing,
-            data_bytes_sent: self.data_sent,
-            wire_bytes: self.wire_before + self.wire_now.saturating_sub(self.wire_at_start),
-            rate_bytes_per_sec: rate,
-            eta_seconds: (rate > 0.0 && self.pass_done < self.pass_total)
-                .then(|| (self.pass_total - self.pass_done) as f64 / rate),
-            seconds: self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-            window: window.to_string(),
-        }
-    }
-}
-
 impl Agent {
     /// Records that disk `rt` needs a checksum resync of `scope` (`None`: the whole disk)
     /// because of `why`. Merged into a pending one; a running one starts over with the
@@ -135,7 +73,7 @@ impl Agent {
         why: &str,
         scope: Option<Vec<Range>>,
     ) -> Result<(), ReplError> {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| ReplError::Local(format!("random id: {e}")))?;
         let plan = match p.resync.take() {
@@ -347,7 +285,7 @@ pub(crate) async fn run(
         }
     }
     {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.resync = None;
         p.resync_reason = None;
         p.points_from_seq = last_cut + 1;
@@ -421,7 +359,7 @@ fn start_plan(agent: &Agent, rt: &DiskRt) -> Result<ResyncPlan, ReplError> {
         ..plan
     };
     {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.resync = Some(plan.clone());
         p.save(&agent.opts.state)
             .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;

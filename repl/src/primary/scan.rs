@@ -238,7 +238,7 @@ pub(crate) async fn scan(
             continue;
         }
         let (done, total, phase) = {
-            let st = lock(&rt.st);
+            let st = rt.snapshot();
             st.resync
                 .as_ref()
                 .map_or((0, 0, ResyncPhase::CompareAndRepair), |r| {

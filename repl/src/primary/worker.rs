@@ -44,12 +44,12 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
         if own.is_stopped() {
             return;
         }
-        let progress = lock(&rt.st).progress;
+        let progress = rt.snapshot().progress;
         let res = session(&agent, &rt, &mut own).await;
         // The schedule starts over only if the server confirmed real work in the session
         // (a staged cycle, a copy or resync checkpoint, ...): a server that accepts the
         // attach but fails every cycle (out of space) is retried 1, 2, 4, ... units apart.
-        if lock(&rt.st).progress != progress {
+        if rt.snapshot().progress != progress {
             backoff.reset();
         }
         rt.set(|s| s.connected = false);
@@ -337,7 +337,7 @@ async fn session(agent: &Agent, rt: &DiskRt, own: &mut Owner) -> Result<Ended, R
         // The server is the authority on what it holds: if it lost the copy (a new store), or it
         // belongs to another copy, start over.
         {
-            let mut p = lock(&rt.prot);
+            let mut p = rt.prot_mut();
             let server_ok = server_copy
                 .as_ref()
                 .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
@@ -423,7 +423,7 @@ async fn session(agent: &Agent, rt: &DiskRt, own: &mut Owner) -> Result<Ended, R
 /// (`server/reverse.rs`).
 fn record_server_name(agent: &Agent, rt: &DiskRt, name: Option<&str>) {
     let Some(name) = name else { return };
-    let mut p = lock(&rt.prot);
+    let mut p = rt.prot_mut();
     if p.server_name.as_deref() == Some(name) {
         return;
     }
@@ -457,7 +457,7 @@ async fn run_copy(
         )));
     }
     if plan.restart {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.copy.restart = false;
         p.save(&agent.opts.state)
             .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
@@ -465,7 +465,7 @@ async fn run_copy(
     tracing::info!(disk = %name, from = start, size, "initial copy");
     agent.job_step(rt, JobStep::InitialReplication, start, size);
     rt.set(|st| {
-        st.copy = Some(super::CopyRun {
+        st.copy = Some(super::snapshot::CopyRun {
             cursor: start,
             size,
             started: Instant::now(),
@@ -534,7 +534,7 @@ async fn run_copy(
     .await?;
     s.expect_ack(rt, Some(size)).await?;
     {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.copy.done = true;
         p.save(&agent.opts.state)
             .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
