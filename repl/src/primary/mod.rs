@@ -5,6 +5,8 @@
 //! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
 
+mod app_point;
+mod copy;
 mod cycles;
 pub mod freeze;
 mod jobs;
@@ -14,6 +16,8 @@ mod planned;
 mod requests;
 pub mod resync;
 mod scan;
+mod sealed;
+mod session;
 pub mod ship;
 mod snapshot;
 pub mod state;
@@ -99,7 +103,7 @@ impl DiskRt {
     pub(crate) fn set(&self, f: impl FnOnce(&mut DiskSnapshot)) {
         self.snap.send_modify(|s| {
             f(s);
-            s.phase = phase::Phase::of(s);
+            s.phase = s.phase_now();
         });
     }
 

@@ -178,10 +178,10 @@ impl Owner {
         self.verify.take()
     }
 
-    /// Whether no app-consistent point is waiting or being made.
+    /// Whether no app-consistent point request is waiting.
     pub(crate) fn idle_for_point(&mut self) -> bool {
         self.drain();
-        self.point.is_none() && self.frozen.is_none()
+        self.point.is_none()
     }
 
     /// The app-consistent point asked for, if any.

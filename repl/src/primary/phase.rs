@@ -13,12 +13,12 @@
 //! ```
 //!
 //! The phase is a pure function of what the disk's task publishes (the protection it saved
-//! and its run-time fields, [`DiskSnapshot`]), recomputed at every publication — so the
-//! protection file (which survives restarts) stays the one record of the durable part, and
-//! no second copy of it can disagree.
+//! and its run-time fields, `snapshot::DiskSnapshot`), recomputed at every publication — so
+//! the protection file (which survives restarts) stays the one record of the durable part,
+//! and no second copy of it can disagree.
 
 use super::jobs::JobStep;
-use super::snapshot::DiskSnapshot;
+use super::state::Protection;
 use crate::status::ReplState;
 
 /// Where a disk stands.
@@ -41,13 +41,19 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    /// The phase `s` describes.
-    pub(crate) fn of(s: &DiskSnapshot) -> Self {
-        let p = &s.prot;
-        let running = s.resync.as_ref().is_some_and(|r| r.started.is_some());
+    /// The phase of a disk with protection `p`, in a non-recoverable error or not
+    /// (`critical`), its resync running (`resync_running`: past its window), and at this
+    /// planned-failover step.
+    pub(crate) fn of(
+        p: &Protection,
+        critical: bool,
+        resync_running: bool,
+        planned: Option<JobStep>,
+    ) -> Self {
+        let running = resync_running;
         if p.failed_over.is_some() {
             Self::FailedOverToPeer
-        } else if s.critical {
+        } else if critical {
             Self::Critical
         } else if p.resync.is_some() && running {
             Self::Resynchronizing
@@ -55,7 +61,7 @@ impl Phase {
             Self::ResyncRequired
         } else if !p.copy.done {
             Self::InitialCopy
-        } else if let Some(step) = s.planned {
+        } else if let Some(step) = planned {
             Self::PlannedFailover(step)
         } else {
             Self::Protected
@@ -80,8 +86,7 @@ impl Phase {
 mod tests {
     use super::*;
     use crate::config::Frequency;
-    use crate::primary::snapshot::ResyncRun;
-    use crate::primary::state::{CopyPlan, Protection, ResyncPlan};
+    use crate::primary::state::{CopyPlan, FailedOverInfo, FailoverKind, ResyncPlan};
 
     fn prot() -> Protection {
         Protection {
@@ -111,33 +116,31 @@ mod tests {
 
     #[test]
     fn phases_follow_the_protection_and_the_run() {
-        let mut s = DiskSnapshot::new(prot());
-        assert_eq!(s.phase, Phase::InitialCopy);
-        s.prot.resync_reason = Some("gap".into());
-        assert_eq!(Phase::of(&s), Phase::ResyncRequired);
-        s.prot.resync_reason = None;
-        s.prot.copy.done = true;
-        assert_eq!(Phase::of(&s), Phase::Protected);
-        s.planned = Some(JobStep::Quiesce);
-        assert_eq!(Phase::of(&s), Phase::PlannedFailover(JobStep::Quiesce));
-        assert_eq!(Phase::of(&s).state(), ReplState::Protected);
-        s.planned = None;
-        s.prot.resync = Some(ResyncPlan {
+        let mut p = prot();
+        assert_eq!(Phase::of(&p, false, false, None), Phase::InitialCopy);
+        assert_eq!(
+            Phase::of(&p, false, false, None).state(),
+            ReplState::InitialReplication
+        );
+        p.resync_reason = Some("gap".into());
+        assert_eq!(Phase::of(&p, false, false, None), Phase::ResyncRequired);
+        p.resync_reason = None;
+        p.copy.done = true;
+        assert_eq!(Phase::of(&p, false, false, None), Phase::Protected);
+        let planned = Phase::of(&p, false, false, Some(JobStep::Quiesce));
+        assert_eq!(planned, Phase::PlannedFailover(JobStep::Quiesce));
+        assert_eq!(planned.state(), ReplState::Protected);
+        p.resync = Some(ResyncPlan {
             id: 1,
             reason: "gap".into(),
             scope: None,
             from_seq: None,
         });
-        s.resync = Some(ResyncRun::new("gap".into()));
-        assert_eq!(Phase::of(&s), Phase::ResyncRequired);
-        if let Some(r) = &mut s.resync {
-            r.started = Some(std::time::Instant::now());
-        }
-        assert_eq!(Phase::of(&s), Phase::Resynchronizing);
-        s.critical = true;
-        assert_eq!(Phase::of(&s).state(), ReplState::Critical);
-        s.prot.failed_over = Some(crate::primary::state::FailedOverInfo {
-            kind: crate::primary::state::FailoverKind::Planned,
+        assert_eq!(Phase::of(&p, false, false, None), Phase::ResyncRequired);
+        assert_eq!(Phase::of(&p, false, true, None), Phase::Resynchronizing);
+        assert_eq!(Phase::of(&p, true, true, None).state(), ReplState::Critical);
+        p.failed_over = Some(FailedOverInfo {
+            kind: FailoverKind::Planned,
             unix_ns: 0,
             point: 1,
             cut_time_unix_ns: 0,
@@ -145,6 +148,9 @@ mod tests {
             image: String::new(),
             quiesced: String::new(),
         });
-        assert_eq!(Phase::of(&s).state(), ReplState::FailedOverToPeer);
+        assert_eq!(
+            Phase::of(&p, true, false, None).state(),
+            ReplState::FailedOverToPeer
+        );
     }
 }

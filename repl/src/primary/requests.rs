@@ -387,8 +387,8 @@ impl Agent {
                 app_consistent_every,
                 pre_hook,
                 post_hook,
-            } => match self
-                .protect(
+            } => answer(
+                self.protect(
                     device,
                     to,
                     name,
@@ -397,25 +397,20 @@ impl Agent {
                     (pre_hook, post_hook),
                     None,
                 )
-                .await
-            {
-                Ok(job) => Response::ok(job),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Unprotect { name } => match self.unprotect(&name).await {
-                Ok(()) => Response::ok(serde_json::json!({ "name": name })),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+                .await,
+            ),
+            Request::Unprotect { name } => answer(
+                self.unprotect(&name)
+                    .await
+                    .map(|()| serde_json::json!({ "name": name })),
+            ),
             Request::CreatePoint {
                 name,
                 max_freeze_ms,
-            } => match self
-                .create_point(&name, Duration::from_millis(max_freeze_ms))
-                .await
-            {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+            } => answer(
+                self.create_point(&name, Duration::from_millis(max_freeze_ms))
+                    .await,
+            ),
             Request::Points { .. } | Request::Export { .. } | Request::Retired { .. } => {
                 Response::err(
                     "recovery points live on the server: use the server's socket (--socket)",
@@ -429,10 +424,7 @@ impl Agent {
                     "failover and commit run on the secondary: use the server's socket (--socket)",
                 )
             }
-            Request::Resync { name, now } => match self.request_resync(&name, now) {
-                Ok(s) => Response::ok(s),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+            Request::Resync { name, now } => answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,
                 device,
@@ -440,8 +432,8 @@ impl Agent {
                 fork_seq,
                 discard_target_changes,
                 frequency,
-            } => match self
-                .reverse(
+            } => answer(
+                self.reverse(
                     name,
                     device,
                     to,
@@ -449,30 +441,23 @@ impl Agent {
                     discard_target_changes,
                     &frequency,
                 )
-                .await
-            {
-                Ok(job) => Response::ok(job),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Recopy { name } => match self.recopy(&name) {
-                Ok(s) => Response::ok(s),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::PlannedFailover { name } => match self.planned_failover(&name).await {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Verify { name } => match self.verify(&name).await {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+                .await,
+            ),
+            Request::Recopy { name } => answer(self.recopy(&name)),
+            Request::PlannedFailover { name } => answer(self.planned_failover(&name).await),
+            Request::Verify { name } => answer(self.verify(&name).await),
             Request::Wait { name, timeout_secs } => {
-                match self.wait(&name, Duration::from_secs(timeout_secs)).await {
-                    Ok(s) => Response::ok(s),
-                    Err(e) => Response::err(format!("{e:#}")),
-                }
+                answer(self.wait(&name, Duration::from_secs(timeout_secs)).await)
             }
         }
+    }
+}
+
+/// The answer to a request: its result, or the error with its causes.
+fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
+    match r {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("{e:#}")),
     }
 }
 

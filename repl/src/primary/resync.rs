@@ -30,10 +30,10 @@ use proto::Msg;
 use super::jobs::{JobKind, JobStep};
 use super::owner::Owner;
 use super::scan::{Pass, scan};
+use super::session::{GRANULE, PING_EVERY, Session};
 use super::snapshot::ResyncRun;
 use super::state::{ResyncPlan, log_dir};
 pub use super::window::ResyncWindow;
-use super::worker::{GRANULE, PING_EVERY, Session};
 use super::{Agent, DiskRt, lock};
 use crate::cycle::read_cycle;
 use crate::digest::Key;
@@ -41,18 +41,7 @@ use crate::net::ReplError;
 use crate::ranges::{self, Range};
 use crate::status::{ResyncPhase, VerifyReport};
 
-/// Bytes of one compare window.
-pub const WINDOW_BYTES: u64 = 8 << 20;
-/// Ranges in one window (and so in one digest request).
-pub const WINDOW_RANGES: usize = 1024;
-/// Windows whose digests are requested and not yet settled.
-pub const WINDOWS_IN_FLIGHT: usize = 6;
-/// Commit the repairs and the cursor after this many compared bytes...
-pub const COMMIT_EVERY: u64 = 64 << 20;
-/// ... or as soon as this much repair data (data and zero ranges) waits for its commit. Each
-/// commit costs the server an fdatasync (and an undo part): committing every window made a
-/// 4 GiB resync with 1 % scattered changes wait on ~500 of them on a slow disk.
-pub const COMMIT_DATA: u64 = 16 << 20;
+pub use super::scan::{COMMIT_DATA, COMMIT_EVERY, WINDOW_BYTES, WINDOW_RANGES, WINDOWS_IN_FLIGHT};
 /// A scope is coarsened (a superset) to at most this many ranges.
 pub const MAX_SCOPE_RANGES: usize = 65536;
 /// Repair-and-recheck rounds of the confirmation before the resync fails.
@@ -158,9 +147,45 @@ pub(crate) async fn run(
         }
     }
     own.clear_resync_now();
+    // 1. The cut and the scope.
+    let (plan, scope, key, cursor) = begin(agent, rt, s).await?;
+    let (id, from_seq) = (plan.id, plan.from_seq.unwrap_or(0));
+    // 2. Compare and repair, from the cursor.
+    let todo = ranges::after(&scope, cursor);
+    start_pass(rt, ResyncPhase::CompareAndRepair, ranges::total(&todo));
+    if cursor > 0 {
+        let name = lock(&rt.prot).name.clone();
+        tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
+    }
+    let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
+    scan(
+        agent,
+        rt,
+        s,
+        &key,
+        windows,
+        Pass::Repair { fixed_cursor: None },
+        own,
+    )
+    .await?;
+    // 3. Confirm.
+    let Some(last_cut) = confirm(agent, rt, s, own, &key, scope, from_seq).await? else {
+        return Ok(ResyncEnd::Again);
+    };
+    // 4. Done.
+    done(agent, rt, s, id, from_seq, last_cut).await?;
+    Ok(ResyncEnd::Done(from_seq))
+}
+
+/// Fixes the plan (cut, scope), opens the resync on the server; returns the plan, its
+/// scope, the digest key and the server's cursor.
+async fn begin(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+) -> Result<(ResyncPlan, Vec<Range>, Key, u64), ReplError> {
     let name = lock(&rt.prot).name.clone();
     let size = rt.size;
-    // 1. The cut and the scope.
     let plan = start_plan(agent, rt)?;
     let (id, from_seq) = (plan.id, plan.from_seq.unwrap_or(0));
     let scope = plan.scope.clone().unwrap_or_else(|| vec![(0, size)]);
@@ -201,37 +226,36 @@ pub(crate) async fn run(
             "disk {name}: the server's resync cursor {cursor} is not a valid position on the {size}-byte disk"
         )));
     }
-    // 2. Compare and repair, from the cursor.
-    let todo = ranges::after(&scope, cursor);
-    start_pass(rt, ResyncPhase::CompareAndRepair, ranges::total(&todo));
-    if cursor > 0 {
-        tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
-    }
-    let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
-    scan(
-        agent,
-        rt,
-        s,
-        &key,
-        windows,
-        Pass::Repair { fixed_cursor: None },
-        own,
-    )
-    .await?;
-    // 3. Confirm.
-    let mut check = scope.clone();
+    Ok((plan, scope, key, cursor))
+}
+
+/// Compares the scope again until every difference is explained by a change recorded since
+/// the resync's cut (repairing the others, at most [`CONFIRM_ROUNDS`] times). Returns the
+/// last cut; `None` if tracking lost changes meanwhile (the resync is planned again).
+async fn confirm(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    own: &mut Owner,
+    key: &Key,
+    scope: Vec<Range>,
+    from_seq: u64,
+) -> Result<Option<u64>, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let size = rt.size;
+    let mut check = scope;
     let mut last_cut;
     let mut round = 0;
     loop {
         start_pass(rt, ResyncPhase::Confirm, ranges::total(&check));
         let windows = ranges::windows(&check, 0, WINDOW_BYTES, WINDOW_RANGES);
-        let found = scan(agent, rt, s, &key, windows, Pass::Compare, own).await?;
+        let found = scan(agent, rt, s, key, windows, Pass::Compare, own).await?;
         agent.cut(rt)?;
         tokio::time::sleep(DRAIN).await;
         last_cut = agent.cut(rt)?;
         let Some(changed) = changed_since(agent, rt, from_seq, last_cut)? else {
             agent.require_resync(rt, "tracking lost changes during the resync", None)?;
-            return Ok(ResyncEnd::Again);
+            return Ok(None);
         };
         let unexplained = ranges::subtract(&ranges::normalize(found), &changed);
         if unexplained.is_empty() {
@@ -262,7 +286,7 @@ pub(crate) async fn run(
             agent,
             rt,
             s,
-            &key,
+            key,
             windows,
             Pass::Repair {
                 fixed_cursor: Some(size),
@@ -272,7 +296,19 @@ pub(crate) async fn run(
         .await?;
         check = unexplained;
     }
-    // 4. Done.
+    Ok(Some(last_cut))
+}
+
+/// Ends the resync on the server and records it complete.
+async fn done(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    id: u64,
+    from_seq: u64,
+    last_cut: u64,
+) -> Result<(), ReplError> {
+    let name = lock(&rt.prot).name.clone();
     s.msg(Msg::ResyncDone { id, from_seq }).await?;
     match s.answer(rt).await? {
         Msg::ResyncFinished { id: i } if i == id => {}
@@ -314,7 +350,7 @@ pub(crate) async fn run(
     });
     agent.job_step(rt, JobStep::ShipChangesDuringResync, 0, 0);
     agent.job_finish(rt, crate::status::JobState::Succeeded, None);
-    Ok(ResyncEnd::Done(from_seq))
+    Ok(())
 }
 
 /// Makes the plan's cut and fixes its scope (once; a resumed plan keeps both).

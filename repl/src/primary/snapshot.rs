@@ -91,7 +91,7 @@ impl ResyncRun {
 pub(crate) struct DiskSnapshot {
     /// The protection as last changed (and saved).
     pub(crate) prot: Protection,
-    /// Where the disk stands, from `prot` and the fields below ([`Phase::of`]).
+    /// Where the disk stands, from `prot` and the fields below ([`Self::phase_now`]).
     pub(crate) phase: Phase,
     /// Server confirmations of real work (acks, applied cycles) since start: a session that
     /// moved it resets the retry schedule.
@@ -125,6 +125,12 @@ pub(crate) struct DiskSnapshot {
 }
 
 impl DiskSnapshot {
+    /// The phase the fields describe ([`Phase::of`]).
+    pub(crate) fn phase_now(&self) -> Phase {
+        let running = self.resync.as_ref().is_some_and(|r| r.started.is_some());
+        Phase::of(&self.prot, self.critical, running, self.planned)
+    }
+
     /// The state of a disk just started with `prot`.
     pub(crate) fn new(prot: Protection) -> Self {
         let mut s = Self {
@@ -154,7 +160,7 @@ impl DiskSnapshot {
             action: None,
             planned: None,
         };
-        s.phase = Phase::of(&s);
+        s.phase = s.phase_now();
         s
     }
 }
@@ -187,7 +193,7 @@ impl Drop for ProtGuard<'_> {
                 return false;
             }
             s.prot = p.clone();
-            s.phase = Phase::of(s);
+            s.phase = s.phase_now();
             true
         });
     }
