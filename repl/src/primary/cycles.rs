@@ -10,6 +10,7 @@ use proto::Msg;
 
 use super::app_point::freeze_and_cut;
 use super::owner::{Owner, PlannedRequest, PointRequest, VerifyRequest};
+use super::reason::ResyncCause;
 use super::sealed::{ShipEnd, ship_sealed};
 use super::session::{PING_EVERY, SCHEDULED_MAX_FREEZE, Session};
 use super::ship::STALL;
@@ -25,7 +26,7 @@ pub(crate) enum CyclesEnd {
     /// Stop requested.
     Stopped,
     /// A resync is required: planned already (`None`), or for this reason, whole disk.
-    Resync(Option<String>),
+    Resync(Option<ResyncCause>),
     /// A planned failover was asked for: the session runs it between cycles.
     Planned(PlannedRequest),
     /// A verify was asked for: the session runs it between cycles.

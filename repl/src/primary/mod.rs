@@ -13,6 +13,7 @@ mod jobs;
 mod owner;
 mod phase;
 mod planned;
+mod reason;
 mod requests;
 pub mod resync;
 mod scan;
@@ -38,6 +39,7 @@ use crate::config::{Frequency, PolicyFile};
 use crate::control::{self, Call};
 use crate::status::Job;
 use jobs::{JobKind, JobStep};
+use reason::ResyncCause;
 use snapshot::{DiskSnapshot, ProtGuard};
 use state::{CopyPlan, Protection};
 
@@ -260,7 +262,11 @@ impl Agent {
 
     /// Starts a full re-copy (the stand-in for the checksum resync): cut, and copy everything
     /// again with cycles from the new log on.
-    pub(crate) fn start_recopy(&self, rt: &DiskRt, why: &str) -> Result<(), crate::net::ReplError> {
+    pub(crate) fn start_recopy(
+        &self,
+        rt: &DiskRt,
+        why: &ResyncCause,
+    ) -> Result<(), crate::net::ReplError> {
         let seq = self.cut(rt)?;
         let mut p = rt.prot_mut();
         tracing::warn!(disk = %p.name, "resync required: {why}; copying the disk again");
@@ -320,12 +326,8 @@ impl Agent {
             *rt.prot_mut() = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
-            self.require_resync(
-                &rt,
-                "reverse replication: the whole disk is compared with the other site's",
-                None,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.require_resync(&rt, &ResyncCause::Reverse, None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             job = lock(&rt.job).map(|j| j.id);
         } else if new {
             job = Some(self.new_job(&rt, JobKind::EnableProtection, &prot.name));
@@ -340,7 +342,7 @@ impl Agent {
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
         } else if let Some(gap) = &report.gap {
-            let why = format!("tracking was interrupted ({gap})");
+            let why = ResyncCause::TrackingInterrupted { gap: gap.clone() };
             if prot.copy.done {
                 self.require_resync(&rt, &why, None)
             } else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::owner::{DiskCommand, PlannedRequest, PointRequest, VerifyRequest};
+use super::reason::ResyncCause;
 use super::state::{self, CopyPlan, Protection};
 use super::{Agent, lock};
 use crate::config::Frequency;
@@ -176,7 +177,7 @@ impl Agent {
             );
         }
         if lock(&rt.prot).resync.is_none() {
-            self.require_resync(&rt, "requested by the operator", None)
+            self.require_resync(&rt, &ResyncCause::Operator, None)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if now {
@@ -268,7 +269,7 @@ impl Agent {
         if lock(&rt.prot).failed_over.is_some() {
             anyhow::bail!("disk {name} failed over: nothing to copy from here");
         }
-        self.start_recopy(&rt, "full copy requested by the operator")
+        self.start_recopy(&rt, &ResyncCause::OperatorFullCopy)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(self.disk_status(&rt))
     }

@@ -29,6 +29,7 @@ use proto::Msg;
 
 use super::jobs::{JobKind, JobStep};
 use super::owner::Owner;
+use super::reason::ResyncCause;
 use super::scan::{Pass, scan};
 use super::session::{GRANULE, PING_EVERY, Session};
 use super::snapshot::ResyncRun;
@@ -59,7 +60,7 @@ impl Agent {
     pub(crate) fn require_resync(
         &self,
         rt: &DiskRt,
-        why: &str,
+        why: &ResyncCause,
         scope: Option<Vec<Range>>,
     ) -> Result<(), ReplError> {
         let mut p = rt.prot_mut();
@@ -72,11 +73,7 @@ impl Agent {
                 } else {
                     old.id
                 },
-                reason: if old.reason.contains(why) {
-                    old.reason
-                } else {
-                    format!("{}; {why}", old.reason)
-                },
+                reason: why.merged_into(&old.reason),
                 scope: match (old.scope, scope) {
                     (Some(a), Some(b)) => Some(ranges::union(&a, &ranges::normalize(b))),
                     _ => None,
@@ -254,7 +251,7 @@ async fn confirm(
         tokio::time::sleep(DRAIN).await;
         last_cut = agent.cut(rt)?;
         let Some(changed) = changed_since(agent, rt, from_seq, last_cut)? else {
-            agent.require_resync(rt, "tracking lost changes during the resync", None)?;
+            agent.require_resync(rt, &ResyncCause::LostDuringResync, None)?;
             return Ok(None);
         };
         let unexplained = ranges::subtract(&ranges::normalize(found), &changed);
@@ -502,11 +499,10 @@ pub(crate) async fn verify(
     if !mismatches.is_empty() {
         agent.require_resync(
             rt,
-            &format!(
-                "verify found {} bytes in {} ranges that differ",
-                ranges::total(&mismatches),
-                mismatches.len()
-            ),
+            &ResyncCause::VerifyMismatch {
+                bytes: ranges::total(&mismatches),
+                ranges: mismatches.len(),
+            },
             Some(mismatches.clone()),
         )?;
     }

@@ -9,6 +9,7 @@ use hrl::chain::list_logs;
 use proto::Msg;
 
 use super::owner::Owner;
+use super::reason::ResyncCause;
 use super::session::{GRANULE, Session, send_frame};
 use super::ship::Item;
 use super::state::log_dir;
@@ -21,7 +22,7 @@ pub(crate) enum ShipEnd {
     /// Stop requested.
     Stopped,
     /// A resync of the whole disk is required, for this reason (a missing log, a gap).
-    Resync(String),
+    Resync(ResyncCause),
 }
 
 /// Ships every sealed log of the disk, oldest first (logs covered by the copy or already
@@ -66,17 +67,15 @@ pub(crate) async fn ship_sealed(
         if let Some(e) = *expected
             && seq != e
         {
-            return Ok(Some(ShipEnd::Resync(format!(
-                "log {seq} follows acknowledged cycle {} (logs in between are missing)",
-                e.saturating_sub(1)
-            ))));
+            return Ok(Some(ShipEnd::Resync(ResyncCause::MissingLogs {
+                seq,
+                acked: e.saturating_sub(1),
+            })));
         }
         let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
             .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
         if let Some(why) = cyc.whole_disk_gap {
-            return Ok(Some(ShipEnd::Resync(format!(
-                "log {seq} records a tracking gap ({why})"
-            ))));
+            return Ok(Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })));
         }
         ship_cycle(agent, rt, s, &device, &cyc, own).await?;
         let _ = std::fs::remove_file(&path);

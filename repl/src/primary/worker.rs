@@ -12,6 +12,7 @@ use proto::{CopyState, EncodeOpts, Msg};
 use super::copy::run_copy;
 use super::cycles::{CycleTimers, CyclesEnd, run_cycles};
 use super::owner::{Owner, VerifyRequest};
+use super::reason::ResyncCause;
 use super::resync::ResyncEnd;
 use super::session::Session;
 pub use super::session::{
@@ -57,7 +58,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
                 ..
             }) if lock(&rt.prot).copy.done => {
                 // The server lost the chain: a checksum resync of the whole disk repairs it.
-                let why = format!("the server reports a broken chain ({message})");
+                let why = ResyncCause::BrokenChain { message };
                 if let Err(e) = agent.require_resync(&rt, &why, None) {
                     tracing::error!("{e}");
                 }
@@ -351,10 +352,11 @@ fn check_log_threshold(agent: &Agent, rt: &DiskRt, expected: Option<u64>) -> Res
     if bytes > limit {
         agent.require_resync(
             rt,
-            &format!(
-                "the pending logs name {bytes} bytes, more than {pct} % of the {}-byte disk",
-                rt.size
-            ),
+            &ResyncCause::PendingLogs {
+                bytes,
+                pct,
+                size: rt.size,
+            },
             Some(Vec::new()),
         )?;
     }
