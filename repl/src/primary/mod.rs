@@ -4,6 +4,20 @@
 //! State lives in `STATE/disks/NAME/` ([`state`]); a restart resumes every protection: a
 //! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
+//!
+//! One task per disk owns its course (`worker.rs`): control requests reach it as typed
+//! commands (`owner.rs`), it publishes what `status`, jobs and metrics show as a snapshot
+//! with the disk's phase (`snapshot.rs`, `phase.rs`). Below the task, each phase has its
+//! file and imports only the leaves under it:
+//!
+//! ```text
+//! worker ─┬─ copy ─────────────┐
+//!         ├─ cycles ─ app_point ┤
+//!         │        └─ sealed ───┤
+//!         ├─ planned ─ sealed, scan
+//!         └─ resync ── scan ────┴─ session ─ ship      (leaves: owner, jobs, reason,
+//!                                                        snapshot, phase, state, window)
+//! ```
 
 mod app_point;
 mod copy;
@@ -81,8 +95,10 @@ pub struct AgentOptions {
     pub metrics: Option<String>,
 }
 
-/// One protected disk at run time.
+/// One protected disk at run time: what the control side and the disk's task share.
 pub(crate) struct DiskRt {
+    /// The protection (`protection.json`). Changed through [`DiskRt::prot_mut`], which
+    /// publishes the change in the snapshot; read directly where the newest value matters.
     pub(crate) prot: Mutex<Protection>,
     /// The published state (`status`, jobs and metrics read it).
     snap: watch::Sender<DiskSnapshot>,
