@@ -158,12 +158,14 @@ impl Agent {
             finished_unix_ns: None,
             error: None,
         });
-        *lock(&rt.job) = Some(CurrentJob { id, kind });
+        rt.set(|s| s.job = Some(CurrentJob { id, kind }));
         id
     }
 
     fn update_job(&self, rt: &DiskRt, f: impl FnOnce(&mut Job)) {
-        let Some(cur) = *lock(&rt.job) else { return };
+        let Some(cur) = rt.snapshot().job else {
+            return;
+        };
         if let Some(j) = lock(&self.jobs).iter_mut().find(|j| j.id == cur.id) {
             f(j);
         }
@@ -207,7 +209,7 @@ impl Agent {
 
     pub(crate) fn job_finish(&self, rt: &DiskRt, state: JobState, error: Option<String>) {
         let finished = crate::now_ns();
-        let kind = lock(&rt.job).map(|c| c.kind);
+        let kind = rt.snapshot().job.map(|c| c.kind);
         self.update_job(rt, |j| {
             if j.state == JobState::Running {
                 j.state = state;
@@ -225,7 +227,7 @@ impl Agent {
             }
         });
         if state != JobState::Running {
-            *lock(&rt.job) = None;
+            rt.set(|s| s.job = None);
         }
     }
 }

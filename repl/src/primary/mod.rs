@@ -109,7 +109,6 @@ pub(crate) struct DiskRt {
     records_at_cut: AtomicU64,
     /// Records since the cut as `status` last read them (shown while the tracker is busy).
     records_seen: AtomicU64,
-    job: Mutex<Option<jobs::CurrentJob>>,
     cache: Mutex<BTreeMap<u64, u64>>,
     /// Cut instant and exactness of the logs this agent sealed (see `Tracker::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
@@ -318,7 +317,6 @@ impl Agent {
             block_size: report.info.logical_block_size,
             records_at_cut: AtomicU64::new(0),
             records_seen: AtomicU64::new(0),
-            job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
             task: Mutex::new(None),
@@ -344,7 +342,7 @@ impl Agent {
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
             self.require_resync(&rt, &ResyncCause::Reverse, None)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            job = lock(&rt.job).map(|j| j.id);
+            job = rt.snapshot().job.map(|j| j.id);
         } else if new {
             job = Some(self.new_job(&rt, JobKind::EnableProtection, &prot.name));
             self.job_step(&rt, JobStep::StartTracking, 0, 0);

@@ -96,7 +96,7 @@ impl Agent {
         let name = p.name.clone();
         drop(p);
         rt.set(|s| s.resync = Some(ResyncRun::new(reason)));
-        if lock(&rt.job).is_none() {
+        if rt.snapshot().job.is_none() {
             self.new_job(rt, JobKind::Resync, &name);
             self.job_step(rt, JobStep::WaitingForWindow, 0, 0);
         }
@@ -132,7 +132,7 @@ pub(crate) async fn run(
             st.resync = Some(ResyncRun::new(reason.clone()));
         }
     });
-    if lock(&rt.job).is_none() {
+    if rt.snapshot().job.is_none() {
         let name = lock(&rt.prot).name.clone();
         agent.new_job(rt, JobKind::Resync, &name);
     }

@@ -122,6 +122,8 @@ pub(crate) struct DiskSnapshot {
     pub(crate) action: Option<String>,
     /// The step of a planned failover while one runs.
     pub(crate) planned: Option<super::jobs::JobStep>,
+    /// The job the disk is running (at most one at a time).
+    pub(crate) job: Option<super::jobs::CurrentJob>,
 }
 
 impl DiskSnapshot {
@@ -159,6 +161,7 @@ impl DiskSnapshot {
             retries: 0,
             action: None,
             planned: None,
+            job: None,
         };
         s.phase = s.phase_now();
         s
