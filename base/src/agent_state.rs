@@ -90,8 +90,8 @@ pub struct ReverseInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailedOverInfo {
-    /// `planned`.
-    pub kind: String,
+    /// `planned`, or `unplanned` (learned from the server's refusal).
+    pub kind: FailoverKind,
     /// When (ns since the epoch).
     pub unix_ns: u64,
     /// The recovery point activated on the secondary.
@@ -105,6 +105,33 @@ pub struct FailedOverInfo {
     /// How the source was quiesced (`planned failover: fsfreeze /mnt`); a frozen
     /// filesystem stays frozen.
     pub quiesced: String,
+}
+
+/// How a disk failed over (`kind` of [`FailedOverInfo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverKind {
+    /// `sitrep failover NAME --planned` from this site.
+    Planned,
+    /// The other site failed over on its own; the server refused this site with `FailedOver`.
+    Unplanned,
+}
+
+impl FailoverKind {
+    /// The string of `protection.json`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Planned => "planned",
+            Self::Unplanned => "unplanned",
+        }
+    }
+}
+
+impl std::fmt::Display for FailoverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A checksum resync, as the agent persists it.

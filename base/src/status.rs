@@ -191,7 +191,7 @@ pub struct DiskStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResyncStatus {
     /// `waiting-for-window`, `compare-and-repair`, `confirm`, `done`.
-    pub phase: String,
+    pub phase: ResyncPhase,
     /// Why it was needed.
     pub reason: String,
     /// Bytes of the disk it covers (the whole disk, or the suspect regions).
@@ -217,6 +217,39 @@ pub struct ResyncStatus {
     pub seconds: f64,
     /// The window automatic resyncs run in (`always` or `HH:MM-HH:MM` local time).
     pub window: String,
+}
+
+/// Where a checksum resync stands (`phase` of [`ResyncStatus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResyncPhase {
+    /// Required, waiting for its window (or `sitrep resync --now`).
+    WaitingForWindow,
+    /// Comparing the scope and repairing what differs.
+    CompareAndRepair,
+    /// Comparing again; what differs must be explained by changes recorded since the cut.
+    Confirm,
+    /// Complete.
+    Done,
+}
+
+impl ResyncPhase {
+    /// The string of the `--json` schema.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WaitingForWindow => "waiting-for-window",
+            Self::CompareAndRepair => "compare-and-repair",
+            Self::Confirm => "confirm",
+            Self::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for ResyncPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// The result of `sitrep verify --json`.

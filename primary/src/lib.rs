@@ -4,16 +4,39 @@
 //! State lives in `STATE/disks/NAME/` ([`state`]); a restart resumes every protection: a
 //! clean stop (SIGTERM) continues the log chain, anything else makes the tracker start with
 //! a whole-disk gap, which turns into a re-copy (the checksum resync replaces it later).
+//!
+//! One task per disk owns its course (`worker.rs`): control requests reach it as typed
+//! commands (`owner.rs`), it publishes what `status`, jobs and metrics show as a snapshot
+//! with the disk's phase (`snapshot.rs`, `phase.rs`). Below the task, each phase has its
+//! file and imports only the leaves under it:
+//!
+//! ```text
+//! worker ─┬─ copy ─────────────┐
+//!         ├─ cycles ─ app_point ┤
+//!         │        └─ sealed ───┤
+//!         ├─ planned ─ sealed, scan
+//!         └─ resync ── scan ────┴─ session ─ ship      (leaves: owner, jobs, reason,
+//!                                                        snapshot, phase, state, window)
+//! ```
 
+mod app_point;
 pub mod backoff;
+mod copy;
 pub mod cycle;
 mod cycles;
 pub mod freeze;
+mod jobs;
+mod owner;
+mod phase;
 mod planned;
+mod reason;
 mod requests;
 pub mod resync;
 mod scan;
+mod sealed;
+mod session;
 pub mod ship;
+mod snapshot;
 pub mod source;
 mod status_report;
 mod window;
@@ -23,17 +46,19 @@ pub use base::agent_state as state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use proto::CycleInfo;
 use tokio::sync::{mpsc, watch};
 use tracker_bpf::TrackerConfig;
 
 use base::config::{Frequency, PolicyFile};
 use base::control::{self, Call};
-use base::status::{self, Job, JobState};
+use base::status::Job;
+use jobs::{JobKind, JobStep};
+use reason::ResyncCause;
+use snapshot::{DiskSnapshot, ProtGuard};
 use source::{ChangeSource, bpf::BpfSource};
 use state::{CopyPlan, Protection};
 
@@ -73,100 +98,52 @@ pub struct AgentOptions {
     pub metrics: Option<String>,
 }
 
-/// A running initial copy.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CopyRun {
-    pub(crate) cursor: u64,
-    pub(crate) size: u64,
-    pub(crate) started: Instant,
-    pub(crate) started_cursor: u64,
-    pub(crate) done: bool,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct RtStatus {
-    /// Server confirmations of real work (acks, applied cycles) since start: a session that
-    /// moved it resets the retry schedule.
-    pub(crate) progress: u64,
-    pub(crate) connected: bool,
-    pub(crate) error: Option<String>,
-    pub(crate) critical: bool,
-    pub(crate) last_applied: Option<CycleInfo>,
-    pub(crate) last_shipped_seq: Option<u64>,
-    pub(crate) last_cut: Option<(u64, u64)>,
-    pub(crate) bytes_shipped: u64,
-    pub(crate) wire_bytes: u64,
-    pub(crate) zero_bytes: u64,
-    pub(crate) cycles_applied: u64,
-    pub(crate) cycles_judged: u64,
-    pub(crate) cycles_consistent: u64,
-    pub(crate) copy: Option<CopyRun>,
-    pub(crate) backlog_bytes: u64,
-    pub(crate) pending_logs: usize,
-    pub(crate) resync: Option<resync::ResyncRun>,
-    pub(crate) last_resync: Option<status::ResyncStatus>,
-    pub(crate) resyncs_completed: u64,
-    /// When the next attempt is due (Unix ns) while waiting to retry.
-    pub(crate) next_retry_ns: Option<u64>,
-    /// Attempts retried since the agent started.
-    pub(crate) retries: u64,
-    /// The operator's action for a critical error.
-    pub(crate) action: Option<String>,
-}
-
-/// An app-consistent point asked for.
-pub(crate) struct PointRequest {
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
-    pub(crate) max_freeze: Duration,
-    /// Pending changes were already cut and shipped (so the frozen cycle is small).
-    pub(crate) precut: bool,
-}
-
-/// The cycle cut while the filesystem was frozen.
-pub(crate) struct FrozenCycle {
-    pub(crate) seq: u64,
-    pub(crate) frozen: Option<freeze::Frozen>,
-    pub(crate) label: String,
-    pub(crate) freeze_ms: f64,
-    pub(crate) max_freeze: Duration,
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<status::AppPointReport, String>>,
-}
-
-/// One protected disk at run time.
+/// One protected disk at run time: what the control side and the disk's task share.
 pub(crate) struct DiskRt {
+    /// The protection (`protection.json`). Changed through [`DiskRt::prot_mut`], which
+    /// publishes the change in the snapshot; read directly where the newest value matters.
     pub(crate) prot: Mutex<Protection>,
-    st: Mutex<RtStatus>,
-    pub(crate) stop: watch::Sender<bool>,
+    /// The published state (`status`, jobs and metrics read it).
+    snap: watch::Sender<DiskSnapshot>,
+    /// The disk task's command channel.
+    pub(crate) cmd: owner::Commands,
     pub(crate) size: u64,
     pub(crate) block_size: u32,
-    cut_request: AtomicBool,
     records_at_cut: AtomicU64,
     /// Records since the cut as `status` last read them (shown while the tracker is busy).
     records_seen: AtomicU64,
-    job: Mutex<Option<u64>>,
     cache: Mutex<BTreeMap<u64, u64>>,
-    /// A pending `sitrep point create` request.
-    pub(crate) point_req: Mutex<Option<PointRequest>>,
-    /// The cycle being cut and read while the filesystem is frozen.
-    pub(crate) frozen: Mutex<Option<FrozenCycle>>,
     /// Cut instant and exactness of the logs this agent sealed (see `ChangeSource::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
-    /// `sitrep resync --now`: start the required resync outside its window.
-    pub(crate) resync_now: AtomicBool,
-    /// A pending `sitrep verify`.
-    pub(crate) verify_req: Mutex<Option<resync::VerifyRequest>>,
-    /// A pending `sitrep failover NAME --planned`.
-    pub(crate) planned_req: Mutex<Option<planned::PlannedRequest>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl DiskRt {
-    pub(crate) fn set(&self, f: impl FnOnce(&mut RtStatus)) {
-        f(&mut lock(&self.st));
+    /// Changes the published state (its phase follows).
+    pub(crate) fn set(&self, f: impl FnOnce(&mut DiskSnapshot)) {
+        self.snap.send_modify(|s| {
+            f(s);
+            s.phase = s.phase_now();
+        });
     }
 
-    pub(crate) fn take_cut_request(&self) -> bool {
-        self.cut_request.swap(false, Ordering::SeqCst)
+    /// The published state, as last changed (a short read borrow: do not hold it across
+    /// other locks or awaits).
+    pub(crate) fn snapshot(&self) -> watch::Ref<'_, DiskSnapshot> {
+        self.snap.borrow()
+    }
+
+    /// A subscription to the published state.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<DiskSnapshot> {
+        self.snap.subscribe()
+    }
+
+    /// The protection, locked for a change that is published when the guard drops.
+    pub(crate) fn prot_mut(&self) -> ProtGuard<'_> {
+        ProtGuard {
+            guard: lock(&self.prot),
+            snap: &self.snap,
+        }
     }
 
     /// Changed bytes a sealed log names (cached; None if it cannot be read).
@@ -298,9 +275,13 @@ impl Agent {
 
     /// Starts a full re-copy (the stand-in for the checksum resync): cut, and copy everything
     /// again with cycles from the new log on.
-    pub(crate) fn start_recopy(&self, rt: &DiskRt, why: &str) -> Result<(), base::net::ReplError> {
+    pub(crate) fn start_recopy(
+        &self,
+        rt: &DiskRt,
+        why: &ResyncCause,
+    ) -> Result<(), base::net::ReplError> {
         let seq = self.cut(rt)?;
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         tracing::warn!(disk = %p.name, "resync required: {why}; copying the disk again");
         p.copy = CopyPlan {
             from_seq: seq + 1,
@@ -312,104 +293,8 @@ impl Agent {
             .map_err(|e| local(format!("disk {}: saving state: {e}", p.name)))?;
         let name = p.name.clone();
         drop(p);
-        self.new_job(rt, "resync", &name);
+        self.new_job(rt, JobKind::Resync, &name);
         Ok(())
-    }
-
-    fn new_job(&self, rt: &DiskRt, kind: &str, disk: &str) -> u64 {
-        let id = self.next_job.fetch_add(1, Ordering::SeqCst) + 1;
-        lock(&self.jobs).push(Job {
-            id,
-            kind: kind.into(),
-            disk: disk.into(),
-            state: JobState::Running,
-            step: "prerequisites".into(),
-            progress_percent: 0.0,
-            bytes_done: 0,
-            bytes_total: 0,
-            rate_bytes_per_sec: 0.0,
-            eta_seconds: None,
-            started_unix_ns: base::now_ns(),
-            finished_unix_ns: None,
-            error: None,
-        });
-        *lock(&rt.job) = Some(id);
-        id
-    }
-
-    fn update_job(&self, rt: &DiskRt, f: impl FnOnce(&mut Job)) {
-        let Some(id) = *lock(&rt.job) else { return };
-        if let Some(j) = lock(&self.jobs).iter_mut().find(|j| j.id == id) {
-            f(j);
-        }
-    }
-
-    pub(crate) fn job_step(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
-        let (rate, eta) = {
-            let st = lock(&rt.st);
-            match st.copy {
-                Some(c) if step == "initial-replication" => {
-                    let secs = c.started.elapsed().as_secs_f64();
-                    let rate = if secs > 0.5 {
-                        done.saturating_sub(c.started_cursor) as f64 / secs
-                    } else {
-                        0.0
-                    };
-                    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
-                    (rate, eta)
-                }
-                _ => (0.0, None),
-            }
-        };
-        self.update_job(rt, |j| {
-            j.step = step.into();
-            j.bytes_done = done;
-            j.bytes_total = total;
-            j.rate_bytes_per_sec = rate;
-            j.eta_seconds = eta;
-            j.progress_percent = match step {
-                "prerequisites" => 0.0,
-                "start-tracking" => 2.0,
-                "initial-replication" if total > 0 => 5.0 + 85.0 * done as f64 / total as f64,
-                "initial-replication" => 5.0,
-                "ship-changes-during-copy" => 92.0,
-                // Planned failover.
-                "ship-pending" => 10.0,
-                "quiesce" => 20.0,
-                "ship-last-cycle" => 25.0,
-                "compare" => 30.0,
-                "check-no-writes" => 90.0,
-                "activate" => 92.0,
-                _ => 98.0,
-            };
-        });
-    }
-
-    pub(crate) fn job_fail(&self, rt: &DiskRt, msg: &str) {
-        self.job_finish(rt, JobState::Failed, Some(msg.to_string()));
-    }
-
-    pub(crate) fn job_finish(&self, rt: &DiskRt, state: JobState, error: Option<String>) {
-        let finished = base::now_ns();
-        self.update_job(rt, |j| {
-            if j.state == JobState::Running {
-                j.state = state;
-                j.error = error;
-                j.finished_unix_ns = Some(finished);
-                if state == JobState::Succeeded {
-                    j.step = if j.kind == "enable-protection" {
-                        "finalize-protection"
-                    } else {
-                        "complete"
-                    }
-                    .into();
-                    j.progress_percent = 100.0;
-                }
-            }
-        });
-        if state != JobState::Running {
-            *lock(&rt.job) = None;
-        }
     }
 
     /// Starts tracking and replicating `prot` (new or loaded at start).
@@ -421,25 +306,18 @@ impl Agent {
         let logs = state::log_dir(&self.opts.state, &prot.name);
         std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
         let added = self.with_tracker(|t| t.add_device(&prot.device, &logs))?;
-        let (stop, _) = watch::channel(false);
+        let (cmd, own) = owner::Owner::channel(&prot.name);
         let rt = Arc::new(DiskRt {
             prot: Mutex::new(prot.clone()),
-            st: Mutex::new(RtStatus::default()),
-            stop,
+            snap: watch::channel(DiskSnapshot::new(prot.clone())).0,
+            cmd,
             size: added.size,
             block_size: added.block_size,
-            cut_request: AtomicBool::new(false),
             records_at_cut: AtomicU64::new(0),
             records_seen: AtomicU64::new(0),
-            job: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
-            point_req: Mutex::new(None),
-            frozen: Mutex::new(None),
             task: Mutex::new(None),
-            resync_now: AtomicBool::new(false),
-            verify_req: Mutex::new(None),
-            planned_req: Mutex::new(None),
         });
         if prot.failed_over.is_some() {
             // Active on the secondary since a planned failover: tracked (so changes made here
@@ -457,30 +335,26 @@ impl Agent {
                 done: true,
                 restart: false,
             };
-            *lock(&rt.prot) = prot.clone();
+            *rt.prot_mut() = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
-            self.require_resync(
-                &rt,
-                "reverse replication: the whole disk is compared with the other site's",
-                None,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            job = *lock(&rt.job);
+            self.require_resync(&rt, &ResyncCause::Reverse, None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            job = rt.snapshot().job.map(|j| j.id);
         } else if new {
-            job = Some(self.new_job(&rt, "enable-protection", &prot.name));
-            self.job_step(&rt, "start-tracking", 0, 0);
+            job = Some(self.new_job(&rt, JobKind::EnableProtection, &prot.name));
+            self.job_step(&rt, JobStep::StartTracking, 0, 0);
             let seq = self.cut(&rt).map_err(|e| anyhow::anyhow!("{e}"))?;
             prot.copy = CopyPlan {
                 from_seq: seq + 1,
                 done: false,
                 restart: false,
             };
-            *lock(&rt.prot) = prot.clone();
+            *rt.prot_mut() = prot.clone();
             prot.save(&self.opts.state)
                 .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", prot.name))?;
         } else if let Some(gap) = &added.gap {
-            let why = format!("tracking was interrupted ({gap})");
+            let why = ResyncCause::TrackingInterrupted { gap: gap.clone() };
             if prot.copy.done {
                 self.require_resync(&rt, &why, None)
             } else {
@@ -488,19 +362,19 @@ impl Agent {
             }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else if let Some(plan) = &prot.resync {
-            rt.set(|s| s.resync = Some(resync::ResyncRun::new(plan.reason.clone())));
-            self.new_job(&rt, "resync", &prot.name);
+            rt.set(|s| s.resync = Some(snapshot::ResyncRun::new(plan.reason.clone())));
+            self.new_job(&rt, JobKind::Resync, &prot.name);
         } else if !prot.copy.done {
-            self.new_job(&rt, "enable-protection", &prot.name);
+            self.new_job(&rt, JobKind::EnableProtection, &prot.name);
         }
         lock(&self.disks).insert(prot.name.clone(), rt.clone());
-        let h = tokio::spawn(worker::run(self.clone(), rt.clone()));
+        let h = tokio::spawn(worker::run(self.clone(), rt.clone(), own));
         *lock(&rt.task) = Some(h);
         Ok((rt, job))
     }
 
     async fn stop_disk(&self, rt: &Arc<DiskRt>) {
-        let _ = rt.stop.send(true);
+        let _ = rt.cmd.send(owner::DiskCommand::Stop);
         let h = lock(&rt.task).take();
         if let Some(h) = h {
             let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
@@ -511,12 +385,12 @@ impl Agent {
     /// site): remember it, so reverse replication into this site's disk can be adopted.
     /// Tracking goes on, so what this site writes from now on is known.
     pub(crate) fn record_failed_over_elsewhere(&self, rt: &DiskRt, why: &str) {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         if p.failed_over.is_some() {
             return;
         }
         p.failed_over = Some(state::FailedOverInfo {
-            kind: "unplanned".into(),
+            kind: state::FailoverKind::Unplanned,
             unix_ns: base::now_ns(),
             point: 0,
             cut_time_unix_ns: 0,

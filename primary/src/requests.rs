@@ -4,14 +4,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::owner::{DiskCommand, PlannedRequest, PointRequest, VerifyRequest};
+use super::reason::ResyncCause;
 use super::state::{self, CopyPlan, Protection};
-use super::{Agent, PointRequest, lock, planned, resync};
+use super::{Agent, lock};
 use base::config::Frequency;
 use base::control::{Request, Response};
 use base::status::{self, DiskStatus, Job, JobsReport};
+
+/// How often `sitrep wait` repeats its cut request until a cut made after it is seen.
+const CUT_AGAIN: Duration = Duration::from_millis(50);
 
 impl Agent {
     #[allow(clippy::too_many_arguments)]
@@ -145,17 +149,13 @@ impl Agent {
             anyhow::bail!("disk {name}: no point before the initial copy completes");
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.point_req);
-            if g.is_some() || lock(&rt.frozen).is_some() {
-                anyhow::bail!("disk {name}: an app-consistent point is already being made");
-            }
-            *g = Some(PointRequest {
-                reply: tx,
-                max_freeze,
-                precut: false,
-            });
-        }
+        // Refused by the disk's task if a point is already being made; dropped (the reply
+        // then says replication stopped) if the task is gone.
+        let _ = rt.cmd.send(DiskCommand::Point(PointRequest {
+            reply: tx,
+            max_freeze,
+            precut: false,
+        }));
         tokio::time::timeout(Duration::from_secs(300), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: no point after 300 s (is it connected?)"))?
@@ -177,11 +177,11 @@ impl Agent {
             );
         }
         if lock(&rt.prot).resync.is_none() {
-            self.require_resync(&rt, "requested by the operator", None)
+            self.require_resync(&rt, &ResyncCause::Operator, None)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if now {
-            rt.resync_now.store(true, Ordering::SeqCst);
+            let _ = rt.cmd.send(DiskCommand::ResyncNow);
         }
         Ok(self.disk_status(&rt))
     }
@@ -206,13 +206,9 @@ impl Agent {
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.verify_req);
-            if g.is_some() {
-                anyhow::bail!("disk {name}: a verify is already running");
-            }
-            *g = Some(resync::VerifyRequest { reply: tx });
-        }
+        let _ = rt
+            .cmd
+            .send(DiskCommand::Verify(VerifyRequest { reply: tx }));
         tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: verify did not finish in 24 h"))?
@@ -273,7 +269,7 @@ impl Agent {
         if lock(&rt.prot).failed_over.is_some() {
             anyhow::bail!("disk {name} failed over: nothing to copy from here");
         }
-        self.start_recopy(&rt, "full copy requested by the operator")
+        self.start_recopy(&rt, &ResyncCause::OperatorFullCopy)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(self.disk_status(&rt))
     }
@@ -307,20 +303,18 @@ impl Agent {
                 );
             }
         }
-        if lock(&rt.st).critical {
-            anyhow::bail!(
-                "disk {name} is critical: {}",
-                lock(&rt.st).error.clone().unwrap_or_default()
-            );
+        let critical = {
+            let snap = rt.snapshot();
+            snap.critical
+                .then(|| snap.error.clone().unwrap_or_default())
+        };
+        if let Some(error) = critical {
+            anyhow::bail!("disk {name} is critical: {error}");
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut g = lock(&rt.planned_req);
-            if g.is_some() {
-                anyhow::bail!("disk {name}: a planned failover is already running");
-            }
-            *g = Some(planned::PlannedRequest { reply: tx });
-        }
+        let _ = rt
+            .cmd
+            .send(DiskCommand::PlannedFailover(PlannedRequest { reply: tx }));
         tokio::time::timeout(Duration::from_secs(24 * 3600), rx)
             .await
             .map_err(|_| anyhow::anyhow!("disk {name}: the planned failover did not finish in 24 h"))?
@@ -338,11 +332,11 @@ impl Agent {
         let settled = t0;
         let deadline = Instant::now() + timeout;
         let mut target: Option<u64> = None;
-        rt.cut_request.store(true, Ordering::SeqCst);
+        let _ = rt.cmd.send(DiskCommand::Cut);
+        let mut snap = rt.subscribe();
         loop {
             {
-                let p = lock(&rt.prot);
-                let st = lock(&rt.st);
+                let st = snap.borrow_and_update();
                 if st.critical {
                     anyhow::bail!(
                         "disk {name}: {}",
@@ -350,17 +344,15 @@ impl Agent {
                     );
                 }
                 let applied = st.last_applied.as_ref().map(|a| a.seq);
-                if p.copy.done {
+                if st.prot.copy.done {
                     if target.is_none()
                         && let Some((seq, at)) = st.last_cut
                         && at >= settled
                     {
                         target = Some(seq);
                     }
-                    let reached = target.is_some_and(|t| applied.is_some_and(|a| a >= t));
-                    if reached {
+                    if target.is_some_and(|t| applied.is_some_and(|a| a >= t)) {
                         drop(st);
-                        drop(p);
                         return Ok(self.disk_status(&rt));
                     }
                 }
@@ -369,9 +361,11 @@ impl Agent {
                 anyhow::bail!("disk {name}: not caught up after {timeout:?}");
             }
             if target.is_none() {
-                rt.cut_request.store(true, Ordering::SeqCst);
+                // Until a cut made after the call is seen (the task may be busy copying).
+                let _ = rt.cmd.send(DiskCommand::Cut);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Woken by the disk's next publication; the tick repeats the cut request.
+            let _ = tokio::time::timeout(CUT_AGAIN, snap.changed()).await;
         }
     }
 
@@ -394,8 +388,8 @@ impl Agent {
                 app_consistent_every,
                 pre_hook,
                 post_hook,
-            } => match self
-                .protect(
+            } => answer(
+                self.protect(
                     device,
                     to,
                     name,
@@ -404,25 +398,20 @@ impl Agent {
                     (pre_hook, post_hook),
                     None,
                 )
-                .await
-            {
-                Ok(job) => Response::ok(job),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Unprotect { name } => match self.unprotect(&name).await {
-                Ok(()) => Response::ok(serde_json::json!({ "name": name })),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+                .await,
+            ),
+            Request::Unprotect { name } => answer(
+                self.unprotect(&name)
+                    .await
+                    .map(|()| serde_json::json!({ "name": name })),
+            ),
             Request::CreatePoint {
                 name,
                 max_freeze_ms,
-            } => match self
-                .create_point(&name, Duration::from_millis(max_freeze_ms))
-                .await
-            {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+            } => answer(
+                self.create_point(&name, Duration::from_millis(max_freeze_ms))
+                    .await,
+            ),
             Request::Points { .. } | Request::Export { .. } | Request::Retired { .. } => {
                 Response::err(
                     "recovery points live on the server: use the server's socket (--socket)",
@@ -436,10 +425,7 @@ impl Agent {
                     "failover and commit run on the secondary: use the server's socket (--socket)",
                 )
             }
-            Request::Resync { name, now } => match self.request_resync(&name, now) {
-                Ok(s) => Response::ok(s),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+            Request::Resync { name, now } => answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,
                 device,
@@ -447,8 +433,8 @@ impl Agent {
                 fork_seq,
                 discard_target_changes,
                 frequency,
-            } => match self
-                .reverse(
+            } => answer(
+                self.reverse(
                     name,
                     device,
                     to,
@@ -456,30 +442,23 @@ impl Agent {
                     discard_target_changes,
                     &frequency,
                 )
-                .await
-            {
-                Ok(job) => Response::ok(job),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Recopy { name } => match self.recopy(&name) {
-                Ok(s) => Response::ok(s),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::PlannedFailover { name } => match self.planned_failover(&name).await {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Verify { name } => match self.verify(&name).await {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
+                .await,
+            ),
+            Request::Recopy { name } => answer(self.recopy(&name)),
+            Request::PlannedFailover { name } => answer(self.planned_failover(&name).await),
+            Request::Verify { name } => answer(self.verify(&name).await),
             Request::Wait { name, timeout_secs } => {
-                match self.wait(&name, Duration::from_secs(timeout_secs)).await {
-                    Ok(s) => Response::ok(s),
-                    Err(e) => Response::err(format!("{e:#}")),
-                }
+                answer(self.wait(&name, Duration::from_secs(timeout_secs)).await)
             }
         }
+    }
+}
+
+/// The answer to a request: its result, or the error with its causes.
+fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
+    match r {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("{e:#}")),
     }
 }
 

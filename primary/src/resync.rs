@@ -26,100 +26,29 @@ use std::time::{Duration, Instant};
 
 use hrl::chain::list_logs;
 use proto::Msg;
-use tokio::sync::watch;
 
+use super::jobs::{JobKind, JobStep};
+use super::owner::Owner;
+use super::reason::ResyncCause;
 use super::scan::{Pass, scan};
+use super::session::{GRANULE, PING_EVERY, Session};
+use super::snapshot::ResyncRun;
 use super::state::{ResyncPlan, log_dir};
 pub use super::window::ResyncWindow;
-use super::worker::{GRANULE, PING_EVERY, Session};
 use super::{Agent, DiskRt, lock};
 use crate::cycle::read_cycle;
 use base::digest::Key;
 use base::net::ReplError;
 use base::ranges::{self, Range};
-use base::status::{ResyncStatus, VerifyReport};
+use base::status::{ResyncPhase, VerifyReport};
 
-/// Bytes of one compare window.
-pub const WINDOW_BYTES: u64 = 8 << 20;
-/// Ranges in one window (and so in one digest request).
-pub const WINDOW_RANGES: usize = 1024;
-/// Windows whose digests are requested and not yet settled.
-pub const WINDOWS_IN_FLIGHT: usize = 6;
-/// Commit the repairs and the cursor after this many compared bytes...
-pub const COMMIT_EVERY: u64 = 64 << 20;
-/// ... or as soon as this much repair data (data and zero ranges) waits for its commit. Each
-/// commit costs the server an fdatasync (and an undo part): committing every window made a
-/// 4 GiB resync with 1 % scattered changes wait on ~500 of them on a slow disk.
-pub const COMMIT_DATA: u64 = 16 << 20;
+pub use super::scan::{COMMIT_DATA, COMMIT_EVERY, WINDOW_BYTES, WINDOW_RANGES, WINDOWS_IN_FLIGHT};
 /// A scope is coarsened (a superset) to at most this many ranges.
 pub const MAX_SCOPE_RANGES: usize = 65536;
 /// Repair-and-recheck rounds of the confirmation before the resync fails.
 pub const CONFIRM_ROUNDS: usize = 3;
 /// Wait after the confirmation's first cut so writes in flight at it are recorded.
 const DRAIN: Duration = Duration::from_millis(250);
-
-/// A running resync's live progress (agent memory; `status` shows it).
-#[derive(Debug, Clone)]
-pub(crate) struct ResyncRun {
-    pub(crate) phase: &'static str,
-    pub(crate) reason: String,
-    pub(crate) scope_bytes: u64,
-    pub(crate) pass_total: u64,
-    pub(crate) pass_done: u64,
-    pub(crate) pass_started: Instant,
-    pub(crate) compared: u64,
-    pub(crate) differing: u64,
-    pub(crate) data_sent: u64,
-    pub(crate) wire_at_start: u64,
-    pub(crate) wire_now: u64,
-    /// Bytes written by earlier sessions of this resync.
-    pub(crate) wire_before: u64,
-    pub(crate) started: Option<Instant>,
-}
-
-impl ResyncRun {
-    pub(crate) fn new(reason: String) -> Self {
-        Self {
-            phase: "waiting-for-window",
-            reason,
-            scope_bytes: 0,
-            pass_total: 0,
-            pass_done: 0,
-            pass_started: Instant::now(),
-            compared: 0,
-            differing: 0,
-            data_sent: 0,
-            wire_at_start: 0,
-            wire_now: 0,
-            wire_before: 0,
-            started: None,
-        }
-    }
-
-    pub(crate) fn status(&self, window: ResyncWindow) -> ResyncStatus {
-        let secs = self.pass_started.elapsed().as_secs_f64();
-        let rate = if secs > 0.2 {
-            self.pass_done as f64 / secs
-        } else {
-            0.0
-        };
-        ResyncStatus {
-            phase: self.phase.into(),
-            reason: self.reason.clone(),
-            scope_bytes: self.scope_bytes,
-            bytes_done: self.pass_done,
-            compared_bytes: self.compared,
-            differing_bytes: self.differing,
-            data_bytes_sent: self.data_sent,
-            wire_bytes: self.wire_before + self.wire_now.saturating_sub(self.wire_at_start),
-            rate_bytes_per_sec: rate,
-            eta_seconds: (rate > 0.0 && self.pass_done < self.pass_total)
-                .then(|| (self.pass_total - self.pass_done) as f64 / rate),
-            seconds: self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-            window: window.to_string(),
-        }
-    }
-}
 
 impl Agent {
     /// Records that disk `rt` needs a checksum resync of `scope` (`None`: the whole disk)
@@ -131,10 +60,10 @@ impl Agent {
     pub(crate) fn require_resync(
         &self,
         rt: &DiskRt,
-        why: &str,
+        why: &ResyncCause,
         scope: Option<Vec<Range>>,
     ) -> Result<(), ReplError> {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| ReplError::Local(format!("random id: {e}")))?;
         let plan = match p.resync.take() {
@@ -144,11 +73,7 @@ impl Agent {
                 } else {
                     old.id
                 },
-                reason: if old.reason.contains(why) {
-                    old.reason
-                } else {
-                    format!("{}; {why}", old.reason)
-                },
+                reason: why.merged_into(&old.reason),
                 scope: match (old.scope, scope) {
                     (Some(a), Some(b)) => Some(ranges::union(&a, &ranges::normalize(b))),
                     _ => None,
@@ -171,36 +96,11 @@ impl Agent {
         let name = p.name.clone();
         drop(p);
         rt.set(|s| s.resync = Some(ResyncRun::new(reason)));
-        if lock(&rt.job).is_none() {
-            self.new_job(rt, "resync", &name);
-            self.resync_job(rt, "waiting-for-window", 0, 0);
+        if rt.snapshot().job.is_none() {
+            self.new_job(rt, JobKind::Resync, &name);
+            self.job_step(rt, JobStep::WaitingForWindow, 0, 0);
         }
         Ok(())
-    }
-
-    pub(crate) fn resync_job(&self, rt: &DiskRt, step: &str, done: u64, total: u64) {
-        let (rate, eta) = lock(&rt.st).resync.as_ref().map_or((0.0, None), |r| {
-            let s = r.status(self.opts.resync_window);
-            (s.rate_bytes_per_sec, s.eta_seconds)
-        });
-        self.update_job(rt, |j| {
-            j.step = step.into();
-            j.bytes_done = done;
-            j.bytes_total = total;
-            j.rate_bytes_per_sec = rate;
-            j.eta_seconds = eta;
-            let frac = if total > 0 {
-                done as f64 / total as f64
-            } else {
-                0.0
-            };
-            j.progress_percent = match step {
-                "waiting-for-window" => 0.0,
-                "compare-and-repair" => 5.0 + 75.0 * frac,
-                "confirm" => 80.0 + 15.0 * frac,
-                _ => 97.0,
-            };
-        });
     }
 }
 
@@ -219,7 +119,7 @@ pub(crate) async fn run(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
 ) -> Result<ResyncEnd, ReplError> {
     let window = agent.opts.resync_window;
     let reason = lock(&rt.prot)
@@ -232,22 +132,57 @@ pub(crate) async fn run(
             st.resync = Some(ResyncRun::new(reason.clone()));
         }
     });
-    if lock(&rt.job).is_none() {
+    if rt.snapshot().job.is_none() {
         let name = lock(&rt.prot).name.clone();
-        agent.new_job(rt, "resync", &name);
+        agent.new_job(rt, JobKind::Resync, &name);
     }
     // 0. The window (or `sitrep resync --now`).
-    while !(rt.resync_now.load(std::sync::atomic::Ordering::SeqCst) || window.open_now()) {
-        agent.resync_job(rt, "waiting-for-window", 0, 0);
-        if idle(s, rt, stop, Duration::from_secs(1)).await? {
+    while !(own.resync_now() || window.open_now()) {
+        agent.job_step(rt, JobStep::WaitingForWindow, 0, 0);
+        if idle(s, rt, own, Duration::from_secs(1)).await? {
             return Ok(ResyncEnd::Stopped);
         }
     }
-    rt.resync_now
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    own.clear_resync_now();
+    // 1. The cut and the scope.
+    let (plan, scope, key, cursor) = begin(agent, rt, s).await?;
+    let (id, from_seq) = (plan.id, plan.from_seq.unwrap_or(0));
+    // 2. Compare and repair, from the cursor.
+    let todo = ranges::after(&scope, cursor);
+    start_pass(rt, ResyncPhase::CompareAndRepair, ranges::total(&todo));
+    if cursor > 0 {
+        let name = lock(&rt.prot).name.clone();
+        tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
+    }
+    let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
+    scan(
+        agent,
+        rt,
+        s,
+        &key,
+        windows,
+        Pass::Repair { fixed_cursor: None },
+        own,
+    )
+    .await?;
+    // 3. Confirm.
+    let Some(last_cut) = confirm(agent, rt, s, own, &key, scope, from_seq).await? else {
+        return Ok(ResyncEnd::Again);
+    };
+    // 4. Done.
+    done(agent, rt, s, id, from_seq, last_cut).await?;
+    Ok(ResyncEnd::Done(from_seq))
+}
+
+/// Fixes the plan (cut, scope), opens the resync on the server; returns the plan, its
+/// scope, the digest key and the server's cursor.
+async fn begin(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+) -> Result<(ResyncPlan, Vec<Range>, Key, u64), ReplError> {
     let name = lock(&rt.prot).name.clone();
     let size = rt.size;
-    // 1. The cut and the scope.
     let plan = start_plan(agent, rt)?;
     let (id, from_seq) = (plan.id, plan.from_seq.unwrap_or(0));
     let scope = plan.scope.clone().unwrap_or_else(|| vec![(0, size)]);
@@ -288,37 +223,36 @@ pub(crate) async fn run(
             "disk {name}: the server's resync cursor {cursor} is not a valid position on the {size}-byte disk"
         )));
     }
-    // 2. Compare and repair, from the cursor.
-    let todo = ranges::after(&scope, cursor);
-    start_pass(rt, "compare-and-repair", ranges::total(&todo));
-    if cursor > 0 {
-        tracing::info!(disk = %name, cursor, "resync resumes at the server's cursor");
-    }
-    let windows = ranges::windows(&scope, cursor, WINDOW_BYTES, WINDOW_RANGES);
-    scan(
-        agent,
-        rt,
-        s,
-        &key,
-        windows,
-        Pass::Repair { fixed_cursor: None },
-        stop,
-    )
-    .await?;
-    // 3. Confirm.
-    let mut check = scope.clone();
+    Ok((plan, scope, key, cursor))
+}
+
+/// Compares the scope again until every difference is explained by a change recorded since
+/// the resync's cut (repairing the others, at most [`CONFIRM_ROUNDS`] times). Returns the
+/// last cut; `None` if tracking lost changes meanwhile (the resync is planned again).
+async fn confirm(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    own: &mut Owner,
+    key: &Key,
+    scope: Vec<Range>,
+    from_seq: u64,
+) -> Result<Option<u64>, ReplError> {
+    let name = lock(&rt.prot).name.clone();
+    let size = rt.size;
+    let mut check = scope;
     let mut last_cut;
     let mut round = 0;
     loop {
-        start_pass(rt, "confirm", ranges::total(&check));
+        start_pass(rt, ResyncPhase::Confirm, ranges::total(&check));
         let windows = ranges::windows(&check, 0, WINDOW_BYTES, WINDOW_RANGES);
-        let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+        let found = scan(agent, rt, s, key, windows, Pass::Compare, own).await?;
         agent.cut(rt)?;
         tokio::time::sleep(DRAIN).await;
         last_cut = agent.cut(rt)?;
         let Some(changed) = changed_since(agent, rt, from_seq, last_cut)? else {
-            agent.require_resync(rt, "tracking lost changes during the resync", None)?;
-            return Ok(ResyncEnd::Again);
+            agent.require_resync(rt, &ResyncCause::LostDuringResync, None)?;
+            return Ok(None);
         };
         let unexplained = ranges::subtract(&ranges::normalize(found), &changed);
         if unexplained.is_empty() {
@@ -339,23 +273,39 @@ pub(crate) async fn run(
                 unexplained[0].0
             )));
         }
-        start_pass(rt, "compare-and-repair", ranges::total(&unexplained));
+        start_pass(
+            rt,
+            ResyncPhase::CompareAndRepair,
+            ranges::total(&unexplained),
+        );
         let windows = ranges::windows(&unexplained, 0, WINDOW_BYTES, WINDOW_RANGES);
         scan(
             agent,
             rt,
             s,
-            &key,
+            key,
             windows,
             Pass::Repair {
                 fixed_cursor: Some(size),
             },
-            stop,
+            own,
         )
         .await?;
         check = unexplained;
     }
-    // 4. Done.
+    Ok(Some(last_cut))
+}
+
+/// Ends the resync on the server and records it complete.
+async fn done(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    id: u64,
+    from_seq: u64,
+    last_cut: u64,
+) -> Result<(), ReplError> {
+    let name = lock(&rt.prot).name.clone();
     s.msg(Msg::ResyncDone { id, from_seq }).await?;
     match s.answer(rt).await? {
         Msg::ResyncFinished { id: i } if i == id => {}
@@ -368,7 +318,7 @@ pub(crate) async fn run(
         }
     }
     {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.resync = None;
         p.resync_reason = None;
         p.points_from_seq = last_cut + 1;
@@ -379,7 +329,7 @@ pub(crate) async fn run(
     let window = agent.opts.resync_window;
     rt.set(|st| {
         if let Some(mut r) = st.resync.take() {
-            r.phase = "done";
+            r.phase = ResyncPhase::Done;
             r.wire_now = wire;
             let status = r.status(window);
             tracing::info!(
@@ -395,9 +345,9 @@ pub(crate) async fn run(
         }
         st.resyncs_completed += 1;
     });
-    agent.resync_job(rt, "ship-changes-during-resync", 0, 0);
+    agent.job_step(rt, JobStep::ShipChangesDuringResync, 0, 0);
     agent.job_finish(rt, base::status::JobState::Succeeded, None);
-    Ok(ResyncEnd::Done(from_seq))
+    Ok(())
 }
 
 /// Makes the plan's cut and fixes its scope (once; a resumed plan keeps both).
@@ -442,7 +392,7 @@ fn start_plan(agent: &Agent, rt: &DiskRt) -> Result<ResyncPlan, ReplError> {
         ..plan
     };
     {
-        let mut p = lock(&rt.prot);
+        let mut p = rt.prot_mut();
         p.resync = Some(plan.clone());
         p.save(&agent.opts.state)
             .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
@@ -481,7 +431,7 @@ fn changed_since(
     Ok(Some(out))
 }
 
-fn start_pass(rt: &DiskRt, phase: &'static str, total: u64) {
+fn start_pass(rt: &DiskRt, phase: ResyncPhase, total: u64) {
     rt.set(|st| {
         if let Some(r) = &mut st.resync {
             r.phase = phase;
@@ -492,14 +442,14 @@ fn start_pass(rt: &DiskRt, phase: &'static str, total: u64) {
     });
 }
 
-/// Pings and drains while idle for `d`; true if stopped.
+/// Pings and drains while idle for `d` (or until a command arrives); true if stopped.
 pub(crate) async fn idle(
     s: &mut Session,
     rt: &DiskRt,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     d: Duration,
 ) -> Result<bool, ReplError> {
-    if *stop.borrow() {
+    if own.is_stopped() {
         return Ok(true);
     }
     if s.last_sent.elapsed() > PING_EVERY {
@@ -511,16 +461,11 @@ pub(crate) async fn idle(
             Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())))
         }
         () = tokio::time::sleep(d) => Ok(false),
-        _ = stop.changed() => Ok(true),
+        () = own.next() => Ok(own.is_stopped()),
     }
 }
 
 // ---- online verify ------------------------------------------------------------------------
-
-/// A `sitrep verify` request waiting for the disk's session.
-pub(crate) struct VerifyRequest {
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<VerifyReport, String>>,
-}
 
 /// Compares the whole replica with the source by digests only (between cycles); plans a
 /// resync of the differences no recorded change explains.
@@ -528,7 +473,7 @@ pub(crate) async fn verify(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    stop: &mut watch::Receiver<bool>,
+    own: &mut Owner,
     expected: Option<u64>,
 ) -> Result<VerifyReport, ReplError> {
     let name = lock(&rt.prot).name.clone();
@@ -542,7 +487,7 @@ pub(crate) async fn verify(
     .await?;
     let scope = vec![(0, rt.size)];
     let windows = ranges::windows(&scope, 0, WINDOW_BYTES, WINDOW_RANGES);
-    let found = scan(agent, rt, s, &key, windows, Pass::Compare, stop).await?;
+    let found = scan(agent, rt, s, &key, windows, Pass::Compare, own).await?;
     agent.cut(rt)?;
     tokio::time::sleep(DRAIN).await;
     let last = agent.cut(rt)?;
@@ -554,11 +499,10 @@ pub(crate) async fn verify(
     if !mismatches.is_empty() {
         agent.require_resync(
             rt,
-            &format!(
-                "verify found {} bytes in {} ranges that differ",
-                ranges::total(&mismatches),
-                mismatches.len()
-            ),
+            &ResyncCause::VerifyMismatch {
+                bytes: ranges::total(&mismatches),
+                ranges: mismatches.len(),
+            },
             Some(mismatches.clone()),
         )?;
     }

@@ -2,7 +2,7 @@
 //!
 //! The agent does not care *how* changes are observed — by the eBPF tracker watching the
 //! block layer ([`bpf::BpfSource`]), by a ublk target logging its own writes (a later
-//! issue), or by a test injecting writes ([`fake::FakeSource`]). It needs the same five
+//! issue), or by a test injecting writes (`fake::FakeSource`, built for tests and with the `test-support` feature). It needs the same five
 //! things from each: start a disk (and learn whether anything was missed since last time),
 //! cut its changes into a sealed log, find the sealed logs in order, tag a log after
 //! everything completed so far, and stop cleanly.

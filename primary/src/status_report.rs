@@ -1,22 +1,23 @@
 //! What the agent reports (`sitrep status`, the metrics endpoint): each disk's state,
 //! health, lag and counters, computed from its protection and run-time status.
 //!
-//! Built without waiting for any disk's I/O: the protection and run-time status are small
-//! structs behind mutexes held for field updates (and, for the protection, the atomic save
-//! of `protection.json`), and the tracker — held during a cut or tag while a log commit
-//! reaches the disk — is only tried (`records_since_cut_now`).
+//! Built without waiting for any disk's I/O: the protection and run-time status are read
+//! from the disk's published [`DiskSnapshot`](super::snapshot::DiskSnapshot) (its phase
+//! included), and the tracker — held during a cut or tag while a log commit reaches the
+//! disk — is only tried (`records_since_cut_now`).
 
 use std::sync::Arc;
 
+use super::snapshot::CopyRun;
 use super::{Agent, DiskRt, lock};
 use base::config::Frequency;
 use base::status::{self, CopyStatus, CycleStatus, DiskStatus, Health, ReplState, StatusReport};
 
 impl Agent {
     pub(super) fn disk_status(&self, rt: &DiskRt) -> DiskStatus {
-        let p = lock(&rt.prot).clone();
         let records = self.records_since_cut_now(rt);
-        let st = lock(&rt.st);
+        let st = rt.snapshot();
+        let p = &st.prot;
         let now = base::now_ns();
         let applied_seq = st.last_applied.as_ref().map(|a| a.seq);
         let pending = !p.copy.done
@@ -29,20 +30,7 @@ impl Agent {
             .last_applied
             .as_ref()
             .map_or(p.created_unix_ns, |a| a.cut_time_ns);
-        let running = st.resync.as_ref().is_some_and(|r| r.started.is_some());
-        let state = if p.failed_over.is_some() {
-            ReplState::FailedOverToPeer
-        } else if st.critical {
-            ReplState::Critical
-        } else if p.resync.is_some() && running {
-            ReplState::Resynchronizing
-        } else if p.resync.is_some() || (!p.copy.done && p.resync_reason.is_some()) {
-            ReplState::ResyncRequired
-        } else if !p.copy.done {
-            ReplState::InitialReplication
-        } else {
-            ReplState::Protected
-        };
+        let state = st.phase.state();
         let lag_seconds = if pending {
             now.saturating_sub(since) as f64 / 1e9
         } else {
@@ -79,22 +67,7 @@ impl Agent {
                 seq: a.seq,
                 cut_time_unix_ns: a.cut_time_ns,
             }),
-            copy: st.copy.map(|c| {
-                let secs = c.started.elapsed().as_secs_f64();
-                let rate = if secs > 0.5 {
-                    c.cursor.saturating_sub(c.started_cursor) as f64 / secs
-                } else {
-                    0.0
-                };
-                CopyStatus {
-                    done: c.done,
-                    bytes_done: c.cursor,
-                    size: c.size,
-                    rate_bytes_per_sec: rate,
-                    eta_seconds: (rate > 0.0 && !c.done)
-                        .then(|| c.size.saturating_sub(c.cursor) as f64 / rate),
-                }
-            }),
+            copy: st.copy.map(copy_status),
             connected: st.connected,
             error: st.error.clone(),
             resync_reason: if p.copy.done && p.resync.is_none() {
@@ -127,5 +100,22 @@ impl Agent {
             disks: disks.iter().map(|d| self.disk_status(d)).collect(),
             listeners: vec![self.control.status()],
         }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // rates
+fn copy_status(c: CopyRun) -> CopyStatus {
+    let secs = c.started.elapsed().as_secs_f64();
+    let rate = if secs > 0.5 {
+        c.cursor.saturating_sub(c.started_cursor) as f64 / secs
+    } else {
+        0.0
+    };
+    CopyStatus {
+        done: c.done,
+        bytes_done: c.cursor,
+        size: c.size,
+        rate_bytes_per_sec: rate,
+        eta_seconds: (rate > 0.0 && !c.done).then(|| c.size.saturating_sub(c.cursor) as f64 / rate),
     }
 }

@@ -1,32 +1,28 @@
-//! One protected disk's replication: connect, attach, copy if needed, then cycles — and on
-//! failure, the retry rules.
+//! One protected disk's task: the retry loop around its sessions, and each session's course —
+//! connect and attach, then the copy, the resync, the cycles and the requests they hand back
+//! (verify, planned failover), in one place. Each phase lives in its own file and knows
+//! none of the others (`copy`, `resync`, `cycles`, `planned`; `session` and `sealed` below
+//! them).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hrl::chain::list_logs;
-use proto::{CycleInfo, EncodeOpts, Frame, Msg};
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use proto::{CopyState, EncodeOpts, Msg};
 
-use super::cycles::{CyclesEnd, run_cycles};
-use super::ship::{Item, STALL, Wire, spawn_reader};
-use super::state::{CopyPlan, log_dir};
+use super::copy::run_copy;
+use super::cycles::{CycleTimers, CyclesEnd, run_cycles};
+use super::owner::{Owner, VerifyRequest};
+use super::reason::ResyncCause;
+use super::resync::ResyncEnd;
+use super::session::Session;
+pub use super::session::{
+    CHECKPOINT_BYTES, CHECKPOINTS_IN_FLIGHT, GRANULE, PING_EVERY, SCHEDULED_MAX_FREEZE,
+};
+use super::state::log_dir;
 use super::{Agent, DiskRt, lock};
 use crate::backoff::{Backoff, Clock, SystemClock};
-use base::net::{self, ClientStream, ReplError};
+use base::net::ReplError;
 use base::status::JobState;
-
-/// Copy checkpoints: the server syncs the replica and records the cursor this often.
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// Unacknowledged checkpoints allowed in flight.
-pub const CHECKPOINTS_IN_FLIGHT: usize = 2;
-/// Idle sessions ping this often (the server drops silent ones).
-pub const PING_EVERY: Duration = Duration::from_secs(30);
-/// Longest freeze of a scheduled app-consistent point.
-pub const SCHEDULED_MAX_FREEZE: Duration = Duration::from_secs(10);
-/// Read granule of cycles (O_DIRECT alignment).
-pub const GRANULE: u64 = 4096;
 
 /// Why a session ended without an error.
 enum Ended {
@@ -35,26 +31,25 @@ enum Ended {
 }
 
 /// Runs disk `rt` until it is stopped.
-pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
+pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
     let clock = SystemClock;
     let mut backoff = Backoff::new(agent.opts.retry_unit);
-    let mut stop = rt.stop.subscribe();
     loop {
-        if *stop.borrow() {
+        if own.is_stopped() {
             return;
         }
-        let progress = lock(&rt.st).progress;
-        let res = session(&agent, &rt).await;
+        let progress = rt.snapshot().progress;
+        let res = session(&agent, &rt, &mut own).await;
         // The schedule starts over only if the server confirmed real work in the session
         // (a staged cycle, a copy or resync checkpoint, ...): a server that accepts the
         // attach but fails every cycle (out of space) is retried 1, 2, 4, ... units apart.
-        if lock(&rt.st).progress != progress {
+        if rt.snapshot().progress != progress {
             backoff.reset();
         }
         rt.set(|s| s.connected = false);
         // Never leave a filesystem frozen behind a failed session (dropping thaws it, and
         // the requester hears that replication stopped).
-        drop(lock(&rt.frozen).take());
+        drop(own.frozen.take());
         match res {
             Ok(Ended::Stopped) => return,
             Err(ReplError::Refused {
@@ -63,7 +58,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                 ..
             }) if lock(&rt.prot).copy.done => {
                 // The server lost the chain: a checksum resync of the whole disk repairs it.
-                let why = format!("the server reports a broken chain ({message})");
+                let why = ResyncCause::BrokenChain { message };
                 if let Err(e) = agent.require_resync(&rt, &why, None) {
                     tracing::error!("{e}");
                 }
@@ -82,7 +77,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                     });
                     tokio::select! {
                         () = clock.sleep(retry.delay) => {}
-                        _ = stop.changed() => {
+                        () = own.stopped() => {
                             rt.set(|s| s.next_retry_ns = None);
                             return;
                         }
@@ -115,7 +110,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
                     }
                     agent.job_fail(&rt, &msg);
                     // Non-recoverable: wait for the operator (unprotect, or restart the agent).
-                    let _ = stop.changed().await;
+                    own.stopped().await;
                     return;
                 }
             }
@@ -123,291 +118,20 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>) {
     }
 }
 
-pub(crate) struct Session {
-    pub(crate) w: Wire<WriteHalf<ClientStream>>,
-    rx: mpsc::Receiver<Result<Msg, ReplError>>,
-    pub(crate) peer: String,
-    pub(crate) last_sent: Instant,
-    pub(super) last_heard: Instant,
-    /// Whether cycle frames are compressed now (kept across the session's cycles).
-    pub(crate) comp: super::ship::Compression,
-}
-
-impl Session {
-    /// The next message other than `Applied`/`Pong` (which update the status), waiting at
-    /// most [`STALL`] for it.
-    pub(crate) async fn answer(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
-        tokio::time::timeout(STALL, self.recv(rt))
-            .await
-            .map_err(|_| ReplError::Net(format!("{}: no answer for {STALL:?}", self.peer)))?
-    }
-
-    /// A message other than `Applied`/`Pong` if one has arrived, without waiting.
-    fn try_recv(&mut self, rt: &DiskRt) -> Result<Option<Msg>, ReplError> {
-        loop {
-            let m = match self.rx.try_recv() {
-                Ok(m) => m?,
-                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return Err(ReplError::Net("connection closed".into()));
-                }
-            };
-            self.last_heard = Instant::now();
-            if let Some(m) = note(rt, m) {
-                return Ok(Some(m));
-            }
-        }
-    }
-
-    pub(crate) async fn recv(&mut self, rt: &DiskRt) -> Result<Msg, ReplError> {
-        // Whatever is buffered may be what the answer waits for.
-        self.w.flush().await?;
-        loop {
-            let m = self
-                .rx
-                .recv()
-                .await
-                .ok_or_else(|| ReplError::Net("connection closed".into()))??;
-            self.last_heard = Instant::now();
-            if let Some(m) = note(rt, m) {
-                return Ok(m);
-            }
-        }
-    }
-
-    async fn expect_ack(&mut self, rt: &DiskRt, cursor: Option<u64>) -> Result<u64, ReplError> {
-        match self.answer(rt).await? {
-            Msg::CopyAck { cursor: c } if cursor.is_none_or(|x| x == c) => Ok(c),
-            m => Err(ReplError::Protocol(format!(
-                "{} sent {} where CopyAck{} was expected",
-                self.peer,
-                m.name(),
-                cursor.map(|c| format!(" {c}")).unwrap_or_default()
-            ))),
-        }
-    }
-
-    /// The server's refusal, if one arrives within a second (after a network error: the
-    /// server may have said why before closing).
-    async fn pending_refusal(&mut self) -> Option<ReplError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(Err(e @ ReplError::Refused { .. }))) => return Some(e),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) | Err(_) => return None,
-            }
-        }
-    }
-
-    pub(crate) async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
-        self.last_sent = Instant::now();
-        self.w.msg(m).await
-    }
-}
-
-/// Writes one encoded frame and counts it in the disk's status.
-pub(crate) async fn send_frame(
-    s: &mut Session,
-    rt: &DiskRt,
-    bytes: &[u8],
-    data: u64,
-    zero: u64,
-) -> Result<(), ReplError> {
-    s.w.bytes(bytes).await?;
-    let wire = bytes.len() as u64;
-    rt.set(|st| {
-        st.bytes_shipped += data;
-        st.zero_bytes += zero;
-        st.wire_bytes += wire;
-    });
-    Ok(())
-}
-
-/// Applies `Applied`/`Pong` to the status; returns any other message.
-fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
-    match m {
-        Msg::Applied { seq, cut_time_ns } => {
-            rt.set(|s| {
-                s.last_applied = Some(CycleInfo { seq, cut_time_ns });
-                s.cycles_applied += 1;
-                s.progress += 1;
-            });
-            None
-        }
-        Msg::Pong { .. } => None,
-        other @ (Msg::CycleAck { .. }
-        | Msg::CopyAck { .. }
-        | Msg::ResyncAck { .. }
-        | Msg::ResyncFinished { .. }
-        | Msg::FailoverDone { .. }) => {
-            rt.set(|s| s.progress += 1);
-            Some(other)
-        }
-        other => Some(other),
-    }
-}
-
-fn spawn_receiver(
-    mut r: ReadHalf<ClientStream>,
-    peer: String,
-) -> mpsc::Receiver<Result<Msg, ReplError>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let m = match proto::read_frame(&mut r).await {
-                Ok(Frame::Control(Msg::Error { code, message, .. })) => Err(ReplError::Refused {
-                    peer: peer.clone(),
-                    code,
-                    message,
-                }),
-                Ok(Frame::Control(m)) => Ok(m),
-                Ok(_) => Err(ReplError::Protocol(format!("{peer} sent a data frame"))),
-                Err(e) => Err(e.into()),
-            };
-            let end = m.is_err();
-            if tx.send(m).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
+async fn session(agent: &Agent, rt: &DiskRt, own: &mut Owner) -> Result<Ended, ReplError> {
     let prot = lock(&rt.prot).clone();
-    let size = rt.size;
-    let cfg = agent.client_cfg.clone();
-    let mut stream = net::connect(&prot.to, cfg, Duration::from_secs(10)).await?;
-    let server_name = pki::peer_name(stream.get_ref().1);
-    net::client_hello(&mut stream, &agent.name, &prot.to).await?;
-    let (r, w) = tokio::io::split(stream);
-    let mut s = Session {
-        w: Wire::new(w, agent.opts.max_rate),
-        rx: spawn_receiver(r, prot.to.clone()),
-        peer: prot.to.clone(),
-        last_sent: Instant::now(),
-        last_heard: Instant::now(),
-        comp: super::ship::Compression::new(agent.opts.compress_auto),
-    };
+    let (mut s, server_name) = Session::connect(
+        &prot.to,
+        &agent.name,
+        agent.client_cfg.clone(),
+        agent.opts.max_rate,
+        agent.opts.compress_auto,
+    )
+    .await?;
     let res = async {
-        s.msg(match prot.reverse {
-            Some(r) => Msg::AttachReverse {
-                disk: prot.name.clone(),
-                disk_id: prot.disk_id_bytes(),
-                size,
-                block_size: rt.block_size,
-                fork_seq: r.fork_seq,
-                from_seq: prot.copy.from_seq,
-                discard_target_changes: r.discard_target_changes,
-            },
-            None => Msg::Attach {
-                disk: prot.name.clone(),
-                disk_id: prot.disk_id_bytes(),
-                size,
-                block_size: rt.block_size,
-            },
-        })
-        .await?;
-        let (server_copy, applied, mut expected) = match s.answer(rt).await? {
-            Msg::Attached {
-                copy,
-                applied,
-                expected_seq,
-            } => (copy, applied, expected_seq),
-            m => {
-                return Err(ReplError::Protocol(format!(
-                    "{} answered Attach with {}",
-                    prot.to,
-                    m.name()
-                )));
-            }
-        };
-        rt.set(|st| {
-            st.connected = true;
-            st.error = None;
-            st.critical = false;
-            if applied.is_some() {
-                st.last_applied = applied;
-            }
-        });
-        tracing::info!(disk = %prot.name, server = %prot.to, "attached");
-        record_server_name(agent, rt, server_name.as_deref());
-        // The server is the authority on what it holds: if it lost the copy (a new store), or it
-        // belongs to another copy, start over.
-        {
-            let mut p = lock(&rt.prot);
-            let server_ok = server_copy
-                .as_ref()
-                .is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
-            if let Some(c) = &server_copy
-                && c.done
-                && c.from_seq == p.copy.from_seq
-                && !p.copy.done
-                && !p.copy.restart
-            {
-                // The server completed the copy; its last acknowledgement was lost with the
-                // connection.
-                p.copy.done = true;
-                let _ = p.save(&agent.opts.state);
-            } else if !server_ok && (p.copy.done || server_copy.is_some()) {
-                tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
-                p.copy.done = false;
-                p.copy.restart = true;
-                let _ = p.save(&agent.opts.state);
-            }
-        }
-        let mut stop = rt.stop.subscribe();
-        // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
-        // than shipping them, and drops them at once.
-        if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
-            check_log_threshold(agent, rt, expected)?;
-        }
-        loop {
-            let plan = lock(&rt.prot).copy;
-            if !plan.done {
-                let cursor = if plan.restart {
-                    None
-                } else {
-                    server_copy
-                        .as_ref()
-                        .filter(|c| c.from_seq == plan.from_seq && !c.done)
-                        .map(|c| c.cursor)
-                };
-                if run_copy(agent, rt, &mut s, plan, cursor, &mut stop).await? {
-                    return Ok(Ended::Stopped);
-                }
-                expected = Some(plan.from_seq);
-            }
-            if lock(&rt.prot).resync.is_some() {
-                match super::resync::run(agent, rt, &mut s, &mut stop).await? {
-                    super::resync::ResyncEnd::Stopped => {
-                        let _ = s.msg(Msg::Bye).await;
-                        s.w.shutdown().await;
-                        return Ok(Ended::Stopped);
-                    }
-                    super::resync::ResyncEnd::Done(from) => expected = Some(from),
-                    super::resync::ResyncEnd::Again => {}
-                }
-                continue;
-            }
-            match run_cycles(agent, rt, &mut s, &mut expected, &mut stop).await? {
-                CyclesEnd::Stopped => {
-                    let _ = s.msg(Msg::Bye).await;
-                    s.w.shutdown().await;
-                    return Ok(Ended::Stopped);
-                }
-                CyclesEnd::FailedOver => {
-                    s.w.shutdown().await;
-                    return Ok(Ended::Stopped);
-                }
-                CyclesEnd::Resync(why) => {
-                    if let Some(why) = why {
-                        agent.require_resync(rt, &why, None)?;
-                    }
-                }
-            }
-        }
+        let (server_copy, expected) =
+            attach(agent, rt, &mut s, &prot, server_name.as_deref()).await?;
+        drive(agent, rt, &mut s, server_copy, expected, own).await
     }
     .await;
     match res {
@@ -418,12 +142,179 @@ async fn session(agent: &Agent, rt: &DiskRt) -> Result<Ended, ReplError> {
     }
 }
 
+/// Attaches the disk; returns the server's copy and the cycle it expects next.
+async fn attach(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    prot: &super::state::Protection,
+    server_name: Option<&str>,
+) -> Result<(Option<CopyState>, Option<u64>), ReplError> {
+    let size = rt.size;
+    s.msg(match prot.reverse {
+        Some(r) => Msg::AttachReverse {
+            disk: prot.name.clone(),
+            disk_id: prot.disk_id_bytes(),
+            size,
+            block_size: rt.block_size,
+            fork_seq: r.fork_seq,
+            from_seq: prot.copy.from_seq,
+            discard_target_changes: r.discard_target_changes,
+        },
+        None => Msg::Attach {
+            disk: prot.name.clone(),
+            disk_id: prot.disk_id_bytes(),
+            size,
+            block_size: rt.block_size,
+        },
+    })
+    .await?;
+    let (server_copy, applied, expected) = match s.answer(rt).await? {
+        Msg::Attached {
+            copy,
+            applied,
+            expected_seq,
+        } => (copy, applied, expected_seq),
+        m => {
+            return Err(ReplError::Protocol(format!(
+                "{} answered Attach with {}",
+                prot.to,
+                m.name()
+            )));
+        }
+    };
+    rt.set(|st| {
+        st.connected = true;
+        st.error = None;
+        st.critical = false;
+        if applied.is_some() {
+            st.last_applied = applied;
+        }
+    });
+    tracing::info!(disk = %prot.name, server = %prot.to, "attached");
+    record_server_name(agent, rt, server_name);
+    reconcile_copy(agent, rt, server_copy.as_ref());
+    // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper
+    // than shipping them, and drops them at once.
+    if lock(&rt.prot).copy.done && lock(&rt.prot).resync.is_none() {
+        check_log_threshold(agent, rt, expected)?;
+    }
+    Ok((server_copy, expected))
+}
+
+/// The server is the authority on what it holds: if it lost the copy (a new store), or it
+/// belongs to another copy, start over.
+fn reconcile_copy(agent: &Agent, rt: &DiskRt, server_copy: Option<&CopyState>) {
+    let mut p = rt.prot_mut();
+    let server_ok =
+        server_copy.is_some_and(|c| c.from_seq == p.copy.from_seq && (c.done || !p.copy.done));
+    if let Some(c) = server_copy
+        && c.done
+        && c.from_seq == p.copy.from_seq
+        && !p.copy.done
+        && !p.copy.restart
+    {
+        // The server completed the copy; its last acknowledgement was lost with the
+        // connection.
+        p.copy.done = true;
+        let _ = p.save(&agent.opts.state);
+    } else if !server_ok && (p.copy.done || server_copy.is_some()) {
+        tracing::warn!(disk = %p.name, "the server's copy does not match ours: copying again");
+        p.copy.done = false;
+        p.copy.restart = true;
+        let _ = p.save(&agent.opts.state);
+    }
+}
+
+/// Runs the session's phases until it stops, fails over, or fails.
+async fn drive(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    server_copy: Option<CopyState>,
+    mut expected: Option<u64>,
+    own: &mut Owner,
+) -> Result<Ended, ReplError> {
+    // Kept while the cycles hand back requests, new after a copy or a resync.
+    let mut timers: Option<CycleTimers> = None;
+    loop {
+        let plan = lock(&rt.prot).copy;
+        if !plan.done {
+            timers = None;
+            let cursor = if plan.restart {
+                None
+            } else {
+                server_copy
+                    .as_ref()
+                    .filter(|c| c.from_seq == plan.from_seq && !c.done)
+                    .map(|c| c.cursor)
+            };
+            if run_copy(agent, rt, s, plan, cursor, own).await? {
+                return Ok(Ended::Stopped);
+            }
+            expected = Some(plan.from_seq);
+        }
+        if lock(&rt.prot).resync.is_some() {
+            timers = None;
+            match super::resync::run(agent, rt, s, own).await? {
+                ResyncEnd::Stopped => return bye(s).await,
+                ResyncEnd::Done(from) => expected = Some(from),
+                ResyncEnd::Again => {}
+            }
+            continue;
+        }
+        let t = timers.get_or_insert_with(|| CycleTimers::new(rt));
+        match run_cycles(agent, rt, s, &mut expected, own, t).await? {
+            CyclesEnd::Stopped => return bye(s).await,
+            CyclesEnd::Resync(why) => {
+                timers = None;
+                if let Some(why) = why {
+                    agent.require_resync(rt, &why, None)?;
+                }
+            }
+            CyclesEnd::Planned(req) => {
+                if super::planned::run(agent, rt, s, &mut expected, own, req).await? {
+                    // Active on the secondary now: replication from here is over.
+                    s.w.shutdown().await;
+                    return Ok(Ended::Stopped);
+                }
+            }
+            CyclesEnd::Verify(v) => verify(agent, rt, s, own, expected, v).await?,
+        }
+    }
+}
+
+/// Runs a `sitrep verify` between cycles and answers it.
+async fn verify(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    own: &mut Owner,
+    expected: Option<u64>,
+    v: VerifyRequest,
+) -> Result<(), ReplError> {
+    let r = super::resync::verify(agent, rt, s, own, expected).await;
+    let (reply, res) = match r {
+        Ok(rep) => (Ok(rep), Ok(())),
+        Err(e) => (Err(e.to_string()), Err(e)),
+    };
+    let _ = v.reply.send(reply);
+    res
+}
+
+/// Ends the session cleanly (a stop was asked).
+async fn bye(s: &mut Session) -> Result<Ended, ReplError> {
+    let _ = s.msg(Msg::Bye).await;
+    s.w.shutdown().await;
+    Ok(Ended::Stopped)
+}
+
 /// Records the certificate name of the server the disk attached to: after a failover, the
 /// client this site's server lets adopt the disk for reverse replication
 /// (`server/reverse.rs`).
 fn record_server_name(agent: &Agent, rt: &DiskRt, name: Option<&str>) {
     let Some(name) = name else { return };
-    let mut p = lock(&rt.prot);
+    let mut p = rt.prot_mut();
     if p.server_name.as_deref() == Some(name) {
         return;
     }
@@ -431,132 +322,6 @@ fn record_server_name(agent: &Agent, rt: &DiskRt, name: Option<&str>) {
     if let Err(e) = p.save(&agent.opts.state) {
         tracing::warn!(disk = %p.name, "recording the server's name: {e}");
     }
-}
-
-/// Copies the whole device (from `cursor`), then tells the server the copy is done.
-/// Returns true if stopped.
-async fn run_copy(
-    agent: &Agent,
-    rt: &DiskRt,
-    s: &mut Session,
-    plan: CopyPlan,
-    cursor: Option<u64>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<bool, ReplError> {
-    let size = rt.size;
-    let name = lock(&rt.prot).name.clone();
-    s.msg(Msg::CopyBegin {
-        from_seq: plan.from_seq,
-        restart: cursor.is_none(),
-    })
-    .await?;
-    let start = s.expect_ack(rt, None).await?;
-    if start > size || (start % GRANULE != 0 && start != size) {
-        return Err(ReplError::Protocol(format!(
-            "the server's copy cursor {start} is not a valid position on the {size}-byte disk"
-        )));
-    }
-    if plan.restart {
-        let mut p = lock(&rt.prot);
-        p.copy.restart = false;
-        p.save(&agent.opts.state)
-            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
-    }
-    tracing::info!(disk = %name, from = start, size, "initial copy");
-    agent.job_step(rt, "initial-replication", start, size);
-    rt.set(|st| {
-        st.copy = Some(super::CopyRun {
-            cursor: start,
-            size,
-            started: Instant::now(),
-            started_cursor: start,
-            done: false,
-        });
-    });
-    let mut ranges = Vec::new();
-    let mut at = start;
-    while at < size {
-        let end = (at + CHECKPOINT_BYTES).min(size);
-        ranges.push((at, end));
-        at = end;
-    }
-    let device = lock(&rt.prot).device.clone();
-    let mut rx = spawn_reader(device, size, ranges, agent.encode_opts());
-    let mut in_flight = 0usize;
-    loop {
-        let item = tokio::select! {
-            i = rx.recv() => i,
-            _ = stop.changed() => return Ok(true),
-        };
-        match item {
-            Some(Item::Frame { bytes, data, zero }) => {
-                send_frame(s, rt, &bytes, data, zero).await?;
-                // Take acknowledgements as they come, for an accurate progress.
-                while in_flight > 0
-                    && let Some(m) = s.try_recv(rt)?
-                {
-                    match m {
-                        Msg::CopyAck { cursor } => {
-                            in_flight -= 1;
-                            copy_progress(agent, rt, cursor, size);
-                        }
-                        m => {
-                            return Err(ReplError::Protocol(format!(
-                                "{} sent {} during the copy",
-                                s.peer,
-                                m.name()
-                            )));
-                        }
-                    }
-                }
-            }
-            Some(Item::Mark(c)) => {
-                s.msg(Msg::CopyCheckpoint { cursor: c }).await?;
-                in_flight += 1;
-                while in_flight > CHECKPOINTS_IN_FLIGHT {
-                    let acked = s.expect_ack(rt, None).await?;
-                    in_flight -= 1;
-                    copy_progress(agent, rt, acked, size);
-                }
-            }
-            Some(Item::Failed(e)) => return Err(ReplError::Local(format!("disk {name}: {e}"))),
-            Some(Item::Done { .. }) | None => break,
-        }
-    }
-    while in_flight > 0 {
-        let acked = s.expect_ack(rt, None).await?;
-        in_flight -= 1;
-        copy_progress(agent, rt, acked, size);
-    }
-    s.msg(Msg::CopyDone {
-        from_seq: plan.from_seq,
-    })
-    .await?;
-    s.expect_ack(rt, Some(size)).await?;
-    {
-        let mut p = lock(&rt.prot);
-        p.copy.done = true;
-        p.save(&agent.opts.state)
-            .map_err(|e| ReplError::Local(format!("disk {name}: saving state: {e}")))?;
-    }
-    rt.set(|st| {
-        if let Some(c) = &mut st.copy {
-            c.cursor = size;
-            c.done = true;
-        }
-    });
-    tracing::info!(disk = %name, "initial copy complete; shipping the changes made during it");
-    agent.job_step(rt, "ship-changes-during-copy", 0, 0);
-    Ok(false)
-}
-
-fn copy_progress(agent: &Agent, rt: &DiskRt, cursor: u64, size: u64) {
-    rt.set(|st| {
-        if let Some(c) = &mut st.copy {
-            c.cursor = cursor;
-        }
-    });
-    agent.job_step(rt, "initial-replication", cursor, size);
 }
 
 /// Plans a resync when the pending logs name more than the threshold of the disk.
@@ -587,10 +352,11 @@ fn check_log_threshold(agent: &Agent, rt: &DiskRt, expected: Option<u64>) -> Res
     if bytes > limit {
         agent.require_resync(
             rt,
-            &format!(
-                "the pending logs name {bytes} bytes, more than {pct} % of the {}-byte disk",
-                rt.size
-            ),
+            &ResyncCause::PendingLogs {
+                bytes,
+                pct,
+                size: rt.size,
+            },
             Some(Vec::new()),
         )?;
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::status::{DiskStatus, Health, ResyncStatus, StatusReport};
+use crate::status::{DiskStatus, Health, ResyncPhase, ResyncStatus, StatusReport};
 
 /// The exposition text of `r`: every family with `# HELP` and `# TYPE`, one sample per disk.
 /// `sitrep_retries_total` is the agent's, `sitrep_points` the server's;
@@ -154,12 +154,11 @@ pub(super) fn resync_ratio(r: &ResyncStatus) -> f64 {
     } else {
         (r.bytes_done as f64 / r.scope_bytes as f64).clamp(0.0, 1.0)
     };
-    match r.phase.as_str() {
-        "waiting-for-window" => 0.0,
-        "compare-and-repair" => pass / 2.0,
-        "confirm" => 0.5 + pass / 2.0,
-        "done" => 1.0,
-        _ => pass,
+    match r.phase {
+        ResyncPhase::WaitingForWindow => 0.0,
+        ResyncPhase::CompareAndRepair => pass / 2.0,
+        ResyncPhase::Confirm => 0.5 + pass / 2.0,
+        ResyncPhase::Done => 1.0,
     }
 }
 

@@ -4,7 +4,9 @@ use std::task::{Context, Poll};
 
 use super::render::{escape, float, resync_ratio};
 use super::*;
-use crate::status::{CycleStatus, DiskStatus, Health, ReplState, ResyncStatus, SCHEMA};
+use crate::status::{
+    CycleStatus, DiskStatus, Health, ReplState, ResyncPhase, ResyncStatus, SCHEMA,
+};
 
 fn disk(name: &str) -> DiskStatus {
     DiskStatus {
@@ -58,7 +60,7 @@ fn agent_report() -> StatusReport {
     b.error = Some("disk logs: network: connection refused".into());
     b.retries = 3;
     b.resync = Some(ResyncStatus {
-        phase: "confirm".into(),
+        phase: ResyncPhase::Confirm,
         reason: "tracking was interrupted".into(),
         scope_bytes: 1000,
         bytes_done: 500,
@@ -193,12 +195,13 @@ fn resync_progress_runs_over_both_passes() {
         ("confirm", 5000, 1.0),
         ("done", 1000, 1.0),
     ] {
-        r.phase = phase.into();
+        // The schema's strings parse to the typed phase.
+        r.phase = serde_json::from_value(serde_json::json!(phase)).unwrap();
         r.bytes_done = done;
         assert!((resync_ratio(&r) - ratio).abs() < 1e-9, "{phase} {done}");
     }
     r.scope_bytes = 0;
-    r.phase = "compare-and-repair".into();
+    r.phase = ResyncPhase::CompareAndRepair;
     assert!(resync_ratio(&r).abs() < 1e-9);
 }
 

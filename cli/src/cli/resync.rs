@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use base::control::Request;
-use base::status::{DiskStatus, ResyncStatus, StatusReport, VerifyReport};
+use base::status::{DiskStatus, ResyncPhase, ResyncStatus, StatusReport, VerifyReport};
 use clap::Args;
 
 use super::repl::SocketArg;
@@ -56,7 +56,7 @@ fn disk(a: &SocketArg, name: &str) -> anyhow::Result<DiskStatus> {
 }
 
 fn progress_line(r: &ResyncStatus) -> String {
-    let frac = if r.scope_bytes > 0 && r.phase != "waiting-for-window" {
+    let frac = if r.scope_bytes > 0 && r.phase != ResyncPhase::WaitingForWindow {
         r.bytes_done as f64 / r.scope_bytes.max(1) as f64
     } else {
         0.0
@@ -108,7 +108,7 @@ pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
             crate::outln!(
                 "disk {}: resync {} ({}); follow with `sitrep status` / `sitrep jobs`",
                 a.name,
-                if r.phase == "waiting-for-window" && !a.now {
+                if r.phase == ResyncPhase::WaitingForWindow && !a.now {
                     format!("waits for its window {}", r.window)
                 } else {
                     "starting".to_string()
@@ -147,7 +147,7 @@ pub(crate) fn resync(a: &ResyncArgs) -> anyhow::Result<Outcome> {
             );
         }
         let Some(r) = &d.resync else { continue };
-        if r.phase == "waiting-for-window" && !told_window {
+        if r.phase == ResyncPhase::WaitingForWindow && !told_window {
             eprintln!(
                 "disk {}: the resync waits for its window {} (use --now to start it at once)",
                 a.name, r.window

@@ -1,0 +1,283 @@
+//! Shipping sealed logs as cycles: each log's ranges read from the device and sent, the log
+//! tagged once they are read, the cycle judged (crash-consistent or not) and the verdict
+//! sent — with the app-consistent point (or planned failover) waiting on that cycle answered.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hrl::chain::list_logs;
+use proto::Msg;
+
+use super::owner::Owner;
+use super::reason::ResyncCause;
+use super::session::{GRANULE, Session, send_frame};
+use super::ship::Item;
+use super::state::log_dir;
+use super::{Agent, DiskRt, lock};
+use crate::cycle::{CycleExtents, read_cycle};
+use base::net::ReplError;
+
+/// Why shipping stopped before the last sealed log.
+pub(crate) enum ShipEnd {
+    /// Stop requested.
+    Stopped,
+    /// A resync of the whole disk is required, for this reason (a missing log, a gap).
+    Resync(ResyncCause),
+}
+
+/// Ships every sealed log of the disk, oldest first (logs covered by the copy or already
+/// acknowledged are deleted). `Some` when the caller must end the cycles: stopped, or a
+/// resync is needed (a missing log, a tracking gap).
+pub(crate) async fn ship_sealed(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    own: &mut Owner,
+) -> Result<Option<ShipEnd>, ReplError> {
+    let (name, device, from_seq) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.device.clone(), p.copy.from_seq)
+    };
+    let logs = log_dir(&agent.opts.state, &name);
+    let listed = list_logs(&logs)
+        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let sealed = &listed[..listed.len().saturating_sub(1)];
+    let mut pending_bytes = 0u64;
+    let mut pending = Vec::new();
+    for (seq, path) in sealed {
+        let seq = seq.0;
+        if seq < from_seq || expected.is_some_and(|e| seq < e) {
+            // Covered by the copy, or acknowledged by the server.
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
+        pending.push((seq, path.clone()));
+    }
+    for (seq, path) in &pending {
+        if let Some(c) = rt.cached_bytes(*seq, path, rt.size) {
+            pending_bytes += c;
+        }
+    }
+    rt.set(|st| {
+        st.pending_logs = pending.len();
+        st.backlog_bytes = pending_bytes;
+    });
+    for (seq, path) in pending {
+        if let Some(e) = *expected
+            && seq != e
+        {
+            return Ok(Some(ShipEnd::Resync(ResyncCause::MissingLogs {
+                seq,
+                acked: e.saturating_sub(1),
+            })));
+        }
+        let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
+            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+        if let Some(why) = cyc.whole_disk_gap {
+            return Ok(Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })));
+        }
+        ship_cycle(agent, rt, s, &device, &cyc, own).await?;
+        let _ = std::fs::remove_file(&path);
+        rt.forget_cached(seq);
+        *expected = Some(seq + 1);
+        rt.set(|st| {
+            st.last_shipped_seq = Some(seq);
+            st.pending_logs = st.pending_logs.saturating_sub(1);
+            st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
+        });
+        if own.is_stopped() {
+            return Ok(Some(ShipEnd::Stopped));
+        }
+    }
+    Ok(None)
+}
+
+/// Ships one cycle and sends its verdict.
+async fn ship_cycle(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    device: &Path,
+    cyc: &CycleExtents,
+    own: &mut Owner,
+) -> Result<(), ReplError> {
+    // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
+    // sealed by auto-rotation or crash recovery: never a point).
+    let cut = lock(&rt.cuts).get(&cyc.seq).copied();
+    let t0 = Instant::now();
+    s.msg(Msg::CycleBegin {
+        seq: cyc.seq,
+        log_id: cyc.log_id,
+        cut_time_ns: cut.map_or(cyc.cut_time_ns, |c| c.0),
+        extents: cyc.ranges.len() as u64,
+        data_bytes: cyc.bytes,
+    })
+    .await?;
+    let (frames, data_bytes) = send_ranges(agent, rt, s, device, cyc, own).await?;
+    let t_sent = t0.elapsed();
+    s.msg(Msg::CycleEnd {
+        seq: cyc.seq,
+        frames,
+        data_bytes,
+    })
+    .await?;
+    match s.answer(rt).await? {
+        Msg::CycleAck { seq } if seq == cyc.seq => {}
+        m => {
+            return Err(ReplError::Protocol(format!(
+                "{} sent {} where CycleAck {} was expected",
+                s.peer,
+                m.name(),
+                cyc.seq
+            )));
+        }
+    }
+    let t_ack = t0.elapsed();
+    let consistent = judge(agent, rt, cyc, cut)?;
+    lock(&rt.cuts).remove(&cyc.seq);
+    let label = answer_point(rt, own, cyc, cut, consistent);
+    tracing::debug!(
+        disk = %lock(&rt.prot).name, seq = cyc.seq, extents = cyc.ranges.len(),
+        bytes = cyc.bytes, sent_ms = t_sent.as_millis(), acked_ms = t_ack.as_millis(),
+        judged_ms = t0.elapsed().as_millis(), "cycle shipped"
+    );
+    rt.set(|st| {
+        st.cycles_judged += 1;
+        if consistent {
+            st.cycles_consistent += 1;
+        }
+    });
+    s.msg(Msg::Verdict {
+        seq: cyc.seq,
+        crash_consistent: consistent,
+        label,
+    })
+    .await
+}
+
+/// Reads the cycle's ranges and sends them; tags the log once they are all read. Returns
+/// the frames and data bytes sent.
+async fn send_ranges(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    device: &Path,
+    cyc: &CycleExtents,
+    own: &mut Owner,
+) -> Result<(u64, u64), ReplError> {
+    let mut rx = super::ship::spawn_readers(
+        device.to_path_buf(),
+        rt.size,
+        cyc.ranges.clone(),
+        agent.encode_opts(),
+        super::ship::CYCLE_READERS,
+        Some(s.comp.flag()),
+    );
+    loop {
+        let waiting = Instant::now();
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            () = own.stopped() => return Err(ReplError::Local("stopping".into())),
+        };
+        match item {
+            Some(Item::Frame { bytes, data, zero }) => {
+                let (waited, sending) = (waiting.elapsed(), Instant::now());
+                send_frame(s, rt, &bytes, data, zero).await?;
+                s.comp.note(waited, sending.elapsed());
+                thaw_if(own, cyc.seq, true);
+            }
+            Some(Item::Mark(_)) => {}
+            Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
+            Some(Item::Done { frames, data_bytes }) => {
+                // Every range of the cycle is read: tag the log here, so the changes
+                // recorded between the cut and now can be told from later ones — and only
+                // then thaw a frozen filesystem, whose writes would otherwise race the tag.
+                let tagged = agent.mark(rt, cyc.seq);
+                thaw_if(own, cyc.seq, false);
+                tagged?;
+                return Ok((frames, data_bytes));
+            }
+            None => return Err(ReplError::Local("device reader stopped".into())),
+        }
+    }
+}
+
+/// Whether the acknowledged cycle is crash-consistent: cut exactly by this agent, after the
+/// points' floor, and no change raced its reads.
+fn judge(
+    agent: &Agent,
+    rt: &DiskRt,
+    cyc: &CycleExtents,
+    cut: Option<(u64, bool)>,
+) -> Result<bool, ReplError> {
+    let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
+    let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
+    Ok(agent.opts.offer_every_cycle
+        || (exact
+            && tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
+                .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
+                == Some(false)))
+}
+
+/// Answers the point (or planned failover) waiting on this cycle, if any; returns the
+/// verdict's label (None: not an app-consistent point).
+fn answer_point(
+    rt: &DiskRt,
+    own: &mut Owner,
+    cyc: &CycleExtents,
+    cut: Option<(u64, bool)>,
+    consistent: bool,
+) -> Option<String> {
+    let f = own.frozen.take_if(|f| f.seq == cyc.seq)?;
+    let label = if f.frozen.is_none() && f.freeze_ms > f.max_freeze.as_secs_f64() * 1000.0 {
+        None
+    } else {
+        Some(f.label.clone())
+    };
+    let label = label
+        .filter(|l| !l.is_empty())
+        .map(|l| proto::clip_label(&l));
+    let report = base::status::AppPointReport {
+        disk: lock(&rt.prot).name.clone(),
+        seq: cyc.seq,
+        cut_time_unix_ns: cut.map_or(cyc.cut_time_ns, |c| c.0),
+        label: f.label.clone(),
+        freeze_ms: f.freeze_ms,
+        consistent: consistent && label.is_some(),
+    };
+    let _ = f.reply.send(if report.consistent {
+        Ok(report)
+    } else if label.is_none() {
+        Err(format!(
+            "disk {}: reading the frozen cycle took longer than the {} ms freeze limit; no app-consistent point",
+            report.disk,
+            f.max_freeze.as_millis()
+        ))
+    } else {
+        Err(format!(
+            "disk {}: the frozen cycle {} could not be proved consistent; no app-consistent point",
+            report.disk, cyc.seq
+        ))
+    });
+    label
+}
+
+/// Thaws the filesystem frozen for cycle `seq`: when its reads are done, or (`early`) once it
+/// has been frozen longer than allowed.
+fn thaw_if(own: &mut Owner, seq: u64, early: bool) {
+    if let Some(f) = own.frozen.as_mut()
+        && f.seq == seq
+        && let Some(fz) = f
+            .frozen
+            .take_if(|fz| !early || fz.frozen_for() > f.max_freeze)
+    {
+        f.freeze_ms = fz.thaw();
+        if early {
+            tracing::warn!(
+                "thawed after {:.0} ms, past the limit: the point will not be app-consistent",
+                f.freeze_ms
+            );
+        }
+    }
+}
