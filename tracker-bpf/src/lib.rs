@@ -33,6 +33,7 @@ mod load;
 mod poller;
 mod skel;
 mod tracker;
+mod words;
 
 pub use attach::{AttachMode, Attached};
 pub use device::{DeviceInfo, IoCounters};
