@@ -23,6 +23,7 @@ mod attach;
 pub mod coalesce;
 mod completions;
 pub mod continuity;
+mod ctrl;
 pub mod device;
 mod disk;
 pub mod error;
