@@ -21,7 +21,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let bad = || {
         format!(
-            "size '{t}': expected a number with an optional K, M, G or T suffix (e.g. 4096, 512K, 64M, 2G)"
+            "size {t:?}: expected a number with an optional K, M, G or T suffix (e.g. 4096, 512K, 64M, 2G)"
         )
     };
     let (num, unit) = split_digits(t);
@@ -44,7 +44,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let bad =
-        || format!("rate '{t}': expected bytes/s like 512K, 50M, 1G (an optional /s is accepted)");
+        || format!("rate {t:?}: expected bytes/s like 512K, 50M, 1G (an optional /s is accepted)");
     match parse_size(t.strip_suffix("/s").unwrap_or(t)) {
         Ok(0) | Err(_) => Err(bad()),
         Ok(v) => Ok(v),
@@ -57,7 +57,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 /// Not a duration, or too long to count in nanoseconds (about 584 years).
 pub fn parse_duration_ns(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let bad = || format!("duration '{t}': expected e.g. 500ms, 30s, 10m, 1h, 7d");
+    let bad = || format!("duration {t:?}: expected e.g. 500ms, 30s, 10m, 1h, 7d");
     let (num, unit) = split_digits(t);
     let n: u64 = num.parse().map_err(|_| bad())?;
     let unit_ns: u64 = match unit.trim() {
