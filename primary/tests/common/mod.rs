@@ -195,14 +195,24 @@ impl Net {
         lock(&self.attempts).clone()
     }
 
-    /// How the server's sessions ended, in order (waits for each to end).
+    /// How the server's sessions ended, in order (waits for each to end: only when none is
+    /// live).
     pub async fn session_results(&self) -> Vec<Result<(), ReplError>> {
-        let hs: Vec<_> = lock(&self.sessions).drain(..).collect();
+        let n = lock(&self.sessions).len();
         let mut out = Vec::new();
-        for h in hs {
-            out.push(tokio::time::timeout(PATIENCE, h).await.unwrap().unwrap());
+        for i in 0..n {
+            out.push(self.session_end(i).await);
         }
         out
+    }
+
+    /// How the server's session of connection `i` (0: the first made) ended, once it has.
+    pub async fn session_end(&self, i: usize) -> Result<(), ReplError> {
+        let h = std::mem::replace(&mut lock(&self.sessions)[i], tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(PATIENCE, h)
+            .await
+            .expect("the server's session did not end")
+            .unwrap()
     }
 }
 
