@@ -42,10 +42,11 @@ async fn the_initial_copy_then_cycles_keep_the_replica_equal_to_the_device() {
     let jobs = agent.jobs().await;
     let j = jobs.iter().find(|j| j.id == job.id).unwrap();
     assert_eq!(j.state, JobState::Succeeded, "{j:?}");
-    // The server keeps points of the cycles, the newest at what the agent applied last.
+    // The server keeps points of the cycles, none past what the agent saw applied (the
+    // newest cycle's point may follow its verdict, after `wait` returned).
     let points = site.points("d").await;
     assert!(!points.points.is_empty(), "{points:?}");
     let last = agent.status("d").await.last_applied.unwrap().seq;
-    assert_eq!(points.points.last().unwrap().id, last, "{points:?}");
+    assert!(points.points.last().unwrap().id <= last, "{points:?}");
     assert_eq!(site.disk_status("d").await.cycles_applied, applied);
 }
