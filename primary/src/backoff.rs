@@ -14,6 +14,7 @@
 //! microseconds.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -137,12 +138,16 @@ impl SplitMix64 {
     }
 }
 
-/// The time a retry loop reads and waits on.
-pub trait Clock {
+/// A clock's pending wait ([`Clock::sleep`]).
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// The time a retry loop reads and waits on. Object safe: the agent holds an
+/// `Arc<dyn Clock>` (the daemon's [`SystemClock`], or a test's simulated clock).
+pub trait Clock: Send + Sync {
     /// Now, in nanoseconds (Unix time for [`SystemClock`]).
     fn now_ns(&self) -> u64;
     /// Waits `d` on this clock.
-    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
+    fn sleep(&self, d: Duration) -> Sleep<'_>;
 }
 
 /// Wall-clock time and tokio's timer: the daemon's clock.
@@ -154,8 +159,8 @@ impl Clock for SystemClock {
         base::now_ns()
     }
 
-    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep(d)
+    fn sleep(&self, d: Duration) -> Sleep<'_> {
+        Box::pin(tokio::time::sleep(d))
     }
 }
 
@@ -191,9 +196,9 @@ impl Clock for ManualClock {
         self.now_ns.load(Ordering::SeqCst)
     }
 
-    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
+    fn sleep(&self, d: Duration) -> Sleep<'_> {
         self.advance(d);
-        std::future::ready(())
+        Box::pin(std::future::ready(()))
     }
 }
 

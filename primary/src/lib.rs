@@ -15,12 +15,13 @@
 //!         ├─ cycles ─ app_point ┤
 //!         │        └─ sealed ───┤
 //!         ├─ planned ─ sealed, scan
-//!         └─ resync ── scan ────┴─ session ─ ship      (leaves: owner, jobs, reason,
+//!         └─ resync ── scan ────┴─ session ─ ship, connect  (leaves: owner, jobs, reason,
 //!                                                        snapshot, phase, state, window)
 //! ```
 
 mod app_point;
 pub mod backoff;
+pub mod connect;
 mod copy;
 pub mod cycle;
 mod cycles;
@@ -53,9 +54,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracker_bpf::TrackerConfig;
 
+use backoff::{Clock, SystemClock};
 use base::config::{Frequency, PolicyFile};
 use base::control::{self, Call};
 use base::status::Job;
+use connect::{Connect, TlsConnect};
 use jobs::{JobKind, JobStep};
 use reason::ResyncCause;
 use snapshot::{DiskSnapshot, ProtGuard};
@@ -170,7 +173,10 @@ impl DiskRt {
 pub struct Agent {
     pub(crate) opts: AgentOptions,
     pub(crate) name: String,
-    pub(crate) client_cfg: Arc<rustls::ClientConfig>,
+    /// Makes the disks' connections to their servers.
+    pub(crate) connector: Arc<dyn Connect>,
+    /// The retry loop's clock.
+    pub(crate) clock: Arc<dyn Clock>,
     /// Where the disks' changes come from (None once stopped).
     source: Mutex<Option<Box<dyn ChangeSource>>>,
     disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
@@ -404,38 +410,59 @@ impl Agent {
     }
 }
 
+/// What an agent is made of besides its options: the seams a test replaces. [`run`] builds
+/// the daemon's (the eBPF tracker, mutual TLS, the system clock); the in-process harness
+/// (`primary/tests/common`) gives a fake source, an in-memory connection to an in-process
+/// server and a simulated clock.
+pub struct Hooks {
+    /// The agent's client name (what the server knows it by: its certificate name).
+    pub name: String,
+    /// Starts the disks' change source: called once, in blocking context, after the state
+    /// directory is locked and the sockets are bound. Stopped after every disk, when the
+    /// agent stops.
+    pub source: Box<dyn FnOnce() -> anyhow::Result<Box<dyn ChangeSource>> + Send>,
+    /// Makes each session's connection to its server.
+    pub connect: Arc<dyn Connect>,
+    /// The clock the retry schedule reads and waits on.
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Runs the agent until `shutdown` resolves, then stops every disk cleanly (logs sealed, so
 /// the next start continues without a resync).
 ///
 /// # Errors
-/// The tracker cannot start, the state is unreadable, or the control socket cannot be made.
+/// The identity has no usable client certificate, the tracker cannot start, the state is
+/// unreadable, or the control socket cannot be made.
 pub async fn run(
     opts: AgentOptions,
     identity: &pki::Identity,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cfg = opts.tracker.clone();
-    let start = move || -> anyhow::Result<Box<dyn ChangeSource>> {
-        let tracker =
-            BpfSource::start(cfg).map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
-        Ok(Box::new(tracker))
+    let hooks = Hooks {
+        name: identity.name().to_string(),
+        source: Box::new(move || -> anyhow::Result<Box<dyn ChangeSource>> {
+            let tracker = BpfSource::start(cfg)
+                .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
+            Ok(Box::new(tracker))
+        }),
+        connect: Arc::new(TlsConnect::new(identity.client_config()?)),
+        clock: Arc::new(SystemClock),
     };
-    run_with_source(opts, identity, start, shutdown).await
+    run_with(opts, hooks, shutdown).await
 }
 
-/// [`run`] with the disks' changes coming from the source `start_source` makes (called once,
-/// in blocking context, after the state directory is locked and the sockets are bound —
-/// where `run` loads the eBPF tracker). `opts.tracker` is then unused. The source is
-/// stopped after every disk, when `shutdown` resolves. Needs a multi-threaded runtime (the
-/// source is called through `block_in_place`).
+/// [`run`] made of `hooks`: the disks' changes come from the source `hooks.source` starts
+/// (`opts.tracker` is then unused), sessions connect through `hooks.connect`, retries wait
+/// on `hooks.clock`. Needs a multi-threaded runtime (the source is called through
+/// `block_in_place`).
 ///
 /// # Errors
 /// As [`run`]: the source cannot start, the state is unreadable, or the control socket
 /// cannot be made.
-pub async fn run_with_source(
+pub async fn run_with(
     opts: AgentOptions,
-    identity: &pki::Identity,
-    start_source: impl FnOnce() -> anyhow::Result<Box<dyn ChangeSource>>,
+    hooks: Hooks,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     base::modes::restrict_umask();
@@ -456,10 +483,11 @@ pub async fn run_with_source(
         Some(addr) => Some(base::metrics::bind(addr).await?),
         None => None,
     };
-    let source = tokio::task::block_in_place(start_source)?;
+    let source = tokio::task::block_in_place(hooks.source)?;
     let agent = Arc::new(Agent {
-        name: identity.name().to_string(),
-        client_cfg: identity.client_config()?,
+        name: hooks.name,
+        connector: hooks.connect,
+        clock: hooks.clock,
         opts: opts.clone(),
         source: Mutex::new(Some(source)),
         disks: Mutex::new(BTreeMap::new()),

@@ -70,10 +70,7 @@ impl Agent {
                 anyhow::bail!("{device} is already protected as disk {n}");
             }
         }
-        let meta = std::fs::metadata(&device_path).map_err(|e| anyhow::anyhow!("{device}: {e}"))?;
-        if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-            anyhow::bail!("{device} is not a block device");
-        }
+        self.with_tracker(|t| t.check_device(&device_path))?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("random disk id: {e}"))?;
         let prot = Protection {

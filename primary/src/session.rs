@@ -10,8 +10,9 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::DiskRt;
+use super::connect::{BoxStream, Connect};
 use super::ship::{Compression, STALL, Wire};
-use base::net::{self, ClientStream, ReplError};
+use base::net::{self, ReplError};
 
 /// Copy checkpoints: the server syncs the replica and records the cursor this often.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -27,7 +28,7 @@ pub const GRANULE: u64 = 4096;
 /// One connection to the server: the rate-limited writer, the reader task's messages, and
 /// the timing of both (pings, silence).
 pub(crate) struct Session {
-    pub(crate) w: Wire<WriteHalf<ClientStream>>,
+    pub(crate) w: Wire<WriteHalf<BoxStream>>,
     pub(crate) rx: mpsc::Receiver<Result<Msg, ReplError>>,
     pub(crate) peer: String,
     pub(crate) last_sent: Instant,
@@ -156,7 +157,7 @@ fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
 }
 
 pub(crate) fn spawn_receiver(
-    mut r: ReadHalf<ClientStream>,
+    mut r: ReadHalf<BoxStream>,
     peer: String,
 ) -> mpsc::Receiver<Result<Msg, ReplError>> {
     let (tx, rx) = mpsc::channel(64);
@@ -182,17 +183,17 @@ pub(crate) fn spawn_receiver(
 }
 
 impl Session {
-    /// Connects to `to`, says Hello as `client`; returns the session and the server's
-    /// certificate name.
+    /// Connects to `to` through `connector`, says Hello as `client`; returns the session
+    /// and the server's certificate name.
     pub(crate) async fn connect(
+        connector: &dyn Connect,
         to: &str,
         client: &str,
-        cfg: std::sync::Arc<rustls::ClientConfig>,
         max_rate: Option<u64>,
         compress_auto: bool,
     ) -> Result<(Self, Option<String>), ReplError> {
-        let mut stream = net::connect(to, cfg, Duration::from_secs(10)).await?;
-        let server_name = pki::peer_name(stream.get_ref().1);
+        let c = connector.connect(to).await?;
+        let (mut stream, server_name) = (c.stream, c.server_name);
         net::client_hello(&mut stream, client, to).await?;
         let (r, w) = tokio::io::split(stream);
         let s = Self {

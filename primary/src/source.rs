@@ -89,6 +89,24 @@ pub struct Cut {
 ///
 /// Disks are named by their device path (as `protection.json` names them).
 pub trait ChangeSource: Send {
+    /// Whether this source can track `device`, asked before a protection is made. The
+    /// default accepts block devices only (all the eBPF tracker and a ublk target can track).
+    ///
+    /// # Errors
+    /// [`SourceError::Invalid`] saying why not (its text is the refusal `protect` shows).
+    fn check_device(&self, device: &Path) -> Result<(), SourceError> {
+        let shown = device.display();
+        let meta =
+            std::fs::metadata(device).map_err(|e| SourceError::Invalid(format!("{shown}: {e}")))?;
+        if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            Ok(())
+        } else {
+            Err(SourceError::Invalid(format!(
+                "{shown} is not a block device"
+            )))
+        }
+    }
+
     /// Starts tracking `device`, logging into `log_dir` (which exists). If the directory
     /// holds an earlier chain of the same disk, the chain continues (the disk keeps its id);
     /// [`Added::gap`] says whether changes may have been missed since that chain's last

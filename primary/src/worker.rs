@@ -20,7 +20,7 @@ pub use super::session::{
 };
 use super::state::log_dir;
 use super::{Agent, DiskRt, lock};
-use crate::backoff::{Backoff, Clock, SystemClock};
+use crate::backoff::Backoff;
 use base::net::ReplError;
 use base::status::JobState;
 
@@ -32,7 +32,7 @@ enum Ended {
 
 /// Runs disk `rt` until it is stopped.
 pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
-    let clock = SystemClock;
+    let clock = agent.clock.clone();
     let mut backoff = Backoff::new(agent.opts.retry_unit);
     loop {
         if own.is_stopped() {
@@ -121,9 +121,9 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
 async fn session(agent: &Agent, rt: &DiskRt, own: &mut Owner) -> Result<Ended, ReplError> {
     let prot = lock(&rt.prot).clone();
     let (mut s, server_name) = Session::connect(
+        agent.connector.as_ref(),
         &prot.to,
         &agent.name,
-        agent.client_cfg.clone(),
         agent.opts.max_rate,
         agent.opts.compress_auto,
     )

@@ -197,6 +197,11 @@ fn existing_disk_id(dir: &Path) -> Option<DiskId> {
 }
 
 impl ChangeSource for FakeSource {
+    /// Any existing file: the fake's devices are regular files.
+    fn check_device(&self, device: &Path) -> Result<(), SourceError> {
+        file_size(device).map(|_| ())
+    }
+
     fn add_device(&mut self, device: &Path, log_dir: &Path) -> Result<Added, SourceError> {
         let mut g = self.lock();
         if g.disks.contains_key(device) {

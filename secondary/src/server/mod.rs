@@ -20,6 +20,8 @@ use base::listen::Limits;
 mod export;
 pub mod failover;
 mod grants;
+#[cfg(feature = "test-support")]
+mod inproc;
 mod jobs;
 mod listener;
 mod report;
@@ -30,6 +32,8 @@ mod session;
 mod snapshot;
 
 pub use grants::{AcceptReport, Grant};
+#[cfg(feature = "test-support")]
+pub use inproc::InProcess;
 
 use report::status_report;
 
@@ -102,6 +106,43 @@ impl Shared {
 
 use base::lock;
 
+/// The server's shared state over the store `opts.store` (locked by the caller), with every
+/// disk in it opened: whatever a crash left staged is finished before anything connects.
+fn open_store(
+    opts: &ServerOptions,
+    name: &str,
+    limits: Limits,
+    control: Arc<control::ControlShared>,
+) -> anyhow::Result<Arc<Shared>> {
+    let shared = Arc::new(Shared {
+        store: opts.store.clone(),
+        name: name.to_string(),
+        retention: opts.retention.clone(),
+        history_budget: opts.history_budget,
+        slots: Mutex::new(BTreeMap::new()),
+        jobs: jobs::Jobs::default(),
+        adopt_from: opts.adopt_from.clone(),
+        tls: listener::TlsGates::new(&limits),
+        limits,
+        control,
+    });
+    for name in store::list_disks(&opts.store)? {
+        let slot = shared.slot(&name);
+        match Disk::open(&opts.store, &name) {
+            Ok(mut d) => {
+                tracing::info!(disk = %name, "replica open");
+                shared.configure(&mut d);
+                *slot.disk.lock() = Some(d);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                *lock(&slot.error) = Some(e.to_string());
+            }
+        }
+    }
+    Ok(shared)
+}
+
 /// Runs the server until `shutdown` resolves.
 ///
 /// # Errors
@@ -133,33 +174,7 @@ pub async fn run(
         opts.limits.control_connections,
         opts.limits.control_read_timeout,
     )?;
-    let shared = Arc::new(Shared {
-        store: opts.store.clone(),
-        name: identity.name().to_string(),
-        retention: opts.retention.clone(),
-        history_budget: opts.history_budget,
-        slots: Mutex::new(BTreeMap::new()),
-        jobs: jobs::Jobs::default(),
-        adopt_from: opts.adopt_from.clone(),
-        tls: listener::TlsGates::new(&limits),
-        limits,
-        control: control_socket.shared(),
-    });
-    // Finish whatever a crash left staged before anything connects.
-    for name in store::list_disks(&opts.store)? {
-        let slot = shared.slot(&name);
-        match Disk::open(&opts.store, &name) {
-            Ok(mut d) => {
-                tracing::info!(disk = %name, "replica open");
-                shared.configure(&mut d);
-                *slot.disk.lock() = Some(d);
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                *lock(&slot.error) = Some(e.to_string());
-            }
-        }
-    }
+    let shared = open_store(&opts, identity.name(), limits, control_socket.shared())?;
     let tls = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
     let tcp = tokio::net::TcpListener::bind(&opts.listen)
         .await
