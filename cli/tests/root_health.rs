@@ -174,23 +174,17 @@ fn refused_certificates_and_foreign_clients_are_critical_and_never_retried() {
         );
         assert_eq!(st["connected"], false, "{tag}: {st}");
     }
-    // With a 1 s unit, retries would come after 1, 3 and 7 s: watch for 8 s.
-    std::thread::sleep(Duration::from_secs(8));
-    for ((tag, _, name, expect), agent) in cases.iter().zip(&agents) {
-        let log = agent.log_text();
-        assert_eq!(
-            count(&log, &["retrying in"]),
-            0,
-            "{tag}: a non-recoverable failure was retried:\n{log}"
-        );
-        assert_eq!(
-            count(&log, &["not retried"]),
-            1,
-            "{tag}: expected exactly one failed attempt:\n{log}"
-        );
+    // That each failure is attempted exactly once and never retried is proven without waiting
+    // by primary/tests/inproc_refusals.rs (a simulated clock); here, the real TLS and attach
+    // refusals must be classified as non-recoverable.
+    for ((tag, _, name, expect), _agent) in cases.iter().zip(&agents) {
         let st = disk_status(&sites.sock(tag), name);
         assert_eq!(st["health"], "critical", "{tag}: {st}");
         assert!(error_of(&st).contains(expect), "{tag}: {st}");
+        // Non-recoverable: no retry scheduled, none made, and the operator told what to do.
+        assert_eq!(st["retries"], 0, "{tag}: {st}");
+        assert!(st["next_retry_unix_ns"].is_null(), "{tag}: {st}");
+        assert!(st["action"].is_string(), "{tag}: {st}");
         // `wait` reports the failure instead of hanging.
         let w = try_ctl(&sites.sock(tag), &["wait", name, "--timeout", "5"]);
         assert!(w.is_err(), "{tag}: wait succeeded on a refused disk");
