@@ -67,31 +67,11 @@ pub(crate) fn run(
     p.attached = attached;
     let _ = p.update_queue_hook(&skel, false);
     let inbox = Arc::new(Mutex::new(Vec::<Event>::new()));
-    let sink = inbox.clone();
     let bad = Arc::new(AtomicU64::new(0));
-    let bad_cb = bad.clone();
-    let mut rb = RingBufferBuilder::new();
-    let added = rb.add(&skel.maps.events, move |data: &[u8]| {
-        match Event::parse(data) {
-            Some(e) => {
-                if let Ok(mut v) = sink.lock() {
-                    v.push(e);
-                }
-            }
-            None => {
-                bad_cb.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        0
-    });
-    let built = match added {
-        Ok(_) => rb.build(),
-        Err(e) => Err(e),
-    };
-    let ring = match built {
+    let ring = match build_ring(&skel.maps.events, &inbox, &bad) {
         Ok(r) => r,
         Err(e) => {
-            let _ = ready.send(Err(Error::Bpf(format!("ring buffer: {e}"))));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -100,53 +80,9 @@ pub(crate) fn run(
     loop {
         loop {
             match ctrl.try_recv() {
-                Ok(Ctrl::Add(slot, c, reply)) => {
-                    let _ = reply.send(p.add(&skel, slot, c));
-                }
-                Ok(Ctrl::Remove(slot, reply)) => {
-                    let consume = || {
-                        let _ = ring.consume();
-                    };
-                    let _ = reply.send(p.remove(&skel, slot, consume, &inbox));
-                }
-                Ok(Ctrl::Sync(reply)) => {
-                    let _ = ring.consume();
-                    p.bad_events += bad.swap(0, Ordering::Relaxed);
-                    p.route(&inbox);
-                    p.drain_bitmaps(true);
-                    p.check_completions(&skel);
-                    let _ = reply.send(Ok(()));
-                }
-                Ok(Ctrl::OwnLogs(on, reply)) => {
-                    p.own_logs = on;
-                    let _ = reply.send(p.update_queue_hook(&skel, false));
-                }
-                Ok(Ctrl::QueueMark(slot, on, reply)) => {
-                    let _ = reply.send(p.set_queue_mark(&skel, slot, on));
-                }
-                Ok(Ctrl::Cut(slot, sealed, reply)) => {
-                    let Some(tx) = p.slots.get(&slot).map(|c| c.tx.clone()) else {
-                        let _ =
-                            reply.send(Err(Error::Invalid(format!("slot {slot} is not tracked"))));
-                        continue;
-                    };
-                    // Time first, then the count: a change reported complete before `time`
-                    // ran its hook (count, then bitmap bit or ring event) before the count
-                    // is read, so the drain below finds it.
-                    let time = hrl_now_ns();
-                    let before = read_stats(&skel).map(|k| k.seq);
-                    let _ = ring.consume();
-                    p.bad_events += bad.swap(0, Ordering::Relaxed);
-                    p.route(&inbox);
-                    p.drain_bitmaps(true);
-                    p.check_completions(&skel);
-                    let after = read_stats(&skel).map(|k| k.seq);
-                    let exact = before.is_some() && before == after;
-                    let _ = tx.send(DiskMsg::Rotate(sealed));
-                    let _ = reply.send(Ok((time, exact)));
-                }
                 Ok(Ctrl::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Ok(msg) => p.handle(&skel, &ring, &inbox, &bad, msg),
             }
         }
         let paused = cfg
@@ -164,19 +100,7 @@ pub(crate) fn run(
             let _ = ring.poll(cfg.poll);
             let _ = ring.consume();
         }
-        if let Some(n) = cfg
-            .skip_completions
-            .as_ref()
-            .map(|n| n.swap(0, Ordering::Relaxed))
-            && n != 0
-            && let Some(bss) = skel.maps.bss_data.as_deref_mut()
-        {
-            // The program decrements it concurrently: add atomically.
-            // SAFETY: the field is an aligned i64 in the mmapped .bss, shared with the
-            // program, which only ever updates it atomically.
-            let cell = unsafe { AtomicI64::from_ptr(&raw mut bss.test_skip_completions) };
-            cell.fetch_add(n, Ordering::SeqCst);
-        }
+        skip_completions(&cfg, skel.maps.bss_data.as_deref_mut());
         p.bad_events += bad.swap(0, Ordering::Relaxed);
         p.route(&inbox);
         // The fine write bitmap coalesces rewrites by itself: draining it less often
@@ -187,6 +111,51 @@ pub(crate) fn run(
         }
         p.drain_bitmaps(fine_due);
         p.account(&skel, attached);
+    }
+}
+
+/// The ring buffer of events: each parsed event goes to `inbox`, an unparsable one counts
+/// in `bad`.
+fn build_ring<'a>(
+    events: &'a libbpf_rs::MapMut<'_>,
+    inbox: &Arc<Mutex<Vec<Event>>>,
+    bad: &Arc<AtomicU64>,
+) -> Result<libbpf_rs::RingBuffer<'a>> {
+    let sink = inbox.clone();
+    let bad_cb = bad.clone();
+    let mut rb = RingBufferBuilder::new();
+    let ring_err = |e: libbpf_rs::Error| Error::Bpf(format!("ring buffer: {e}"));
+    rb.add(events, move |data: &[u8]| {
+        match Event::parse(data) {
+            Some(e) => {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+            None => {
+                bad_cb.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        0
+    })
+    .map_err(ring_err)?;
+    rb.build().map_err(ring_err)
+}
+
+/// Test seam (`TrackerConfig::skip_completions`): hands the program completions to ignore.
+fn skip_completions(cfg: &PollerConfig, bss: Option<&mut types::bss>) {
+    if let Some(n) = cfg
+        .skip_completions
+        .as_ref()
+        .map(|n| n.swap(0, Ordering::Relaxed))
+        && n != 0
+        && let Some(bss) = bss
+    {
+        // The program decrements it concurrently: add atomically.
+        // SAFETY: the field is an aligned i64 in the mmapped .bss, shared with the
+        // program, which only ever updates it atomically.
+        let cell = unsafe { AtomicI64::from_ptr(&raw mut bss.test_skip_completions) };
+        cell.fetch_add(n, Ordering::SeqCst);
     }
 }
 
@@ -589,6 +558,64 @@ impl Poller {
 }
 
 impl Poller {
+    /// Handles one control request between polls (`Stop` is the caller's).
+    fn handle(
+        &mut self,
+        skel: &TrackerSkel<'_>,
+        ring: &libbpf_rs::RingBuffer<'_>,
+        inbox: &Mutex<Vec<Event>>,
+        bad: &AtomicU64,
+        msg: Ctrl,
+    ) {
+        match msg {
+            Ctrl::Add(slot, c, reply) => {
+                let _ = reply.send(self.add(skel, slot, c));
+            }
+            Ctrl::Remove(slot, reply) => {
+                let consume = || {
+                    let _ = ring.consume();
+                };
+                let _ = reply.send(self.remove(skel, slot, consume, inbox));
+            }
+            Ctrl::Sync(reply) => {
+                let _ = ring.consume();
+                self.bad_events += bad.swap(0, Ordering::Relaxed);
+                self.route(inbox);
+                self.drain_bitmaps(true);
+                self.check_completions(skel);
+                let _ = reply.send(Ok(()));
+            }
+            Ctrl::OwnLogs(on, reply) => {
+                self.own_logs = on;
+                let _ = reply.send(self.update_queue_hook(skel, false));
+            }
+            Ctrl::QueueMark(slot, on, reply) => {
+                let _ = reply.send(self.set_queue_mark(skel, slot, on));
+            }
+            Ctrl::Cut(slot, sealed, reply) => {
+                let Some(tx) = self.slots.get(&slot).map(|c| c.tx.clone()) else {
+                    let _ = reply.send(Err(Error::Invalid(format!("slot {slot} is not tracked"))));
+                    return;
+                };
+                // Time first, then the count: a change reported complete before `time` ran
+                // its hook (count, then bitmap bit or ring event) before the count is read,
+                // so the drain below finds it.
+                let time = hrl_now_ns();
+                let before = read_stats(skel).map(|k| k.seq);
+                let _ = ring.consume();
+                self.bad_events += bad.swap(0, Ordering::Relaxed);
+                self.route(inbox);
+                self.drain_bitmaps(true);
+                self.check_completions(skel);
+                let after = read_stats(skel).map(|k| k.seq);
+                let exact = before.is_some() && before == after;
+                let _ = tx.send(DiskMsg::Rotate(sealed));
+                let _ = reply.send(Ok((time, exact)));
+            }
+            Ctrl::Stop => {}
+        }
+    }
+
     fn gap_all(&self, why: &str) {
         tracing::error!(why, "tracker lost events; recording whole-disk gaps");
         for c in self.slots.values() {
