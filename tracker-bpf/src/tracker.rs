@@ -213,46 +213,8 @@ impl Tracker {
     /// unusable (missing, locked, holds another disk's logs), or BPF refused the update.
     pub fn add_device(&mut self, device: &Path, log_dir: &Path) -> Result<AddReport> {
         let info = DeviceInfo::probe(device)?;
-        if self
-            .disks
-            .values()
-            .any(|d| d.info.kernel_dev() == info.kernel_dev())
-        {
-            return Err(Error::Invalid(format!(
-                "{} ({}:{}) is already tracked",
-                device.display(),
-                info.major,
-                info.minor
-            )));
-        }
-        let slot = (0..MAX_DEVICES)
-            .filter_map(|s| u16::try_from(s).ok())
-            .find(|s| !self.disks.contains_key(s))
-            .ok_or_else(|| Error::Invalid(format!("already tracking {MAX_DEVICES} devices")))?;
-        let log_err = |e| Error::Log {
-            device: device.to_owned(),
-            source: e,
-        };
-        let disk_id = existing_disk_id(log_dir)
-            .map_or_else(DiskId::random, Ok)
-            .map_err(|e| {
-                log_err(hrl::Error::Io {
-                    path: log_dir.to_owned(),
-                    op: "random disk id for",
-                    source: e,
-                })
-            })?;
-        let spec = ChainSpec {
-            disk: DiskIdentity {
-                id: disk_id,
-                size: info.size,
-                logical_block_size: info.logical_block_size,
-            },
-            journal: false,
-            generation: Generation(1),
-        };
-        let (writer, resume) =
-            LogWriter::open(log_dir, spec, self.cfg.writer.clone()).map_err(log_err)?;
+        let slot = self.free_slot(device, &info)?;
+        let (disk_id, writer, resume) = self.open_log(device, log_dir, &info)?;
         // Read after the writer holds the directory lock: the record is ours alone.
         let saved = continuity::take(log_dir);
         let prev_clean_id = match &resume {
@@ -335,6 +297,61 @@ impl Tracker {
             resume,
             gap,
         })
+    }
+
+    /// A slot for `device`, which must not be tracked already.
+    fn free_slot(&self, device: &Path, info: &DeviceInfo) -> Result<u16> {
+        if self
+            .disks
+            .values()
+            .any(|d| d.info.kernel_dev() == info.kernel_dev())
+        {
+            return Err(Error::Invalid(format!(
+                "{} ({}:{}) is already tracked",
+                device.display(),
+                info.major,
+                info.minor
+            )));
+        }
+        (0..MAX_DEVICES)
+            .filter_map(|s| u16::try_from(s).ok())
+            .find(|s| !self.disks.contains_key(s))
+            .ok_or_else(|| Error::Invalid(format!("already tracking {MAX_DEVICES} devices")))
+    }
+
+    /// Opens (or continues) the device's log chain in `log_dir`, under the disk id the
+    /// directory already has (a new one for a new directory).
+    fn open_log(
+        &self,
+        device: &Path,
+        log_dir: &Path,
+        info: &DeviceInfo,
+    ) -> Result<(DiskId, LogWriter, Resume)> {
+        let log_err = |e| Error::Log {
+            device: device.to_owned(),
+            source: e,
+        };
+        let disk_id = existing_disk_id(log_dir)
+            .map_or_else(DiskId::random, Ok)
+            .map_err(|e| {
+                log_err(hrl::Error::Io {
+                    path: log_dir.to_owned(),
+                    op: "random disk id for",
+                    source: e,
+                })
+            })?;
+        let spec = ChainSpec {
+            disk: DiskIdentity {
+                id: disk_id,
+                size: info.size,
+                logical_block_size: info.logical_block_size,
+            },
+            journal: false,
+            generation: Generation(1),
+        };
+        let (writer, resume) =
+            LogWriter::open(log_dir, spec, self.cfg.writer.clone()).map_err(log_err)?;
+        Ok((disk_id, writer, resume))
     }
 
     fn control(&self, msg: impl FnOnce(Sender<Result<()>>) -> Ctrl) -> Result<()> {
