@@ -82,8 +82,8 @@ pub enum Request {
     Export {
         /// Disk name.
         name: String,
-        /// Point id, `latest` or `latest-app-consistent`.
-        point: String,
+        /// The point.
+        point: crate::points::PointSel,
         /// Output file (on the server's host).
         out: String,
         /// Overwrite an existing file.
@@ -142,8 +142,8 @@ pub enum Request {
     Failover {
         /// Disk name.
         name: String,
-        /// `latest`, `latest-processed`, `latest-app-consistent` or an id.
-        point: String,
+        /// The point.
+        point: crate::points::PointSel,
         /// A test failover.
         test: bool,
         /// Remove the test failover.

@@ -59,6 +59,79 @@ pub struct PointsFile {
     pub skipped: Vec<(u64, u64)>,
 }
 
+/// Which recovery point an operator names: `latest`, `latest-processed`,
+/// `latest-app-consistent`, or a point id (`sitrep points NAME`). Parsed once where it is
+/// typed (the CLI's flags, the control request); on the control socket it stays the string
+/// the operator wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PointSel {
+    /// The newest point.
+    Latest,
+    /// The newest point of a cycle the secondary has processed (the same as `Latest` here:
+    /// the server applies every cycle as soon as it is staged).
+    LatestProcessed,
+    /// The newest app-consistent point.
+    LatestAppConsistent,
+    /// The point with this id.
+    Id(u64),
+}
+
+impl PointSel {
+    /// The point of `pts` (oldest first) this selector names, if any.
+    #[must_use]
+    pub fn pick(self, pts: &[Point]) -> Option<&Point> {
+        match self {
+            Self::Latest | Self::LatestProcessed => pts.last(),
+            Self::LatestAppConsistent => pts
+                .iter()
+                .rev()
+                .find(|p| p.kind == PointKind::AppConsistent),
+            Self::Id(id) => pts.iter().find(|p| p.id == id),
+        }
+    }
+}
+
+impl std::str::FromStr for PointSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "latest" => Ok(Self::Latest),
+            "latest-processed" => Ok(Self::LatestProcessed),
+            "latest-app-consistent" => Ok(Self::LatestAppConsistent),
+            id => id.parse().map(Self::Id).map_err(|_| {
+                format!(
+                    "point '{id}': expected a point id, latest, latest-processed or latest-app-consistent"
+                )
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for PointSel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Latest => f.write_str("latest"),
+            Self::LatestProcessed => f.write_str("latest-processed"),
+            Self::LatestAppConsistent => f.write_str("latest-app-consistent"),
+            Self::Id(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl From<PointSel> for String {
+    fn from(s: PointSel) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for PointSel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 /// Which points to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
@@ -141,6 +214,27 @@ pub use crate::units::parse_duration_ns;
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn point_selectors_parse_pick_and_keep_their_strings() {
+        let mut pts = vec![pt(3, 10), pt(5, 20), pt(9, 30)];
+        pts[1].kind = PointKind::AppConsistent;
+        for (s, want) in [
+            ("latest", Some(9)),
+            ("latest-processed", Some(9)),
+            ("latest-app-consistent", Some(5)),
+            ("3", Some(3)),
+            ("4", None),
+        ] {
+            let sel: PointSel = s.parse().unwrap();
+            assert_eq!(sel.to_string(), s);
+            assert_eq!(serde_json::to_value(sel).unwrap(), serde_json::json!(s));
+            assert_eq!(sel.pick(&pts).map(|p| p.id), want, "{s}");
+        }
+        let err = "newest".parse::<PointSel>().unwrap_err();
+        assert!(err.contains("expected a point id"), "{err}");
+        assert!(serde_json::from_value::<PointSel>(serde_json::json!("x")).is_err());
+    }
 
     fn pt(id: u64, t_s: u64) -> Point {
         Point {

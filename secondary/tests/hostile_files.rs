@@ -58,7 +58,7 @@ fn wait_points(server: &Server, disk: &str, n: usize) {
 fn export(server: &Server, disk: &str, out: &Path, force: bool) -> base::control::Response {
     server.call(&Request::Export {
         name: disk.into(),
-        point: "latest".into(),
+        point: base::points::PointSel::Latest,
         out: out.display().to_string(),
         force,
     })

@@ -39,7 +39,7 @@ fn export(server: &Server, disk: &str, id: u64, dir: &std::path::Path) -> Vec<u8
     let out = dir.join(format!("{}-{id}.img", disk.replace('@', "_")));
     let r = server.call(&base::control::Request::Export {
         name: disk.into(),
-        point: id.to_string(),
+        point: base::points::PointSel::Id(id),
         out: out.display().to_string(),
         force: true,
     });
@@ -211,7 +211,7 @@ fn writing_without_new_points_stops_at_the_history_budget_and_keeps_the_points()
     let out = server.store.path().join("p1.img");
     let r = server.call(&base::control::Request::Export {
         name: "d".into(),
-        point: "1".into(),
+        point: base::points::PointSel::Id(1),
         out: out.display().to_string(),
         force: false,
     });

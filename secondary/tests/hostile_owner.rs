@@ -353,7 +353,7 @@ fn a_full_copy_into_an_adopted_device_keeps_its_points() {
             .join(format!("{}-{id}.img", disk.replace('@', "_")));
         let r = server.call(&Request::Export {
             name: disk.into(),
-            point: id.to_string(),
+            point: base::points::PointSel::Id(id),
             out: f.display().to_string(),
             force: true,
         });

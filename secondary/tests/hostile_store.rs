@@ -268,7 +268,7 @@ fn test_failover_of_point_2(server: &Server) {
     let failover = |cleanup| {
         server.call(&Request::Failover {
             name: "d".into(),
-            point: "2".into(),
+            point: base::points::PointSel::Id(2),
             test: true,
             cleanup,
         })
@@ -342,7 +342,7 @@ fn a_disk_whose_staged_cycle_cannot_be_applied_opens_read_only_and_critical() {
     let out = dir.path().join("point1.img");
     let r = server.call(&Request::Export {
         name: "d".into(),
-        point: "1".into(),
+        point: base::points::PointSel::Id(1),
         out: out.display().to_string(),
         force: false,
     });

@@ -21,7 +21,7 @@ pub(crate) struct FailoverArgs {
     /// Which recovery point: latest, latest-processed, latest-app-consistent, or an id
     /// (`sitrep points NAME`).
     #[arg(long, default_value = "latest")]
-    point: String,
+    point: base::points::PointSel,
     /// A test failover: an isolated, writable copy of the point as a loop device, while
     /// replication goes on. One per disk.
     #[arg(long)]
@@ -129,7 +129,7 @@ pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
         &a.socket,
         &Request::Failover {
             name: a.name.clone(),
-            point: a.point.clone(),
+            point: a.point,
             test: a.test,
             cleanup: a.cleanup,
         },

@@ -313,8 +313,9 @@ pub(crate) enum PointsCommand {
 pub(crate) struct ExportArgs {
     /// The disk.
     name: String,
-    /// The point: an id from `sitrep points NAME`, `latest` or `latest-app-consistent`.
-    point: String,
+    /// The point: an id from `sitrep points NAME`, `latest`, `latest-processed` or
+    /// `latest-app-consistent`.
+    point: base::points::PointSel,
     /// The image file to write (on the server's host; sparse where the disk is zero).
     #[arg(long)]
     out: PathBuf,
@@ -373,7 +374,7 @@ fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
         &a.socket,
         &Request::Export {
             name: a.name.clone(),
-            point: a.point.clone(),
+            point: a.point,
             out: out.display().to_string(),
             force: a.force,
         },

@@ -6,34 +6,20 @@ use std::path::{Path, PathBuf};
 
 use super::{Shared, lock};
 use crate::store::Disk;
+use base::points::PointSel;
 use base::status;
 
 /// Chunk size of an export: the disk's lock is held for one chunk at a time, so replication
 /// goes on between chunks, and each chunk is consistent with the undo data of that moment.
 const EXPORT_CHUNK: usize = 4 << 20;
 
-/// The point `sel` names: `latest`, `latest-processed` (the same here: the server applies
-/// every cycle as soon as it is staged, so nothing received waits unapplied),
-/// `latest-app-consistent`, or an id.
-pub(super) fn select_point(d: &Disk, name: &str, sel: &str) -> anyhow::Result<base::points::Point> {
-    let pts = d.points();
-    match sel {
-        "latest" | "latest-processed" => pts.last(),
-        "latest-app-consistent" => pts
-            .iter()
-            .rev()
-            .find(|p| p.kind == base::points::PointKind::AppConsistent),
-        id => {
-            let id: u64 = id.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "point '{id}': expected a point id, latest, latest-processed or latest-app-consistent"
-                )
-            })?;
-            pts.iter().find(|p| p.id == id)
-        }
-    }
-    .cloned()
-    .ok_or_else(|| {
+/// The point `sel` names on disk `name`.
+pub(super) fn select_point(
+    d: &Disk,
+    name: &str,
+    sel: PointSel,
+) -> anyhow::Result<base::points::Point> {
+    sel.pick(d.points()).cloned().ok_or_else(|| {
         anyhow::anyhow!("disk {name} has no recovery point '{sel}' (see `sitrep points {name}`)")
     })
 }
@@ -41,7 +27,7 @@ pub(super) fn select_point(d: &Disk, name: &str, sel: &str) -> anyhow::Result<ba
 pub(super) fn export(
     sh: &Shared,
     name: &str,
-    point: &str,
+    point: PointSel,
     out: &Path,
     force: bool,
     progress: &dyn Fn(u64, u64),

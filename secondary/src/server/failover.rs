@@ -29,6 +29,7 @@ use super::export::{export, select_point};
 use super::{Shared, lock};
 use base::files::write_atomic;
 use base::points::Point;
+use base::points::PointSel;
 
 /// A failover's record (`test-failover.json` / `failover.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,7 +183,7 @@ pub(super) fn planned(sh: &Shared, name: &str, seq: u64) -> anyhow::Result<Failo
             );
         }
     }
-    run(sh, name, &seq.to_string(), Kind::Planned, false)
+    run(sh, name, PointSel::Id(seq), Kind::Planned, false)
 }
 
 /// `sitrep failover NAME [--test [--cleanup]] [--point P]`, and the activation of a planned
@@ -194,7 +195,7 @@ pub(super) fn planned(sh: &Shared, name: &str, seq: u64) -> anyhow::Result<Failo
 pub(super) fn run(
     sh: &Shared,
     name: &str,
-    sel: &str,
+    sel: PointSel,
     kind: Kind,
     cleanup: bool,
 ) -> anyhow::Result<FailoverRecord> {
@@ -214,7 +215,7 @@ pub(super) fn run(
 fn activate(
     sh: &Shared,
     name: &str,
-    sel: &str,
+    sel: PointSel,
     kind: Kind,
     cleanup: bool,
     job: u64,
@@ -285,7 +286,7 @@ fn clean_up(
 fn select(
     sh: &Shared,
     name: &str,
-    sel: &str,
+    sel: PointSel,
     kind: Kind,
 ) -> anyhow::Result<(Point, Option<PathBuf>)> {
     let test = kind == Kind::Test;
@@ -356,7 +357,7 @@ fn bring_up(
             export(
                 sh,
                 name,
-                &point.id.to_string(),
+                PointSel::Id(point.id),
                 &image,
                 true,
                 &|done, total| {

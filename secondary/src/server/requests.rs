@@ -52,7 +52,7 @@ fn blocking(sh: &Shared, req: Request) -> Response {
         } => Response::answer(export(
             sh,
             &name,
-            &point,
+            point,
             std::path::Path::new(&out),
             force,
             &|_, _| {},
@@ -68,7 +68,7 @@ fn blocking(sh: &Shared, req: Request) -> Response {
             } else {
                 failover::Kind::Unplanned
             };
-            Response::answer(failover::run(sh, &name, &point, kind, cleanup))
+            Response::answer(failover::run(sh, &name, point, kind, cleanup))
         }
         Request::FailoverRecord { name } => Response::answer(failover::record(sh, &name)),
         Request::Commit { name } => Response::answer(failover::commit(sh, &name)),
