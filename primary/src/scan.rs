@@ -17,7 +17,6 @@ use super::{Agent, DiskRt, lock};
 use base::digest::{self, Digest, Key};
 use base::net::ReplError;
 use base::ranges::{self, Range};
-use base::status::ResyncPhase;
 
 /// Bytes of one compare window.
 pub const WINDOW_BYTES: u64 = 8 << 20;
@@ -304,15 +303,17 @@ impl Scan<'_> {
 
     /// Publishes the pass's progress (status and job).
     fn progress(&self, agent: &Agent, s: &Session) {
-        let (done, total, phase) = {
+        let resync = {
             let st = self.rt.snapshot();
             st.resync
                 .as_ref()
-                .map_or((0, 0, ResyncPhase::CompareAndRepair), |r| {
-                    (r.pass_done, r.pass_total, r.phase)
-                })
+                .map(|r| (r.pass_done, r.pass_total, r.phase))
         };
-        agent.job_step(self.rt, JobStep::from(phase), done, total);
+        // Without a resync run this is a planned failover's compare: its job stays at the
+        // `compare` step it set.
+        if let Some((done, total, phase)) = resync {
+            agent.job_step(self.rt, JobStep::from(phase), done, total);
+        }
         let wire = s.w.wire_bytes;
         self.rt.set(|st| {
             if let Some(r) = &mut st.resync {
