@@ -385,7 +385,7 @@ impl Agent {
                 app_consistent_every,
                 pre_hook,
                 post_hook,
-            } => answer(
+            } => Response::answer(
                 self.protect(
                     device,
                     to,
@@ -397,7 +397,7 @@ impl Agent {
                 )
                 .await,
             ),
-            Request::Unprotect { name } => answer(
+            Request::Unprotect { name } => Response::answer(
                 self.unprotect(&name)
                     .await
                     .map(|()| serde_json::json!({ "name": name })),
@@ -405,7 +405,7 @@ impl Agent {
             Request::CreatePoint {
                 name,
                 max_freeze_ms,
-            } => answer(
+            } => Response::answer(
                 self.create_point(&name, Duration::from_millis(max_freeze_ms))
                     .await,
             ),
@@ -422,7 +422,7 @@ impl Agent {
                     "failover and commit run on the secondary: use the server's socket (--socket)",
                 )
             }
-            Request::Resync { name, now } => answer(self.request_resync(&name, now)),
+            Request::Resync { name, now } => Response::answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,
                 device,
@@ -430,7 +430,7 @@ impl Agent {
                 fork_seq,
                 discard_target_changes,
                 frequency,
-            } => answer(
+            } => Response::answer(
                 self.reverse(
                     name,
                     device,
@@ -441,24 +441,19 @@ impl Agent {
                 )
                 .await,
             ),
-            Request::Recopy { name } => answer(self.recopy(&name)),
-            Request::PlannedFailover { name } => answer(self.planned_failover(&name).await),
-            Request::Verify { name } => answer(self.verify(&name).await),
+            Request::Recopy { name } => Response::answer(self.recopy(&name)),
+            Request::PlannedFailover { name } => {
+                Response::answer(self.planned_failover(&name).await)
+            }
+            Request::Verify { name } => Response::answer(self.verify(&name).await),
             Request::Wait { name, timeout_secs } => {
-                answer(self.wait(&name, Duration::from_secs(timeout_secs)).await)
+                Response::answer(self.wait(&name, Duration::from_secs(timeout_secs)).await)
             }
         }
     }
 }
 
 /// The answer to a request: its result, or the error with its causes.
-fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
-    match r {
-        Ok(v) => Response::ok(v),
-        Err(e) => Response::err(format!("{e:#}")),
-    }
-}
-
 /// Why `sitrep reverse --discard-target-changes` no longer works, and what to do instead.
 fn discard_refused(name: &str) -> String {
     format!(
