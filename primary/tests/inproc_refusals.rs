@@ -129,3 +129,50 @@ async fn a_refused_certificate_is_critical_and_never_retried() {
     // Nothing reached the server.
     assert!(agent.net.session_results().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_failed_over_on_the_secondary_is_refused_and_recorded_never_retried() {
+    let site = Site::new();
+    let mut agent = site.agent("sitea", SimClock::manual()).await;
+    let dev = site.device("d", 1 << 20, 1);
+    agent.protect(&dev, "d").await;
+    agent.wait_applied("d").await;
+    // An unplanned failover activates the disk on the secondary: replication must stop, and
+    // the agent must learn it (so a reverse replication can later adopt this disk).
+    site.server.mark_failed_over("d").unwrap();
+    agent.write(&dev, 0, &[7u8; 4096]);
+    // The running session ends at its next frame; if the agent must reconnect to hear the
+    // refusal, that one retry is woken here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let st = loop {
+        let st = agent.status("d").await;
+        if st.state == ReplState::FailedOverToPeer {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never failed over: {st:?}"
+        );
+        if agent.clock.sleeping() > 0 {
+            agent.clock.wake_next();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!st.connected, "{st:?}");
+    assert_eq!(st.next_retry_unix_ns, None, "{st:?}");
+    assert_eq!(agent.clock.sleeping(), 0, "a retry is scheduled");
+    agent.stop().await;
+    let ends = agent.net.session_results().await;
+    assert_eq!(
+        ends.last().map(code),
+        Some(Some(ErrorCode::FailedOver)),
+        "{ends:?}"
+    );
+    assert!(
+        agent.net.attempts().len() <= 2,
+        "{:?}",
+        agent.net.attempts()
+    );
+    // Nothing of the post-failover write reached the replica.
+    assert!(site.replica("d") != std::fs::read(&dev).unwrap());
+}

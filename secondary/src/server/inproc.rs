@@ -77,6 +77,26 @@ impl InProcess {
             .unwrap_or_else(|_| Response::err("the server dropped the request"))
     }
 
+    /// Marks disk `name` failed over here as an unplanned failover's activation does — its
+    /// agent is refused `FailedOver` from now on and a running session ends at its next
+    /// frame — without the export and the loop device, which need root.
+    ///
+    /// # Errors
+    /// The disk is not replicated here or its state cannot be saved.
+    pub fn mark_failed_over(&self, name: &str) -> anyhow::Result<()> {
+        let slot = super::lock(&self.shared.slots)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?;
+        let mut g = slot.disk.lock();
+        let d = g
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
+        d.set_failed_over("unplanned failover (in-process test)".into())?;
+        slot.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
     /// The store directory.
     #[must_use]
     pub fn store(&self) -> &Path {
