@@ -41,24 +41,14 @@ fn disk_status(
 ) -> DiskStatus {
     let st = &*d.state;
     let c = d.counters;
-    let copy_done = st.copy.is_some_and(|c| c.done);
-    let state = if st.failed_over.is_some() {
-        ReplState::FailedOver
-    } else if st.broken.is_some() {
-        ReplState::Critical
-    } else if st.resync.is_some() {
-        ReplState::Resynchronizing
-    } else if copy_done {
-        ReplState::Replicating
-    } else {
-        ReplState::InitialReplication
-    };
+    // A broken chain is critical even on a failed-over disk (whose phase outranks it).
+    let broken = st.broken.clone();
     DiskStatus {
         name,
         device: None,
         peer: st.owner.clone(),
-        state,
-        health: if st.broken.is_some() {
+        state: st.phase().state(),
+        health: if broken.is_some() {
             Health::Critical
         } else if err.is_some() || d.fault().is_some() {
             Health::Warning
@@ -86,8 +76,8 @@ fn disk_status(
             eta_seconds: None,
         }),
         connected: slot.connected.load(Ordering::Relaxed),
-        error: st.broken.clone().or(d.fault().map(String::from)).or(err),
-        resync_reason: st.broken.clone(),
+        error: broken.clone().or(d.fault().map(String::from)).or(err),
+        resync_reason: broken,
         points: d.points.len() as u64,
         points_bytes: d.points_bytes,
         cycles_judged: 0,

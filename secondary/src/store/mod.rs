@@ -57,6 +57,7 @@ use base::points::{PointsFile, Retention};
 mod apply;
 mod budget;
 mod open;
+mod phase;
 mod points;
 mod resync;
 pub mod retired;
@@ -296,6 +297,7 @@ fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) ->
 }
 
 pub(crate) use base::files::{sync_dir, write_atomic};
+pub use phase::ReplicaPhase;
 
 /// Reads a disk directory's `state.json` (None: there is none).
 pub(crate) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {
