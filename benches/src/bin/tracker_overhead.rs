@@ -91,6 +91,23 @@ fn round(dev: &Path, a: &Args) -> anyhow::Result<fio::FioResult> {
     )
 }
 
+/// Samples and counters gathered over the tracked rounds.
+#[derive(Default)]
+struct Totals {
+    base: Vec<f64>,
+    tracked: Vec<f64>,
+    cpu_secs: Vec<f64>,
+    ratios: Vec<f64>,
+    bpf_ns: Vec<f64>,
+    writes: u64,
+    events: u64,
+    drops: u64,
+    unaccounted: u64,
+    fallback: u64,
+    bitmap: u64,
+    missed: u64,
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let lo = Loop::new(a.size_mib)?;
@@ -103,67 +120,109 @@ fn main() -> anyhow::Result<()> {
             ..a_clone(&a)
         },
     )?;
-    let (mut base, mut tracked, mut cpu_secs) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ratios, mut bpf_ns) = (Vec::new(), Vec::new());
+    let mut tot = Totals::default();
     // Per-run BPF cost is only measured while kernel.bpf_stats_enabled is 1.
     let stats_was = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
     if a.bpf_stats {
         let _ = std::fs::write(BPF_STATS, "1");
     }
-    let (mut writes, mut events, mut drops, mut unaccounted, mut fallback) = (0, 0, 0, 0, 0);
-    let (mut bitmap, mut missed) = (0, 0);
     for i in 0..a.rounds {
-        let b = round(&lo.dev, &a)?;
-        base.push(b.write_iops);
-        let mut t = Tracker::start(TrackerConfig {
-            write_bitmap: !a.ring_only,
-            mark_at_queue: !a.completion_only,
-            ..TrackerConfig::default()
-        })?;
-        let dir = logs.join(format!("r{i}"));
-        std::fs::create_dir_all(&dir)?;
-        if !a.attach_only {
-            t.add_device(&lo.dev, &dir)?;
-        }
-        let cpu0 = self_cpu_seconds();
-        let k0 = kernel_writes(&lo.dev);
-        let r = round(&lo.dev, &a)?;
-        let cpu = self_cpu_seconds() - cpu0;
-        cpu_secs.push(cpu / f64::from(a.seconds));
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let s = t.stats();
-        let kw = kernel_writes(&lo.dev) - k0;
-        t.stop()?;
-        std::fs::remove_dir_all(&dir)?;
-        tracked.push(r.write_iops);
-        ratios.push(r.write_iops / b.write_iops);
-        if s.kernel.prog_runs > 0 {
-            bpf_ns.push(s.kernel.prog_run_ns as f64 / s.kernel.prog_runs as f64);
-        }
-        writes += r.writes;
-        events += s.kernel.events;
-        bitmap += s.kernel.bitmap_writes;
-        drops += s.kernel.drops;
-        fallback += s.kernel.fallback_bits;
-        unaccounted += s.kernel.unaccounted;
-        let round_missed = s.disks.first().map_or(0, |d| d.1.missed_sectors);
-        missed += round_missed;
-        eprintln!(
-            "round {i}: untracked {:.0} IOPS, tracked {:.0} IOPS ({:.3}), events {} + bitmap \
-             writes {} for {} writes ({kw} write requests completed by the kernel; program runs: completion {}, queue {}), drops {}, missed completions noticed: {round_missed} sectors",
-            b.write_iops,
-            r.write_iops,
-            r.write_iops / b.write_iops,
-            s.kernel.events,
-            s.kernel.bitmap_writes,
-            r.writes,
-            s.kernel.complete_runs,
-            s.kernel.queue_runs,
-            s.kernel.drops
-        );
+        measure_round(i, &lo, &logs, &a, &mut tot)?;
     }
     let _ = std::fs::write(BPF_STATS, stats_was.trim());
-    let (mb, mt) = (median(&base), median(&tracked));
+    print_report(&a, &tot);
+    if let Some(p) = &a.json {
+        write_json(p, &a, &tot)?;
+    }
+    let Totals {
+        writes,
+        events,
+        drops,
+        bitmap,
+        ..
+    } = tot;
+    // Every write is a bio: events + drops must cover the writes fio counted (fio's count
+    // excludes nothing; the kernel may see more, e.g. flushes or split bios).
+    if events + drops + bitmap < writes && !a.attach_only {
+        bail!(
+            "LOST WRITES: {writes} fio writes but only {events} events + {drops} drops + \
+             {bitmap} bitmap writes"
+        );
+    }
+    Ok(())
+}
+
+/// Runs one (untracked, tracked) pair of rounds and adds its samples to `tot`.
+fn measure_round(i: u32, lo: &Loop, logs: &Path, a: &Args, tot: &mut Totals) -> anyhow::Result<()> {
+    let b = round(&lo.dev, a)?;
+    tot.base.push(b.write_iops);
+    let mut t = Tracker::start(TrackerConfig {
+        write_bitmap: !a.ring_only,
+        mark_at_queue: !a.completion_only,
+        ..TrackerConfig::default()
+    })?;
+    let dir = logs.join(format!("r{i}"));
+    std::fs::create_dir_all(&dir)?;
+    if !a.attach_only {
+        t.add_device(&lo.dev, &dir)?;
+    }
+    let cpu0 = self_cpu_seconds();
+    let k0 = kernel_writes(&lo.dev);
+    let r = round(&lo.dev, a)?;
+    let cpu = self_cpu_seconds() - cpu0;
+    tot.cpu_secs.push(cpu / f64::from(a.seconds));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = t.stats();
+    let kw = kernel_writes(&lo.dev) - k0;
+    t.stop()?;
+    std::fs::remove_dir_all(&dir)?;
+    tot.tracked.push(r.write_iops);
+    tot.ratios.push(r.write_iops / b.write_iops);
+    if s.kernel.prog_runs > 0 {
+        tot.bpf_ns
+            .push(s.kernel.prog_run_ns as f64 / s.kernel.prog_runs as f64);
+    }
+    tot.writes += r.writes;
+    tot.events += s.kernel.events;
+    tot.bitmap += s.kernel.bitmap_writes;
+    tot.drops += s.kernel.drops;
+    tot.fallback += s.kernel.fallback_bits;
+    tot.unaccounted += s.kernel.unaccounted;
+    let round_missed = s.disks.first().map_or(0, |d| d.1.missed_sectors);
+    tot.missed += round_missed;
+    eprintln!(
+        "round {i}: untracked {:.0} IOPS, tracked {:.0} IOPS ({:.3}), events {} + bitmap \
+         writes {} for {} writes ({kw} write requests completed by the kernel; program runs: completion {}, queue {}), drops {}, missed completions noticed: {round_missed} sectors",
+        b.write_iops,
+        r.write_iops,
+        r.write_iops / b.write_iops,
+        s.kernel.events,
+        s.kernel.bitmap_writes,
+        r.writes,
+        s.kernel.complete_runs,
+        s.kernel.queue_runs,
+        s.kernel.drops
+    );
+    Ok(())
+}
+
+/// Prints the results table (Markdown) to stdout.
+fn print_report(a: &Args, tot: &Totals) {
+    let Totals {
+        base,
+        tracked,
+        cpu_secs,
+        ratios,
+        bpf_ns,
+        writes,
+        events,
+        drops,
+        unaccounted,
+        fallback,
+        bitmap,
+        missed,
+    } = tot;
+    let (mb, mt) = (median(base), median(tracked));
     println!("| metric | value |");
     println!("|---|---|");
     println!("| untracked IOPS (median of {}) | {mb:.0} |", a.rounds);
@@ -171,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     println!("| tracked / untracked, ratio of medians | {:.3} |", mt / mb);
     println!(
         "| **tracked / untracked, median of per-round ratios** | **{:.3}** (rounds: {}) |",
-        median(&ratios),
+        median(ratios),
         ratios
             .iter()
             .map(|r| format!("{r:.3}"))
@@ -180,7 +239,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "| BPF program cost per bio (median, bpf_stats) | {:.0} ns |",
-        median(&bpf_ns)
+        median(bpf_ns)
     );
     println!("| fio writes in tracked rounds | {writes} |");
     println!("| ring events received | {events} |");
@@ -190,35 +249,29 @@ fn main() -> anyhow::Result<()> {
     println!("| completions the kernel did not report (noticed, sectors) | {missed} |");
     println!(
         "| tracker CPU (userspace, % of one core, median) | {:.1} % |",
-        median(&cpu_secs) * 100.0
+        median(cpu_secs) * 100.0
     );
-    if let Some(p) = &a.json {
-        let doc = serde_json::json!({
-            "untracked_iops": base,
-            "tracked_iops": tracked,
-            "ratios": ratios,
-            "bpf_ns_per_bio": bpf_ns,
-            "tracker_cpu_fraction": cpu_secs,
-            "seconds": a.seconds,
-            "rounds": a.rounds,
-            "fio_writes": writes,
-            "events": events,
-            "bitmap_writes": bitmap,
-            "drops": drops,
-            "fallback_words": fallback,
-            "unaccounted": unaccounted,
-            "lost": (events + drops + bitmap < writes && !a.attach_only),
-        });
-        std::fs::write(p, serde_json::to_vec_pretty(&doc)?)?;
-    }
-    // Every write is a bio: events + drops must cover the writes fio counted (fio's count
-    // excludes nothing; the kernel may see more, e.g. flushes or split bios).
-    if events + drops + bitmap < writes && !a.attach_only {
-        bail!(
-            "LOST WRITES: {writes} fio writes but only {events} events + {drops} drops + \
-             {bitmap} bitmap writes"
-        );
-    }
+}
+
+/// Writes the raw samples and totals as JSON to `p` (read by `sitrep-bench`).
+fn write_json(p: &Path, a: &Args, tot: &Totals) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "untracked_iops": tot.base,
+        "tracked_iops": tot.tracked,
+        "ratios": tot.ratios,
+        "bpf_ns_per_bio": tot.bpf_ns,
+        "tracker_cpu_fraction": tot.cpu_secs,
+        "seconds": a.seconds,
+        "rounds": a.rounds,
+        "fio_writes": tot.writes,
+        "events": tot.events,
+        "bitmap_writes": tot.bitmap,
+        "drops": tot.drops,
+        "fallback_words": tot.fallback,
+        "unaccounted": tot.unaccounted,
+        "lost": (tot.events + tot.drops + tot.bitmap < tot.writes && !a.attach_only),
+    });
+    std::fs::write(p, serde_json::to_vec_pretty(&doc)?)?;
     Ok(())
 }
 

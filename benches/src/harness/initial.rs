@@ -3,6 +3,7 @@
 //! it; alternating, on fresh sites each repetition. Time, bytes on the link, zero bytes
 //! never sent, replica == source.
 
+use std::path::Path;
 use std::time::Instant;
 
 use super::Ctx;
@@ -11,6 +12,16 @@ use super::sites::{Sites, drop_caches};
 use crate::results::{Metric, Scenario, TargetCheck};
 
 const CHUNK: u64 = 8 << 20;
+
+/// Timings and byte counts collected over the repetitions.
+#[derive(Default)]
+struct Samples {
+    t_sitrep: Vec<f64>,
+    t_raw: Vec<f64>,
+    w_sitrep: Vec<f64>,
+    w_raw: Vec<f64>,
+    zero_reported: Vec<f64>,
+}
 
 /// Runs the scenario.
 ///
@@ -22,6 +33,23 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
     } else {
         (4u64 << 30, 2)
     };
+    describe(ctx, sc, size, reps);
+    let logs = ctx.logs("initial")?;
+    let src = ctx
+        .tmp
+        .join(format!("sitrep-bench-initial-{}.img", std::process::id()));
+    let zero_bytes = half_zero_image(&src, size, CHUNK, 0x5eed)?;
+    let _cleanup = RemoveOnDrop(src.clone());
+    let mut sm = Samples::default();
+    for rep in 1..=reps {
+        run_rep(ctx, &logs, &src, size, rep, &mut sm)?;
+    }
+    report(ctx, sc, size, zero_bytes, sm);
+    Ok(())
+}
+
+/// Sets the scenario's description for a `size`-byte disk and `reps` repetitions.
+fn describe(ctx: &Ctx, sc: &mut Scenario, size: u64, reps: u32) {
     sc.description = format!(
         "A {} MiB disk (loop device, direct I/O, over a file in {}) whose {} MiB chunks \
          alternate between random (incompressible) data and zeros, so half of it is zero \
@@ -34,60 +62,80 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
         ctx.tmp.display(),
         CHUNK >> 20
     );
-    let logs = ctx.logs("initial")?;
-    let src = ctx
-        .tmp
-        .join(format!("sitrep-bench-initial-{}.img", std::process::id()));
-    let zero_bytes = half_zero_image(&src, size, CHUNK, 0x5eed)?;
-    let _cleanup = RemoveOnDrop(src.clone());
-    let (mut t_sitrep, mut t_raw, mut w_sitrep, mut w_raw, mut zero_reported) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for rep in 1..=reps {
-        let work = ctx.tmp.join(format!(
-            "sitrep-bench-initial-r{rep}-{}",
-            std::process::id()
-        ));
-        let rlogs = logs.join(format!("r{rep}"));
-        std::fs::create_dir_all(&rlogs)?;
-        let mut sites = Sites::up(
-            &ctx.root.join("target/release/sitrep"),
-            &work,
-            &rlogs,
-            "init",
-        )?;
-        let dev = sites.attach_loop(&src)?;
-        // Baseline.
-        let copy = work.join("raw-copy.img");
-        drop_caches();
-        let (secs, wire) = raw_copy(&sites, &dev, &copy, None, &rlogs)?;
-        anyhow::ensure!(
-            same_bytes(&src, &copy, size)?,
-            "the raw copy differs from the source"
-        );
-        std::fs::remove_file(&copy)?;
-        t_raw.push(secs);
-        w_raw.push(wire as f64);
-        // sitrep.
-        drop_caches();
-        let (r0, x0) = sites.link_bytes()?;
-        let t0 = Instant::now();
-        sites.protect(&dev, "init")?;
-        sites.wait("init", 3600)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let (r1, x1) = sites.link_bytes()?;
-        let st = sites.agent_disk("init")?;
-        zero_reported.push(st["zero_bytes"].as_f64().unwrap_or(f64::NAN));
-        t_sitrep.push(secs);
-        w_sitrep.push(((r1 - r0) + (x1 - x0)) as f64);
-        anyhow::ensure!(
-            same_bytes(&dev, &sites.replica("init"), size)?,
-            "rep {rep}: the replica differs from the source after the initial copy"
-        );
-        eprintln!(
-            "initial r{rep}: raw {:.1} s, sitrep {secs:.1} s",
-            t_raw[t_raw.len() - 1]
-        );
-    }
+}
+
+/// Runs one repetition on fresh sites: the raw copy, then sitrep; adds its samples to `sm`.
+fn run_rep(
+    ctx: &Ctx,
+    logs: &Path,
+    src: &Path,
+    size: u64,
+    rep: u32,
+    sm: &mut Samples,
+) -> anyhow::Result<()> {
+    let Samples {
+        t_sitrep,
+        t_raw,
+        w_sitrep,
+        w_raw,
+        zero_reported,
+    } = sm;
+    let work = ctx.tmp.join(format!(
+        "sitrep-bench-initial-r{rep}-{}",
+        std::process::id()
+    ));
+    let rlogs = logs.join(format!("r{rep}"));
+    std::fs::create_dir_all(&rlogs)?;
+    let mut sites = Sites::up(
+        &ctx.root.join("target/release/sitrep"),
+        &work,
+        &rlogs,
+        "init",
+    )?;
+    let dev = sites.attach_loop(src)?;
+    // Baseline.
+    let copy = work.join("raw-copy.img");
+    drop_caches();
+    let (secs, wire) = raw_copy(&sites, &dev, &copy, None, &rlogs)?;
+    anyhow::ensure!(
+        same_bytes(src, &copy, size)?,
+        "the raw copy differs from the source"
+    );
+    std::fs::remove_file(&copy)?;
+    t_raw.push(secs);
+    w_raw.push(wire as f64);
+    // sitrep.
+    drop_caches();
+    let (r0, x0) = sites.link_bytes()?;
+    let t0 = Instant::now();
+    sites.protect(&dev, "init")?;
+    sites.wait("init", 3600)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (r1, x1) = sites.link_bytes()?;
+    let st = sites.agent_disk("init")?;
+    zero_reported.push(st["zero_bytes"].as_f64().unwrap_or(f64::NAN));
+    t_sitrep.push(secs);
+    w_sitrep.push(((r1 - r0) + (x1 - x0)) as f64);
+    anyhow::ensure!(
+        same_bytes(&dev, &sites.replica("init"), size)?,
+        "rep {rep}: the replica differs from the source after the initial copy"
+    );
+    eprintln!(
+        "initial r{rep}: raw {:.1} s, sitrep {secs:.1} s",
+        t_raw[t_raw.len() - 1]
+    );
+    Ok(())
+}
+
+/// Fills the scenario's metrics, targets, notes and commands from the samples.
+fn report(ctx: &Ctx, sc: &mut Scenario, size: u64, zero_bytes: u64, sm: Samples) {
+    let Samples {
+        t_sitrep,
+        t_raw,
+        w_sitrep,
+        w_raw,
+        zero_reported,
+    } = sm;
     let t_raw_all = t_raw.clone();
     let ratios: Vec<f64> = t_raw.iter().zip(&t_sitrep).map(|(r, s)| r / s).collect();
     let ratio = crate::median(&ratios);
@@ -167,7 +215,6 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
         "sitrep-bench pipe send --from /dev/loopN --to 10.78.0.2:9601 # in site A".into(),
         "sitrep protect /dev/loopN --to 10.78.0.2:9543 --name init --frequency continuous && sitrep wait init".into(),
     ];
-    Ok(())
 }
 
 /// Removes a file when dropped.

@@ -2,6 +2,7 @@
 //! `rsync --inplace --no-whole-file` between two network namespaces, on an image pair where
 //! 1 % / 10 % of the 4 KiB blocks differ) and reads its results.json.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -58,6 +59,11 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
             out.status
         );
     }
+    report(sc, ctx, &raw)
+}
+
+/// Reads the script's results.json under `raw` into the scenario's metrics and targets.
+fn report(sc: &mut Scenario, ctx: &Ctx, raw: &Path) -> anyhow::Result<()> {
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(raw.join("results.json"))?)?;
     let cases = doc["cases"].as_array().context("results.json: no cases")?;
     let pick = |tool: &str, pct: f64, key: &str| -> Vec<f64> {

@@ -195,9 +195,23 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
         b.size >> 30,
         secs
     );
+    let (best, best_bytes) = climb_ladder(b, sc, &ladder, secs)?;
+    let (bytes, raw) = baseline(b, best_bytes)?;
+    report(ctx, sc, best, raw, bytes, secs);
+    Ok(())
+}
+
+/// Runs the ladder up to the first rate not sustained; returns the highest sustained rate
+/// (MB/s) and the bytes that step wrote.
+fn climb_ladder(
+    b: &mut Bench,
+    sc: &mut Scenario,
+    ladder: &[u32],
+    secs: u32,
+) -> anyhow::Result<(f64, u64)> {
     let (mut best, mut best_bytes) = (0.0f64, 0u64);
     let mut achieved_all = Vec::new();
-    for &rate in &ladder {
+    for &rate in ladder {
         let (s, achieved, catchup) = b.load(rate, "64k", secs, &format!("ship-{rate}"))?;
         let half = s.iter().map(|x| x.t).fold(0.0, f64::max) / 2.0;
         let first = max(s.iter().filter(|x| x.t <= half).map(|x| x.lag));
@@ -252,6 +266,11 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
             if *ok { "sustained" } else { "NOT sustained" }
         ));
     }
+    Ok((best, best_bytes))
+}
+
+/// Times a raw TCP copy of `best_bytes` (clamped) over the same link; returns the bytes and MB/s.
+fn baseline(b: &Bench, best_bytes: u64) -> anyhow::Result<(u64, f64)> {
     // Baseline over the same link.
     let bytes = best_bytes.clamp(256 << 20, b.size);
     let copy = b.sites.work.join("raw-copy.img");
@@ -259,6 +278,11 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
     let (t, _) = raw_copy(&b.sites, &b.dev, &copy, Some(bytes), &b.logs)?;
     let _ = std::fs::remove_file(&copy);
     let raw = bytes as f64 / t / 1e6;
+    Ok((bytes, raw))
+}
+
+/// Fills the scenario's metrics, target and commands.
+fn report(ctx: &Ctx, sc: &mut Scenario, best: f64, raw: f64, bytes: u64, secs: u32) {
     sc.metrics = vec![
         Metric::new(
             "highest sustained change rate",
@@ -294,7 +318,6 @@ pub fn shipping(ctx: &Ctx, b: &mut Bench, sc: &mut Scenario) -> anyhow::Result<(
             "sitrep-bench pipe send --from /dev/loopN --limit {bytes} --to 10.78.0.2:9601  # baseline"
         ),
     ];
-    Ok(())
 }
 
 /// The rates (MB/s) a scenario runs: `default`, or for experiments the comma-separated list

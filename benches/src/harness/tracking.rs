@@ -69,6 +69,22 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             )
         })?)?;
+    report(ctx, sc, &doc, rounds, secs);
+    if !out.status.success() {
+        bail!(
+            "tracker_overhead failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Turns the bench binary's JSON into the scenario's metrics, notes and targets.
+fn report(ctx: &Ctx, sc: &mut Scenario, doc: &serde_json::Value, rounds: i32, secs: i32) {
     let ratios = f64s(&doc["ratios"]);
     let ratio = crate::median(&ratios);
     let events = doc["events"].as_f64().unwrap_or(f64::NAN);
@@ -135,15 +151,4 @@ pub fn run(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
         value: if lost { 1.0 } else { 0.0 },
         met: Some(!lost),
     });
-    if !out.status.success() {
-        bail!(
-            "tracker_overhead failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
-    Ok(())
 }
