@@ -45,6 +45,9 @@ pub struct Protection {
     /// Make an app-consistent point this often (seconds; 1–12 h by policy), if set.
     #[serde(default)]
     pub app_consistent_every_secs: Option<u64>,
+    /// The recovery-point policy (slot width, retention span).
+    #[serde(default)]
+    pub points: crate::points::PointPolicy,
     /// Quiesces the application for an app-consistent point (`sh -c`), instead of freezing
     /// the filesystem.
     #[serde(default)]

@@ -132,6 +132,34 @@ impl TryFrom<String> for PointSel {
     }
 }
 
+/// Default width of a crash-consistent point slot: one retained point per 5 minutes (as
+/// Azure Site Recovery).
+pub const DEFAULT_CRASH_POINTS_EVERY_SECS: u64 = 300;
+/// Default retention span: 24 hours.
+pub const DEFAULT_RETAIN_SECS: u64 = 24 * 3600;
+
+/// A disk's recovery-point policy as its operator asks for it (`sitrep protect
+/// --crash-points-every 5m --retain 24h`, the policy file); kept in the agent's
+/// `protection.json` and sent to the server, which enforces it (within its own floors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PointPolicy {
+    /// Keep one crash-consistent point per slot this long (seconds; every cycle still
+    /// applies, and the agent makes sure a point exists in every slot).
+    pub crash_points_every_secs: u64,
+    /// Keep points this long (seconds).
+    pub retain_secs: u64,
+}
+
+impl Default for PointPolicy {
+    fn default() -> Self {
+        Self {
+            crash_points_every_secs: DEFAULT_CRASH_POINTS_EVERY_SECS,
+            retain_secs: DEFAULT_RETAIN_SECS,
+        }
+    }
+}
+
 /// Which points to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {

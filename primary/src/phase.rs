@@ -104,6 +104,7 @@ mod tests {
             },
             resync_reason: None,
             app_consistent_every_secs: None,
+            points: base::points::PointPolicy::default(),
             pre_hook: None,
             post_hook: None,
             resync: None,

@@ -88,6 +88,7 @@ impl Agent {
             },
             resync_reason: None,
             app_consistent_every_secs: app_every,
+            points: base::points::PointPolicy::default(),
             pre_hook: hooks.0,
             post_hook: hooks.1,
             resync: None,

@@ -140,17 +140,32 @@ impl Disk {
             made = Some(p);
         }
         let keep = self.retention.keep_flags(&self.points.points, now_ns);
-        let mut i = 0;
-        self.points.points.retain(|_| {
-            let k = keep[i];
-            i += 1;
-            k
-        });
-        if let Err(e) = self.save_points() {
+        let retire: std::collections::BTreeSet<u64> = self
+            .points
+            .points
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(p, _)| p.id)
+            .collect();
+        if let Err(e) = self.retire_points(&retire) {
             // points.json is unchanged (out of space...): so is memory.
             self.points = before;
             return Err(e);
         }
+        Ok(made)
+    }
+
+    /// Retires the points `ids` (retention, the quota, `sitrep points delete`): saves
+    /// `points.json` without them, then deletes the undo data no remaining point needs.
+    /// Unknown ids are ignored.
+    ///
+    /// # Errors
+    /// `points.json` could not be written (then nothing changed on disk; the caller restores
+    /// its in-memory copy).
+    pub fn retire_points(&mut self, ids: &std::collections::BTreeSet<u64>) -> Result<()> {
+        self.points.points.retain(|p| !ids.contains(&p.id));
+        self.save_points()?;
         // Undo of cycle m is needed only by points older than m.
         let floor = match self.points.points.first() {
             Some(p) => p.id,
@@ -163,7 +178,7 @@ impl Disk {
         for u in gone {
             let _ = fs::remove_file(&u.path);
         }
-        Ok(made)
+        Ok(())
     }
 
     /// Retained recovery points, oldest first.
