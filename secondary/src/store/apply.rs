@@ -171,8 +171,11 @@ impl Disk {
         if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
             return Ok(());
         }
+        let Some(need) = self.undo_needed(seq, ranges) else {
+            return Ok(());
+        };
         let cap = self.undo_cap;
-        let est = undo::estimate(&mut &self.replica, ranges, cap)
+        let est = undo::estimate(&mut &self.replica, &need, cap)
             .map_err(io_err(self.name(), "finding the replica's data"))?;
         let n = est.entries;
         if n > cap {
@@ -395,19 +398,23 @@ mod tests {
         for i in 0..6u64 {
             d.write_data(i * (128 << 10), &[1u8; 4096]).unwrap();
         }
+        // A recovery point (cycle 10 zeroes a block that held zeros): later cycles need undo.
+        let p = zero_cycle(&mut d, 10, SIZE - 4096, 4096).unwrap();
+        d.apply_staged(10, &p).unwrap();
+        assert!(d.verdict(10, true, None, 0).unwrap().is_some());
         d.undo_cap = 8;
-        let e = zero_cycle(&mut d, 10, 0, SIZE).unwrap_err();
+        let e = zero_cycle(&mut d, 11, 0, SIZE).unwrap_err();
         assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
-        assert!(e.to_string().contains("cycle 10"), "{e}");
-        // Nothing staged or applied; the disk still takes cycle 10.
+        assert!(e.to_string().contains("cycle 11"), "{e}");
+        // Nothing staged or applied; the disk still takes cycle 11.
         assert!(d.staged().unwrap().is_empty());
         assert!(fs::read_dir(d.staging_dir()).unwrap().next().is_none());
-        assert_eq!(d.expected_seq().unwrap(), Some(10));
-        let p = zero_cycle(&mut d, 10, 0, 256 << 10).unwrap();
-        d.apply_staged(10, &p).unwrap();
-        d.undo_cap = undo::MAX_ENTRIES;
-        let p = zero_cycle(&mut d, 11, 0, SIZE).unwrap();
+        assert_eq!(d.expected_seq().unwrap(), Some(11));
+        let p = zero_cycle(&mut d, 11, 0, 256 << 10).unwrap();
         d.apply_staged(11, &p).unwrap();
+        d.undo_cap = undo::MAX_ENTRIES;
+        let p = zero_cycle(&mut d, 12, 0, SIZE).unwrap();
+        d.apply_staged(12, &p).unwrap();
         assert!(fs::read(d.replica_path()).unwrap().iter().all(|&b| b == 0));
     }
 

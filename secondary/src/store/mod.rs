@@ -56,6 +56,7 @@ use base::points::{PointsFile, Retention};
 
 mod apply;
 mod budget;
+mod compact;
 mod open;
 mod phase;
 mod points;
@@ -264,6 +265,9 @@ pub struct Disk {
     replica: File,
     counters: DiskCounters,
     undo: Vec<UndoIndex>,
+    /// Coverage of each retained interval's undo files, keyed by the point that opens it
+    /// (`compact.rs`).
+    cov: std::collections::BTreeMap<u64, Vec<base::ranges::Range>>,
     points: PointsFile,
     retention: Retention,
     /// Why the last apply of a staged cycle failed (out of space...), until one succeeds.
@@ -392,6 +396,7 @@ impl Disk {
     pub fn drop_points(&mut self) -> Result<()> {
         self.points.points.clear();
         self.save_points()?;
+        self.cov.clear();
         for u in std::mem::take(&mut self.undo) {
             let _ = fs::remove_file(&u.path);
         }
@@ -509,6 +514,7 @@ impl Disk {
         self.points.judged_upto = None;
         self.points.skipped.clear();
         self.save_points()?;
+        self.cov.clear();
         for u in std::mem::take(&mut self.undo) {
             let _ = fs::remove_file(&u.path);
         }

@@ -78,18 +78,21 @@ impl Disk {
             },
             Err(e) => return Err(io_err(name, "reading points.json")(e)),
         };
-        Ok(Self {
+        let mut d = Self {
             dir,
             state,
             replica,
             counters: DiskCounters::default(),
             undo,
+            cov: std::collections::BTreeMap::new(),
             points,
             retention: Retention::default(),
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
             budget: super::HistoryBudget::default(),
-        })
+        };
+        d.rebuild_coverage(!retired);
+        Ok(d)
     }
 
     /// Opens disk `req.name`, creating its replica on first attach (owned by `req.client`),
@@ -243,6 +246,7 @@ impl Disk {
             replica,
             counters: DiskCounters::default(),
             undo: Vec::new(),
+            cov: std::collections::BTreeMap::new(),
             points: PointsFile {
                 version: 1,
                 ..PointsFile::default()

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 
 use super::{Disk, Result, StoreError, io_err, write_atomic};
-use crate::undo::{self, UndoIndex};
+use crate::undo;
 use base::points::{Point, PointKind, Retention};
 
 impl Disk {
@@ -16,34 +16,32 @@ impl Disk {
         self.retention = r;
     }
 
-    /// Saves what cycle `seq` is about to overwrite (unless a crash already left a complete
-    /// undo file for it: then the replica may be half-written and must not be read).
+    /// Saves what cycle `seq` is about to overwrite and its interval has not saved yet (see
+    /// `compact.rs`) — unless a crash already left a complete undo file for it: then the
+    /// replica may be half-written and must not be read. With nothing to save, no file is
+    /// written: after a crash the same nothing is computed again (an interval's coverage only
+    /// grows).
     pub(super) fn ensure_undo(
         &mut self,
         seq: u64,
         cut_time_ns: u64,
-        mut ranges: Vec<(u64, u64)>,
+        ranges: Vec<(u64, u64)>,
     ) -> Result<()> {
         if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
             return Ok(());
         }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (o, l) in ranges {
-            match merged.last_mut() {
-                Some((mo, ml)) if *mo + *ml >= o => *ml = (*ml).max(o + l - *mo),
-                _ => merged.push((o, l)),
-            }
-        }
+        let ranges = base::ranges::normalize(ranges);
+        let Some(need) = self.undo_needed(seq, &ranges).filter(|n| !n.is_empty()) else {
+            return Ok(());
+        };
         let dir = self.dir.join("undo");
-        let idx = undo::write(&dir, seq, cut_time_ns, &merged, &self.replica).map_err(|e| {
+        let idx = undo::write(&dir, seq, cut_time_ns, &need, &self.replica).map_err(|e| {
             // Out of space, typically: give the partial file's space back (the retry
             // writes it again; the replica is untouched until it is whole).
             let _ = fs::remove_file(dir.join(format!("{}.tmp", undo::file_name(seq, None))));
             io_err(self.name(), format!("writing the undo file of cycle {seq}"))(e)
         })?;
-        self.undo.push(idx);
-        self.undo.sort_by_key(UndoIndex::order);
+        self.note_undo(idx);
         Ok(())
     }
 
@@ -57,25 +55,16 @@ impl Disk {
             .map_err(io_err(&self.state.name, "writing points.json"))
     }
 
-    /// Points whose later undo files are missing cannot be rebuilt: forget them.
+    /// Points newer than the replica (a store copied back from an older state) cannot be
+    /// rebuilt: forget them. (Whether every later cycle's undo was saved is not checked per
+    /// cycle: a compacted interval keeps no file for a cycle that changed only bytes saved
+    /// before — completeness holds by construction, see `compact.rs`.)
     pub(super) fn drop_unreconstructible_points(&mut self) {
         let applied = self.state.applied.map_or(0, |a| a.seq);
-        let have: std::collections::BTreeSet<u64> = self
-            .undo
-            .iter()
-            .filter(|u| u.part.is_none())
-            .map(|u| u.seq)
-            .collect();
-        // Cycles a resync replaced never existed on the replica: nothing to undo for them
-        // (the resync's own undo parts cover what it changed).
-        let skipped = self.points.skipped.clone();
-        let present = |m: u64| have.contains(&m) || skipped.iter().any(|&(a, b)| a <= m && m <= b);
         let before = self.points.points.len();
-        self.points
-            .points
-            .retain(|p| p.id <= applied && (p.id + 1..=applied).all(present));
+        self.points.points.retain(|p| p.id <= applied);
         if self.points.points.len() != before {
-            tracing::warn!(disk = %self.state.name, "dropped {} recovery points whose undo data is gone", before - self.points.points.len());
+            tracing::warn!(disk = %self.state.name, "dropped {} recovery points newer than the replica", before - self.points.points.len());
             let _ = self.save_points();
         }
     }
@@ -106,21 +95,20 @@ impl Disk {
             });
         }
         let before = self.points.clone();
-        self.points.judged_upto = Some(self.points.judged_upto.map_or(seq, |j| j.max(seq)));
+        let judged_before = self.points.judged_upto;
+        self.points.judged_upto = Some(judged_before.map_or(seq, |j| j.max(seq)));
         let copy_from = self.state.copy.filter(|c| c.done).map(|c| c.from_seq);
-        let applied = self.state.applied.map(|a| a.seq);
-        let known = self
-            .undo
-            .iter()
-            .find(|u| u.seq == seq && u.part.is_none())
-            .map(|u| u.cut_time_ns);
+        // Only the newest applied cycle, not judged before, can become a point: the cycles
+        // applied after an older one saved no undo for it (`compact.rs`).
+        let newest = self.state.applied.filter(|a| a.seq == seq);
         let mut made = None;
         if consistent
-            && let (Some(from), Some(applied), Some(cut_time_ns)) = (copy_from, applied, known)
+            && let (Some(from), Some(applied)) = (copy_from, newest)
             && seq >= from
-            && seq <= applied
+            && judged_before.is_none_or(|j| seq > j)
             && !self.points.points.iter().any(|p| p.id == seq)
         {
+            let cut_time_ns = applied.cut_time_ns;
             let first_seq = self.points.points.last().map_or(from, |p| p.id + 1);
             let p = Point {
                 id: seq,
@@ -153,6 +141,9 @@ impl Disk {
             self.points = before;
             return Err(e);
         }
+        if let Some(p) = made.as_ref().filter(|p| !retire.contains(&p.id)) {
+            self.open_interval(p.id);
+        }
         Ok(made)
     }
 
@@ -164,20 +155,11 @@ impl Disk {
     /// `points.json` could not be written (then nothing changed on disk; the caller restores
     /// its in-memory copy).
     pub fn retire_points(&mut self, ids: &std::collections::BTreeSet<u64>) -> Result<()> {
+        let old: Vec<u64> = self.points.points.iter().map(|p| p.id).collect();
         self.points.points.retain(|p| !ids.contains(&p.id));
         self.save_points()?;
-        // Undo of cycle m is needed only by points older than m.
-        let floor = match self.points.points.first() {
-            Some(p) => p.id,
-            None => self.points.judged_upto.unwrap_or(0),
-        };
-        let (gone, kept): (Vec<UndoIndex>, Vec<UndoIndex>) = std::mem::take(&mut self.undo)
-            .into_iter()
-            .partition(|u| u.seq <= floor);
-        self.undo = kept;
-        for u in gone {
-            let _ = fs::remove_file(&u.path);
-        }
+        // Each retired point's interval merges into the one before it (`compact.rs`).
+        self.merge_intervals(&old);
         Ok(())
     }
 

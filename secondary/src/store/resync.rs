@@ -317,9 +317,14 @@ impl Disk {
         sess.pending_bytes = 0;
         sess.pending_named = 0;
         if !pending.is_empty() {
-            if !self.points.points.is_empty() {
-                let ranges =
-                    base::ranges::normalize(pending.iter().map(|(o, r)| (*o, r.len())).collect());
+            let ranges =
+                base::ranges::normalize(pending.iter().map(|(o, r)| (*o, r.len())).collect());
+            // Only what the interval has not saved yet, and only when a point needs it
+            // (`compact.rs`).
+            if let Some(ranges) = self
+                .undo_needed(r.from_seq, &ranges)
+                .filter(|n| !n.is_empty())
+            {
                 let est = undo::estimate(&mut &self.replica, &ranges, undo::MAX_ENTRIES)
                     .map_err(io_err(&name, "finding the replica's data"))?;
                 self.check_history_room(r.from_seq, est)?;
@@ -340,8 +345,7 @@ impl Disk {
                     let _ = std::fs::remove_file(dir.join(tmp));
                     io_err(&name, format!("writing undo part {part} of the resync"))(e)
                 })?;
-                self.undo.push(idx);
-                self.undo.sort_by_key(undo::UndoIndex::order);
+                self.note_undo(idx);
             }
             for (o, rep) in pending {
                 sess.invalidate(o, rep.len());

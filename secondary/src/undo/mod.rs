@@ -40,6 +40,7 @@ mod format;
 mod index;
 mod reader;
 mod source;
+mod trim;
 mod writer;
 
 #[cfg(test)]
@@ -51,4 +52,5 @@ pub use format::{
 pub use index::{UndoIndex, clean_tmp, file_name, load_all, next_part};
 pub use reader::{read_entry, read_index};
 pub use source::{Estimate, FnSource, Source, data_run, estimate, estimate_entries, from_fn};
+pub use trim::{covered, trim};
 pub use writer::{write, write_part};

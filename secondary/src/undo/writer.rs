@@ -51,7 +51,7 @@ pub fn write(
     ranges: &[(u64, u64)],
     src: impl Source,
 ) -> std::io::Result<UndoIndex> {
-    write_file(dir, seq, None, cut_time_ns, ranges, src)
+    write_file(dir, seq, None, cut_time_ns, ranges, src, true)
 }
 
 /// Writes `undo/SEQ.rPART.undo`, part `part` of the resync before cycle `seq` (its
@@ -76,7 +76,7 @@ pub fn write_part(
             format!("undo part number {part} is reserved"),
         ));
     }
-    write_file(dir, seq, Some(part), cut_time_ns, ranges, src)
+    write_file(dir, seq, Some(part), cut_time_ns, ranges, src, false)
 }
 
 /// Appends entry `e` to `entries`, merged into the previous one when both are zero and
@@ -100,14 +100,16 @@ fn push_entry(entries: &mut Vec<Entry>, e: Entry, reserved: u64) -> std::io::Res
     Ok(())
 }
 
-/// The one writer of undo files: a cycle's (`part` `None`, replaces) or a part (never replaces).
-fn write_file(
+/// The one writer of undo files: a cycle's or a part, replacing a file of that name only when
+/// `replace` (a cycle's undo, a trimmed file — never a new part).
+pub(super) fn write_file(
     dir: &Path,
     seq: u64,
     part: Option<u32>,
     cut_time_ns: u64,
     ranges: &[(u64, u64)],
     mut src: impl Source,
+    replace: bool,
 ) -> std::io::Result<UndoIndex> {
     let what = || match part {
         None => format!("cycle {seq}"),
@@ -116,7 +118,7 @@ fn write_file(
     let name = file_name(seq, part);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    if part.is_some() && fs::symlink_metadata(&path).is_ok() {
+    if !replace && fs::symlink_metadata(&path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             format!("{}: the undo of {} already exists", path.display(), what()),
@@ -143,7 +145,7 @@ fn write_file(
     write_index(&f, seq, part, cut_time_ns, &entries)?;
     f.sync_all()?;
     drop(f);
-    install(&tmp, &path, part.is_some(), what)?;
+    install(&tmp, &path, !replace, what)?;
     File::open(dir)?.sync_all()?;
     Ok(UndoIndex {
         seq,
@@ -208,15 +210,15 @@ fn save(
     Ok((entries, pos))
 }
 
-/// Puts the written `tmp` in place at `path`: a part is linked (never replaces a file), a
-/// cycle's undo renamed (replaces).
+/// Puts the written `tmp` in place at `path`: linked when it must not replace a file (a new
+/// part), else renamed (replaces).
 fn install(
     tmp: &Path,
     path: &Path,
-    is_part: bool,
+    exclusive: bool,
     what: impl Fn() -> String,
 ) -> std::io::Result<()> {
-    if is_part {
+    if exclusive {
         // A link cannot replace an existing name (a rename would).
         if let Err(e) = fs::hard_link(tmp, path) {
             let _ = fs::remove_file(tmp);

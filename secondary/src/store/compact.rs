@@ -1,0 +1,157 @@
+//! Undo compaction: at most one pre-image per byte per *retained interval*.
+//!
+//! Point `j` is rebuilt from the replica overlaid, byte by byte, with the earliest undo file
+//! ordered after `j` that covers the byte (`crate::undo`). Call the cycles between two
+//! retained points `P < Q` — the files with a sequence in `(P, Q]`, and after the newest point
+//! `N` the files in `(N, ∞)` — an interval, keyed by `P`. No retained point lies inside an
+//! interval, so for every retained point only the *first* file of an interval that covers a
+//! byte is ever read: a later file's copy of that byte is dead weight. Hence:
+//!
+//! - **At apply** (a cycle's undo, a resync's undo part) only what the interval has not saved
+//!   yet is saved ([`Disk::undo_needed`]): `ranges − coverage(interval)`. With no retained
+//!   point older than the cycle, nothing is saved at all: no point could use it. (A point is
+//!   only ever made from the newest applied cycle, so a cycle applied after another can no
+//!   longer turn that one into a point.)
+//! - **When a point is retired** its interval merges into the one before it
+//!   ([`Disk::merge_intervals`]): each of its files is trimmed to what the earlier interval
+//!   does not cover ([`crate::undo::trim`]), keeping the older pre-image; an interval with no
+//!   retained point before it serves nothing and its files are deleted.
+//!
+//! So the files of one interval never overlap, and the undo data kept for a disk is at most
+//! Σ over retained intervals of min(bytes changed in it, disk size), plus entry tables.
+//!
+//! The coverage of each interval is kept in memory (`Disk::cov`, sorted range lists), rebuilt
+//! when the disk opens ([`Disk::rebuild_coverage`]) — which also finishes what a crash
+//! interrupted: files no point needs are deleted, overlaps left by a merge that did not
+//! finish (or by a store written before compaction existed) are trimmed. A trim that fails
+//! leaves its file as it was: redundant, never wrong.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use super::Disk;
+use crate::undo::{self, UndoIndex};
+use base::ranges::{Range, subtract, union};
+
+impl Disk {
+    /// The interval a file of sequence `seq` belongs to: the newest retained point older
+    /// than `seq` (`None`: no point needs it).
+    fn interval_key(&self, seq: u64) -> Option<u64> {
+        self.points
+            .points
+            .iter()
+            .rev()
+            .map(|p| p.id)
+            .find(|&id| id < seq)
+    }
+
+    /// What of `ranges` (normalized) the undo of cycle `seq` — or of a resync part before it —
+    /// must save: the bytes its interval has not saved yet. `None` when no retained point is
+    /// older than `seq` (nothing to save).
+    #[must_use]
+    pub(super) fn undo_needed(&self, seq: u64, ranges: &[Range]) -> Option<Vec<Range>> {
+        let key = self.interval_key(seq)?;
+        Some(match self.cov.get(&key) {
+            Some(c) => subtract(ranges, c),
+            None => ranges.to_vec(),
+        })
+    }
+
+    /// Adds a newly written undo file: its ranges join its interval's coverage.
+    pub(super) fn note_undo(&mut self, idx: UndoIndex) {
+        if let Some(key) = self.interval_key(idx.seq) {
+            let c = self.cov.entry(key).or_default();
+            *c = union(c, &undo::covered(&idx));
+        }
+        self.undo.push(idx);
+        self.undo.sort_by_key(UndoIndex::order);
+    }
+
+    /// A new newest point `id`: the interval after it starts empty.
+    pub(super) fn open_interval(&mut self, id: u64) {
+        self.cov.insert(id, Vec::new());
+    }
+
+    /// The points `old` (ids, oldest first) were the retained ones; some are gone now (already
+    /// saved in `points.json`). Merges each retired point's interval into the one before it,
+    /// trimming its files to what that one does not cover — or deletes its files when no
+    /// retained point is older.
+    pub(super) fn merge_intervals(&mut self, old: &[u64]) {
+        let now: BTreeSet<u64> = self.points.points.iter().map(|p| p.id).collect();
+        for (i, &p) in old.iter().enumerate() {
+            if now.contains(&p) {
+                continue;
+            }
+            let hi = old.get(i + 1).copied();
+            let inside = |u: &UndoIndex| u.seq > p && hi.is_none_or(|h| u.seq <= h);
+            let mine = self.cov.remove(&p).unwrap_or_default();
+            let (files, rest): (Vec<UndoIndex>, Vec<UndoIndex>) =
+                std::mem::take(&mut self.undo).into_iter().partition(inside);
+            self.undo = rest;
+            let Some(t) = now.range(..p).next_back().copied() else {
+                for u in files {
+                    let _ = fs::remove_file(&u.path);
+                }
+                continue;
+            };
+            let earlier = self.cov.remove(&t).unwrap_or_default();
+            for u in files {
+                if let Some(u) = self.trimmed(u, &earlier) {
+                    self.undo.push(u);
+                }
+            }
+            self.cov.insert(t, union(&earlier, &mine));
+            self.undo.sort_by_key(UndoIndex::order);
+        }
+        // Coverage of intervals whose point is gone (none should be left).
+        self.cov.retain(|k, _| now.contains(k));
+    }
+
+    /// `u` without what `earlier` covers (the file rewritten, or removed when nothing is
+    /// left). A failed trim keeps the file as it was (redundant, never wrong).
+    fn trimmed(&self, u: UndoIndex, earlier: &[Range]) -> Option<UndoIndex> {
+        let mine = undo::covered(&u);
+        let keep = subtract(&mine, earlier);
+        if keep == mine {
+            return Some(u);
+        }
+        match undo::trim(&u, &keep) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(disk = %self.name(), "trimming {}: {e} (kept as it was)", u.path.display());
+                Some(u)
+            }
+        }
+    }
+
+    /// Rebuilds every interval's coverage from the undo files (at open). When `writable`,
+    /// also finishes what a crash interrupted: files no retained point needs are deleted,
+    /// files overlapping an earlier one of their interval are trimmed.
+    pub(super) fn rebuild_coverage(&mut self, writable: bool) {
+        self.cov.clear();
+        for &id in self.points.points.iter().map(|p| &p.id) {
+            self.cov.insert(id, Vec::new());
+        }
+        let files = std::mem::take(&mut self.undo);
+        for u in files {
+            let Some(key) = self.interval_key(u.seq) else {
+                if writable {
+                    let _ = fs::remove_file(&u.path);
+                } else {
+                    self.undo.push(u);
+                }
+                continue;
+            };
+            let mine = undo::covered(&u);
+            let seen = self.cov.remove(&key).unwrap_or_default();
+            let u = if writable {
+                self.trimmed(u, &seen)
+            } else {
+                Some(u)
+            };
+            self.cov.insert(key, union(&seen, &mine));
+            self.undo.extend(u);
+        }
+        self.undo.sort_by_key(UndoIndex::order);
+    }
+}
