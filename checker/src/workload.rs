@@ -50,6 +50,9 @@ pub struct WorkloadConfig {
     pub rate: Option<u64>,
     /// Writes in flight: worker threads.
     pub queue_depth: usize,
+    /// Random writes only to the first this many bytes (a hot set; `None`: the whole device).
+    /// The initialization pass still writes every block once.
+    pub hot_set: Option<u64>,
 }
 
 /// What a run did.
@@ -75,6 +78,8 @@ struct Sched {
     next_seq: u64,
     init_next: u64,
     blocks: u64,
+    /// Random writes pick among the first `hot` blocks.
+    hot: u64,
     in_flight: Vec<u64>,
     rng: u64,
     random_until: Option<Instant>,
@@ -114,7 +119,7 @@ impl Sched {
             self.rng ^= self.rng >> 12;
             self.rng ^= self.rng << 25;
             self.rng ^= self.rng >> 27;
-            let b = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.blocks;
+            let b = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.hot;
             if self.in_flight[word(b)] & bit(b) == 0 {
                 return b;
             }
@@ -174,6 +179,10 @@ pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadS
         next_seq: 0,
         init_next: 0,
         blocks,
+        // At least the queue depth, so a block with no write in flight always exists.
+        hot: cfg.hot_set.map_or(blocks, |h| {
+            (h / bs.as_u64()).clamp(cfg.queue_depth as u64, blocks)
+        }),
         in_flight: vec![0u64; usize::try_from(blocks.div_ceil(64)).unwrap_or(0)],
         rng: u64::from_le_bytes(seed) | 1,
         random_until: None,
@@ -382,6 +391,7 @@ mod tests {
             duration: Some(Duration::from_millis(duration_ms)),
             rate,
             queue_depth: 4,
+            hot_set: None,
         }
     }
 
@@ -452,6 +462,28 @@ mod tests {
         let st = run_workload(&cfg, &stop).unwrap();
         assert_eq!(st.writes, 0);
         assert!(read_history(&cfg.history).unwrap().clean());
+    }
+
+    #[test]
+    fn a_hot_set_confines_the_random_writes() {
+        let Some(d) = scratch() else { return };
+        let dev = d.path().join("dev");
+        std::fs::write(&dev, vec![0u8; 64 * 4096]).unwrap();
+        let cfg = WorkloadConfig {
+            hot_set: Some(8 * 4096),
+            ..config(d.path(), &dev, 200, None)
+        };
+        let st = run_workload(&cfg, &AtomicBool::new(false)).unwrap();
+        assert_eq!(st.init_writes, 64);
+        assert!(st.writes > 64, "no random writes in 200 ms: {st:?}");
+        let h = read_history(&cfg.history).unwrap();
+        // Sequence numbers are in issue order: the first 64 are the initialization pass.
+        let random: Vec<_> = h.records.iter().filter(|r| r.seq >= 64).collect();
+        assert!(!random.is_empty());
+        assert!(
+            random.iter().all(|r| r.block < 8),
+            "a random write outside the hot set"
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub(crate) struct WorkloadArgs {
     /// Writes in flight (writer threads, synchronous O_DIRECT).
     #[arg(long, default_value_t = 4)]
     queue_depth: usize,
+    /// Random writes go only to the first SIZE bytes of the device (a hot set, e.g. 32M), as
+    /// a database's busy pages do; the initialization pass still writes every block once.
+    /// Default: the whole device.
+    #[arg(long, value_name = "SIZE", value_parser = hot_set)]
+    hot_set: Option<u64>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -45,6 +50,10 @@ fn block_size(s: &str) -> Result<BlockSize, String> {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn hot_set(s: &str) -> Result<u64, String> {
+    base::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn rate(s: &str) -> Result<u64, String> {
@@ -61,6 +70,7 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
         duration: a.duration,
         rate: a.rate,
         queue_depth: a.queue_depth,
+        hot_set: a.hot_set,
     };
     eprintln!(
         "sitrep workload: every block of {} on {}, queue depth {}, {}; history {}",
