@@ -11,6 +11,7 @@ pub mod initial;
 pub mod machine;
 pub mod micro;
 pub mod pipe;
+pub mod points;
 pub mod resync;
 pub mod ship;
 pub mod sites;
@@ -52,6 +53,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("resync", "6. Checksum resync"),
     ("ublk", "2. Tracked ublk disk (VM)"),
     ("micro", "8. Micro benchmarks (criterion)"),
+    ("points", "9. Recovery points under churn"),
 ];
 
 /// Runs the selected scenarios (ids from [`SCENARIOS`]; `memory` needs `rpo` or
@@ -86,6 +88,7 @@ pub fn run_all(ctx: &Ctx, selected: &[String], mut done: impl FnMut(&Scenario)) 
             "initial" => initial::run(ctx, &mut sc),
             "resync" => resync::run(ctx, &mut sc),
             "micro" => micro::run_into(ctx, &mut sc),
+            "points" => points::run_points(ctx, &mut sc),
             _ => {
                 if needs_bench && bench.is_none() {
                     bench = Some(ship::Bench::up(ctx));

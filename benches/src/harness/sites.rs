@@ -83,6 +83,19 @@ impl Daemon {
         Ok((ticks(11) + ticks(12)) / hz.max(1.0))
     }
 
+    /// Bytes the process caused to be written to storage so far (`/proc/PID/io`
+    /// `write_bytes`: what reached the block layer, page-cache writeback included).
+    ///
+    /// # Errors
+    /// The process is gone.
+    pub fn io_write_bytes(&self) -> anyhow::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/io", self.pid()))?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no write_bytes in /proc/PID/io")
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -284,6 +297,14 @@ impl Sites {
     /// # Errors
     /// The agent refuses.
     pub fn protect(&self, dev: &Path, name: &str) -> anyhow::Result<()> {
+        self.protect_with(dev, name, &[])
+    }
+
+    /// [`Sites::protect`] with `extra` arguments (e.g. `--crash-points-every 30s`).
+    ///
+    /// # Errors
+    /// The agent refuses.
+    pub fn protect_with(&self, dev: &Path, name: &str, extra: &[&str]) -> anyhow::Result<()> {
         let a = self.agent.as_ref().context("no agent")?;
         run(Command::new(&self.sitrep)
             .arg("protect")
@@ -297,8 +318,23 @@ impl Sites {
                 "continuous",
                 "--socket",
             ])
-            .arg(&a.socket))?;
+            .arg(&a.socket)
+            .args(extra))?;
         Ok(())
+    }
+
+    /// The server's status of disk `name` (`status --json`, `disks[]`).
+    ///
+    /// # Errors
+    /// The server does not answer or does not know the disk.
+    pub fn server_disk(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let s = self.server.as_ref().context("no server")?;
+        let v = self.status_of(&s.socket)?;
+        v["disks"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == name))
+            .cloned()
+            .with_context(|| format!("server status has no disk {name}"))
     }
 
     /// `sitrep wait NAME`: an exact cut, returns once the replica applied it.
