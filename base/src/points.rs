@@ -160,6 +160,10 @@ impl Default for PointPolicy {
     }
 }
 
+/// How many of the newest points stay whatever their age, by default: the newest, and two
+/// before it to fall back to should the newest turn out to be the wrong moment.
+pub const DEFAULT_KEEP_NEWEST: usize = 3;
+
 /// Narrowest crash-consistent slot a policy may ask for (1 s).
 pub const MIN_CRASH_POINTS_EVERY_NS: u64 = 1_000_000_000;
 /// Widest crash-consistent slot (1 h).
@@ -245,7 +249,7 @@ impl PointPolicy {
 /// The server builds one per disk with [`Retention::for_disk`]: its own defaults and floor
 /// (`sitrep server --crash-points-every --retain --min-retain --keep-points
 /// --retention-tiers`) applied to what the disk's agent asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// Slot width, ns (one crash-consistent point kept per slot).
     pub every_ns: u64,
@@ -265,7 +269,7 @@ impl Default for Retention {
         Self {
             every_ns: DEFAULT_CRASH_POINTS_EVERY_SECS * 1_000_000_000,
             retain_ns: DEFAULT_RETAIN_SECS * 1_000_000_000,
-            keep: 1,
+            keep: DEFAULT_KEEP_NEWEST,
             min_retain_ns: DEFAULT_RETAIN_SECS * 1_000_000_000,
             tiers: Vec::new(),
         }
@@ -421,6 +425,7 @@ mod tests {
     fn policy(every_s: u64, retain_s: u64) -> Retention {
         Retention {
             min_retain_ns: 0,
+            keep: 1,
             ..Retention::default()
         }
         .for_disk(Some((every_s * S, retain_s * S)))

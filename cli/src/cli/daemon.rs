@@ -44,7 +44,7 @@ pub(crate) struct ServerArgs {
     min_retain: u64,
     /// Also keep the newest N points per disk whatever their age (at least 1: the newest
     /// point always stays).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = base::points::DEFAULT_KEEP_NEWEST)]
     keep_points: usize,
     /// Beyond the retention span, thin older points in tiers EVERY:WINDOW, e.g.
     /// `1h:7d,1d:30d` (the oldest point of each hour for a week, of each day for 30 days).

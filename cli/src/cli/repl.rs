@@ -49,6 +49,14 @@ pub(crate) struct ProtectArgs {
     /// Also make an app-consistent point (filesystem frozen) this often: 1h to 12h.
     #[arg(long)]
     app_consistent_every: Option<String>,
+    /// Keep one crash-consistent recovery point per slot this wide, 1s to 1h (default 5m;
+    /// every cycle still applies). Sent to the server, which keeps it for this disk.
+    #[arg(long, value_name = "DURATION")]
+    crash_points_every: Option<String>,
+    /// Keep recovery points this long, up to 366d (default 24h). The server keeps at least
+    /// its own --min-retain whatever is asked here, and always the newest point.
+    #[arg(long, value_name = "DURATION")]
+    retain: Option<String>,
     /// Quiesce the application for app-consistent points with this command (`sh -c`)
     /// instead of freezing the filesystem mounted from the device.
     #[arg(long)]
@@ -115,6 +123,8 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             app_consistent_every: a.app_consistent_every.clone(),
             pre_hook: a.pre_hook.clone(),
             post_hook: a.post_hook.clone(),
+            crash_points_every: a.crash_points_every.clone(),
+            retain: a.retain.clone(),
         },
         Duration::from_secs(60),
     )?;
