@@ -231,6 +231,31 @@ fn print_disk(d: &DiskStatus) {
     if let Some(a) = &d.action {
         crate::outln!("{:<16} action: {a}", "");
     }
+    print_points(d);
+}
+
+/// The recovery-point policy (both sides) and the retained points (server).
+fn print_points(d: &DiskStatus) {
+    let Some(p) = d.point_policy else {
+        return;
+    };
+    let range = match (d.oldest_point, d.newest_point) {
+        (Some(a), Some(b)) => format!(
+            "; {} retained over {} (points {}..={}), {} of undo data",
+            d.points,
+            human::duration(b.cut_time_unix_ns.saturating_sub(a.cut_time_unix_ns)),
+            a.id,
+            b.id,
+            human::bytes(d.points_bytes)
+        ),
+        _ => String::new(),
+    };
+    crate::outln!(
+        "{:<16} points: one per {}, kept {}{range}",
+        "",
+        human::duration(p.crash_points_every_ns()),
+        human::duration(p.retain_ns())
+    );
 }
 
 pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
@@ -354,18 +379,34 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let r: PointsReport = serde_json::from_value(resp)?;
+    let span = match (r.points.first(), r.points.last()) {
+        (Some(a), Some(b)) => format!(
+            " over {}",
+            human::duration(b.cut_time_ns.saturating_sub(a.cut_time_ns))
+        ),
+        _ => String::new(),
+    };
+    let policy = r.policy.as_ref().map_or_else(String::new, |p| {
+        format!(
+            "; one per {}, kept {}",
+            human::duration(p.every_ns),
+            human::duration(p.retain_ns)
+        )
+    });
     crate::outln!(
-        "disk {}: {} recovery point(s), {} of undo data kept",
+        "disk {}: {} recovery point(s){span}{policy}; {} of undo data kept",
         r.disk,
         r.points.len(),
         human::bytes(r.storage_bytes)
     );
+    let now = base::now_ns();
     for p in r.points.iter().rev() {
         crate::outln!(
-            "{:>8}  {:<17} cut {}  cycles {}..={} ({}){}",
+            "{:>8}  {:<17} cut {} ({:>7} ago)  cycles {}..={} ({}){}",
             p.id,
             format!("{:?}", p.kind).to_lowercase(),
             human::timestamp(p.cut_time_ns),
+            human::duration(now.saturating_sub(p.cut_time_ns)),
             p.first_seq,
             p.id,
             human::bytes(p.bytes),
