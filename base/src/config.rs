@@ -93,6 +93,24 @@ pub struct DiskPolicy {
     pub pre_hook: Option<String>,
     /// Command releasing it.
     pub post_hook: Option<String>,
+    /// Keep one crash-consistent point per slot this wide, `1s`..`1h` (default `5m`).
+    pub crash_points_every: Option<String>,
+    /// Keep points this long, up to `366d` (default `24h`; the server keeps at least its
+    /// `--min-retain`).
+    pub retain: Option<String>,
+}
+
+impl DiskPolicy {
+    /// The recovery-point policy this entry asks for.
+    ///
+    /// # Errors
+    /// A bad duration or range (see [`crate::points::PointPolicy::parse`]).
+    pub fn points(&self) -> Result<crate::points::PointPolicy, String> {
+        crate::points::PointPolicy::parse(
+            self.crash_points_every.as_deref(),
+            self.retain.as_deref(),
+        )
+    }
 }
 
 /// The agent's policy file.
@@ -120,6 +138,8 @@ impl PolicyFile {
             {
                 anyhow::bail!("{}: disk name '{n}' is not valid", path.display());
             }
+            d.points()
+                .map_err(|e| anyhow::anyhow!("{}: disk {}: {e}", path.display(), d.device))?;
         }
         Ok(p)
     }
@@ -173,5 +193,26 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn policy_file_takes_a_point_policy_and_checks_it_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let entry = "[[disk]]\ndevice = \"/dev/x\"\nto = \"h:1\"\n";
+        std::fs::write(
+            &path,
+            format!("{entry}crash_points_every = \"20s\"\nretain = \"2m\"\n"),
+        )
+        .unwrap();
+        let p = PolicyFile::load(&path).unwrap();
+        let got = p.disk[0].points().unwrap();
+        assert_eq!((got.crash_points_every_secs, got.retain_secs), (20, 120));
+        std::fs::write(&path, format!("{entry}crash_points_every = \"2h\"\n")).unwrap();
+        let err = PolicyFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("--crash-points-every"), "{err}");
+        std::fs::write(&path, entry).unwrap();
+        let dflt = PolicyFile::load(&path).unwrap().disk[0].points().unwrap();
+        assert_eq!(dflt, crate::points::PointPolicy::default());
     }
 }

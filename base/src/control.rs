@@ -59,6 +59,13 @@ pub enum Request {
         /// Post-hook for app-consistent points.
         #[serde(default)]
         post_hook: Option<String>,
+        /// Keep one crash-consistent point per slot this wide (`1s`..`1h`; default `5m`).
+        #[serde(default)]
+        crash_points_every: Option<String>,
+        /// Keep points this long (up to `366d`, at least the slot; default `24h`; the
+        /// server keeps at least its `--min-retain`).
+        #[serde(default)]
+        retain: Option<String>,
     },
     /// `sitrep unprotect` (agent).
     Unprotect {

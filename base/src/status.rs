@@ -158,6 +158,16 @@ pub struct DiskStatus {
     /// Bytes of undo data kept for them (server).
     #[serde(default)]
     pub points_bytes: u64,
+    /// The oldest retained recovery point (server).
+    #[serde(default)]
+    pub oldest_point: Option<PointRef>,
+    /// The newest retained recovery point (server).
+    #[serde(default)]
+    pub newest_point: Option<PointRef>,
+    /// The recovery-point policy: what the agent asks for (agent), what the server
+    /// enforces for the disk, its floor applied (server).
+    #[serde(default)]
+    pub point_policy: Option<crate::points::PointPolicy>,
     /// Cycles the source has judged (agent).
     #[serde(default)]
     pub cycles_judged: u64,
@@ -184,6 +194,24 @@ pub struct DiskStatus {
     /// (e.g. check the certificates, resync, reverse replication); None otherwise.
     #[serde(default)]
     pub action: Option<String>,
+}
+
+/// A recovery point named in `status`: its id and source-side cut time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRef {
+    /// The point's id.
+    pub id: u64,
+    /// Its cut time (Unix ns, the source's clock).
+    pub cut_time_unix_ns: u64,
+}
+
+impl From<&crate::points::Point> for PointRef {
+    fn from(p: &crate::points::Point) -> Self {
+        Self {
+            id: p.id,
+            cut_time_unix_ns: p.cut_time_ns,
+        }
+    }
 }
 
 /// A checksum resync's progress (`status.disks[].resync`, and the result of
@@ -334,6 +362,9 @@ pub struct PointsReport {
     pub storage_bytes: u64,
     /// Retained points, oldest first.
     pub points: Vec<crate::points::Point>,
+    /// The retention in force for the disk (None: a retired copy, which nothing retires).
+    #[serde(default)]
+    pub policy: Option<crate::points::Retention>,
 }
 
 /// `sitrep points export ... --json`.

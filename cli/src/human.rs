@@ -1,4 +1,4 @@
-//! Formatting for people: sizes and timestamps.
+//! Formatting for people: sizes, durations and timestamps.
 
 /// `1536` → `"1.5 KiB"`.
 pub(crate) fn bytes(n: u64) -> String {
@@ -15,6 +15,27 @@ pub(crate) fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{whole}.{} {}", rem * 10 / 1024, UNITS[unit])
+    }
+}
+
+/// A duration in ns as its two largest units: `"40s"`, `"5m"`, `"23h 55m"`, `"2d 3h"`
+/// (`"0s"` below a second).
+pub(crate) fn duration(ns: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut secs = ns / 1_000_000_000;
+    let mut parts = Vec::new();
+    for (len, name) in UNITS {
+        if secs >= len && parts.len() < 2 {
+            parts.push(format!("{}{name}", secs / len));
+            secs %= len;
+        } else if !parts.is_empty() {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0s".into()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -39,6 +60,17 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn durations() {
+        const S: u64 = 1_000_000_000;
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(40 * S), "40s");
+        assert_eq!(duration(300 * S), "5m");
+        assert_eq!(duration((23 * 3600 + 55 * 60 + 7) * S), "23h 55m");
+        assert_eq!(duration((2 * 86_400 + 3 * 3600) * S), "2d 3h");
+        assert_eq!(duration((86_400 + 30) * S), "1d");
     }
 
     #[test]

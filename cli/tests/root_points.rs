@@ -298,11 +298,28 @@ fn retention_keeps_the_newest_points_and_storage_bounded() {
     if !require!(needs: &NEEDS) {
         return;
     }
-    let sites = Sites::with_server_args(&["--keep-points", "3"]);
+    // Time-based retention with a 1 s span and 1 s slots: at most two slot keepers inside
+    // the span and the newest point (the floor lowered for the test).
+    let sites = Sites::with_server_args(&["--keep-points", "1", "--min-retain", "0s"]);
     let _agent = sitrep_tests_agent(&sites);
     let s = sites.sock("a");
     let dev = LoopDevice::new(16 * MIB, LoopOptions::default()).unwrap();
-    protect(&sites, &s, dev.path(), "r");
+    ctl(
+        &s,
+        &[
+            "protect",
+            &p(dev.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "r",
+            "--crash-points-every",
+            "1s",
+            "--retain",
+            "1s",
+        ],
+    );
+    wait_caught_up(&s, "r");
     let history = sites.path("r.history");
     let mut child = workload(dev.path(), &history, 5, Some("8M"), 4);
     let mut max_len = 0;
@@ -348,8 +365,10 @@ fn retention_keeps_the_newest_points_and_storage_bounded() {
         checked += 1;
     }
     assert!(checked > 0, "no retained point could be exported: {pts}");
-    // A few small changes at rest (not the workload's: no check past here): each makes a
-    // new point, retiring the busy ones and their undo data.
+    // A few small changes at rest (not the workload's: no check past here), once the busy
+    // points are older than the 1 s span: each makes a new point, retiring the busy ones
+    // and their undo data.
+    std::thread::sleep(Duration::from_millis(1500));
     for i in 0..4u64 {
         let out = Command::new("dd")
             .args([

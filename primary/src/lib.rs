@@ -510,6 +510,8 @@ pub async fn run_with(
                 continue;
             }
             let freq = d.frequency.unwrap_or(Frequency::Continuous).to_string();
+            // Checked when the file was loaded; the defaults if it were not.
+            let points = d.points().unwrap_or_default();
             if let Err(e) = agent
                 .protect(
                     d.device.clone(),
@@ -518,6 +520,7 @@ pub async fn run_with(
                     &freq,
                     d.app_consistent_every.as_deref(),
                     (d.pre_hook.clone(), d.post_hook.clone()),
+                    points,
                     None,
                 )
                 .await

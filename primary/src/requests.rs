@@ -27,6 +27,7 @@ impl Agent {
         frequency: &str,
         app_every: Option<&str>,
         hooks: (Option<String>, Option<String>),
+        points: base::points::PointPolicy,
         reverse: Option<state::ReverseInfo>,
     ) -> anyhow::Result<Job> {
         if hooks.1.is_some() && hooks.0.is_none() {
@@ -88,7 +89,7 @@ impl Agent {
             },
             resync_reason: None,
             app_consistent_every_secs: app_every,
-            points: base::points::PointPolicy::default(),
+            points,
             pre_hook: hooks.0,
             post_hook: hooks.1,
             resync: None,
@@ -250,6 +251,7 @@ impl Agent {
             frequency,
             None,
             (None, None),
+            base::points::PointPolicy::default(),
             Some(state::ReverseInfo {
                 fork_seq,
                 discard_target_changes: false,
@@ -386,18 +388,27 @@ impl Agent {
                 app_consistent_every,
                 pre_hook,
                 post_hook,
-            } => Response::answer(
-                self.protect(
-                    device,
-                    to,
-                    name,
-                    &frequency,
-                    app_consistent_every.as_deref(),
-                    (pre_hook, post_hook),
-                    None,
-                )
-                .await,
-            ),
+                crash_points_every,
+                retain,
+            } => match base::points::PointPolicy::parse(
+                crash_points_every.as_deref(),
+                retain.as_deref(),
+            ) {
+                Err(e) => Response::err(e),
+                Ok(points) => Response::answer(
+                    self.protect(
+                        device,
+                        to,
+                        name,
+                        &frequency,
+                        app_consistent_every.as_deref(),
+                        (pre_hook, post_hook),
+                        points,
+                        None,
+                    )
+                    .await,
+                ),
+            },
             Request::Unprotect { name } => Response::answer(
                 self.unprotect(&name)
                     .await

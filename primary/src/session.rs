@@ -35,6 +35,8 @@ pub(crate) struct Session {
     pub(crate) last_heard: Instant,
     /// Whether cycle frames are compressed now (kept across the session's cycles).
     pub(crate) comp: Compression,
+    /// The protocol version negotiated (what the server can decode).
+    pub(crate) version: u16,
 }
 
 impl Session {
@@ -194,7 +196,7 @@ impl Session {
     ) -> Result<(Self, Option<String>), ReplError> {
         let c = connector.connect(to).await?;
         let (mut stream, server_name) = (c.stream, c.server_name);
-        net::client_hello(&mut stream, client, to).await?;
+        let version = net::client_hello(&mut stream, client, to).await?;
         let (r, w) = tokio::io::split(stream);
         let s = Self {
             w: Wire::new(w, max_rate),
@@ -203,6 +205,7 @@ impl Session {
             last_sent: Instant::now(),
             last_heard: Instant::now(),
             comp: Compression::new(compress_auto),
+            version,
         };
         Ok((s, server_name))
     }

@@ -77,6 +77,9 @@ impl Agent {
             },
             points: 0,
             points_bytes: 0,
+            oldest_point: None,
+            newest_point: None,
+            point_policy: Some(p.points),
             cycles_judged: st.cycles_judged,
             cycles_consistent: st.cycles_consistent,
             resync: st

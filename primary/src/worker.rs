@@ -192,6 +192,15 @@ async fn attach(
         }
     });
     tracing::info!(disk = %prot.name, server = %prot.to, "attached");
+    // Protocol 3: the disk's recovery-point policy, on every attach (the server keeps it
+    // and enforces it within its own floor). A v2 server keeps its defaults.
+    if s.version >= 3 {
+        s.msg(Msg::PointPolicy {
+            crash_points_every_ns: prot.points.crash_points_every_ns(),
+            retain_ns: prot.points.retain_ns(),
+        })
+        .await?;
+    }
     record_server_name(agent, rt, server_name);
     reconcile_copy(agent, rt, server_copy.as_ref());
     // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper

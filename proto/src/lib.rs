@@ -16,6 +16,8 @@
 //! - **2**: checksum resync and online verify: `DigestKey` … `ResyncFinished` (17–25);
 //!   planned failover: `PlannedFailover`, `FailoverDone` (26, 27); reverse replication:
 //!   `AttachReverse` (28), `ErrorCode::SplitBrain` (8).
+//! - **3**: per-disk recovery-point policy: `PointPolicy` (29), sent by the client after
+//!   `Attached`.
 
 pub mod codec;
 mod error;
@@ -36,10 +38,10 @@ pub use msg::{
 };
 
 /// The protocol version this build prefers.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Every protocol version this build speaks.
-pub const SUPPORTED: &[u16] = &[1, 2];
+pub const SUPPORTED: &[u16] = &[1, 2, 3];
 
 /// The highest version both sides support, if any.
 #[must_use]

@@ -271,6 +271,18 @@ pub enum Msg {
         /// operator does, with `sitrep reverse-accept NAME --discard-local-changes`.
         discard_target_changes: bool,
     },
+    // ---- version 3: per-disk recovery-point policy --------------------------------------
+    /// Client (v3), right after `Attached`, on every session: the recovery-point policy the
+    /// disk's operator asked for (`sitrep protect --crash-points-every --retain`). Not
+    /// answered. The server clamps it — the slot to 1 s..1 h, the span to at least its own
+    /// `--min-retain` and one slot — keeps it with the disk, and applies it from the next
+    /// point: a peer cannot shorten the history the server keeps below the server's floor.
+    PointPolicy {
+        /// Keep one crash-consistent point per slot this wide (ns).
+        crash_points_every_ns: u64,
+        /// Keep points this long (ns).
+        retain_ns: u64,
+    },
 }
 
 /// Longest device or image path in a `FailoverDone`.
@@ -333,6 +345,7 @@ impl Msg {
             Self::PlannedFailover { .. } => "PlannedFailover",
             Self::FailoverDone { .. } => "FailoverDone",
             Self::AttachReverse { .. } => "AttachReverse",
+            Self::PointPolicy { .. } => "PointPolicy",
         }
     }
 }

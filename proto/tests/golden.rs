@@ -193,3 +193,20 @@ fn planned_failover_frames() {
         assert_eq!(back, frame);
     }
 }
+
+/// Version 3's `PointPolicy` is variant 29 with two varints (ns).
+#[test]
+fn point_policy_frame() {
+    let msg = Msg::PointPolicy {
+        crash_points_every_ns: 300,
+        retain_ns: 1,
+    };
+    let payload = [29u8, 0xac, 0x02, 1];
+    let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
+    let frame = Frame::Control(msg);
+    let mut enc = Vec::new();
+    encode(&frame, &EncodeOpts::default(), &mut enc).unwrap();
+    assert_eq!(enc, expected, "{frame:?}");
+    let (back, _) = decode(&expected).unwrap().unwrap();
+    assert_eq!(back, frame);
+}

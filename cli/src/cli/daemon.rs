@@ -27,11 +27,27 @@ pub(crate) struct ServerArgs {
     /// Control socket for `sitrep status` / `sitrep points` on this host.
     #[arg(long, default_value = SERVER_SOCKET)]
     socket: PathBuf,
-    /// Recovery points kept per disk (the newest N; Hyper-V Replica keeps 24).
-    #[arg(long, default_value_t = 24)]
+    /// For disks whose agent asks for no policy (protocol 2 agents): keep one
+    /// crash-consistent point per slot this wide (1s..1h; every cycle still applies). An
+    /// agent's `sitrep protect --crash-points-every` overrides it for its disk.
+    #[arg(long, default_value = "5m", value_parser = base::units::parse_duration_ns)]
+    crash_points_every: u64,
+    /// For disks whose agent asks for no policy: keep points this long. An agent's
+    /// `sitrep protect --retain` overrides it for its disk, never below --min-retain.
+    #[arg(long, default_value = "24h", value_parser = base::units::parse_duration_ns)]
+    retain: u64,
+    /// The shortest retention any disk gets, whatever its agent asks: a protected host
+    /// cannot erase the history this server keeps by asking for a short `--retain` (the
+    /// span is max(asked, this)). Points still retire as they age past the span, and
+    /// always the newest point stays.
+    #[arg(long, default_value = "24h", value_parser = base::units::parse_duration_ns)]
+    min_retain: u64,
+    /// Also keep the newest N points per disk whatever their age (at least 1: the newest
+    /// point always stays).
+    #[arg(long, default_value_t = base::points::DEFAULT_KEEP_NEWEST)]
     keep_points: usize,
-    /// Also keep older points in tiers EVERY:WINDOW, e.g. `10m:1h,1h:24h,1d:7d` (one per
-    /// 10 minutes for an hour, hourly for a day, daily for a week).
+    /// Beyond the retention span, thin older points in tiers EVERY:WINDOW, e.g.
+    /// `1h:7d,1d:30d` (the oldest point of each hour for a week, of each day for 30 days).
     #[arg(long)]
     retention_tiers: Option<String>,
     /// Serve Prometheus metrics (GET /metrics, plain HTTP, unauthenticated) on ADDR:PORT,
@@ -152,11 +168,20 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
     init_logging();
     descriptors();
     let id = pki::Identity::load(&a.pki)?;
+    base::points::PointPolicy {
+        crash_points_every_secs: a.crash_points_every / 1_000_000_000,
+        retain_secs: a.retain / 1_000_000_000,
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)?;
     let opts = secondary::server::ServerOptions {
         listen: a.listen.clone(),
         store: a.store.clone(),
         socket: a.socket.clone(),
         retention: base::points::Retention {
+            every_ns: a.crash_points_every,
+            retain_ns: a.retain,
+            min_retain_ns: a.min_retain,
             keep: a.keep_points.max(1),
             tiers: a
                 .retention_tiers

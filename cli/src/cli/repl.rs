@@ -49,6 +49,14 @@ pub(crate) struct ProtectArgs {
     /// Also make an app-consistent point (filesystem frozen) this often: 1h to 12h.
     #[arg(long)]
     app_consistent_every: Option<String>,
+    /// Keep one crash-consistent recovery point per slot this wide, 1s to 1h (default 5m;
+    /// every cycle still applies). Sent to the server, which keeps it for this disk.
+    #[arg(long, value_name = "DURATION")]
+    crash_points_every: Option<String>,
+    /// Keep recovery points this long, up to 366d (default 24h). The server keeps at least
+    /// its own --min-retain whatever is asked here, and always the newest point.
+    #[arg(long, value_name = "DURATION")]
+    retain: Option<String>,
     /// Quiesce the application for app-consistent points with this command (`sh -c`)
     /// instead of freezing the filesystem mounted from the device.
     #[arg(long)]
@@ -115,6 +123,8 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             app_consistent_every: a.app_consistent_every.clone(),
             pre_hook: a.pre_hook.clone(),
             post_hook: a.post_hook.clone(),
+            crash_points_every: a.crash_points_every.clone(),
+            retain: a.retain.clone(),
         },
         Duration::from_secs(60),
     )?;
@@ -221,6 +231,31 @@ fn print_disk(d: &DiskStatus) {
     if let Some(a) = &d.action {
         crate::outln!("{:<16} action: {a}", "");
     }
+    print_points(d);
+}
+
+/// The recovery-point policy (both sides) and the retained points (server).
+fn print_points(d: &DiskStatus) {
+    let Some(p) = d.point_policy else {
+        return;
+    };
+    let range = match (d.oldest_point, d.newest_point) {
+        (Some(a), Some(b)) => format!(
+            "; {} retained over {} (points {}..={}), {} of undo data",
+            d.points,
+            human::duration(b.cut_time_unix_ns.saturating_sub(a.cut_time_unix_ns)),
+            a.id,
+            b.id,
+            human::bytes(d.points_bytes)
+        ),
+        _ => String::new(),
+    };
+    crate::outln!(
+        "{:<16} points: one per {}, kept {}{range}",
+        "",
+        human::duration(p.crash_points_every_ns()),
+        human::duration(p.retain_ns())
+    );
 }
 
 pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
@@ -344,18 +379,34 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let r: PointsReport = serde_json::from_value(resp)?;
+    let span = match (r.points.first(), r.points.last()) {
+        (Some(a), Some(b)) => format!(
+            " over {}",
+            human::duration(b.cut_time_ns.saturating_sub(a.cut_time_ns))
+        ),
+        _ => String::new(),
+    };
+    let policy = r.policy.as_ref().map_or_else(String::new, |p| {
+        format!(
+            "; one per {}, kept {}",
+            human::duration(p.every_ns),
+            human::duration(p.retain_ns)
+        )
+    });
     crate::outln!(
-        "disk {}: {} recovery point(s), {} of undo data kept",
+        "disk {}: {} recovery point(s){span}{policy}; {} of undo data kept",
         r.disk,
         r.points.len(),
         human::bytes(r.storage_bytes)
     );
+    let now = base::now_ns();
     for p in r.points.iter().rev() {
         crate::outln!(
-            "{:>8}  {:<17} cut {}  cycles {}..={} ({}){}",
+            "{:>8}  {:<17} cut {} ({:>7} ago)  cycles {}..={} ({}){}",
             p.id,
             format!("{:?}", p.kind).to_lowercase(),
             human::timestamp(p.cut_time_ns),
+            human::duration(now.saturating_sub(p.cut_time_ns)),
             p.first_seq,
             p.id,
             human::bytes(p.bytes),

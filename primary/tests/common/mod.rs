@@ -549,6 +549,8 @@ impl Agent {
             app_consistent_every: None,
             pre_hook: None,
             post_hook: None,
+            crash_points_every: None,
+            retain: None,
         })
         .await
     }

@@ -49,7 +49,9 @@ pub struct ServerOptions {
     pub store: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
-    /// Which recovery points to keep.
+    /// Which recovery points to keep: the defaults for disks whose agent asked for nothing
+    /// (slot, span), the floor on any span a peer asks for (`min_retain_ns`), the newest
+    /// `keep` points kept whatever their age, and the tiers (see `Retention::for_disk`).
     pub retention: base::points::Retention,
     /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
     pub metrics: Option<String>,
@@ -89,9 +91,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// The server's policies for a disk just opened or attached: retention, history budget.
+    /// The server's policies for a disk just opened or attached: retention (what its agent
+    /// asked, in `policy.json`, within the server's floor — or the server's defaults),
+    /// history budget.
     fn configure(&self, d: &mut Disk) {
-        d.set_retention(self.retention.clone());
+        let asked = d.asked_policy().unwrap_or_else(|e| {
+            // The floor holds either way: the server's defaults until the agent asks again.
+            tracing::warn!("{e}; using the server's retention defaults");
+            None
+        });
+        d.set_retention(self.retention.for_disk(asked.map(|a| a.pair())));
         d.set_history_budget(self.history_budget);
     }
 

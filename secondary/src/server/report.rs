@@ -80,6 +80,12 @@ fn disk_status(
         resync_reason: broken,
         points: d.points.len() as u64,
         points_bytes: d.points_bytes,
+        oldest_point: d.points.first().map(status::PointRef::from),
+        newest_point: d.points.last().map(status::PointRef::from),
+        point_policy: Some(base::points::PointPolicy {
+            crash_points_every_secs: d.retention.0 / 1_000_000_000,
+            retain_secs: d.retention.1 / 1_000_000_000,
+        }),
         cycles_judged: 0,
         cycles_consistent: 0,
         resync: None,
@@ -113,6 +119,9 @@ fn unopened(name: String, e: String) -> DiskStatus {
         resync_reason: None,
         points: 0,
         points_bytes: 0,
+        oldest_point: None,
+        newest_point: None,
+        point_policy: None,
         cycles_judged: 0,
         cycles_consistent: 0,
         resync: None,
@@ -138,5 +147,6 @@ pub(super) fn points_report(sh: &Shared, name: &str) -> Response {
         size: d.state.size,
         storage_bytes: d.points_bytes,
         points: d.points.to_vec(),
+        policy: Some(sh.retention.for_disk(Some(d.retention))),
     })
 }

@@ -61,5 +61,6 @@ fn retired_points(sh: &Shared, id: &str) -> anyhow::Result<status::PointsReport>
         size: d.state().size,
         storage_bytes: d.points_bytes(),
         points: d.points().to_vec(),
+        policy: None,
     })
 }

@@ -35,6 +35,8 @@ pub(super) struct DiskSnapshot {
     pub(super) points: Arc<[Point]>,
     /// Bytes the points' undo data takes.
     pub(super) points_bytes: u64,
+    /// The retention in force: slot width and span, ns (the rest is the server's).
+    pub(super) retention: (u64, u64),
     /// The disk's directory in the store.
     pub(super) dir: Arc<PathBuf>,
     /// Why the last apply of a staged cycle failed, until one succeeds ([`Disk::fault`]).
@@ -66,6 +68,7 @@ impl DiskSnapshot {
             counters: d.counters(),
             points,
             points_bytes: d.points_bytes(),
+            retention: (d.retention().every_ns, d.retention().retain_ns),
             dir,
             fault: d.fault().map(String::from),
         }

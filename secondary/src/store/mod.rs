@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! STORE/disks/NAME/state.json     DiskState (written atomically: tmp + fsync + rename + dir fsync)
+//! STORE/disks/NAME/policy.json    the recovery-point policy its agent asked for (`policy.rs`)
 //! STORE/disks/NAME/replica.img    the replica, a sparse file of the disk's size
 //! STORE/disks/NAME/staging/SEQ.cycle          a staged cycle (see below), durable before it is acked
 //! STORE/disks/NAME/staging/SEQ.cycle.tmp.E    a cycle being received by session epoch E
@@ -60,6 +61,7 @@ mod compact;
 mod open;
 mod phase;
 mod points;
+mod policy;
 mod resync;
 pub mod retired;
 mod staging;
@@ -302,6 +304,7 @@ fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) ->
 
 pub(crate) use base::files::{sync_dir, write_atomic};
 pub use phase::ReplicaPhase;
+pub use policy::{AskedPolicy, POLICY_FILE};
 
 /// Reads a disk directory's `state.json` (None: there is none).
 pub(crate) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {

@@ -171,6 +171,16 @@ where
         match (mode, frame) {
             (m, Control(Msg::Ping { nonce })) => self.on_ping(m, nonce).await,
             (_, Control(Msg::Bye)) => Ok(Flow::End),
+            (
+                m,
+                Control(Msg::PointPolicy {
+                    crash_points_every_ns,
+                    retain_ns,
+                }),
+            ) => {
+                self.on_point_policy(m, crash_points_every_ns, retain_ns)
+                    .await
+            }
             (Idle | Copy, Control(Msg::CopyBegin { from_seq, restart })) => {
                 self.on_copy_begin(from_seq, restart).await
             }

@@ -12,6 +12,7 @@
 mod copy;
 mod cycle;
 mod disk;
+mod policy;
 mod resync;
 mod setup;
 mod staged;

@@ -1,0 +1,37 @@
+//! A session's `PointPolicy` (protocol 3): the recovery-point policy the disk's agent asks
+//! for, recorded with the disk and applied from its next point — within the server's floor
+//! (`sitrep server --min-retain`), so a peer cannot shorten the history kept (see
+//! `crate::store::AskedPolicy`).
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::disk::{DiskSession, Flow, Mode};
+use crate::store::AskedPolicy;
+use base::net::ReplError;
+
+impl<R, W> DiskSession<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// `PointPolicy` in any mode (not answered): clamped, kept in `policy.json`, applied.
+    pub(super) async fn on_point_policy(
+        &mut self,
+        mode: Mode,
+        crash_points_every_ns: u64,
+        retain_ns: u64,
+    ) -> Result<Flow, ReplError> {
+        let asked = AskedPolicy::from_peer(crash_points_every_ns, retain_ns, base::now_ns());
+        let effective = self.shared.retention.for_disk(Some(asked.pair()));
+        let (every, retain) = (effective.every_ns, effective.retain_ns);
+        self.on_disk(|d| d.set_asked_policy(asked, effective))
+            .await?;
+        tracing::info!(
+            disk = self.name,
+            every_s = every / 1_000_000_000,
+            retain_s = retain / 1_000_000_000,
+            "recovery-point policy"
+        );
+        Ok(Flow::Continue(mode))
+    }
+}
