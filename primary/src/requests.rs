@@ -410,7 +410,10 @@ impl Agent {
                 self.create_point(&name, Duration::from_millis(max_freeze_ms))
                     .await,
             ),
-            Request::Points { .. } | Request::Export { .. } | Request::Retired { .. } => {
+            Request::Points { .. }
+            | Request::Export { .. }
+            | Request::Retired { .. }
+            | Request::DeletePoints { .. } => {
                 Response::err(
                     "recovery points live on the server: use the server's socket (--socket)",
                 )
