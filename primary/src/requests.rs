@@ -413,11 +413,9 @@ impl Agent {
             Request::Points { .. }
             | Request::Export { .. }
             | Request::Retired { .. }
-            | Request::DeletePoints { .. } => {
-                Response::err(
-                    "recovery points live on the server: use the server's socket (--socket)",
-                )
-            }
+            | Request::DeletePoints { .. } => Response::err(
+                "recovery points live on the server: use the server's socket (--socket)",
+            ),
             Request::AcceptReverse { .. } => Response::err(
                 "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)",
             ),

@@ -88,6 +88,9 @@ mod tests {
                 ..s
             },
         );
-        assert!(!none.contains("sitrep_store_quota_bytes"), "no quota, no family");
+        assert!(
+            !none.contains("sitrep_store_quota_bytes"),
+            "no quota, no family"
+        );
     }
 }

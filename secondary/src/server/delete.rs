@@ -47,10 +47,9 @@ pub(super) fn run(
             .ok_or_else(|| anyhow::anyhow!("retired copy {name} is not open"))?;
         return delete(d, name, which, yes);
     }
-    let slot = lock(&sh.slots)
-        .get(name)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here (see `sitrep status`)"))?;
+    let slot = lock(&sh.slots).get(name).cloned().ok_or_else(|| {
+        anyhow::anyhow!("disk {name} is not replicated here (see `sitrep status`)")
+    })?;
     let mut g = slot.disk.lock();
     let d = g
         .as_mut()
@@ -68,9 +67,9 @@ fn delete(d: &mut Disk, name: &str, which: Which, yes: bool) -> anyhow::Result<D
     let ids: BTreeSet<u64> = match which {
         Which::All => d.points().iter().map(|p| p.id).collect(),
         Which::One(id) if d.points().iter().any(|p| p.id == id) => [id].into(),
-        Which::One(id) => anyhow::bail!(
-            "disk {name} has no recovery point {id} (see `sitrep points {name}`)"
-        ),
+        Which::One(id) => {
+            anyhow::bail!("disk {name} has no recovery point {id} (see `sitrep points {name}`)")
+        }
     };
     let points: Vec<_> = d
         .points()

@@ -17,13 +17,13 @@ use crate::store::{self, Disk};
 use base::control::{self, Call};
 use base::listen::Limits;
 
+mod delete;
 mod export;
 pub mod failover;
 mod grants;
 #[cfg(feature = "test-support")]
 mod inproc;
 mod jobs;
-mod delete;
 mod listener;
 mod quota;
 mod report;

@@ -139,23 +139,38 @@ pub(super) fn enforce(sh: &Shared, max: u64) -> u64 {
             );
             break;
         };
-        let mut g = slot.disk.lock();
-        let Some(d) = g.as_mut() else { continue };
-        // Under the disk's mutex: the snapshot that chose it may be a step behind.
-        let ids: BTreeSet<u64> = match d.points() {
-            [oldest, _, ..] => [oldest.id].into(),
-            _ => continue,
-        };
-        if let Err(e) = d.retire_points(&ids) {
-            tracing::error!(disk = %name, "the quota could not retire a point: {e}");
-            break;
+        match retire_oldest(&name, &slot) {
+            Ok(Some(bytes)) => {
+                // After the guard published the disk without the point: status never shows
+                // a count or a byte total the points list does not match yet.
+                slot.space.quota.fetch_add(1, Ordering::Relaxed);
+                slot.space.bytes.store(bytes, Ordering::Relaxed);
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(disk = %name, "the quota could not retire a point: {e}");
+                break;
+            }
         }
-        tracing::info!(disk = %name, point = ?ids, "retired for the store quota");
-        slot.space.quota.fetch_add(1, Ordering::Relaxed);
-        slot.space.bytes.store(d.store_bytes(), Ordering::Relaxed);
         retired += 1;
     }
     retired
+}
+
+/// Retires the oldest point of the disk in `slot` if it has another; its store bytes after
+/// (None: nothing to retire after all — the snapshot that chose it was a step behind).
+fn retire_oldest(name: &str, slot: &Slot) -> Result<Option<u64>, crate::store::StoreError> {
+    let mut g = slot.disk.lock();
+    let Some(d) = g.as_mut() else {
+        return Ok(None);
+    };
+    let ids: BTreeSet<u64> = match d.points() {
+        [oldest, _, ..] => [oldest.id].into(),
+        _ => return Ok(None),
+    };
+    d.retire_points(&ids)?;
+    tracing::info!(disk = %name, point = ?ids, "retired for the store quota");
+    Ok(Some(d.store_bytes()))
 }
 
 /// The disk whose oldest point has the oldest cut time among disks with two points or more
