@@ -196,6 +196,22 @@ pub enum Request {
         #[serde(default)]
         purge: Option<String>,
     },
+    /// `sitrep points delete NAME ID|--all [--yes]` (server): retire recovery points of disk
+    /// (or retired copy `NAME@NS`) `name` — the operator's way to make room; no peer can
+    /// send this. Without `yes` nothing changes: the answer says what would go.
+    DeletePoints {
+        /// Disk name or retired copy id.
+        name: String,
+        /// The point's id; `None` with `all`.
+        #[serde(default)]
+        point: Option<u64>,
+        /// Every point of the disk.
+        #[serde(default)]
+        all: bool,
+        /// Really delete (else a dry run).
+        #[serde(default)]
+        yes: bool,
+    },
 }
 
 /// A daemon's answer: `{"ok": true, ...data}` or `{"ok": false, "error": "..."}`.

@@ -6,6 +6,7 @@
 //! - [`listen`]: accept loops that back off on errors, connection caps, rate-limited warnings;
 //! - [`control`]: the local control socket the CLI talks to (JSON lines), server and client;
 //! - [`status`]: the documented `--json` schemas of `status`, `jobs` and the other reports;
+//! - [`store_space`]: the server's store bytes, quota and retired-point counts;
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`), rendered from the status;
 //! - [`points`]: recovery points as both sites and the CLI see them, retention;
 //! - [`config`]: the agent's policy file;
@@ -37,6 +38,7 @@ pub mod net;
 pub mod points;
 pub mod ranges;
 pub mod status;
+pub mod store_space;
 pub mod units;
 
 /// Locks `m`, recovering the data if a thread panicked while holding it (every structure

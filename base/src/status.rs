@@ -23,6 +23,9 @@ pub struct StatusReport {
     /// timed out, accept errors (see `base::listen`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerStatus>,
+    /// The server's store: bytes, quota, points retired per disk (None on the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store_space::StoreSpace>,
 }
 
 /// Counters of one listening socket since the daemon started (`listeners` in

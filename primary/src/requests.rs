@@ -421,11 +421,12 @@ impl Agent {
                 self.create_point(&name, Duration::from_millis(max_freeze_ms))
                     .await,
             ),
-            Request::Points { .. } | Request::Export { .. } | Request::Retired { .. } => {
-                Response::err(
-                    "recovery points live on the server: use the server's socket (--socket)",
-                )
-            }
+            Request::Points { .. }
+            | Request::Export { .. }
+            | Request::Retired { .. }
+            | Request::DeletePoints { .. } => Response::err(
+                "recovery points live on the server: use the server's socket (--socket)",
+            ),
             Request::AcceptReverse { .. } => Response::err(
                 "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)",
             ),

@@ -102,6 +102,7 @@ impl Agent {
             host: self.name.clone(),
             disks: disks.iter().map(|d| self.disk_status(d)).collect(),
             listeners: vec![self.control.status()],
+            store: None,
         }
     }
 }

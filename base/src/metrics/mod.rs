@@ -16,6 +16,7 @@
 //! The HTTP endpoint is here; the exposition text is built in `render.rs`.
 
 mod render;
+mod space;
 #[cfg(test)]
 mod tests;
 

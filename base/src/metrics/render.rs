@@ -107,6 +107,9 @@ pub fn render(r: &StatusReport) -> String {
             &|d| Some(d.retries.to_string()),
         );
     }
+    if let Some(s) = &r.store {
+        super::space::render(&mut out, s);
+    }
     out
 }
 
@@ -118,7 +121,7 @@ type Family<'a> = (
     &'a dyn Fn(&DiskStatus) -> Option<String>,
 );
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

@@ -82,6 +82,7 @@ fn agent_report() -> StatusReport {
         host: "site\"a\\".into(),
         disks: vec![a, b],
         listeners: Vec::new(),
+        store: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn the_server_exports_points_and_no_retries() {
         host: "siteb".into(),
         disks: vec![d],
         listeners: Vec::new(),
+        store: None,
     };
     let text = render(&r);
     assert!(text.ends_with(

@@ -67,6 +67,13 @@ pub(crate) struct ServerArgs {
     /// history by writing). Raise it, and restart, to let them through.
     #[arg(long, default_value = "16x", value_parser = secondary::store::HistoryBudget::parse)]
     history_budget: secondary::store::HistoryBudget,
+    /// Store quota: most bytes the store's disk entries may take — replicas' allocated blocks
+    /// (holes cost nothing), undo data, staged cycles; retired copies and small state files
+    /// are not counted. Past it the oldest recovery points across all disks (by cut time) are
+    /// retired until the store fits, never a disk's newest point; replication keeps flowing.
+    /// `status` and the metrics show the bytes and the points retired. Off by default.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_store_bytes: Option<u64>,
 }
 
 /// Arguments of `sitrep agent`.
@@ -194,6 +201,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         metrics: a.metrics.clone(),
         adopt_from: a.adopt_from.clone(),
         history_budget: a.history_budget,
+        max_store_bytes: a.max_store_bytes,
         limits: base::listen::Limits::default(),
     };
     runtime()?.block_on(secondary::server::run(opts, &id, terminated()))?;

@@ -6,6 +6,7 @@ pub(crate) mod daemon;
 pub(crate) mod disk;
 pub(crate) mod failover;
 pub(crate) mod log;
+pub(crate) mod points_delete;
 pub(crate) mod repl;
 pub(crate) mod resync;
 pub(crate) mod retired;

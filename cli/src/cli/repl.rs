@@ -266,10 +266,36 @@ pub(crate) fn status(a: &ShowArgs) -> anyhow::Result<Outcome> {
     }
     let r: StatusReport = serde_json::from_value(resp)?;
     crate::outln!("{} {} — {} disk(s)", r.role, r.host, r.disks.len());
+    if let Some(st) = &r.store {
+        print_store(st);
+    }
     for d in &r.disks {
         print_disk(d);
     }
     Ok(Outcome::Ok)
+}
+
+/// The server's store line: bytes against the quota, points retired to stay under it.
+fn print_store(st: &base::store_space::StoreSpace) {
+    let quota = st.quota_bytes.map_or_else(
+        || "no quota".to_string(),
+        |q| format!("quota {}", human::bytes(q)),
+    );
+    let retired: Vec<String> = st
+        .disks
+        .iter()
+        .filter(|d| d.points_retired.quota > 0)
+        .map(|d| format!("{} {}", d.name, d.points_retired.quota))
+        .collect();
+    crate::outln!(
+        "store: {} ({quota}){}",
+        human::bytes(st.bytes),
+        if retired.is_empty() {
+            String::new()
+        } else {
+            format!("; points retired for space: {}", retired.join(", "))
+        }
+    );
 }
 
 pub(crate) fn jobs(a: &ShowArgs) -> anyhow::Result<Outcome> {
@@ -341,6 +367,9 @@ pub(crate) enum PointsCommand {
     /// Materialize a recovery point as a disk image on the server while replication goes on
     /// (the replica is not touched).
     Export(ExportArgs),
+    /// Delete recovery points (this site's operator only; no peer can): one id or --all.
+    /// Without --yes, says what would go and how many bytes that frees.
+    Delete(super::points_delete::DeleteArgs),
 }
 
 /// Arguments of `sitrep points export`.
@@ -365,8 +394,10 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
-    if let Some(PointsCommand::Export(e)) = &a.cmd {
-        return export(e);
+    match &a.cmd {
+        Some(PointsCommand::Export(e)) => return export(e),
+        Some(PointsCommand::Delete(d)) => return super::points_delete::delete(d),
+        None => {}
     }
     let name = a.name.clone().unwrap_or_default();
     let resp = ask(

@@ -350,6 +350,7 @@ impl Site {
             metrics: None,
             adopt_from: None,
             history_budget: secondary::store::HistoryBudget::default(),
+            max_store_bytes: None,
             limits: base::listen::Limits::default(),
         };
         let server = Arc::new(InProcess::start(&opts, SERVER).unwrap());

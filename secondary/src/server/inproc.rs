@@ -43,6 +43,7 @@ impl InProcess {
         let (calls, crx) = mpsc::channel::<Call>(16);
         tokio::spawn(control_socket.serve(calls.clone()));
         tokio::spawn(requests::serve(shared.clone(), crx));
+        tokio::spawn(super::quota::run(shared.clone()));
         Ok(Self {
             shared,
             calls,

@@ -17,6 +17,7 @@ use crate::store::{self, Disk};
 use base::control::{self, Call};
 use base::listen::Limits;
 
+mod delete;
 mod export;
 pub mod failover;
 mod grants;
@@ -24,6 +25,7 @@ mod grants;
 mod inproc;
 mod jobs;
 mod listener;
+mod quota;
 mod report;
 mod requests;
 mod retired;
@@ -63,6 +65,9 @@ pub struct ServerOptions {
     /// How much undo data (recovery-point history) each disk may keep
     /// (`--history-budget`; see [`crate::store::HistoryBudget`]).
     pub history_budget: store::HistoryBudget,
+    /// The store quota (`--max-store-bytes`, see `quota.rs`; None: none): past it the oldest
+    /// points are retired, never a disk's newest.
+    pub max_store_bytes: Option<u64>,
 }
 
 #[derive(Default)]
@@ -73,6 +78,8 @@ struct Slot {
     connected: AtomicBool,
     wire_bytes: AtomicU64,
     error: Mutex<Option<String>>,
+    /// Store bytes and retired-point counters, for the quota and the status.
+    space: quota::SlotSpace,
 }
 
 struct Shared {
@@ -88,6 +95,8 @@ struct Shared {
     tls: listener::TlsGates,
     /// The control socket's counters.
     control: Arc<control::ControlShared>,
+    /// The store quota.
+    quota: quota::Quota,
 }
 
 impl Shared {
@@ -134,6 +143,7 @@ fn open_store(
         tls: listener::TlsGates::new(&limits),
         limits,
         control,
+        quota: quota::Quota::new(opts.max_store_bytes),
     });
     for name in store::list_disks(&opts.store)? {
         let slot = shared.slot(&name);
@@ -141,6 +151,7 @@ fn open_store(
             Ok(mut d) => {
                 tracing::info!(disk = %name, "replica open");
                 shared.configure(&mut d);
+                quota::noted(&shared, &slot, &d);
                 *slot.disk.lock() = Some(d);
             }
             Err(e) => {
@@ -197,6 +208,7 @@ pub async fn run(
     let (ctx, crx) = mpsc::channel::<Call>(16);
     tokio::spawn(control_socket.serve(ctx));
     tokio::spawn(requests::serve(shared.clone(), crx));
+    tokio::spawn(quota::run(shared.clone()));
     tokio::select! {
         () = shutdown => {}
         () = listener::serve(shared, tcp, tls) => {}

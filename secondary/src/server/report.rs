@@ -28,6 +28,7 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
         host: sh.name.clone(),
         disks,
         listeners: vec![sh.tls.status(), sh.control.status()],
+        store: Some(super::quota::report(sh)),
     }
 }
 

@@ -1,12 +1,12 @@
 //! The server's control socket requests: status, jobs, points, export, failover, commit,
-//! reverse-replication grants, retired copies. Answered from the daemon's side of the
+//! reverse-replication grants, retired copies, deleting points. Answered from the daemon's side of the
 //! channel `control::serve` feeds.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shared, export::export, failover, grants, report, retired};
+use super::{Shared, delete, export::export, failover, grants, report, retired};
 use base::control::{Call, Request, Response};
 use base::status;
 
@@ -85,6 +85,19 @@ fn blocking(sh: &Shared, req: Request) -> Response {
             revoke,
         )),
         Request::Retired { purge } => retired::request(sh, purge.as_deref()),
+        Request::DeletePoints {
+            name,
+            point,
+            all,
+            yes,
+        } => {
+            let which = match (point, all) {
+                (Some(id), false) => delete::Which::One(id),
+                (None, true) => delete::Which::All,
+                _ => return Response::err("name one point id, or --all"),
+            };
+            Response::answer(delete::run(sh, &name, which, yes))
+        }
         other => Response::err(format!(
             "{other:?} is an agent request; this is the server's socket"
         )),

@@ -65,6 +65,7 @@ mod policy;
 mod resync;
 pub mod retired;
 mod staging;
+mod usage;
 
 pub use budget::{DEFAULT_MULTIPLE, FREE_SPACE_RESERVE, HistoryBudget, MIN_BUDGET, reserve};
 pub use open::{check_attach_state, read_state};

@@ -96,6 +96,7 @@ impl Server {
             metrics: None,
             adopt_from: None,
             history_budget: secondary::store::HistoryBudget::default(),
+            max_store_bytes: None,
             limits: base::listen::Limits::default(),
         };
         tweak(&mut opts);

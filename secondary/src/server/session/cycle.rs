@@ -64,7 +64,13 @@ where
             .await?;
         send(&mut self.c.w, Msg::CycleAck { seq }).await?;
         self.rs.forget_digests();
-        match with_disk(self.slot, |d| d.apply_staged(seq, &path)) {
+        let (sh, slot) = (self.shared, self.slot);
+        let applied = with_disk(slot, |d| {
+            let a = d.apply_staged(seq, &path)?;
+            crate::server::quota::noted(sh, slot, d);
+            Ok(a)
+        });
+        match applied {
             Ok(a) => {
                 let applied = Msg::Applied {
                     seq,
@@ -105,8 +111,16 @@ where
         label: Option<String>,
     ) -> Result<Flow, ReplError> {
         let now = base::now_ns();
+        let (sh, slot) = (self.shared, self.slot);
         let point = self
-            .on_disk(|d| d.verdict(seq, crash_consistent, label, now))
+            .on_disk(|d| {
+                let before = d.points().len();
+                let p = d.verdict(seq, crash_consistent, label, now)?;
+                let gone = (before + usize::from(p.is_some())).saturating_sub(d.points().len());
+                slot.space.retired_by_retention(gone as u64);
+                crate::server::quota::noted(sh, slot, d);
+                Ok(p)
+            })
             .await?;
         if let Some(p) = point {
             tracing::info!(disk = self.name, point = p.id, kind = ?p.kind, "recovery point");
