@@ -106,7 +106,11 @@ fn a_point_in_every_slot_at_full_write_rate() {
         .filter(|k| !cuts.iter().any(|c| c / slot == *k))
         .collect();
     if !empty.is_empty() {
-        for l in agent.log_text().lines().filter(|l| l.contains("quick") || l.contains("WARN")) {
+        for l in agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("quick") || l.contains("WARN"))
+        {
             eprintln!("agent: {l}");
         }
     }
