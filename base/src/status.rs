@@ -197,6 +197,25 @@ pub struct DiskStatus {
     /// (e.g. check the certificates, resync, reverse replication); None otherwise.
     #[serde(default)]
     pub action: Option<String>,
+    /// The agent's crash-consistent points of the disk (None on the server).
+    #[serde(default)]
+    pub crash_points: Option<CrashPointStatus>,
+}
+
+/// When the agent last offered a crash-consistent point of a disk
+/// (`status.disks[].crash_points`). The agent makes one in every `every_seconds` slot when
+/// it can (quick cuts); `overdue` says when it could not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashPointStatus {
+    /// Cut time of the newest cycle judged crash-consistent since the agent started.
+    pub last_cut_unix_ns: Option<u64>,
+    /// Seconds since that cut (since the agent started, before the first).
+    pub age_seconds: f64,
+    /// The slot width asked for (`crash_points_every`), seconds.
+    pub every_seconds: u64,
+    /// Set (and health is Warning) while changes wait for a point longer than a slot and
+    /// its grace: the operator's message, with the options.
+    pub overdue: Option<String>,
 }
 
 /// A recovery point named in `status`: its id and source-side cut time.

@@ -30,6 +30,7 @@ mod jobs;
 mod owner;
 mod phase;
 mod planned;
+mod quick_cuts;
 mod reason;
 mod requests;
 pub mod resync;

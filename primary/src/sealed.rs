@@ -9,6 +9,7 @@ use hrl::chain::list_logs;
 use proto::Msg;
 
 use super::owner::Owner;
+use super::quick_cuts::Series;
 use super::reason::ResyncCause;
 use super::session::{GRANULE, Session, send_frame};
 use super::ship::Item;
@@ -26,8 +27,9 @@ pub(crate) enum ShipEnd {
 }
 
 /// Ships every sealed log of the disk, oldest first (logs covered by the copy or already
-/// acknowledged are deleted). `Some` when the caller must end the cycles: stopped, or a
-/// resync is needed (a missing log, a tracking gap).
+/// acknowledged are deleted), with the quick cuts a due point starts (`quick_cuts.rs`).
+/// `Some` when the caller must end the cycles: stopped, or a resync is needed (a missing
+/// log, a tracking gap).
 pub(crate) async fn ship_sealed(
     agent: &Agent,
     rt: &DiskRt,
@@ -35,6 +37,39 @@ pub(crate) async fn ship_sealed(
     expected: &mut Option<u64>,
     own: &mut Owner,
 ) -> Result<Option<ShipEnd>, ReplError> {
+    let (name, device) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.device.clone())
+    };
+    let logs = log_dir(&agent.opts.state, &name);
+    let series = Series::new(rt);
+    let run = series.run(agent, &device, &logs);
+    let ship = async {
+        loop {
+            let (shipped, end) = ship_pass(agent, rt, s, expected, own, &series).await?;
+            if end.is_some() || !series.busy() {
+                return Ok(end);
+            }
+            if shipped == 0 {
+                series.changed().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = ship => r,
+        () = run => Ok(None),
+    }
+}
+
+/// One pass over the sealed logs listed now; returns how many cycles it shipped.
+async fn ship_pass(
+    agent: &Agent,
+    rt: &DiskRt,
+    s: &mut Session,
+    expected: &mut Option<u64>,
+    own: &mut Owner,
+    series: &Series<'_>,
+) -> Result<(usize, Option<ShipEnd>), ReplError> {
     let (name, device, from_seq) = {
         let p = lock(&rt.prot);
         (p.name.clone(), p.device.clone(), p.copy.from_seq)
@@ -50,6 +85,7 @@ pub(crate) async fn ship_sealed(
         if seq < from_seq || expected.is_some_and(|e| seq < e) {
             // Covered by the copy, or acknowledged by the server.
             let _ = std::fs::remove_file(path);
+            series.shipped(seq);
             continue;
         }
         pending.push((seq, path.clone()));
@@ -63,21 +99,34 @@ pub(crate) async fn ship_sealed(
         st.pending_logs = pending.len();
         st.backlog_bytes = pending_bytes;
     });
+    let mut shipped = 0;
     for (seq, path) in pending {
         if let Some(e) = *expected
             && seq != e
         {
-            return Ok(Some(ShipEnd::Resync(ResyncCause::MissingLogs {
+            let why = ResyncCause::MissingLogs {
                 seq,
                 acked: e.saturating_sub(1),
-            })));
+            };
+            return Ok((shipped, Some(ShipEnd::Resync(why))));
         }
-        let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
-            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+        let (cyc, frames) = match series.take(seq).await {
+            Some(q) => (q.cyc, Some(q.frames)),
+            None => (
+                tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
+                    .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?,
+                None,
+            ),
+        };
         if let Some(why) = cyc.whole_disk_gap {
-            return Ok(Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })));
+            return Ok((
+                shipped,
+                Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })),
+            ));
         }
-        ship_cycle(agent, rt, s, &device, &cyc, own).await?;
+        ship_cycle(agent, rt, s, (&device, frames), &cyc, own, series).await?;
+        series.shipped(seq);
+        shipped += 1;
         let _ = std::fs::remove_file(&path);
         rt.forget_cached(seq);
         *expected = Some(seq + 1);
@@ -87,20 +136,22 @@ pub(crate) async fn ship_sealed(
             st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
         });
         if own.is_stopped() {
-            return Ok(Some(ShipEnd::Stopped));
+            return Ok((shipped, Some(ShipEnd::Stopped)));
         }
     }
-    Ok(None)
+    Ok((shipped, None))
 }
 
-/// Ships one cycle and sends its verdict.
+/// Ships one cycle — read from `data.0` now, or (`data.1`) the frames a quick cut read
+/// before its tag — and sends its verdict.
 async fn ship_cycle(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    device: &Path,
+    data: (&Path, Option<Frames>),
     cyc: &CycleExtents,
     own: &mut Owner,
+    series: &Series<'_>,
 ) -> Result<(), ReplError> {
     // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
     // sealed by auto-rotation or crash recovery: never a point).
@@ -114,7 +165,10 @@ async fn ship_cycle(
         data_bytes: cyc.bytes,
     })
     .await?;
-    let (frames, data_bytes) = send_ranges(agent, rt, s, device, cyc, own).await?;
+    let (frames, data_bytes) = match data {
+        (_, Some(f)) => send_memory(rt, s, own, f).await?,
+        (device, None) => send_ranges(agent, rt, s, device, cyc, own, series).await?,
+    };
     let t_sent = t0.elapsed();
     s.msg(Msg::CycleEnd {
         seq: cyc.seq,
@@ -134,7 +188,7 @@ async fn ship_cycle(
         }
     }
     let t_ack = t0.elapsed();
-    let consistent = judge(agent, rt, cyc, cut)?;
+    let consistent = judge(agent, rt, cyc, cut).await?;
     lock(&rt.cuts).remove(&cyc.seq);
     let label = answer_point(rt, own, cyc, cut, consistent);
     tracing::debug!(
@@ -142,22 +196,47 @@ async fn ship_cycle(
         bytes = cyc.bytes, sent_ms = t_sent.as_millis(), acked_ms = t_ack.as_millis(),
         judged_ms = t0.elapsed().as_millis(), "cycle shipped"
     );
-    rt.set(|st| {
-        st.cycles_judged += 1;
-        if consistent {
-            st.cycles_consistent += 1;
-        }
-    });
     s.msg(Msg::Verdict {
         seq: cyc.seq,
         crash_consistent: consistent,
         label,
     })
-    .await
+    .await?;
+    rt.set(|st| {
+        st.cycles_judged += 1;
+        if consistent {
+            st.cycles_consistent += 1;
+        }
+        st.points
+            .judged(cut.map_or(cyc.cut_time_ns, |c| c.0), consistent);
+    });
+    Ok(())
 }
 
-/// Reads the cycle's ranges and sends them; tags the log once they are all read. Returns
-/// the frames and data bytes sent.
+/// Encoded frames with their data and zero bytes (a quick cut's in-memory read).
+type Frames = Vec<(Vec<u8>, u64, u64)>;
+
+/// Sends frames read into memory; returns the frames and data bytes sent.
+async fn send_memory(
+    rt: &DiskRt,
+    s: &mut Session,
+    own: &mut Owner,
+    frames: Frames,
+) -> Result<(u64, u64), ReplError> {
+    let (mut n, mut data_bytes) = (0u64, 0u64);
+    for (bytes, data, zero) in frames {
+        if own.is_stopped() {
+            return Err(ReplError::Local("stopping".into()));
+        }
+        send_frame(s, rt, &bytes, data, zero).await?;
+        n += 1;
+        data_bytes += data;
+    }
+    Ok((n, data_bytes))
+}
+
+/// Reads the cycle's ranges and sends them; tags the log once they are all read (and then
+/// starts quick cuts if a point is due). Returns the frames and data bytes sent.
 async fn send_ranges(
     agent: &Agent,
     rt: &DiskRt,
@@ -165,6 +244,7 @@ async fn send_ranges(
     device: &Path,
     cyc: &CycleExtents,
     own: &mut Owner,
+    series: &Series<'_>,
 ) -> Result<(u64, u64), ReplError> {
     let mut rx = super::ship::spawn_readers(
         device.to_path_buf(),
@@ -196,6 +276,11 @@ async fn send_ranges(
                 let tagged = agent.mark(rt, cyc.seq);
                 thaw_if(own, cyc.seq, false);
                 tagged?;
+                // A point is due: cut the next cycle now, while this one still ships.
+                let allowed = own.frozen.is_none() && own.idle_for_point();
+                series
+                    .maybe_start(agent, allowed)
+                    .map_err(ReplError::Local)?;
                 return Ok((frames, data_bytes));
             }
             None => return Err(ReplError::Local("device reader stopped".into())),
@@ -204,8 +289,9 @@ async fn send_ranges(
 }
 
 /// Whether the acknowledged cycle is crash-consistent: cut exactly by this agent, after the
-/// points' floor, and no change raced its reads.
-fn judge(
+/// points' floor, and no change raced its reads. (Read on a blocking thread: a quick cut's
+/// reads and tag must not wait for it.)
+async fn judge(
     agent: &Agent,
     rt: &DiskRt,
     cyc: &CycleExtents,
@@ -213,11 +299,18 @@ fn judge(
 ) -> Result<bool, ReplError> {
     let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
     let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
-    Ok(agent.opts.offer_every_cycle
-        || (exact
-            && tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
-                .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
-                == Some(false)))
+    if agent.opts.offer_every_cycle {
+        return Ok(true);
+    }
+    if !exact {
+        return Ok(false);
+    }
+    let (seq, ranges, dir) = (cyc.seq, cyc.ranges.clone(), logs.clone());
+    let raced = tokio::task::spawn_blocking(move || crate::cycle::raced(&dir, seq, &ranges))
+        .await
+        .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
+        .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?;
+    Ok(raced == Some(false))
 }
 
 /// Answers the point (or planned failover) waiting on this cycle, if any; returns the

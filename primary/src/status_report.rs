@@ -8,10 +8,13 @@
 
 use std::sync::Arc;
 
-use super::snapshot::CopyRun;
+use super::quick_cuts;
+use super::snapshot::{CopyRun, DiskSnapshot};
 use super::{Agent, DiskRt, lock};
 use base::config::Frequency;
-use base::status::{self, CopyStatus, CycleStatus, DiskStatus, Health, ReplState, StatusReport};
+use base::status::{
+    self, CopyStatus, CrashPointStatus, CycleStatus, DiskStatus, Health, ReplState, StatusReport,
+};
 
 impl Agent {
     pub(super) fn disk_status(&self, rt: &DiskRt) -> DiskStatus {
@@ -40,11 +43,13 @@ impl Agent {
             Frequency::Continuous => 60.0,
             Frequency::Every(d) => 2.0 * d.as_secs_f64() + 60.0,
         };
+        let crash_points = crash_points(&st, state, now);
         let health = if st.critical {
             Health::Critical
         } else if st.error.is_some()
             || state == ReplState::ResyncRequired
             || (state == ReplState::Protected && lag_seconds > rpo_target)
+            || crash_points.overdue.is_some()
         {
             Health::Warning
         } else {
@@ -91,6 +96,7 @@ impl Agent {
             next_retry_unix_ns: if st.critical { None } else { st.next_retry_ns },
             retries: st.retries,
             action: if st.critical { st.action.clone() } else { None },
+            crash_points: Some(crash_points),
         }
     }
 
@@ -104,6 +110,22 @@ impl Agent {
             listeners: vec![self.control.status()],
             store: None,
         }
+    }
+}
+
+/// The disk's crash-consistent points as `status` shows them: overdue (a Warning) only while
+/// protected, changes wait for a point, and the last is older than a slot and its grace.
+fn crash_points(st: &DiskSnapshot, state: ReplState, now: u64) -> CrashPointStatus {
+    let every = st.prot.points.crash_points_every_secs;
+    let overdue = (state == ReplState::Protected)
+        .then(|| st.points.overdue_secs(now, every))
+        .flatten()
+        .map(|age| quick_cuts::overdue_message(&st.prot.name, age));
+    CrashPointStatus {
+        last_cut_unix_ns: st.points.last_point_ns,
+        age_seconds: st.points.age_secs(now),
+        every_seconds: every,
+        overdue,
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::status::{DiskStatus, Health, ResyncPhase, ResyncStatus, StatusReport};
 
 /// The exposition text of `r`: every family with `# HELP` and `# TYPE`, one sample per disk.
-/// `sitrep_retries_total` is the agent's, `sitrep_points` the server's;
+/// `sitrep_retries_total` and `sitrep_seconds_since_crash_point` are the agent's, `sitrep_points` the server's;
 /// `sitrep_resync_progress_ratio` has a sample only for a disk with a resync.
 #[must_use]
 pub fn render(r: &StatusReport) -> String {
@@ -105,6 +105,15 @@ pub fn render(r: &StatusReport) -> String {
             "counter",
             "Attempts retried after recoverable errors since the agent started.",
             &|d| Some(d.retries.to_string()),
+        );
+        per_disk(
+            &mut out,
+            r,
+            "sitrep_seconds_since_crash_point",
+            "gauge",
+            "Seconds since the cut of the newest crash-consistent point the agent offered \
+             (since the agent started, before the first).",
+            &|d| d.crash_points.as_ref().map(|c| float(c.age_seconds)),
         );
     }
     if let Some(s) = &r.store {

@@ -40,6 +40,7 @@ fn disk(name: &str) -> DiskStatus {
         next_retry_unix_ns: None,
         retries: 0,
         action: None,
+        crash_points: None,
     }
 }
 
@@ -56,6 +57,12 @@ fn agent_report() -> StatusReport {
         cut_time_unix_ns: 1,
     });
     a.retries = 2;
+    a.crash_points = Some(crate::status::CrashPointStatus {
+        last_cut_unix_ns: Some(1),
+        age_seconds: 42.5,
+        every_seconds: 300,
+        overdue: None,
+    });
     let mut b = disk("logs");
     b.health = Health::Warning;
     b.connected = false;
@@ -128,6 +135,9 @@ sitrep_resync_progress_ratio{disk="logs"} 0.75
 # TYPE sitrep_retries_total counter
 sitrep_retries_total{disk="data"} 2
 sitrep_retries_total{disk="logs"} 3
+# HELP sitrep_seconds_since_crash_point Seconds since the cut of the newest crash-consistent point the agent offered (since the agent started, before the first).
+# TYPE sitrep_seconds_since_crash_point gauge
+sitrep_seconds_since_crash_point{disk="data"} 42.5
 "#;
 
 #[test]

@@ -231,6 +231,9 @@ fn print_disk(d: &DiskStatus) {
     if let Some(a) = &d.action {
         crate::outln!("{:<16} action: {a}", "");
     }
+    if let Some(o) = d.crash_points.as_ref().and_then(|c| c.overdue.as_ref()) {
+        crate::outln!("{:<16} warning: {o}", "");
+    }
     print_points(d);
 }
 

@@ -95,6 +95,7 @@ fn disk_status(
         next_retry_unix_ns: None,
         retries: 0,
         action: None,
+        crash_points: None,
     }
 }
 
@@ -131,6 +132,7 @@ fn unopened(name: String, e: String) -> DiskStatus {
         next_retry_unix_ns: None,
         retries: 0,
         action: None,
+        crash_points: None,
     }
 }
 
