@@ -31,7 +31,7 @@ use std::fs;
 
 use super::Disk;
 use crate::undo::{self, UndoIndex};
-use base::ranges::{Range, subtract, union};
+use base::ranges::{Range, intersect, normalize, subtract, total, union};
 
 impl Disk {
     /// The interval a file of sequence `seq` belongs to: the newest retained point older
@@ -105,6 +105,49 @@ impl Disk {
         }
         // Coverage of intervals whose point is gone (none should be left).
         self.cov.retain(|k, _| now.contains(k));
+    }
+
+    /// Undo bytes retiring `ids` would free, without changing anything: whole files of
+    /// intervals left with no retained point before them, and the data a merge would trim
+    /// (entry tables are not counted: an estimate within a few bytes per trimmed entry).
+    #[must_use]
+    pub(super) fn undo_freed_estimate(&self, ids: &BTreeSet<u64>) -> u64 {
+        let old: Vec<u64> = self.points.points.iter().map(|p| p.id).collect();
+        let now: BTreeSet<u64> = old.iter().copied().filter(|p| !ids.contains(p)).collect();
+        let mut cov = self.cov.clone();
+        let mut freed = 0u64;
+        for (i, &p) in old.iter().enumerate() {
+            if now.contains(&p) {
+                continue;
+            }
+            let hi = old.get(i + 1).copied();
+            let files = self
+                .undo
+                .iter()
+                .filter(|u| u.seq > p && hi.is_none_or(|h| u.seq <= h));
+            let mine = cov.remove(&p).unwrap_or_default();
+            let Some(&t) = now.range(..p).next_back() else {
+                freed = freed.saturating_add(files.map(|u| u.bytes).sum());
+                continue;
+            };
+            let earlier = cov.remove(&t).unwrap_or_default();
+            for u in files {
+                if subtract(&undo::covered(u), &earlier).is_empty() {
+                    freed = freed.saturating_add(u.bytes);
+                    continue;
+                }
+                let data = normalize(
+                    u.entries
+                        .iter()
+                        .filter(|e| e.data_pos.is_some())
+                        .map(|e| (e.offset, e.len))
+                        .collect(),
+                );
+                freed = freed.saturating_add(total(&intersect(&data, &earlier)));
+            }
+            cov.insert(t, union(&earlier, &mine));
+        }
+        freed
     }
 
     /// `u` without what `earlier` covers (the file rewritten, or removed when nothing is

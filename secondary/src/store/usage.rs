@@ -33,19 +33,10 @@ impl Disk {
             .saturating_add(staging)
     }
 
-    /// Undo bytes [`Disk::retire_points`] would delete if asked to retire `ids`: the undo of
-    /// cycle `m` serves only points older than `m`, so what goes is the undo up to the oldest
-    /// point that remains (must follow `retire_points`' rule).
+    /// Undo bytes [`Disk::retire_points`] would free if asked to retire `ids` (see
+    /// `compact.rs`: files no remaining point needs, and what merged intervals trim).
     #[must_use]
     pub fn undo_freed_by(&self, ids: &BTreeSet<u64>) -> u64 {
-        let floor = match self.points.points.iter().find(|p| !ids.contains(&p.id)) {
-            Some(p) => p.id,
-            None => self.points.judged_upto.unwrap_or(0),
-        };
-        self.undo
-            .iter()
-            .filter(|u| u.seq <= floor)
-            .map(|u| u.bytes)
-            .sum()
+        self.undo_freed_estimate(ids)
     }
 }
