@@ -270,6 +270,7 @@ impl<'a> Series<'a> {
         let first = lock(&self.st).slots.keys().next_back().copied();
         let Some(mut seq) = first else { return Ok(()) };
         for round in 1..=MAX_ROUNDS {
+            let t_parse = std::time::Instant::now();
             let path = logs.join(hrl::chain::log_file_name(LogSeq(seq)));
             let size = self.rt.size;
             let cyc = tokio::task::block_in_place(|| read_cycle(&path, size, GRANULE))
@@ -278,15 +279,23 @@ impl<'a> Series<'a> {
                 return Ok(()); // `run` leaves it to the normal path
             }
             let ranges = cyc.ranges.clone();
+            let parse_ms = t_parse.elapsed().as_secs_f64() * 1000.0;
+            let t_read = std::time::Instant::now();
             let frames = read_into_memory(device.to_path_buf(), size, ranges).await?;
+            let read_ms = t_read.elapsed().as_secs_f64() * 1000.0;
             // Tag at once (the race window ends here), then cut the next round at once.
+            let t_mark = std::time::Instant::now();
             agent.mark(self.rt, seq).map_err(|e| e.to_string())?;
+            let mark_ms = t_mark.elapsed().as_secs_f64() * 1000.0;
+            let t_cut = std::time::Instant::now();
             let next = if round < MAX_ROUNDS {
                 Some(agent.cut(self.rt).map_err(|e| e.to_string())?)
             } else {
                 None
             };
+            let cut_ms = t_cut.elapsed().as_secs_f64() * 1000.0;
             let ranges = cyc.ranges.clone();
+            let bytes = cyc.bytes;
             {
                 let mut st = lock(&self.st);
                 st.held += cyc.bytes;
@@ -303,7 +312,18 @@ impl<'a> Series<'a> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
                 == Some(false);
-            tracing::debug!(seq, round, consistent = exact && clean, "quick cut read");
+            tracing::debug!(
+                seq,
+                round,
+                bytes,
+                parse_ms,
+                read_ms,
+                mark_ms,
+                cut_ms,
+                exact,
+                clean,
+                "quick cut read"
+            );
             match next {
                 Some(n) if !(exact && clean) => seq = n,
                 _ => return Ok(()),

@@ -34,6 +34,14 @@ pub const MAX_DEVICES: usize = 64;
 const COMPLETION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the fine write bitmap is drained into the log.
 const FINE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// The poll timeout while control messages keep coming (see [`BUSY_WINDOW`]): events are
+/// submitted without wakeups, so the poll is mostly a sleep, and a control message waits
+/// for its end. An agent making a point cuts and tags in quick succession (a converging
+/// series of cuts), each a round trip through this thread: at the idle timeout (10 ms) the
+/// round trips alone made a round last ~40 ms and the series could not converge.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+/// How long after a control message the poller keeps the short timeout.
+const BUSY_WINDOW: Duration = Duration::from_millis(250);
 const TRK_CFG_WRITE_BITMAP: u32 = 1;
 const TRK_CFG_BIO_BASED: u32 = 2;
 const TRK_CFG_QUEUE_MARK: u32 = 4;
@@ -77,27 +85,36 @@ pub(crate) fn run(
     };
     let _ = ready.send(Ok(attached));
     let mut last_fine = Instant::now();
+    let mut last_ctrl: Option<Instant> = None;
     loop {
         loop {
             match ctrl.try_recv() {
                 Ok(Ctrl::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Ok(msg) => p.handle(&skel, &ring, &inbox, &bad, msg),
+                Ok(msg) => {
+                    p.handle(&skel, &ring, &inbox, &bad, msg);
+                    last_ctrl = Some(Instant::now());
+                }
             }
         }
+        let poll = if last_ctrl.is_some_and(|t| t.elapsed() < BUSY_WINDOW) {
+            BUSY_POLL.min(cfg.poll)
+        } else {
+            cfg.poll
+        };
         let paused = cfg
             .pause
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Relaxed));
         if paused {
-            std::thread::sleep(cfg.poll);
+            std::thread::sleep(poll);
             // Events wait in the ring on purpose: not a loss. Restart the grace period.
             p.checkpoint = (p.checkpoint.0, Instant::now());
             continue;
         } else {
             // Events are submitted without wakeups (see tracker.bpf.c), so the poll mostly
             // times out: consume explicitly after it.
-            let _ = ring.poll(cfg.poll);
+            let _ = ring.poll(poll);
             let _ = ring.consume();
         }
         skip_completions(&cfg, skel.maps.bss_data.as_deref_mut());

@@ -73,7 +73,11 @@ impl Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_sitrep")])
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            // SITREP_TEST_LOG=info,sitrep_primary=debug to see more of a failing test.
+            .env(
+                "RUST_LOG",
+                std::env::var("SITREP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
