@@ -30,7 +30,7 @@ mod jobs;
 mod owner;
 mod phase;
 mod planned;
-mod quick_cuts;
+mod point_age;
 mod reason;
 mod requests;
 pub mod resync;

@@ -9,7 +9,6 @@ use hrl::chain::list_logs;
 use proto::Msg;
 
 use super::owner::Owner;
-use super::quick_cuts::Series;
 use super::reason::ResyncCause;
 use super::session::{GRANULE, Session, send_frame};
 use super::ship::Item;
@@ -27,9 +26,8 @@ pub(crate) enum ShipEnd {
 }
 
 /// Ships every sealed log of the disk, oldest first (logs covered by the copy or already
-/// acknowledged are deleted), with the quick cuts a due point starts (`quick_cuts.rs`).
-/// `Some` when the caller must end the cycles: stopped, or a resync is needed (a missing
-/// log, a tracking gap).
+/// acknowledged are deleted). `Some` when the caller must end the cycles: stopped, or a
+/// resync is needed (a missing log, a tracking gap).
 pub(crate) async fn ship_sealed(
     agent: &Agent,
     rt: &DiskRt,
@@ -37,39 +35,6 @@ pub(crate) async fn ship_sealed(
     expected: &mut Option<u64>,
     own: &mut Owner,
 ) -> Result<Option<ShipEnd>, ReplError> {
-    let (name, device) = {
-        let p = lock(&rt.prot);
-        (p.name.clone(), p.device.clone())
-    };
-    let logs = log_dir(&agent.opts.state, &name);
-    let series = Series::new(rt);
-    let run = series.run(agent, &device, &logs);
-    let ship = async {
-        loop {
-            let (shipped, end) = ship_pass(agent, rt, s, expected, own, &series).await?;
-            if end.is_some() || !series.busy() {
-                return Ok(end);
-            }
-            if shipped == 0 {
-                series.changed().await;
-            }
-        }
-    };
-    tokio::select! {
-        r = ship => r,
-        () = run => Ok(None),
-    }
-}
-
-/// One pass over the sealed logs listed now; returns how many cycles it shipped.
-async fn ship_pass(
-    agent: &Agent,
-    rt: &DiskRt,
-    s: &mut Session,
-    expected: &mut Option<u64>,
-    own: &mut Owner,
-    series: &Series<'_>,
-) -> Result<(usize, Option<ShipEnd>), ReplError> {
     let (name, device, from_seq) = {
         let p = lock(&rt.prot);
         (p.name.clone(), p.device.clone(), p.copy.from_seq)
@@ -85,7 +50,6 @@ async fn ship_pass(
         if seq < from_seq || expected.is_some_and(|e| seq < e) {
             // Covered by the copy, or acknowledged by the server.
             let _ = std::fs::remove_file(path);
-            series.shipped(seq);
             continue;
         }
         pending.push((seq, path.clone()));
@@ -99,34 +63,21 @@ async fn ship_pass(
         st.pending_logs = pending.len();
         st.backlog_bytes = pending_bytes;
     });
-    let mut shipped = 0;
     for (seq, path) in pending {
         if let Some(e) = *expected
             && seq != e
         {
-            let why = ResyncCause::MissingLogs {
+            return Ok(Some(ShipEnd::Resync(ResyncCause::MissingLogs {
                 seq,
                 acked: e.saturating_sub(1),
-            };
-            return Ok((shipped, Some(ShipEnd::Resync(why))));
+            })));
         }
-        let (cyc, frames) = match series.take(seq).await {
-            Some(q) => (q.cyc, Some(q.frames)),
-            None => (
-                tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
-                    .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?,
-                None,
-            ),
-        };
+        let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
+            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
         if let Some(why) = cyc.whole_disk_gap {
-            return Ok((
-                shipped,
-                Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })),
-            ));
+            return Ok(Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })));
         }
-        ship_cycle(agent, rt, s, (&device, frames), &cyc, own, series).await?;
-        series.shipped(seq);
-        shipped += 1;
+        ship_cycle(agent, rt, s, &device, &cyc, own).await?;
         let _ = std::fs::remove_file(&path);
         rt.forget_cached(seq);
         *expected = Some(seq + 1);
@@ -136,22 +87,20 @@ async fn ship_pass(
             st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
         });
         if own.is_stopped() {
-            return Ok((shipped, Some(ShipEnd::Stopped)));
+            return Ok(Some(ShipEnd::Stopped));
         }
     }
-    Ok((shipped, None))
+    Ok(None)
 }
 
-/// Ships one cycle — read from `data.0` now, or (`data.1`) the frames a quick cut read
-/// before its tag — and sends its verdict.
+/// Ships one cycle and sends its verdict.
 async fn ship_cycle(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
-    data: (&Path, Option<Frames>),
+    device: &Path,
     cyc: &CycleExtents,
     own: &mut Owner,
-    series: &Series<'_>,
 ) -> Result<(), ReplError> {
     // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
     // sealed by auto-rotation or crash recovery: never a point).
@@ -165,10 +114,7 @@ async fn ship_cycle(
         data_bytes: cyc.bytes,
     })
     .await?;
-    let (frames, data_bytes) = match data {
-        (_, Some(f)) => send_memory(rt, s, own, f).await?,
-        (device, None) => send_ranges(agent, rt, s, device, cyc, own, series).await?,
-    };
+    let (frames, data_bytes) = send_ranges(agent, rt, s, device, cyc, own).await?;
     let t_sent = t0.elapsed();
     s.msg(Msg::CycleEnd {
         seq: cyc.seq,
@@ -188,7 +134,7 @@ async fn ship_cycle(
         }
     }
     let t_ack = t0.elapsed();
-    let consistent = judge(agent, rt, cyc, cut).await?;
+    let consistent = judge(agent, rt, cyc, cut)?;
     lock(&rt.cuts).remove(&cyc.seq);
     let label = answer_point(rt, own, cyc, cut, consistent);
     tracing::debug!(
@@ -213,30 +159,8 @@ async fn ship_cycle(
     Ok(())
 }
 
-/// Encoded frames with their data and zero bytes (a quick cut's in-memory read).
-type Frames = Vec<(Vec<u8>, u64, u64)>;
-
-/// Sends frames read into memory; returns the frames and data bytes sent.
-async fn send_memory(
-    rt: &DiskRt,
-    s: &mut Session,
-    own: &mut Owner,
-    frames: Frames,
-) -> Result<(u64, u64), ReplError> {
-    let (mut n, mut data_bytes) = (0u64, 0u64);
-    for (bytes, data, zero) in frames {
-        if own.is_stopped() {
-            return Err(ReplError::Local("stopping".into()));
-        }
-        send_frame(s, rt, &bytes, data, zero).await?;
-        n += 1;
-        data_bytes += data;
-    }
-    Ok((n, data_bytes))
-}
-
-/// Reads the cycle's ranges and sends them; tags the log once they are all read (and then
-/// starts quick cuts if a point is due). Returns the frames and data bytes sent.
+/// Reads the cycle's ranges and sends them; tags the log once they are all read. Returns
+/// the frames and data bytes sent.
 async fn send_ranges(
     agent: &Agent,
     rt: &DiskRt,
@@ -244,7 +168,6 @@ async fn send_ranges(
     device: &Path,
     cyc: &CycleExtents,
     own: &mut Owner,
-    series: &Series<'_>,
 ) -> Result<(u64, u64), ReplError> {
     let mut rx = super::ship::spawn_readers(
         device.to_path_buf(),
@@ -276,11 +199,6 @@ async fn send_ranges(
                 let tagged = agent.mark(rt, cyc.seq);
                 thaw_if(own, cyc.seq, false);
                 tagged?;
-                // A point is due: cut the next cycle now, while this one still ships.
-                let allowed = own.frozen.is_none() && own.idle_for_point();
-                series
-                    .maybe_start(agent, allowed)
-                    .map_err(ReplError::Local)?;
                 return Ok((frames, data_bytes));
             }
             None => return Err(ReplError::Local("device reader stopped".into())),
@@ -289,9 +207,8 @@ async fn send_ranges(
 }
 
 /// Whether the acknowledged cycle is crash-consistent: cut exactly by this agent, after the
-/// points' floor, and no change raced its reads. (Read on a blocking thread: a quick cut's
-/// reads and tag must not wait for it.)
-async fn judge(
+/// points' floor, and no change raced its reads.
+fn judge(
     agent: &Agent,
     rt: &DiskRt,
     cyc: &CycleExtents,
@@ -299,18 +216,11 @@ async fn judge(
 ) -> Result<bool, ReplError> {
     let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
     let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
-    if agent.opts.offer_every_cycle {
-        return Ok(true);
-    }
-    if !exact {
-        return Ok(false);
-    }
-    let (seq, ranges, dir) = (cyc.seq, cyc.ranges.clone(), logs.clone());
-    let raced = tokio::task::spawn_blocking(move || crate::cycle::raced(&dir, seq, &ranges))
-        .await
-        .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
-        .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?;
-    Ok(raced == Some(false))
+    Ok(agent.opts.offer_every_cycle
+        || (exact
+            && tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
+                .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
+                == Some(false)))
 }
 
 /// Answers the point (or planned failover) waiting on this cycle, if any; returns the

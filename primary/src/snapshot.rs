@@ -108,8 +108,8 @@ pub(crate) struct DiskSnapshot {
     pub(crate) cycles_applied: u64,
     pub(crate) cycles_judged: u64,
     pub(crate) cycles_consistent: u64,
-    /// When the last crash-consistent point was cut (`quick_cuts.rs`).
-    pub(crate) points: super::quick_cuts::PointState,
+    /// When the last crash-consistent point was cut (`point_age.rs`).
+    pub(crate) points: super::point_age::PointState,
     pub(crate) copy: Option<CopyRun>,
     pub(crate) backlog_bytes: u64,
     pub(crate) pending_logs: usize,
@@ -153,7 +153,7 @@ impl DiskSnapshot {
             cycles_applied: 0,
             cycles_judged: 0,
             cycles_consistent: 0,
-            points: super::quick_cuts::PointState::new(base::now_ns()),
+            points: super::point_age::PointState::new(base::now_ns()),
             copy: None,
             backlog_bytes: 0,
             pending_logs: 0,

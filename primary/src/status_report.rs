@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::quick_cuts;
+use super::point_age;
 use super::snapshot::{CopyRun, DiskSnapshot};
 use super::{Agent, DiskRt, lock};
 use base::config::Frequency;
@@ -120,7 +120,7 @@ fn crash_points(st: &DiskSnapshot, state: ReplState, now: u64) -> CrashPointStat
     let overdue = (state == ReplState::Protected)
         .then(|| st.points.overdue_secs(now, every))
         .flatten()
-        .map(|age| quick_cuts::overdue_message(&st.prot.name, age));
+        .map(|age| point_age::overdue_message(&st.prot.name, age));
     CrashPointStatus {
         last_cut_unix_ns: st.points.last_point_ns,
         age_seconds: st.points.age_secs(now),
