@@ -49,8 +49,9 @@ fn copied(store: &Path) -> Disk {
     d
 }
 
-/// One cycle: a few writes (data or zero) in a hot set of the disk's first `hot` blocks.
-fn cycle(rng: &mut Rng, hot: u64) -> Vec<Frame> {
+/// One cycle: a few writes (data or zero) in a hot set of the disk's first `hot` blocks;
+/// some rewrite what the disk holds (`img`), as a re-shipped range does.
+fn cycle(rng: &mut Rng, hot: u64, img: &[u8]) -> Vec<Frame> {
     let n = 1 + rng.below(6);
     (0..n)
         .map(|_| {
@@ -59,6 +60,11 @@ fn cycle(rng: &mut Rng, hot: u64) -> Vec<Frame> {
             let len = blocks * BLOCK;
             if rng.below(5) == 0 {
                 Frame::Zero { offset, len }
+            } else if rng.below(4) == 0 {
+                Frame::Data {
+                    offset,
+                    data: img[offset as usize..(offset + len) as usize].to_vec(),
+                }
             } else {
                 let b = (rng.next() & 0xff) as u8;
                 Frame::Data {
@@ -184,7 +190,7 @@ fn run_case(seed: u64) {
     let mut images: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut touched: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
     for seq in 10..90u64 {
-        let frames = cycle(&mut rng, hot);
+        let frames = cycle(&mut rng, hot, &img);
         apply(&mut d, seq, &frames);
         touched.insert(seq, write_model(&mut img, &frames));
         match rng.below(10) {
@@ -230,7 +236,7 @@ fn no_undo_is_written_while_no_point_exists() {
     let mut d = copied(dir.path());
     let mut rng = Rng(7);
     for seq in 10..20 {
-        apply(&mut d, seq, &cycle(&mut rng, 16));
+        apply(&mut d, seq, &cycle(&mut rng, 16, &[0x11; SIZE as usize]));
         d.verdict(seq, false, None, seq).unwrap();
     }
     assert!(undo_files(d.dir()).is_empty());
@@ -265,4 +271,48 @@ fn a_hot_block_is_saved_once_per_interval() {
     d.export_chunk(10, 0, &mut buf).unwrap();
     assert!(buf[..BLOCK as usize].iter().all(|&b| b == 0));
     assert!(buf[BLOCK as usize..].iter().all(|&b| b == 0x11));
+}
+
+#[test]
+fn bytes_rewritten_with_what_they_hold_save_no_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = copied(dir.path());
+    apply(
+        &mut d,
+        10,
+        &[Frame::Zero {
+            offset: SIZE - BLOCK,
+            len: BLOCK,
+        }],
+    );
+    assert!(d.verdict(10, true, None, 10).unwrap().is_some());
+    // A re-shipped range: every byte as the replica holds it, and zeros over zeros.
+    let same = Frame::Data {
+        offset: 0,
+        data: vec![0x11; 8 * BLOCK as usize],
+    };
+    apply(
+        &mut d,
+        11,
+        &[
+            same,
+            Frame::Zero {
+                offset: SIZE - BLOCK,
+                len: BLOCK,
+            },
+        ],
+    );
+    assert!(undo_files(d.dir()).is_empty(), "{:?}", undo_files(d.dir()));
+    // One grain of eight differs: only it is saved.
+    let mut data = vec![0x11; 8 * BLOCK as usize];
+    data[3 * BLOCK as usize + 7] = 0x22;
+    apply(&mut d, 12, &[Frame::Data { offset: 0, data }]);
+    let files = undo_files(d.dir());
+    assert_eq!(files.len(), 1);
+    let u = undo::read_index(&files[0]).unwrap();
+    assert_eq!(undo::covered(&u), vec![(3 * BLOCK, BLOCK)]);
+    let mut buf = vec![0u8; SIZE as usize];
+    d.export_chunk(10, 0, &mut buf).unwrap();
+    assert!(buf[..(SIZE - BLOCK) as usize].iter().all(|&b| b == 0x11));
+    assert!(buf[(SIZE - BLOCK) as usize..].iter().all(|&b| b == 0));
 }

@@ -202,12 +202,24 @@ impl Disk {
         // Validate the whole file first (every frame's CRC, the counts), so a corrupt staged
         // cycle leaves the replica untouched; then write it.
         let mut ranges = Vec::new();
-        let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges))?;
+        // Bytes that would be saved are compared with the replica on the way: only those
+        // that change need a pre-image (`changed.rs`). Nothing to compare when no point
+        // needs undo data, or a crash left this cycle's undo file complete.
+        let mut changes = if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
+            None
+        } else {
+            self.undo_coverage(seq).map(super::changed::Changes::new)
+        };
+        let cut_time_ns = self.walk_staged(seq, path, Some(&mut ranges), changes.as_mut())?;
         let bytes: u64 = ranges.iter().map(|r| r.1).sum();
         let ranges = base::ranges::normalize(ranges);
         self.check_undo_bound(seq, &ranges)?;
-        self.ensure_undo(seq, cut_time_ns, ranges)?;
-        self.walk_staged(seq, path, None)?;
+        self.ensure_undo(
+            seq,
+            cut_time_ns,
+            changes.map(super::changed::Changes::into_changed),
+        )?;
+        self.walk_staged(seq, path, None, None)?;
         let name = self.name().to_string();
         self.replica
             .sync_data()
@@ -234,13 +246,14 @@ impl Disk {
 
     /// Reads staged cycle `seq` at `path` and checks it, collecting its ranges into
     /// `check` (at most [`max_cycle_frames`] of them: more is refused, so memory stays
-    /// bounded whatever the file holds) — or, without `check`, writes it to the replica.
-    /// Returns its cut time.
+    /// bounded whatever the file holds) and comparing them with the replica into `changes`
+    /// — or, without `check`, writes it to the replica. Returns its cut time.
     fn walk_staged(
         &mut self,
         seq: u64,
         path: &Path,
         mut check: Option<&mut Vec<(u64, u64)>>,
+        mut changes: Option<&mut super::changed::Changes>,
     ) -> Result<u64> {
         let name = self.name().to_string();
         let corrupt = |why: String| StoreError::Corrupt {
@@ -289,6 +302,10 @@ impl Disk {
                     if let Some(r) = check.as_deref_mut() {
                         self.check_range(offset, data.len() as u64)?;
                         r.push((offset, data.len() as u64));
+                        if let Some(c) = changes.as_deref_mut() {
+                            c.data(&self.replica, offset, &data)
+                                .map_err(io_err(&name, "comparing with replica.img"))?;
+                        }
                     } else {
                         self.write_data(offset, &data)?;
                     }
@@ -299,6 +316,10 @@ impl Disk {
                     if let Some(r) = check.as_deref_mut() {
                         self.check_range(offset, len)?;
                         r.push((offset, len));
+                        if let Some(c) = changes.as_deref_mut() {
+                            c.zero(&self.replica, offset, len)
+                                .map_err(io_err(&name, "comparing with replica.img"))?;
+                        }
                     } else {
                         self.write_zero(offset, len)?;
                     }

@@ -57,6 +57,14 @@ impl Disk {
         })
     }
 
+    /// What the interval of cycle `seq` has saved already (`None`: no retained point is
+    /// older than `seq`, so nothing needs saving).
+    #[must_use]
+    pub(super) fn undo_coverage(&self, seq: u64) -> Option<Vec<Range>> {
+        let key = self.interval_key(seq)?;
+        Some(self.cov.get(&key).cloned().unwrap_or_default())
+    }
+
     /// Adds a newly written undo file: its ranges join its interval's coverage.
     pub(super) fn note_undo(&mut self, idx: UndoIndex) {
         if let Some(key) = self.interval_key(idx.seq) {

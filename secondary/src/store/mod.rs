@@ -57,6 +57,7 @@ use base::points::{PointsFile, Retention};
 
 mod apply;
 mod budget;
+mod changed;
 mod compact;
 mod open;
 mod phase;

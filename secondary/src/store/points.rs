@@ -16,22 +16,22 @@ impl Disk {
         self.retention = r;
     }
 
-    /// Saves what cycle `seq` is about to overwrite and its interval has not saved yet (see
-    /// `compact.rs`) — unless a crash already left a complete undo file for it: then the
-    /// replica may be half-written and must not be read. With nothing to save, no file is
-    /// written: after a crash the same nothing is computed again (an interval's coverage only
-    /// grows).
+    /// Saves `need` — what cycle `seq` is about to change that its interval has not saved
+    /// yet (`compact.rs`, `changed.rs`; `None`: no point needs undo data) — unless a crash
+    /// already left a complete undo file for it: then the replica may be half-written and
+    /// must not be read. With nothing to save, no file is written: after a crash the same
+    /// nothing is computed again (an interval's coverage only grows, and bytes already
+    /// written compare as unchanged).
     pub(super) fn ensure_undo(
         &mut self,
         seq: u64,
         cut_time_ns: u64,
-        ranges: Vec<(u64, u64)>,
+        need: Option<Vec<(u64, u64)>>,
     ) -> Result<()> {
         if self.undo.iter().any(|u| u.seq == seq && u.part.is_none()) {
             return Ok(());
         }
-        let ranges = base::ranges::normalize(ranges);
-        let Some(need) = self.undo_needed(seq, &ranges).filter(|n| !n.is_empty()) else {
+        let Some(need) = need.filter(|n| !n.is_empty()) else {
             return Ok(());
         };
         let dir = self.dir.join("undo");
