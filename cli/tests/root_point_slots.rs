@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
@@ -80,7 +81,12 @@ fn a_point_in_every_slot_under_churn_within_twice_the_disk() {
     wait_caught_up(&s, name);
     let history = sites.path("slots.history");
     let started = base::now_ns();
-    let child = workload(dev.path(), &history, 180, "24M");
+    let child = workload(
+        dev.path(),
+        &history,
+        std::env::var("SECS").map_or(180, |s| s.parse().unwrap()),
+        "24M",
+    );
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -101,7 +107,10 @@ fn a_point_in_every_slot_under_churn_within_twice_the_disk() {
     // 128 MiB first: allow it 20 s) holds a retained point.
     let first = (started + 20_000_000_000).div_ceil(SLOT_NS);
     let last = ended / SLOT_NS; // slots [first, last) end before the workload did
-    assert!(last >= first + 5, "the workload covered too few slots");
+    assert!(
+        last >= first + if std::env::var("SECS").is_ok() { 0 } else { 5 },
+        "the workload covered too few slots"
+    );
     for slot in first..last {
         assert!(
             cuts.iter().any(|&c| c / SLOT_NS == slot),
@@ -109,9 +118,9 @@ fn a_point_in_every_slot_under_churn_within_twice_the_disk() {
             slot * SLOT_NS
         );
     }
-    // At most one crash-consistent point per slot besides the newest.
+    // At most one point per slot besides the newest three (the server's --keep-points).
     let mut per_slot = std::collections::BTreeMap::new();
-    for &c in &cuts[..cuts.len() - 1] {
+    for &c in &cuts[..cuts.len().saturating_sub(3)] {
         *per_slot.entry(c / SLOT_NS).or_insert(0) += 1;
     }
     assert!(per_slot.values().all(|&n| n == 1), "{per_slot:?}");
@@ -119,18 +128,28 @@ fn a_point_in_every_slot_under_churn_within_twice_the_disk() {
     let stored = pts["storage_bytes"].as_u64().unwrap();
     eprintln!("undo data kept: {} MiB", stored / MIB);
     assert!(stored <= 2 * 128 * MIB, "{stored} bytes of undo data");
-    // Every retained point is what the disk held at its cut.
+    // Every retained point is what the disk held at its cut. A late cycle (a missed
+    // completion is reported up to a second after `wait`) can retire one of the newest
+    // points between the listing and its export: skipped; every slot's keeper stays.
+    let mut checked = 0;
     for pt in &list {
         let id = pt["id"].as_u64().unwrap();
         let img = sites.path(&format!("p{id}.img"));
-        ctl(
-            &server,
-            &["points", "export", name, &id.to_string(), "--out", &p(&img)],
-        );
+        let args = ["points", "export", name, &id.to_string(), "--out", &p(&img)];
+        match try_ctl(&server, &args) {
+            Ok(_) => {}
+            Err(e) if e.contains("no recovery point") => continue,
+            Err(e) => panic!("export {id}: {e}"),
+        }
         assert!(
             passes_check(&history, &img, pt["cut_time_ns"].as_u64().unwrap()),
             "retained point {id}"
         );
         std::fs::remove_file(&img).unwrap();
+        checked += 1;
     }
+    assert!(
+        checked as u64 >= last - first,
+        "only {checked} points checked"
+    );
 }
