@@ -19,6 +19,7 @@ mod render;
 mod space;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use render::render;
 

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::text::{escape, family, float};
 use crate::status::{DiskStatus, Health, ResyncPhase, ResyncStatus, StatusReport};
 
 /// The exposition text of `r`: every family with `# HELP` and `# TYPE`, one sample per disk.
@@ -130,11 +131,6 @@ type Family<'a> = (
     &'a dyn Fn(&DiskStatus) -> Option<String>,
 );
 
-pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
 fn per_disk(
     out: &mut String,
     r: &StatusReport,
@@ -172,35 +168,4 @@ pub(super) fn resync_ratio(r: &ResyncStatus) -> f64 {
         ResyncPhase::Confirm => 0.5 + pass / 2.0,
         ResyncPhase::Done => 1.0,
     }
-}
-
-/// A sample value as Prometheus spells it (`NaN`, `+Inf`, `-Inf`; never an exponent-free
-/// `inf`).
-pub(super) fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// A label value: backslash, double quote and line feed escaped.
-pub(super) fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Help text: backslash and line feed escaped.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::render::{escape, family};
+use super::text::{escape, family};
 use crate::store_space::StoreSpace;
 
 /// Appends the store's families to `out`.

@@ -2,7 +2,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::render::{escape, float, resync_ratio};
+use super::render::resync_ratio;
+use super::text::{escape, float};
 use super::*;
 use crate::status::{
     CycleStatus, DiskStatus, Health, ReplState, ResyncPhase, ResyncStatus, SCHEMA,
