@@ -89,9 +89,18 @@ pub fn render(r: &StatusReport) -> String {
     for (name, kind, help, value) in families {
         per_disk(&mut out, r, name, kind, help, value);
     }
+    role_families(&mut out, r, server);
+    if let Some(s) = &r.store {
+        super::space::render(&mut out, s);
+    }
+    out
+}
+
+/// The families only one role has.
+fn role_families(out: &mut String, r: &StatusReport, server: bool) {
     if server {
         per_disk(
-            &mut out,
+            out,
             r,
             "sitrep_points",
             "gauge",
@@ -100,7 +109,7 @@ pub fn render(r: &StatusReport) -> String {
         );
     } else {
         per_disk(
-            &mut out,
+            out,
             r,
             "sitrep_retries_total",
             "counter",
@@ -108,7 +117,7 @@ pub fn render(r: &StatusReport) -> String {
             &|d| Some(d.retries.to_string()),
         );
         per_disk(
-            &mut out,
+            out,
             r,
             "sitrep_seconds_since_crash_point",
             "gauge",
@@ -117,10 +126,6 @@ pub fn render(r: &StatusReport) -> String {
             &|d| d.crash_points.as_ref().map(|c| float(c.age_seconds)),
         );
     }
-    if let Some(s) = &r.store {
-        super::space::render(&mut out, s);
-    }
-    out
 }
 
 /// Name, type, help, and the sample value of a disk (None: no sample).
