@@ -18,6 +18,10 @@
 # lib/modules/<ver> tree next to it; it finds the modules by walking up from the image path,
 # and the guest sees them because the host's root filesystem is shared into it.
 #
+# Usage: scripts/install-deps.sh [--build]
+#   --build   only what building sitrep and running scripts/quickstart.sh need (the build's
+#             C toolchain bits, losetup, fio): what the README's first command installs.
+#
 # Environment:
 #   SITREP_VM_DIR          where kernels are unpacked (default /var/lib/sitrep/vm-kernels)
 #   SITREP_SKIP_VM_KERNEL  =1 skips the kernel (for machines that only run unit/root tiers)
@@ -28,6 +32,16 @@ source "$(dirname "$0")/lib.sh"
 trap 'die "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get, dpkg, depmod)"
+
+BUILD_ONLY=0
+case "${1:-}" in
+    --build) BUILD_ONLY=1 ;;
+    "") ;;
+    *) die "unknown argument '$1' (usage: scripts/install-deps.sh [--build])" ;;
+esac
+
+# What the build and the quickstart need (a subset of APT_PACKAGES).
+BUILD_PACKAGES=(clang libelf-dev zlib1g-dev libclang-dev pkg-config make util-linux fio)
 
 APT_PACKAGES=(
     # Build: libbpf-sys/libbpf-cargo (clang, libelf, zlib), libublk's bindgen (libclang).
@@ -156,6 +170,12 @@ install_cargo_deny() {
 }
 
 start=$SECONDS
+if [[ $BUILD_ONLY == 1 ]]; then
+    APT_PACKAGES=("${BUILD_PACKAGES[@]}")
+    install_apt_packages
+    log "install-deps --build: done in $((SECONDS - start)) s"
+    exit 0
+fi
 install_apt_packages
 install_virtme_ng
 install_cargo_deny

@@ -5,10 +5,16 @@
 #
 #   sudo scripts/quickstart.sh [WORKDIR]      (default: a fresh temporary directory)
 #
+# On a fresh Debian 12 machine with only the Rust toolchain it first installs the build's
+# packages (clang, libelf-dev, ...: `scripts/install-deps.sh --build`), so it is the README's
+# first command with nothing typed before it.
 # Everything it starts is stopped on exit (daemons, loop device); WORKDIR keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "quickstart: run as root (eBPF tracking, loop devices)" >&2; exit 1; }
+
+echo "== installing what the build needs (scripts/install-deps.sh --build; ~1 s when present)"
+scripts/install-deps.sh --build
 
 echo "== building sitrep (release)"
 cargo build --release -q -p sitrep-cli
