@@ -74,13 +74,24 @@ impl LogFile {
     /// file exists only as `NAME.tmp`, outside the chain. [`Prepared::publish`] renames it in; [`Prepared::discard`] removes it. A
     /// rotation prepares the next log *before* sealing the current one, so a full
     /// filesystem fails the rotation with nothing changed.
+    ///
+    /// With a [`Spare`] at least `preallocate` long, the spare becomes the file: only the
+    /// header is written (and synced), not the zeros — what keeps a rotation off the 16 MiB
+    /// zero fill.
     pub(crate) fn prepare(
         path: &Path,
         header: LogHeader,
         sync: SyncPolicy,
         preallocate: u64,
         map: u64,
+        spare: Option<Spare>,
     ) -> Result<Prepared> {
+        if let Some(spare) = spare {
+            if spare.len >= preallocate && preallocate > HEADER_SIZE as u64 {
+                return Self::prepare_in(spare, path, header, sync, map);
+            }
+            spare.discard();
+        }
         let tmp = path.with_extension("hrl.tmp");
         // A `.tmp` left by a writer that died mid-creation (e.g. while preallocating) was
         // never renamed into the chain, so it holds nothing: remove it. The caller holds
@@ -134,6 +145,46 @@ impl LogFile {
                 Err(e)
             }
         }
+    }
+
+    /// [`Self::prepare`] in a spare: the header over its first block, synced per `sync`.
+    fn prepare_in(
+        spare: Spare,
+        path: &Path,
+        header: LogHeader,
+        sync: SyncPolicy,
+        map: u64,
+    ) -> Result<Prepared> {
+        let mut prepared = Prepared {
+            log: Self {
+                file: spare.file,
+                path: path.to_owned(),
+                header,
+                end: HEADER_SIZE as u64,
+                next_seq: header.first_seq,
+                record_count: 0,
+                map: None,
+            },
+            tmp: spare.path,
+        };
+        let written = (|| {
+            let file = &prepared.log.file;
+            file.write_all_at(&encode_header(&header), 0)
+                .map_err(|e| Error::io(&prepared.tmp, "write header of", e))?;
+            if sync.syncs_structure() {
+                file.sync_data()
+                    .map_err(|e| Error::io(&prepared.tmp, "fdatasync", e))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            prepared.discard();
+            return Err(e);
+        }
+        if map > HEADER_SIZE as u64 {
+            prepared.log.map = Mapping::new(&prepared.log.file, map);
+        }
+        Ok(prepared)
     }
 
     /// Reopens an unsealed log whose valid records end at `end` (found by the reader),
@@ -287,6 +338,68 @@ impl Prepared {
     /// Removes the file (best effort: a leftover `.tmp` is removed by the next prepare).
     pub(crate) fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// The name of a writer's spare file in its directory: not a log name, so chain listings
+/// never see it.
+pub const SPARE_FILE: &str = "spare.hrl.tmp";
+
+/// A preallocated, zero-filled file made ahead of the next rotation
+/// ([`crate::LogWriter::prepare_spare`]), outside the chain until a rotation writes a header
+/// into it and renames it in. A spare left by a crash is removed when the writer opens.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Spare {
+    /// Creates [`SPARE_FILE`] in `dir`, `len` bytes of zeros (synced per `sync`).
+    pub(crate) fn create(dir: &Path, len: u64, sync: SyncPolicy) -> Result<Self> {
+        let path = dir.join(SPARE_FILE);
+        remove_spare(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "create", e))?;
+        let spare = Self { file, path, len };
+        let made = write_zeros(&spare.file, 0, len)
+            .map_err(|e| Error::io(&spare.path, "preallocate", e))
+            .and_then(|()| {
+                if sync.syncs_structure() {
+                    spare
+                        .file
+                        .sync_data()
+                        .map_err(|e| Error::io(&spare.path, "fdatasync", e))?;
+                }
+                Ok(())
+            });
+        match made {
+            Ok(()) => Ok(spare),
+            Err(e) => {
+                spare.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the file.
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes a spare left in `dir` (by a crash, or a writer dropped without `close`).
+pub(crate) fn remove_spare(dir: &Path) -> Result<()> {
+    let path = dir.join(SPARE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&path, "remove stale", e)),
     }
 }
 

@@ -24,7 +24,7 @@ pub mod units;
 pub mod writer;
 
 pub use error::{ChainBreak, Corrupt, Error, Result};
-pub use file::SyncPolicy;
+pub use file::{SPARE_FILE, SyncPolicy};
 pub use format::FORMAT_VERSION;
 pub use format::header::{DiskIdentity, LogHeader, Seal};
 pub use format::record::{GapReason, GapScope, Record, RecordBody, RecordFlags, RecordKind};

@@ -107,6 +107,8 @@ impl DiskThread {
     pub(crate) fn run(mut self) {
         let mut window = Coalescer::default();
         let mut since: Option<Instant> = None;
+        let mut spare_warned = false;
+        self.spare(&mut spare_warned);
         loop {
             let timeout = since.map_or(Duration::from_millis(100), |t| {
                 self.delay.saturating_sub(t.elapsed())
@@ -179,6 +181,8 @@ impl DiskThread {
                         self.recent.sealed(Instant::now());
                     }
                     let _ = reply.send(r);
+                    // After the answer: the cut's caller is not kept waiting for it.
+                    self.spare(&mut spare_warned);
                 }
                 Ok(DiskMsg::Stop(clean, reply)) => {
                     self.flush(&mut window);
@@ -188,6 +192,8 @@ impl DiskThread {
                 Err(RecvTimeoutError::Timeout) => {
                     self.flush(&mut window);
                     since = None;
+                    // A log that filled up rotated inside a commit and used the spare.
+                    self.spare(&mut spare_warned);
                 }
                 // The tracker was dropped without a stop: leave the log unsealed (the next
                 // start recovers it and records a gap), like a crash would.
@@ -196,6 +202,24 @@ impl DiskThread {
                     return;
                 }
             }
+        }
+    }
+
+    /// Makes the next log's file ahead if there is none (`LogWriter::prepare_spare`): a cut
+    /// then writes only a header, ~4 ms instead of ~15 ms (16 MiB of zeros and their sync),
+    /// and a cut's time is inside its cycle's race window. A failure is not a tracking
+    /// problem (the next rotation makes its file itself): warned about once until it works.
+    fn spare(&mut self, warned: &mut bool) {
+        if self.writer.has_spare() {
+            return;
+        }
+        match self.writer.prepare_spare() {
+            Ok(()) => *warned = false,
+            Err(e) if !*warned => {
+                *warned = true;
+                tracing::warn!(device = %self.device.display(), "preparing the next log: {e}");
+            }
+            Err(_) => {}
         }
     }
 

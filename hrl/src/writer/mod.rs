@@ -172,6 +172,8 @@ pub struct LogWriter {
     in_flight: Option<InFlight>,
     /// The CRC-32 state after the id of the log records go to (see `append_extents_at`).
     log_crc: Option<(LogId, u32)>,
+    /// The next log's file, made ahead ([`LogWriter::prepare_spare`]).
+    spare: Option<crate::file::Spare>,
     _lock: File,
 }
 

@@ -38,6 +38,7 @@ impl LogWriter {
             )));
         }
         let lock = lock_dir(dir)?;
+        crate::file::remove_spare(dir)?;
         let logs = list_logs(dir)?;
         let (prev, resume) = match logs.last() {
             None => (None, Resume::Fresh),
@@ -74,13 +75,14 @@ impl LogWriter {
             stats: WriterStats::default(),
             in_flight: None,
             log_crc: None,
+            spare: None,
             _lock: lock,
         };
         w.current = Some(w.create_log(log_seq, prev_id, first_seq)?);
         Ok((w, resume))
     }
 
-    fn create_log(&self, log_seq: LogSeq, prev: LogId, first_seq: SeqNo) -> Result<LogFile> {
+    fn create_log(&mut self, log_seq: LogSeq, prev: LogId, first_seq: SeqNo) -> Result<LogFile> {
         self.prepare_log(log_seq, prev, first_seq)?
             .publish(self.cfg.sync)
     }
