@@ -53,7 +53,11 @@ fn a_peer_asking_for_a_short_retention_gets_the_servers_floor() {
     assert_eq!(pts["policy"]["retain_ns"], 86_400 * S, "{pts}");
     let file = server.store_dir().join("disks/d/policy.json");
     let asked: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(asked["version"], 1);
+    assert_eq!(
+        asked["version"],
+        secondary::store::POLICY_VERSION,
+        "version 2 since the cap"
+    );
     assert_eq!(asked["crash_points_every_ns"], S, "{asked}");
     assert_eq!(
         asked["retain_ns"], 1,
