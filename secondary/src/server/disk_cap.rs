@@ -51,33 +51,27 @@ pub(super) fn oldest_past_floor(points: &[Point], floor_ns: u64, now_ns: u64) ->
     reference.saturating_sub(oldest.cut_time_ns) > floor_ns
 }
 
-/// True if the disk in `snap` may be over its cap (checked again under its mutex).
-pub(super) fn maybe_over(snap: &DiskSnapshot, cap: u64) -> bool {
-    cap > 0 && snap.points_bytes > cap && !in_failover(snap)
-}
-
 /// One step for the disk in `disk`: if it is over its cap, retire its oldest point when
-/// that point is past the floor `floor_ns`.
+/// that point is past the floor `floor_ns`. `over`: the slot's counters say the disk is
+/// over its cap (else nothing is locked). The disk's mutex decides, not its published
+/// snapshot: the session that set a cap or applied a cycle wakes the quota task while it
+/// still holds the disk, before that snapshot is published.
 ///
 /// # Errors
 /// Retiring failed.
 pub(super) fn step(
     name: &str,
     disk: &PublishedDisk,
+    over: bool,
     floor_ns: u64,
     now_ns: u64,
 ) -> Result<CapStep, crate::store::StoreError> {
-    // Decide from the snapshot first: a disk stuck over its cap costs no lock per cycle.
-    match disk.snapshot() {
-        Some(s) if s.point_cap.is_some_and(|c| maybe_over(&s, c)) => {
-            if !oldest_past_floor(&s.points, floor_ns, now_ns) {
-                return Ok(CapStep::Stuck);
-            }
-        }
-        _ => return Ok(CapStep::Fine),
+    if !over {
+        return Ok(CapStep::Fine);
     }
     let mut g = disk.lock();
-    let Some(d) = g.as_mut() else {
+    // Read-only until a point goes: the guard publishes a snapshot only when used mutably.
+    let Some(d) = g.as_ref() else {
         return Ok(CapStep::Fine);
     };
     if d.state().failed_over.is_some()
@@ -89,6 +83,9 @@ pub(super) fn step(
     if !oldest_past_floor(d.points(), floor_ns, now_ns) {
         return Ok(CapStep::Stuck);
     }
+    let Some(d) = g.as_mut() else {
+        return Ok(CapStep::Fine);
+    };
     retire_oldest(name, d).map(|()| CapStep::Retired {
         bytes: d.store_bytes(),
         point_bytes: d.points_bytes(),

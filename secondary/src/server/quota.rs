@@ -168,7 +168,9 @@ pub(super) fn enforce_caps(sh: &Shared) -> u64 {
     for (name, slot) in slots {
         let space = &slot.space;
         loop {
-            match disk_cap::step(&name, &slot.disk, floor, base::now_ns()) {
+            let cap = space.cap.load(Ordering::Relaxed);
+            let over = cap > 0 && space.point_bytes.load(Ordering::Relaxed) > cap;
+            match disk_cap::step(&name, &slot.disk, over, floor, base::now_ns()) {
                 Ok(CapStep::Fine) => {
                     space.over_cap.store(false, Ordering::Relaxed);
                     break;
