@@ -188,7 +188,9 @@ fn without_a_floor_a_one_byte_cap_still_keeps_the_newest() {
     let left = ids(&server, "a");
     assert_eq!(left, (8 - left.len() as u64..=7).collect::<Vec<_>>());
     assert!(left.len() < 7, "{left:?}");
-    let retired = space(&st, "a")["points_retired"]["disk_cap"].as_u64().unwrap();
+    let retired = space(&st, "a")["points_retired"]["disk_cap"]
+        .as_u64()
+        .unwrap();
     assert_eq!(retired, 7 - left.len() as u64, "{st}");
 }
 
