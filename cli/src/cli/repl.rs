@@ -293,16 +293,33 @@ fn print_store(st: &base::store_space::StoreSpace) {
     let retired: Vec<String> = st
         .disks
         .iter()
-        .filter(|d| d.points_retired.quota > 0)
-        .map(|d| format!("{} {}", d.name, d.points_retired.quota))
+        .filter(|d| d.points_retired.quota + d.points_retired.disk_cap > 0)
+        .map(|d| {
+            let n = d.points_retired.quota + d.points_retired.disk_cap;
+            format!("{} {n}", d.name)
+        })
+        .collect();
+    let over: Vec<&str> = st
+        .disks
+        .iter()
+        .filter(|d| d.over_point_cap)
+        .map(|d| d.name.as_str())
         .collect();
     crate::outln!(
-        "store: {} ({quota}){}",
+        "store: {} ({quota}){}{}",
         human::bytes(st.bytes),
         if retired.is_empty() {
             String::new()
         } else {
             format!("; points retired for space: {}", retired.join(", "))
+        },
+        if over.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; over their point storage cap (points younger than --min-retain kept): {}",
+                over.join(", ")
+            )
         }
     );
 }
