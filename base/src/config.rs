@@ -98,6 +98,9 @@ pub struct DiskPolicy {
     /// Keep points this long, up to `366d` (default `24h`; the server keeps at least its
     /// `--min-retain`).
     pub retain: Option<String>,
+    /// At most this much point storage on the server (`20G`; `none` or unset: no cap; the
+    /// server retires only points older than its `--min-retain` to honour it).
+    pub max_point_storage: Option<String>,
 }
 
 impl DiskPolicy {
@@ -109,7 +112,8 @@ impl DiskPolicy {
         crate::points::PointPolicy::parse(
             self.crash_points_every.as_deref(),
             self.retain.as_deref(),
-        )
+        )?
+        .with_max_point_storage(self.max_point_storage.as_deref())
     }
 }
 
@@ -214,5 +218,21 @@ mod tests {
         std::fs::write(&path, entry).unwrap();
         let dflt = PolicyFile::load(&path).unwrap().disk[0].points().unwrap();
         assert_eq!(dflt, crate::points::PointPolicy::default());
+    }
+
+    #[test]
+    fn policy_file_takes_a_point_storage_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let entry = "[[disk]]\ndevice = \"/dev/x\"\nto = \"h:1\"\n";
+        std::fs::write(&path, format!("{entry}max_point_storage = \"2G\"\n")).unwrap();
+        let got = PolicyFile::load(&path).unwrap().disk[0].points().unwrap();
+        assert_eq!(got.max_point_storage_bytes, Some(2 << 30));
+        std::fs::write(&path, format!("{entry}max_point_storage = \"none\"\n")).unwrap();
+        let got = PolicyFile::load(&path).unwrap().disk[0].points().unwrap();
+        assert_eq!(got.max_point_storage_bytes, None);
+        std::fs::write(&path, format!("{entry}max_point_storage = \"lots\"\n")).unwrap();
+        let err = PolicyFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("--max-point-storage"), "{err}");
     }
 }

@@ -66,6 +66,9 @@ pub enum Request {
         /// server keeps at least its `--min-retain`).
         #[serde(default)]
         retain: Option<String>,
+        /// At most this much point storage on the server (`20G`; `none` or unset: no cap).
+        #[serde(default)]
+        max_point_storage: Option<String>,
     },
     /// `sitrep unprotect` (agent).
     Unprotect {

@@ -149,6 +149,11 @@ pub struct PointPolicy {
     pub crash_points_every_secs: u64,
     /// Keep points this long (seconds).
     pub retain_secs: u64,
+    /// At most this many bytes of point storage (the points' undo data) on the server
+    /// (`--max-point-storage`; None: no cap). Past it the server retires the disk's oldest
+    /// points, but only those older than its own `--min-retain`, never the newest (protocol
+    /// 4, `PointStorage`). Absent from `protection.json` files written before it: no cap.
+    pub max_point_storage_bytes: Option<u64>,
 }
 
 impl Default for PointPolicy {
@@ -156,6 +161,7 @@ impl Default for PointPolicy {
         Self {
             crash_points_every_secs: DEFAULT_CRASH_POINTS_EVERY_SECS,
             retain_secs: DEFAULT_RETAIN_SECS,
+            max_point_storage_bytes: None,
         }
     }
 }
@@ -187,9 +193,36 @@ impl PointPolicy {
         let p = Self {
             crash_points_every_secs: secs(every, d.crash_points_every_secs)?,
             retain_secs: secs(retain, d.retain_secs)?,
+            max_point_storage_bytes: None,
         };
         p.validate()?;
         Ok(p)
+    }
+
+    /// `--max-point-storage` / the policy-file key `max_point_storage`: a size in the one
+    /// size grammar ([`crate::units::parse_size`]: `512M`, `20G`), or `none` (or unset) for
+    /// no cap.
+    ///
+    /// # Errors
+    /// Not a size, or zero (say `none` for no cap).
+    pub fn parse_max_point_storage(s: Option<&str>) -> Result<Option<u64>, String> {
+        match s.map(str::trim) {
+            None | Some("none") => Ok(None),
+            Some(v) => match crate::units::parse_size(v) {
+                Ok(0) => Err("--max-point-storage must be more than 0 (or none)".into()),
+                Ok(n) => Ok(Some(n)),
+                Err(e) => Err(format!("--max-point-storage: {e}")),
+            },
+        }
+    }
+
+    /// This policy with the point storage cap `s` ([`PointPolicy::parse_max_point_storage`]).
+    ///
+    /// # Errors
+    /// As [`PointPolicy::parse_max_point_storage`].
+    pub fn with_max_point_storage(mut self, s: Option<&str>) -> Result<Self, String> {
+        self.max_point_storage_bytes = Self::parse_max_point_storage(s)?;
+        Ok(self)
     }
 
     /// Checks the ranges [`PointPolicy::parse`] promises.
@@ -586,6 +619,39 @@ mod tests {
         ] {
             assert!(PointPolicy::parse(Some(e), Some(r)).is_err(), "{e} {r}");
         }
+    }
+
+    #[test]
+    fn the_point_storage_cap_parses_sizes_and_none_and_round_trips() {
+        assert_eq!(PointPolicy::parse_max_point_storage(None).unwrap(), None);
+        assert_eq!(
+            PointPolicy::parse_max_point_storage(Some("none")).unwrap(),
+            None
+        );
+        assert_eq!(
+            PointPolicy::parse_max_point_storage(Some("20G")).unwrap(),
+            Some(20 << 30)
+        );
+        assert_eq!(
+            PointPolicy::parse_max_point_storage(Some("4096")).unwrap(),
+            Some(4096)
+        );
+        for bad in ["0", "12x", "-1", ""] {
+            let e = PointPolicy::parse_max_point_storage(Some(bad)).unwrap_err();
+            assert!(e.contains("--max-point-storage"), "{bad}: {e}");
+        }
+        let p = PointPolicy::parse(Some("10s"), None)
+            .unwrap()
+            .with_max_point_storage(Some("512M"))
+            .unwrap();
+        assert_eq!(p.max_point_storage_bytes, Some(512 << 20));
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<PointPolicy>(&json).unwrap(), p);
+        // A policy written before the cap existed loads with none.
+        let old: PointPolicy =
+            serde_json::from_str(r#"{"crash_points_every_secs":10,"retain_secs":60}"#).unwrap();
+        assert_eq!(old.max_point_storage_bytes, None);
+        assert_eq!(old.retain_secs, 60);
     }
 
     #[test]

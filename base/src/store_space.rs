@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 pub struct RetiredCounts {
     /// Retired by the store quota (oldest first, never a disk's newest point).
     pub quota: u64,
+    /// Retired by the disk's own point storage cap (`--max-point-storage`, its agent's
+    /// policy): oldest first, only points older than the server's `--min-retain`, never the
+    /// newest.
+    #[serde(default)]
+    pub disk_cap: u64,
     /// Retired by the retention policy as newer points were made.
     pub retention: u64,
     /// Deleted by this site's operator (`sitrep points delete`).
@@ -22,7 +27,7 @@ pub struct RetiredCounts {
 }
 
 /// One disk's share of the store (`store.disks` in the server's status).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpace {
     /// The disk.
     pub name: String,
@@ -30,6 +35,16 @@ pub struct DiskSpace {
     pub bytes: u64,
     /// Points retired since the server started, by reason.
     pub points_retired: RetiredCounts,
+    /// Of `bytes`, what its points' undo data takes (what the disk's cap counts).
+    #[serde(default)]
+    pub point_bytes: u64,
+    /// The disk's point storage cap as its agent asked (`--max-point-storage`; None: none).
+    #[serde(default)]
+    pub max_point_storage_bytes: Option<u64>,
+    /// Over that cap with nothing more it may retire: every point left is younger than the
+    /// server's `--min-retain`, or the newest.
+    #[serde(default)]
+    pub over_point_cap: bool,
 }
 
 /// The server's store against its quota (`store` in the server's status).

@@ -390,10 +390,13 @@ impl Agent {
                 post_hook,
                 crash_points_every,
                 retain,
+                max_point_storage,
             } => match base::points::PointPolicy::parse(
                 crash_points_every.as_deref(),
                 retain.as_deref(),
-            ) {
+            )
+            .and_then(|p| p.with_max_point_storage(max_point_storage.as_deref()))
+            {
                 Err(e) => Response::err(e),
                 Ok(points) => Response::answer(
                     self.protect(

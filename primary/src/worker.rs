@@ -201,6 +201,14 @@ async fn attach(
         })
         .await?;
     }
+    // Protocol 4: the disk's point storage cap right after (0: none); a v3 server keeps no
+    // cap.
+    if s.version >= 4 {
+        s.msg(Msg::PointStorage {
+            max_bytes: prot.points.max_point_storage_bytes.unwrap_or(0),
+        })
+        .await?;
+    }
     record_server_name(agent, rt, server_name);
     reconcile_copy(agent, rt, server_copy.as_ref());
     // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper

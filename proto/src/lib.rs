@@ -18,6 +18,9 @@
 //!   `AttachReverse` (28), `ErrorCode::SplitBrain` (8).
 //! - **3**: per-disk recovery-point policy: `PointPolicy` (29), sent by the client after
 //!   `Attached`.
+//! - **4**: per-disk point storage cap: `PointStorage` (30), sent by the client right after
+//!   `PointPolicy` (a v3 peer never sees it: the client sends it only when version 4 was
+//!   negotiated, and a v3 server keeps no cap).
 
 pub mod codec;
 mod error;
@@ -38,10 +41,10 @@ pub use msg::{
 };
 
 /// The protocol version this build prefers.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// Every protocol version this build speaks.
-pub const SUPPORTED: &[u16] = &[1, 2, 3];
+pub const SUPPORTED: &[u16] = &[1, 2, 3, 4];
 
 /// The highest version both sides support, if any.
 #[must_use]

@@ -283,6 +283,18 @@ pub enum Msg {
         /// Keep points this long (ns).
         retain_ns: u64,
     },
+    // ---- version 4: per-disk point storage cap ----------------------------------------------
+    /// Client (v4), right after `PointPolicy`, on every session: the most bytes the disk's
+    /// operator wants its recovery points' undo data to take on the server (`sitrep protect
+    /// --max-point-storage`; the replica itself is not counted); 0: no cap. Not answered. Index 30; payload: the index, then
+    /// `max_bytes` as a varint. The server keeps it with the disk and, past it, retires the
+    /// disk's oldest points — only points older than its own `--min-retain` and never the
+    /// newest, so a peer cannot erase the history the server's floor protects; a disk that
+    /// stays over its cap is shown so in the server's status.
+    PointStorage {
+        /// The cap in bytes of the disk's point storage (0: none).
+        max_bytes: u64,
+    },
 }
 
 /// Longest device or image path in a `FailoverDone`.
@@ -346,6 +358,7 @@ impl Msg {
             Self::FailoverDone { .. } => "FailoverDone",
             Self::AttachReverse { .. } => "AttachReverse",
             Self::PointPolicy { .. } => "PointPolicy",
+            Self::PointStorage { .. } => "PointStorage",
         }
     }
 }

@@ -210,3 +210,35 @@ fn point_policy_frame() {
     let (back, _) = decode(&expected).unwrap().unwrap();
     assert_eq!(back, frame);
 }
+
+/// Version 4's `PointStorage` is variant 30 with one varint (bytes; 0 = no cap).
+#[test]
+fn point_storage_frame() {
+    for (max_bytes, payload) in [
+        (0u64, vec![30u8, 0]),
+        (1 << 30, vec![30u8, 0x80, 0x80, 0x80, 0x80, 0x04]),
+        (
+            u64::MAX,
+            vec![
+                30u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+        ),
+    ] {
+        let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
+        let frame = Frame::Control(Msg::PointStorage { max_bytes });
+        let mut enc = Vec::new();
+        encode(&frame, &EncodeOpts::default(), &mut enc).unwrap();
+        assert_eq!(enc, expected, "{frame:?}");
+        let (back, _) = decode(&expected).unwrap().unwrap();
+        assert_eq!(back, frame);
+    }
+}
+
+/// Version 4 is preferred; a v3 peer still negotiates 3 (and never receives `PointStorage`).
+#[test]
+fn version_4_is_preferred_and_a_v3_peer_gets_3() {
+    assert_eq!(proto::VERSION, 4);
+    assert_eq!(proto::negotiate(proto::SUPPORTED, &[1, 2, 3, 4]), Some(4));
+    assert_eq!(proto::negotiate(proto::SUPPORTED, &[1, 2, 3]), Some(3));
+    assert_eq!(proto::negotiate(&[1, 2, 3], proto::SUPPORTED), Some(3));
+}

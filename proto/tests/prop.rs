@@ -160,6 +160,13 @@ fn msg() -> impl Strategy<Value = Msg> {
                     }
                 }
             ),
+        (any::<u64>(), any::<u64>()).prop_map(|(crash_points_every_ns, retain_ns)| {
+            Msg::PointPolicy {
+                crash_points_every_ns,
+                retain_ns,
+            }
+        }),
+        any::<u64>().prop_map(|max_bytes| Msg::PointStorage { max_bytes }),
     ]
 }
 

@@ -26,17 +26,20 @@ pub(super) fn render(out: &mut String, s: &StoreSpace) {
         );
         let _ = writeln!(out, "sitrep_store_quota_bytes {q}");
     }
+    caps(out, s);
     family(
         out,
         "sitrep_points_retired_total",
         "counter",
         "Recovery points retired since the server started, by reason: quota (the store \
-         quota), retention (the retention policy), operator (sitrep points delete).",
+         quota), disk_cap (the disk's --max-point-storage), retention (the retention \
+         policy), operator (sitrep points delete).",
     );
     for d in &s.disks {
         let r = d.points_retired;
         for (reason, n) in [
             ("quota", r.quota),
+            ("disk_cap", r.disk_cap),
             ("retention", r.retention),
             ("operator", r.operator),
         ] {
@@ -46,6 +49,47 @@ pub(super) fn render(out: &mut String, s: &StoreSpace) {
                 escape(&d.name)
             );
         }
+    }
+}
+
+/// Per capped disk: its point storage cap and whether it is over it with nothing more it
+/// may retire (no family when no disk has a cap).
+fn caps(out: &mut String, s: &StoreSpace) {
+    let capped: Vec<_> = s
+        .disks
+        .iter()
+        .filter_map(|d| d.max_point_storage_bytes.map(|c| (d, c)))
+        .collect();
+    if capped.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "sitrep_point_storage_cap_bytes",
+        "gauge",
+        "A disk's point storage cap (its agent's --max-point-storage).",
+    );
+    for (d, cap) in &capped {
+        let _ = writeln!(
+            out,
+            "sitrep_point_storage_cap_bytes{{disk=\"{}\"}} {cap}",
+            escape(&d.name)
+        );
+    }
+    family(
+        out,
+        "sitrep_point_storage_over_cap",
+        "gauge",
+        "1 when a disk's points take more than its cap and every point left is younger \
+         than the server's --min-retain or the newest (nothing more may be retired).",
+    );
+    for (d, _) in &capped {
+        let _ = writeln!(
+            out,
+            "sitrep_point_storage_over_cap{{disk=\"{}\"}} {}",
+            escape(&d.name),
+            u8::from(d.over_point_cap)
+        );
     }
 }
 
@@ -66,7 +110,9 @@ mod tests {
                     quota: 2,
                     retention: 5,
                     operator: 0,
+                    ..RetiredCounts::default()
                 },
+                ..DiskSpace::default()
             }],
         };
         let mut out = String::new();
@@ -92,5 +138,35 @@ mod tests {
             !none.contains("sitrep_store_quota_bytes"),
             "no quota, no family"
         );
+    }
+
+    #[test]
+    fn a_capped_disk_shows_its_cap_and_whether_it_is_over_it() {
+        let s = StoreSpace {
+            bytes: 3 << 20,
+            quota_bytes: None,
+            disks: vec![
+                DiskSpace {
+                    name: "a".into(),
+                    max_point_storage_bytes: Some(1 << 20),
+                    over_point_cap: true,
+                    points_retired: RetiredCounts {
+                        disk_cap: 4,
+                        ..RetiredCounts::default()
+                    },
+                    ..DiskSpace::default()
+                },
+                DiskSpace {
+                    name: "b".into(),
+                    ..DiskSpace::default()
+                },
+            ],
+        };
+        let mut out = String::new();
+        render(&mut out, &s);
+        assert!(out.contains("\nsitrep_point_storage_cap_bytes{disk=\"a\"} 1048576\n"));
+        assert!(out.contains("\nsitrep_point_storage_over_cap{disk=\"a\"} 1\n"));
+        assert!(!out.contains("cap_bytes{disk=\"b\"}"), "{out}");
+        assert!(out.contains("sitrep_points_retired_total{disk=\"a\",reason=\"disk_cap\"} 4\n"));
     }
 }

@@ -178,6 +178,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
     base::points::PointPolicy {
         crash_points_every_secs: a.crash_points_every / 1_000_000_000,
         retain_secs: a.retain / 1_000_000_000,
+        max_point_storage_bytes: None,
     }
     .validate()
     .map_err(anyhow::Error::msg)?;

@@ -57,6 +57,11 @@ pub(crate) struct ProtectArgs {
     /// its own --min-retain whatever is asked here, and always the newest point.
     #[arg(long, value_name = "DURATION")]
     retain: Option<String>,
+    /// Cap the disk's point storage on the server (e.g. 20G; none: no cap, the default).
+    /// Past it the server retires the oldest points, but only those older than its own
+    /// --min-retain, and never the newest.
+    #[arg(long, value_name = "SIZE")]
+    max_point_storage: Option<String>,
     /// Quiesce the application for app-consistent points with this command (`sh -c`)
     /// instead of freezing the filesystem mounted from the device.
     #[arg(long)]
@@ -125,6 +130,7 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             post_hook: a.post_hook.clone(),
             crash_points_every: a.crash_points_every.clone(),
             retain: a.retain.clone(),
+            max_point_storage: a.max_point_storage.clone(),
         },
         Duration::from_secs(60),
     )?;
@@ -287,16 +293,33 @@ fn print_store(st: &base::store_space::StoreSpace) {
     let retired: Vec<String> = st
         .disks
         .iter()
-        .filter(|d| d.points_retired.quota > 0)
-        .map(|d| format!("{} {}", d.name, d.points_retired.quota))
+        .filter(|d| d.points_retired.quota + d.points_retired.disk_cap > 0)
+        .map(|d| {
+            let n = d.points_retired.quota + d.points_retired.disk_cap;
+            format!("{} {n}", d.name)
+        })
+        .collect();
+    let over: Vec<&str> = st
+        .disks
+        .iter()
+        .filter(|d| d.over_point_cap)
+        .map(|d| d.name.as_str())
         .collect();
     crate::outln!(
-        "store: {} ({quota}){}",
+        "store: {} ({quota}){}{}",
         human::bytes(st.bytes),
         if retired.is_empty() {
             String::new()
         } else {
             format!("; points retired for space: {}", retired.join(", "))
+        },
+        if over.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; over their point storage cap (points younger than --min-retain kept): {}",
+                over.join(", ")
+            )
         }
     );
 }

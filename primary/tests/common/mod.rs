@@ -552,6 +552,7 @@ impl Agent {
             post_hook: None,
             crash_points_every: None,
             retain: None,
+            max_point_storage: None,
         })
         .await
     }

@@ -91,6 +91,12 @@ fn losetup(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// True if a test failover of the disk in `dir` is running (its record exists): the space
+/// limits leave that disk's points alone (`disk_cap.rs`).
+pub(super) fn test_running(dir: &Path) -> bool {
+    record_path(dir, true).exists()
+}
+
 /// Detaches `r`'s loop device (if it still shows `r.image`) and deletes the image.
 fn remove(r: &FailoverRecord) {
     // An in-place activation (a device-backed replica) is the disk itself: never touched.

@@ -18,6 +18,7 @@ use base::control::{self, Call};
 use base::listen::Limits;
 
 mod delete;
+mod disk_cap;
 mod export;
 pub mod failover;
 mod grants;
@@ -110,6 +111,7 @@ impl Shared {
             None
         });
         d.set_retention(self.retention.for_disk(asked.map(|a| a.pair())));
+        d.set_point_cap(asked.and_then(|a| a.max_point_storage_bytes));
         d.set_history_budget(self.history_budget);
     }
 

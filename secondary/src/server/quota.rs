@@ -9,21 +9,30 @@
 //! the sessions' frame loops and the control loop, one point at a time through
 //! [`Disk::retire_points`] (the one way points leave), re-reading the disk's bytes after each.
 //!
-//! **What it may retire.** A disk's oldest point, if the disk has another: the newest point
-//! of every disk survives whatever the quota. If only newest points remain and the store is
+//! **What it may retire.** A disk's oldest point, if the disk has another and is not in a
+//! failover: the newest point of every disk survives whatever the quota. If only newest points remain and the store is
 //! still over, the quota stays exceeded (status shows it); nothing else is deleted.
 //!
 //! The history budget (`store/budget.rs`, refusing cycles whose undo would pass a disk's
 //! budget) is unchanged: the quota works on what is kept, the budget on what may come.
 //! Rejected: refusing cycles at the quota (the primary's data would stop reaching the
 //! secondary — worse for an operator than losing the oldest history).
+//!
+//! **Whose limit.** `--max-store-bytes` is this site's operator's own limit, so it overrides
+//! `--min-retain`: past it, points younger than the floor go too (the operator chose a store
+//! too small for the floor; the newest point of each disk still survives). A peer's
+//! per-disk cap (`--max-point-storage`, `disk_cap.rs`) does not: it retires only points
+//! older than the floor, and is honoured first, disk by disk, before the store-wide quota.
+//! Neither touches a disk in a failover (failed over here, or backing a running test
+//! failover): the operator's failover runs on those points.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+use super::disk_cap::{self, CapStep};
 use super::{Shared, Slot, lock};
 use crate::store::Disk;
 use base::store_space::{DiskSpace, RetiredCounts, StoreSpace};
@@ -46,11 +55,19 @@ impl Quota {
     }
 }
 
-/// A disk slot's store bytes and retired-point counters (since the server started).
+/// A disk slot's store bytes, point bytes and cap, and retired-point counters (since the
+/// server started).
 #[derive(Debug, Default)]
 pub(super) struct SlotSpace {
     bytes: AtomicU64,
+    /// Of `bytes`, the points' undo data (what the disk's cap counts).
+    point_bytes: AtomicU64,
+    /// The disk's point storage cap (0: none).
+    cap: AtomicU64,
+    /// Over the cap with nothing more the cap may retire.
+    over_cap: AtomicBool,
     quota: AtomicU64,
+    disk_cap: AtomicU64,
     retention: AtomicU64,
     operator: AtomicU64,
 }
@@ -59,6 +76,7 @@ impl SlotSpace {
     fn counts(&self) -> RetiredCounts {
         RetiredCounts {
             quota: self.quota.load(Ordering::Relaxed),
+            disk_cap: self.disk_cap.load(Ordering::Relaxed),
             retention: self.retention.load(Ordering::Relaxed),
             operator: self.operator.load(Ordering::Relaxed),
         }
@@ -75,13 +93,21 @@ impl SlotSpace {
     }
 }
 
-/// Records disk `d`'s store bytes in `slot` (after an applied cycle, a verdict, an open, a
-/// delete) and wakes the quota task if the store is over its quota.
+/// Records disk `d`'s store bytes, point bytes and cap in `slot` (after an applied cycle, a
+/// verdict, an open, a delete, a new cap) and wakes the quota task if the store is over its
+/// quota or the disk over its cap.
 pub(super) fn noted(sh: &Shared, slot: &Slot, d: &Disk) {
-    slot.space.bytes.store(d.store_bytes(), Ordering::Relaxed);
-    if let Some(max) = sh.quota.max
-        && total(sh) > max
-    {
+    let space = &slot.space;
+    space.bytes.store(d.store_bytes(), Ordering::Relaxed);
+    let points = d.points_bytes();
+    space.point_bytes.store(points, Ordering::Relaxed);
+    let cap = d.point_cap().unwrap_or(0);
+    space.cap.store(cap, Ordering::Relaxed);
+    let over_cap = cap > 0 && points > cap;
+    if !over_cap {
+        space.over_cap.store(false, Ordering::Relaxed);
+    }
+    if over_cap || sh.quota.max.is_some_and(|max| total(sh) > max) {
         sh.quota.wake.notify_one();
     }
 }
@@ -108,22 +134,72 @@ pub(super) fn report(sh: &Shared) -> StoreSpace {
                 name: name.clone(),
                 bytes: s.space.bytes.load(Ordering::Relaxed),
                 points_retired: s.space.counts(),
+                point_bytes: s.space.point_bytes.load(Ordering::Relaxed),
+                max_point_storage_bytes: Some(s.space.cap.load(Ordering::Relaxed))
+                    .filter(|c| *c > 0),
+                over_point_cap: s.space.over_cap.load(Ordering::Relaxed),
             })
             .collect(),
     }
 }
 
-/// The quota's task: each time a disk reports the store over the quota, retire points until
-/// it fits (or only newest points are left). Returns at once without a quota.
+/// The quota's task: each time a disk reports itself over its cap or the store over the
+/// quota, retire points until each fits (or nothing more may go).
 pub(super) async fn run(sh: Arc<Shared>) {
-    let Some(max) = sh.quota.max else {
-        return;
-    };
     loop {
         sh.quota.wake.notified().await;
         let s = sh.clone();
-        let _ = tokio::task::spawn_blocking(move || enforce(&s, max)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            enforce_caps(&s);
+            if let Some(max) = s.quota.max {
+                enforce(&s, max);
+            }
+        })
+        .await;
     }
+}
+
+/// Honours every disk's own cap (`disk_cap.rs`): retires its oldest points older than the
+/// server's floor while it is over. Returns how many it retired.
+pub(super) fn enforce_caps(sh: &Shared) -> u64 {
+    let floor = sh.retention.min_retain_ns;
+    let slots = lock(&sh.slots).clone();
+    let mut retired = 0;
+    for (name, slot) in slots {
+        let space = &slot.space;
+        loop {
+            let cap = space.cap.load(Ordering::Relaxed);
+            let over = cap > 0 && space.point_bytes.load(Ordering::Relaxed) > cap;
+            match disk_cap::step(&name, &slot.disk, over, floor, base::now_ns()) {
+                Ok(CapStep::Fine) => {
+                    space.over_cap.store(false, Ordering::Relaxed);
+                    break;
+                }
+                Ok(CapStep::Stuck) => {
+                    if !space.over_cap.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            disk = %name,
+                            point_bytes = space.point_bytes.load(Ordering::Relaxed),
+                            cap = space.cap.load(Ordering::Relaxed),
+                            "over its point storage cap; every point left is younger than --min-retain or the newest"
+                        );
+                    }
+                    break;
+                }
+                Ok(CapStep::Retired { bytes, point_bytes }) => {
+                    space.disk_cap.fetch_add(1, Ordering::Relaxed);
+                    space.bytes.store(bytes, Ordering::Relaxed);
+                    space.point_bytes.store(point_bytes, Ordering::Relaxed);
+                    retired += 1;
+                }
+                Err(e) => {
+                    tracing::error!(disk = %name, "the disk's cap could not retire a point: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    retired
 }
 
 /// Retires the oldest retirable point across disks, one at a time, while the store is over
@@ -164,6 +240,9 @@ fn retire_oldest(name: &str, slot: &Slot) -> Result<Option<u64>, crate::store::S
     let Some(d) = g.as_mut() else {
         return Ok(None);
     };
+    if d.state().failed_over.is_some() || super::failover::test_running(d.dir()) {
+        return Ok(None);
+    }
     let ids: BTreeSet<u64> = match d.points() {
         [oldest, _, ..] => [oldest.id].into(),
         _ => return Ok(None),
@@ -174,13 +253,17 @@ fn retire_oldest(name: &str, slot: &Slot) -> Result<Option<u64>, crate::store::S
 }
 
 /// The disk whose oldest point has the oldest cut time among disks with two points or more
-/// (from the published snapshots: no disk's mutex is taken to choose).
+/// and not in a failover (from the published snapshots: no disk's mutex is taken to
+/// choose).
 fn oldest_retirable(sh: &Shared) -> Option<(String, Arc<Slot>)> {
     let slots = lock(&sh.slots).clone();
     slots
         .into_iter()
         .filter_map(|(name, slot)| {
             let snap = slot.disk.snapshot()?;
+            if disk_cap::in_failover(&snap) {
+                return None;
+            }
             let cut = match &*snap.points {
                 [oldest, _, ..] => oldest.cut_time_ns,
                 _ => return None,

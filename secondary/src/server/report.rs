@@ -86,6 +86,7 @@ fn disk_status(
         point_policy: Some(base::points::PointPolicy {
             crash_points_every_secs: d.retention.0 / 1_000_000_000,
             retain_secs: d.retention.1 / 1_000_000_000,
+            max_point_storage_bytes: d.point_cap,
         }),
         cycles_judged: 0,
         cycles_consistent: 0,

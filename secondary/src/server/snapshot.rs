@@ -37,6 +37,8 @@ pub(super) struct DiskSnapshot {
     pub(super) points_bytes: u64,
     /// The retention in force: slot width and span, ns (the rest is the server's).
     pub(super) retention: (u64, u64),
+    /// The point storage cap its agent asked for (None: none).
+    pub(super) point_cap: Option<u64>,
     /// The disk's directory in the store.
     pub(super) dir: Arc<PathBuf>,
     /// Why the last apply of a staged cycle failed, until one succeeds ([`Disk::fault`]).
@@ -69,6 +71,7 @@ impl DiskSnapshot {
             points,
             points_bytes: d.points_bytes(),
             retention: (d.retention().every_ns, d.retention().retain_ns),
+            point_cap: d.point_cap(),
             dir,
             fault: d.fault().map(String::from),
         }

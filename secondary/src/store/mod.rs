@@ -274,6 +274,8 @@ pub struct Disk {
     cov: std::collections::BTreeMap<u64, Vec<base::ranges::Range>>,
     points: PointsFile,
     retention: Retention,
+    /// The point storage cap its agent asked for (`policy.json`; None: none).
+    point_cap: Option<u64>,
     /// Why the last apply of a staged cycle failed (out of space...), until one succeeds.
     fault: Option<String>,
     /// Most undo entries a cycle may need: [`crate::undo::MAX_ENTRIES`] (a field so that unit
@@ -306,7 +308,7 @@ fn io_err(disk: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) ->
 
 pub(crate) use base::files::{sync_dir, write_atomic};
 pub use phase::ReplicaPhase;
-pub use policy::{AskedPolicy, POLICY_FILE};
+pub use policy::{AskedPolicy, POLICY_FILE, POLICY_VERSION};
 
 /// Reads a disk directory's `state.json` (None: there is none).
 pub(crate) fn read_state_file(dir: &Path, name: &str) -> Result<Option<DiskState>> {

@@ -87,6 +87,7 @@ impl Disk {
             cov: std::collections::BTreeMap::new(),
             points,
             retention: Retention::default(),
+            point_cap: None,
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
             budget: super::HistoryBudget::default(),
@@ -252,6 +253,7 @@ impl Disk {
                 ..PointsFile::default()
             },
             retention: Retention::default(),
+            point_cap: None,
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
             budget: super::HistoryBudget::default(),

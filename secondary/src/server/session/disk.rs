@@ -181,6 +181,9 @@ where
                 self.on_point_policy(m, crash_points_every_ns, retain_ns)
                     .await
             }
+            (m, Control(Msg::PointStorage { max_bytes })) => {
+                self.on_point_storage(m, max_bytes).await
+            }
             (Idle | Copy, Control(Msg::CopyBegin { from_seq, restart })) => {
                 self.on_copy_begin(from_seq, restart).await
             }
