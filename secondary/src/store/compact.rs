@@ -26,12 +26,35 @@
 //! finish (or by a store written before compaction existed) are trimmed. A trim that fails
 //! leaves its file as it was: redundant, never wrong.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use super::Disk;
 use crate::undo::{self, UndoIndex};
 use base::ranges::{Range, intersect, normalize, subtract, total, union};
+
+/// Every interval's coverage, keyed by the retained point that opens it (`Disk::cov`).
+type Coverage = BTreeMap<u64, Vec<Range>>;
+
+/// One retired point's merge (see `Disk::plan_merges`).
+struct MergeStep {
+    /// Its interval's files (indices into `Disk::undo`).
+    files: Vec<usize>,
+    /// The coverage of the interval they merge into, before they join it; `None`: no retained
+    /// point is older, the files are deleted.
+    into: Option<Vec<Range>>,
+}
+
+/// The data ranges of `u` (entries that hold data, not zero ranges).
+fn data_ranges(u: &UndoIndex) -> Vec<Range> {
+    normalize(
+        u.entries
+            .iter()
+            .filter(|e| e.data_pos.is_some())
+            .map(|e| (e.offset, e.len))
+            .collect(),
+    )
+}
 
 impl Disk {
     /// The interval a file of sequence `seq` belongs to: the newest retained point older
@@ -45,24 +68,26 @@ impl Disk {
             .find(|&id| id < seq)
     }
 
+    /// What the interval of cycle `seq` has saved so far (`None`: no retained point is older
+    /// than `seq`, so nothing needs saving).
+    fn coverage_of(&self, seq: u64) -> Option<&[Range]> {
+        let key = self.interval_key(seq)?;
+        Some(self.cov.get(&key).map_or(&[][..], Vec::as_slice))
+    }
+
     /// What of `ranges` (normalized) the undo of cycle `seq` — or of a resync part before it —
     /// must save: the bytes its interval has not saved yet. `None` when no retained point is
     /// older than `seq` (nothing to save).
     #[must_use]
     pub(super) fn undo_needed(&self, seq: u64, ranges: &[Range]) -> Option<Vec<Range>> {
-        let key = self.interval_key(seq)?;
-        Some(match self.cov.get(&key) {
-            Some(c) => subtract(ranges, c),
-            None => ranges.to_vec(),
-        })
+        self.coverage_of(seq).map(|c| subtract(ranges, c))
     }
 
     /// What the interval of cycle `seq` has saved already (`None`: no retained point is
     /// older than `seq`, so nothing needs saving).
     #[must_use]
     pub(super) fn undo_coverage(&self, seq: u64) -> Option<Vec<Range>> {
-        let key = self.interval_key(seq)?;
-        Some(self.cov.get(&key).cloned().unwrap_or_default())
+        self.coverage_of(seq).map(<[Range]>::to_vec)
     }
 
     /// Adds a newly written undo file: its ranges join its interval's coverage.
@@ -80,39 +105,66 @@ impl Disk {
         self.cov.insert(id, Vec::new());
     }
 
+    /// How retiring the points of `old` (ids, oldest first) that are not in `now` merges
+    /// intervals: each retired point's interval goes into the one of the retained point
+    /// before it — its files trimmed to what that interval does not cover yet — or, with no
+    /// retained point before it, its files are deleted. Returns the steps in order and every
+    /// interval's coverage after them. [`Self::merge_intervals`] carries a plan out;
+    /// [`Self::undo_freed_estimate`] prices one: one planner, so they cannot drift apart.
+    fn plan_merges(&self, old: &[u64], now: &BTreeSet<u64>) -> (Vec<MergeStep>, Coverage) {
+        let mut cov = self.cov.clone();
+        let mut steps = Vec::new();
+        for (i, &p) in old.iter().enumerate() {
+            if now.contains(&p) {
+                continue;
+            }
+            let hi = old.get(i + 1).copied();
+            let files = (0..self.undo.len())
+                .filter(|&f| self.undo[f].seq > p && hi.is_none_or(|h| self.undo[f].seq <= h))
+                .collect();
+            let mine = cov.remove(&p).unwrap_or_default();
+            let into = now.range(..p).next_back().copied();
+            let earlier = into.and_then(|t| cov.remove(&t)).unwrap_or_default();
+            if let Some(t) = into {
+                cov.insert(t, union(&earlier, &mine));
+            }
+            steps.push(MergeStep {
+                files,
+                into: into.map(|_| earlier),
+            });
+        }
+        // Coverage of intervals whose point is gone (none should be left).
+        cov.retain(|k, _| now.contains(k));
+        (steps, cov)
+    }
+
     /// The points `old` (ids, oldest first) were the retained ones; some are gone now (already
     /// saved in `points.json`). Merges each retired point's interval into the one before it,
     /// trimming its files to what that one does not cover — or deletes its files when no
     /// retained point is older.
     pub(super) fn merge_intervals(&mut self, old: &[u64]) {
         let now: BTreeSet<u64> = self.points.points.iter().map(|p| p.id).collect();
-        for (i, &p) in old.iter().enumerate() {
-            if now.contains(&p) {
-                continue;
-            }
-            let hi = old.get(i + 1).copied();
-            let inside = |u: &UndoIndex| u.seq > p && hi.is_none_or(|h| u.seq <= h);
-            let mine = self.cov.remove(&p).unwrap_or_default();
-            let (files, rest): (Vec<UndoIndex>, Vec<UndoIndex>) =
-                std::mem::take(&mut self.undo).into_iter().partition(inside);
-            self.undo = rest;
-            let Some(t) = now.range(..p).next_back().copied() else {
-                for u in files {
-                    let _ = fs::remove_file(&u.path);
-                }
-                continue;
-            };
-            let earlier = self.cov.remove(&t).unwrap_or_default();
-            for u in files {
-                if let Some(u) = self.trimmed(u, &earlier) {
-                    self.undo.push(u);
+        let (steps, cov) = self.plan_merges(old, &now);
+        let mut files: Vec<Option<UndoIndex>> =
+            std::mem::take(&mut self.undo).into_iter().map(Some).collect();
+        let mut kept = Vec::with_capacity(files.len());
+        for step in &steps {
+            for &f in &step.files {
+                let Some(u) = files.get_mut(f).and_then(Option::take) else {
+                    continue;
+                };
+                match &step.into {
+                    None => {
+                        let _ = fs::remove_file(&u.path);
+                    }
+                    Some(earlier) => kept.extend(self.trimmed(u, earlier)),
                 }
             }
-            self.cov.insert(t, union(&earlier, &mine));
-            self.undo.sort_by_key(UndoIndex::order);
         }
-        // Coverage of intervals whose point is gone (none should be left).
-        self.cov.retain(|k, _| now.contains(k));
+        kept.extend(files.into_iter().flatten());
+        kept.sort_by_key(UndoIndex::order);
+        self.undo = kept;
+        self.cov = cov;
     }
 
     /// Undo bytes retiring `ids` would free, without changing anything: whole files of
@@ -122,38 +174,17 @@ impl Disk {
     pub(super) fn undo_freed_estimate(&self, ids: &BTreeSet<u64>) -> u64 {
         let old: Vec<u64> = self.points.points.iter().map(|p| p.id).collect();
         let now: BTreeSet<u64> = old.iter().copied().filter(|p| !ids.contains(p)).collect();
-        let mut cov = self.cov.clone();
+        let (steps, _) = self.plan_merges(&old, &now);
         let mut freed = 0u64;
-        for (i, &p) in old.iter().enumerate() {
-            if now.contains(&p) {
-                continue;
+        for step in &steps {
+            for u in step.files.iter().filter_map(|&f| self.undo.get(f)) {
+                let gone = match &step.into {
+                    None => u.bytes,
+                    Some(earlier) if subtract(&undo::covered(u), earlier).is_empty() => u.bytes,
+                    Some(earlier) => total(&intersect(&data_ranges(u), earlier)),
+                };
+                freed = freed.saturating_add(gone);
             }
-            let hi = old.get(i + 1).copied();
-            let files = self
-                .undo
-                .iter()
-                .filter(|u| u.seq > p && hi.is_none_or(|h| u.seq <= h));
-            let mine = cov.remove(&p).unwrap_or_default();
-            let Some(&t) = now.range(..p).next_back() else {
-                freed = freed.saturating_add(files.map(|u| u.bytes).sum());
-                continue;
-            };
-            let earlier = cov.remove(&t).unwrap_or_default();
-            for u in files {
-                if subtract(&undo::covered(u), &earlier).is_empty() {
-                    freed = freed.saturating_add(u.bytes);
-                    continue;
-                }
-                let data = normalize(
-                    u.entries
-                        .iter()
-                        .filter(|e| e.data_pos.is_some())
-                        .map(|e| (e.offset, e.len))
-                        .collect(),
-                );
-                freed = freed.saturating_add(total(&intersect(&data, &earlier)));
-            }
-            cov.insert(t, union(&earlier, &mine));
         }
         freed
     }
