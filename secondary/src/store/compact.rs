@@ -145,8 +145,10 @@ impl Disk {
     pub(super) fn merge_intervals(&mut self, old: &[u64]) {
         let now: BTreeSet<u64> = self.points.points.iter().map(|p| p.id).collect();
         let (steps, cov) = self.plan_merges(old, &now);
-        let mut files: Vec<Option<UndoIndex>> =
-            std::mem::take(&mut self.undo).into_iter().map(Some).collect();
+        let mut files: Vec<Option<UndoIndex>> = std::mem::take(&mut self.undo)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut kept = Vec::with_capacity(files.len());
         for step in &steps {
             for &f in &step.files {
