@@ -181,6 +181,34 @@ mod tests {
         );
     }
 
+    /// A daemon's control socket answering one request with `answer`.
+    fn fake_daemon(path: &Path, answer: &'static str) -> std::thread::JoinHandle<()> {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            assert!(line.contains("\"status\""), "{line}");
+            (&s).write_all(answer.as_bytes()).unwrap();
+        })
+    }
+
+    #[test]
+    fn a_daemon_that_answers() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("server.sock");
+        let t = fake_daemon(&p, "{\"ok\":true,\"data\":{}}\n");
+        assert_eq!(socket(SERVER, &p).status, Status::Ok);
+        t.join().unwrap();
+        let p = d.path().join("agent.sock");
+        let t = fake_daemon(&p, "{\"ok\":false,\"error\":\"busy\"}\n");
+        let c = socket(AGENT, &p);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.ends_with("refused status: busy"), "{}", c.detail);
+        t.join().unwrap();
+    }
+
     #[test]
     fn a_missing_socket_is_a_warning() {
         let d = tempfile::tempdir().unwrap();
