@@ -133,6 +133,13 @@ enum Command {
     /// Make a recovery point now (agent): `point create NAME --app-consistent`.
     #[command(subcommand)]
     Point(cli::repl::PointCommand),
+    /// Check what this host needs (kernel BPF and BTF, devices, tools, clock, certificates,
+    /// space, daemons) and print what to fix. Read-only.
+    ///
+    /// One line per check (ok, warn, fail, skip), then the fix for each problem. Checks that
+    /// need root are skipped without it. Exits 0 if no check failed (warnings allowed), 3 if
+    /// one did, 1 if the checks could not run.
+    Doctor(cli::doctor::DoctorArgs),
 }
 
 /// What a command reports back to `main`.
@@ -180,6 +187,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),
         Command::Point(c) => cli::repl::point(&c),
+        Command::Doctor(a) => cli::doctor::run(&a),
     };
     out::flush();
     match result {

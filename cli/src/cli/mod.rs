@@ -4,6 +4,7 @@ pub(crate) mod certs;
 pub(crate) mod check;
 pub(crate) mod daemon;
 pub(crate) mod disk;
+pub(crate) mod doctor;
 pub(crate) mod failover;
 pub(crate) mod log;
 pub(crate) mod points_delete;
