@@ -107,18 +107,7 @@ impl LogFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, "create", e))?;
-        let mut prepared = Prepared {
-            log: Self {
-                file,
-                path: path.to_owned(),
-                header,
-                end: HEADER_SIZE as u64,
-                next_seq: header.first_seq,
-                record_count: 0,
-                map: None,
-            },
-            tmp,
-        };
+        let mut prepared = Prepared::new(file, path, header, tmp);
         let written = (|| {
             let file = &prepared.log.file;
             let bytes = encode_header(&header);
@@ -155,18 +144,7 @@ impl LogFile {
         sync: SyncPolicy,
         map: u64,
     ) -> Result<Prepared> {
-        let mut prepared = Prepared {
-            log: Self {
-                file: spare.file,
-                path: path.to_owned(),
-                header,
-                end: HEADER_SIZE as u64,
-                next_seq: header.first_seq,
-                record_count: 0,
-                map: None,
-            },
-            tmp: spare.path,
-        };
+        let mut prepared = Prepared::new(spare.file, path, header, spare.path);
         let written = (|| {
             let file = &prepared.log.file;
             file.write_all_at(&encode_header(&header), 0)
@@ -322,6 +300,22 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// `file` (named `tmp` for now) as log `path` with `header` and no records yet.
+    fn new(file: File, path: &Path, header: LogHeader, tmp: PathBuf) -> Self {
+        Self {
+            log: LogFile {
+                file,
+                path: path.to_owned(),
+                header,
+                end: HEADER_SIZE as u64,
+                next_seq: header.first_seq,
+                record_count: 0,
+                map: None,
+            },
+            tmp,
+        }
+    }
+
     /// Renames the file into the chain (and fsyncs the directory per `sync`).
     pub(crate) fn publish(self, sync: SyncPolicy) -> Result<LogFile> {
         if let Err(e) = std::fs::rename(&self.tmp, &self.log.path) {

@@ -12,9 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use base::control::Request;
 use base::status::{Health, ReplState};
-use common::{SERVER_ADDR, SimClock, Site, pattern};
+use common::{PointOpts, SimClock, Site, pattern};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_crash_consistent_point_for_a_slot_and_its_grace_is_a_warning_until_the_next() {
@@ -23,17 +22,14 @@ async fn no_crash_consistent_point_for_a_slot_and_its_grace_is_a_warning_until_t
     let dev = site.device("d", 1 << 20, 1);
     agent.fake.set_exact(false);
     let r = agent
-        .request(Request::Protect {
-            device: dev.display().to_string(),
-            to: SERVER_ADDR.into(),
-            name: Some("d".into()),
-            frequency: "continuous".into(),
-            app_consistent_every: None,
-            pre_hook: None,
-            post_hook: None,
-            crash_points_every: Some("1s".into()),
-            retain: None,
-        })
+        .try_protect_with(
+            &dev,
+            "d",
+            PointOpts {
+                crash_points_every: Some("1s"),
+                ..PointOpts::default()
+            },
+        )
         .await;
     assert!(r.ok, "{r:?}");
     agent.wait_applied("d").await;

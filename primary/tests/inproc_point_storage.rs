@@ -4,8 +4,7 @@
 
 mod common;
 
-use base::control::Request;
-use common::{SimClock, Site};
+use common::{PointOpts, SimClock, Site};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_sends_the_disks_point_storage_cap_and_the_server_records_it() {
@@ -13,18 +12,14 @@ async fn the_agent_sends_the_disks_point_storage_cap_and_the_server_records_it()
     let agent = site.agent("sitea", SimClock::auto()).await;
     let dev = site.device("d", 4 << 20, 1);
     let r = agent
-        .request(Request::Protect {
-            device: dev.display().to_string(),
-            to: common::SERVER_ADDR.into(),
-            name: Some("d".into()),
-            frequency: "continuous".into(),
-            app_consistent_every: None,
-            pre_hook: None,
-            post_hook: None,
-            crash_points_every: None,
-            retain: None,
-            max_point_storage: Some("3M".into()),
-        })
+        .try_protect_with(
+            &dev,
+            "d",
+            PointOpts {
+                max_point_storage: Some("3M"),
+                ..PointOpts::default()
+            },
+        )
         .await;
     assert!(r.ok, "{r:?}");
     // `PointStorage` goes right after `Attached`, before the copy: once the copy is applied
@@ -46,18 +41,14 @@ async fn the_agent_sends_the_disks_point_storage_cap_and_the_server_records_it()
 
     // A bad size is refused before anything is protected.
     let bad = agent
-        .request(Request::Protect {
-            device: dev.display().to_string(),
-            to: common::SERVER_ADDR.into(),
-            name: Some("e".into()),
-            frequency: "continuous".into(),
-            app_consistent_every: None,
-            pre_hook: None,
-            post_hook: None,
-            crash_points_every: None,
-            retain: None,
-            max_point_storage: Some("lots".into()),
-        })
+        .try_protect_with(
+            &dev,
+            "e",
+            PointOpts {
+                max_point_storage: Some("lots"),
+                ..PointOpts::default()
+            },
+        )
         .await;
     assert!(!bad.ok, "{bad:?}");
     assert!(

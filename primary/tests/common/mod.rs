@@ -417,6 +417,14 @@ pub fn pattern(size: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// `sitrep protect`'s recovery-point flags (None: the default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PointOpts {
+    pub crash_points_every: Option<&'static str>,
+    pub retain: Option<&'static str>,
+    pub max_point_storage: Option<&'static str>,
+}
+
 /// An agent (the primary site) in-process.
 pub struct Agent {
     pub name: String,
@@ -542,6 +550,12 @@ impl Agent {
     }
 
     pub async fn try_protect(&self, device: &Path, name: &str) -> Response {
+        self.try_protect_with(device, name, PointOpts::default())
+            .await
+    }
+
+    /// Like [`Self::try_protect`], with the recovery-point flags of `o`.
+    pub async fn try_protect_with(&self, device: &Path, name: &str, o: PointOpts) -> Response {
         self.request(Request::Protect {
             device: device.display().to_string(),
             to: SERVER_ADDR.into(),
@@ -550,9 +564,9 @@ impl Agent {
             app_consistent_every: None,
             pre_hook: None,
             post_hook: None,
-            crash_points_every: None,
-            retain: None,
-            max_point_storage: None,
+            crash_points_every: o.crash_points_every.map(String::from),
+            retain: o.retain.map(String::from),
+            max_point_storage: o.max_point_storage.map(String::from),
         })
         .await
     }
