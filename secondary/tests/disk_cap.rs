@@ -229,3 +229,86 @@ fn the_store_quota_skips_a_disk_in_failover() {
     assert_eq!(ids(&server, "a"), (1..=5).collect::<Vec<_>>());
     assert_eq!(space(&st, "a")["points_retired"]["quota"], 0, "{st}");
 }
+
+/// Root and a loop device (a test failover attaches one), as CI runs; else skipped, or
+/// failed when `SITREP_REQUIRE_TIERS=1` says every tier must run.
+fn can_attach_loop_devices() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    if root && std::path::Path::new("/dev/loop-control").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("SITREP_REQUIRE_TIERS").as_deref() != Ok("1"),
+        "a test failover needs root and loop devices"
+    );
+    eprintln!("SKIP: a test failover needs root and loop devices");
+    false
+}
+
+/// A running test failover holds its disk's points against the store quota (its loop device
+/// reads the point's image); once it is cleaned up, the quota may retire them again.
+#[test]
+fn the_store_quota_skips_a_disk_backing_a_test_failover() {
+    if !can_attach_loop_devices() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let newest = base::now_ns() - MIN;
+    let old: Vec<u64> = (0..5).map(|i| newest - 5 * H + i * 10 * MIN).collect();
+    let new: Vec<u64> = (0..5).map(|i| newest - H + i * 10 * MIN).collect();
+    {
+        let s = store.clone();
+        let server = Server::start_with(move |o| {
+            o.store = s;
+            o.retention.keep = 100;
+        });
+        replicate_at(&server, "a", 1, &old);
+        replicate_at(&server, "b", 2, &new);
+        let r = server.call(&base::control::Request::Failover {
+            name: "a".into(),
+            point: base::points::PointSel::Id(2),
+            test: true,
+            cleanup: false,
+        });
+        assert!(r.ok, "{r:?}");
+    }
+    // The same store with a quota nothing fits in: b goes down to its newest point, a (the
+    // older points) keeps all five while its test failover runs.
+    let s = store.clone();
+    let server = Server::start_with(move |o| {
+        o.store = s;
+        o.retention.keep = 100;
+        o.max_store_bytes = Some(1);
+    });
+    let st = wait_for_status(&server, "b down to its newest point", |s| {
+        space(s, "b")["points_retired"]["quota"] == 4
+    });
+    assert_eq!(ids(&server, "b"), vec![5]);
+    assert_eq!(ids(&server, "a"), (1..=5).collect::<Vec<_>>());
+    assert_eq!(space(&st, "a")["points_retired"]["quota"], 0, "{st}");
+
+    // Cleaned up: the next wake of the quota (a's cleanup, or any cycle) takes a's too.
+    let r = server.call(&base::control::Request::Failover {
+        name: "a".into(),
+        point: base::points::PointSel::Id(2),
+        test: true,
+        cleanup: true,
+    });
+    assert!(r.ok, "{r:?}");
+    rt().block_on(async {
+        let (mut c, r) = Client::attach(&server, "alice", "b", 2, 1 << 20).await;
+        r.unwrap();
+        point_at(&mut c, 6, newest + MIN / 2).await;
+        c.send(Msg::Bye).await;
+    });
+    wait_for_status(&server, "a down to its newest point", |s| {
+        space(s, "a")["points_retired"]["quota"] == 4
+    });
+    assert_eq!(ids(&server, "a"), vec![5]);
+}

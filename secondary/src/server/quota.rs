@@ -206,8 +206,12 @@ pub(super) fn enforce_caps(sh: &Shared) -> u64 {
 /// `max`. Returns how many it retired.
 pub(super) fn enforce(sh: &Shared, max: u64) -> u64 {
     let mut retired = 0;
+    // Disks that turned out to have nothing to retire in this pass (their snapshot was a
+    // step behind, or a failover began): not chosen again until the next wake — choosing
+    // from a stale snapshot must never spin.
+    let mut passed = BTreeSet::new();
     while total(sh) > max {
-        let Some((name, slot)) = oldest_retirable(sh) else {
+        let Some((name, slot)) = oldest_retirable(sh, &passed) else {
             tracing::warn!(
                 store_bytes = total(sh),
                 quota = max,
@@ -222,7 +226,10 @@ pub(super) fn enforce(sh: &Shared, max: u64) -> u64 {
                 slot.space.quota.fetch_add(1, Ordering::Relaxed);
                 slot.space.bytes.store(bytes, Ordering::Relaxed);
             }
-            Ok(None) => continue,
+            Ok(None) => {
+                passed.insert(name);
+                continue;
+            }
             Err(e) => {
                 tracing::error!(disk = %name, "the quota could not retire a point: {e}");
                 break;
@@ -253,12 +260,13 @@ fn retire_oldest(name: &str, slot: &Slot) -> Result<Option<u64>, crate::store::S
 }
 
 /// The disk whose oldest point has the oldest cut time among disks with two points or more
-/// and not in a failover (from the published snapshots: no disk's mutex is taken to
+/// and not in a failover, nor in `passed` (from the published snapshots: no disk's mutex is taken to
 /// choose).
-fn oldest_retirable(sh: &Shared) -> Option<(String, Arc<Slot>)> {
+fn oldest_retirable(sh: &Shared, passed: &BTreeSet<String>) -> Option<(String, Arc<Slot>)> {
     let slots = lock(&sh.slots).clone();
     slots
         .into_iter()
+        .filter(|(name, _)| !passed.contains(name))
         .filter_map(|(name, slot)| {
             let snap = slot.disk.snapshot()?;
             if disk_cap::in_failover(&snap) {
