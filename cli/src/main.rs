@@ -133,6 +133,9 @@ enum Command {
     /// Make a recovery point now (agent): `point create NAME --app-consistent`.
     #[command(subcommand)]
     Point(cli::repl::PointCommand),
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(cli::generate::GenerateCommand),
 }
 
 /// What a command reports back to `main`.
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),
         Command::Point(c) => cli::repl::point(&c),
+        Command::Generate(c) => cli::generate::run(&c),
     };
     out::flush();
     match result {
