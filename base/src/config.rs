@@ -297,4 +297,28 @@ mod tests {
         assert_eq!(new.changes(&new), PolicyChanges::default());
         assert_eq!(PolicyFile::default().changes(&new).added, new.disk);
     }
+
+    /// The commented default policy the package ships (packaging/etc/agent.toml): as shipped
+    /// it lists no disk, and uncommented its example uses every key with a valid value.
+    #[test]
+    fn the_shipped_policy_file_loads_as_is_and_uncommented() {
+        let shipped = include_str!("../../packaging/etc/agent.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, shipped).unwrap();
+        assert_eq!(PolicyFile::load(&path).unwrap(), PolicyFile::default());
+
+        let example: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [[disk]]")
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        std::fs::write(&path, example).unwrap();
+        let p = PolicyFile::load(&path).unwrap();
+        assert_eq!(p.disk.len(), 1);
+        let d = &p.disk[0];
+        assert!(d.name.is_some() && d.frequency.is_some() && d.app_consistent_every.is_some());
+        assert!(d.pre_hook.is_some() && d.post_hook.is_some() && d.retain.is_some());
+        assert!(d.crash_points_every.is_some() && d.max_point_storage.is_some());
+    }
 }
