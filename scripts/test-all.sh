@@ -13,6 +13,9 @@
 #   bench  scripts/bench.sh --quick, then `sitrep-bench check`: a smoke test of the benchmark
 #          harness (it runs every scenario and writes a well-formed report; no timing is
 #          asserted). SITREP_SKIP_BENCH=1 leaves it out of a local run.
+#   package scripts/package-test.sh: builds the .deb (reusing the bench tier's release build),
+#          installs it, checks paths and modes, `systemd-analyze verify` on the units, then
+#          remove (state kept) and purge (state gone). Starts no unit. ~20 s after the build.
 #
 # SITREP_REQUIRE_TIERS=1 is exported, so a test whose capability is missing fails instead of
 # skipping. Every tier runs even if an earlier one failed (except deps, which all depend on);
@@ -81,10 +84,11 @@ if [[ ${SITREP_SKIP_BENCH:-0} == 1 ]]; then
 else
     tier bench timeout --kill-after=30s 25m scripts/bench-smoke.sh
 fi
+tier package timeout --kill-after=30s 15m scripts/package-test.sh
 
 log "=== summary ($((SECONDS - total_start))s) ==="
 for i in "${!names[@]}"; do
-    printf '  %-6s %s\n' "${names[$i]}" "${verdicts[$i]}"
+    printf '  %-7s %s\n' "${names[$i]}" "${verdicts[$i]}"
 done
 echo "tiers: $passed passed, $failed failed, $skipped skipped"
 [[ $failed -eq 0 ]]

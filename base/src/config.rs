@@ -149,6 +149,44 @@ impl PolicyFile {
     }
 }
 
+/// What a re-read policy file changes against the one the agent applied last (entries keyed
+/// by device). The agent protects `added` devices (as at start: a device already protected is
+/// left as it is) and only reports `changed` and `removed` ones: a running protection is
+/// changed by the operator (`sitrep unprotect`, `sitrep protect`), never by a file edit, so a
+/// typo in the file cannot stop a disk's replication.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyChanges {
+    /// Entries whose device the older file did not list.
+    pub added: Vec<DiskPolicy>,
+    /// Entries whose device the older file listed with other settings (the newer entry).
+    pub changed: Vec<DiskPolicy>,
+    /// Entries of the older file whose device the newer one does not list.
+    pub removed: Vec<DiskPolicy>,
+}
+
+impl PolicyFile {
+    /// What `newer` adds, changes and removes against `self`.
+    #[must_use]
+    pub fn changes(&self, newer: &Self) -> PolicyChanges {
+        let find = |p: &Self, device: &str| p.disk.iter().find(|d| d.device == device).cloned();
+        let mut c = PolicyChanges::default();
+        for d in &newer.disk {
+            match find(self, &d.device) {
+                None => c.added.push(d.clone()),
+                Some(old) if old != *d => c.changed.push(d.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = self
+            .disk
+            .iter()
+            .filter(|d| find(newer, &d.device).is_none())
+            .cloned()
+            .collect();
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -234,5 +272,53 @@ mod tests {
         std::fs::write(&path, format!("{entry}max_point_storage = \"lots\"\n")).unwrap();
         let err = PolicyFile::load(&path).unwrap_err().to_string();
         assert!(err.contains("--max-point-storage"), "{err}");
+    }
+
+    #[test]
+    fn a_reread_policy_names_what_it_adds_changes_and_removes() {
+        let old: PolicyFile = toml::from_str(
+            "[[disk]]\ndevice = \"/dev/a\"\nto = \"h:1\"\n\
+             [[disk]]\ndevice = \"/dev/b\"\nto = \"h:1\"\n\
+             [[disk]]\ndevice = \"/dev/c\"\nto = \"h:1\"\n",
+        )
+        .unwrap();
+        let new: PolicyFile = toml::from_str(
+            "[[disk]]\ndevice = \"/dev/a\"\nto = \"h:1\"\n\
+             [[disk]]\ndevice = \"/dev/b\"\nto = \"h:2\"\n\
+             [[disk]]\ndevice = \"/dev/d\"\nto = \"h:1\"\n",
+        )
+        .unwrap();
+        let c = old.changes(&new);
+        let devices = |v: &[DiskPolicy]| v.iter().map(|d| d.device.clone()).collect::<Vec<_>>();
+        assert_eq!(devices(&c.added), ["/dev/d"]);
+        assert_eq!(devices(&c.changed), ["/dev/b"]);
+        assert_eq!(c.changed[0].to, "h:2");
+        assert_eq!(devices(&c.removed), ["/dev/c"]);
+        assert_eq!(new.changes(&new), PolicyChanges::default());
+        assert_eq!(PolicyFile::default().changes(&new).added, new.disk);
+    }
+
+    /// The commented default policy the package ships (packaging/etc/agent.toml): as shipped
+    /// it lists no disk, and uncommented its example uses every key with a valid value.
+    #[test]
+    fn the_shipped_policy_file_loads_as_is_and_uncommented() {
+        let shipped = include_str!("../../packaging/etc/agent.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, shipped).unwrap();
+        assert_eq!(PolicyFile::load(&path).unwrap(), PolicyFile::default());
+
+        let example: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [[disk]]")
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        std::fs::write(&path, example).unwrap();
+        let p = PolicyFile::load(&path).unwrap();
+        assert_eq!(p.disk.len(), 1);
+        let d = &p.disk[0];
+        assert!(d.name.is_some() && d.frequency.is_some() && d.app_consistent_every.is_some());
+        assert!(d.pre_hook.is_some() && d.post_hook.is_some() && d.retain.is_some());
+        assert!(d.crash_points_every.is_some() && d.max_point_storage.is_some());
     }
 }

@@ -19,7 +19,8 @@
 //! - [`files`]: whole small files written atomically and durably;
 //! - [`mounts`]: where a block device is mounted;
 //! - [`lockfile`]: the exclusive lock that keeps two daemons off one store or state directory;
-//! - [`modes`]: data at rest readable by root only (umask 077, 0700/0600 at start).
+//! - [`modes`]: data at rest readable by root only (umask 077, 0700/0600 at start);
+//! - [`sdnotify`]: systemd readiness notification (`READY=1` to `NOTIFY_SOCKET`).
 //!
 //! docs/architecture.md explains the design; docs/protocol.md the wire format.
 
@@ -37,6 +38,7 @@ pub mod mounts;
 pub mod net;
 pub mod points;
 pub mod ranges;
+pub mod sdnotify;
 pub mod status;
 pub mod store_space;
 pub mod units;

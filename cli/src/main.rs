@@ -140,6 +140,9 @@ enum Command {
     /// need root are skipped without it. Exits 0 if no check failed (warnings allowed), 3 if
     /// one did, 1 if the checks could not run.
     Doctor(cli::doctor::DoctorArgs),
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(cli::generate::GenerateCommand),
 }
 
 /// What a command reports back to `main`.
@@ -188,6 +191,7 @@ fn main() -> ExitCode {
         Command::Points(a) => cli::repl::points(&a),
         Command::Point(c) => cli::repl::point(&c),
         Command::Doctor(a) => cli::doctor::run(&a),
+        Command::Generate(c) => cli::generate::run(&c),
     };
     out::flush();
     match result {

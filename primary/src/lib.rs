@@ -31,6 +31,7 @@ mod owner;
 mod phase;
 mod planned;
 mod point_age;
+mod policy;
 mod reason;
 mod requests;
 pub mod resync;
@@ -56,7 +57,7 @@ use tokio::sync::{mpsc, watch};
 use tracker_bpf::TrackerConfig;
 
 use backoff::{Clock, SystemClock};
-use base::config::{Frequency, PolicyFile};
+use base::config::PolicyFile;
 use base::control::{self, Call};
 use base::status::Job;
 use connect::{Connect, TlsConnect};
@@ -429,7 +430,9 @@ pub struct Hooks {
 }
 
 /// Runs the agent until `shutdown` resolves, then stops every disk cleanly (logs sealed, so
-/// the next start continues without a resync).
+/// the next start continues without a resync). Each policy file received on `reloads` (the
+/// daemon re-reads `--config` on SIGHUP) is applied as `policy.rs` says: new entries are
+/// protected, changed and removed ones reported.
 ///
 /// # Errors
 /// The identity has no usable client certificate, the tracker cannot start, the state is
@@ -438,6 +441,7 @@ pub async fn run(
     opts: AgentOptions,
     identity: &pki::Identity,
     shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<PolicyFile>,
 ) -> anyhow::Result<()> {
     let cfg = opts.tracker.clone();
     let hooks = Hooks {
@@ -450,7 +454,7 @@ pub async fn run(
         connect: Arc::new(TlsConnect::new(identity.client_config()?)),
         clock: Arc::new(SystemClock),
     };
-    run_with(opts, hooks, shutdown).await
+    run_reloading(opts, hooks, shutdown, reloads).await
 }
 
 /// [`run`] made of `hooks`: the disks' changes come from the source `hooks.source` starts
@@ -465,6 +469,21 @@ pub async fn run_with(
     opts: AgentOptions,
     hooks: Hooks,
     shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // No sender: the policy is never re-read.
+    let (_, reloads) = mpsc::channel(1);
+    run_reloading(opts, hooks, shutdown, reloads).await
+}
+
+/// [`run_with`], applying each policy file received on `reloads` as [`run`] does.
+///
+/// # Errors
+/// As [`run_with`].
+pub async fn run_reloading(
+    opts: AgentOptions,
+    hooks: Hooks,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<PolicyFile>,
 ) -> anyhow::Result<()> {
     base::modes::restrict_umask();
     base::modes::private_dir(&opts.state)
@@ -502,34 +521,8 @@ pub async fn run_with(
             tracing::error!("disk {name}: cannot resume protection: {e:#}");
         }
     }
-    if let Some(policy) = &opts.policy {
-        for d in &policy.disk {
-            let exists = lock(&agent.disks)
-                .values()
-                .any(|r| lock(&r.prot).device == Path::new(&d.device));
-            if exists {
-                continue;
-            }
-            let freq = d.frequency.unwrap_or(Frequency::Continuous).to_string();
-            // Checked when the file was loaded; the defaults if it were not.
-            let points = d.points().unwrap_or_default();
-            if let Err(e) = agent
-                .protect(
-                    d.device.clone(),
-                    d.to.clone(),
-                    d.name.clone(),
-                    &freq,
-                    d.app_consistent_every.as_deref(),
-                    (d.pre_hook.clone(), d.post_hook.clone()),
-                    points,
-                    None,
-                )
-                .await
-            {
-                tracing::error!("policy: {e:#}");
-            }
-        }
-    }
+    let mut applied = opts.policy.clone().unwrap_or_default();
+    agent.protect_listed(&applied.disk).await;
     if let Some(listener) = metrics {
         let a = agent.clone();
         base::metrics::spawn(listener, move || a.status());
@@ -546,7 +539,17 @@ pub async fn run_with(
         }
     });
     tracing::info!(state = %opts.state.display(), "agent ready");
-    shutdown.await;
+    base::sdnotify::ready();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(newer) = reloads.recv() => {
+                agent.reload_policy(&applied, &newer).await;
+                applied = newer;
+            }
+        }
+    }
     tracing::info!("agent stopping: sealing logs");
     let disks: Vec<Arc<DiskRt>> = lock(&agent.disks).values().cloned().collect();
     for d in &disks {

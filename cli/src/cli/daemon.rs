@@ -1,5 +1,8 @@
 //! `sitrep server` and `sitrep agent`: the two daemons, in the foreground (systemd-friendly:
-//! logs to stderr, a clean stop on SIGTERM or Ctrl-C).
+//! logs to stderr, a clean stop on SIGTERM or Ctrl-C, `READY=1` to `NOTIFY_SOCKET` once
+//! serving). SIGHUP (`systemctl reload`): the agent re-reads its `--config` policy file and
+//! protects the disks it newly lists (see `primary/src/policy.rs`); the server has nothing to
+//! re-read (its settings are flags) and logs that it ignores the signal.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -165,6 +168,48 @@ async fn terminated() {
     }
 }
 
+/// The agent's policy file, re-read on each SIGHUP (without `--config`, each SIGHUP is logged
+/// and ignored). A file that does not load is logged and skipped: the agent keeps the policy
+/// it applied last. Needs a runtime.
+fn policy_reloads(config: Option<PathBuf>) -> tokio::sync::mpsc::Receiver<PolicyFile> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let Some(mut hup) = hangups() else { return };
+        while hup.recv().await.is_some() {
+            let Some(path) = &config else {
+                tracing::info!("SIGHUP: the agent has no --config to re-read");
+                continue;
+            };
+            match PolicyFile::load(path) {
+                Ok(p) => {
+                    if tx.send(p).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: policy not re-read, the last one stays: {e:#}"),
+            }
+        }
+    });
+    rx
+}
+
+/// The server's SIGHUP: caught (its default action would end the process) and logged.
+fn ignore_hangups() {
+    tokio::spawn(async move {
+        let Some(mut hup) = hangups() else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: the server has nothing to re-read (restart it for new flags)");
+        }
+    });
+}
+
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!("SIGHUP handler: {e}"))
+        .ok()
+}
+
 /// Raises the soft descriptor limit to the hard one, so the listeners' caps decide.
 fn descriptors() {
     let n = base::listen::raise_descriptor_limit();
@@ -205,7 +250,10 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         max_store_bytes: a.max_store_bytes,
         limits: base::listen::Limits::default(),
     };
-    runtime()?.block_on(secondary::server::run(opts, &id, terminated()))?;
+    runtime()?.block_on(async {
+        ignore_hangups();
+        secondary::server::run(opts, &id, terminated()).await
+    })?;
     Ok(Outcome::Ok)
 }
 
@@ -239,6 +287,10 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         digest: a.digest.parse().map_err(anyhow::Error::msg)?,
         metrics: a.metrics.clone(),
     };
-    runtime()?.block_on(primary::run(opts, &id, terminated()))?;
+    let config = a.config.clone();
+    runtime()?.block_on(async {
+        let reloads = policy_reloads(config);
+        primary::run(opts, &id, terminated(), reloads).await
+    })?;
     Ok(Outcome::Ok)
 }

@@ -155,6 +155,8 @@ fn add_foreground(a: &AddArgs) -> anyhow::Result<Outcome> {
     }
     let (notify, json) = (a.notify_ready, a.json);
     let stopped = ublk_target::serve(&cfg, move |info| {
+        // Live: a `Type=notify` unit (sitrep-ublk@.service) is started.
+        base::sdnotify::ready();
         if notify {
             let line = serde_json::to_string(info).unwrap_or_default();
             crate::outln!("{READY}{line}");

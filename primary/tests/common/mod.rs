@@ -434,6 +434,8 @@ pub struct Agent {
     pub clock: Arc<SimClock>,
     pub net: Arc<Net>,
     stop: Option<oneshot::Sender<()>>,
+    /// Policy files for the running agent to apply, as the daemon sends one per SIGHUP.
+    pub reload: Option<tokio::sync::mpsc::Sender<base::config::PolicyFile>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -460,6 +462,7 @@ impl Agent {
             clock,
             net,
             stop: None,
+            reload: None,
             task: None,
         };
         a.run().await;
@@ -496,9 +499,16 @@ impl Agent {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         self.stop = Some(stop);
-        self.task = Some(tokio::spawn(primary::run_with(opts, hooks, async move {
-            let _ = stopped.await;
-        })));
+        let (reload, reloads) = tokio::sync::mpsc::channel(1);
+        self.reload = Some(reload);
+        self.task = Some(tokio::spawn(primary::run_reloading(
+            opts,
+            hooks,
+            async move {
+                let _ = stopped.await;
+            },
+            reloads,
+        )));
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !self.request(Request::Status).await.ok {
             if self.task.as_ref().is_some_and(JoinHandle::is_finished) {

@@ -211,6 +211,7 @@ pub async fn run(
     tokio::spawn(control_socket.serve(ctx));
     tokio::spawn(requests::serve(shared.clone(), crx));
     tokio::spawn(quota::run(shared.clone()));
+    base::sdnotify::ready();
     tokio::select! {
         () = shutdown => {}
         () = listener::serve(shared, tcp, tls) => {}
