@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Client, Server, points, rt, wait_for_status};
+use common::{Client, Server, can_attach_loop_devices, points, rt, wait_for_status};
 use proto::{Frame, Msg};
 
 const S: u64 = 1_000_000_000;
@@ -228,26 +228,6 @@ fn the_store_quota_skips_a_disk_in_failover() {
     assert_eq!(ids(&server, "b"), vec![5]);
     assert_eq!(ids(&server, "a"), (1..=5).collect::<Vec<_>>());
     assert_eq!(space(&st, "a")["points_retired"]["quota"], 0, "{st}");
-}
-
-/// Root and a loop device (a test failover attaches one), as CI runs; else skipped, or
-/// failed when `SITREP_REQUIRE_TIERS=1` says every tier must run.
-fn can_attach_loop_devices() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
-    if root && std::path::Path::new("/dev/loop-control").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("SITREP_REQUIRE_TIERS").as_deref() != Ok("1"),
-        "a test failover needs root and loop devices"
-    );
-    eprintln!("SKIP: a test failover needs root and loop devices");
-    false
 }
 
 /// A running test failover holds its disk's points against the store quota (its loop device

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use base::control::Request;
 use base::net::ReplError;
-use common::{Client, Server, points, rt};
+use common::{Client, Server, can_attach_loop_devices, points, rt};
 use proto::{EncodeOpts, ErrorCode, Frame, Msg};
 use tokio::io::AsyncWriteExt;
 
@@ -250,19 +250,7 @@ fn staged_file(frames: &[Frame]) -> Vec<u8> {
 /// A test failover of point 2 of disk `d` (a loop device: root only, as CI runs), then its
 /// cleanup: the point is usable while the disk cannot take cycles.
 fn test_failover_of_point_2(server: &Server) {
-    let euid_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
-    let root = euid_root && Path::new("/dev/loop-control").exists();
-    if !root {
-        assert!(
-            std::env::var("SITREP_REQUIRE_TIERS").as_deref() != Ok("1"),
-            "a test failover needs root and loop devices"
-        );
-        eprintln!("SKIP the test failover: needs root and loop devices");
+    if !can_attach_loop_devices() {
         return;
     }
     let failover = |cleanup| {

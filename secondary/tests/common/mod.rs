@@ -448,3 +448,23 @@ pub fn staged_files(store: &Path, disk: &str) -> Vec<PathBuf> {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
+
+/// Root and a loop device (a test failover attaches one), as CI runs; else the caller skips,
+/// or fails when `SITREP_REQUIRE_TIERS=1` says every tier must run.
+pub fn can_attach_loop_devices() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    if root && Path::new("/dev/loop-control").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("SITREP_REQUIRE_TIERS").as_deref() != Ok("1"),
+        "a test failover needs root and loop devices"
+    );
+    eprintln!("SKIP: a test failover needs root and loop devices");
+    false
+}
