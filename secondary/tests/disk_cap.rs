@@ -196,13 +196,18 @@ fn without_a_floor_a_one_byte_cap_still_keeps_the_newest() {
 
 /// Disk a (older points) failed over while the server was down; past the store quota, only
 /// b loses points (down to its newest), though a's are older.
-#[test]
-fn the_store_quota_skips_a_disk_in_failover() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let newest = base::now_ns() - MIN;
+/// A store with disk `a` (five points 5 h to 4 h 20 min before `newest`) and disk `b` (five
+/// points in the last hour); `then` runs on that server before it stops. Returns the server
+/// reopened on the same store with a store quota nothing fits in, once the quota has taken
+/// `b` down to its newest point while `a` (held by a failover) kept all five.
+fn quota_past_a_held_disk(
+    store: &std::path::Path,
+    newest: u64,
+    then: impl FnOnce(&Server),
+    hold: impl FnOnce(),
+) -> Server {
     {
-        let s = store.clone();
+        let s = store.to_path_buf();
         let server = Server::start_with(move |o| {
             o.store = s;
             o.retention.keep = 100;
@@ -211,12 +216,10 @@ fn the_store_quota_skips_a_disk_in_failover() {
         let new: Vec<u64> = (0..5).map(|i| newest - H + i * 10 * MIN).collect();
         replicate_at(&server, "a", 1, &old);
         replicate_at(&server, "b", 2, &new);
+        then(&server);
     }
-    let mut a = secondary::store::Disk::open(&store, "a").unwrap();
-    a.set_failed_over("unplanned failover to point 3 (test)".into())
-        .unwrap();
-    drop(a);
-    let s = store.clone();
+    hold();
+    let s = store.to_path_buf();
     let server = Server::start_with(move |o| {
         o.store = s;
         o.retention.keep = 100;
@@ -228,6 +231,23 @@ fn the_store_quota_skips_a_disk_in_failover() {
     assert_eq!(ids(&server, "b"), vec![5]);
     assert_eq!(ids(&server, "a"), (1..=5).collect::<Vec<_>>());
     assert_eq!(space(&st, "a")["points_retired"]["quota"], 0, "{st}");
+    server
+}
+
+#[test]
+fn the_store_quota_skips_a_disk_in_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    quota_past_a_held_disk(
+        &store,
+        base::now_ns() - MIN,
+        |_| {},
+        || {
+            let mut a = secondary::store::Disk::open(&store, "a").unwrap();
+            a.set_failed_over("unplanned failover to point 3 (test)".into())
+                .unwrap();
+        },
+    );
 }
 
 /// A running test failover holds its disk's points against the store quota (its loop device
@@ -240,38 +260,20 @@ fn the_store_quota_skips_a_disk_backing_a_test_failover() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let newest = base::now_ns() - MIN;
-    let old: Vec<u64> = (0..5).map(|i| newest - 5 * H + i * 10 * MIN).collect();
-    let new: Vec<u64> = (0..5).map(|i| newest - H + i * 10 * MIN).collect();
-    {
-        let s = store.clone();
-        let server = Server::start_with(move |o| {
-            o.store = s;
-            o.retention.keep = 100;
-        });
-        replicate_at(&server, "a", 1, &old);
-        replicate_at(&server, "b", 2, &new);
-        let r = server.call(&base::control::Request::Failover {
-            name: "a".into(),
-            point: base::points::PointSel::Id(2),
-            test: true,
-            cleanup: false,
-        });
-        assert!(r.ok, "{r:?}");
-    }
-    // The same store with a quota nothing fits in: b goes down to its newest point, a (the
-    // older points) keeps all five while its test failover runs.
-    let s = store.clone();
-    let server = Server::start_with(move |o| {
-        o.store = s;
-        o.retention.keep = 100;
-        o.max_store_bytes = Some(1);
-    });
-    let st = wait_for_status(&server, "b down to its newest point", |s| {
-        space(s, "b")["points_retired"]["quota"] == 4
-    });
-    assert_eq!(ids(&server, "b"), vec![5]);
-    assert_eq!(ids(&server, "a"), (1..=5).collect::<Vec<_>>());
-    assert_eq!(space(&st, "a")["points_retired"]["quota"], 0, "{st}");
+    let server = quota_past_a_held_disk(
+        &store,
+        newest,
+        |server| {
+            let r = server.call(&base::control::Request::Failover {
+                name: "a".into(),
+                point: base::points::PointSel::Id(2),
+                test: true,
+                cleanup: false,
+            });
+            assert!(r.ok, "{r:?}");
+        },
+        || {},
+    );
 
     // Cleaned up: the next wake of the quota (a's cleanup, or any cycle) takes a's too.
     let r = server.call(&base::control::Request::Failover {
