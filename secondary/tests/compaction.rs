@@ -316,3 +316,38 @@ fn bytes_rewritten_with_what_they_hold_save_no_undo() {
     assert!(buf[..(SIZE - BLOCK) as usize].iter().all(|&b| b == 0x11));
     assert!(buf[(SIZE - BLOCK) as usize..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_held_point_outlives_retention_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = copied(dir.path());
+    let block = |seq: u64| Frame::Data {
+        offset: 0,
+        data: vec![seq as u8; BLOCK as usize],
+    };
+    let ids = |d: &Disk| d.points().iter().map(|p| p.id).collect::<Vec<_>>();
+    for seq in 10..12u64 {
+        apply(&mut d, seq, &[block(seq)]);
+        assert!(d.verdict(seq, true, None, seq).unwrap().is_some());
+    }
+    // An export reads point 11 while cycles keep coming: every one a point, all in one slot,
+    // so retention would keep only the slot's first point and the newest three.
+    assert!(d.hold(11));
+    assert!(!d.hold(99), "no such point to hold");
+    for seq in 12..20u64 {
+        apply(&mut d, seq, &[block(seq)]);
+        d.verdict(seq, true, None, seq).unwrap();
+    }
+    assert_eq!(ids(&d), [10, 11, 17, 18, 19]);
+    let mut buf = vec![0u8; SIZE as usize];
+    d.export_chunk(11, 0, &mut buf).unwrap();
+    assert!(buf[..BLOCK as usize].iter().all(|&b| b == 11));
+    assert!(buf[BLOCK as usize..].iter().all(|&b| b == 0x11));
+    // Released: the next verdict retires it, and what it kept merged into point 10's interval.
+    d.release(11);
+    apply(&mut d, 20, &[block(20)]);
+    d.verdict(20, true, None, 20).unwrap();
+    assert_eq!(ids(&d), [10, 18, 19, 20]);
+    d.export_chunk(10, 0, &mut buf).unwrap();
+    assert!(buf[..BLOCK as usize].iter().all(|&b| b == 10));
+}

@@ -71,6 +71,11 @@ fn delete(d: &mut Disk, name: &str, which: Which, yes: bool) -> anyhow::Result<D
             anyhow::bail!("disk {name} has no recovery point {id} (see `sitrep points {name}`)")
         }
     };
+    if let Some(id) = ids.iter().find(|id| d.is_held(**id)) {
+        anyhow::bail!(
+            "disk {name}: recovery point {id} is being exported (an export or a failover is reading it); no point was deleted — try again when it finishes"
+        );
+    }
     let points: Vec<_> = d
         .points()
         .iter()

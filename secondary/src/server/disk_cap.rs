@@ -80,7 +80,9 @@ pub(super) fn step(
     {
         return Ok(CapStep::Fine);
     }
-    if !oldest_past_floor(d.points(), floor_ns, now_ns) {
+    if !oldest_past_floor(d.points(), floor_ns, now_ns)
+        || d.points().first().is_some_and(|p| d.is_held(p.id))
+    {
         return Ok(CapStep::Stuck);
     }
     let Some(d) = g.as_mut() else {

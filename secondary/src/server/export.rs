@@ -42,13 +42,17 @@ pub(super) fn export(
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not replicated here"))?,
     };
     let (id, size, p) = {
-        let g = slot.disk.lock();
+        let mut g = slot.disk.lock();
         let d = g
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| anyhow::anyhow!("disk {name} is not open"))?;
         let p = select_point(d, name, point)?;
+        // Held until the last chunk is read: new cycles keep arriving meanwhile, and
+        // retention must not retire the point being exported under the export.
+        d.hold(p.id);
         (p.id, d.state().size, p)
     };
+    let _hold = Hold { slot: &slot, id };
     if out.exists() && !force {
         anyhow::bail!("{} exists (use --force to overwrite it)", out.display());
     }
@@ -109,6 +113,20 @@ fn create_partial(out: &Path) -> anyhow::Result<(PathBuf, File)> {
         .open(&tmp)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
     Ok((tmp, f))
+}
+
+/// Releases an export's hold on its point ([`crate::store::Disk::hold`]), however it ends.
+struct Hold<'a> {
+    slot: &'a super::Slot,
+    id: u64,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.slot.disk.lock().as_mut() {
+            d.release(self.id);
+        }
+    }
 }
 
 /// Removes a half-written export when the export fails.

@@ -251,7 +251,8 @@ fn retire_oldest(name: &str, slot: &Slot) -> Result<Option<u64>, crate::store::S
         return Ok(None);
     }
     let ids: BTreeSet<u64> = match d.points() {
-        [oldest, _, ..] => [oldest.id].into(),
+        [oldest, _, ..] if !d.is_held(oldest.id) => [oldest.id].into(),
+        // Fewer than two points, or the oldest is being exported: pass over the disk.
         _ => return Ok(None),
     };
     d.retire_points(&ids)?;

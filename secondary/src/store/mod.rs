@@ -283,6 +283,9 @@ pub struct Disk {
     undo_cap: u64,
     /// How much undo data the disk may keep ([`HistoryBudget`]).
     budget: HistoryBudget,
+    /// Points being read by an export or a failover (id → readers; memory only): no
+    /// retention, quota, cap or delete retires them until the reader lets go.
+    held: std::collections::BTreeMap<u64, u32>,
 }
 
 /// What [`Disk::attach`] was asked for.

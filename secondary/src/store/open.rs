@@ -90,6 +90,7 @@ impl Disk {
             point_cap: None,
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
+            held: std::collections::BTreeMap::new(),
             budget: super::HistoryBudget::default(),
         };
         d.rebuild_coverage(!retired);
@@ -256,6 +257,7 @@ impl Disk {
             point_cap: None,
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
+            held: std::collections::BTreeMap::new(),
             budget: super::HistoryBudget::default(),
         };
         d.save()?;

@@ -133,7 +133,7 @@ impl Disk {
             .points
             .iter()
             .zip(&keep)
-            .filter(|(_, k)| !**k)
+            .filter(|(p, k)| !**k && !self.is_held(p.id))
             .map(|(p, _)| p.id)
             .collect();
         if let Err(e) = self.retire_points(&retire) {
@@ -161,6 +161,33 @@ impl Disk {
         // Each retired point's interval merges into the one before it (`compact.rs`).
         self.merge_intervals(&old);
         Ok(())
+    }
+
+    /// Holds point `id` for a reader (an export, a failover's export): until
+    /// [`Disk::release`], retention passes over it and the quota, the cap and `points delete`
+    /// must ([`Disk::is_held`]). Returns false if there is no such point.
+    pub fn hold(&mut self, id: u64) -> bool {
+        if !self.points.points.iter().any(|p| p.id == id) {
+            return false;
+        }
+        *self.held.entry(id).or_insert(0) += 1;
+        true
+    }
+
+    /// Lets go of one hold on point `id` ([`Disk::hold`]).
+    pub fn release(&mut self, id: u64) {
+        if let Some(n) = self.held.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&id);
+            }
+        }
+    }
+
+    /// True while a reader holds point `id`.
+    #[must_use]
+    pub fn is_held(&self, id: u64) -> bool {
+        self.held.contains_key(&id)
     }
 
     /// Retained recovery points, oldest first.
