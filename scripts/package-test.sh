@@ -49,11 +49,39 @@ check "fish completion" test -s /usr/share/fish/vendor_completions.d/sitrep.fish
 check "agent state 0700" mode_is 700 /var/lib/sitrep/agent
 check "server store 0700" mode_is 700 /var/lib/sitrep/server
 check "pki dir 0700" mode_is 700 /etc/sitrep/pki
-check "conffiles" bash -c 'dpkg-query -W -f="\${Conffiles}" sitrep | grep -q /etc/sitrep/agent.toml'
+for f in agent.toml server.toml agent.env server.env; do
+    check "conffile $f" bash -c "dpkg-query -W -f='\${Conffiles}' sitrep | grep -q /etc/sitrep/$f"
+done
 # verify needs the units' binaries to exist: run it against the installed package.
 units=(/lib/systemd/system/sitrep-agent.service /lib/systemd/system/sitrep-server.service
     /lib/systemd/system/sitrep-ublk@.service)
 check "systemd-analyze verify" systemd-analyze verify "${units[@]}"
+
+# The packaged config files are what the units run: each daemon starts from its file alone
+# (a test socket and listen address added on the command line, which wins) and serves.
+/usr/bin/sitrep certs init --dir /etc/sitrep/pki --name pkgtest --san 127.0.0.1 >/dev/null
+runs_from_config() {
+    local daemon=$1 sock pid rc=1
+    sock=$(mktemp -u "/tmp/sitrep-pkg-$daemon.XXXXXX")
+    local extra=()
+    [[ $daemon == server ]] && extra=(--listen 127.0.0.1:0)
+    /usr/bin/sitrep "$daemon" --config "/etc/sitrep/$daemon.toml" --socket "$sock" "${extra[@]}" \
+        2>"/tmp/sitrep-pkg-$daemon.log" &
+    pid=$!
+    for _ in $(seq 150); do
+        if /usr/bin/sitrep status --socket "$sock" --json >/dev/null 2>&1; then
+            rc=0
+            break
+        fi
+        sleep 0.2
+    done
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+    [[ $rc == 0 ]] || cat "/tmp/sitrep-pkg-$daemon.log" >&2
+    return $rc
+}
+check "server runs from /etc/sitrep/server.toml" runs_from_config server
+check "agent runs from /etc/sitrep/agent.toml" runs_from_config agent
 
 # Removal keeps keys, policy and state; purge deletes them.
 touch /etc/sitrep/pki/key.pem /var/lib/sitrep/agent/marker

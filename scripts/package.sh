@@ -6,8 +6,8 @@
 #
 # The tree is staged by hand and packed with `dpkg-deb --root-owner-group` rather than with
 # cargo-deb: nothing more to compile in CI, and what goes where is this one file
-# (packaging/README.md lists it). Man pages and completions come from the binary itself
-# (`sitrep generate`), so they match its flags.
+# (packaging/README.md lists it). Man pages, completions and the config files come from the
+# binary itself (`sitrep generate`), so they match its flags.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -68,8 +68,13 @@ install -D -m 0644 "$comp/sitrep.fish" "$stage/usr/share/fish/vendor_completions
 for unit in packaging/systemd/*.service; do
     install -D -m 0644 "$unit" "$stage/lib/systemd/system/$(basename "$unit")"
 done
-for f in agent.toml agent.env server.env; do
+for f in agent.env server.env; do
     install -D -m 0644 "packaging/etc/$f" "$stage/etc/sitrep/$f"
+done
+# The config files from the binary too: every flag with its help and default.
+for d in agent server; do
+    "$bin" generate config "$d" >"$stage/etc/sitrep/$d.toml"
+    chmod 0644 "$stage/etc/sitrep/$d.toml"
 done
 install -D -m 0644 README.md "$stage/usr/share/doc/sitrep/README.md"
 install -D -m 0644 packaging/README.md "$stage/usr/share/doc/sitrep/packaging.md"

@@ -117,10 +117,15 @@ impl DiskPolicy {
     }
 }
 
-/// The agent's policy file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+/// The agent's config file (`sitrep agent --config`): its `[[disk]]` policy, and its
+/// `[agent]` settings (flags, merged before the command line is parsed: the CLI's
+/// `settings.rs`; kept here only to see them change on a re-read).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
+    /// The agent's settings (its flags by long name), as written.
+    #[serde(default)]
+    pub agent: Option<toml::Table>,
     /// Disks to protect when the agent starts (already protected ones are left as they are).
     #[serde(default)]
     pub disk: Vec<DiskPolicy>,
@@ -162,6 +167,8 @@ pub struct PolicyChanges {
     pub changed: Vec<DiskPolicy>,
     /// Entries of the older file whose device the newer one does not list.
     pub removed: Vec<DiskPolicy>,
+    /// The `[agent]` settings differ (they apply at the agent's next start).
+    pub settings: bool,
 }
 
 impl PolicyFile {
@@ -183,6 +190,7 @@ impl PolicyFile {
             .filter(|d| find(newer, &d.device).is_none())
             .cloned()
             .collect();
+        c.settings = self.agent != newer.agent;
         c
     }
 }
@@ -298,11 +306,12 @@ mod tests {
         assert_eq!(PolicyFile::default().changes(&new).added, new.disk);
     }
 
-    /// The commented default policy the package ships (packaging/etc/agent.toml): as shipped
+    /// The commented default policy the package ships (packaging/etc/disks.toml, the end of
+    /// /etc/sitrep/agent.toml): as shipped
     /// it lists no disk, and uncommented its example uses every key with a valid value.
     #[test]
     fn the_shipped_policy_file_loads_as_is_and_uncommented() {
-        let shipped = include_str!("../../packaging/etc/agent.toml");
+        let shipped = include_str!("../../packaging/etc/disks.toml");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, shipped).unwrap();

@@ -8,6 +8,7 @@
 mod cli;
 mod human;
 mod out;
+mod settings;
 mod stop;
 
 use std::process::ExitCode;
@@ -154,7 +155,14 @@ pub(crate) enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv = match settings::merge(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sitrep: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             // Help, version or a usage error: printed like `Cli::parse` would, but a failing

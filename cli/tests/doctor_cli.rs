@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const ALL_IDS: [&str; 22] = [
+const ALL_IDS: [&str; 24] = [
     "root",
     "kernel-version",
     "kernel-btf",
@@ -28,6 +28,8 @@ const ALL_IDS: [&str; 22] = [
     "state-mode",
     "store-space",
     "store-mode",
+    "agent-config",
+    "server-config",
     "agent-socket",
     "agent-unit",
     "server-socket",

@@ -67,6 +67,12 @@ impl Agent {
                 start.push(d.clone());
             }
         }
+        if c.settings {
+            tracing::warn!(
+                "policy: the [agent] settings changed; they apply when the agent restarts \
+                 (systemctl restart sitrep-agent)"
+            );
+        }
         for d in &c.removed {
             tracing::warn!(
                 device = %d.device,

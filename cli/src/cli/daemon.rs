@@ -1,8 +1,9 @@
 //! `sitrep server` and `sitrep agent`: the two daemons, in the foreground (systemd-friendly:
 //! logs to stderr, a clean stop on SIGTERM or Ctrl-C, `READY=1` to `NOTIFY_SOCKET` once
-//! serving). SIGHUP (`systemctl reload`): the agent re-reads its `--config` policy file and
-//! protects the disks it newly lists (see `primary/src/policy.rs`); the server has nothing to
-//! re-read (its settings are flags) and logs that it ignores the signal.
+//! serving). Settings come from flags and the `--config` file (`crate::settings`). SIGHUP
+//! (`systemctl reload`): the agent re-reads its `--config` file and protects the disks it
+//! newly lists (see `primary/src/policy.rs`; changed `[agent]` settings wait for a restart);
+//! the server's settings are read at start only, and it logs that it ignores the signal.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,12 +20,18 @@ pub(crate) struct ServerArgs {
     /// Address to listen on for agents (mutual TLS).
     #[arg(long, default_value = "0.0.0.0:9443")]
     listen: String,
-    /// Where replicas live: STORE/disks/NAME/{replica.img,state.json,staging/}.
+    /// Settings file (TOML): a `[server]` table whose keys are these flags' long names,
+    /// e.g. `retain = "7d"` (`sitrep generate config server` prints them all with their
+    /// defaults). A flag on the command line wins over the file. Read at start only.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where replicas live: STORE/disks/NAME/{replica.img,state.json,staging/}. Required,
+    /// here or as `store` in the --config file.
     #[arg(long)]
     store: PathBuf,
     /// PKI directory with ca.pem, cert.pem, key.pem (`sitrep certs init` makes one). Agents
     /// must present a certificate from the same CA; the server's certificate must name the
-    /// address agents dial (`--san`).
+    /// address agents dial (`--san`). Required, here or in the --config file.
     #[arg(long)]
     pki: PathBuf,
     /// Control socket for `sitrep status` / `sitrep points` on this host.
@@ -83,17 +90,21 @@ pub(crate) struct ServerArgs {
 #[derive(Args)]
 pub(crate) struct AgentArgs {
     /// State directory: one STATE/disks/NAME/ per protected disk (its logs and progress).
+    /// Required, here or as `state` in the --config file.
     #[arg(long)]
     state: PathBuf,
     /// PKI directory with ca.pem, cert.pem, key.pem (a cert issued by the server's CA with
-    /// `sitrep certs issue`).
+    /// `sitrep certs issue`). Required, here or in the --config file.
     #[arg(long)]
     pki: PathBuf,
     /// Control socket for `sitrep protect/status/jobs/...` on this host.
     #[arg(long, default_value = AGENT_SOCKET)]
     socket: PathBuf,
-    /// Policy file (TOML, strict) listing disks to protect at start.
-    #[arg(long)]
+    /// Config file (TOML, strict): an `[agent]` table whose keys are these flags' long
+    /// names (`max_rate = "50M"`; a flag on the command line wins; read at start), and the
+    /// `[[disk]]` tables of disks to protect at start and on SIGHUP. `sitrep generate config
+    /// agent` prints every key with its default.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Bandwidth limit per disk, bytes per second (e.g. 50M).
     #[arg(long)]
@@ -198,7 +209,9 @@ fn ignore_hangups() {
     tokio::spawn(async move {
         let Some(mut hup) = hangups() else { return };
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: the server has nothing to re-read (restart it for new flags)");
+            tracing::info!(
+                "SIGHUP: ignored; the server reads its flags and --config file at start only (restart it)"
+            );
         }
     });
 }

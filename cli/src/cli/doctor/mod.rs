@@ -5,7 +5,8 @@
 //! touches the kernel (`bpf-load`) loads the tracker's programs with the smallest maps,
 //! attaches, detaches and unloads them — nothing is pinned, nothing stays behind. Checks are
 //! grouped by topic: [`kernel`] (BPF), [`devices`] (ublk, loop, fsfreeze), [`clock`],
-//! [`certs`], [`space`] (state and store directories) and [`daemons`] (sockets, units).
+//! [`certs`], [`space`] (state and store directories), [`config`] (the daemons' config files)
+//! and [`daemons`] (sockets, units).
 //!
 //! Which checks run follows `--role`: the agent needs BPF, fsfreeze and its state directory;
 //! the server its store; both need the clock, the PKI directory, loop devices (failover) and
@@ -14,6 +15,7 @@
 mod certs;
 mod check;
 mod clock;
+mod config;
 mod daemons;
 mod devices;
 mod kernel;
@@ -31,6 +33,9 @@ use crate::Outcome;
 const DEFAULT_STATE: &str = "/var/lib/sitrep/agent";
 /// The server's store the package makes.
 const DEFAULT_STORE: &str = "/var/lib/sitrep/server";
+/// The config files the package's units name.
+const DEFAULT_AGENT_CONFIG: &str = "/etc/sitrep/agent.toml";
+const DEFAULT_SERVER_CONFIG: &str = "/etc/sitrep/server.toml";
 /// The PKI directory the package's units name.
 const DEFAULT_PKI: &str = "/etc/sitrep/pki";
 
@@ -71,6 +76,12 @@ pub(crate) struct DoctorArgs {
     /// exists].
     #[arg(long)]
     pki: Option<PathBuf>,
+    /// The agent's config file [default: /etc/sitrep/agent.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    agent_config: Option<PathBuf>,
+    /// The server's config file [default: /etc/sitrep/server.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    server_config: Option<PathBuf>,
     /// The agent's control socket.
     #[arg(long, default_value = AGENT_SOCKET)]
     agent_socket: PathBuf,
@@ -147,6 +158,23 @@ fn daemon(d: daemons::Daemon, socket: &Path, root: bool) -> [Check; 2] {
     [sock, daemons::unit(d)]
 }
 
+/// `agent-config` / `server-config`.
+fn config_file(flag: Option<&Path>, daemon: &'static str) -> Check {
+    let (id, flag_name, default) = if daemon == "agent" {
+        ("agent-config", "--agent-config", DEFAULT_AGENT_CONFIG)
+    } else {
+        ("server-config", "--server-config", DEFAULT_SERVER_CONFIG)
+    };
+    match locate(flag, flag_name, default) {
+        Dir::At(p) => config::config(id, daemon, &p),
+        Dir::Absent(name, default) => Check::skip(
+            id,
+            format!("{daemon} config file"),
+            Dir::absent(name, default),
+        ),
+    }
+}
+
 /// Every check for `a`, in the order printed.
 fn gather(a: &DoctorArgs) -> Vec<Check> {
     let root = kernel::is_root();
@@ -183,6 +211,12 @@ fn gather(a: &DoctorArgs) -> Vec<Check> {
     if server {
         let dir = locate(a.store.as_deref(), "--store", DEFAULT_STORE);
         c.extend(data_dir(&dir, ["store-space", "store-mode"], "store"));
+    }
+    if agent {
+        c.push(config_file(a.agent_config.as_deref(), "agent"));
+    }
+    if server {
+        c.push(config_file(a.server_config.as_deref(), "server"));
     }
     if agent {
         c.extend(daemon(daemons::AGENT, &a.agent_socket, root));
