@@ -158,8 +158,10 @@ fn values(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<Option<String>>, S
             toml::Value::String(s) => Ok(s.clone()),
             toml::Value::Integer(i) => Ok(i.to_string()),
             toml::Value::Float(f) => Ok(f.to_string()),
+            // A flag taking true/false (`--trust-clean-reboot false`).
+            toml::Value::Boolean(b) => Ok(b.to_string()),
             other => Err(format!(
-                "expected a string or a number, found {}",
+                "expected a string, a number or a boolean, found {}",
                 other.type_str()
             )),
         }

@@ -141,6 +141,60 @@ impl DeviceInfo {
     }
 }
 
+impl DeviceInfo {
+    /// A name for the device that survives a reboot (its `dev_t` may not), to recognise it
+    /// after one (`continuity.rs`): the disk's WWN or serial number, a device-mapper UUID, or
+    /// a loop device's backing file (path, inode and offset); a partition adds its number to
+    /// its disk's. `None` when the device has none of these: then no clean stop is trusted
+    /// across a reboot.
+    #[must_use]
+    pub fn identity(&self) -> Option<String> {
+        let sys = sysfs_dir(self.major, self.minor);
+        if sys.join("partition").exists() {
+            let part = read_trimmed(&sys.join("partition"))?;
+            return disk_identity(&sys.join(".."), self.major, self.minor)
+                .map(|d| format!("{d}:part{part}"));
+        }
+        disk_identity(&sys, self.major, self.minor)
+    }
+}
+
+/// The identity of the whole disk at `sys` (see [`DeviceInfo::identity`]).
+fn disk_identity(sys: &Path, major: u32, minor: u32) -> Option<String> {
+    if let Some(w) = read_trimmed(&sys.join("device/wwid")) {
+        return Some(format!("wwid:{w}"));
+    }
+    for f in ["serial", "device/serial"] {
+        if let Some(s) = read_trimmed(&sys.join(f)) {
+            return Some(format!("serial:{s}"));
+        }
+    }
+    if let Some(u) = read_trimmed(&sys.join("dm/uuid")) {
+        return Some(format!("dm:{u}"));
+    }
+    if let Some(file) = read_trimmed(&sys.join("loop/backing_file")) {
+        // A deleted backing file reads as `PATH (deleted)`: its metadata is not found.
+        let m = std::fs::metadata(&file).ok()?;
+        let offset = read_trimmed(&sys.join("loop/offset")).unwrap_or_else(|| "0".into());
+        return Some(format!("loop:{file}:{}:{}@{offset}", m.dev(), m.ino()));
+    }
+    // udev's database, for disks whose driver exposes neither (ID_WWN, ID_SERIAL).
+    let db = std::fs::read_to_string(format!("/run/udev/data/b{major}:{minor}")).ok()?;
+    ["E:ID_WWN=", "E:ID_SERIAL="].iter().find_map(|k| {
+        db.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| format!("udev:{v}"))
+    })
+}
+
+/// A sysfs attribute's text, trimmed; `None` if unreadable or empty.
+fn read_trimmed(p: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(p).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 

@@ -57,6 +57,10 @@ pub struct TrackerConfig {
     /// change is recorded at queue time too, at about 1.5x the per-write cost. False gives
     /// completion-only tracking (one hook per I/O), which loses those writes.
     pub mark_at_queue: bool,
+    /// Whether a clean stop in an earlier boot continues the chain with no resync, when the
+    /// device is the same and nothing changed it in this boot before tracking began
+    /// (`continuity.rs`). Default true (the agent's `--trust-clean-reboot`).
+    pub trust_clean_reboot: bool,
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
     pub pause: Option<Arc<AtomicBool>>,
@@ -84,6 +88,7 @@ impl Default for TrackerConfig {
             write_bitmap: true,
             write_bitmap_bytes: 8 << 20,
             mark_at_queue: true,
+            trust_clean_reboot: true,
             pause: None,
             skip_completions: None,
         }
@@ -269,7 +274,12 @@ impl Tracker {
             return Err(e);
         }
         // Tracking is live: only now may the counters vouch for the untracked interval.
-        let gap = restart_gap(saved.as_ref(), prev_clean_id.as_deref(), &info);
+        let gap = restart_gap(
+            saved.as_ref(),
+            prev_clean_id.as_deref(),
+            &info,
+            self.cfg.trust_clean_reboot,
+        );
         if let Some(why) = &gap {
             let reason = match resume {
                 Resume::Clean { .. } => GapReason::NotTracking,
@@ -393,7 +403,15 @@ impl Tracker {
         let _ = self.control(|reply| Ctrl::OwnLogs(own_logs, reply));
         let clean = match (quiet, boot_id(), &removed) {
             (Some(c), Ok(boot), Ok(())) => Some(CleanStop {
-                version: 1,
+                version: continuity::VERSION,
+                identity: disk.info.identity(),
+                stopped_unix_ns: u64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos(),
+                )
+                .unwrap_or(u64::MAX),
                 boot_id: boot,
                 major: disk.info.major,
                 minor: disk.info.minor,
@@ -642,10 +660,24 @@ fn is_stacked((major, minor): (u32, u32)) -> bool {
 /// stop's. A bio queued just before registration may sit in a plug list or the I/O
 /// scheduler without counting as in flight; if it completes within the settle time it moves
 /// the counters and forces the gap (see docs/tracking.md for the residual window).
-fn restart_gap(saved: Option<&CleanStop>, prev: Option<&str>, info: &DeviceInfo) -> Option<String> {
+fn restart_gap(
+    saved: Option<&CleanStop>,
+    prev: Option<&str>,
+    info: &DeviceInfo,
+    trust_clean_reboot: bool,
+) -> Option<String> {
+    let identity = info.identity();
     let check = || -> Option<String> {
         match (boot_id(), info.io_counters()) {
-            (Ok(boot), Ok(now)) => continuity::check(saved, prev, info, &boot, &now).err(),
+            (Ok(boot), Ok(counters)) => {
+                let now = continuity::Start {
+                    boot_id: &boot,
+                    counters: &counters,
+                    identity: identity.as_deref(),
+                    trust_clean_reboot,
+                };
+                continuity::check(saved, prev, info, &now).err()
+            }
             (Err(e), _) | (_, Err(e)) => Some(format!("cannot read device counters: {e}")),
         }
     };

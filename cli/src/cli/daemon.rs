@@ -145,6 +145,13 @@ pub(crate) struct AgentArgs {
     /// e.g. 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// After a clean stop and a reboot, continue each disk's change log with no resync when
+    /// the device is the same one (its WWN, serial, dm UUID or loop backing file, and its
+    /// size) and nothing changed it in this boot before tracking began. A write made while
+    /// sitrep was down by another system (another OS booted on the disk) is then not seen;
+    /// `sitrep verify NAME` finds it. `false`: every reboot costs a checksum resync.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    trust_clean_reboot: bool,
 }
 
 /// Logs to stderr (`RUST_LOG`, default `info`).
@@ -292,7 +299,10 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         compress_level: (a.compress_level != 0).then_some(a.compress_level),
         compress_auto: a.compression == "auto",
         policy,
-        tracker: tracker_bpf::TrackerConfig::default(),
+        tracker: tracker_bpf::TrackerConfig {
+            trust_clean_reboot: a.trust_clean_reboot,
+            ..tracker_bpf::TrackerConfig::default()
+        },
         offer_every_cycle: a.unsafe_offer_every_cycle,
         resync_window: primary::resync::ResyncWindow::parse(&a.resync_window)
             .map_err(anyhow::Error::msg)?,

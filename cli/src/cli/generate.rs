@@ -129,7 +129,11 @@ pub(crate) fn config_file(daemon: &str) -> anyhow::Result<String> {
 
 /// `v` as a TOML value: a bare number if it is one, else a quoted string.
 fn toml_value(v: &str) -> String {
-    if v.parse::<i64>().is_ok() || (v.parse::<f64>().is_ok() && v.contains('.')) {
+    if v.parse::<i64>().is_ok()
+        || (v.parse::<f64>().is_ok() && v.contains('.'))
+        || v == "true"
+        || v == "false"
+    {
         v.to_string()
     } else {
         toml::Value::String(v.to_string()).to_string()

@@ -49,11 +49,19 @@ fn a_switch_is_a_boolean_and_a_value_is_a_string_or_a_number() {
     assert!(a.contains(&"--compress-level=-3".to_string()), "{a:?}");
     assert!(a.contains(&"--retry-unit=0.5".to_string()), "{a:?}");
     assert!(crate::Cli::try_parse_from(&a).is_ok(), "{a:?}");
-    let e = merged("agent", "[agent]\nmetrics = true\n", &[]).unwrap_err();
+    let e = merged("agent", "[agent]\nmetrics = [1]\n", &[]).unwrap_err();
     assert!(
         e.contains("metrics") && e.contains("expected a string"),
         "{e}"
     );
+    // A flag taking a boolean value.
+    let a = merged("agent", "[agent]\ntrust_clean_reboot = false\n", &[]).unwrap();
+    assert!(
+        a.contains(&"--trust-clean-reboot=false".to_string()),
+        "{a:?}"
+    );
+    let e = merged("agent", "[agent]\ntrust_clean_reboot = \"maybe\"\n", &[]).unwrap_err();
+    assert!(e.contains("trust_clean_reboot"), "{e}");
 }
 
 #[test]
