@@ -53,6 +53,8 @@ APT_PACKAGES=(
     # systemd-udevd in the guest, /dev/virtio-ports/* links are missing and virtme-ng-init
     # runs --exec on the console, so vng prints nothing and exits 255.
     qemu-system-x86 busybox-static file binutils udev
+    # VM reboot test (scripts/vm-reboot-test.sh): reads the agent's status JSON.
+    jq
     # Package tier (scripts/package-test.sh): `systemd-analyze verify` on the units.
     systemd
 )

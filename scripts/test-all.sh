@@ -9,6 +9,8 @@
 #   host   cargo test --workspace: unit tests + root tier (tests/tests/root_*.rs); VM-tier tests
 #          print SKIP on the host, because the next step runs them
 #   vm     scripts/vm-tests.sh: VM tier inside the Debian 6.12 kernel
+#   reboot scripts/vm-reboot-test.sh: the same disks booted four times (clean reboots: no
+#          resync when trusted, a resync after an untracked write); ~4 min
 #   fuzz   scripts/fuzz.sh, if present and executable
 #   bench  scripts/bench.sh --quick, then `sitrep-bench check`: a smoke test of the benchmark
 #          harness (it runs every scenario and writes a well-formed report; no timing is
@@ -69,6 +71,7 @@ ensure_vng_on_path
 tier deny cargo deny check bans licenses sources
 tier host timeout --kill-after=30s 40m cargo test --workspace --no-fail-fast
 tier vm timeout --kill-after=30s 25m scripts/vm-tests.sh
+tier reboot timeout --kill-after=30s 15m scripts/vm-reboot-test.sh
 if [[ -x scripts/fuzz.sh ]]; then
     tier fuzz timeout --kill-after=30s 10m scripts/fuzz.sh
 else
