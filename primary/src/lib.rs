@@ -27,6 +27,7 @@ pub mod cycle;
 mod cycles;
 pub mod freeze;
 mod jobs;
+mod late;
 mod owner;
 mod phase;
 mod planned;
@@ -515,12 +516,18 @@ pub async fn run_reloading(
         next_job: AtomicU64::new(0),
         control: control_socket.shared(),
     });
+    let mut missing = Vec::new();
     for prot in Protection::load_all(&opts.state)? {
+        if !late::present(&prot.device) {
+            missing.push(prot);
+            continue;
+        }
         let name = prot.name.clone();
         if let Err(e) = agent.start_disk(prot, false) {
             tracing::error!("disk {name}: cannot resume protection: {e:#}");
         }
     }
+    agent.resume_when_present(missing);
     let mut applied = opts.policy.clone().unwrap_or_default();
     agent.protect_listed(&applied.disk).await;
     if let Some(listener) = metrics {
