@@ -34,7 +34,14 @@ fn a_device_missing_at_start_is_resumed_when_it_appears() {
     let s = sites.sock("a");
     ctl(
         &s,
-        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "late"],
+        &[
+            "protect",
+            &p(d.path()),
+            "--to",
+            &sites.to(),
+            "--name",
+            "late",
+        ],
     );
     wait_caught_up(&s, "late");
     agent.stop();
@@ -46,7 +53,10 @@ fn a_device_missing_at_start_is_resumed_when_it_appears() {
         assert!(Instant::now() < deadline, "{}", agent.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!listed(&s, "late"), "a disk without its device is not running");
+    assert!(
+        !listed(&s, "late"),
+        "a disk without its device is not running"
+    );
     // The same backing comes back at the same node: the protection resumes by itself.
     losetup(&[&p(d.path()), &p(d.backing())]);
     random_region(d.path(), 2, 4);
@@ -55,7 +65,11 @@ fn a_device_missing_at_start_is_resumed_when_it_appears() {
         assert!(Instant::now() < deadline, "{}", agent.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(agent.log_text().contains("device appeared; protection resumed"));
+    assert!(
+        agent
+            .log_text()
+            .contains("device appeared; protection resumed")
+    );
     // Whatever happened while it was away (a re-attached loop device restarts its counters:
     // a resync) and since, the replica ends up as the source.
     wait_caught_up(&s, "late");

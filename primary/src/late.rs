@@ -64,7 +64,9 @@ impl Agent {
                     }
                     let name = p.name.clone();
                     match tokio::task::block_in_place(|| agent.start_disk(p, false)) {
-                        Ok(_) => tracing::info!(disk = %name, "device appeared; protection resumed"),
+                        Ok(_) => {
+                            tracing::info!(disk = %name, "device appeared; protection resumed")
+                        }
                         Err(e) => tracing::error!("disk {name}: cannot resume protection: {e:#}"),
                     }
                 }
