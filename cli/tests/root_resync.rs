@@ -158,7 +158,8 @@ fn a_tracking_gap_is_repaired_by_sending_only_the_differing_blocks() {
     // The point kept across the repair is mid-slot: keep every point (retention is not
     // what is tested).
     let sites = Sites::with_server_args(&["--keep-points", "1000"]);
-    let mut agent = sitrep_tests_agent(&sites);
+    // No crash sentinel: the kill below must cost a whole-disk gap, which is what is tested.
+    let mut agent = sites.agent_with("a", "pki-a", &["--crash-sentinel", "false"]);
     let d = loop_dev(128);
     random_region(d.path(), 0, 96);
     let s = sites.sock("a");

@@ -37,6 +37,14 @@ pub(crate) enum DiskMsg {
     Rotate(Sender<Result<SealedLog>>),
     /// Append a consistency tag (after everything queued before it) and commit.
     Tag(u64, Sender<Result<()>>),
+    /// Write everything queued before it into the log (the crash sentinel's barrier).
+    Commit(Sender<Result<()>>),
+    /// Record a tracking gap over these ranges only (after a crash, from the sentinel).
+    GapExtents {
+        reason: GapReason,
+        why: String,
+        extents: Vec<Extent>,
+    },
     /// Flush, seal, and (if given) write the clean-stop record.
     Stop(Option<CleanStop>, Sender<Result<StopReport>>),
 }
@@ -155,6 +163,23 @@ impl DiskThread {
                     self.flush(&mut window);
                     since = None;
                     self.missed(sectors, carry);
+                }
+                Ok(DiskMsg::Commit(reply)) => {
+                    self.flush(&mut window);
+                    since = None;
+                    let r = self.writer.commit().map(|_| ());
+                    let _ = reply.send(r.map_err(|e| self.log_err(e)));
+                }
+                Ok(DiskMsg::GapExtents {
+                    reason,
+                    why,
+                    extents,
+                }) => {
+                    tracing::warn!(device = %self.device.display(), %why, "tracking gap");
+                    for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
+                        self.gap(reason, GapScope::Extents(chunk.to_vec()));
+                    }
+                    self.commit();
                 }
                 Ok(DiskMsg::Tag(tag, reply)) => {
                     self.flush(&mut window);

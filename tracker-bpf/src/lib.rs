@@ -23,6 +23,7 @@ mod attach;
 pub mod coalesce;
 mod completions;
 pub mod continuity;
+mod crash;
 mod ctrl;
 pub mod device;
 mod disk;
@@ -32,7 +33,8 @@ mod fine;
 mod kernel_stats;
 mod load;
 mod poller;
-mod skel;
+pub mod sentinel;
+pub(crate) mod skel;
 mod tracker;
 mod words;
 

@@ -61,6 +61,9 @@ pub struct TrackerConfig {
     /// device is the same and nothing changed it in this boot before tracking began
     /// (`continuity.rs`). Default true (the agent's `--trust-clean-reboot`).
     pub trust_clean_reboot: bool,
+    /// Where to pin the crash sentinel (a directory of bpffs, one per agent: see
+    /// [`crate::sentinel::dir_for`]); `None`: no sentinel, a crash costs a whole-disk gap.
+    pub sentinel: Option<PathBuf>,
     /// Test seam: while set, the poller stops draining the ring buffer (a stalled
     /// consumer), so the kernel falls back to the bitmap.
     pub pause: Option<Arc<AtomicBool>>,
@@ -89,6 +92,7 @@ impl Default for TrackerConfig {
             write_bitmap_bytes: 8 << 20,
             mark_at_queue: true,
             trust_clean_reboot: true,
+            sentinel: None,
             pause: None,
             skip_completions: None,
         }
@@ -109,6 +113,9 @@ pub struct AddReport {
     /// `None` if tracking continues the previous chain with nothing missed; otherwise why
     /// the log starts with a whole-disk gap.
     pub gap: Option<String>,
+    /// After a crash, when the crash sentinel knew what may be unlogged: why the log starts
+    /// with a gap over those ranges only (shipped like any change; no resync).
+    pub scoped_gap: Option<String>,
 }
 
 /// What [`Tracker::cut`] did.
@@ -151,6 +158,8 @@ pub struct Tracker {
     kernel: Arc<Mutex<KernelStats>>,
     attached: Attached,
     disks: BTreeMap<u16, Disk>,
+    /// The crash sentinel and its round (`crash.rs`), if configured and available.
+    guard: Option<crate::crash::Guard>,
 }
 
 impl Tracker {
@@ -194,6 +203,10 @@ impl Tracker {
         let attached = ready_rx
             .recv()
             .map_err(|_| Error::Bpf("poller thread exited during load".into()))??;
+        let guard = cfg
+            .sentinel
+            .as_deref()
+            .and_then(|dir| crate::crash::Guard::start(dir, ctrl.clone()));
         Ok(Self {
             cfg,
             ctrl,
@@ -201,6 +214,7 @@ impl Tracker {
             kernel,
             attached,
             disks: BTreeMap::new(),
+            guard,
         })
     }
 
@@ -261,6 +275,7 @@ impl Tracker {
             marked_since: None,
             marked_from_add: false,
         };
+        let watch = self.guard.as_ref().and_then(|g| g.watch(&info, disk_id.0));
         let log_fs = fs_device(log_dir);
         // The queue hook must run before the device is registered if sitrep's own log
         // writes can reach it.
@@ -274,21 +289,37 @@ impl Tracker {
             return Err(e);
         }
         // Tracking is live: only now may the counters vouch for the untracked interval.
-        let gap = restart_gap(
+        let mut gap = restart_gap(
             saved.as_ref(),
             prev_clean_id.as_deref(),
             &info,
             self.cfg.trust_clean_reboot,
         );
+        let mut scoped = None;
         if let Some(why) = &gap {
             let reason = match resume {
                 Resume::Clean { .. } => GapReason::NotTracking,
                 _ => GapReason::NoCleanPredecessor,
             };
-            let _ = tx.send(DiskMsg::Gap {
+            let crashed = matches!(resume, Resume::Recovered { .. });
+            let msg = crate::crash::gap_msg(
+                self.guard.as_ref().filter(|_| crashed),
+                watch.as_ref(),
+                &info,
                 reason,
-                why: why.clone(),
-            });
+                why,
+            );
+            if let DiskMsg::GapExtents { why, .. } = &msg {
+                // Not a whole-disk gap: the ranges are shipped like any other.
+                scoped = Some(why.clone());
+            }
+            let _ = tx.send(msg);
+        }
+        if scoped.is_some() {
+            gap = None;
+        }
+        if let (Some(g), Some(w)) = (&self.guard, watch) {
+            g.track(slot, w, tx.clone());
         }
         self.disks.insert(
             slot,
@@ -306,6 +337,7 @@ impl Tracker {
             disk_id,
             resume,
             gap,
+            scoped_gap: scoped,
         })
     }
 
@@ -398,6 +430,9 @@ impl Tracker {
         };
         // Counters first, while still tracked: see continuity.rs for why this order.
         let quiet = quiet_counters(&disk.info);
+        if let Some(g) = &self.guard {
+            g.unwatch(slot, &disk.info);
+        }
         let removed = self.control(|reply| Ctrl::Remove(slot, reply));
         let own_logs = self.own_logs_tracked(None);
         let _ = self.control(|reply| Ctrl::OwnLogs(own_logs, reply));
@@ -560,6 +595,9 @@ impl Tracker {
                     first_err.get_or_insert(e);
                 }
             }
+        }
+        if let Some(g) = self.guard.take() {
+            g.finish();
         }
         self.shutdown();
         first_err.map_or(Ok(reports), Err)

@@ -20,6 +20,13 @@ pub(crate) struct MappedWords {
     map_len: usize,
 }
 
+// SAFETY: the mapping is shared memory that outlives every reference handed out (until
+// drop unmaps it) and is only accessed through `AtomicU64`s, so moving or sharing the handle
+// between threads is as safe as sharing the atomics themselves.
+unsafe impl Send for MappedWords {}
+// SAFETY: as above.
+unsafe impl Sync for MappedWords {}
+
 impl MappedWords {
     pub(crate) fn new(map: &dyn MapCore, words: usize) -> Result<Self> {
         // SAFETY: sysconf has no memory-safety preconditions.

@@ -152,6 +152,16 @@ pub(crate) struct AgentArgs {
     /// `sitrep verify NAME` finds it. `false`: every reboot costs a checksum resync.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     trust_clean_reboot: bool,
+    /// The bpffs where the crash sentinel is pinned (BPF programs that keep marking changes
+    /// while no agent runs, so a crash or a kill costs no resync): BPFFS/sitrep-<id of the
+    /// state directory>. Mounted there if it is not a bpffs yet.
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    bpffs: PathBuf,
+    /// Keep a crash sentinel (see --bpffs): after a crash or a kill -9 the agent re-ships
+    /// only the ranges written meanwhile instead of resyncing whole disks. `false`: every
+    /// agent crash costs a checksum resync of its disks.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    crash_sentinel: bool,
 }
 
 /// Logs to stderr (`RUST_LOG`, default `info`).
@@ -291,6 +301,9 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
     if !(a.retry_unit > 0.0 && a.retry_unit <= 3600.0) {
         anyhow::bail!("--retry-unit must be between 0 and 3600 seconds");
     }
+    // The sentinel's pin directory is named after the state directory's canonical path.
+    std::fs::create_dir_all(&a.state)
+        .map_err(|e| anyhow::anyhow!("state {}: {e}", a.state.display()))?;
     let opts = primary::AgentOptions {
         state: a.state.clone(),
         socket: a.socket.clone(),
@@ -301,6 +314,9 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         policy,
         tracker: tracker_bpf::TrackerConfig {
             trust_clean_reboot: a.trust_clean_reboot,
+            sentinel: a
+                .crash_sentinel
+                .then(|| tracker_bpf::sentinel::dir_for(&a.bpffs, &a.state)),
             ..tracker_bpf::TrackerConfig::default()
         },
         offer_every_cycle: a.unsafe_offer_every_cycle,

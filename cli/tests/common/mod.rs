@@ -115,6 +115,20 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // A killed agent leaves its crash sentinel pinned (that is what it is for); the
+        // test is over, so its programs go with it.
+        if let Some(i) = self.args.iter().position(|a| a == "--state")
+            && self.args.first().is_some_and(|a| a == "agent")
+        {
+            let state = PathBuf::from(&self.args[i + 1]);
+            let pins = tracker_bpf::sentinel::dir_for(&test_bpffs(), &state);
+            if let Ok(rd) = std::fs::read_dir(&pins) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&pins);
+        }
         if std::thread::panicking() {
             let t = self.log_text();
             let tail: Vec<&str> = t.lines().rev().take(40).collect();
@@ -217,6 +231,8 @@ impl Sites {
                 p(&self.sock(tag)),
                 "--retry-unit".into(),
                 "0.2".into(),
+                "--bpffs".into(),
+                p(&test_bpffs()),
             ]
             .into_iter()
             // Tests resync at once unless they test the window.
@@ -381,6 +397,29 @@ pub fn randwrite(dev: &Path, seconds: u32) {
             "--rate=20m",
         ],
     );
+}
+
+/// A bpffs the agents' crash sentinels pin in: `ip netns exec` gives the agent a fresh /sys,
+/// without the host's /sys/fs/bpf, so the tests mount one under /run (seen from every
+/// namespace's mount table) once.
+pub fn test_bpffs() -> PathBuf {
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    let dir = PathBuf::from("/run/sitrep-tests-bpffs");
+    MOUNT.call_once(|| {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/run/sitrep-tests-bpffs"));
+        if !mounted {
+            let st = Command::new("mount")
+                .args(["-t", "bpf", "bpf", "/run/sitrep-tests-bpffs"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount -t bpf");
+        }
+    });
+    dir
 }
 
 pub fn sitrep_tests_agent(sites: &Sites) -> Daemon {

@@ -1,0 +1,71 @@
+//! Root tier: an agent crash (kill -9) in the middle of a workload costs no resync. The crash
+//! sentinel — BPF programs and maps pinned in bpffs — keeps marking changes while no agent
+//! runs; the next agent adopts it and re-ships only the granules it marked (docs/tracking.md,
+//! "Agent crash"). Replica == source afterwards, and the disk was never copied again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sitrep_tests::replay::{fio, fio_engine};
+
+const DISK_MIB: u64 = 64;
+
+#[test]
+fn a_kill_9_under_writes_costs_no_resync() {
+    if !sitrep_tests::require!(needs: &NEEDS) {
+        return;
+    }
+    let sites = Sites::new();
+    let mut agent = sitrep_tests_agent(&sites);
+    let d = loop_dev(DISK_MIB);
+    let s = sites.sock("a");
+    ctl(
+        &s,
+        &["protect", &p(d.path()), "--to", &sites.to(), "--name", "c"],
+    );
+    wait_caught_up(&s, "c");
+    // 4 KiB random writes over the first 16 MiB; the agent dies in the middle of them.
+    let dev = d.path().to_owned();
+    let writer = std::thread::spawn(move || {
+        fio(
+            &dev,
+            &[
+                "--rw=randwrite",
+                "--bs=4k",
+                "--direct=1",
+                &format!("--ioengine={}", fio_engine()),
+                "--iodepth=8",
+                "--size=16m",
+                "--time_based",
+                "--runtime=4",
+                "--rate=8m",
+            ],
+        );
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.kill9();
+    writer.join().unwrap();
+    // And more while no agent runs at all.
+    random_region(d.path(), 40, 42);
+    agent.spawn();
+    wait_caught_up(&s, "c");
+    let st = disk_status(&s, "c");
+    let log = agent.log_text();
+    assert!(
+        log.contains("crash sentinel kept tracking"),
+        "the restart did not use the sentinel:\n{log}"
+    );
+    assert_eq!(st["resyncs_completed"], 0, "{st}");
+    assert!(
+        st["resync"].is_null() && st["resync_reason"].is_null(),
+        "{st}"
+    );
+    // Only what changed was shipped again, not the disk.
+    let shipped = st["bytes_shipped"].as_u64().unwrap();
+    assert!(shipped < DISK_MIB << 20, "re-shipped {shipped} bytes: {st}");
+    agent.stop();
+    assert_same(d.path(), &sites.replica("c"));
+}
