@@ -289,7 +289,8 @@ pub fn grace_period() -> std::io::Result<()> {
 /// [`BITS`] granules over the device.
 fn granule_shift(nr_sects: u64) -> u32 {
     let mut s = 3;
-    while s < 40 && (nr_sects >> s) > BITS {
+    // Granules needed, rounded up: the last, partial one needs its bit too.
+    while s < 40 && nr_sects.div_ceil(1 << s) > BITS {
         s += 1;
     }
     s
@@ -389,9 +390,9 @@ mod tests {
         assert_eq!(granule_shift(1 << 10), 3);
         assert_eq!(granule_shift(BITS << 3), 3);
         assert_eq!(granule_shift((BITS << 3) + 1), 4);
-        for nr in [1u64 << 20, 1 << 31, 1 << 40] {
+        for nr in [1u64 << 20, (1 << 31) + 7, 1 << 40, (1 << 40) - 1] {
             let s = granule_shift(nr);
-            assert!(nr >> s <= BITS, "{nr}: shift {s}");
+            assert!(nr.div_ceil(1 << s) <= BITS, "{nr}: shift {s}");
         }
         assert_eq!(size_of::<sen_dev>(), 40);
     }
