@@ -92,8 +92,8 @@ impl Guard {
         lock(&self.watched).insert(slot, Watched { watch, tx });
     }
 
-    /// After a crash: what the device may have changed without being logged, if the
-    /// sentinel knows — it was running before this tracker (adopted), watching this device
+    /// What the device may have changed without being logged (after a crash, or while no
+    /// agent ran after a stop), if the sentinel knows — it was running before this tracker (adopted), watching this device
     /// for this chain (`inherited`), and the device is blk-mq (a bio-based device's bio may
     /// complete with only its tail in view; see docs/tracking.md). `Some(None)`: the whole
     /// device.
@@ -102,14 +102,20 @@ impl Guard {
             .then(|| self.sentinel.suspect(w, info.size))
     }
 
-    /// Stops watching the device in slot `slot` (a clean stop).
+    /// Stops watching the device in slot `slot` (its protection ends).
     pub(crate) fn unwatch(&self, slot: u16, info: &DeviceInfo) {
-        lock(&self.watched).remove(&slot);
+        self.untrack(slot);
         self.sentinel.unwatch(info);
     }
 
-    /// Ends the round; with nothing left watched (every device stopped cleanly), unpins the
-    /// sentinel. Otherwise it stays pinned, for the next agent.
+    /// Leaves the device in slot `slot` out of the rounds (its log thread is stopping) but
+    /// watched: the sentinel keeps marking its changes for the next start.
+    pub(crate) fn untrack(&self, slot: u16) {
+        lock(&self.watched).remove(&slot);
+    }
+
+    /// Ends the round; with nothing left watched (every protection ended), unpins the
+    /// sentinel. Otherwise it stays pinned and watching, for the next agent.
     pub(crate) fn finish(mut self) {
         self.end_round();
         if self.sentinel.watched() == 0 {
@@ -170,9 +176,9 @@ fn barrier(ctrl: &Sender<Ctrl>, txs: &[Sender<DiskMsg>]) -> Result<()> {
     Ok(())
 }
 
-/// The gap a start records (`why` the continuity check's reason): scoped to what the
-/// sentinel says may be unlogged when `guard` (given only after a crash) knows the device
-/// (`watch`), else the whole disk.
+/// The gap a start records (`why` the continuity check's reason: a crash, or writes while
+/// no agent ran): scoped to what the sentinel says may be unlogged when it knows the device
+/// (`watch` inherited from the agent before, for the same chain), else the whole disk.
 pub(crate) fn gap_msg(
     guard: Option<&Guard>,
     watch: Option<&Watch>,

@@ -159,6 +159,22 @@ impl DeviceInfo {
     }
 }
 
+impl DeviceInfo {
+    /// The kernel's `diskseq` of the device's disk: a number the kernel gives a disk each
+    /// time it appears (a loop device attached again, a disk plugged in) and never reuses in
+    /// one boot. `None` before Linux 5.15.
+    #[must_use]
+    pub fn diskseq(&self) -> Option<u64> {
+        let sys = sysfs_dir(self.major, self.minor);
+        let disk = if sys.join("partition").exists() {
+            sys.join("..")
+        } else {
+            sys
+        };
+        read_trimmed(&disk.join("diskseq")).and_then(|s| s.parse().ok())
+    }
+}
+
 /// The identity of the whole disk at `sys` (see [`DeviceInfo::identity`]).
 fn disk_identity(sys: &Path, major: u32, minor: u32) -> Option<String> {
     if let Some(w) = read_trimmed(&sys.join("device/wwid")) {

@@ -132,8 +132,14 @@ impl Sentinel {
     pub fn watch(&self, dev: &DeviceInfo, chain: [u8; 16]) -> Result<Watch> {
         let key = dev.kernel_dev().to_ne_bytes();
         let nr_sects = dev.size / 512;
+        // The same dev_t may now be another device, or the same one re-attached (a loop
+        // device detached and attached again: its backing file may have been written
+        // meanwhile, where no tracepoint sees): the identity and the kernel's diskseq (new
+        // at every attach) must match too.
+        let identity = fnv1a(format!("{:?}#{:?}", dev.identity(), dev.diskseq()).as_bytes());
         if let Some(d) = self.entry(&key)
             && d.chain == chain
+            && d.identity == identity
             && (d.start_sect, d.nr_sects) == (dev.start_sect, nr_sects)
         {
             return Ok(Watch {
@@ -153,6 +159,7 @@ impl Sentinel {
             start_sect: dev.start_sect,
             nr_sects,
             chain,
+            identity,
             slot,
             granule_shift: granule_shift(nr_sects),
         };
@@ -261,12 +268,15 @@ impl Sentinel {
 #[must_use]
 pub fn dir_for(bpffs: &Path, state: &Path) -> PathBuf {
     let canon = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_owned());
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in canon.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(canon.as_os_str().as_encoded_bytes());
     bpffs.join(format!("sitrep-{h:016x}"))
+}
+
+/// 64-bit FNV-1a (names and identities, not security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Waits for an RCU grace period: every BPF tracepoint program that started before the call
@@ -368,7 +378,7 @@ fn remove_pins(dir: &Path) {
 
 fn as_bytes(d: &sen_dev) -> &[u8] {
     // SAFETY: sen_dev is a #[repr(C)] struct of integers and a byte array with no padding
-    // (8 + 8 + 16 + 4 + 4 bytes); viewing it as bytes reads only initialised memory.
+    // (8 + 8 + 16 + 8 + 4 + 4 bytes); viewing it as bytes reads only initialised memory.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(d).cast(), size_of::<sen_dev>()) }
 }
 
@@ -394,6 +404,6 @@ mod tests {
             let s = granule_shift(nr);
             assert!(nr.div_ceil(1 << s) <= BITS, "{nr}: shift {s}");
         }
-        assert_eq!(size_of::<sen_dev>(), 40);
+        assert_eq!(size_of::<sen_dev>(), 48);
     }
 }

@@ -301,9 +301,8 @@ impl Tracker {
                 Resume::Clean { .. } => GapReason::NotTracking,
                 _ => GapReason::NoCleanPredecessor,
             };
-            let crashed = matches!(resume, Resume::Recovered { .. });
             let msg = crate::crash::gap_msg(
-                self.guard.as_ref().filter(|_| crashed),
+                self.guard.as_ref(),
                 watch.as_ref(),
                 &info,
                 reason,
@@ -421,17 +420,24 @@ impl Tracker {
     /// The device is not tracked, or its log could not be sealed.
     pub fn remove_device(&mut self, device: &Path) -> Result<StopReport> {
         let slot = self.slot_of(device)?;
-        self.stop_slot(slot)
+        self.stop_slot(slot, true)
     }
 
-    fn stop_slot(&mut self, slot: u16) -> Result<StopReport> {
+    /// Stops tracking the device in `slot`; `unwatch`: the crash sentinel stops watching it
+    /// too (its protection ends). A whole tracker's stop keeps the sentinel watching, so a
+    /// restart that finds the device written meanwhile re-ships those ranges, not the disk.
+    fn stop_slot(&mut self, slot: u16, unwatch: bool) -> Result<StopReport> {
         let Some(disk) = self.disks.remove(&slot) else {
             return Err(Error::Invalid(format!("slot {slot} is not tracked")));
         };
         // Counters first, while still tracked: see continuity.rs for why this order.
         let quiet = quiet_counters(&disk.info);
         if let Some(g) = &self.guard {
-            g.unwatch(slot, &disk.info);
+            if unwatch {
+                g.unwatch(slot, &disk.info);
+            } else {
+                g.untrack(slot);
+            }
         }
         let removed = self.control(|reply| Ctrl::Remove(slot, reply));
         let own_logs = self.own_logs_tracked(None);
@@ -589,7 +595,7 @@ impl Tracker {
         let mut reports = Vec::new();
         let mut first_err = None;
         for s in slots {
-            match self.stop_slot(s) {
+            match self.stop_slot(s, false) {
                 Ok(r) => reports.push(r),
                 Err(e) => {
                     first_err.get_or_insert(e);

@@ -18,6 +18,7 @@ struct sen_dev {
 	__u64 start_sect;    /* partition start, whole-disk sectors */
 	__u64 nr_sects;      /* size in sectors */
 	__u8 chain[16];      /* the disk id of the log chain it watches for */
+	__u64 identity;      /* hash of the device's identity and diskseq, checked on adoption */
 	__u32 slot;          /* 0..SEN_MAX_DEVS: its bitmaps */
 	__u32 granule_shift; /* sectors per bit = 1 << granule_shift */
 };
