@@ -9,8 +9,8 @@
 #   host   cargo test --workspace: unit tests + root tier (tests/tests/root_*.rs); VM-tier tests
 #          print SKIP on the host, because the next step runs them
 #   vm     scripts/vm-tests.sh: VM tier inside the Debian 6.12 kernel
-#   reboot scripts/vm-reboot-test.sh: the same disks booted four times (clean reboots: no
-#          resync when trusted, a resync after an untracked write); ~4 min
+#   reboot scripts/vm-reboot-test.sh: the same disks booted six times (clean reboots: no
+#          resync when trusted; a resync after an untracked write or a killed VM); ~6 min
 #   fuzz   scripts/fuzz.sh, if present and executable
 #   bench  scripts/bench.sh --quick, then `sitrep-bench check`: a smoke test of the benchmark
 #          harness (it runs every scenario and writes a well-formed report; no timing is

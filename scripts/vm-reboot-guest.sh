@@ -13,8 +13,11 @@
 #   trusted   reboot: the agent resumes the chain with no resync; write, replicate, compare
 #   untracked reboot with a write made before the agent starts: a resync must repair it
 #   distrust  reboot with --trust-clean-reboot false: a resync although nothing was written
+#   killed    write while replicating, then the VM dies (sysrq b: no stop, no sync)
+#   afterkill reboot after that: the agent did not stop cleanly, so a resync repairs it
 #
-# Each phase ends with replica == source, byte for byte, with both daemons stopped cleanly.
+# Each phase but `killed` ends with replica == source, byte for byte, with both daemons
+# stopped cleanly.
 set -uo pipefail
 
 phase=$1
@@ -135,6 +138,28 @@ trusted | distrust)
             fail "no gap with --trust-clean-reboot false"
         [[ $(jq -r '.resyncs_completed' <<<"$st") -ge 1 ]] || fail "no resync: $st"
     fi
+    ;;
+killed)
+    start_agent
+    status_of >/dev/null
+    ctl wait r --timeout 600 >/dev/null || fail "wait before the kill"
+    scribble 10
+    # The result first (the share is the host's), then the VM dies mid-flight.
+    echo ok >"$result"
+    sync
+    log "phase killed: sysrq b"
+    echo 1 >/proc/sys/kernel/sysrq
+    echo b >/proc/sysrq-trigger
+    sleep 60
+    fail "still running after sysrq b"
+    ;;
+afterkill)
+    start_agent
+    status_of >/dev/null
+    ctl wait r --timeout 600 >/dev/null || fail "wait after the kill"
+    st=$(ctl status | jq -c '.disks[0]')
+    grep -q "tracking gap" /tmp/agent.log || fail "no tracking gap after the VM was killed"
+    [[ $(jq -r '.resyncs_completed' <<<"$st") -ge 1 ]] || fail "no resync after the kill: $st"
     ;;
 untracked)
     # Written in this boot before tracking began: the agent must not trust the clean stop.

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# VM tier, clean reboots: the same two virtio disks (the protected one, and one holding the
-# agent's state and the server's store) booted four times under qemu, each boot a new kernel
+# VM tier, reboots: the same two virtio disks (the protected one, and one holding the
+# agent's state and the server's store) booted six times under qemu, each boot a new kernel
 # boot id (scripts/vm-reboot-guest.sh does the work inside):
 #
 #   first      protect the disk, write, replicate, stop cleanly (SIGTERM)
 #   trusted    the agent resumes with NO resync; write, replicate, replica == source
 #   untracked  a write before the agent starts in the new boot → a resync repairs it
 #   distrust   --trust-clean-reboot false → a resync although nothing was written
+#   killed     the VM dies while replicating (sysrq b)
+#   afterkill  → a resync repairs it
 #
 # No systemd in these VMs (the host's root filesystem, shared read-only, and virtme-ng's
 # init): the daemons are started and stopped by the guest script as the units would.
@@ -36,7 +38,7 @@ truncate -s 512M "$dir/data.img"
 drive() { printf -- '-drive file=%s,if=none,id=%s,format=raw -device virtio-blk-pci,drive=%s,serial=%s ' "$1" "$2" "$2" "$3"; }
 qemu_opts="$(drive "$dir/prot.img" p sitrep-prot)$(drive "$dir/data.img" d sitrep-data)"
 
-for phase in first trusted untracked distrust; do
+for phase in first trusted untracked distrust killed afterkill; do
     guest_cmd="$(printf '%q ' "$SITREP_ROOT/scripts/vm-reboot-guest.sh" "$phase" "$dir")"
     log "boot: $phase"
     rc=0
@@ -49,4 +51,4 @@ for phase in first trusted untracked distrust; do
         die "clean-reboot test, boot '$phase': ${res:-the guest did not finish (vng exit $rc)}; logs in $dir"
     fi
 done
-log "clean-reboot test passed: a trusted clean reboot needed no resync; an untracked write and --trust-clean-reboot false did"
+log "reboot test passed: a trusted clean reboot needed no resync; an untracked write, --trust-clean-reboot false and a killed VM did"
