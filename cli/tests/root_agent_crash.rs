@@ -98,7 +98,10 @@ fn writes_while_the_agent_is_stopped_are_re_shipped_not_resynced() {
     assert_eq!(st["resyncs_completed"], 0, "{st}");
     assert!(st["resync"].is_null(), "{st}");
     let shipped = st["bytes_shipped"].as_u64().unwrap();
-    assert!(shipped < 8 << 20, "re-shipped {shipped} bytes for 2 MiB written: {st}");
+    assert!(
+        shipped < 8 << 20,
+        "re-shipped {shipped} bytes for 2 MiB written: {st}"
+    );
     agent.stop();
     assert_same(d.path(), &sites.replica("u"));
 }

@@ -301,13 +301,8 @@ impl Tracker {
                 Resume::Clean { .. } => GapReason::NotTracking,
                 _ => GapReason::NoCleanPredecessor,
             };
-            let msg = crate::crash::gap_msg(
-                self.guard.as_ref(),
-                watch.as_ref(),
-                &info,
-                reason,
-                why,
-            );
+            let msg =
+                crate::crash::gap_msg(self.guard.as_ref(), watch.as_ref(), &info, reason, why);
             if let DiskMsg::GapExtents { why, .. } = &msg {
                 // Not a whole-disk gap: the ranges are shipped like any other.
                 scoped = Some(why.clone());
