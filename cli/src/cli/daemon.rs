@@ -153,8 +153,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     trust_clean_reboot: bool,
     /// The bpffs where the crash sentinel is pinned (BPF programs that keep marking changes
-    /// while no agent runs, so a crash or a kill costs no resync): BPFFS/sitrep-<id of the
-    /// state directory>. Mounted there if it is not a bpffs yet.
+    /// while no agent runs, so a crash or a kill costs no resync): `BPFFS/sitrep-<id of the
+    /// state directory>`. Mounted there if it is not a bpffs yet.
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     bpffs: PathBuf,
     /// Keep a crash sentinel (see --bpffs): after a crash or a kill -9 the agent re-ships
