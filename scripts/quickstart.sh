@@ -26,6 +26,10 @@ port=${SITREP_QUICKSTART_PORT:-19443}
 pids=()
 loopdev=
 cleanup() {
+    # The demo's protection ends with it: the agent's crash sentinel (pinned in bpffs, kept
+    # across a stop so that a restart re-ships only what changed) goes with its last disk.
+    [[ -S $work/agent.sock ]] && "$sitrep" unprotect quickstart --socket "$work/agent.sock" \
+        >/dev/null 2>&1 || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [[ -n $loopdev ]] && losetup -d "$loopdev" 2>/dev/null || true
