@@ -55,8 +55,9 @@ APT_PACKAGES=(
     qemu-system-x86 busybox-static file binutils udev
     # VM reboot test (scripts/vm-reboot-test.sh): reads the agent's status JSON.
     jq
-    # Package tier (scripts/package-test.sh): `systemd-analyze verify` on the units.
-    systemd
+    # Package tier (scripts/package-test.sh): `systemd-analyze verify` on the units; the
+    # systemd tier (scripts/systemd-test.sh) boots the units under systemd-nspawn.
+    systemd systemd-container
 )
 VIRTME_NG_VERSION=1.42
 KERNEL_PATTERN='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'

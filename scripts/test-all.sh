@@ -18,6 +18,9 @@
 #   package scripts/package-test.sh: builds the .deb (reusing the bench tier's release build),
 #          installs it, checks paths and modes, `systemd-analyze verify` on the units, then
 #          remove (state kept) and purge (state gone). Starts no unit. ~20 s after the build.
+#   systemd scripts/systemd-test.sh: the package installed, its units under systemd as PID 1
+#          in a systemd-nspawn container (ready notification, a disk from the config file
+#          replicated, reload, restart with no resync, clean stop at shutdown); ~15 s.
 #
 # SITREP_REQUIRE_TIERS=1 is exported, so a test whose capability is missing fails instead of
 # skipping. Every tier runs even if an earlier one failed (except deps, which all depend on);
@@ -88,6 +91,7 @@ else
     tier bench timeout --kill-after=30s 25m scripts/bench-smoke.sh
 fi
 tier package timeout --kill-after=30s 15m scripts/package-test.sh
+tier systemd timeout --kill-after=30s 10m env SITREP_NO_BUILD=1 scripts/systemd-test.sh
 
 log "=== summary ($((SECONDS - total_start))s) ==="
 for i in "${!names[@]}"; do

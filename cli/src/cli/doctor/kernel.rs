@@ -183,7 +183,7 @@ pub(crate) fn bpf_capability() -> Check {
     }
 }
 
-/// `bpffs`: a BPF filesystem at /sys/fs/bpf (pinning maps across restarts will need it).
+/// `bpffs`: a BPF filesystem at /sys/fs/bpf, where the agent pins its crash sentinel.
 pub(crate) fn bpffs() -> Check {
     const T: &str = "bpffs at /sys/fs/bpf";
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -193,7 +193,8 @@ pub(crate) fn bpffs() -> Check {
         Check::warn(
             "bpffs",
             T,
-            "not mounted (not needed today; pinning BPF state across agent restarts will)",
+            "not mounted: the agent mounts one for its crash sentinel, but inside its unit's \
+             private mount namespace it dies with the agent, and an agent crash costs a resync",
             "mount -t bpf bpf /sys/fs/bpf (systemd mounts it at boot)",
         )
     }
