@@ -144,17 +144,7 @@ impl DiskThread {
                     }
                 }
                 Ok(DiskMsg::Fallback { extents, whole }) => self.fallback(&extents, whole),
-                Ok(DiskMsg::Written { extents, granules }) => {
-                    self.bump(|s| {
-                        s.events += granules;
-                        s.bitmap_granules += granules;
-                        s.extents += extents.len() as u64;
-                    });
-                    for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
-                        self.append(RecordFlags::empty(), &RecordBody::Write(chunk.to_vec()));
-                    }
-                    self.commit();
-                }
+                Ok(DiskMsg::Written { extents, granules }) => self.written(&extents, granules),
                 Ok(DiskMsg::Gap { reason, why }) => {
                     tracing::warn!(device = %self.device.display(), %why, "tracking gap");
                     self.gap(reason, GapScope::WholeDisk);
@@ -174,29 +164,11 @@ impl DiskThread {
                     reason,
                     why,
                     extents,
-                }) => {
-                    tracing::warn!(device = %self.device.display(), %why, "tracking gap");
-                    for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
-                        self.gap(reason, GapScope::Extents(chunk.to_vec()));
-                    }
-                    self.commit();
-                }
+                }) => self.gap_extents(reason, &why, &extents),
                 Ok(DiskMsg::Tag(tag, reply)) => {
                     self.flush(&mut window);
                     since = None;
-                    let body = RecordBody::ConsistencyTag {
-                        group: hrl::GroupId::NIL,
-                        tag,
-                    };
-                    let r = self
-                        .writer
-                        .append(RecordFlags::empty(), &body)
-                        .map(|_| ())
-                        .and_then(|()| self.writer.commit().map(|_| ()));
-                    if r.is_ok() {
-                        self.bump(|s| s.tags += 1);
-                    }
-                    let _ = reply.send(r.map_err(|e| self.log_err(e)));
+                    let _ = reply.send(self.tag(tag));
                 }
                 Ok(DiskMsg::Rotate(reply)) => {
                     self.flush(&mut window);
@@ -372,6 +344,45 @@ impl DiskThread {
             s.commits = commits;
             s.log_bytes = bytes;
         });
+    }
+
+    /// Ranges from the fine write bitmap, appended and committed.
+    fn written(&mut self, extents: &[Extent], granules: u64) {
+        self.bump(|s| {
+            s.events += granules;
+            s.bitmap_granules += granules;
+            s.extents += extents.len() as u64;
+        });
+        for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
+            self.append(RecordFlags::empty(), &RecordBody::Write(chunk.to_vec()));
+        }
+        self.commit();
+    }
+
+    /// Appends consistency tag `tag` and commits it.
+    fn tag(&mut self, tag: u64) -> Result<()> {
+        let body = RecordBody::ConsistencyTag {
+            group: hrl::GroupId::NIL,
+            tag,
+        };
+        let r = self
+            .writer
+            .append(RecordFlags::empty(), &body)
+            .map(|_| ())
+            .and_then(|()| self.writer.commit().map(|_| ()));
+        if r.is_ok() {
+            self.bump(|s| s.tags += 1);
+        }
+        r.map_err(|e| self.log_err(e))
+    }
+
+    /// A tracking gap over `extents` only (after a crash, from the crash sentinel), committed.
+    fn gap_extents(&mut self, reason: GapReason, why: &str, extents: &[Extent]) {
+        tracing::warn!(device = %self.device.display(), %why, "tracking gap");
+        for chunk in extents.chunks(MAX_EXTENTS_PER_RECORD) {
+            self.gap(reason, GapScope::Extents(chunk.to_vec()));
+        }
+        self.commit();
     }
 
     fn fallback(&mut self, extents: &[Extent], whole: bool) {

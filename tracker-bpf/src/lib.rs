@@ -33,6 +33,7 @@ mod fine;
 mod kernel_stats;
 mod load;
 mod poller;
+mod restart;
 pub mod sentinel;
 pub(crate) mod skel;
 mod tracker;

@@ -11,13 +11,13 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, bounded};
 use hrl::chain::list_logs;
 use hrl::{
-    ChainSpec, DiskId, DiskIdentity, GapReason, Generation, LogReader, LogWriter, RecoveryMode,
-    Resume, SealedLog, WriterConfig,
+    ChainSpec, DiskId, DiskIdentity, Generation, LogReader, LogWriter, RecoveryMode, Resume,
+    SealedLog, WriterConfig,
 };
 
 use crate::completions::{MissCheck, RecentRanges};
-use crate::continuity::{self, CleanStop};
-use crate::device::{DeviceInfo, IoCounters, boot_id};
+use crate::continuity;
+use crate::device::DeviceInfo;
 use crate::disk::{DiskMsg, DiskStats, DiskThread, StopReport};
 use crate::error::{Error, Result};
 use crate::kernel_stats::KernelStats;
@@ -289,28 +289,17 @@ impl Tracker {
             return Err(e);
         }
         // Tracking is live: only now may the counters vouch for the untracked interval.
-        let mut gap = restart_gap(
-            saved.as_ref(),
-            prev_clean_id.as_deref(),
-            &info,
-            self.cfg.trust_clean_reboot,
-        );
-        let mut scoped = None;
-        if let Some(why) = &gap {
-            let reason = match resume {
-                Resume::Clean { .. } => GapReason::NotTracking,
-                _ => GapReason::NoCleanPredecessor,
-            };
-            let msg =
-                crate::crash::gap_msg(self.guard.as_ref(), watch.as_ref(), &info, reason, why);
-            if let DiskMsg::GapExtents { why, .. } = &msg {
-                // Not a whole-disk gap: the ranges are shipped like any other.
-                scoped = Some(why.clone());
-            }
+        let start = crate::restart::start_gap(&crate::restart::StartCtx {
+            saved: saved.as_ref(),
+            prev: prev_clean_id.as_deref(),
+            info: &info,
+            trust_clean_reboot: self.cfg.trust_clean_reboot,
+            resume: &resume,
+            guard: self.guard.as_ref(),
+            watch: watch.as_ref(),
+        });
+        if let Some(msg) = start.msg {
             let _ = tx.send(msg);
-        }
-        if scoped.is_some() {
-            gap = None;
         }
         if let (Some(g), Some(w)) = (&self.guard, watch) {
             g.track(slot, w, tx.clone());
@@ -330,8 +319,8 @@ impl Tracker {
             slot,
             disk_id,
             resume,
-            gap,
-            scoped_gap: scoped,
+            gap: start.gap,
+            scoped_gap: start.scoped,
         })
     }
 
@@ -426,7 +415,7 @@ impl Tracker {
             return Err(Error::Invalid(format!("slot {slot} is not tracked")));
         };
         // Counters first, while still tracked: see continuity.rs for why this order.
-        let quiet = quiet_counters(&disk.info);
+        let quiet = crate::restart::quiet_counters(&disk.info);
         if let Some(g) = &self.guard {
             if unwatch {
                 g.unwatch(slot, &disk.info);
@@ -437,25 +426,8 @@ impl Tracker {
         let removed = self.control(|reply| Ctrl::Remove(slot, reply));
         let own_logs = self.own_logs_tracked(None);
         let _ = self.control(|reply| Ctrl::OwnLogs(own_logs, reply));
-        let clean = match (quiet, boot_id(), &removed) {
-            (Some(c), Ok(boot), Ok(())) => Some(CleanStop {
-                version: continuity::VERSION,
-                identity: disk.info.identity(),
-                stopped_unix_ns: u64::try_from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos(),
-                )
-                .unwrap_or(u64::MAX),
-                boot_id: boot,
-                major: disk.info.major,
-                minor: disk.info.minor,
-                start_sect: disk.info.start_sect,
-                size: disk.info.size,
-                counters: c,
-                sealed_log_id: String::new(),
-            }),
+        let clean = match (quiet, &removed) {
+            (Some(c), Ok(())) => crate::restart::clean_stop(&disk.info, c),
             _ => None,
         };
         let (tx, rx) = bounded(1);
@@ -691,56 +663,6 @@ fn fs_device(dir: &Path) -> Option<(u32, u32)> {
 fn is_stacked((major, minor): (u32, u32)) -> bool {
     std::fs::read_dir(format!("/sys/dev/block/{major}:{minor}/slaves"))
         .is_ok_and(|mut d| d.next().is_some())
-}
-
-/// Why the new log must start with a gap, or `None` if the chain may simply continue.
-///
-/// The counters are read twice, [`SETTLE`] apart, and both reads must match the clean
-/// stop's. A bio queued just before registration may sit in a plug list or the I/O
-/// scheduler without counting as in flight; if it completes within the settle time it moves
-/// the counters and forces the gap (see docs/tracking.md for the residual window).
-fn restart_gap(
-    saved: Option<&CleanStop>,
-    prev: Option<&str>,
-    info: &DeviceInfo,
-    trust_clean_reboot: bool,
-) -> Option<String> {
-    let identity = info.identity();
-    let check = || -> Option<String> {
-        match (boot_id(), info.io_counters()) {
-            (Ok(boot), Ok(counters)) => {
-                let now = continuity::Start {
-                    boot_id: &boot,
-                    counters: &counters,
-                    identity: identity.as_deref(),
-                    trust_clean_reboot,
-                };
-                continuity::check(saved, prev, info, &now).err()
-            }
-            (Err(e), _) | (_, Err(e)) => Some(format!("cannot read device counters: {e}")),
-        }
-    };
-    if let Some(why) = check() {
-        return Some(why);
-    }
-    std::thread::sleep(SETTLE);
-    check()
-}
-
-/// How long a restart watches the counters before trusting a clean stop.
-const SETTLE: Duration = Duration::from_millis(100);
-
-/// The device's counters with nothing in flight, trying for up to ~0.5 s; `None` if the
-/// device never went quiet (the next start will then record a gap).
-fn quiet_counters(info: &DeviceInfo) -> Option<IoCounters> {
-    for _ in 0..50 {
-        match info.io_counters() {
-            Ok(c) if c.in_flight == 0 => return Some(c),
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => return None,
-        }
-    }
-    None
 }
 
 /// The disk id of the newest readable log in `dir`, so a restart keeps the disk's identity.
