@@ -75,6 +75,11 @@ pub struct Protection {
     /// server lets adopt the disk for reverse replication without a local grant.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The consistency group the disk belongs to (`sitrep protect --group`, `sitrep group
+    /// add`): its cycles are cut at one instant with the group's other disks, and the server
+    /// keeps group points over all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A reverse replication's terms, as the agent persists them.

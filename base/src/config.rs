@@ -101,6 +101,9 @@ pub struct DiskPolicy {
     /// At most this much point storage on the server (`20G`; `none` or unset: no cap; the
     /// server retires only points older than its `--min-retain` to honour it).
     pub max_point_storage: Option<String>,
+    /// The consistency group the disk belongs to (its cycles are cut with the group's other
+    /// disks at one instant; the server keeps group points).
+    pub group: Option<String>,
 }
 
 impl DiskPolicy {

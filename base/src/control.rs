@@ -32,6 +32,22 @@ pub const SERVER_SOCKET: &str = "/run/sitrep/server.sock";
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 << 10;
 
+/// What `sitrep group` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupAction {
+    /// Create an empty group.
+    Create,
+    /// Put disks in the group (each leaves any other group).
+    Add,
+    /// Take disks out of the group.
+    Remove,
+    /// Delete an empty group.
+    Delete,
+    /// List the groups and their members.
+    List,
+}
+
 /// A request to a daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -69,6 +85,50 @@ pub enum Request {
         /// At most this much point storage on the server (`20G`; `none` or unset: no cap).
         #[serde(default)]
         max_point_storage: Option<String>,
+        /// The consistency group to put the disk in (created if new).
+        #[serde(default)]
+        group: Option<String>,
+    },
+    /// `sitrep group create|add|remove|delete|list` (agent): the consistency groups of this
+    /// host's disks.
+    Group {
+        /// What to do.
+        action: GroupAction,
+        /// The group (all but `list`).
+        #[serde(default)]
+        group: Option<String>,
+        /// The disks to add or remove.
+        #[serde(default)]
+        disks: Vec<String>,
+    },
+    /// `sitrep points --group G` (server): the group's points.
+    GroupPoints {
+        /// The group.
+        group: String,
+    },
+    /// `sitrep points export --group G POINT --out-dir DIR` (server): every member's point
+    /// of one group point, as `DIR/DISK.img`.
+    GroupExport {
+        /// The group.
+        group: String,
+        /// The group point (`latest` or an id).
+        point: crate::points::PointSel,
+        /// The directory for the images (on the server's host; it must exist).
+        out_dir: String,
+        /// Overwrite existing files.
+        force: bool,
+    },
+    /// `sitrep failover --group G` (server): a test or unplanned failover of every member at
+    /// one group point.
+    GroupFailover {
+        /// The group.
+        group: String,
+        /// The group point.
+        point: crate::points::PointSel,
+        /// A test failover (replication goes on).
+        test: bool,
+        /// End the group's test failover instead.
+        cleanup: bool,
     },
     /// `sitrep unprotect` (agent).
     Unprotect {

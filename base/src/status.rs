@@ -26,6 +26,25 @@ pub struct StatusReport {
     /// The server's store: bytes, quota, points retired per disk (None on the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<crate::store_space::StoreSpace>,
+    /// The consistency groups with points on this server (empty on the agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+}
+
+/// A consistency group on the server (`groups` in [`StatusReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub name: String,
+    /// Its member disks (those of its newest group point).
+    pub members: Vec<String>,
+    /// Group points kept.
+    pub points: u64,
+    /// The newest group point: its id and cut time (ns since the epoch).
+    pub newest_point: Option<(u64, u64)>,
+    /// The member whose newest point is the oldest, when the members' newest points differ:
+    /// the one holding the group's next point back.
+    pub held_back_by: Option<String>,
 }
 
 /// Counters of one listening socket since the daemon started (`listeners` in

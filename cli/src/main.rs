@@ -58,6 +58,14 @@ enum Command {
     Protect(cli::repl::ProtectArgs),
     /// Stop protecting a disk (the replica stays on the server).
     Unprotect(cli::repl::UnprotectArgs),
+    /// Consistency groups (agent): disks cut at one instant, with group points on the server.
+    ///
+    /// An application over several disks (a database's data and log, an LVM volume group, an
+    /// md array) is recoverable only at one instant for all of them. The disks of a group are
+    /// cut together; when every member's cycle at a cut is crash-consistent the server keeps a
+    /// group point (`sitrep points --group G`), which `points export --group` and `failover
+    /// --group` use for all the members at once.
+    Group(cli::group::GroupArgs),
     /// Replication status of every disk: state, health, lag, backlog, last applied cycle.
     Status(cli::repl::ShowArgs),
     /// Jobs (enable protection, resync) with their step and progress.
@@ -197,6 +205,7 @@ fn main() -> ExitCode {
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),
+        Command::Group(a) => cli::group::group(&a),
         Command::Point(c) => cli::repl::point(&c),
         Command::Doctor(a) => cli::doctor::run(&a),
         Command::Generate(c) => cli::generate::run(&c),

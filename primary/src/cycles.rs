@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use proto::Msg;
 
 use super::app_point::freeze_and_cut;
+use super::group::Membership;
 use super::owner::{Owner, PlannedRequest, PointRequest, VerifyRequest};
 use super::reason::ResyncCause;
 use super::sealed::{ShipEnd, ship_sealed};
@@ -64,6 +65,8 @@ pub(super) async fn run_cycles(
     own: &mut Owner,
     timers: &mut CycleTimers,
 ) -> Result<CyclesEnd, ReplError> {
+    // While the cycles run, the disk takes part in its group's cuts (`group.rs`).
+    let member = Membership::new(&agent.groups, &lock(&rt.prot).name);
     loop {
         // 1. Ship every sealed log, oldest first.
         match ship_sealed(agent, rt, s, expected, own).await? {
@@ -73,7 +76,7 @@ pub(super) async fn run_cycles(
         }
         agent.job_done_if_caught_up(rt);
         // 2. Wait for the next cut.
-        if let Some(end) = next_cut(agent, rt, s, own, timers).await? {
+        if let Some(end) = next_cut(agent, rt, s, own, timers, &member).await? {
             return Ok(end);
         }
     }
@@ -86,12 +89,15 @@ async fn next_cut(
     s: &mut Session,
     own: &mut Owner,
     timers: &mut CycleTimers,
+    member: &Membership<'_>,
 ) -> Result<Option<CyclesEnd>, ReplError> {
     let (name, device, frequency) = {
         let p = lock(&rt.prot);
         (p.name.clone(), p.device.clone(), p.frequency)
     };
     loop {
+        let group = lock(&rt.prot).group.clone();
+        member.follow(group.as_deref());
         if own.is_stopped() {
             return Ok(Some(CyclesEnd::Stopped));
         }
@@ -122,8 +128,16 @@ async fn next_cut(
             Frequency::Continuous => true,
             Frequency::Every(_) => Instant::now() >= timers.next_cut,
         };
-        if forced || (records > 0 && due) {
-            let sealed = agent.cut(rt)?;
+        // A group's member also cuts when another member wants a cut: one instant for all.
+        let joined = group.as_deref().is_some_and(|g| agent.groups.wanted(g));
+        if forced || (records > 0 && due) || joined {
+            let sealed = match group.as_deref() {
+                None => agent.cut(rt)?,
+                Some(g) => match agent.group_cut(rt, g, own.stopped()).await? {
+                    Some(seq) => seq,
+                    None => return Ok(Some(CyclesEnd::Stopped)),
+                },
+            };
             if let Frequency::Every(d) = frequency {
                 timers.next_cut = Instant::now() + d;
             }

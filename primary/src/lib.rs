@@ -26,6 +26,8 @@ mod copy;
 pub mod cycle;
 mod cycles;
 pub mod freeze;
+mod group;
+mod group_requests;
 mod jobs;
 mod late;
 mod owner;
@@ -121,6 +123,8 @@ pub(crate) struct DiskRt {
     cache: Mutex<BTreeMap<u64, u64>>,
     /// Cut instant and exactness of the logs this agent sealed (see `ChangeSource::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
+    /// The cycles cut together with other disks of the disk's group (`group.rs`).
+    pub(crate) group_cuts: Mutex<BTreeMap<u64, group::GroupCut>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -183,6 +187,8 @@ pub struct Agent {
     /// Where the disks' changes come from (None once stopped).
     source: Mutex<Option<Box<dyn ChangeSource>>>,
     disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
+    /// The consistency groups' cut barriers.
+    pub(crate) groups: group::Groups,
     jobs: Mutex<Vec<Job>>,
     next_job: AtomicU64,
     /// The control socket's counters (`listeners` in the status).
@@ -255,31 +261,61 @@ impl Agent {
 
     /// Seals the disk's current log (a cycle); returns its sequence.
     pub(crate) fn cut(&self, rt: &DiskRt) -> Result<u64, base::net::ReplError> {
-        let dev = lock(&rt.prot).device.clone();
+        self.cut_together(&[rt])
+            .pop()
+            .unwrap_or_else(|| Err(local("no disk to cut")))
+    }
+
+    /// Seals the current logs of several disks at one instant (a consistency group's cut,
+    /// [`group`]); one sequence per disk, in order. A single disk is the ordinary cut.
+    pub(crate) fn cut_together(&self, rts: &[&DiskRt]) -> Vec<Result<u64, base::net::ReplError>> {
+        let devs: Vec<PathBuf> = rts.iter().map(|rt| lock(&rt.prot).device.clone()).collect();
         // Count before sealing: a record racing the seal is then counted as "after" and
         // only causes one extra (possibly empty) cycle, never a missed one.
-        let before = self.records(&dev);
+        let before: Vec<u64> = devs.iter().map(|d| self.records(d)).collect();
         let started = base::now_ns();
         // Writes queued from now until the cycle's tag are recorded at submission too, so
         // the verdict sees any that could land before the cycle's data is read.
-        let cut = self
-            .with_tracker(|t| {
-                t.queue_marks(&dev, true)?;
-                t.cut(&dev)
+        let shown = || {
+            devs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cuts = match self.with_tracker(|t| {
+            for d in &devs {
+                t.queue_marks(d, true)?;
+            }
+            let refs: Vec<&Path> = devs.iter().map(PathBuf::as_path).collect();
+            t.cut_together(&refs)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("{}: sealing the log: {e:#}", shown());
+                return rts.iter().map(|_| Err(local(why.clone()))).collect();
+            }
+        };
+        rts.iter()
+            .zip(cuts)
+            .zip(devs.iter().zip(before))
+            .map(|((rt, cut), (dev, before))| {
+                let cut =
+                    cut.map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
+                rt.records_at_cut.store(before, Ordering::SeqCst);
+                let seq = cut.seq;
+                let mut cuts = lock(&rt.cuts);
+                cuts.insert(seq, (cut.time_ns, cut.exact));
+                // Bounded: cuts of cycles long shipped (or never to be judged) are forgotten.
+                while cuts.len() > 4096 {
+                    cuts.pop_first();
+                }
+                drop(cuts);
+                // The time the cut began: everything completed before it is in this log or
+                // earlier.
+                rt.set(|s| s.last_cut = Some((seq, started)));
+                Ok(seq)
             })
-            .map_err(|e| local(format!("{}: sealing the log: {e:#}", dev.display())))?;
-        rt.records_at_cut.store(before, Ordering::SeqCst);
-        let seq = cut.seq;
-        let mut cuts = lock(&rt.cuts);
-        cuts.insert(seq, (cut.time_ns, cut.exact));
-        // Bounded: cuts of cycles long shipped (or never to be judged) are forgotten.
-        while cuts.len() > 4096 {
-            cuts.pop_first();
-        }
-        drop(cuts);
-        // The time the cut began: everything completed before it is in this log or earlier.
-        rt.set(|s| s.last_cut = Some((seq, started)));
-        Ok(seq)
+            .collect()
     }
 
     /// Starts a full re-copy (the stand-in for the checksum resync): cut, and copy everything
@@ -326,6 +362,7 @@ impl Agent {
             records_seen: AtomicU64::new(0),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
+            group_cuts: Mutex::new(BTreeMap::new()),
             task: Mutex::new(None),
         });
         if prot.failed_over.is_some() {
@@ -512,6 +549,7 @@ pub async fn run_reloading(
         opts: opts.clone(),
         source: Mutex::new(Some(source)),
         disks: Mutex::new(BTreeMap::new()),
+        groups: group::Groups::default(),
         jobs: Mutex::new(Vec::new()),
         next_job: AtomicU64::new(0),
         control: control_socket.shared(),

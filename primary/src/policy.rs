@@ -43,6 +43,7 @@ impl Agent {
                     (d.pre_hook.clone(), d.post_hook.clone()),
                     points,
                     None,
+                    d.group.clone(),
                 )
                 .await
             {

@@ -29,9 +29,13 @@ impl Agent {
         hooks: (Option<String>, Option<String>),
         points: base::points::PointPolicy,
         reverse: Option<state::ReverseInfo>,
+        group: Option<String>,
     ) -> anyhow::Result<Job> {
         if hooks.1.is_some() && hooks.0.is_none() {
             anyhow::bail!("--post-hook needs a --pre-hook");
+        }
+        if let Some(g) = &group {
+            super::group_requests::check_group_name(g)?;
         }
         let frequency = Frequency::parse(frequency).map_err(anyhow::Error::msg)?;
         let app_every = app_every
@@ -97,6 +101,7 @@ impl Agent {
             failed_over: None,
             reverse,
             server_name: None,
+            group: group.clone(),
         };
         let dir = state::disk_dir(&self.opts.state, &name);
         let id = match self.start_disk(prot, true) {
@@ -107,7 +112,10 @@ impl Agent {
                 return Err(e.context(format!("protecting {device} as disk {name}")));
             }
         };
-        tracing::info!(disk = %name, device = %device, "protection enabled");
+        if let Some(g) = &group {
+            self.remember_group(g)?;
+        }
+        tracing::info!(disk = %name, device = %device, group = ?group, "protection enabled");
         lock(&self.jobs)
             .iter()
             .find(|j| j.id == id)
@@ -256,6 +264,7 @@ impl Agent {
                 fork_seq,
                 discard_target_changes: false,
             }),
+            None,
         )
         .await
     }
@@ -391,6 +400,7 @@ impl Agent {
                 crash_points_every,
                 retain,
                 max_point_storage,
+                group,
             } => match base::points::PointPolicy::parse(
                 crash_points_every.as_deref(),
                 retain.as_deref(),
@@ -408,6 +418,7 @@ impl Agent {
                         (pre_hook, post_hook),
                         points,
                         None,
+                        group,
                     )
                     .await,
                 ),
@@ -424,7 +435,14 @@ impl Agent {
                 self.create_point(&name, Duration::from_millis(max_freeze_ms))
                     .await,
             ),
+            Request::Group {
+                action,
+                group,
+                disks,
+            } => Response::answer(self.group_request(action, group, disks)),
             Request::Points { .. }
+            | Request::GroupPoints { .. }
+            | Request::GroupExport { .. }
             | Request::Export { .. }
             | Request::Retired { .. }
             | Request::DeletePoints { .. } => Response::err(
@@ -433,11 +451,12 @@ impl Agent {
             Request::AcceptReverse { .. } => Response::err(
                 "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)",
             ),
-            Request::Failover { .. } | Request::Commit { .. } | Request::FailoverRecord { .. } => {
-                Response::err(
-                    "failover and commit run on the secondary: use the server's socket (--socket)",
-                )
-            }
+            Request::Failover { .. }
+            | Request::GroupFailover { .. }
+            | Request::Commit { .. }
+            | Request::FailoverRecord { .. } => Response::err(
+                "failover and commit run on the secondary: use the server's socket (--socket)",
+            ),
             Request::Resync { name, now } => Response::answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,

@@ -148,6 +148,19 @@ async fn ship_cycle(
         label,
     })
     .await?;
+    // A cycle cut together with its group's other disks: which cut (protocol 5).
+    let group = lock(&rt.group_cuts).remove(&cyc.seq);
+    if let Some(g) = group
+        && s.version >= 5
+    {
+        s.msg(Msg::GroupVerdict {
+            seq: cyc.seq,
+            group: g.group,
+            cut_id: g.cut_id,
+            members: g.members,
+        })
+        .await?;
+    }
     rt.set(|st| {
         st.cycles_judged += 1;
         if consistent {

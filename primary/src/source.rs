@@ -134,6 +134,24 @@ pub trait ChangeSource: Send {
     /// The device is not tracked, or the log failed (nothing sealed).
     fn cut(&mut self, device: &Path) -> Result<Cut, SourceError>;
 
+    /// One cut of several devices at one instant (a consistency group's members): each
+    /// device's log is sealed as by [`cut`](Self::cut), all with the same `time_ns` and
+    /// `exact` — every change reported complete before that instant on any of them is in
+    /// its sealed log or an earlier one. One result per device, in order. The default
+    /// refuses: a source that cannot cut devices together offers no group points.
+    ///
+    /// # Errors
+    /// A device is not tracked (nothing cut), or the source cannot cut together.
+    fn cut_together(
+        &mut self,
+        devices: &[&Path],
+    ) -> Result<Vec<Result<Cut, SourceError>>, SourceError> {
+        let _ = devices;
+        Err(SourceError::Invalid(
+            "this change source cannot cut several disks at one instant".into(),
+        ))
+    }
+
     /// Appends consistency tag `tag` (a cycle's sequence) to the device's current log, after
     /// every change that completed before the call, and commits it: the verdict
     /// (`crate::cycle::raced`) reads the changes between a cut and its tag.

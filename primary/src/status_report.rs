@@ -109,6 +109,7 @@ impl Agent {
             disks: disks.iter().map(|d| self.disk_status(d)).collect(),
             listeners: vec![self.control.status()],
             store: None,
+            groups: Vec::new(),
         }
     }
 }

@@ -21,6 +21,9 @@
 //! - **4**: per-disk point storage cap: `PointStorage` (30), sent by the client right after
 //!   `PointPolicy` (a v3 peer never sees it: the client sends it only when version 4 was
 //!   negotiated, and a v3 server keeps no cap).
+//! - **5**: consistency groups: `GroupVerdict` (31), sent by the client right after the
+//!   `Verdict` of a cycle cut together with a group's other disks (only when version 5 was
+//!   negotiated: a v4 server keeps per-disk points only).
 
 pub mod codec;
 mod error;
@@ -36,15 +39,15 @@ pub use frame::{
 };
 pub use io::{FrameReader, FrameWriter, read_frame, write_frame};
 pub use msg::{
-    CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_KEY_LEN,
-    MAX_LABEL_LEN, MAX_PATH_LEN, Msg, clip_label,
+    CopyState, CycleInfo, ErrorCode, MAX_DIGEST_BYTES, MAX_DIGEST_RANGES, MAX_GROUP_MEMBERS,
+    MAX_KEY_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, Msg, clip_label,
 };
 
 /// The protocol version this build prefers.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 
 /// Every protocol version this build speaks.
-pub const SUPPORTED: &[u16] = &[1, 2, 3, 4];
+pub const SUPPORTED: &[u16] = &[1, 2, 3, 4, 5];
 
 /// The highest version both sides support, if any.
 #[must_use]

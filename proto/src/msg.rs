@@ -295,7 +295,30 @@ pub enum Msg {
         /// The cap in bytes of the disk's point storage (0: none).
         max_bytes: u64,
     },
+    // ---- version 5: consistency groups ---------------------------------------------------
+    /// Client (v5), right after the `Verdict` of a cycle that was cut together with other
+    /// disks of a consistency group (one instant for all of them): which group and cut.
+    /// Not answered. Index 31; payload: the index, `seq` varint, `group` string, `cut_id`
+    /// varint, then `members` as a varint count and strings. The server records, per group
+    /// and cut, each member's point; when every member named has reported a point for the
+    /// same cut, that set is one **group point** (`sitrep points --group G`). Caps: `group`
+    /// and each member a valid disk name, at most [`MAX_GROUP_MEMBERS`] members, and the
+    /// reporting disk among them — else `BadRequest`.
+    GroupVerdict {
+        /// The cycle (its `Verdict` came just before).
+        seq: u64,
+        /// The consistency group's name.
+        group: String,
+        /// The cut's id, the same for every member cut at that instant (the agent uses the
+        /// cut's time in ns since the epoch).
+        cut_id: u64,
+        /// Every disk cut at that instant, this one included (sorted, no duplicates).
+        members: Vec<String>,
+    },
 }
+
+/// Most disks in one consistency group's cut (`GroupVerdict::members`).
+pub const MAX_GROUP_MEMBERS: usize = 64;
 
 /// Longest device or image path in a `FailoverDone`.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -359,6 +382,7 @@ impl Msg {
             Self::AttachReverse { .. } => "AttachReverse",
             Self::PointPolicy { .. } => "PointPolicy",
             Self::PointStorage { .. } => "PointStorage",
+            Self::GroupVerdict { .. } => "GroupVerdict",
         }
     }
 }

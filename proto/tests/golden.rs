@@ -234,11 +234,36 @@ fn point_storage_frame() {
     }
 }
 
-/// Version 4 is preferred; a v3 peer still negotiates 3 (and never receives `PointStorage`).
+/// Version 5's `GroupVerdict` is variant 31: seq varint, group string, cut id varint,
+/// members as a count and strings (postcard: a string is its length varint, then UTF-8).
 #[test]
-fn version_4_is_preferred_and_a_v3_peer_gets_3() {
-    assert_eq!(proto::VERSION, 4);
+fn group_verdict_frame() {
+    let msg = Msg::GroupVerdict {
+        seq: 300,
+        group: "db".into(),
+        cut_id: 5,
+        members: vec!["data".into(), "log".into()],
+    };
+    let payload = vec![
+        31u8, 0xac, 0x02, 2, b'd', b'b', 5, 2, 4, b'd', b'a', b't', b'a', 3, b'l', b'o', b'g',
+    ];
+    let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
+    let frame = Frame::Control(msg);
+    let mut enc = Vec::new();
+    encode(&frame, &EncodeOpts::default(), &mut enc).unwrap();
+    assert_eq!(enc, expected, "{frame:?}");
+    let (back, _) = decode(&expected).unwrap().unwrap();
+    assert_eq!(back, frame);
+}
+
+/// Version 5 is preferred; a v4 peer still negotiates 4 (and never receives `GroupVerdict`).
+#[test]
+fn version_5_is_preferred_and_a_v4_peer_gets_4() {
+    assert_eq!(proto::VERSION, 5);
+    assert_eq!(
+        proto::negotiate(proto::SUPPORTED, &[1, 2, 3, 4, 5]),
+        Some(5)
+    );
     assert_eq!(proto::negotiate(proto::SUPPORTED, &[1, 2, 3, 4]), Some(4));
-    assert_eq!(proto::negotiate(proto::SUPPORTED, &[1, 2, 3]), Some(3));
-    assert_eq!(proto::negotiate(&[1, 2, 3], proto::SUPPORTED), Some(3));
+    assert_eq!(proto::negotiate(&[1, 2, 3, 4], proto::SUPPORTED), Some(4));
 }

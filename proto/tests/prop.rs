@@ -167,6 +167,18 @@ fn msg() -> impl Strategy<Value = Msg> {
             }
         }),
         any::<u64>().prop_map(|max_bytes| Msg::PointStorage { max_bytes }),
+        (
+            any::<u64>(),
+            "[a-z0-9_-]{1,16}",
+            any::<u64>(),
+            proptest::collection::vec("[a-z0-9_-]{1,16}", 0..4)
+        )
+            .prop_map(|(seq, group, cut_id, members)| Msg::GroupVerdict {
+                seq,
+                group,
+                cut_id,
+                members,
+            }),
     ]
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct CompletionCheck {
     pub(crate) miss: MissCheck,
 }
 
+/// One slot of a [`Ctrl::Cut`] and where its sealed log is answered.
+pub(crate) type CutSlot = (u16, Sender<Result<hrl::SealedLog>>);
+
 pub(crate) enum Ctrl {
     Add(u16, SlotCfg, Sender<Result<()>>),
     Remove(u16, Sender<Result<()>>),
@@ -59,16 +62,13 @@ pub(crate) enum Ctrl {
     /// answer: every change recorded in the kernel before the request is then queued to its
     /// disk thread ahead of anything the caller sends it next.
     Sync(Sender<Result<()>>),
-    /// A precise cut of one slot's log: note the time, drain everything, and send the disk
-    /// thread `Rotate` (answering on the given sender) before any later drain can reach it.
+    /// A precise cut of one or more slots' logs at one instant (a consistency group's
+    /// devices are cut together): note the time, drain everything, and send each slot's disk
+    /// thread `Rotate` (answering on that slot's sender) before any later drain can reach it.
     /// Answers `(time, exact)`: every change whose completion was reported before `time` is
-    /// in the sealed log or an earlier one; `exact` when no change was recorded (on any
-    /// device) while draining, so nothing that completed after `time` is in it either.
-    Cut(
-        u16,
-        Sender<Result<hrl::SealedLog>>,
-        Sender<Result<(u64, bool)>>,
-    ),
+    /// in the sealed logs or earlier ones; `exact` when no change was recorded (on any
+    /// device) while draining, so nothing that completed after `time` is in them either.
+    Cut(Vec<CutSlot>, Sender<Result<(u64, bool)>>),
     /// Also record one slot's changes when they are queued (on) or only at completion (off).
     QueueMark(u16, bool, Sender<Result<()>>),
     /// Whether sitrep's own log writes can reach a tracked device (so `block_bio_queue` must

@@ -609,11 +609,16 @@ impl Poller {
             Ctrl::QueueMark(slot, on, reply) => {
                 let _ = reply.send(self.set_queue_mark(skel, slot, on));
             }
-            Ctrl::Cut(slot, sealed, reply) => {
-                let Some(tx) = self.slots.get(&slot).map(|c| c.tx.clone()) else {
-                    let _ = reply.send(Err(Error::Invalid(format!("slot {slot} is not tracked"))));
-                    return;
-                };
+            Ctrl::Cut(cut, reply) => {
+                let mut txs = Vec::with_capacity(cut.len());
+                for (slot, sealed) in cut {
+                    let Some(tx) = self.slots.get(&slot).map(|c| c.tx.clone()) else {
+                        let _ =
+                            reply.send(Err(Error::Invalid(format!("slot {slot} is not tracked"))));
+                        return;
+                    };
+                    txs.push((tx, sealed));
+                }
                 // Time first, then the count: a change reported complete before `time` ran
                 // its hook (count, then bitmap bit or ring event) before the count is read,
                 // so the drain below finds it.
@@ -626,7 +631,11 @@ impl Poller {
                 self.check_completions(skel);
                 let after = read_stats(skel).map(|k| k.seq);
                 let exact = before.is_some() && before == after;
-                let _ = tx.send(DiskMsg::Rotate(sealed));
+                // Every slot's rotate is queued before the next drain can route anything:
+                // the sealed logs end at the same instant.
+                for (tx, sealed) in txs {
+                    let _ = tx.send(DiskMsg::Rotate(sealed));
+                }
                 let _ = reply.send(Ok((time, exact)));
             }
             Ctrl::Stop => {}

@@ -501,23 +501,47 @@ impl Tracker {
     /// # Errors
     /// The device is not tracked, or the log failed.
     pub fn cut(&self, device: &Path) -> Result<Cut> {
-        let slot = self.slot_of(device)?;
-        let (stx, srx) = bounded(1);
+        self.cut_together(&[device])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Stopped("poller thread is gone".into())))
+    }
+
+    /// One precise cut of several devices at one instant (a consistency group): every
+    /// device's current log is sealed at the same `time_ns`, with one `exact` for all — the
+    /// sealed logs together hold the changes reported complete before it on every device.
+    /// One result per device, in order: a device whose log failed to seal does not undo the
+    /// others' cuts.
+    ///
+    /// # Errors
+    /// A device is not tracked (nothing is cut), or the poller thread is gone.
+    pub fn cut_together(&self, devices: &[&Path]) -> Result<Vec<Result<Cut>>> {
+        let mut slots = Vec::with_capacity(devices.len());
+        let mut rxs = Vec::with_capacity(devices.len());
+        for d in devices {
+            let (stx, srx) = bounded(1);
+            slots.push((self.slot_of(d)?, stx));
+            rxs.push(srx);
+        }
         let (itx, irx) = bounded(1);
         self.ctrl
-            .send(Ctrl::Cut(slot, stx, itx))
+            .send(Ctrl::Cut(slots, itx))
             .map_err(|_| Error::Stopped("poller thread is gone".into()))?;
         let (time_ns, exact) = irx
             .recv()
             .map_err(|_| Error::Stopped("poller thread is gone".into()))??;
-        let sealed = srx
-            .recv()
-            .map_err(|_| Error::Stopped("log thread is gone".into()))??;
-        Ok(Cut {
-            sealed,
-            time_ns,
-            exact,
-        })
+        Ok(rxs
+            .into_iter()
+            .map(|srx| {
+                let sealed = srx
+                    .recv()
+                    .map_err(|_| Error::Stopped("log thread is gone".into()))??;
+                Ok(Cut {
+                    sealed,
+                    time_ns,
+                    exact,
+                })
+            })
+            .collect())
     }
 
     /// Seals the device's current log and opens the next (the sealed one can be shipped).

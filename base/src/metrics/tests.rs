@@ -91,6 +91,7 @@ fn agent_report() -> StatusReport {
         disks: vec![a, b],
         listeners: Vec::new(),
         store: None,
+        groups: Vec::new(),
     }
 }
 
@@ -160,6 +161,7 @@ fn the_server_exports_points_and_no_retries() {
         disks: vec![d],
         listeners: Vec::new(),
         store: None,
+        groups: Vec::new(),
     };
     let text = render(&r);
     assert!(text.ends_with(

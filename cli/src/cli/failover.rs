@@ -17,7 +17,12 @@ use crate::Outcome;
 #[derive(Args)]
 pub(crate) struct FailoverArgs {
     /// The disk name.
-    name: String,
+    #[arg(required_unless_present = "group")]
+    name: Option<String>,
+    /// Fail over every member disk of this consistency group at one group point (`sitrep
+    /// points --group G`): test or unplanned; with --test --cleanup, end the group's test.
+    #[arg(long, conflicts_with_all = ["name", "planned"])]
+    group: Option<String>,
     /// Which recovery point: latest, latest-processed, latest-app-consistent, or an id
     /// (`sitrep points NAME`).
     #[arg(long, default_value = "latest")]
@@ -70,17 +75,16 @@ fn print(r: &FailoverRecord, what: &str) {
     crate::outln!("device {}   image {}", r.device, r.image.display());
 }
 
-fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+fn planned(a: &FailoverArgs, name: &str) -> anyhow::Result<Outcome> {
     if !a.json {
         eprintln!(
-            "planned failover of disk {}: quiescing the source, shipping, comparing, then activating it on the secondary …",
-            a.name
+            "planned failover of disk {name}: quiescing the source, shipping, comparing, then activating it on the secondary …"
         );
     }
     let r: PlannedReport = base::control::ask(
         &a.socket.path(),
         &Request::PlannedFailover {
-            name: a.name.clone(),
+            name: name.to_string(),
         },
         Duration::from_secs(24 * 3600),
     )?;
@@ -116,19 +120,22 @@ fn planned(a: &FailoverArgs) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if let Some(g) = &a.group {
+        return super::group::failover(&a.socket, g, a.point, a.test, a.cleanup, a.json);
+    }
+    let name = a.name.clone().unwrap_or_default();
     if a.planned {
-        return planned(a);
+        return planned(a, &name);
     }
     if !a.test && !a.json {
         eprintln!(
-            "unplanned failover of disk {}: replication of this disk stops now; the agent's sessions will be refused",
-            a.name
+            "unplanned failover of disk {name}: replication of this disk stops now; the agent's sessions will be refused"
         );
     }
     let r = ask(
         &a.socket,
         &Request::Failover {
-            name: a.name.clone(),
+            name: name.clone(),
             point: a.point,
             test: a.test,
             cleanup: a.cleanup,

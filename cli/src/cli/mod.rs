@@ -7,6 +7,7 @@ pub(crate) mod disk;
 pub(crate) mod doctor;
 pub(crate) mod failover;
 pub(crate) mod generate;
+pub(crate) mod group;
 pub(crate) mod log;
 pub(crate) mod points_delete;
 pub(crate) mod repl;

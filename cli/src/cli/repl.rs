@@ -69,6 +69,11 @@ pub(crate) struct ProtectArgs {
     /// Release the application afterwards (runs whenever the pre-hook succeeded).
     #[arg(long, requires = "pre_hook")]
     post_hook: Option<String>,
+    /// Put the disk in this consistency group (created if new): its cycles are cut at one
+    /// instant with the group's other disks, and the server keeps group points over all of
+    /// them (`sitrep points --group`, `sitrep failover --group`).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output (the job, see docs/architecture.md).
@@ -131,6 +136,7 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
             crash_points_every: a.crash_points_every.clone(),
             retain: a.retain.clone(),
             max_point_storage: a.max_point_storage.clone(),
+            group: a.group.clone(),
         },
         Duration::from_secs(60),
     )?;
@@ -378,8 +384,12 @@ pub(crate) struct PointsArgs {
     #[command(subcommand)]
     cmd: Option<PointsCommand>,
     /// The disk whose recovery points to list (on the server).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "group")]
     name: Option<String>,
+    /// List a consistency group's points instead: each is one instant over all its member
+    /// disks (`sitrep protect --group`).
+    #[arg(long, conflicts_with = "name")]
+    group: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output.
@@ -401,14 +411,23 @@ pub(crate) enum PointsCommand {
 /// Arguments of `sitrep points export`.
 #[derive(Args)]
 pub(crate) struct ExportArgs {
-    /// The disk.
-    name: String,
+    /// The disk (with --group: the group point instead, and no POINT).
+    #[arg(value_name = "NAME")]
+    first: String,
     /// The point: an id from `sitrep points NAME`, `latest`, `latest-processed` or
     /// `latest-app-consistent`.
-    point: base::points::PointSel,
+    #[arg(value_name = "POINT")]
+    point: Option<base::points::PointSel>,
     /// The image file to write (on the server's host; sparse where the disk is zero).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "group")]
+    out: Option<PathBuf>,
+    /// Export one point of this consistency group: every member disk's image at the group
+    /// point's instant, as OUT_DIR/DISK.img (`sitrep points export --group G ID --out-dir D`).
+    #[arg(long, requires = "out_dir", conflicts_with = "out")]
+    group: Option<String>,
+    /// With --group: the directory for the members' images (on the server's host).
+    #[arg(long, requires = "group")]
+    out_dir: Option<PathBuf>,
     /// Overwrite an existing file.
     #[arg(long)]
     force: bool,
@@ -424,6 +443,9 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         Some(PointsCommand::Export(e)) => return export(e),
         Some(PointsCommand::Delete(d)) => return super::points_delete::delete(d),
         None => {}
+    }
+    if let Some(g) = &a.group {
+        return super::group::points(&a.socket, g, a.json);
     }
     let name = a.name.clone().unwrap_or_default();
     let resp = ask(
@@ -477,12 +499,22 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
 }
 
 fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
-    let out = std::path::absolute(&a.out)?;
+    if let (Some(g), Some(dir)) = (&a.group, &a.out_dir) {
+        if a.point.is_some() {
+            anyhow::bail!("with --group, name only the group point: --group {g} POINT");
+        }
+        let point: base::points::PointSel = a.first.parse().map_err(anyhow::Error::msg)?;
+        return super::group::export(&a.socket, g, point, dir, a.force, a.json);
+    }
+    let (Some(point), Some(out)) = (a.point, &a.out) else {
+        anyhow::bail!("name the disk and the point: sitrep points export NAME POINT --out FILE");
+    };
+    let out = std::path::absolute(out)?;
     let resp = ask(
         &a.socket,
         &Request::Export {
-            name: a.name.clone(),
-            point: a.point,
+            name: a.first.clone(),
+            point,
             out: out.display().to_string(),
             force: a.force,
         },

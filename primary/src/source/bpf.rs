@@ -71,6 +71,25 @@ impl ChangeSource for BpfSource {
         })
     }
 
+    fn cut_together(
+        &mut self,
+        devices: &[&Path],
+    ) -> Result<Vec<Result<Cut, SourceError>>, SourceError> {
+        let cuts = self.tracker.cut_together(devices)?;
+        Ok(cuts
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                Ok(Cut {
+                    seq: c.sealed.header.log_seq.0,
+                    path: c.sealed.path,
+                    time_ns: c.time_ns,
+                    exact: c.exact,
+                })
+            })
+            .collect())
+    }
+
     fn mark(&mut self, device: &Path, tag: u64) -> Result<(), SourceError> {
         Ok(self.tracker.mark(device, tag)?)
     }

@@ -276,19 +276,41 @@ impl ChangeSource for FakeSource {
     }
 
     fn cut(&mut self, device: &Path) -> Result<Cut, SourceError> {
-        self.with_disk(device, |d, exact| {
-            let time_ns = base::now_ns();
-            let sealed = d.writer.rotate().map_err(|source| SourceError::Log {
-                device: device.to_owned(),
-                source,
-            })?;
-            Ok(Cut {
-                seq: sealed.header.log_seq.0,
-                path: sealed.path,
-                time_ns,
-                exact,
+        self.cut_together(&[device])?
+            .pop()
+            .unwrap_or_else(|| Err(SourceError::NotTracked(device.to_owned())))
+    }
+
+    fn cut_together(
+        &mut self,
+        devices: &[&Path],
+    ) -> Result<Vec<Result<Cut, SourceError>>, SourceError> {
+        // One lock over all the devices: no write of the fake lands between two of them.
+        let mut g = self.lock();
+        let exact = !g.inexact;
+        if let Some(d) = devices.iter().find(|d| !g.disks.contains_key(**d)) {
+            return Err(SourceError::NotTracked((*d).to_owned()));
+        }
+        let time_ns = base::now_ns();
+        Ok(devices
+            .iter()
+            .map(|device| {
+                let d = g
+                    .disks
+                    .get_mut(*device)
+                    .ok_or_else(|| SourceError::NotTracked((*device).to_owned()))?;
+                let sealed = d.writer.rotate().map_err(|source| SourceError::Log {
+                    device: (*device).to_owned(),
+                    source,
+                })?;
+                Ok(Cut {
+                    seq: sealed.header.log_seq.0,
+                    path: sealed.path,
+                    time_ns,
+                    exact,
+                })
             })
-        })
+            .collect())
     }
 
     fn mark(&mut self, device: &Path, tag: u64) -> Result<(), SourceError> {

@@ -423,6 +423,8 @@ pub struct PointOpts {
     pub crash_points_every: Option<&'static str>,
     pub retain: Option<&'static str>,
     pub max_point_storage: Option<&'static str>,
+    /// The consistency group (`protect --group`).
+    pub group: Option<&'static str>,
 }
 
 /// An agent (the primary site) in-process.
@@ -577,6 +579,7 @@ impl Agent {
             crash_points_every: o.crash_points_every.map(String::from),
             retain: o.retain.map(String::from),
             max_point_storage: o.max_point_storage.map(String::from),
+            group: o.group.map(String::from),
         })
         .await
     }

@@ -22,6 +22,8 @@ mod disk_cap;
 mod export;
 pub mod failover;
 mod grants;
+mod group_ops;
+mod groups;
 #[cfg(feature = "test-support")]
 mod inproc;
 mod jobs;
@@ -98,6 +100,8 @@ struct Shared {
     control: Arc<control::ControlShared>,
     /// The store quota.
     quota: quota::Quota,
+    /// The consistency groups' points (`groups.rs`).
+    groups: groups::Groups,
 }
 
 impl Shared {
@@ -113,6 +117,7 @@ impl Shared {
         d.set_retention(self.retention.for_disk(asked.map(|a| a.pair())));
         d.set_point_cap(asked.and_then(|a| a.max_point_storage_bytes));
         d.set_history_budget(self.history_budget);
+        d.set_pins(self.groups.pins(&d.state().name));
     }
 
     fn slot(&self, name: &str) -> Arc<Slot> {
@@ -146,6 +151,7 @@ fn open_store(
         limits,
         control,
         quota: quota::Quota::new(opts.max_store_bytes),
+        groups: groups::Groups::open(&opts.store)?,
     });
     for name in store::list_disks(&opts.store)? {
         let slot = shared.slot(&name);

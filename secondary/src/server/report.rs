@@ -29,7 +29,45 @@ pub(super) fn status_report(sh: &Shared) -> StatusReport {
         disks,
         listeners: vec![sh.tls.status(), sh.control.status()],
         store: Some(super::quota::report(sh)),
+        groups: groups_status(sh),
     }
+}
+
+/// Each group's newest point and the member holding the next one back (from snapshots).
+fn groups_status(sh: &Shared) -> Vec<status::GroupStatus> {
+    sh.groups
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let (_, pts) = sh.groups.points(&name)?;
+            let members: Vec<String> = pts
+                .last()
+                .map(|p| p.members.keys().cloned().collect())
+                .unwrap_or_default();
+            let newest: Vec<(u64, &String)> = members
+                .iter()
+                .map(|m| {
+                    let slot = lock(&sh.slots).get(m).cloned();
+                    let cut = slot
+                        .and_then(|s| s.disk.snapshot())
+                        .and_then(|d| d.points.last().map(|p| p.cut_time_ns))
+                        .unwrap_or(0);
+                    (cut, m)
+                })
+                .collect();
+            let held_back_by = match (newest.iter().min(), newest.iter().max()) {
+                (Some(lo), Some(hi)) if lo.0 < hi.0 => Some(lo.1.clone()),
+                _ => None,
+            };
+            Some(status::GroupStatus {
+                name,
+                points: pts.len() as u64,
+                newest_point: pts.last().map(|p| (p.id, p.cut_time_ns)),
+                held_back_by,
+                members,
+            })
+        })
+        .collect()
 }
 
 /// The status of open disk `name` from its snapshot `d` (`err`: why its last session ended).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shared, delete, export::export, failover, grants, report, retired};
+use super::{Shared, delete, export::export, failover, grants, group_ops, report, retired};
 use base::control::{Call, Request, Response};
 use base::status;
 
@@ -71,6 +71,25 @@ fn blocking(sh: &Shared, req: Request) -> Response {
             Response::answer(failover::run(sh, &name, point, kind, cleanup))
         }
         Request::FailoverRecord { name } => Response::answer(failover::record(sh, &name)),
+        Request::GroupPoints { group } => Response::answer(group_ops::points(sh, &group)),
+        Request::GroupExport {
+            group,
+            point,
+            out_dir,
+            force,
+        } => Response::answer(group_ops::export_group(
+            sh,
+            &group,
+            point,
+            std::path::Path::new(&out_dir),
+            force,
+        )),
+        Request::GroupFailover {
+            group,
+            point,
+            test,
+            cleanup,
+        } => Response::answer(group_ops::failover_group(sh, &group, point, test, cleanup)),
         Request::Commit { name } => Response::answer(failover::commit(sh, &name)),
         Request::AcceptReverse {
             name,

@@ -286,6 +286,9 @@ pub struct Disk {
     /// Points being read by an export or a failover (id → readers; memory only): no
     /// retention, quota, cap or delete retires them until the reader lets go.
     held: std::collections::BTreeMap<u64, u32>,
+    /// Points a retained group point needs (memory only; the group files are the record,
+    /// `server/groups.rs`): retention passes over them.
+    pins: std::collections::BTreeSet<u64>,
 }
 
 /// What [`Disk::attach`] was asked for.

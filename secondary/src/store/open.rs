@@ -91,6 +91,7 @@ impl Disk {
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
             held: std::collections::BTreeMap::new(),
+            pins: std::collections::BTreeSet::new(),
             budget: super::HistoryBudget::default(),
         };
         d.rebuild_coverage(!retired);
@@ -258,6 +259,7 @@ impl Disk {
             fault: None,
             undo_cap: undo::MAX_ENTRIES,
             held: std::collections::BTreeMap::new(),
+            pins: std::collections::BTreeSet::new(),
             budget: super::HistoryBudget::default(),
         };
         d.save()?;

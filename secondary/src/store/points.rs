@@ -133,7 +133,7 @@ impl Disk {
             .points
             .iter()
             .zip(&keep)
-            .filter(|(p, k)| !**k && !self.is_held(p.id))
+            .filter(|(p, k)| !**k && !self.is_held(p.id) && !self.pins.contains(&p.id))
             .map(|(p, _)| p.id)
             .collect();
         if let Err(e) = self.retire_points(&retire) {
@@ -182,6 +182,12 @@ impl Disk {
                 self.held.remove(&id);
             }
         }
+    }
+
+    /// The points a retained group point needs: retention keeps them (the quota, a point
+    /// cap and `points delete` do not ask).
+    pub fn set_pins(&mut self, pins: std::collections::BTreeSet<u64>) {
+        self.pins = pins;
     }
 
     /// True while a reader holds point `id`.

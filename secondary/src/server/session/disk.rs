@@ -228,6 +228,15 @@ where
                     label,
                 }),
             ) => self.on_verdict(seq, crash_consistent, label).await,
+            (
+                Idle,
+                Control(Msg::GroupVerdict {
+                    seq,
+                    group,
+                    cut_id,
+                    members,
+                }),
+            ) => self.on_group_verdict(seq, group, cut_id, members).await,
             (Duplicate(seq), Data { .. } | Zero { .. }) => Ok(Flow::Continue(Duplicate(seq))),
             (Duplicate(seq), Control(Msg::CycleEnd { .. })) => self.on_duplicate_end(seq).await,
             (m, f) => Err(self.on_unexpected(m, &f).await),

@@ -12,6 +12,7 @@
 mod copy;
 mod cycle;
 mod disk;
+pub(crate) mod group;
 mod policy;
 mod resync;
 mod setup;

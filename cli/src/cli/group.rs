@@ -1,0 +1,275 @@
+//! `sitrep group` (the agent's consistency groups: create, add, remove, delete, list) and
+//! the secondary's group views: `points --group`, `points export --group`, `failover
+//! --group`. docs/architecture.md, *Consistency groups*.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base::control::{GroupAction, Request};
+use base::points::PointSel;
+use clap::{Args, Subcommand};
+
+use super::repl::SocketArg;
+use crate::{Outcome, human};
+
+/// Arguments of `sitrep group`.
+#[derive(Args)]
+pub(crate) struct GroupArgs {
+    #[command(subcommand)]
+    cmd: GroupCommand,
+}
+
+/// `sitrep group …` (on the agent: the disks cut together).
+#[derive(Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Create an empty consistency group (`sitrep protect --group` creates one too).
+    Create(GroupNameArgs),
+    /// Put protected disks in a group: from their next cut on, all its disks are cut at one
+    /// instant and the server keeps group points over all of them.
+    Add(GroupDisksArgs),
+    /// Take disks out of a group (they go on replicating with points of their own).
+    Remove(GroupDisksArgs),
+    /// Delete an empty group.
+    Delete(GroupNameArgs),
+    /// List the groups and their disks.
+    List(GroupListArgs),
+}
+
+/// A group's name.
+#[derive(Args)]
+pub(crate) struct GroupNameArgs {
+    /// The group.
+    group: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A group and disks.
+#[derive(Args)]
+pub(crate) struct GroupDisksArgs {
+    /// The group.
+    group: String,
+    /// The disks (names as in `sitrep status`).
+    #[arg(required = true)]
+    disks: Vec<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sitrep group list`.
+#[derive(Args)]
+pub(crate) struct GroupListArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
+    let (action, group, disks, socket, json) = match &a.cmd {
+        GroupCommand::Create(n) => (
+            GroupAction::Create,
+            Some(&n.group),
+            vec![],
+            &n.socket,
+            n.json,
+        ),
+        GroupCommand::Delete(n) => (
+            GroupAction::Delete,
+            Some(&n.group),
+            vec![],
+            &n.socket,
+            n.json,
+        ),
+        GroupCommand::Add(d) => (
+            GroupAction::Add,
+            Some(&d.group),
+            d.disks.clone(),
+            &d.socket,
+            d.json,
+        ),
+        GroupCommand::Remove(d) => (
+            GroupAction::Remove,
+            Some(&d.group),
+            d.disks.clone(),
+            &d.socket,
+            d.json,
+        ),
+        GroupCommand::List(l) => (GroupAction::List, None, vec![], &l.socket, l.json),
+    };
+    let resp: serde_json::Value = base::control::ask(
+        &socket.path(),
+        &Request::Group {
+            action,
+            group: group.cloned(),
+            disks,
+        },
+        Duration::from_secs(30),
+    )?;
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(Outcome::Ok);
+    }
+    let groups = resp["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        crate::outln!("no consistency groups");
+    }
+    for g in groups {
+        let members: Vec<&str> = g["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        crate::outln!(
+            "{}: {}",
+            g["name"].as_str().unwrap_or("?"),
+            if members.is_empty() {
+                "(no disks)".to_string()
+            } else {
+                members.join(", ")
+            }
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep points --group G` (server).
+pub(crate) fn points(socket: &SocketArg, group: &str, json: bool) -> anyhow::Result<Outcome> {
+    let r: serde_json::Value = base::control::ask(
+        &socket.path(),
+        &Request::GroupPoints {
+            group: group.to_string(),
+        },
+        Duration::from_secs(30),
+    )?;
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    let pts = r["points"].as_array().cloned().unwrap_or_default();
+    crate::outln!(
+        "group {} (client {}): {} group point(s) over {}",
+        group,
+        r["owner"].as_str().unwrap_or("?"),
+        pts.len(),
+        r["members"]
+            .as_array()
+            .map(|m| m
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    let now = base::now_ns();
+    for p in pts.iter().rev() {
+        let cut = p["cut_time_ns"].as_u64().unwrap_or(0);
+        let members: Vec<String> = p["members"]
+            .as_object()
+            .map(|m| m.iter().map(|(d, id)| format!("{d}@{id}")).collect())
+            .unwrap_or_default();
+        crate::outln!(
+            "{:>8}  cut {} ({:>7} ago)  {}",
+            p["id"].as_u64().unwrap_or(0),
+            human::timestamp(cut),
+            human::duration(now.saturating_sub(cut)),
+            members.join("  ")
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep points export --group G POINT --out-dir DIR` (server).
+pub(crate) fn export(
+    socket: &SocketArg,
+    group: &str,
+    point: PointSel,
+    dir: &Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let dir = std::path::absolute(dir)?;
+    let r: serde_json::Value = base::control::ask(
+        &socket.path(),
+        &Request::GroupExport {
+            group: group.to_string(),
+            point,
+            out_dir: dir.display().to_string(),
+            force,
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    crate::outln!(
+        "exported group point {} of group {group} (cut {}):",
+        r["point"]["id"].as_u64().unwrap_or(0),
+        human::timestamp(r["point"]["cut_time_ns"].as_u64().unwrap_or(0))
+    );
+    for i in r["images"].as_array().cloned().unwrap_or_default() {
+        crate::outln!(
+            "  disk {} point {} → {}",
+            i["disk"].as_str().unwrap_or("?"),
+            i["point"].as_u64().unwrap_or(0),
+            i["export"]["out"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep failover --group G` (server).
+pub(crate) fn failover(
+    socket: &SocketArg,
+    group: &str,
+    point: PointSel,
+    test: bool,
+    cleanup: bool,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    if !test && !json {
+        eprintln!(
+            "unplanned failover of group {group}: replication of its disks stops now; their agents' sessions will be refused"
+        );
+    }
+    let r: serde_json::Value = base::control::ask(
+        &socket.path(),
+        &Request::GroupFailover {
+            group: group.to_string(),
+            point,
+            test,
+            cleanup,
+        },
+        Duration::from_secs(24 * 3600),
+    )?;
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    if cleanup {
+        crate::outln!("test failover of group {group} removed");
+        return Ok(Outcome::Ok);
+    }
+    crate::outln!(
+        "{} failover of group {group} at group point {} (cut {}):",
+        if test { "test" } else { "unplanned" },
+        r["point"]["id"].as_u64().unwrap_or(0),
+        human::timestamp(r["point"]["cut_time_ns"].as_u64().unwrap_or(0))
+    );
+    for m in r["members"].as_array().cloned().unwrap_or_default() {
+        crate::outln!(
+            "  disk {} point {} → device {}",
+            m["disk"].as_str().unwrap_or("?"),
+            m["point"]["id"].as_u64().unwrap_or(0),
+            m["device"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,190 @@
+//! `sitrep group create|add|remove|delete|list` on the agent: which of this host's disks
+//! are cut together (`group.rs`). A disk's group is part of its protection
+//! (`protection.json`, `group`); the names of the groups, members or not, are kept in
+//! `STATE/groups.json` (version 1: `{"version":1,"groups":["db"]}`), so an empty group
+//! outlives a restart.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Agent, lock};
+use base::control::GroupAction;
+
+/// Most groups on one agent.
+const MAX_GROUPS: usize = 256;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupsFile {
+    version: u32,
+    groups: BTreeSet<String>,
+}
+
+fn groups_path(state: &Path) -> PathBuf {
+    state.join("groups.json")
+}
+
+fn load(state: &Path) -> anyhow::Result<GroupsFile> {
+    let path = groups_path(state);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let f: GroupsFile = serde_json::from_slice(&b)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if f.version != 1 {
+                anyhow::bail!("{}: unknown version {}", path.display(), f.version);
+            }
+            Ok(f)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GroupsFile {
+            version: 1,
+            groups: BTreeSet::new(),
+        }),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn save(state: &Path, f: &GroupsFile) -> anyhow::Result<()> {
+    let path = groups_path(state);
+    let bytes = serde_json::to_vec_pretty(f)?;
+    base::files::write_atomic(&path, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// A group name follows the disk-name rules (it names files on the server).
+///
+/// # Errors
+/// Not a valid name: the message says what is.
+pub(crate) fn check_group_name(g: &str) -> anyhow::Result<()> {
+    if base::valid_disk_name(g) {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "'{g}' is not a valid group name (1-64 letters, digits, '.', '_', '-'; no leading dot)"
+        )
+    }
+}
+
+impl Agent {
+    /// Keeps `group`'s name (a disk was put in it).
+    pub(crate) fn remember_group(&self, group: &str) -> anyhow::Result<()> {
+        let mut f = load(&self.opts.state)?;
+        if f.groups.insert(group.to_string()) {
+            if f.groups.len() > MAX_GROUPS {
+                anyhow::bail!("at most {MAX_GROUPS} groups on one agent");
+            }
+            f.version = 1;
+            save(&self.opts.state, &f)?;
+        }
+        Ok(())
+    }
+
+    /// Answers `sitrep group`.
+    pub(crate) fn group_request(
+        &self,
+        action: GroupAction,
+        group: Option<String>,
+        disks: Vec<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let state = self.opts.state.clone();
+        let group = match (action, group) {
+            (GroupAction::List, _) => return self.group_list(),
+            (_, Some(g)) => g,
+            (_, None) => anyhow::bail!("name the group"),
+        };
+        check_group_name(&group)?;
+        let mut f = load(&state)?;
+        let known = f.groups.contains(&group);
+        match action {
+            GroupAction::Create => {
+                if known {
+                    anyhow::bail!("group {group} exists already");
+                }
+                self.remember_group(&group)?;
+            }
+            GroupAction::Delete => {
+                let members = self.members(&group);
+                if !members.is_empty() {
+                    anyhow::bail!(
+                        "group {group} still has disks: {}; `sitrep group remove {group} DISK…` first",
+                        members.join(", ")
+                    );
+                }
+                if !f.groups.remove(&group) {
+                    anyhow::bail!("no group {group} on this agent");
+                }
+                save(&state, &f)?;
+            }
+            GroupAction::Add | GroupAction::Remove => {
+                if !known {
+                    anyhow::bail!("no group {group} on this agent: `sitrep group create {group}`");
+                }
+                if disks.is_empty() {
+                    anyhow::bail!("name the disks");
+                }
+                let add = action == GroupAction::Add;
+                self.set_members(&group, &disks, add)?;
+            }
+            GroupAction::List => {}
+        }
+        self.group_list()
+    }
+
+    /// Puts `disks` in `group` (`add`) or takes them out; all or nothing.
+    fn set_members(&self, group: &str, disks: &[String], add: bool) -> anyhow::Result<()> {
+        let rts: Vec<_> = {
+            let all = lock(&self.disks);
+            disks
+                .iter()
+                .map(|d| {
+                    all.get(d)
+                        .cloned()
+                        .ok_or_else(|| anyhow::anyhow!("disk {d} is not protected here"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        if !add
+            && let Some(d) = rts
+                .iter()
+                .find(|rt| lock(&rt.prot).group.as_deref() != Some(group))
+        {
+            anyhow::bail!("disk {} is not in group {group}", lock(&d.prot).name);
+        }
+        for rt in rts {
+            let mut p = rt.prot_mut();
+            p.group = add.then(|| group.to_string());
+            p.save(&self.opts.state)
+                .map_err(|e| anyhow::anyhow!("disk {}: saving state: {e}", p.name))?;
+            tracing::info!(disk = %p.name, group, add, "group membership changed");
+        }
+        Ok(())
+    }
+
+    fn members(&self, group: &str) -> Vec<String> {
+        lock(&self.disks)
+            .values()
+            .filter_map(|rt| {
+                let p = lock(&rt.prot);
+                (p.group.as_deref() == Some(group)).then(|| p.name.clone())
+            })
+            .collect()
+    }
+
+    /// `{"groups":[{"name":"db","members":["data","log"]}]}`.
+    fn group_list(&self) -> anyhow::Result<serde_json::Value> {
+        let mut names = load(&self.opts.state)?.groups;
+        for rt in lock(&self.disks).values() {
+            if let Some(g) = &lock(&rt.prot).group {
+                names.insert(g.clone());
+            }
+        }
+        let groups: Vec<_> = names
+            .into_iter()
+            .map(|g| {
+                let members = self.members(&g);
+                serde_json::json!({ "name": g, "members": members })
+            })
+            .collect();
+        Ok(serde_json::json!({ "groups": groups }))
+    }
+}

@@ -1,0 +1,115 @@
+//! A consistency group's points on the secondary (`server/groups.rs` keeps them): `sitrep
+//! points --group G`, `points export --group G POINT --out-dir DIR` (every member's point of
+//! one group point, as `DIR/DISK.img`), and `failover --group G` (a test or unplanned
+//! failover of every member at one group point; `--cleanup` ends a group's test failover).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::Shared;
+use super::export::export;
+use super::failover::{self, Kind};
+use super::groups::{GroupPoint, as_points};
+use super::session::group::checked_points;
+use base::points::PointSel;
+
+/// `sitrep points --group G`.
+///
+/// # Errors
+/// No such group.
+pub(super) fn points(sh: &Shared, group: &str) -> anyhow::Result<serde_json::Value> {
+    let (owner, pts) = checked_points(sh, group)
+        .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
+    let members: BTreeSet<&String> = pts.iter().flat_map(|p| p.members.keys()).collect();
+    Ok(serde_json::json!({
+        "schema": base::status::SCHEMA,
+        "group": group,
+        "owner": owner,
+        "members": members,
+        "points": pts,
+    }))
+}
+
+fn pick(sh: &Shared, group: &str, sel: PointSel) -> anyhow::Result<GroupPoint> {
+    let (_, pts) = checked_points(sh, group)
+        .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
+    let as_pts = as_points(&pts);
+    let id = sel
+        .pick(&as_pts)
+        .map(|p| p.id)
+        .ok_or_else(|| anyhow::anyhow!("group {group}: no group point {sel}"))?;
+    pts.into_iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| anyhow::anyhow!("group {group}: no group point {id}"))
+}
+
+/// `sitrep points export --group G POINT --out-dir DIR`.
+///
+/// # Errors
+/// No such group or point, `out_dir` not a directory, or a member's export failed (the
+/// images made before it stay; the message names the member).
+pub(super) fn export_group(
+    sh: &Shared,
+    group: &str,
+    sel: PointSel,
+    out_dir: &Path,
+    force: bool,
+) -> anyhow::Result<serde_json::Value> {
+    if !out_dir.is_dir() {
+        anyhow::bail!("{}: not a directory", out_dir.display());
+    }
+    let gp = pick(sh, group, sel)?;
+    let mut images = Vec::new();
+    for (disk, id) in &gp.members {
+        let out = out_dir.join(format!("{disk}.img"));
+        let r = export(sh, disk, PointSel::Id(*id), &out, force, &|_, _| {})
+            .map_err(|e| anyhow::anyhow!("group {group}, point {}: disk {disk}: {e:#}", gp.id))?;
+        images.push(serde_json::json!({ "disk": disk, "point": id, "export": r }));
+    }
+    Ok(serde_json::json!({
+        "group": group,
+        "point": gp,
+        "images": images,
+    }))
+}
+
+/// `sitrep failover --group G [--test [--cleanup]] [--point P]`.
+///
+/// # Errors
+/// No such group or point, or a member's failover failed (the message names it; members
+/// before it have failed over: run the command again, or choose another point).
+pub(super) fn failover_group(
+    sh: &Shared,
+    group: &str,
+    sel: PointSel,
+    test: bool,
+    cleanup: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let kind = if test { Kind::Test } else { Kind::Unplanned };
+    if cleanup {
+        let (_, pts) = checked_points(sh, group)
+            .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
+        let members: BTreeSet<String> =
+            pts.iter().flat_map(|p| p.members.keys().cloned()).collect();
+        let mut done = Vec::new();
+        for m in members {
+            let r = failover::run(sh, &m, PointSel::Latest, kind, true)
+                .map_err(|e| anyhow::anyhow!("group {group}: disk {m}: {e:#}"))?;
+            done.push(r);
+        }
+        return Ok(serde_json::json!({ "group": group, "cleaned": done }));
+    }
+    let gp = pick(sh, group, sel)?;
+    let mut records = Vec::new();
+    for (disk, id) in &gp.members {
+        let r = failover::run(sh, disk, PointSel::Id(*id), kind, false)
+            .map_err(|e| anyhow::anyhow!("group {group}, point {}: disk {disk}: {e:#}", gp.id))?;
+        records.push(r);
+    }
+    Ok(serde_json::json!({
+        "group": group,
+        "point": gp,
+        "kind": if test { "test" } else { "unplanned" },
+        "members": records,
+    }))
+}

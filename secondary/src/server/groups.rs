@@ -1,0 +1,336 @@
+//! Consistency groups on the server: **group points**. The agent cuts a group's disks at one
+//! instant and, after each member's `Verdict`, says which group cut the cycle belongs to
+//! (`GroupVerdict`, protocol 5). Each member's session reports here whether its cycle became
+//! a point; when every member named by the cut has a point from it, those points together are
+//! the group's disks at one instant — a group point, kept in `STORE/groups/NAME.json`.
+//!
+//! **Retention.** A group point pins its members' points: a member disk's retention passes
+//! over a pinned point ([`crate::store::Disk::set_pins`]). Group points are thinned by the
+//! reporting member's retention policy (one per slot, the span, the newest ones), so pins
+//! are bounded like points. The store quota, a disk's point cap and `points delete` are the
+//! operator's and may still retire a pinned point; a group point whose member point is gone
+//! is dropped at the next report or listing (never shown as usable).
+//!
+//! **Hostile peers.** A group belongs to the client (certificate name) that reported it
+//! first; another client's report is refused. A report names only its own disk's point (the
+//! session's disk must be a member), so a peer can make a group point only from points that
+//! each member's own session reported. Names follow the disk-name rules; at most
+//! [`proto::MAX_GROUP_MEMBERS`] members, [`MAX_PENDING`] cuts waiting per group,
+//! [`MAX_GROUP_POINTS`] points per group and [`MAX_GROUPS`] groups.
+//!
+//! File format (version 1, JSON): `{"version":1,"name":"db","owner":"sitea","next_id":3,
+//! "points":[{"id":2,"cut_id":…,"cut_time_ns":…,"created_unix_ns":…,
+//! "members":{"data":41,"log":17}}]}` — `members` maps each disk to its point id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use base::lock;
+use base::points::{Point, PointKind, Retention};
+
+/// Cuts waiting for their members' reports, per group (the oldest is dropped past it).
+pub(crate) const MAX_PENDING: usize = 64;
+/// Group points kept per group at most (retention keeps far fewer).
+pub(crate) const MAX_GROUP_POINTS: usize = 65_536;
+/// Groups per server.
+pub(crate) const MAX_GROUPS: usize = 4096;
+/// Largest group file read.
+const MAX_FILE: u64 = 64 << 20;
+
+/// One group point: every member's point from one cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupPoint {
+    /// The group point's id (per group, increasing).
+    pub id: u64,
+    /// The agent's id of the cut (its instant, ns).
+    pub cut_id: u64,
+    /// The cut's instant (the members' points' cut time).
+    pub cut_time_ns: u64,
+    /// When the server recorded it.
+    pub created_unix_ns: u64,
+    /// Each member disk and its point.
+    pub members: BTreeMap<String, u64>,
+}
+
+impl GroupPoint {
+    /// As a point, for retention and point selectors.
+    fn as_point(&self) -> Point {
+        Point {
+            id: self.id,
+            kind: PointKind::CrashConsistent,
+            cut_time_ns: self.cut_time_ns,
+            first_seq: self.id,
+            created_unix_ns: self.created_unix_ns,
+            label: None,
+            bytes: 0,
+        }
+    }
+}
+
+/// `STORE/groups/NAME.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    version: u32,
+    name: String,
+    owner: String,
+    next_id: u64,
+    points: Vec<GroupPoint>,
+}
+
+/// A cut some members have reported.
+struct Pending {
+    members: BTreeSet<String>,
+    cut_time_ns: u64,
+    points: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Group {
+    file: GroupFile,
+    pending: BTreeMap<u64, Pending>,
+}
+
+/// A member's report of its cycle at a group cut.
+pub(crate) struct Report<'a> {
+    /// The client (certificate name).
+    pub(crate) client: &'a str,
+    /// The group.
+    pub(crate) group: &'a str,
+    /// The reporting disk.
+    pub(crate) disk: &'a str,
+    /// The cut.
+    pub(crate) cut_id: u64,
+    /// Every member cut then.
+    pub(crate) members: &'a [String],
+    /// The disk's point from that cut (id, cut time), if its cycle became one.
+    pub(crate) point: Option<(u64, u64)>,
+}
+
+/// Every group of the store.
+pub(crate) struct Groups {
+    dir: PathBuf,
+    inner: std::sync::Mutex<BTreeMap<String, Group>>,
+}
+
+impl Groups {
+    /// Loads `STORE/groups/*.json`.
+    ///
+    /// # Errors
+    /// A group file is unreadable or invalid (named).
+    pub(crate) fn open(store: &Path) -> anyhow::Result<Self> {
+        let dir = store.join("groups");
+        let mut groups = BTreeMap::new();
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => {
+                for e in rd {
+                    let path = e?.path();
+                    if path.extension().is_none_or(|x| x != "json") {
+                        continue;
+                    }
+                    let file = read_file(&path)?;
+                    groups.insert(
+                        file.name.clone(),
+                        Group {
+                            file,
+                            pending: BTreeMap::new(),
+                        },
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("{}: {e}", dir.display()),
+        }
+        Ok(Self {
+            dir,
+            inner: std::sync::Mutex::new(groups),
+        })
+    }
+
+    /// Records a member's report; `Ok(Some(point))` when it completed a group point (then
+    /// the members' pins changed: see [`Groups::pins`]). `retention` thins the group's points.
+    ///
+    /// # Errors
+    /// A bad report (names, members, another client's group) or the file could not be written.
+    pub(crate) fn report(
+        &self,
+        r: &Report<'_>,
+        retention: &Retention,
+        now_ns: u64,
+    ) -> Result<Option<GroupPoint>, String> {
+        check_report(r)?;
+        let mut all = lock(&self.inner);
+        if !all.contains_key(r.group) && all.len() >= MAX_GROUPS {
+            return Err(format!("at most {MAX_GROUPS} groups on this server"));
+        }
+        let g = all.entry(r.group.to_string()).or_default();
+        if g.file.owner.is_empty() {
+            g.file = GroupFile {
+                version: 1,
+                name: r.group.to_string(),
+                owner: r.client.to_string(),
+                next_id: 1,
+                points: Vec::new(),
+            };
+        } else if g.file.owner != r.client {
+            return Err(format!(
+                "group {} belongs to client {}, not {}",
+                r.group, g.file.owner, r.client
+            ));
+        }
+        let members: BTreeSet<String> = r.members.iter().cloned().collect();
+        let Some((id, cut_time_ns)) = r.point else {
+            // Not a point on this member: the cut has no group point.
+            g.pending.remove(&r.cut_id);
+            return Ok(None);
+        };
+        let p = g.pending.entry(r.cut_id).or_insert_with(|| Pending {
+            members: members.clone(),
+            cut_time_ns,
+            points: BTreeMap::new(),
+        });
+        if p.members != members || p.cut_time_ns != cut_time_ns {
+            g.pending.remove(&r.cut_id);
+            return Err(format!(
+                "group {}: cut {} reported with other members or another instant",
+                r.group, r.cut_id
+            ));
+        }
+        p.points.insert(r.disk.to_string(), id);
+        if p.points.len() < p.members.len() {
+            while g.pending.len() > MAX_PENDING {
+                g.pending.pop_first();
+            }
+            return Ok(None);
+        }
+        let Some(done) = g.pending.remove(&r.cut_id) else {
+            return Ok(None);
+        };
+        let gp = GroupPoint {
+            id: g.file.next_id,
+            cut_id: r.cut_id,
+            cut_time_ns: done.cut_time_ns,
+            created_unix_ns: now_ns,
+            members: done.points,
+        };
+        g.file.next_id += 1;
+        g.file.points.push(gp.clone());
+        // Older cuts can no longer complete once a later one did (members report in order).
+        g.pending.retain(|c, _| *c > r.cut_id);
+        thin(&mut g.file.points, retention, now_ns);
+        write_file(&self.dir, &g.file).map_err(|e| format!("group {}: {e}", r.group))?;
+        Ok(Some(gp))
+    }
+
+    /// The points of `disk` that its groups' points pin.
+    pub(crate) fn pins(&self, disk: &str) -> BTreeSet<u64> {
+        lock(&self.inner)
+            .values()
+            .flat_map(|g| g.file.points.iter())
+            .filter_map(|p| p.members.get(disk).copied())
+            .collect()
+    }
+
+    /// The group's points, oldest first, and its owner; `None` if there is no such group.
+    pub(crate) fn points(&self, group: &str) -> Option<(String, Vec<GroupPoint>)> {
+        lock(&self.inner)
+            .get(group)
+            .map(|g| (g.file.owner.clone(), g.file.points.clone()))
+    }
+
+    /// Every group's name.
+    pub(crate) fn names(&self) -> Vec<String> {
+        lock(&self.inner).keys().cloned().collect()
+    }
+
+    /// Drops the group points whose member points `exists` says are gone (retired by the
+    /// quota, a cap or `points delete`); true if any went.
+    pub(crate) fn drop_broken(&self, group: &str, exists: impl Fn(&str, u64) -> bool) -> bool {
+        let mut all = lock(&self.inner);
+        let Some(g) = all.get_mut(group) else {
+            return false;
+        };
+        let before = g.file.points.len();
+        g.file
+            .points
+            .retain(|p| p.members.iter().all(|(d, id)| exists(d, *id)));
+        if g.file.points.len() == before {
+            return false;
+        }
+        if let Err(e) = write_file(&self.dir, &g.file) {
+            tracing::warn!(group, "{e}");
+        }
+        true
+    }
+}
+
+/// Thins `points` (oldest first) by `retention`, and to [`MAX_GROUP_POINTS`].
+fn thin(points: &mut Vec<GroupPoint>, retention: &Retention, now_ns: u64) {
+    let as_points: Vec<Point> = points.iter().map(GroupPoint::as_point).collect();
+    let keep = retention.keep_flags(&as_points, now_ns);
+    let mut k = keep.into_iter();
+    points.retain(|_| k.next().unwrap_or(true));
+    let over = points.len().saturating_sub(MAX_GROUP_POINTS);
+    points.drain(..over);
+}
+
+/// As a point, for selectors (`latest`, an id).
+#[must_use]
+pub(crate) fn as_points(points: &[GroupPoint]) -> Vec<Point> {
+    points.iter().map(GroupPoint::as_point).collect()
+}
+
+fn check_report(r: &Report<'_>) -> Result<(), String> {
+    if !base::valid_disk_name(r.group) {
+        return Err("a group name that is not a valid name".into());
+    }
+    if r.members.len() > proto::MAX_GROUP_MEMBERS || r.members.len() < 2 {
+        return Err(format!(
+            "group {}: a cut of {} members (2..={} allowed)",
+            r.group,
+            r.members.len(),
+            proto::MAX_GROUP_MEMBERS
+        ));
+    }
+    if r.members.iter().any(|m| !base::valid_disk_name(m))
+        || r.members.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err(format!(
+            "group {}: members must be valid disk names, sorted, without duplicates",
+            r.group
+        ));
+    }
+    if !r.members.iter().any(|m| m == r.disk) {
+        return Err(format!(
+            "group {}: disk {} reported a cut it is not a member of",
+            r.group, r.disk
+        ));
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> anyhow::Result<GroupFile> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_FILE {
+        anyhow::bail!("{}: {len} bytes (at most {MAX_FILE})", path.display());
+    }
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let f: GroupFile =
+        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if f.version != 1 || !base::valid_disk_name(&f.name) {
+        anyhow::bail!("{}: not a version-1 group file", path.display());
+    }
+    Ok(f)
+}
+
+fn write_file(dir: &Path, f: &GroupFile) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = serde_json::to_vec_pretty(f).map_err(std::io::Error::other)?;
+    base::files::write_atomic(&dir.join(format!("{}.json", f.name)), &bytes)
+}
+
+#[cfg(test)]
+mod tests;
