@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
-use super::Shared;
 use super::export::export;
 use super::failover::{self, Kind};
 use super::groups::{GroupPoint, as_points};
 use super::session::group::checked_points;
+use super::{Shared, Slot, lock};
 use base::points::PointSel;
 
 /// `sitrep points --group G`.
@@ -30,7 +31,9 @@ pub(super) fn points(sh: &Shared, group: &str) -> anyhow::Result<serde_json::Val
     }))
 }
 
-fn pick(sh: &Shared, group: &str, sel: PointSel) -> anyhow::Result<GroupPoint> {
+/// The group point `sel` names, with every member's point held ([`Holds`]) so that neither
+/// retention nor the group's own thinning can retire one while it is read.
+fn pick(sh: &Shared, group: &str, sel: PointSel) -> anyhow::Result<(GroupPoint, Holds)> {
     let (_, pts) = checked_points(sh, group)
         .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
     let as_pts = as_points(&pts);
@@ -38,9 +41,38 @@ fn pick(sh: &Shared, group: &str, sel: PointSel) -> anyhow::Result<GroupPoint> {
         .pick(&as_pts)
         .map(|p| p.id)
         .ok_or_else(|| anyhow::anyhow!("group {group}: no group point {sel}"))?;
-    pts.into_iter()
+    let gp = pts
+        .into_iter()
         .find(|p| p.id == id)
-        .ok_or_else(|| anyhow::anyhow!("group {group}: no group point {id}"))
+        .ok_or_else(|| anyhow::anyhow!("group {group}: no group point {id}"))?;
+    let mut holds = Holds(Vec::new());
+    for (disk, point) in &gp.members {
+        let slot = lock(&sh.slots)
+            .get(disk)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("group {group}: disk {disk} is not replicated here"))?;
+        let held = slot.disk.lock().as_mut().is_some_and(|d| d.hold(*point));
+        if !held {
+            anyhow::bail!(
+                "group {group}, point {id}: disk {disk} no longer has its point {point} (retired by the quota, a cap or `points delete`)"
+            );
+        }
+        holds.0.push((slot, *point));
+    }
+    Ok((gp, holds))
+}
+
+/// Holds on the member points of a group point being read; released on drop.
+struct Holds(Vec<(Arc<Slot>, u64)>);
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        for (slot, id) in &self.0 {
+            if let Some(d) = slot.disk.lock().as_mut() {
+                d.release(*id);
+            }
+        }
+    }
 }
 
 /// `sitrep points export --group G POINT --out-dir DIR`.
@@ -58,7 +90,7 @@ pub(super) fn export_group(
     if !out_dir.is_dir() {
         anyhow::bail!("{}: not a directory", out_dir.display());
     }
-    let gp = pick(sh, group, sel)?;
+    let (gp, _holds) = pick(sh, group, sel)?;
     let mut images = Vec::new();
     for (disk, id) in &gp.members {
         let out = out_dir.join(format!("{disk}.img"));
@@ -99,7 +131,7 @@ pub(super) fn failover_group(
         }
         return Ok(serde_json::json!({ "group": group, "cleaned": done }));
     }
-    let gp = pick(sh, group, sel)?;
+    let (gp, _holds) = pick(sh, group, sel)?;
     let mut records = Vec::new();
     for (disk, id) in &gp.members {
         let r = failover::run(sh, disk, PointSel::Id(*id), kind, false)
