@@ -224,6 +224,11 @@ pub enum Request {
         /// Disk name.
         name: String,
     },
+    /// `sitrep commit --group G` (server): finalize the unplanned failover of every member.
+    GroupCommit {
+        /// The group.
+        group: String,
+    },
     /// `sitrep wait` (agent): returns once every change completed before the request is
     /// applied on the replica, or after `timeout_secs`.
     Wait {

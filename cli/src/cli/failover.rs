@@ -52,7 +52,11 @@ pub(crate) struct FailoverArgs {
 #[derive(Args)]
 pub(crate) struct CommitArgs {
     /// The disk name.
-    name: String,
+    #[arg(required_unless_present = "group")]
+    name: Option<String>,
+    /// Commit the failover of every member of this consistency group (`failover --group`).
+    #[arg(long, conflicts_with = "name")]
+    group: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// Machine-readable output.
@@ -167,10 +171,26 @@ pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) fn commit(a: &CommitArgs) -> anyhow::Result<Outcome> {
+    if let Some(g) = &a.group {
+        let r: serde_json::Value = base::control::ask(
+            &a.socket.path(),
+            &Request::GroupCommit { group: g.clone() },
+            Duration::from_secs(24 * 3600),
+        )?;
+        if a.json {
+            crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            let n = r["committed"].as_array().map_or(0, Vec::len);
+            crate::outln!(
+                "committed the failover of group {g} ({n} disks); their recovery points are deleted"
+            );
+        }
+        return Ok(Outcome::Ok);
+    }
     let r = ask(
         &a.socket,
         &Request::Commit {
-            name: a.name.clone(),
+            name: a.name.clone().unwrap_or_default(),
         },
     )?;
     if a.json {

@@ -145,3 +145,34 @@ pub(super) fn failover_group(
         "members": records,
     }))
 }
+
+/// `sitrep commit --group G`: every member's unplanned failover stays; their points go (and
+/// with them the group's points).
+///
+/// # Errors
+/// No such group, or a member without an uncommitted failover (checked for all before any
+/// is committed), or a commit failed (named).
+pub(super) fn commit_group(sh: &Shared, group: &str) -> anyhow::Result<serde_json::Value> {
+    let (_, pts) = sh
+        .groups
+        .points(group)
+        .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
+    let members: BTreeSet<String> = pts.iter().flat_map(|p| p.members.keys().cloned()).collect();
+    if members.is_empty() {
+        anyhow::bail!("group {group} has no group point, so no group failover to commit");
+    }
+    for m in &members {
+        let r = failover::record(sh, m).map_err(|e| anyhow::anyhow!("group {group}: {e:#}"))?;
+        if r.committed {
+            anyhow::bail!("group {group}: disk {m}'s failover is committed already");
+        }
+    }
+    let mut done = Vec::new();
+    for m in &members {
+        done.push(
+            failover::commit(sh, m).map_err(|e| anyhow::anyhow!("group {group}: disk {m}: {e:#}"))?,
+        );
+    }
+    let _ = checked_points(sh, group);
+    Ok(serde_json::json!({ "group": group, "committed": done }))
+}

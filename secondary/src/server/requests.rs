@@ -72,6 +72,7 @@ fn blocking(sh: &Shared, req: Request) -> Response {
         }
         Request::FailoverRecord { name } => Response::answer(failover::record(sh, &name)),
         Request::GroupPoints { group } => Response::answer(group_ops::points(sh, &group)),
+        Request::GroupCommit { group } => Response::answer(group_ops::commit_group(sh, &group)),
         Request::GroupExport {
             group,
             point,
