@@ -34,8 +34,8 @@ mkdir -p "$status_dir"
 
 log "building the sitrep binary (VM tests drive the CLI too: target/debug/sitrep)"
 cargo build -q -p sitrep-cli
-log "building VM-tier test binaries (cargo test -p sitrep-tests --test 'vm_*' --no-run)"
-cargo test -p sitrep-tests --test 'vm_*' --no-run --message-format=json >"$status_dir/build.json"
+log "building VM-tier test binaries (cargo test -p sitrep-tests -p sitrep-cli --test 'vm_*' --no-run)"
+cargo test -p sitrep-tests -p sitrep-cli --test 'vm_*' --no-run --message-format=json >"$status_dir/build.json"
 python3 - "$status_dir/build.json" >"$status_dir/binaries" <<'EOF'
 import json, sys
 for line in open(sys.argv[1]):

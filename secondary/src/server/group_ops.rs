@@ -170,7 +170,8 @@ pub(super) fn commit_group(sh: &Shared, group: &str) -> anyhow::Result<serde_jso
     let mut done = Vec::new();
     for m in &members {
         done.push(
-            failover::commit(sh, m).map_err(|e| anyhow::anyhow!("group {group}: disk {m}: {e:#}"))?,
+            failover::commit(sh, m)
+                .map_err(|e| anyhow::anyhow!("group {group}: disk {m}: {e:#}"))?,
         );
     }
     let _ = checked_points(sh, group);
