@@ -1,24 +1,35 @@
 //! The workload: Q threads writing self-describing blocks with synchronous O_DIRECT `pwrite`,
-//! one block per write, and a history of every write.
+//! one block per write, to one or more devices, and a history of every write.
 //!
-//! First an initialization pass writes every block once, in index order (so every block has
-//! a known version), then random blocks until the duration ends or the caller's stop flag is
-//! set (SIGINT/SIGTERM in the CLI). Writes in flight then finish, the history gets its end
-//! record and is fsynced.
+//! First an initialization pass writes every block once, device after device, in index
+//! order (so every block has a known version), then random blocks of random devices (each
+//! hot block equally likely) until the duration ends or the caller's stop flag is set
+//! (SIGINT/SIGTERM in the CLI). Writes in flight then finish, the devices are fdatasynced,
+//! the history gets its end record and is fsynced.
 //!
-//! Invariants the checker relies on, and how they are kept:
-//! - **Never two writes to one block in flight**: a block is reserved in an in-flight bitmap
-//!   when its write is chosen, and released only after the write completed *and* its record
-//!   was queued for the history. So per block, seq order = issue order = completion order =
-//!   history order.
-//! - **Seqs in issue order**: the seq, the block and `issue_ns` are taken together under the
-//!   scheduler lock, before `pwrite` is called; `complete_ns` is taken after it returns.
+//! Invariants the checker relies on, and how they are kept (`sched.rs`):
+//! - **Never two writes to one block of one device in flight**: a block is reserved in an
+//!   in-flight bitmap when its write is chosen, and released only after the write completed
+//!   *and* its record was queued for the history. So per block, seq order = issue order =
+//!   completion order = history order.
+//! - **Seqs in issue order**: the seq, the device, the block and `issue_ns` are taken
+//!   together under the scheduler lock, before `pwrite` is called; `complete_ns` is taken
+//!   after it returns.
+//! - **Dependencies are happens-before**: a write's `depends_on` is the write on another
+//!   device whose completion was the latest one reported to the scheduler when this write
+//!   was chosen — both under the one lock, so that write had completed before this one was
+//!   issued; and its record was queued first, so the history has it whenever it has this one.
 //!
 //! Q synchronous threads rather than io_uring: simpler, and at the queue depths used to test
-//! replication (1–32) the device, not the submission path, is the bottleneck.
+//! replication (1–32) the device, not the submission path, is the bottleneck. One scheduler
+//! lock over all devices rather than one per device: the dependency *is* a cross-device
+//! order, which one lock gives for free; at these rates the lock is not the bottleneck.
+
+mod pacer;
+mod sched;
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -26,9 +37,13 @@ use std::time::{Duration, Instant};
 
 use crate::block::{BlockHeader, BlockSize, encode};
 use crate::buf::AlignedBuf;
-use crate::history::{HistoryHeader, HistoryRecord, HistoryWriter, MAX_BLOCKS};
+use crate::history::{
+    DeviceGeometry, HistoryHeader, HistoryRecord, HistoryWriter, MAX_BLOCKS, MAX_DEVICES,
+};
 use crate::units::{RunId, UnixNs};
 use crate::{Error, Result};
+use pacer::Pacer;
+use sched::{Issue, Sched};
 
 /// Most worker threads.
 pub const MAX_QUEUE_DEPTH: usize = 256;
@@ -38,20 +53,21 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
-    /// The device (or file) to write; every block of it is overwritten.
-    pub device: PathBuf,
+    /// The devices (or files) to write, 1 to [`MAX_DEVICES`]; every block of each is
+    /// overwritten. Their order is their index in the history and in every block.
+    pub devices: Vec<PathBuf>,
     /// The history file to create (must not exist).
     pub history: PathBuf,
-    /// Bytes per block and per write.
+    /// Bytes per block and per write, on every device.
     pub block_size: BlockSize,
     /// How long to write random blocks after the initialization pass (`None`: until stopped).
     pub duration: Option<Duration>,
-    /// Bytes per second over all workers (`None`: as fast as the device goes).
+    /// Bytes per second over all workers (`None`: as fast as the devices go).
     pub rate: Option<u64>,
     /// Writes in flight: worker threads.
     pub queue_depth: usize,
-    /// Random writes only to the first this many bytes (a hot set; `None`: the whole device).
-    /// The initialization pass still writes every block once.
+    /// Random writes only to the first this many bytes of each device (a hot set; `None`:
+    /// the whole device). The initialization pass still writes every block once.
     pub hot_set: Option<u64>,
 }
 
@@ -60,8 +76,10 @@ pub struct WorkloadConfig {
 pub struct WorkloadStats {
     /// The run's id.
     pub run_id: RunId,
-    /// Blocks on the device.
+    /// Blocks over all devices.
     pub blocks: u64,
+    /// Blocks per device, in device order.
+    pub device_blocks: Vec<u64>,
     /// Writes of the initialization pass (= `blocks` unless stopped during it).
     pub init_writes: u64,
     /// Writes in all.
@@ -74,71 +92,11 @@ pub struct WorkloadStats {
     pub elapsed: Duration,
 }
 
-struct Sched {
-    next_seq: u64,
-    init_next: u64,
+/// An open device of the run.
+struct Device {
+    path: PathBuf,
+    file: File,
     blocks: u64,
-    /// Random writes pick among the first `hot` blocks.
-    hot: u64,
-    in_flight: Vec<u64>,
-    rng: u64,
-    random_until: Option<Instant>,
-    pending: Vec<HistoryRecord>,
-    writes: u64,
-    error: Option<Error>,
-}
-
-impl Sched {
-    /// The next write: (seq, block, issue time), or `None` when the run is over.
-    fn next(&mut self, duration: Option<Duration>) -> Option<(u64, u64, UnixNs)> {
-        if self.error.is_some() {
-            return None;
-        }
-        let block = if self.init_next < self.blocks {
-            self.init_next += 1;
-            if self.init_next == self.blocks {
-                self.random_until = duration.map(|d| Instant::now() + d);
-            }
-            self.init_next - 1
-        } else {
-            if self.random_until.is_some_and(|u| Instant::now() >= u) {
-                return None;
-            }
-            self.pick_free()
-        };
-        self.in_flight[word(block)] |= bit(block);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        Some((seq, block, UnixNs::now()))
-    }
-
-    /// A random block with no write in flight (one exists: blocks ≥ queue depth).
-    fn pick_free(&mut self) -> u64 {
-        loop {
-            // xorshift64*: fast, and good enough to spread writes.
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            let b = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.hot;
-            if self.in_flight[word(b)] & bit(b) == 0 {
-                return b;
-            }
-        }
-    }
-
-    fn done(&mut self, rec: HistoryRecord) {
-        self.pending.push(rec);
-        self.writes += 1;
-        self.in_flight[word(rec.block)] &= !bit(rec.block);
-    }
-}
-
-fn word(block: u64) -> usize {
-    usize::try_from(block / 64).unwrap_or(usize::MAX)
-}
-
-fn bit(block: u64) -> u64 {
-    1 << (block % 64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,7 +108,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs the workload until `cfg.duration` after the initialization pass, or until `stop`.
 ///
 /// # Errors
-/// Bad configuration, the device cannot be opened with O_DIRECT or written, the history
+/// Bad configuration, a device cannot be opened with O_DIRECT or written, the history
 /// cannot be created or written. Writes already done are in the history either way.
 pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadStats> {
     if !(1..=MAX_QUEUE_DEPTH).contains(&cfg.queue_depth) {
@@ -159,44 +117,48 @@ pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadS
             cfg.queue_depth
         )));
     }
-    let (dev, size) = open_device(&cfg.device)?;
     let bs = cfg.block_size;
-    let blocks = size / bs.as_u64();
-    check_blocks(&cfg.device, blocks, size, cfg.queue_depth, bs)?;
+    let (devs, geometry) = open_devices(cfg)?;
+    let blocks: Vec<u64> = devs.iter().map(|d| d.blocks).collect();
     let run_id = RunId::random()?;
     let start_ns = UnixNs::now();
     let header = HistoryHeader {
         run_id,
         block_size: bs,
-        block_count: blocks,
-        device_size: size,
+        devices: geometry,
         start_ns,
     };
     let mut writer = HistoryWriter::create(&cfg.history, &header)?;
     let mut seed = [0u8; 8];
     seed.copy_from_slice(&run_id.0[..8]);
-    let sched = Mutex::new(Sched {
-        next_seq: 0,
-        init_next: 0,
-        blocks,
-        // At least the queue depth, so a block with no write in flight always exists.
-        hot: cfg.hot_set.map_or(blocks, |h| {
-            (h / bs.as_u64()).clamp(cfg.queue_depth as u64, blocks)
-        }),
-        in_flight: vec![0u64; usize::try_from(blocks.div_ceil(64)).unwrap_or(0)],
-        rng: u64::from_le_bytes(seed) | 1,
-        random_until: None,
-        pending: Vec::new(),
-        writes: 0,
-        error: None,
-    });
+    // At least min(queue depth, blocks) per device, so a free hot block always exists.
+    let hot = blocks
+        .iter()
+        .map(|&b| {
+            cfg.hot_set.map_or(b, |h| {
+                (h / bs.as_u64()).clamp((cfg.queue_depth as u64).min(b), b)
+            })
+        })
+        .collect();
+    let sched = Mutex::new(Sched::new(&blocks, hot, u64::from_le_bytes(seed)));
     let pacer = cfg.rate.map(|r| Pacer::new(bs.as_u64(), r));
     let started = Instant::now();
     let workers_done = AtomicBool::new(false);
+    let multi = devs.len() > 1;
+    let pacer = pacer.as_ref();
     let flushed = std::thread::scope(|s| {
         let flusher = s.spawn(|| flush_loop(&mut writer, &sched, &workers_done));
         let workers: Vec<_> = (0..cfg.queue_depth)
-            .map(|_| s.spawn(|| worker(cfg, run_id, &dev, &sched, pacer.as_ref(), stop)))
+            .map(|_| {
+                let w = Worker {
+                    cfg,
+                    run_id,
+                    devs: &devs,
+                    multi,
+                    sched: &sched,
+                };
+                s.spawn(move || w.run(pacer, stop))
+            })
             .collect();
         for w in workers {
             let _ = w.join();
@@ -204,7 +166,9 @@ pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadS
         workers_done.store(true, Ordering::SeqCst);
         flusher.join()
     });
-    let synced = dev.sync_data().map_err(Error::io(&cfg.device, "fdatasync"));
+    let synced = devs
+        .iter()
+        .try_for_each(|d| d.file.sync_data().map_err(Error::io(&d.path, "fdatasync")));
     let end_ns = UnixNs::now();
     let mut st = lock(&sched);
     if let Some(e) = st.error.take() {
@@ -215,7 +179,8 @@ pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadS
     writer.finish(end_ns)?;
     Ok(WorkloadStats {
         run_id,
-        blocks,
+        blocks: blocks.iter().sum(),
+        device_blocks: blocks,
         init_writes: st.init_next.min(st.writes),
         writes: st.writes,
         start_ns,
@@ -224,7 +189,54 @@ pub fn run_workload(cfg: &WorkloadConfig, stop: &AtomicBool) -> Result<WorkloadS
     })
 }
 
-fn open_device(path: &Path) -> Result<(File, u64)> {
+/// Opens every device, checks the set (count, no device twice, block counts), and returns
+/// them with their geometry.
+fn open_devices(cfg: &WorkloadConfig) -> Result<(Vec<Device>, Vec<DeviceGeometry>)> {
+    let n = cfg.devices.len();
+    if !(1..=MAX_DEVICES).contains(&n) {
+        return Err(Error::Invalid(format!(
+            "{n} devices: a run writes 1 to {MAX_DEVICES}"
+        )));
+    }
+    let bs = cfg.block_size;
+    let mut devs = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut geometry = Vec::with_capacity(n);
+    for path in &cfg.devices {
+        let (file, size, id) = open_device(path)?;
+        if let Some(i) = ids.iter().position(|&x| x == id) {
+            return Err(Error::Invalid(format!(
+                "{} and {} are the same device: each device may be given once",
+                cfg.devices[i].display(),
+                path.display()
+            )));
+        }
+        ids.push(id);
+        let blocks = size / bs.as_u64();
+        if n > 1 && blocks == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: {size} bytes, smaller than one block of {} bytes",
+                path.display(),
+                bs.bytes()
+            )));
+        }
+        geometry.push(DeviceGeometry {
+            block_count: blocks,
+            device_size: size,
+        });
+        devs.push(Device {
+            path: path.clone(),
+            file,
+            blocks,
+        });
+    }
+    check_blocks(&devs, &geometry, cfg.queue_depth, bs)?;
+    Ok((devs, geometry))
+}
+
+/// Opens `path` for O_DIRECT writes: the file, its size, and its identity (the device
+/// number for a block device, else file system and inode), to refuse one device given twice.
+fn open_device(path: &Path) -> Result<(File, u64, (u64, u64))> {
     let f = File::options()
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -238,81 +250,110 @@ fn open_device(path: &Path) -> Result<(File, u64)> {
             },
             err: e,
         })?;
+    let meta = f.metadata().map_err(Error::io(path, "stat"))?;
+    let id = if meta.rdev() != 0 {
+        (0, meta.rdev())
+    } else {
+        (meta.dev(), meta.ino())
+    };
     let size = {
         use std::io::Seek;
         let mut g = &f;
         g.seek(std::io::SeekFrom::End(0))
             .map_err(Error::io(path, "size"))?
     };
-    Ok((f, size))
+    Ok((f, size, id))
 }
 
-fn check_blocks(path: &Path, blocks: u64, size: u64, qd: usize, bs: BlockSize) -> Result<()> {
-    if blocks > MAX_BLOCKS {
+fn check_blocks(devs: &[Device], g: &[DeviceGeometry], qd: usize, bs: BlockSize) -> Result<()> {
+    let total: u64 = devs.iter().map(|d| d.blocks).sum();
+    let what = if devs.len() == 1 {
+        format!(
+            "{}: {} bytes hold {total} blocks",
+            devs[0].path.display(),
+            g[0].device_size
+        )
+    } else {
+        format!("the {} devices hold {total} blocks in all", devs.len())
+    };
+    if total > MAX_BLOCKS {
         return Err(Error::TooLarge {
-            path: path.to_path_buf(),
+            path: devs[0].path.clone(),
             what: "the number of blocks",
-            found: blocks,
+            found: total,
             limit: MAX_BLOCKS,
         });
     }
-    if blocks < qd as u64 {
+    if total < qd as u64 {
         return Err(Error::Invalid(format!(
-            "{}: {size} bytes hold {blocks} blocks of {} bytes, fewer than the queue depth {qd}",
-            path.display(),
+            "{what} of {} bytes, fewer than the queue depth {qd}",
             bs.bytes()
         )));
     }
     Ok(())
 }
 
-fn worker(
-    cfg: &WorkloadConfig,
+/// One writer thread's view of the run.
+struct Worker<'a> {
+    cfg: &'a WorkloadConfig,
     run_id: RunId,
-    dev: &File,
-    sched: &Mutex<Sched>,
-    pacer: Option<&Pacer>,
-    stop: &AtomicBool,
-) {
-    let bs = cfg.block_size;
-    let mut buf = AlignedBuf::new(bs.as_usize());
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Some(p) = pacer {
-            p.wait(stop);
-        }
-        let Some((seq, index, issue_ns)) = lock(sched).next(cfg.duration) else {
-            return;
-        };
-        let h = BlockHeader {
-            run_id,
-            index,
-            seq,
-            issue_ns,
-        };
-        encode(&h, buf.as_mut_slice());
-        let written = dev.write_all_at(buf.as_slice(), index * bs.as_u64());
-        let complete_ns = UnixNs::now();
-        let mut st = lock(sched);
-        if let Err(e) = written {
-            // The block's content is now unknown; leave it reserved so nothing else writes
-            // it, stop the run, and report (the history has every completed write).
-            let what = format!("pwrite block {index} (seq {seq})");
-            st.error.get_or_insert(Error::Io {
-                path: cfg.device.clone(),
-                op: "pwrite",
-                err: std::io::Error::new(e.kind(), format!("{what}: {e}")),
+    devs: &'a [Device],
+    /// Blocks name their device (format version 2) only in a multi-device run.
+    multi: bool,
+    sched: &'a Mutex<Sched>,
+}
+
+impl Worker<'_> {
+    fn run(&self, pacer: Option<&Pacer>, stop: &AtomicBool) {
+        let bs = self.cfg.block_size;
+        let mut buf = AlignedBuf::new(bs.as_usize());
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Some(p) = pacer {
+                p.wait(stop);
+            }
+            let Some(w) = lock(self.sched).next(self.cfg.duration) else {
+                return;
+            };
+            let h = BlockHeader {
+                run_id: self.run_id,
+                index: w.block,
+                seq: w.seq,
+                issue_ns: w.issue_ns,
+                device: self.multi.then_some(w.device),
+            };
+            encode(&h, buf.as_mut_slice());
+            let dev = &self.devs[usize::from(w.device)];
+            let written = dev.file.write_all_at(buf.as_slice(), w.block * bs.as_u64());
+            let complete_ns = UnixNs::now();
+            let mut st = lock(self.sched);
+            if let Err(e) = written {
+                // The block's content is now unknown; leave it reserved so nothing else
+                // writes it, stop the run, and report (the history has every completed
+                // write).
+                st.error.get_or_insert(pwrite_error(dev, &w, &e));
+                return;
+            }
+            st.done(HistoryRecord {
+                seq: w.seq,
+                device: w.device,
+                block: w.block,
+                issue_ns: w.issue_ns,
+                complete_ns,
+                depends_on: w.depends_on,
             });
-            return;
         }
-        st.done(HistoryRecord {
-            seq,
-            block: index,
-            issue_ns,
-            complete_ns,
-        });
+    }
+}
+
+fn pwrite_error(dev: &Device, w: &Issue, e: &std::io::Error) -> Error {
+    let what = format!("pwrite block {} (seq {})", w.block, w.seq);
+    Error::Io {
+        path: dev.path.clone(),
+        op: "pwrite",
+        err: std::io::Error::new(e.kind(), format!("{what}: {e}")),
     }
 }
 
@@ -344,39 +385,6 @@ fn flush_loop(
     }
 }
 
-/// Spaces writes `interval` apart over all workers (the `--rate` limit).
-struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    fn new(block_bytes: u64, rate: u64) -> Self {
-        let nanos = u128::from(block_bytes) * 1_000_000_000 / u128::from(rate.max(1));
-        Self {
-            interval: Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)),
-            next: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Sleeps until this worker's slot (waking every 100 ms to notice `stop`).
-    fn wait(&self, stop: &AtomicBool) {
-        let slot = {
-            let mut next = lock(&self.next);
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        loop {
-            let now = Instant::now();
-            if now >= slot || stop.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep((slot - now).min(Duration::from_millis(100)));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,7 +393,7 @@ mod tests {
 
     fn config(dir: &Path, device: &Path, duration_ms: u64, rate: Option<u64>) -> WorkloadConfig {
         WorkloadConfig {
-            device: device.to_path_buf(),
+            devices: vec![device.to_path_buf()],
             history: dir.join("history"),
             block_size: BlockSize::DEFAULT,
             duration: Some(Duration::from_millis(duration_ms)),
