@@ -220,3 +220,41 @@ impl<'a> Dependencies<'a> {
         (self.present.len() as u64, total, listed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::UnixNs;
+
+    fn rec(seq: u64, device: u16, block: u64) -> HistoryRecord {
+        HistoryRecord {
+            seq,
+            device,
+            block,
+            issue_ns: UnixNs(10 * seq + 1),
+            complete_ns: UnixNs(10 * seq + 5),
+            depends_on: seq.checked_sub(1),
+        }
+    }
+
+    #[test]
+    fn the_dependency_or_a_newer_version_of_its_block_satisfies_it() {
+        let (w, d) = (rec(9, 1, 2), rec(8, 0, 1));
+        assert_eq!(judge_dependency(&w, &d, Some(8)), None);
+        assert_eq!(judge_dependency(&w, &d, Some(12)), None);
+        let v = judge_dependency(&w, &d, Some(1)).unwrap();
+        assert_eq!((v.kind, v.device, v.block, v.seq), ("dependency", 1, 2, 9));
+        assert_eq!(
+            (
+                v.depends_on_device,
+                v.depends_on_block,
+                v.depends_on_seq,
+                v.found_seq
+            ),
+            (0, 1, 8, Some(1))
+        );
+        assert!(v.detail.contains("holds seq 1, older"), "{}", v.detail);
+        let v = judge_dependency(&w, &d, None).unwrap();
+        assert!(v.detail.contains("no intact version"), "{}", v.detail);
+    }
+}

@@ -510,4 +510,61 @@ mod tests {
         };
         assert!(run_workload(&cfg, &AtomicBool::new(false)).is_err());
     }
+
+    /// Two devices of different sizes: every block of each written for its device (format
+    /// version 2), a version-2 history, and every dependency a completed write on the other
+    /// device, completed before its dependent was issued and recorded before it.
+    #[test]
+    fn two_devices_record_their_dependencies() {
+        let Some(d) = scratch() else { return };
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, vec![0u8; 32 * 4096]).unwrap();
+        std::fs::write(&b, vec![0u8; 16 * 4096 + 100]).unwrap();
+        let cfg = WorkloadConfig {
+            devices: vec![a.clone(), b.clone()],
+            queue_depth: 3,
+            ..config(d.path(), &a, 200, None)
+        };
+        let st = run_workload(&cfg, &AtomicBool::new(false)).unwrap();
+        assert_eq!((st.blocks, st.device_blocks.clone()), (48, vec![32, 16]));
+        let h = read_history(&cfg.history).unwrap();
+        assert_eq!(h.header.version(), 2);
+        assert_eq!(h.header.devices[1].device_size, 16 * 4096 + 100);
+        assert_eq!(h.records.len() as u64, st.writes);
+        let mut position = std::collections::HashMap::new();
+        for (i, r) in h.records.iter().enumerate() {
+            position.insert(r.seq, (i, *r));
+        }
+        let mut with_dep = [0u64; 2];
+        for (i, w) in h.records.iter().enumerate() {
+            let Some(dep) = w.depends_on else {
+                assert!(w.device == 0 && w.seq < 32, "{w:?} has no dependency");
+                continue;
+            };
+            with_dep[usize::from(w.device)] += 1;
+            let (j, dr) = position[&dep];
+            assert!(j < i, "{dr:?} recorded after its dependent {w:?}");
+            assert_ne!(dr.device, w.device, "{w:?} depends on {dr:?}");
+            assert!(dr.complete_ns <= w.issue_ns, "{w:?} depends on {dr:?}");
+        }
+        assert!(with_dep[0] > 10 && with_dep[1] > 10, "{with_dep:?}");
+        for (dev, path, blocks) in [(0u16, &a, 32usize), (1, &b, 16)] {
+            let image = std::fs::read(path).unwrap();
+            for (i, blk) in image[..blocks * 4096].chunks(4096).enumerate() {
+                let got = decode(blk).unwrap();
+                assert_eq!((got.device, got.index), (Some(dev), i as u64));
+            }
+        }
+        // One device given twice is refused before anything is written.
+        let cfg = WorkloadConfig {
+            devices: vec![a.clone(), a],
+            history: d.path().join("h2"),
+            ..cfg
+        };
+        let e = run_workload(&cfg, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("are the same device"), "{e}");
+        assert!(!cfg.history.exists());
+    }
 }
