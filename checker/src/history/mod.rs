@@ -72,7 +72,9 @@ impl History {
     }
 }
 
-/// Reads and validates the history `path` (format version 1 or 2).
+/// Reads and validates the history `path` (format version 1 or 2). A history still being
+/// written may be read: records appended after its size was taken are read too, and a
+/// partial last record is a torn tail.
 ///
 /// # Errors
 /// Unreadable; a bad header; more than [`MAX_RECORDS`]; a valid record after an invalid one;
@@ -114,14 +116,14 @@ pub fn read_history(path: &Path) -> Result<History> {
         match read_full(&mut r, rb).map_err(Error::io(path, "read history"))? {
             0 => break,
             n if n < rl => {
-                h.torn_tail_bytes = len - offset;
+                h.torn_tail_bytes = len.saturating_sub(offset);
                 break;
             }
             _ => {}
         }
         let Some(rec) = parse_record(version, run, rb) else {
             ensure_nothing_valid_after(&mut r, version, run, path, offset)?;
-            h.torn_tail_bytes = len - offset;
+            h.torn_tail_bytes = len.saturating_sub(offset);
             break;
         };
         if h.end_ns.is_some() {
