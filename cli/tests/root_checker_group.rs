@@ -131,11 +131,15 @@ fn checker_proves_a_pair_of_disks_consistent_and_fails_a_pair_from_two_instants(
         "{err}"
     );
 
-    // (b) Negative control: a new run at queue depth 1 (one causal chain through both
-    // devices), A copied, 300 ms later B copied, while it runs.
-    let h2 = dir.path().join("history2");
+    negative_control(dir.path(), a.path(), b.path());
+}
+
+/// (b) A new run at queue depth 1 (one causal chain through both devices), A copied, 300 ms
+/// later B copied, while it runs: the pair must fail the dependency rule.
+fn negative_control(dir: &Path, a: &Path, b: &Path) {
+    let h2 = dir.join("history2");
     let child = sitrep()
-        .args(["workload", &p(a.path()), &p(b.path()), "--history", &p(&h2)])
+        .args(["workload", &p(a), &p(b), "--history", &p(&h2)])
         .args(["--queue-depth", "1", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -147,11 +151,11 @@ fn checker_proves_a_pair_of_disks_consistent_and_fails_a_pair_from_two_instants(
         assert!(Instant::now() < deadline, "the workload is not progressing");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (img_a, img_b): (PathBuf, PathBuf) = (dir.path().join("a.img"), dir.path().join("b.img"));
-    copy(a.path(), &img_a);
+    let (img_a, img_b): (PathBuf, PathBuf) = (dir.join("a.img"), dir.join("b.img"));
+    copy(a, &img_a);
     let before = records_so_far(&h2);
     std::thread::sleep(Duration::from_millis(300));
-    copy(b.path(), &img_b);
+    copy(b, &img_b);
     let between = records_so_far(&h2) - before;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -188,6 +192,6 @@ fn checker_proves_a_pair_of_disks_consistent_and_fails_a_pair_from_two_instants(
     );
 
     // Positive control for the same run: the devices themselves, after the clean stop.
-    let (code, r) = check(&h2, &[a.path(), b.path()], None);
+    let (code, r) = check(&h2, &[a, b], None);
     assert_eq!(code, 0, "{r}");
 }
