@@ -1,12 +1,12 @@
 //! The self-describing block: what every workload write puts on the device.
 //!
-//! # Layout, format version 1 (all integers little-endian)
+//! # Layout, format versions 1 and 2 (all integers little-endian)
 //!
 //! | offset | size | field | meaning |
 //! |-------:|-----:|-------|---------|
 //! | 0 | 8 | magic | `b"SITRWBLK"` |
-//! | 8 | 2 | version | [`BLOCK_FORMAT_VERSION`] (1) |
-//! | 10 | 2 | reserved | 0 |
+//! | 8 | 2 | version | 1 or 2 ([`BLOCK_FORMAT_VERSION`]) |
+//! | 10 | 2 | device | version 2: the device index in the run (0..64); version 1: reserved, 0 |
 //! | 12 | 4 | block_size | the block size in bytes (power of two, 512 ..= 1 MiB) |
 //! | 16 | 16 | run_id | the workload run (random, also in the history header) |
 //! | 32 | 8 | index | block index: the block's byte offset / block_size |
@@ -24,6 +24,13 @@
 //! already a dependency (BRIEF §6), runs at memory speed, and a torn block passing it by
 //! chance has probability 2⁻³².
 //!
+//! Versions: 1 is written by single-device runs (byte for byte what builds before multi-device
+//! runs wrote, so their checkers still read such images); 2 by multi-device runs, where a
+//! block must say which device it was written for, so that a block of device A found on the
+//! image of device B is *misplaced* rather than accepted. Version 2 only gives meaning to the
+//! u16 version 1 kept reserved; everything else is the same. A version-1 block reads as
+//! [`BlockHeader::device`] `None` (device 0).
+//!
 //! Compatibility: a new layout gets a new version; the checker refuses versions it does not
 //! know (reported as torn with the version named), it never guesses.
 
@@ -32,10 +39,11 @@ use crate::{Error, Result};
 
 /// `b"SITRWBLK"`: the first bytes of every workload block.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SITRWBLK";
-/// The block layout version written by this build, and the only one it reads.
+/// The newest block layout version; this build writes and reads 1 and 2.
 ///
-/// - 1: the layout in the module documentation.
-pub const BLOCK_FORMAT_VERSION: u16 = 1;
+/// - 1: the layout in the module documentation, bytes 10..12 reserved (0).
+/// - 2: bytes 10..12 are the device index (multi-device runs).
+pub const BLOCK_FORMAT_VERSION: u16 = 2;
 /// Bytes before the filler.
 pub const BLOCK_HEADER_LEN: usize = 64;
 const CRC_AT: usize = 56;
@@ -111,6 +119,17 @@ pub struct BlockHeader {
     pub seq: u64,
     /// When the write was issued.
     pub issue_ns: UnixNs,
+    /// The device the block was written for (a version-2 block), or `None` (a version-1
+    /// block: a single-device run, device 0). Also decides the version [`encode`] writes.
+    pub device: Option<u16>,
+}
+
+impl BlockHeader {
+    /// The device index: 0 for a version-1 block.
+    #[must_use]
+    pub fn device_index(&self) -> u16 {
+        self.device.unwrap_or(0)
+    }
 }
 
 /// Why a block is not a valid block of any run ("torn").
@@ -136,7 +155,7 @@ impl std::fmt::Display for BadBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoMagic => write!(f, "no workload block magic"),
-            Self::Version(v) => write!(f, "block format version {v} (this build reads 1)"),
+            Self::Version(v) => write!(f, "block format version {v} (this build reads 1 and 2)"),
             Self::BlockSize(b) => write!(f, "block says block size {b}"),
             Self::Crc { index, seq } => {
                 write!(
@@ -148,11 +167,16 @@ impl std::fmt::Display for BadBlock {
     }
 }
 
-/// Writes the block for `h` into `out` (whose length is the block size).
+/// Writes the block for `h` into `out` (whose length is the block size): version 1 when
+/// `h.device` is `None`, version 2 with the device index otherwise.
 pub fn encode(h: &BlockHeader, out: &mut [u8]) {
+    let (version, device) = match h.device {
+        None => (1u16, 0u16),
+        Some(d) => (2, d),
+    };
     out[..8].copy_from_slice(&BLOCK_MAGIC);
-    out[8..10].copy_from_slice(&BLOCK_FORMAT_VERSION.to_le_bytes());
-    out[10..12].fill(0);
+    out[8..10].copy_from_slice(&version.to_le_bytes());
+    out[10..12].copy_from_slice(&device.to_le_bytes());
     let bs = u32::try_from(out.len()).unwrap_or(u32::MAX);
     out[12..16].copy_from_slice(&bs.to_le_bytes());
     out[16..32].copy_from_slice(&h.run_id.0);
@@ -174,7 +198,7 @@ pub fn decode(b: &[u8]) -> std::result::Result<BlockHeader, BadBlock> {
         return Err(BadBlock::NoMagic);
     }
     let version = u16::from_le_bytes([b[8], b[9]]);
-    if version != BLOCK_FORMAT_VERSION {
+    if !matches!(version, 1 | 2) {
         return Err(BadBlock::Version(version));
     }
     let bs = le_u32(b, 12);
@@ -192,6 +216,8 @@ pub fn decode(b: &[u8]) -> std::result::Result<BlockHeader, BadBlock> {
         index,
         seq,
         issue_ns: UnixNs(le_u64(b, 48)),
+        // Version 1 kept these bytes reserved (0, and covered by the CRC): not a device.
+        device: (version == 2).then(|| u16::from_le_bytes([b[10], b[11]])),
     })
 }
 
@@ -247,6 +273,7 @@ mod tests {
             index: 7,
             seq: 0x0102_0304_0506_0708,
             issue_ns: UnixNs(1_795_430_537_123_000_000),
+            device: None,
         }
     }
 
@@ -280,6 +307,43 @@ mod tests {
         assert_eq!(decode(&b), Ok(sample()));
     }
 
+    /// Version 2: the device index at offset 10; everything else as in version 1.
+    #[test]
+    fn golden_bytes_v2() {
+        let h = BlockHeader {
+            device: Some(5),
+            ..sample()
+        };
+        let mut b = vec![0u8; 512];
+        encode(&h, &mut b);
+        // Derived independently (the same Python model, version 2, device 5; the model also
+        // reproduces golden_bytes_v1), not by copying this crate's output.
+        let want_header = concat!(
+            "5349545257424c4b",                 // magic "SITRWBLK"
+            "0200",                             // version 2
+            "0500",                             // device 5
+            "00020000",                         // block size 512
+            "0102030405060708090a0b0c0d0e0f10", // run id
+            "0700000000000000",                 // index 7
+            "0807060504030201",                 // seq 0x0102030405060708
+            "c0ee1a988fa6ea18",                 // issue_ns 1795430537123000000
+            "621ad0bd",                         // crc
+            "00000000",                         // reserved
+        );
+        assert_eq!(hex(&b[..64]), want_header);
+        // The filler does not depend on the device (nor the version).
+        assert_eq!(hex(&b[64..80]), "8827fe725d5b4eae98f211de1c7ba4b1");
+        assert_eq!(hex(&b[496..]), "f5325b0b05543474e33caa686d17549a");
+        assert_eq!(decode(&b), Ok(h));
+        assert_eq!(h.device_index(), 5);
+        assert_eq!(sample().device_index(), 0);
+        // A version-1 block whose device bytes were changed is caught by its CRC, and a
+        // version-2 block relabelled as another device too.
+        let mut other = b.clone();
+        other[10] = 6;
+        assert!(matches!(decode(&other), Err(BadBlock::Crc { .. })));
+    }
+
     #[test]
     fn round_trip_every_size() {
         for bs in [512usize, 4096, 65536, 1 << 20] {
@@ -311,9 +375,9 @@ mod tests {
             })
         );
         assert_eq!(decode(&vec![0u8; 4096]), Err(BadBlock::NoMagic));
-        let mut v2 = b.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2), Err(BadBlock::Version(2)));
+        let mut v3 = b.clone();
+        v3[8] = 3;
+        assert_eq!(decode(&v3), Err(BadBlock::Version(3)));
         assert_eq!(decode(&b[..2048]), Err(BadBlock::BlockSize(4096)));
     }
 

@@ -1,30 +1,23 @@
-//! `check`: scan an image against a history at a point time, block by block.
+//! `check`: one image against a single-device history at a point time, block by block, and
+//! the report types both kinds of check share.
 //!
-//! The history is indexed once (records sorted by block, then seq — 40 bytes per record, no
-//! per-block table, so memory follows the history's real size, never a header's claim), then
-//! the image is streamed in 1 MiB reads (O_DIRECT for a block device, so the bytes are the
-//! device's, not a cached copy) by a reader thread while this thread judges each block with
-//! [`rule::judge`]: reading and checking overlap, and memory stays at four buffers.
+//! The history is indexed once (records sorted by device, block, then seq — no per-block
+//! table, so memory follows the history's real size, never a header's claim), then the
+//! image is streamed through [`crate::rule::judge`] (`scan.rs`).
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc;
 
 use serde::Serialize;
 
-use crate::block::decode;
-use crate::buf::AlignedBuf;
 use crate::history::{History, HistoryRecord};
-use crate::rule::{self, BlockCase, Holds, Kind, Verdict};
+use crate::rule::{Holds, Kind, Verdict};
+use crate::scan::{DeviceScan, ScanOptions, scan_device};
 use crate::units::UnixNs;
 use crate::{Error, Result};
 
-/// Version of the [`Report`] JSON schema (`schema` field). 1: this layout.
+/// Version of the single-image [`Report`] JSON schema (`schema` field). 1: this layout.
+/// (Multi-device reports are schema 2: [`crate::group::GroupReport`].)
 pub const REPORT_SCHEMA: u32 = 1;
-/// Bytes per image read.
-const CHUNK: usize = 1 << 20;
 
 /// What to check.
 #[derive(Debug, Clone, Copy)]
@@ -67,17 +60,42 @@ pub struct Counts {
     pub stale: u64,
     /// Violation: a version the history does not record.
     pub unknown: u64,
-    /// Violation: written for another block.
+    /// Violation: written for another block (or device).
     pub misplaced: u64,
+    /// Without a point time (multi-device checks): holding a recorded version. Only such
+    /// checks produce it, and the JSON has it only then, so schema 1 is unchanged.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub recorded: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counts {
-    fn add(&mut self, v: &Verdict) {
+    /// Adds `other`'s blocks to these.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        self.current += other.current;
+        self.in_flight += other.in_flight;
+        self.unwritten += other.unwritten;
+        self.unrecorded += other.unrecorded;
+        self.torn += other.torn;
+        self.foreign += other.foreign;
+        self.future += other.future;
+        self.stale += other.stale;
+        self.unknown += other.unknown;
+        self.misplaced += other.misplaced;
+        self.recorded += other.recorded;
+    }
+
+    pub(crate) fn add(&mut self, v: &Verdict) {
         let c = match v {
             Verdict::Ok(Holds::Current) => &mut self.current,
             Verdict::Ok(Holds::InFlight) => &mut self.in_flight,
             Verdict::Ok(Holds::Unwritten) => &mut self.unwritten,
             Verdict::Ok(Holds::Unrecorded) => &mut self.unrecorded,
+            Verdict::Ok(Holds::Recorded) => &mut self.recorded,
             Verdict::Bad(Kind::Torn, _) => &mut self.torn,
             Verdict::Bad(Kind::Foreign, _) => &mut self.foreign,
             Verdict::Bad(Kind::Future, _) => &mut self.future,
@@ -152,78 +170,59 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// Checks `image` against `history` at `opts.point_time`.
+/// Checks `image` against the single-device `history` at `opts.point_time`.
 ///
 /// # Errors
-/// The history is inconsistent with itself (a seq twice, overlapping writes to a block),
-/// the image cannot be read or is smaller than the run's blocks.
+/// The history has more than one device (check its images together:
+/// [`crate::group::check_group`]), is inconsistent with itself (a seq twice, overlapping
+/// writes to a block), the image cannot be read or is smaller than the run's blocks.
 pub fn check_image(history: &History, image: &Path, opts: CheckOptions) -> Result<Report> {
-    let hdr = &history.header;
-    let sorted = index(history)?;
-    let (file, size) = open_image(image)?;
-    let bs = hdr.block_size.as_usize();
-    let need = hdr.block_count * hdr.block_size.as_u64();
-    if size < need {
-        return Err(Error::Mismatch {
-            path: image.to_path_buf(),
-            cause: format!(
-                "{size} bytes, smaller than the run's {} blocks of {bs} bytes ({need} bytes)",
-                hdr.block_count
-            ),
-        });
+    let n = history.header.devices.len();
+    if n != 1 {
+        return Err(Error::Invalid(format!(
+            "the history covers {n} devices: check their images together (one --image each)"
+        )));
     }
-    let mut report = new_report(history, opts, size, need);
-    let mut cursor = 0usize;
-    let t = opts.point_time;
-    for_each_chunk(file, image, need, |offset, chunk| {
-        for (k, bytes) in chunk.chunks_exact(bs).enumerate() {
-            let index = offset / hdr.block_size.as_u64() + k as u64;
-            let start = cursor;
-            while cursor < sorted.len() && sorted[cursor].block == index {
-                cursor += 1;
-            }
-            let case = BlockCase {
-                index,
-                writes: &sorted[start..cursor],
-                t,
-                run_id: hdr.run_id,
-                clean: history.clean(),
-            };
-            let found = decode(bytes);
-            let (verdict, allowed) = rule::judge(&case, &found);
-            report.counts.add(&verdict);
-            report.checked += 1;
-            if let Verdict::Bad(kind, detail) = verdict {
-                report.violations_total += 1;
-                if report.violations.len() < opts.max_listed {
-                    report.violations.push(Violation {
-                        block: index,
-                        kind,
-                        found_seq: found.ok().map(|h| h.seq),
-                        allowed_from_seq: allowed.from_seq,
-                        allowed_to_seq: allowed.to_seq,
-                        detail,
-                    });
-                }
-            }
-        }
-    })?;
+    let sorted = index(history)?;
+    let scan_opts = ScanOptions {
+        device: 0,
+        t: Some(opts.point_time),
+        max_listed: opts.max_listed,
+    };
+    let scan = scan_device(history, &sorted, image, scan_opts, |_, _| {})?;
+    let mut report = new_report(history, opts);
+    report.notes.extend(size_note(&scan));
+    report.checked = scan.checked;
+    report.counts = scan.counts;
+    report.violations_total = scan.violations_total;
+    report.violations = scan.violations;
     report.ok = report.violations_total == 0;
     Ok(report)
 }
 
-fn new_report(history: &History, opts: CheckOptions, size: u64, need: u64) -> Report {
-    let hdr = &history.header;
-    let t = opts.point_time;
+/// A note when the image is larger than the run's blocks.
+pub(crate) fn size_note(scan: &DeviceScan) -> Option<String> {
+    (scan.image_size > scan.need).then(|| {
+        format!(
+            "the image has {} bytes past the run's blocks; they are not checked",
+            scan.image_size - scan.need
+        )
+    })
+}
+
+/// Notes about T against the run and about an unclean history.
+pub(crate) fn time_notes(history: &History, t: Option<UnixNs>) -> Vec<String> {
     let mut notes = Vec::new();
-    if t < hdr.start_ns {
-        notes.push("the point time is before the run started: no block was written yet".into());
-    }
-    if let Some(end) = history.end_ns.filter(|&e| t > e) {
-        notes.push(format!(
-            "the point time is {} ms after the run ended: every block must hold its last write",
-            (t.0 - end.0) / 1_000_000
-        ));
+    if let Some(t) = t {
+        if t < history.header.start_ns {
+            notes.push("the point time is before the run started: no block was written yet".into());
+        }
+        if let Some(end) = history.end_ns.filter(|&e| t > e) {
+            notes.push(format!(
+                "the point time is {} ms after the run ended: every block must hold its last write",
+                (t.0 - end.0) / 1_000_000
+            ));
+        }
     }
     if !history.clean() {
         notes.push(format!(
@@ -233,12 +232,26 @@ fn new_report(history: &History, opts: CheckOptions, size: u64, need: u64) -> Re
             history.torn_tail_bytes
         ));
     }
-    if size > need {
-        notes.push(format!(
-            "the image has {} bytes past the run's blocks; they are not checked",
-            size - need
-        ));
+    notes
+}
+
+impl HistorySummary {
+    /// The summary of `history`.
+    #[must_use]
+    pub fn of(history: &History) -> Self {
+        Self {
+            records: history.records.len() as u64,
+            clean: history.clean(),
+            torn_tail_bytes: history.torn_tail_bytes,
+            start_ns: history.header.start_ns.0,
+            end_ns: history.end_ns.map(|e| e.0),
+        }
     }
+}
+
+fn new_report(history: &History, opts: CheckOptions) -> Report {
+    let hdr = &history.header;
+    let t = opts.point_time;
     Report {
         schema: REPORT_SCHEMA,
         ok: false,
@@ -246,27 +259,22 @@ fn new_report(history: &History, opts: CheckOptions, size: u64, need: u64) -> Re
         point_time: t.rfc3339(),
         run_id: hdr.run_id.to_string(),
         block_size: hdr.block_size.bytes(),
-        blocks: hdr.block_count,
+        blocks: hdr.total_blocks(),
         checked: 0,
-        history: HistorySummary {
-            records: history.records.len() as u64,
-            clean: history.clean(),
-            torn_tail_bytes: history.torn_tail_bytes,
-            start_ns: hdr.start_ns.0,
-            end_ns: history.end_ns.map(|e| e.0),
-        },
+        history: HistorySummary::of(history),
         counts: Counts::default(),
         violations_total: 0,
         violations: Vec::new(),
-        notes,
+        notes: time_notes(history, Some(t)),
     }
 }
 
-/// The records sorted by (block, seq), after checking the history agrees with itself: every
-/// seq once, and writes to one block never overlapping in time (the rule relies on both).
-fn index(history: &History) -> Result<Vec<HistoryRecord>> {
+/// The records sorted by (device, block, seq), after checking the history agrees with
+/// itself: every seq once, and writes to one block never overlapping in time (the rule
+/// relies on both).
+pub(crate) fn index(history: &History) -> Result<Vec<HistoryRecord>> {
     let mut sorted = history.records.clone();
-    sorted.sort_unstable_by_key(|r| (r.block, r.seq));
+    sorted.sort_unstable_by_key(|r| (r.device, r.block, r.seq));
     let bad = |cause: String| Error::CorruptHistory {
         path: history.path.clone(),
         offset: 0,
@@ -278,9 +286,16 @@ fn index(history: &History) -> Result<Vec<HistoryRecord>> {
         return Err(bad(format!("seq {} is recorded twice", w[0])));
     }
     for w in sorted.windows(2) {
-        if w[0].block == w[1].block && w[1].issue_ns < w[0].complete_ns {
+        if (w[0].device, w[0].block) == (w[1].device, w[1].block)
+            && w[1].issue_ns < w[0].complete_ns
+        {
+            let on = if history.header.devices.len() > 1 {
+                format!(" on device {}", w[0].device)
+            } else {
+                String::new()
+            };
             return Err(bad(format!(
-                "writes seq {} and {} to block {} overlap in time (was the clock stepped back?)",
+                "writes seq {} and {} to block {}{on} overlap in time (was the clock stepped back?)",
                 w[0].seq, w[1].seq, w[0].block
             )));
         }
@@ -288,66 +303,11 @@ fn index(history: &History) -> Result<Vec<HistoryRecord>> {
     Ok(sorted)
 }
 
-/// Opens the image read-only (O_DIRECT for a block device) and returns it with its size.
-fn open_image(path: &Path) -> Result<(File, u64)> {
-    let meta = std::fs::metadata(path).map_err(Error::io(path, "stat image"))?;
-    let flags = if meta.file_type().is_block_device() {
-        libc::O_DIRECT
-    } else {
-        0
-    };
-    let mut f = File::options()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(Error::io(path, "open image"))?;
-    let size = f
-        .seek(SeekFrom::End(0))
-        .map_err(Error::io(path, "size image"))?;
-    Ok((f, size))
-}
-
-/// Streams `[0, len)` of `file` in [`CHUNK`]s read by a helper thread (two buffers in
-/// flight), calling `f(byte_offset, bytes)` for each, in order.
-fn for_each_chunk(file: File, path: &Path, len: u64, mut f: impl FnMut(u64, &[u8])) -> Result<()> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<(u64, usize, AlignedBuf)>(2);
-    let (empty_tx, empty_rx) = mpsc::channel::<AlignedBuf>();
-    for _ in 0..3 {
-        let _ = empty_tx.send(AlignedBuf::new(CHUNK));
-    }
-    let reader_path = path.to_path_buf();
-    std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<()> {
-            let mut off = 0u64;
-            while off < len {
-                let Ok(mut buf) = empty_rx.recv() else {
-                    return Ok(()); // the checker stopped early
-                };
-                let n = usize::try_from((len - off).min(CHUNK as u64)).unwrap_or(CHUNK);
-                file.read_exact_at(&mut buf.as_mut_slice()[..n], off)
-                    .map_err(Error::io(&reader_path, "read image"))?;
-                if full_tx.send((off, n, buf)).is_err() {
-                    return Ok(());
-                }
-                off += n as u64;
-            }
-            Ok(())
-        });
-        for (off, n, buf) in full_rx.iter() {
-            f(off, &buf.as_slice()[..n]);
-            let _ = empty_tx.send(buf);
-        }
-        reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("image reader thread panicked".into())))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::block::{BlockHeader, BlockSize, encode};
-    use crate::history::{HistoryHeader, HistoryWriter, read_history};
+    use crate::history::{DeviceGeometry, HistoryHeader, HistoryWriter, read_history};
     use crate::units::RunId;
 
     const RUN: RunId = RunId([0x5a; 16]);
@@ -359,8 +319,10 @@ mod tests {
         let header = HistoryHeader {
             run_id: RUN,
             block_size: BlockSize::new(512).unwrap(),
-            block_count: BLOCKS,
-            device_size: BLOCKS * 512,
+            devices: vec![DeviceGeometry {
+                block_count: BLOCKS,
+                device_size: BLOCKS * 512,
+            }],
             start_ns: UnixNs(1),
         };
         let mut w = HistoryWriter::create(&p, &header).unwrap();
@@ -368,9 +330,11 @@ mod tests {
             for b in 0..BLOCKS {
                 w.push(&HistoryRecord {
                     seq: base + b,
+                    device: 0,
                     block: b,
                     issue_ns: UnixNs(t0 + 10 * b),
                     complete_ns: UnixNs(t0 + 10 * b + 5),
+                    depends_on: None,
                 });
             }
         }
@@ -393,6 +357,7 @@ mod tests {
                     index: b,
                     seq,
                     issue_ns: UnixNs(issue),
+                    device: None,
                 },
                 out,
             );
@@ -455,6 +420,7 @@ mod tests {
             index: 6,
             seq: 106,
             issue_ns: UnixNs(1060),
+            device: None,
         };
         encode(&foreign, &mut other);
         bytes[6 * 512..7 * 512].copy_from_slice(&other);

@@ -21,6 +21,13 @@
 //! last ~100 ms may be missing. A block holding a version the history does not know is then
 //! accepted ("unrecorded") if it is newer than every recorded write to that block and was
 //! issued before T; with a clean history it is a violation ("unknown").
+//!
+//! Without a point time ([`judge_intact`], multi-device checks only, where the dependency
+//! rule of [`crate::depend`] carries the cross-disk argument) only intactness is judged: a
+//! block must hold an intact version of this run, written for this device and block, that
+//! the history records (or, with an unclean history, a plausible unrecorded one). Versions
+//! cannot be future or stale without a T; pre-run content is allowed only on a block the
+//! history never wrote, because without T nothing says the image predates its first write.
 
 use serde::Serialize;
 
@@ -40,6 +47,8 @@ pub enum Holds {
     /// A version missing from an unclean history's tail, issued before T, newer than every
     /// recorded write to the block.
     Unrecorded,
+    /// Without a point time: a version the history records for this block.
+    Recorded,
 }
 
 /// The kinds of violation.
@@ -58,7 +67,7 @@ pub enum Kind {
     /// A version of this run the history does not record for this block (or records with
     /// another issue time).
     Unknown,
-    /// A block of this run written for another block index.
+    /// A block of this run written for another block index, or for another device.
     Misplaced,
 }
 
@@ -107,11 +116,13 @@ impl std::fmt::Display for Allowed {
 /// What [`judge`] needs to know about one block.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockCase<'a> {
+    /// The device the image is of (0 for a single-device run).
+    pub device: u16,
     /// The block's index.
     pub index: u64,
     /// Its recorded writes, sorted by seq.
     pub writes: &'a [HistoryRecord],
-    /// The point time.
+    /// The point time ([`judge_intact`] ignores it).
     pub t: UnixNs,
     /// The history's run.
     pub run_id: RunId,
@@ -148,13 +159,61 @@ pub fn judge(case: &BlockCase<'_>, found: &Result<BlockHeader, BadBlock>) -> (Ve
                 h.run_id, h.seq, h.index
             ),
         ),
-        Ok(h) if h.index != case.index => Verdict::Bad(
-            Kind::Misplaced,
-            format!("seq {} written for block {}", h.seq, h.index),
-        ),
-        Ok(h) => judge_version(case, h, allowed),
+        Ok(h) => match misplaced(case, h) {
+            Some(why) => Verdict::Bad(Kind::Misplaced, why),
+            None => judge_version(case, h, allowed),
+        },
     };
     (v, allowed)
+}
+
+/// Judges the block found at `case.index` without a point time: intactness only (see the
+/// module documentation). Never [`Kind::Future`] or [`Kind::Stale`].
+#[must_use]
+pub fn judge_intact(case: &BlockCase<'_>, found: &Result<BlockHeader, BadBlock>) -> Verdict {
+    match found {
+        _ if case.writes.is_empty() && !is_ours(case, found) => Verdict::Ok(Holds::Unwritten),
+        Err(bad) => Verdict::Bad(Kind::Torn, bad.to_string()),
+        Ok(h) if h.run_id != case.run_id => Verdict::Bad(
+            Kind::Foreign,
+            format!(
+                "a block of run {} (seq {}, block {})",
+                h.run_id, h.seq, h.index
+            ),
+        ),
+        Ok(h) => match misplaced(case, h) {
+            Some(why) => Verdict::Bad(Kind::Misplaced, why),
+            None => match case.writes.binary_search_by_key(&h.seq, |w| w.seq) {
+                Ok(pos) if case.writes[pos].issue_ns == h.issue_ns => Verdict::Ok(Holds::Recorded),
+                Ok(pos) => other_issue_time(h, &case.writes[pos]),
+                Err(_) => not_unrecorded(case, h).unwrap_or(Verdict::Ok(Holds::Unrecorded)),
+            },
+        },
+    }
+}
+
+/// The recorded write `h` is a version of: same seq and issue time in this block's writes.
+#[must_use]
+pub fn recorded<'a>(case: &BlockCase<'a>, h: &BlockHeader) -> Option<&'a HistoryRecord> {
+    let pos = case.writes.binary_search_by_key(&h.seq, |w| w.seq).ok()?;
+    let w = &case.writes[pos];
+    (w.issue_ns == h.issue_ns).then_some(w)
+}
+
+/// Why `h` (of this run) is not a block of `case`'s device and index, if it is not.
+fn misplaced(case: &BlockCase<'_>, h: &BlockHeader) -> Option<String> {
+    if h.device_index() != case.device {
+        Some(format!(
+            "seq {} written for device {} block {}",
+            h.seq,
+            h.device_index(),
+            h.index
+        ))
+    } else if h.index != case.index {
+        Some(format!("seq {} written for block {}", h.seq, h.index))
+    } else {
+        None
+    }
 }
 
 /// Whether `found` is an intact block of this run (which is never "pre-run content").
@@ -169,13 +228,7 @@ fn judge_version(case: &BlockCase<'_>, h: &BlockHeader, allowed: Allowed) -> Ver
     };
     let w = case.writes[pos];
     if w.issue_ns != h.issue_ns {
-        return Verdict::Bad(
-            Kind::Unknown,
-            format!(
-                "seq {} says issued at {} ns, the history says {} ns",
-                h.seq, h.issue_ns.0, w.issue_ns.0
-            ),
-        );
+        return other_issue_time(h, &w);
     }
     if w.issue_ns >= t {
         return Verdict::Bad(
@@ -200,17 +253,36 @@ fn judge_version(case: &BlockCase<'_>, h: &BlockHeader, allowed: Allowed) -> Ver
     }
 }
 
-fn unrecorded(case: &BlockCase<'_>, h: &BlockHeader) -> Verdict {
+fn other_issue_time(h: &BlockHeader, w: &HistoryRecord) -> Verdict {
+    Verdict::Bad(
+        Kind::Unknown,
+        format!(
+            "seq {} says issued at {} ns, the history says {} ns",
+            h.seq, h.issue_ns.0, w.issue_ns.0
+        ),
+    )
+}
+
+/// `None` if `h`, a seq the history does not record for this block, can be a write whose
+/// record was lost from an unclean history's tail; the [`Kind::Unknown`] verdict otherwise.
+fn not_unrecorded(case: &BlockCase<'_>, h: &BlockHeader) -> Option<Verdict> {
     let newest = case.writes.last();
     let plausible =
         !case.clean && newest.is_none_or(|w| h.seq > w.seq && h.issue_ns >= w.complete_ns);
-    if !plausible {
-        let why = if case.clean {
-            "the history (closed cleanly) has no such write to this block"
-        } else {
-            "older than the history's last write to this block, yet not recorded"
-        };
-        return Verdict::Bad(Kind::Unknown, format!("seq {}: {why}", h.seq));
+    if plausible {
+        return None;
+    }
+    let why = if case.clean {
+        "the history (closed cleanly) has no such write to this block"
+    } else {
+        "older than the history's last write to this block, yet not recorded"
+    };
+    Some(Verdict::Bad(Kind::Unknown, format!("seq {}: {why}", h.seq)))
+}
+
+fn unrecorded(case: &BlockCase<'_>, h: &BlockHeader) -> Verdict {
+    if let Some(unknown) = not_unrecorded(case, h) {
+        return unknown;
     }
     if h.issue_ns >= case.t {
         return Verdict::Bad(
@@ -236,9 +308,11 @@ mod tests {
         [(10, 100, 110), (20, 200, 210), (30, 300, 310)]
             .map(|(seq, i, c)| HistoryRecord {
                 seq,
+                device: 0,
                 block: 3,
                 issue_ns: UnixNs(i),
                 complete_ns: UnixNs(c),
+                depends_on: None,
             })
             .to_vec()
     }
@@ -249,12 +323,14 @@ mod tests {
             index: 3,
             seq,
             issue_ns: UnixNs(issue),
+            device: None,
         })
     }
 
     fn at(t: u64, clean: bool, found: &Result<BlockHeader, BadBlock>) -> Verdict {
         let w = writes();
         let case = BlockCase {
+            device: 0,
             index: 3,
             writes: &w,
             t: UnixNs(t),
@@ -315,6 +391,7 @@ mod tests {
         );
         let w = writes();
         let case = BlockCase {
+            device: 0,
             index: 3,
             writes: &w,
             t: UnixNs(205),
@@ -335,6 +412,7 @@ mod tests {
             index: 3,
             seq: 20,
             issue_ns: UnixNs(200),
+            device: None,
         });
         assert_eq!(kind(&at(250, true, &foreign)), Some(Kind::Foreign));
         // Before the first write completed, anything from before the run is fine...
@@ -355,6 +433,7 @@ mod tests {
             index: 4,
             seq: 20,
             issue_ns: UnixNs(200),
+            device: None,
         });
         assert_eq!(kind(&at(250, true, &other_index)), Some(Kind::Misplaced));
         assert_eq!(kind(&at(250, true, &holding(15, 150))), Some(Kind::Unknown));
@@ -382,5 +461,71 @@ mod tests {
             kind(&at(1000, false, &holding(40, 305))),
             Some(Kind::Unknown)
         );
+    }
+
+    fn intact(clean: bool, found: &Result<BlockHeader, BadBlock>) -> Verdict {
+        let w = writes();
+        let case = BlockCase {
+            device: 0,
+            index: 3,
+            writes: &w,
+            t: UnixNs(0),
+            run_id: RUN,
+            clean,
+        };
+        judge_intact(&case, found)
+    }
+
+    #[test]
+    fn a_block_of_another_device_is_misplaced() {
+        let on_device = |d: u16| {
+            Ok(BlockHeader {
+                device: Some(d),
+                ..holding(20, 200).unwrap()
+            })
+        };
+        // A version-2 block of device 0 is as good as a version-1 block.
+        assert_eq!(at(250, true, &on_device(0)), Verdict::Ok(Holds::Current));
+        let v = at(250, true, &on_device(1));
+        assert_eq!(kind(&v), Some(Kind::Misplaced));
+        let Verdict::Bad(_, msg) = v else { panic!() };
+        assert!(msg.contains("device 1 block 3"), "{msg}");
+        assert_eq!(kind(&intact(true, &on_device(1))), Some(Kind::Misplaced));
+    }
+
+    #[test]
+    fn without_a_point_time_only_intactness_is_judged() {
+        // Any recorded version: neither future nor stale without a T.
+        for (seq, issue) in [(10, 100), (20, 200), (30, 300)] {
+            assert_eq!(
+                intact(true, &holding(seq, issue)),
+                Verdict::Ok(Holds::Recorded)
+            );
+        }
+        let torn = Err(BadBlock::Crc { index: 3, seq: 20 });
+        assert_eq!(kind(&intact(true, &torn)), Some(Kind::Torn));
+        let foreign = Ok(BlockHeader {
+            run_id: RunId([8; 16]),
+            ..holding(20, 200).unwrap()
+        });
+        assert_eq!(kind(&intact(true, &foreign)), Some(Kind::Foreign));
+        assert_eq!(kind(&intact(true, &holding(20, 201))), Some(Kind::Unknown));
+        assert_eq!(kind(&intact(true, &holding(40, 400))), Some(Kind::Unknown));
+        assert_eq!(
+            intact(false, &holding(40, 400)),
+            Verdict::Ok(Holds::Unrecorded)
+        );
+        assert_eq!(kind(&intact(false, &holding(25, 250))), Some(Kind::Unknown));
+        // Pre-run content only on a block the history never wrote.
+        let none: Vec<HistoryRecord> = Vec::new();
+        let case = BlockCase {
+            device: 0,
+            index: 3,
+            writes: &none,
+            t: UnixNs(0),
+            run_id: RUN,
+            clean: true,
+        };
+        assert_eq!(judge_intact(&case, &torn), Verdict::Ok(Holds::Unwritten));
     }
 }

@@ -88,16 +88,21 @@ enum Command {
     /// cycle are listed and planned for a resync. Exits 0 if the replica matches, 3 if
     /// ranges differ.
     Verify(cli::resync::VerifyArgs),
-    /// Write self-describing blocks to a device and record every write in a history file.
+    /// Write self-describing blocks to one or more devices and record every write in a history.
     ///
     /// First every block once, then random blocks, for --duration or until SIGINT/SIGTERM
-    /// (in-flight writes finish, the history is closed cleanly). `sitrep check` verifies a
-    /// replica or recovery point of the device against the history. Overwrites the device.
+    /// (in-flight writes finish, the history is closed cleanly). With several devices (an
+    /// application's data and log disks) every write also records the write on another device
+    /// it depends on. `sitrep check` verifies a replica or recovery point of the devices
+    /// against the history. Overwrites the devices.
     Workload(cli::workload::WorkloadArgs),
     /// Check that an image is a crash-consistent state of a workload's device at a time.
     ///
     /// Every block must hold a version issued before --point-time and no older than the last
-    /// write to it completed by then. Exits 0 if consistent, 3 if not (each violation is
+    /// write to it completed by then. For a multi-device workload, give one --image per device
+    /// (in the workload's device order): they must also agree with each other — no image may
+    /// hold a write whose dependency on another device is missing from that device's image —
+    /// and --point-time is optional. Exits 0 if consistent, 3 if not (each violation is
     /// listed with its block and versions), 1 if the check could not run.
     Check(cli::check::CheckArgs),
     /// Recovery points of a replicated disk (server): list them, or export one as an image.

@@ -1,5 +1,6 @@
-//! `sitrep workload`: write self-describing blocks to a device and record every write, so
-//! `sitrep check` can later verify a replica or recovery point of it (see docs/checker.md).
+//! `sitrep workload`: write self-describing blocks to one or more devices and record every
+//! write, so `sitrep check` can later verify a replica or recovery point of them (see
+//! docs/checker.md).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +16,11 @@ use crate::human;
 /// Arguments of `sitrep workload`.
 #[derive(Args)]
 pub(crate) struct WorkloadArgs {
-    /// The block device (or file) to write. EVERY block of it is overwritten.
-    device: PathBuf,
+    /// The block devices (or files) to write: one, or several written as one application's
+    /// disks (each write records the write on another device it depends on). EVERY block of
+    /// each is overwritten.
+    #[arg(value_name = "DEVICE", required = true, num_args = 1..)]
+    devices: Vec<PathBuf>,
     /// The history file to create (must not exist): every write's block, seq, issue and
     /// completion time.
     #[arg(long)]
@@ -34,7 +38,7 @@ pub(crate) struct WorkloadArgs {
     /// Writes in flight (writer threads, synchronous O_DIRECT).
     #[arg(long, default_value_t = 4)]
     queue_depth: usize,
-    /// Random writes go only to the first SIZE bytes of the device (a hot set, e.g. 32M), as
+    /// Random writes go only to the first SIZE bytes of each device (a hot set, e.g. 32M), as
     /// a database's busy pages do; the initialization pass still writes every block once.
     /// Default: the whole device.
     #[arg(long, value_name = "SIZE", value_parser = hot_set)]
@@ -64,7 +68,7 @@ fn rate(s: &str) -> Result<u64, String> {
 pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
     crate::stop::install()?;
     let cfg = WorkloadConfig {
-        device: a.device.clone(),
+        devices: a.devices.clone(),
         history: a.history.clone(),
         block_size: a.block_size,
         duration: a.duration,
@@ -72,10 +76,15 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
         queue_depth: a.queue_depth,
         hot_set: a.hot_set,
     };
+    let names = a
+        .devices
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     eprintln!(
-        "sitrep workload: every block of {} on {}, queue depth {}, {}; history {}",
+        "sitrep workload: every block of {} on {names}, queue depth {}, {}; history {}",
         human::bytes(a.block_size.as_u64()),
-        a.device.display(),
         a.queue_depth,
         a.duration.map_or_else(
             || "until SIGINT/SIGTERM".to_owned(),
@@ -83,8 +92,8 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
         ),
         a.history.display()
     );
-    let st = run_workload(&cfg, &crate::stop::STOP)
-        .with_context(|| format!("workload on {}", a.device.display()))?;
+    let st =
+        run_workload(&cfg, &crate::stop::STOP).with_context(|| format!("workload on {names}"))?;
     let secs = st.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         st.writes as f64 / secs
@@ -92,9 +101,9 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
         0.0
     };
     if a.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "run_id": st.run_id.to_string(),
-            "device": a.device,
+            "device": a.devices[0],
             "history": a.history,
             "block_size": a.block_size.bytes(),
             "blocks": st.blocks,
@@ -105,6 +114,11 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
             "elapsed_s": secs,
             "writes_per_s": rate,
         });
+        if a.devices.len() > 1 {
+            // Only for several devices, so the single-device summary stays as it was.
+            v["devices"] = serde_json::json!(a.devices);
+            v["device_blocks"] = serde_json::json!(st.device_blocks);
+        }
         crate::outln!("{v}");
     } else {
         crate::outln!("run        {}", st.run_id);
@@ -116,6 +130,11 @@ pub(crate) fn run(a: &WorkloadArgs) -> anyhow::Result<Outcome> {
             st.blocks,
             human::bytes(a.block_size.as_u64())
         );
+        if a.devices.len() > 1 {
+            for (i, (d, b)) in a.devices.iter().zip(&st.device_blocks).enumerate() {
+                crate::outln!("device {i:<3} {} ({b} blocks)", d.display());
+            }
+        }
         crate::outln!("time       {secs:.2} s, {rate:.0} writes/s");
         crate::outln!(
             "started    {} ({} ns)",
