@@ -101,6 +101,14 @@ pub enum Request {
         #[serde(default)]
         disks: Vec<String>,
     },
+    /// `sitrep group allow G CLIENT` (server): the secondary's operator lets `client`'s disks
+    /// join group `group` (a group across agents).
+    GroupAllow {
+        /// The group.
+        group: String,
+        /// The client's certificate name.
+        client: String,
+    },
     /// `sitrep points --group G` (server): the group's points.
     GroupPoints {
         /// The group.

@@ -45,6 +45,10 @@ pub struct GroupStatus {
     /// The member whose newest point is the oldest, when the members' newest points differ:
     /// the one holding the group's next point back.
     pub held_back_by: Option<String>,
+    /// A group on several agents: how its last round ended (`group point N`, or which member
+    /// held it back and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round: Option<String>,
 }
 
 /// Counters of one listening socket since the daemon started (`listeners` in

@@ -98,6 +98,14 @@ async fn next_cut(
     loop {
         let group = lock(&rt.prot).group.clone();
         member.follow(group.as_deref());
+        // `sitrep group add|remove` while the session runs: the server learns it at once.
+        if s.version >= 5 && s.declared.as_ref() != Some(&group) {
+            s.msg(Msg::GroupMember {
+                group: group.clone(),
+            })
+            .await?;
+            s.declared = Some(group.clone());
+        }
         if own.is_stopped() {
             return Ok(Some(CyclesEnd::Stopped));
         }
@@ -111,6 +119,12 @@ async fn next_cut(
         }
         if let Some(v) = own.take_verify() {
             return Ok(Some(CyclesEnd::Verify(v)));
+        }
+        if let Some(r) = own.take_round() {
+            if agent.serve_round(rt, s, r).await? {
+                return Ok(None);
+            }
+            continue;
         }
         schedule_point(own, timers, &name);
         if let Some(req) = own.take_point() {

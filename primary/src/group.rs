@@ -42,6 +42,21 @@ pub(crate) struct GroupCut {
 
 type Reply = oneshot::Sender<Result<u64, String>>;
 
+/// A step of a cross-host group round, as the server asked (`GroupRound`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoundStep {
+    /// The group.
+    pub(crate) group: String,
+    /// The round.
+    pub(crate) round: u64,
+    /// 0: cut, 1: release.
+    pub(crate) step: u8,
+}
+
+/// The tag a round's release leaves in the log (never a cycle's sequence, so no verdict
+/// mistakes it for its own tag).
+const RELEASE_TAG: u64 = u64::MAX;
+
 #[derive(Default)]
 struct Barrier {
     /// Members whose cycles are running: a cut waits for them (up to [`GROUP_WAIT`]).
@@ -149,6 +164,46 @@ impl Drop for Membership<'_> {
 }
 
 impl Agent {
+    /// Serves a step of a cross-host round between cycles and answers it; true if it cut (the
+    /// caller ships the cycle). Step 0 cuts the disk and remembers the change count before the
+    /// cut; step 1 drains the tracker into the log (a tag) and answers whether any change was
+    /// recorded since (docs/architecture.md, *Consistency groups*: the window between a cut
+    /// and the round's release must be quiet on every member).
+    pub(crate) async fn serve_round(
+        &self,
+        rt: &DiskRt,
+        s: &mut super::session::Session,
+        r: RoundStep,
+    ) -> Result<bool, ReplError> {
+        let dev = lock(&rt.prot).device.clone();
+        let (seq, quiet, cut) = if r.step == 0 {
+            let seq = self.cut(rt)?;
+            let before = rt.records_at_cut.load(std::sync::atomic::Ordering::SeqCst);
+            *lock(&rt.round) = Some((r.round, seq, before));
+            (seq, false, true)
+        } else {
+            match *lock(&rt.round) {
+                Some((round, seq, before)) if round == r.round => {
+                    self.with_tracker(|t| t.mark(&dev, RELEASE_TAG))
+                        .map_err(|e| {
+                            ReplError::Local(format!("{}: tagging the log: {e:#}", dev.display()))
+                        })?;
+                    (seq, self.records(&dev) == before, false)
+                }
+                _ => (0, false, false),
+            }
+        };
+        s.msg(proto::Msg::GroupRoundDone {
+            group: r.group,
+            round: r.round,
+            step: r.step,
+            seq,
+            quiet,
+        })
+        .await?;
+        Ok(cut)
+    }
+
     /// Cuts `rt`'s disk together with the other members of `group` that arrive in time
     /// ([`GROUP_WAIT`]); returns its cycle's sequence. `Ok(None)`: the disk is stopping.
     pub(crate) async fn group_cut(
@@ -211,6 +266,9 @@ impl Agent {
         let refs: Vec<&DiskRt> = present.iter().map(|(_, rt, _)| rt.as_ref()).collect();
         let seqs = self.cut_together(&refs);
         let names: Vec<String> = present.iter().map(|(n, _, _)| n.clone()).collect();
+        // A group point needs every member: a cut that left one out (still shipping, in a
+        // resync, disconnected) is a cut of each disk, not of the group.
+        let whole = names == self.members(group);
         let cut_id = present
             .first()
             .and_then(|(_, rt, _)| {
@@ -220,6 +278,7 @@ impl Agent {
             .unwrap_or_else(base::now_ns);
         for ((_, rt, reply), seq) in present.into_iter().zip(seqs) {
             if let Ok(seq) = &seq
+                && whole
                 && names.len() > 1
             {
                 let mut g = lock(&rt.group_cuts);

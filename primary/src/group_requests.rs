@@ -160,7 +160,8 @@ impl Agent {
         Ok(())
     }
 
-    fn members(&self, group: &str) -> Vec<String> {
+    /// The disks in `group` on this agent, sorted.
+    pub(crate) fn members(&self, group: &str) -> Vec<String> {
         lock(&self.disks)
             .values()
             .filter_map(|rt| {

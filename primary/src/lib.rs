@@ -125,6 +125,8 @@ pub(crate) struct DiskRt {
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
     /// The cycles cut together with other disks of the disk's group (`group.rs`).
     pub(crate) group_cuts: Mutex<BTreeMap<u64, group::GroupCut>>,
+    /// The current cross-host round's cut: (round, cycle, change count before the cut).
+    pub(crate) round: Mutex<Option<(u64, u64, u64)>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -363,6 +365,7 @@ impl Agent {
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
             group_cuts: Mutex::new(BTreeMap::new()),
+            round: Mutex::new(None),
             task: Mutex::new(None),
         });
         if prot.failed_over.is_some() {

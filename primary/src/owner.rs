@@ -59,6 +59,8 @@ pub(crate) enum DiskCommand {
     ResyncNow,
     /// `sitrep wait`: cut the log even if nothing seems recorded.
     Cut,
+    /// A step of a cross-host group round (the server asked, `group.rs`).
+    GroupRound(crate::group::RoundStep),
     /// Stop the disk (unprotect, agent shutdown): seal and end the session cleanly.
     Stop,
 }
@@ -76,6 +78,7 @@ pub(crate) struct Owner {
     planned: Option<PlannedRequest>,
     resync_now: bool,
     cut: bool,
+    round: Option<crate::group::RoundStep>,
     /// The cycle being cut and read while the filesystem is frozen.
     pub(crate) frozen: Option<FrozenCycle>,
 }
@@ -93,6 +96,7 @@ impl Owner {
             planned: None,
             resync_now: false,
             cut: false,
+            round: None,
             frozen: None,
         };
         (tx, own)
@@ -131,6 +135,8 @@ impl Owner {
             }
             DiskCommand::ResyncNow => self.resync_now = true,
             DiskCommand::Cut => self.cut = true,
+            // A newer step replaces an unserved one (the server moved on).
+            DiskCommand::GroupRound(r) => self.round = Some(r),
             DiskCommand::Stop => self.stopped = true,
         }
     }
@@ -164,6 +170,12 @@ impl Owner {
         while !self.is_stopped() {
             self.next().await;
         }
+    }
+
+    /// The group round step asked for, if any.
+    pub(crate) fn take_round(&mut self) -> Option<crate::group::RoundStep> {
+        self.drain();
+        self.round.take()
     }
 
     /// The planned failover asked for, if any.

@@ -454,6 +454,7 @@ impl Agent {
             Request::Failover { .. }
             | Request::GroupFailover { .. }
             | Request::GroupCommit { .. }
+            | Request::GroupAllow { .. }
             | Request::Commit { .. }
             | Request::FailoverRecord { .. } => Response::err(
                 "failover and commit run on the secondary: use the server's socket (--socket)",

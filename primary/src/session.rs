@@ -37,6 +37,8 @@ pub(crate) struct Session {
     pub(crate) comp: Compression,
     /// The protocol version negotiated (what the server can decode).
     pub(crate) version: u16,
+    /// The consistency group last declared to the server (`GroupMember`, protocol 5).
+    pub(crate) declared: Option<Option<String>>,
 }
 
 impl Session {
@@ -146,6 +148,12 @@ fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
             None
         }
         Msg::Pong { .. } => None,
+        // A cross-host group's round: the disk's task serves it between cycles.
+        Msg::GroupRound { group, round, step } => {
+            let req = crate::group::RoundStep { group, round, step };
+            let _ = rt.cmd.send(crate::owner::DiskCommand::GroupRound(req));
+            None
+        }
         other @ (Msg::CycleAck { .. }
         | Msg::CopyAck { .. }
         | Msg::ResyncAck { .. }
@@ -206,6 +214,7 @@ impl Session {
             last_heard: Instant::now(),
             comp: Compression::new(compress_auto),
             version,
+            declared: None,
         };
         Ok((s, server_name))
     }

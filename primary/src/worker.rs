@@ -209,6 +209,14 @@ async fn attach(
         })
         .await?;
     }
+    // Protocol 5: the disk's consistency group (a cross-host group's rounds reach it).
+    if s.version >= 5 {
+        s.msg(Msg::GroupMember {
+            group: prot.group.clone(),
+        })
+        .await?;
+        s.declared = Some(prot.group.clone());
+    }
     record_server_name(agent, rt, server_name);
     reconcile_copy(agent, rt, server_copy.as_ref());
     // Logs piled up past the threshold (a long outage): a resync of their ranges is cheaper

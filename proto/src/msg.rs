@@ -315,6 +315,39 @@ pub enum Msg {
         /// Every disk cut at that instant, this one included (sorted, no duplicates).
         members: Vec<String>,
     },
+    /// Client (v5), right after `PointStorage` on every session: the consistency group the
+    /// disk belongs to (`None`: none). Not answered. Index 32. The server keeps each group's
+    /// members; a group whose members are on more than one client (allowed by the secondary's
+    /// operator) gets its points from rounds the server coordinates (`GroupRound`).
+    GroupMember {
+        /// The group (a valid disk name), if any.
+        group: Option<String>,
+    },
+    /// Server (v5), at any time on the session of a member of a cross-host group: a step of a
+    /// coordinated round. Step 0 (*cut*): cut the disk at the next moment between cycles and
+    /// answer with the cut's cycle. Step 1 (*release*, sent once every member answered step
+    /// 0): say whether any change was recorded on the disk since that cut. Index 33.
+    GroupRound {
+        /// The group.
+        group: String,
+        /// The round's id.
+        round: u64,
+        /// 0: cut, 1: release.
+        step: u8,
+    },
+    /// Client (v5): the answer to a `GroupRound` step. Index 34.
+    GroupRoundDone {
+        /// The group.
+        group: String,
+        /// The round's id.
+        round: u64,
+        /// The step answered.
+        step: u8,
+        /// The cycle the round's cut sealed (0: the disk did not cut for this round).
+        seq: u64,
+        /// Step 1: no change was recorded on the disk between the round's cut and now.
+        quiet: bool,
+    },
 }
 
 /// Most disks in one consistency group's cut (`GroupVerdict::members`).
@@ -383,6 +416,9 @@ impl Msg {
             Self::PointPolicy { .. } => "PointPolicy",
             Self::PointStorage { .. } => "PointStorage",
             Self::GroupVerdict { .. } => "GroupVerdict",
+            Self::GroupMember { .. } => "GroupMember",
+            Self::GroupRound { .. } => "GroupRound",
+            Self::GroupRoundDone { .. } => "GroupRoundDone",
         }
     }
 }

@@ -256,6 +256,48 @@ fn group_verdict_frame() {
     assert_eq!(back, frame);
 }
 
+/// Version 5's cross-host round messages: `GroupMember` (32: an option, 0 or 1 then the
+/// string), `GroupRound` (33: group, round varint, step byte), `GroupRoundDone` (34: group,
+/// round, step, seq varint, quiet byte).
+#[test]
+fn group_round_frames() {
+    for (msg, payload) in [
+        (Msg::GroupMember { group: None }, vec![32u8, 0]),
+        (
+            Msg::GroupMember {
+                group: Some("db".into()),
+            },
+            vec![32u8, 1, 2, b'd', b'b'],
+        ),
+        (
+            Msg::GroupRound {
+                group: "db".into(),
+                round: 300,
+                step: 1,
+            },
+            vec![33u8, 2, b'd', b'b', 0xac, 0x02, 1],
+        ),
+        (
+            Msg::GroupRoundDone {
+                group: "db".into(),
+                round: 300,
+                step: 0,
+                seq: 7,
+                quiet: true,
+            },
+            vec![34u8, 2, b'd', b'b', 0xac, 0x02, 0, 7, 1],
+        ),
+    ] {
+        let expected = by_hand(1, 0, u32::try_from(payload.len()).unwrap(), &payload);
+        let frame = Frame::Control(msg);
+        let mut enc = Vec::new();
+        encode(&frame, &EncodeOpts::default(), &mut enc).unwrap();
+        assert_eq!(enc, expected, "{frame:?}");
+        let (back, _) = decode(&expected).unwrap().unwrap();
+        assert_eq!(back, frame);
+    }
+}
+
 /// Version 5 is preferred; a v4 peer still negotiates 4 (and never receives `GroupVerdict`).
 #[test]
 fn version_5_is_preferred_and_a_v4_peer_gets_4() {

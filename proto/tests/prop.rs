@@ -179,6 +179,23 @@ fn msg() -> impl Strategy<Value = Msg> {
                 cut_id,
                 members,
             }),
+        proptest::option::of("[a-z0-9_-]{1,16}").prop_map(|group| Msg::GroupMember { group }),
+        ("[a-z0-9_-]{1,16}", any::<u64>(), any::<u8>())
+            .prop_map(|(group, round, step)| Msg::GroupRound { group, round, step }),
+        (
+            "[a-z0-9_-]{1,16}",
+            any::<u64>(),
+            any::<u8>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(group, round, step, seq, quiet)| Msg::GroupRoundDone {
+                group,
+                round,
+                step,
+                seq,
+                quiet,
+            }),
     ]
 }
 

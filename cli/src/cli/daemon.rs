@@ -84,6 +84,11 @@ pub(crate) struct ServerArgs {
     /// `status` and the metrics show the bytes and the points retired. Off by default.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_store_bytes: Option<u64>,
+    /// How often the server runs a round for each consistency group whose disks are on more
+    /// than one agent (a cross-host group point: every member cut, then a release; see
+    /// docs/architecture.md, *Consistency groups*). Groups on one agent are cut by the agent.
+    #[arg(long, default_value = "5m", value_parser = base::units::parse_duration_ns)]
+    group_points_every: u64,
 }
 
 /// Arguments of `sitrep agent`.
@@ -278,6 +283,7 @@ pub(crate) fn server(a: &ServerArgs) -> anyhow::Result<Outcome> {
         adopt_from: a.adopt_from.clone(),
         history_budget: a.history_budget,
         max_store_bytes: a.max_store_bytes,
+        group_points_every: Duration::from_nanos(a.group_points_every.max(1_000_000_000)),
         limits: base::listen::Limits::default(),
     };
     runtime()?.block_on(async {

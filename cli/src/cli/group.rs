@@ -33,6 +33,23 @@ pub(crate) enum GroupCommand {
     Delete(GroupNameArgs),
     /// List the groups and their disks.
     List(GroupListArgs),
+    /// On the SERVER (its socket): let another agent's disks join a group, so that one group
+    /// spans hosts. The server then coordinates the group's points (`--group-points-every`).
+    Allow(GroupAllowArgs),
+}
+
+/// `sitrep group allow`.
+#[derive(Args)]
+pub(crate) struct GroupAllowArgs {
+    /// The group.
+    group: String,
+    /// The client (the certificate name of the agent whose disks may join).
+    client: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A group's name.
@@ -73,6 +90,26 @@ pub(crate) struct GroupListArgs {
 }
 
 pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
+    if let GroupCommand::Allow(x) = &a.cmd {
+        let r: serde_json::Value = base::control::ask(
+            &x.socket.path(),
+            &Request::GroupAllow {
+                group: x.group.clone(),
+                client: x.client.clone(),
+            },
+            Duration::from_secs(30),
+        )?;
+        if x.json {
+            crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            crate::outln!(
+                "client {} may now have disks in group {}",
+                x.client,
+                x.group
+            );
+        }
+        return Ok(Outcome::Ok);
+    }
     let (action, group, disks, socket, json) = match &a.cmd {
         GroupCommand::Create(n) => (
             GroupAction::Create,
@@ -103,6 +140,7 @@ pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
             d.json,
         ),
         GroupCommand::List(l) => (GroupAction::List, None, vec![], &l.socket, l.json),
+        GroupCommand::Allow(_) => return Ok(Outcome::Ok),
     };
     let resp: serde_json::Value = base::control::ask(
         &socket.path(),

@@ -79,6 +79,36 @@ struct GroupFile {
     owner: String,
     next_id: u64,
     points: Vec<GroupPoint>,
+    /// The clients allowed to have members (the owner, and those the secondary's operator
+    /// allowed: `sitrep group allow`).
+    #[serde(default)]
+    clients: BTreeSet<String>,
+    /// The member disks the agents declared (`GroupMember`), and each one's client.
+    #[serde(default)]
+    members: BTreeMap<String, String>,
+}
+
+impl GroupFile {
+    fn new(name: &str, owner: &str) -> Self {
+        Self {
+            version: 1,
+            name: name.to_string(),
+            owner: owner.to_string(),
+            next_id: 1,
+            points: Vec::new(),
+            clients: BTreeSet::from([owner.to_string()]),
+            members: BTreeMap::new(),
+        }
+    }
+
+    fn allows(&self, client: &str) -> bool {
+        self.owner == client || self.clients.contains(client)
+    }
+
+    /// Members on more than one client: the server coordinates the group's points.
+    fn spans_clients(&self) -> bool {
+        self.members.values().collect::<BTreeSet<_>>().len() > 1
+    }
 }
 
 /// A cut some members have reported.
@@ -92,6 +122,23 @@ struct Pending {
 struct Group {
     file: GroupFile,
     pending: BTreeMap<u64, Pending>,
+    /// The cross-host round in progress (`coordinate.rs`).
+    round: Option<Round>,
+    /// How the last cross-host round ended (for `status`).
+    last_round: Option<String>,
+}
+
+/// A cross-host round: each member's answers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Round {
+    /// The round's id.
+    pub(crate) id: u64,
+    /// The members asked.
+    pub(crate) members: BTreeSet<String>,
+    /// Step 0 answers: the cycle each member cut.
+    pub(crate) cuts: BTreeMap<String, u64>,
+    /// Step 1 answers: whether the member was quiet from its cut to the release.
+    pub(crate) quiet: BTreeMap<String, bool>,
 }
 
 /// A member's report of its cycle at a group cut.
@@ -136,7 +183,7 @@ impl Groups {
                         file.name.clone(),
                         Group {
                             file,
-                            pending: BTreeMap::new(),
+                            ..Group::default()
                         },
                     );
                 }
@@ -168,20 +215,20 @@ impl Groups {
         }
         let g = all.entry(r.group.to_string()).or_default();
         if g.file.owner.is_empty() {
-            g.file = GroupFile {
-                version: 1,
-                name: r.group.to_string(),
-                owner: r.client.to_string(),
-                next_id: 1,
-                points: Vec::new(),
-            };
-        } else if g.file.owner != r.client {
+            g.file = GroupFile::new(r.group, r.client);
+        } else if !g.file.allows(r.client) {
             return Err(format!(
                 "group {} belongs to client {}, not {}",
                 r.group, g.file.owner, r.client
             ));
         }
         let members: BTreeSet<String> = r.members.iter().cloned().collect();
+        // A cross-host group gets its points from the server's rounds; and a cut that left a
+        // declared member out is no point of the group.
+        let declared: BTreeSet<String> = g.file.members.keys().cloned().collect();
+        if g.file.spans_clients() || (!declared.is_empty() && declared != members) {
+            return Ok(None);
+        }
         let Some((id, cut_time_ns)) = r.point else {
             // Not a point on this member: the cut has no group point.
             g.pending.remove(&r.cut_id);
@@ -264,6 +311,182 @@ impl Groups {
             tracing::warn!(group, "{e}");
         }
         true
+    }
+}
+
+impl Groups {
+    /// Disk `disk` of client `client` declares its group (`GroupMember`): it leaves any
+    /// other group, and joins `group` if the group allows the client.
+    ///
+    /// # Errors
+    /// An invalid name, a group of another client that did not allow this one, too many
+    /// members or groups, or the file could not be written.
+    pub(crate) fn declare(
+        &self,
+        client: &str,
+        disk: &str,
+        group: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(g) = group
+            && !base::valid_disk_name(g)
+        {
+            return Err("a group name that is not a valid name".into());
+        }
+        let mut all = lock(&self.inner);
+        for (name, g) in all.iter_mut() {
+            if Some(name.as_str()) != group && g.file.members.remove(disk).is_some() {
+                write_file(&self.dir, &g.file).map_err(|e| format!("group {name}: {e}"))?;
+            }
+        }
+        let Some(group) = group else { return Ok(()) };
+        if !all.contains_key(group) && all.len() >= MAX_GROUPS {
+            return Err(format!("at most {MAX_GROUPS} groups on this server"));
+        }
+        let g = all.entry(group.to_string()).or_default();
+        if g.file.owner.is_empty() {
+            g.file = GroupFile::new(group, client);
+        } else if !g.file.allows(client) {
+            return Err(format!(
+                "group {group} belongs to client {}; the secondary's operator lets {client} join it with `sitrep group allow {group} {client}` on the server",
+                g.file.owner
+            ));
+        }
+        if g.file.members.get(disk).map(String::as_str) == Some(client) {
+            return Ok(());
+        }
+        if g.file.members.len() >= proto::MAX_GROUP_MEMBERS {
+            return Err(format!(
+                "group {group} has {} members already",
+                proto::MAX_GROUP_MEMBERS
+            ));
+        }
+        g.file.members.insert(disk.to_string(), client.to_string());
+        write_file(&self.dir, &g.file).map_err(|e| format!("group {group}: {e}"))
+    }
+
+    /// The secondary's operator lets `client`'s disks join `group` (a cross-host group).
+    ///
+    /// # Errors
+    /// An invalid name, too many groups, or the file could not be written.
+    pub(crate) fn allow(&self, group: &str, client: &str) -> Result<(), String> {
+        if !base::valid_disk_name(group) || client.is_empty() || client.len() > 256 {
+            return Err("a group or client name that is not valid".into());
+        }
+        let mut all = lock(&self.inner);
+        if !all.contains_key(group) && all.len() >= MAX_GROUPS {
+            return Err(format!("at most {MAX_GROUPS} groups on this server"));
+        }
+        let g = all.entry(group.to_string()).or_default();
+        if g.file.owner.is_empty() {
+            g.file = GroupFile::new(group, client);
+        }
+        g.file.clients.insert(client.to_string());
+        write_file(&self.dir, &g.file).map_err(|e| format!("group {group}: {e}"))
+    }
+
+    /// The groups whose members are on more than one client, with their members.
+    pub(crate) fn spanning(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        lock(&self.inner)
+            .iter()
+            .filter(|(_, g)| g.file.spans_clients())
+            .map(|(n, g)| (n.clone(), g.file.members.clone()))
+            .collect()
+    }
+
+    /// The declared members of `group` (disk → client).
+    pub(crate) fn members(&self, group: &str) -> BTreeMap<String, String> {
+        lock(&self.inner)
+            .get(group)
+            .map(|g| g.file.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts round `id` of `group` over `members`.
+    pub(crate) fn begin_round(&self, group: &str, id: u64, members: BTreeSet<String>) {
+        if let Some(g) = lock(&self.inner).get_mut(group) {
+            g.round = Some(Round {
+                id,
+                members,
+                ..Round::default()
+            });
+        }
+    }
+
+    /// A member's answer to a round step (ignored unless it is the round in progress and the
+    /// disk one of its members).
+    pub(crate) fn round_answer(
+        &self,
+        group: &str,
+        id: u64,
+        disk: &str,
+        step: u8,
+        seq: u64,
+        quiet: bool,
+    ) {
+        let mut all = lock(&self.inner);
+        let Some(r) = all.get_mut(group).and_then(|g| g.round.as_mut()) else {
+            return;
+        };
+        if r.id != id || !r.members.contains(disk) {
+            return;
+        }
+        if step == 0 {
+            r.cuts.insert(disk.to_string(), seq);
+        } else if r.cuts.get(disk) == Some(&seq) {
+            r.quiet.insert(disk.to_string(), quiet);
+        }
+    }
+
+    /// The round in progress.
+    pub(crate) fn round(&self, group: &str) -> Option<Round> {
+        lock(&self.inner).get(group).and_then(|g| g.round.clone())
+    }
+
+    /// Ends the round in progress with `outcome` (shown by `status`).
+    pub(crate) fn end_round(&self, group: &str, outcome: String) {
+        if let Some(g) = lock(&self.inner).get_mut(group) {
+            g.round = None;
+            g.last_round = Some(outcome);
+        }
+    }
+
+    /// How the last cross-host round of `group` ended.
+    pub(crate) fn last_round(&self, group: &str) -> Option<String> {
+        lock(&self.inner)
+            .get(group)
+            .and_then(|g| g.last_round.clone())
+    }
+
+    /// Records a group point from a round: each member's point and cut time.
+    ///
+    /// # Errors
+    /// No such group, or the file could not be written.
+    pub(crate) fn add_round_point(
+        &self,
+        group: &str,
+        round: u64,
+        points: &BTreeMap<String, (u64, u64)>,
+        retention: &Retention,
+        now_ns: u64,
+    ) -> Result<GroupPoint, String> {
+        let mut all = lock(&self.inner);
+        let g = all
+            .get_mut(group)
+            .ok_or_else(|| format!("no group {group}"))?;
+        let gp = GroupPoint {
+            id: g.file.next_id,
+            cut_id: round,
+            // The newest member cut: every member's disk is as it was then too (no change
+            // between its own cut and the round's release, which came after every cut).
+            cut_time_ns: points.values().map(|p| p.1).max().unwrap_or(0),
+            created_unix_ns: now_ns,
+            members: points.iter().map(|(d, p)| (d.clone(), p.0)).collect(),
+        };
+        g.file.next_id += 1;
+        g.file.points.push(gp.clone());
+        thin(&mut g.file.points, retention, now_ns);
+        write_file(&self.dir, &g.file).map_err(|e| format!("group {group}: {e}"))?;
+        Ok(gp)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::store::{self, Disk};
 use base::control::{self, Call};
 use base::listen::Limits;
 
+mod coordinate;
 mod delete;
 mod disk_cap;
 mod export;
@@ -71,10 +72,18 @@ pub struct ServerOptions {
     /// The store quota (`--max-store-bytes`, see `quota.rs`; None: none): past it the oldest
     /// points are retired, never a disk's newest.
     pub max_store_bytes: Option<u64>,
+    /// How often a cross-host consistency group's round runs (`--group-points-every`,
+    /// `coordinate.rs`).
+    pub group_points_every: Duration,
 }
+
+/// Where a group coordinator sends a session its rounds: (the session's epoch, sender).
+type RoundSender = (u64, mpsc::Sender<proto::Msg>);
 
 #[derive(Default)]
 struct Slot {
+    /// The live session's round channel (`coordinate.rs`), if any.
+    rounds: Mutex<Option<RoundSender>>,
     /// The open disk; its guard publishes the snapshot `status` and `points` read.
     disk: snapshot::PublishedDisk,
     epoch: AtomicU64,
@@ -217,6 +226,7 @@ pub async fn run(
     tokio::spawn(control_socket.serve(ctx));
     tokio::spawn(requests::serve(shared.clone(), crx));
     tokio::spawn(quota::run(shared.clone()));
+    tokio::spawn(coordinate::run(shared.clone(), opts.group_points_every));
     base::sdnotify::ready();
     tokio::select! {
         () = shutdown => {}

@@ -40,10 +40,14 @@ fn groups_status(sh: &Shared) -> Vec<status::GroupStatus> {
         .into_iter()
         .filter_map(|name| {
             let (_, pts) = sh.groups.points(&name)?;
-            let members: Vec<String> = pts
-                .last()
-                .map(|p| p.members.keys().cloned().collect())
-                .unwrap_or_default();
+            let declared: Vec<String> = sh.groups.members(&name).into_keys().collect();
+            let members: Vec<String> = if declared.is_empty() {
+                pts.last()
+                    .map(|p| p.members.keys().cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                declared
+            };
             let newest: Vec<(u64, &String)> = members
                 .iter()
                 .map(|m| {
@@ -59,7 +63,9 @@ fn groups_status(sh: &Shared) -> Vec<status::GroupStatus> {
                 (Some(lo), Some(hi)) if lo.0 < hi.0 => Some(lo.1.clone()),
                 _ => None,
             };
+            let last_round = sh.groups.last_round(&name);
             Some(status::GroupStatus {
+                last_round,
                 name,
                 points: pts.len() as u64,
                 newest_point: pts.last().map(|p| (p.id, p.cut_time_ns)),

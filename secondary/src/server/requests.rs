@@ -72,6 +72,12 @@ fn blocking(sh: &Shared, req: Request) -> Response {
         }
         Request::FailoverRecord { name } => Response::answer(failover::record(sh, &name)),
         Request::GroupPoints { group } => Response::answer(group_ops::points(sh, &group)),
+        Request::GroupAllow { group, client } => Response::answer(
+            sh.groups
+                .allow(&group, &client)
+                .map(|()| serde_json::json!({ "group": group, "allowed": client }))
+                .map_err(anyhow::Error::msg),
+        ),
         Request::GroupCommit { group } => Response::answer(group_ops::commit_group(sh, &group)),
         Request::GroupExport {
             group,

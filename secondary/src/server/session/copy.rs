@@ -1,7 +1,7 @@
 //! A session's initial copy: `CopyBegin` (or its resume), the disk's Data/Zero frames written
 //! in place, `CopyCheckpoint`s made durable and acknowledged, `CopyDone`.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
 use base::net::{ReplError, send};
@@ -9,7 +9,7 @@ use proto::Msg;
 
 impl<R, W> DiskSession<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// `CopyBegin`: the copy starts (or resumes); `CopyAck` says from where.

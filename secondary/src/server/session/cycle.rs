@@ -3,7 +3,7 @@
 //! source's `Verdict` on an applied cycle.
 
 use proto::{Frame, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
 use super::staged::StagedCycle;
@@ -13,7 +13,7 @@ use base::net::{ReplError, send};
 
 impl<R, W> DiskSession<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// `CycleBegin` between cycles: staged if it is the next cycle, read and dropped if it

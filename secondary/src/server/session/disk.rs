@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use proto::{CopyState, CycleInfo, Frame, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 
 use super::staged::StagedCycle;
 use super::{Conn, or_refuse, refuse, with_disk};
@@ -75,7 +75,7 @@ pub(super) struct DiskSession<'a, R, W> {
 
 impl<'a, R, W> DiskSession<'a, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// The session of disk `name` (open in `slot`) for connection `c`, numbered `epoch`.
@@ -108,7 +108,27 @@ where
         self.size = with_disk(self.slot, |d| Ok(d.state().size)).unwrap_or(0);
         // Dropped on every way out of the loop, and with it a cycle being staged.
         let mut mode = Mode::Idle;
-        while let Some(frame) = self.next_frame().await? {
+        // A cross-host group's coordinator sends its rounds through the slot
+        // (`server/coordinate.rs`); they are written between frames.
+        let (tx, mut rounds) = tokio::sync::mpsc::channel(8);
+        *base::lock(&self.slot.rounds) = Some((self.epoch, tx));
+        loop {
+            tokio::select! {
+                biased;
+                ready = tokio::time::timeout(IDLE_TIMEOUT, self.c.r.fill_buf()) => {
+                    if ready.is_err() {
+                        let why = format!("{}: idle for {IDLE_TIMEOUT:?}", self.name);
+                        return Err(ReplError::Net(why));
+                    }
+                }
+                Some(m) = rounds.recv() => {
+                    send(&mut self.c.w, m).await?;
+                    continue;
+                }
+            }
+            let Some(frame) = self.next_frame().await? else {
+                break;
+            };
             mode = match self.on_frame(mode, frame).await? {
                 Flow::Continue(m) => m,
                 Flow::End => break,
@@ -228,6 +248,23 @@ where
                     label,
                 }),
             ) => self.on_verdict(seq, crash_consistent, label).await,
+            (m, Control(Msg::GroupMember { group })) => self.on_group_member(m, group).await,
+            (
+                m,
+                Control(Msg::GroupRoundDone {
+                    group,
+                    round,
+                    step,
+                    seq,
+                    quiet,
+                }),
+            ) => {
+                let disk = self.name;
+                self.shared
+                    .groups
+                    .round_answer(&group, round, disk, step, seq, quiet);
+                Ok(Flow::Continue(m))
+            }
             (
                 Idle,
                 Control(Msg::GroupVerdict {

@@ -2,7 +2,7 @@
 //! point (if it became one) is reported to the group registry (`server/groups.rs`), and a
 //! completed group point pins every member's point against retention.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
 use super::refuse;
@@ -13,9 +13,33 @@ use base::net::ReplError;
 
 impl<R, W> DiskSession<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    /// `GroupMember` (any mode): the disk's group, as its agent declares it.
+    pub(super) async fn on_group_member(
+        &mut self,
+        mode: Mode,
+        group: Option<String>,
+    ) -> Result<Flow, ReplError> {
+        let declared = tokio::task::block_in_place(|| {
+            self.shared
+                .groups
+                .declare(&self.c.peer, self.name, group.as_deref())
+        });
+        match declared {
+            Ok(()) => Ok(Flow::Continue(mode)),
+            Err(why) => {
+                drop(mode);
+                let e = StoreError::BadRequest {
+                    disk: self.name.to_string(),
+                    why,
+                };
+                Err(refuse(self.c, e).await)
+            }
+        }
+    }
+
     /// A `GroupVerdict` after the `Verdict` of cycle `seq`.
     pub(super) async fn on_group_verdict(
         &mut self,

@@ -119,7 +119,9 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     let mut c = Conn {
-        r,
+        // Buffered so that the session can wait for the next frame without consuming any of
+        // it (`fill_buf` is cancel-safe) while it also waits for a group round to send.
+        r: tokio::io::BufReader::new(r),
         // Every write to the peer: a peer that stops reading ends the session.
         w: WriteTimeout::new(w, shared.limits.write_timeout),
         peer: client.clone(),

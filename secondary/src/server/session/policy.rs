@@ -5,7 +5,7 @@
 //! storage cap, recorded likewise and honoured by the quota task (`server/quota.rs`), which
 //! retires only points older than that same floor.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
 use crate::store::AskedPolicy;
@@ -13,7 +13,7 @@ use base::net::ReplError;
 
 impl<R, W> DiskSession<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// `PointPolicy` in any mode (not answered): clamped, kept in `policy.json`, applied.

@@ -2,7 +2,7 @@
 //! batches) and the planned failover a source asks for between cycles.
 
 use proto::{ErrorCode, Frame, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::disk::{DiskSession, Flow, Mode};
 use super::{or_refuse, with_disk};
@@ -11,7 +11,7 @@ use base::net::{ReplError, send, send_error};
 
 impl<R, W> DiskSession<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// `DigestKey`: the key the following digests are made with.

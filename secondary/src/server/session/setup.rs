@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use proto::{ErrorCode, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::{Conn, refuse};
 use crate::server::{Shared, Slot, reverse};
@@ -15,7 +15,7 @@ use base::net::{ReplError, recv_control, send, send_error};
 /// both sides speak (or `VersionMismatch`).
 pub(super) async fn hello<R, W>(shared: &Shared, c: &mut Conn<R, W>) -> Result<(), ReplError>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let client = c.peer.clone();
@@ -45,7 +45,7 @@ pub(super) async fn attach_phase<R, W>(
     c: &mut Conn<R, W>,
 ) -> Result<(String, Arc<Slot>), ReplError>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let client = c.peer.clone();
