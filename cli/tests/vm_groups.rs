@@ -103,7 +103,7 @@ fn a_group_point_of_a_striped_ext4_mounts_and_fscks_clean() {
                 "status=none",
             ],
         );
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             run("sync", &[]);
         }
         round += 1;

@@ -121,7 +121,7 @@ async fn next_cut(
             return Ok(Some(CyclesEnd::Verify(v)));
         }
         if let Some(r) = own.take_round() {
-            if agent.serve_round(rt, s, r).await? {
+            if agent.serve_round(rt, s, own, r).await? {
                 return Ok(None);
             }
             continue;

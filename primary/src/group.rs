@@ -49,8 +49,38 @@ pub(crate) struct RoundStep {
     pub(crate) group: String,
     /// The round.
     pub(crate) round: u64,
-    /// 0: cut, 1: release.
+    /// 0: prepare, 1: cut, 2: release.
     pub(crate) step: u8,
+}
+
+/// The longest a prepared member holds its own cuts waiting for the round's cut.
+pub(crate) const HOLD: Duration = Duration::from_secs(1);
+
+/// Waits (at most [`HOLD`]) for round `round`'s cut, answering pings meanwhile; `None` if it
+/// did not come (the disk's cycles go on; the round fails on the server).
+async fn hold(
+    rt: &DiskRt,
+    s: &mut super::session::Session,
+    own: &mut super::owner::Owner,
+    round: u64,
+) -> Result<Option<RoundStep>, ReplError> {
+    let until = tokio::time::Instant::now() + HOLD;
+    loop {
+        if let Some(r) = own.take_round() {
+            return Ok((r.round == round && r.step == 1).then_some(r));
+        }
+        if own.is_stopped() {
+            return Ok(None);
+        }
+        tokio::select! {
+            m = s.recv(rt) => {
+                let m = m?;
+                return Err(ReplError::Protocol(format!("{} sent {} unprompted", s.peer, m.name())));
+            }
+            () = own.next() => {}
+            () = tokio::time::sleep_until(until) => return Ok(None),
+        }
+    }
 }
 
 /// The tag a round's release leaves in the log (never a cycle's sequence, so no verdict
@@ -164,44 +194,50 @@ impl Drop for Membership<'_> {
 }
 
 impl Agent {
-    /// Serves a step of a cross-host round between cycles and answers it; true if it cut (the
-    /// caller ships the cycle). Step 0 cuts the disk and remembers the change count before the
-    /// cut; step 1 drains the tracker into the log (a tag) and answers whether any change was
-    /// recorded since (docs/architecture.md, *Consistency groups*: the window between a cut
-    /// and the round's release must be quiet on every member).
+    /// Serves a round's step between cycles and answers it; true if it cut (the caller ships
+    /// the cycle). *Prepare* (step 0) is answered at once, then the disk holds its own cuts —
+    /// for at most [`HOLD`] — waiting for the round's *cut* (step 1), so that every member
+    /// cuts within a round trip of the others and the window to the release stays short. A
+    /// cut is made and answered with its cycle, the change count before it remembered. The
+    /// release (step 2) is answered as soon as it arrives ([`release`]).
     pub(crate) async fn serve_round(
         &self,
         rt: &DiskRt,
         s: &mut super::session::Session,
+        own: &mut super::owner::Owner,
         r: RoundStep,
     ) -> Result<bool, ReplError> {
-        let dev = lock(&rt.prot).device.clone();
-        let (seq, quiet, cut) = if r.step == 0 {
-            let seq = self.cut(rt)?;
-            let before = rt.records_at_cut.load(std::sync::atomic::Ordering::SeqCst);
-            *lock(&rt.round) = Some((r.round, seq, before));
-            (seq, false, true)
-        } else {
-            match *lock(&rt.round) {
-                Some((round, seq, before)) if round == r.round => {
-                    self.with_tracker(|t| t.mark(&dev, RELEASE_TAG))
-                        .map_err(|e| {
-                            ReplError::Local(format!("{}: tagging the log: {e:#}", dev.display()))
-                        })?;
-                    (seq, self.records(&dev) == before, false)
-                }
-                _ => (0, false, false),
+        let r = if r.step == 0 {
+            s.msg(proto::Msg::GroupRoundDone {
+                group: r.group.clone(),
+                round: r.round,
+                step: 0,
+                seq: 0,
+                quiet: false,
+            })
+            .await?;
+            match hold(rt, s, own, r.round).await? {
+                Some(cut) => cut,
+                None => return Ok(false),
             }
+        } else {
+            r
         };
+        if r.step != 1 {
+            return Ok(false);
+        }
+        let seq = self.cut(rt)?;
+        let before = rt.records_at_cut.load(std::sync::atomic::Ordering::SeqCst);
+        *lock(&rt.round) = Some((r.round, seq, before));
         s.msg(proto::Msg::GroupRoundDone {
             group: r.group,
             round: r.round,
-            step: r.step,
+            step: 1,
             seq,
-            quiet,
+            quiet: false,
         })
         .await?;
-        Ok(cut)
+        Ok(true)
     }
 
     /// Cuts `rt`'s disk together with the other members of `group` that arrive in time
@@ -296,6 +332,35 @@ impl Agent {
             }
             let _ = reply.send(seq.map_err(|e| e.to_string()));
         }
+    }
+}
+
+/// A round's release (step 2), answered the moment it arrives, wherever the disk's task is:
+/// the tracker is drained into the log (a tag no verdict reads) and the change count compared
+/// with the one before the round's cut — quiet if no change was recorded since
+/// (docs/architecture.md, *Consistency groups*: the window from a cut to the release must be
+/// quiet on every member, so it is kept as short as a round trip).
+pub(crate) fn release(rt: &DiskRt, group: String, round: u64) -> proto::Msg {
+    let dev = lock(&rt.prot).device.clone();
+    let cut = *lock(&rt.round);
+    let (seq, quiet) = match cut {
+        Some((r, seq, before)) if r == round => {
+            let now = tokio::task::block_in_place(|| {
+                let mut g = lock(&rt.source);
+                let t = g.as_mut()?;
+                t.mark(&dev, RELEASE_TAG).ok()?;
+                Some(t.records(&dev))
+            });
+            (seq, now == Some(before))
+        }
+        _ => (0, false),
+    };
+    proto::Msg::GroupRoundDone {
+        group,
+        round,
+        step: 2,
+        seq,
+        quiet,
     }
 }
 

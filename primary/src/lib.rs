@@ -68,6 +68,9 @@ use jobs::{JobKind, JobStep};
 use reason::ResyncCause;
 use snapshot::{DiskSnapshot, ProtGuard};
 use source::{ChangeSource, bpf::BpfSource};
+
+/// The agent's change source, shared (None once stopped).
+pub(crate) type SourceRef = Arc<Mutex<Option<Box<dyn ChangeSource>>>>;
 use state::{CopyPlan, Protection};
 
 pub(crate) use base::lock;
@@ -127,6 +130,9 @@ pub(crate) struct DiskRt {
     pub(crate) group_cuts: Mutex<BTreeMap<u64, group::GroupCut>>,
     /// The current cross-host round's cut: (round, cycle, change count before the cut).
     pub(crate) round: Mutex<Option<(u64, u64, u64)>>,
+    /// The agent's change source (a round's release tags the log from the session's reader
+    /// side, `group.rs`).
+    pub(crate) source: SourceRef,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -187,7 +193,7 @@ pub struct Agent {
     /// The retry loop's clock.
     pub(crate) clock: Arc<dyn Clock>,
     /// Where the disks' changes come from (None once stopped).
-    source: Mutex<Option<Box<dyn ChangeSource>>>,
+    source: SourceRef,
     disks: Mutex<BTreeMap<String, Arc<DiskRt>>>,
     /// The consistency groups' cut barriers.
     pub(crate) groups: group::Groups,
@@ -366,6 +372,7 @@ impl Agent {
             cuts: Mutex::new(BTreeMap::new()),
             group_cuts: Mutex::new(BTreeMap::new()),
             round: Mutex::new(None),
+            source: self.source.clone(),
             task: Mutex::new(None),
         });
         if prot.failed_over.is_some() {
@@ -550,7 +557,7 @@ pub async fn run_reloading(
         connector: hooks.connect,
         clock: hooks.clock,
         opts: opts.clone(),
-        source: Mutex::new(Some(source)),
+        source: Arc::new(Mutex::new(Some(source))),
         disks: Mutex::new(BTreeMap::new()),
         groups: group::Groups::default(),
         jobs: Mutex::new(Vec::new()),

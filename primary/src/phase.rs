@@ -112,6 +112,7 @@ mod tests {
             failed_over: None,
             reverse: None,
             server_name: None,
+            group: None,
         }
     }
 

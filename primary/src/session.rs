@@ -39,6 +39,8 @@ pub(crate) struct Session {
     pub(crate) version: u16,
     /// The consistency group last declared to the server (`GroupMember`, protocol 5).
     pub(crate) declared: Option<Option<String>>,
+    /// Answers to send before anything else (a group round's release, answered on receipt).
+    pending: Vec<Msg>,
 }
 
 impl Session {
@@ -61,7 +63,7 @@ impl Session {
                 }
             };
             self.last_heard = Instant::now();
-            if let Some(m) = note(rt, m) {
+            if let Some(m) = note(rt, m, &mut self.pending) {
                 return Ok(Some(m));
             }
         }
@@ -77,7 +79,9 @@ impl Session {
                 .await
                 .ok_or_else(|| ReplError::Net("connection closed".into()))??;
             self.last_heard = Instant::now();
-            if let Some(m) = note(rt, m) {
+            let m = note(rt, m, &mut self.pending);
+            self.send_pending().await?;
+            if let Some(m) = m {
                 return Ok(m);
             }
         }
@@ -113,8 +117,18 @@ impl Session {
     }
 
     pub(crate) async fn msg(&mut self, m: Msg) -> Result<(), ReplError> {
+        self.send_pending().await?;
         self.last_sent = Instant::now();
         self.w.msg(m).await
+    }
+
+    /// Sends the answers made while receiving (a round's release).
+    async fn send_pending(&mut self) -> Result<(), ReplError> {
+        for m in std::mem::take(&mut self.pending) {
+            self.last_sent = Instant::now();
+            self.w.msg(m).await?;
+        }
+        Ok(())
     }
 }
 
@@ -136,8 +150,9 @@ pub(crate) async fn send_frame(
     Ok(())
 }
 
-/// Applies `Applied`/`Pong` to the status; returns any other message.
-fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
+/// Applies `Applied`/`Pong` to the status, files a group round's cut for the disk's task and
+/// answers its release into `pending`; returns any other message.
+fn note(rt: &DiskRt, m: Msg, pending: &mut Vec<Msg>) -> Option<Msg> {
     match m {
         Msg::Applied { seq, cut_time_ns } => {
             rt.set(|s| {
@@ -149,6 +164,14 @@ fn note(rt: &DiskRt, m: Msg) -> Option<Msg> {
         }
         Msg::Pong { .. } => None,
         // A cross-host group's round: the disk's task serves it between cycles.
+        Msg::GroupRound {
+            group,
+            round,
+            step: 2,
+        } => {
+            pending.push(crate::group::release(rt, group, round));
+            None
+        }
         Msg::GroupRound { group, round, step } => {
             let req = crate::group::RoundStep { group, round, step };
             let _ = rt.cmd.send(crate::owner::DiskCommand::GroupRound(req));
@@ -215,6 +238,7 @@ impl Session {
             comp: Compression::new(compress_auto),
             version,
             declared: None,
+            pending: Vec::new(),
         };
         Ok((s, server_name))
     }

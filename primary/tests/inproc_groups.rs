@@ -38,7 +38,7 @@ async fn group_points_are_states_both_disks_were_in_at_once() {
         states.push(both());
         agent.write(&b, (round % 8) * 65536, &pattern(65536, 200 + round));
         states.push(both());
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             agent.wait_applied("a").await;
         }
     }

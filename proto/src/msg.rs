@@ -324,15 +324,17 @@ pub enum Msg {
         group: Option<String>,
     },
     /// Server (v5), at any time on the session of a member of a cross-host group: a step of a
-    /// coordinated round. Step 0 (*cut*): cut the disk at the next moment between cycles and
-    /// answer with the cut's cycle. Step 1 (*release*, sent once every member answered step
-    /// 0): say whether any change was recorded on the disk since that cut. Index 33.
+    /// coordinated round. Step 0 (*prepare*): answer at the next moment between cycles, then
+    /// hold the disk's own cuts (bounded) for the round's cut. Step 1 (*cut*, once every
+    /// member is prepared): cut the disk and answer with the cut's cycle. Step 2 (*release*,
+    /// once every member cut): say at once whether any change was recorded on the disk since
+    /// that cut. Index 33.
     GroupRound {
         /// The group.
         group: String,
         /// The round's id.
         round: u64,
-        /// 0: cut, 1: release.
+        /// 0: prepare, 1: cut, 2: release.
         step: u8,
     },
     /// Client (v5): the answer to a `GroupRound` step. Index 34.
@@ -343,9 +345,10 @@ pub enum Msg {
         round: u64,
         /// The step answered.
         step: u8,
-        /// The cycle the round's cut sealed (0: the disk did not cut for this round).
+        /// Steps 1 and 2: the cycle the round's cut sealed (0: the disk did not cut for this
+        /// round).
         seq: u64,
-        /// Step 1: no change was recorded on the disk between the round's cut and now.
+        /// Step 2: no change was recorded on the disk between the round's cut and now.
         quiet: bool,
     },
 }

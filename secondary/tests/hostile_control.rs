@@ -138,7 +138,7 @@ fn second_server(
         adopt_from: None,
         history_budget: secondary::store::HistoryBudget::default(),
         max_store_bytes: None,
-        group_points_every: std::time::Duration::from_secs(1),
+        group_points_every: Duration::from_secs(1),
         limits: base::listen::Limits::default(),
     };
     tweak(&mut opts);

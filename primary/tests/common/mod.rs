@@ -351,7 +351,7 @@ impl Site {
             adopt_from: None,
             history_budget: secondary::store::HistoryBudget::default(),
             max_store_bytes: None,
-            group_points_every: std::time::Duration::from_secs(1),
+            group_points_every: Duration::from_secs(1),
             limits: base::listen::Limits::default(),
         };
         let server = Arc::new(InProcess::start(&opts, SERVER).unwrap());

@@ -2,11 +2,13 @@
 //! *Consistency groups*, *Across hosts*). Every `--group-points-every`, for each group whose
 //! members are on more than one client, a **round**:
 //!
-//! 1. *cut* — every member's session is sent `GroupRound{step 0}`; each agent cuts the disk
-//!    at its next moment between cycles and answers with the cycle (`GroupRoundDone`);
-//! 2. *release* — once every member answered, `GroupRound{step 1}`; each agent answers whether
-//!    any change was recorded on the disk since its cut (*quiet*);
-//! 3. if every member was quiet, and each member's cut cycle became a point (its own race
+//! 1. *prepare* — every member's session is sent `GroupRound{step 0}`; each agent answers at
+//!    its next moment between cycles and then holds its own cuts (at most a second);
+//! 2. *cut* — once every member is prepared, step 1: each held agent cuts at once and answers
+//!    with the cycle (`GroupRoundDone`), so the members' cuts lie within a round trip;
+//! 3. *release* — once every member cut, step 2; each agent answers on receipt whether any
+//!    change was recorded on the disk since its cut (*quiet*);
+//! 4. if every member was quiet, and each member's cut cycle became a point (its own race
 //!    rule), those points are one group point.
 //!
 //! Every release comes after every cut, so a write that completed before another host's
@@ -26,7 +28,7 @@ use super::{Shared, lock};
 
 /// The longest a round waits for the members' answers (each step) and for their points.
 pub(super) const ROUND_WAIT: Duration = Duration::from_secs(10);
-/// How often a round looks at the answers.
+/// How often a round looks at the answers at the latest (an answer wakes it at once).
 const POLL: Duration = Duration::from_millis(10);
 
 /// Runs a round for every cross-host group each `every`, until the server stops.
@@ -34,8 +36,9 @@ pub(super) async fn run(sh: Arc<Shared>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         for (group, members) in sh.groups.spanning() {
+            let t0 = Instant::now();
             let outcome = match round(&sh, &group, &members).await {
-                Ok(id) => format!("group point {id}"),
+                Ok(id) => format!("group point {id} (round {} ms)", t0.elapsed().as_millis()),
                 Err(why) => why,
             };
             tracing::debug!(group, outcome, "group round");
@@ -62,7 +65,7 @@ async fn round(
     let id = base::now_ns();
     let names: BTreeSet<String> = members.keys().cloned().collect();
     sh.groups.begin_round(group, id, names.clone());
-    for step in [0u8, 1] {
+    for step in [0u8, 1, 2] {
         for (disk, tx) in &txs {
             let m = Msg::GroupRound {
                 group: group.to_string(),
@@ -114,27 +117,27 @@ async fn wait_answers(
 ) -> Result<(), String> {
     let deadline = Instant::now() + ROUND_WAIT;
     loop {
+        // Registered before looking, so an answer between the look and the wait wakes it.
+        let woken = sh.groups.answered.notified();
         let r = sh
             .groups
             .round(group)
             .ok_or_else(|| "the round was abandoned".to_string())?;
-        let answered = |d: &String| {
-            if step == 0 {
-                r.cuts.contains_key(d)
-            } else {
-                r.quiet.contains_key(d)
-            }
+        let answered = |d: &String| match step {
+            0 => r.prepared.contains(d),
+            1 => r.cuts.contains_key(d),
+            _ => r.quiet.contains_key(d),
         };
         let Some(missing) = names.iter().find(|d| !answered(d)) else {
             return Ok(());
         };
         if Instant::now() >= deadline {
-            let what = if step == 0 { "cut" } else { "release" };
+            let what = ["prepare", "cut", "release"][usize::from(step.min(2))];
             return Err(format!(
                 "held back by disk {missing}: no answer to the round's {what} within {ROUND_WAIT:?}"
             ));
         }
-        tokio::time::sleep(POLL).await;
+        let _ = tokio::time::timeout(POLL, woken).await;
     }
 }
 

@@ -135,9 +135,11 @@ pub(crate) struct Round {
     pub(crate) id: u64,
     /// The members asked.
     pub(crate) members: BTreeSet<String>,
-    /// Step 0 answers: the cycle each member cut.
+    /// Step 0 answers: the members holding their cuts for the round.
+    pub(crate) prepared: BTreeSet<String>,
+    /// Step 1 answers: the cycle each member cut.
     pub(crate) cuts: BTreeMap<String, u64>,
-    /// Step 1 answers: whether the member was quiet from its cut to the release.
+    /// Step 2 answers: whether the member was quiet from its cut to the release.
     pub(crate) quiet: BTreeMap<String, bool>,
 }
 
@@ -161,6 +163,9 @@ pub(crate) struct Report<'a> {
 pub(crate) struct Groups {
     dir: PathBuf,
     inner: std::sync::Mutex<BTreeMap<String, Group>>,
+    /// Woken by every round answer (the coordinator waits on it, not on a timer: the window
+    /// from the members' cuts to the release is what decides whether a round has a point).
+    pub(crate) answered: tokio::sync::Notify,
 }
 
 impl Groups {
@@ -194,6 +199,7 @@ impl Groups {
         Ok(Self {
             dir,
             inner: std::sync::Mutex::new(groups),
+            answered: tokio::sync::Notify::new(),
         })
     }
 
@@ -430,11 +436,20 @@ impl Groups {
         if r.id != id || !r.members.contains(disk) {
             return;
         }
-        if step == 0 {
-            r.cuts.insert(disk.to_string(), seq);
-        } else if r.cuts.get(disk) == Some(&seq) {
-            r.quiet.insert(disk.to_string(), quiet);
+        match step {
+            0 => {
+                r.prepared.insert(disk.to_string());
+            }
+            1 => {
+                r.cuts.insert(disk.to_string(), seq);
+            }
+            _ if r.cuts.get(disk) == Some(&seq) => {
+                r.quiet.insert(disk.to_string(), quiet);
+            }
+            _ => {}
         }
+        drop(all);
+        self.answered.notify_waiters();
     }
 
     /// The round in progress.

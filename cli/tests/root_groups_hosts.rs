@@ -1,0 +1,212 @@
+//! Root tier: one consistency group spanning two agents in two network namespaces (client
+//! names `sitea` and `sitec`), its points coordinated by the server (`--group-points-every
+//! 1s`) under a causally ordered workload over both disks. Every group point, exported,
+//! passes the two-image check at its time; killing one agent stops the group's points (the
+//! server's status names the member) while the other agent's disk keeps replicating.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
+
+fn group_points(srv: &Path) -> Vec<Value> {
+    ctl(srv, &["points", "--group", "xg"])["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn newest_id(srv: &Path) -> u64 {
+    group_points(srv)
+        .last()
+        .and_then(|p| p["id"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Agent `sitec`, in site B's namespace (beside the server).
+fn agent_c(sites: &Sites) -> Daemon {
+    sitrep_ok(&[
+        "certs",
+        "issue",
+        "--ca",
+        &p(&sites.path("pki-b")),
+        "--name",
+        "sitec",
+        "--out",
+        &p(&sites.path("pki-c")),
+    ]);
+    Daemon::start(
+        &sites.net.b,
+        &sites.path("agent-c.log"),
+        &[
+            "agent",
+            "--state",
+            &p(&sites.path("state-c")),
+            "--pki",
+            &p(&sites.path("pki-c")),
+            "--socket",
+            &p(&sites.sock("c")),
+            "--retry-unit",
+            "0.2",
+            "--bpffs",
+            &p(&test_bpffs()),
+            "--resync-window",
+            "always",
+        ]
+        .map(String::from),
+    )
+}
+
+#[test]
+fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
+    if !sitrep_tests::require!(needs: &NEEDS) {
+        return;
+    }
+    let sites = Sites::with_server_args(&["--group-points-every", "1s"]);
+    let _a = sitrep_tests_agent(&sites);
+    let mut c = agent_c(&sites);
+    let srv = sites.path("server.sock");
+    // The secondary's operator lets sitec's disks join sitea's group.
+    ctl(&srv, &["group", "allow", "xg", "sitea"]);
+    ctl(&srv, &["group", "allow", "xg", "sitec"]);
+    // Small disks (32 blocks each): the workload's first pass over every block is short.
+    let small = || LoopDevice::new(128 << 10, LoopOptions::default()).unwrap();
+    let (da, dc) = (small(), small());
+    for (sock, d, name) in [(sites.sock("a"), &da, "a"), (sites.sock("c"), &dc, "c")] {
+        ctl(
+            &sock,
+            &[
+                "protect",
+                &p(d.path()),
+                "--to",
+                &sites.to(),
+                "--name",
+                name,
+                "--group",
+                "xg",
+            ],
+        );
+        wait_caught_up(&sock, name);
+    }
+
+    // A causally ordered workload over both disks, ~8 writes/s: a round's window (from the
+    // members' cuts to the release, tens of ms here) is often quiet. Group points are
+    // exported as they appear (retention keeps only a few).
+    let history = sites.path("ac.history");
+    let started = base::now_ns();
+    let mut w = sitrep()
+        .args([
+            "workload",
+            &p(da.path()),
+            &p(dc.path()),
+            "--history",
+            &p(&history),
+        ])
+        .args(["--duration", "10s", "--queue-depth", "1", "--rate", "32K"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out_dir = sites.path("export");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut exported: Vec<(String, u64)> = Vec::new();
+    let mut seen = 0u64;
+    loop {
+        let done = w.try_wait().unwrap().is_some();
+        for gp in group_points(&srv) {
+            let id = gp["id"].as_u64().unwrap();
+            if id <= seen {
+                continue;
+            }
+            seen = id;
+            let dir = out_dir.join(id.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            let r = try_ctl(
+                &srv,
+                &[
+                    "points",
+                    "export",
+                    "--group",
+                    "xg",
+                    &id.to_string(),
+                    "--out-dir",
+                    &p(&dir),
+                ],
+            );
+            if r.is_ok() {
+                exported.push((p(&dir), gp["cut_time_ns"].as_u64().unwrap()));
+            }
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = w.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = base::now_ns();
+    let under_load = exported
+        .iter()
+        .filter(|(_, t)| *t > started && *t < ended)
+        .count();
+    eprintln!(
+        "{} group points exported, {under_load} cut under the workload",
+        exported.len()
+    );
+    assert!(
+        under_load >= 2,
+        "{under_load} group points under the workload: {:?}",
+        ctl(&srv, &["status"])["groups"]
+    );
+
+    // Every exported group point is both disks at its time.
+    for (dir, t) in &exported {
+        let out = sitrep()
+            .args(["check", "--history", &p(&history)])
+            .args([
+                "--image",
+                &format!("{dir}/a.img"),
+                "--image",
+                &format!("{dir}/c.img"),
+            ])
+            .args(["--point-time", &t.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "group point {dir} is not both disks at {t}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // One member's agent dies: no more group points, the status says which member, and the
+    // other agent's disk keeps replicating.
+    c.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let frozen = newest_id(&srv);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(da.path())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[7u8; 4096]))
+        .unwrap();
+    wait_caught_up(&sites.sock("a"), "a");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(newest_id(&srv), frozen, "a group point without member c");
+    let st = ctl(&srv, &["status"]);
+    let why = st["groups"][0]["last_round"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(why.contains("disk c"), "{st}");
+}
