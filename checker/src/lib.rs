@@ -36,6 +36,7 @@ pub mod depend;
 pub mod error;
 pub mod group;
 pub mod history;
+mod outcome;
 pub mod rule;
 mod scan;
 pub mod units;

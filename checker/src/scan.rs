@@ -15,8 +15,8 @@ use std::sync::mpsc;
 
 use crate::block::{BadBlock, BlockHeader, decode};
 use crate::buf::AlignedBuf;
-use crate::check::{Counts, Violation};
 use crate::history::{History, HistoryRecord};
+use crate::outcome::{Counts, Violation};
 use crate::rule::{self, BlockCase, Verdict};
 use crate::units::UnixNs;
 use crate::{Error, Result};

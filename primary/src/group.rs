@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::rounds::RoundStep;
 use super::{Agent, DiskRt, lock};
 use base::net::ReplError;
 
@@ -41,17 +42,6 @@ pub(crate) struct GroupCut {
 }
 
 type Reply = oneshot::Sender<Result<u64, String>>;
-
-/// A step of a cross-host group round, as the server asked (`GroupRound`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RoundStep {
-    /// The group.
-    pub(crate) group: String,
-    /// The round.
-    pub(crate) round: u64,
-    /// 0: prepare, 1: cut, 2: release.
-    pub(crate) step: u8,
-}
 
 /// The longest a prepared member holds its own cuts waiting for the round's cut.
 pub(crate) const HOLD: Duration = Duration::from_secs(1);
@@ -82,10 +72,6 @@ async fn hold(
         }
     }
 }
-
-/// The tag a round's release leaves in the log (never a cycle's sequence, so no verdict
-/// mistakes it for its own tag).
-const RELEASE_TAG: u64 = u64::MAX;
 
 #[derive(Default)]
 struct Barrier {
@@ -199,7 +185,7 @@ impl Agent {
     /// for at most [`HOLD`] — waiting for the round's *cut* (step 1), so that every member
     /// cuts within a round trip of the others and the window to the release stays short. A
     /// cut is made and answered with its cycle, the change count before it remembered. The
-    /// release (step 2) is answered as soon as it arrives ([`release`]).
+    /// release (step 2) is answered as soon as it arrives ([`release`](super::rounds::release)).
     pub(crate) async fn serve_round(
         &self,
         rt: &DiskRt,
@@ -332,35 +318,6 @@ impl Agent {
             }
             let _ = reply.send(seq.map_err(|e| e.to_string()));
         }
-    }
-}
-
-/// A round's release (step 2), answered the moment it arrives, wherever the disk's task is:
-/// the tracker is drained into the log (a tag no verdict reads) and the change count compared
-/// with the one before the round's cut — quiet if no change was recorded since
-/// (docs/architecture.md, *Consistency groups*: the window from a cut to the release must be
-/// quiet on every member, so it is kept as short as a round trip).
-pub(crate) fn release(rt: &DiskRt, group: String, round: u64) -> proto::Msg {
-    let dev = lock(&rt.prot).device.clone();
-    let cut = *lock(&rt.round);
-    let (seq, quiet) = match cut {
-        Some((r, seq, before)) if r == round => {
-            let now = tokio::task::block_in_place(|| {
-                let mut g = lock(&rt.source);
-                let t = g.as_mut()?;
-                t.mark(&dev, RELEASE_TAG).ok()?;
-                Some(t.records(&dev))
-            });
-            (seq, now == Some(before))
-        }
-        _ => (0, false),
-    };
-    proto::Msg::GroupRoundDone {
-        group,
-        round,
-        step: 2,
-        seq,
-        quiet,
     }
 }
 

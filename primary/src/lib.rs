@@ -38,6 +38,7 @@ mod policy;
 mod reason;
 mod requests;
 pub mod resync;
+mod rounds;
 mod scan;
 mod sealed;
 mod session;

@@ -60,7 +60,7 @@ pub(crate) enum DiskCommand {
     /// `sitrep wait`: cut the log even if nothing seems recorded.
     Cut,
     /// A step of a cross-host group round (the server asked, `group.rs`).
-    GroupRound(crate::group::RoundStep),
+    GroupRound(crate::rounds::RoundStep),
     /// Stop the disk (unprotect, agent shutdown): seal and end the session cleanly.
     Stop,
 }
@@ -78,7 +78,7 @@ pub(crate) struct Owner {
     planned: Option<PlannedRequest>,
     resync_now: bool,
     cut: bool,
-    round: Option<crate::group::RoundStep>,
+    round: Option<crate::rounds::RoundStep>,
     /// The cycle being cut and read while the filesystem is frozen.
     pub(crate) frozen: Option<FrozenCycle>,
 }
@@ -173,7 +173,7 @@ impl Owner {
     }
 
     /// The group round step asked for, if any.
-    pub(crate) fn take_round(&mut self) -> Option<crate::group::RoundStep> {
+    pub(crate) fn take_round(&mut self) -> Option<crate::rounds::RoundStep> {
         self.drain();
         self.round.take()
     }

@@ -34,9 +34,10 @@ impl Agent {
         if hooks.1.is_some() && hooks.0.is_none() {
             anyhow::bail!("--post-hook needs a --pre-hook");
         }
-        if let Some(g) = &group {
-            super::group_requests::check_group_name(g)?;
-        }
+        group
+            .as_deref()
+            .map(super::group_requests::check_group_name)
+            .transpose()?;
         let frequency = Frequency::parse(frequency).map_err(anyhow::Error::msg)?;
         let app_every = app_every
             .map(|s| {
@@ -50,19 +51,7 @@ impl Agent {
             .transpose()?;
         base::net::split_host_port(&to).map_err(anyhow::Error::msg)?;
         let device_path = PathBuf::from(&device);
-        let name = match name {
-            Some(n) => n,
-            None => device_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("disk")
-                .to_string(),
-        };
-        if !base::valid_disk_name(&name) {
-            anyhow::bail!(
-                "'{name}' is not a valid disk name (1-64 letters, digits, '.', '_', '-'; no leading dot)"
-            );
-        }
+        let name = disk_name(name, &device_path)?;
         {
             let disks = lock(&self.disks);
             if disks.contains_key(&name) {
@@ -378,17 +367,20 @@ impl Agent {
         }
     }
 
+    /// The jobs, newest first.
+    fn jobs_report(&self) -> JobsReport {
+        let mut jobs = lock(&self.jobs).clone();
+        jobs.reverse();
+        JobsReport {
+            schema: status::SCHEMA,
+            jobs,
+        }
+    }
+
     pub(super) async fn handle(self: &Arc<Self>, req: Request) -> Response {
         match req {
             Request::Status => Response::ok(self.status()),
-            Request::Jobs => {
-                let mut jobs = lock(&self.jobs).clone();
-                jobs.reverse();
-                Response::ok(JobsReport {
-                    schema: status::SCHEMA,
-                    jobs,
-                })
-            }
+            Request::Jobs => Response::ok(self.jobs_report()),
             Request::Protect {
                 device,
                 to,
@@ -440,25 +432,19 @@ impl Agent {
                 group,
                 disks,
             } => Response::answer(self.group_request(action, group, disks)),
-            Request::Points { .. }
+            r @ (Request::Points { .. }
             | Request::GroupPoints { .. }
             | Request::GroupExport { .. }
             | Request::Export { .. }
             | Request::Retired { .. }
-            | Request::DeletePoints { .. } => Response::err(
-                "recovery points live on the server: use the server's socket (--socket)",
-            ),
-            Request::AcceptReverse { .. } => Response::err(
-                "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)",
-            ),
-            Request::Failover { .. }
+            | Request::DeletePoints { .. }
+            | Request::AcceptReverse { .. }
+            | Request::Failover { .. }
             | Request::GroupFailover { .. }
             | Request::GroupCommit { .. }
             | Request::GroupAllow { .. }
             | Request::Commit { .. }
-            | Request::FailoverRecord { .. } => Response::err(
-                "failover and commit run on the secondary: use the server's socket (--socket)",
-            ),
+            | Request::FailoverRecord { .. }) => server_only(&r),
             Request::Resync { name, now } => Response::answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,
@@ -496,4 +482,39 @@ fn discard_refused(name: &str) -> String {
     format!(
         "disk {name}: --discard-target-changes is no longer honoured: the changes of the other site are discarded only by that site's operator — run `sitrep reverse-accept {name} --discard-local-changes` on the other site's server, then `sitrep reverse {name} --to HOST:PORT` here again"
     )
+}
+
+/// The refusal of a request only the server answers, saying where to send it.
+fn server_only(r: &Request) -> Response {
+    Response::err(match r {
+        Request::AcceptReverse { .. } => {
+            "reverse-accept is decided by the server that would adopt the disk: use the server's socket (--socket)"
+        }
+        Request::Failover { .. }
+        | Request::GroupFailover { .. }
+        | Request::GroupCommit { .. }
+        | Request::GroupAllow { .. }
+        | Request::Commit { .. }
+        | Request::FailoverRecord { .. } => {
+            "failover and commit run on the secondary: use the server's socket (--socket)"
+        }
+        _ => "recovery points live on the server: use the server's socket (--socket)",
+    })
+}
+
+/// The disk's name: the one asked for, else the device's base name; checked.
+fn disk_name(name: Option<String>, device: &std::path::Path) -> anyhow::Result<String> {
+    let name = name.unwrap_or_else(|| {
+        device
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("disk")
+            .to_string()
+    });
+    if !base::valid_disk_name(&name) {
+        anyhow::bail!(
+            "'{name}' is not a valid disk name (1-64 letters, digits, '.', '_', '-'; no leading dot)"
+        );
+    }
+    Ok(name)
 }

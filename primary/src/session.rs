@@ -169,11 +169,11 @@ fn note(rt: &DiskRt, m: Msg, pending: &mut Vec<Msg>) -> Option<Msg> {
             round,
             step: 2,
         } => {
-            pending.push(crate::group::release(rt, group, round));
+            pending.push(crate::rounds::release(rt, group, round));
             None
         }
         Msg::GroupRound { group, round, step } => {
-            let req = crate::group::RoundStep { group, round, step };
+            let req = crate::rounds::RoundStep { group, round, step };
             let _ = rt.cmd.send(crate::owner::DiskCommand::GroupRound(req));
             None
         }

@@ -506,11 +506,9 @@ impl Tracker {
             .unwrap_or_else(|| Err(Error::Stopped("poller thread is gone".into())))
     }
 
-    /// One precise cut of several devices at one instant (a consistency group): every
-    /// device's current log is sealed at the same `time_ns`, with one `exact` for all — the
-    /// sealed logs together hold the changes reported complete before it on every device.
-    /// One result per device, in order: a device whose log failed to seal does not undo the
-    /// others' cuts.
+    /// One precise cut of several devices at one instant (a consistency group): every log
+    /// sealed at the same `time_ns` with one `exact` — together they hold the changes reported
+    /// complete before it on every device. One result per device, in order.
     ///
     /// # Errors
     /// A device is not tracked (nothing is cut), or the poller thread is gone.

@@ -125,7 +125,14 @@ fn planned(a: &FailoverArgs, name: &str) -> anyhow::Result<Outcome> {
 
 pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
     if let Some(g) = &a.group {
-        return super::group::failover(&a.socket, g, a.point, a.test, a.cleanup, a.json);
+        return super::group_views::failover(
+            &a.socket.path(),
+            g,
+            a.point,
+            a.test,
+            a.cleanup,
+            a.json,
+        );
     }
     let name = a.name.clone().unwrap_or_default();
     if a.planned {

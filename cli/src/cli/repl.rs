@@ -445,7 +445,7 @@ pub(crate) fn points(a: &PointsArgs) -> anyhow::Result<Outcome> {
         None => {}
     }
     if let Some(g) = &a.group {
-        return super::group::points(&a.socket, g, a.json);
+        return super::group_views::points(&a.socket.path(), g, a.json);
     }
     let name = a.name.clone().unwrap_or_default();
     let resp = ask(
@@ -504,7 +504,7 @@ fn export(a: &ExportArgs) -> anyhow::Result<Outcome> {
             anyhow::bail!("with --group, name only the group point: --group {g} POINT");
         }
         let point: base::points::PointSel = a.first.parse().map_err(anyhow::Error::msg)?;
-        return super::group::export(&a.socket, g, point, dir, a.force, a.json);
+        return super::group_views::export(&a.socket.path(), g, point, dir, a.force, a.json);
     }
     let (Some(point), Some(out)) = (a.point, &a.out) else {
         anyhow::bail!("name the disk and the point: sitrep points export NAME POINT --out FILE");
