@@ -113,17 +113,18 @@ where
         let (tx, mut rounds) = tokio::sync::mpsc::channel(8);
         *base::lock(&self.slot.rounds) = Some((self.epoch, tx));
         loop {
+            // Rounds first: they are rare, and a disk streaming frames must not starve them.
             tokio::select! {
                 biased;
+                Some(m) = rounds.recv() => {
+                    send(&mut self.c.w, m).await?;
+                    continue;
+                }
                 ready = tokio::time::timeout(IDLE_TIMEOUT, self.c.r.fill_buf()) => {
                     if ready.is_err() {
                         let why = format!("{}: idle for {IDLE_TIMEOUT:?}", self.name);
                         return Err(ReplError::Net(why));
                     }
-                }
-                Some(m) = rounds.recv() => {
-                    send(&mut self.c.w, m).await?;
-                    continue;
                 }
             }
             let Some(frame) = self.next_frame().await? else {
