@@ -196,4 +196,16 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
     // The server's status names the group.
     let st = ctl(&srv, &["status"]);
     assert_eq!(st["groups"][0]["name"], "db", "{st}");
+
+    // A planned failover of the whole group (on the primary), then its commit (secondary):
+    // each member active on the secondary, equal to its source.
+    let r = ctl(&s, &["failover", "--group", "db", "--planned"]);
+    let done = r.as_array().cloned().unwrap_or_default();
+    assert_eq!(done.len(), 2, "{r}");
+    for (m, src) in [("a", &da), ("b", &db)] {
+        let rep = done.iter().find(|x| x["disk"] == m).unwrap();
+        assert_same(src.path(), Path::new(rep["device"].as_str().unwrap()));
+    }
+    let r = ctl(&srv, &["commit", "--group", "db"]);
+    assert_eq!(r["committed"].as_array().map(Vec::len), Some(2), "{r}");
 }

@@ -21,7 +21,8 @@ pub(crate) struct FailoverArgs {
     name: Option<String>,
     /// Fail over every member disk of this consistency group at one group point (`sitrep
     /// points --group G`): test or unplanned; with --test --cleanup, end the group's test.
-    #[arg(long, conflicts_with_all = ["name", "planned"])]
+    /// With --planned (on the PRIMARY): every member of the group, one after the other.
+    #[arg(long, conflicts_with = "name")]
     group: Option<String>,
     /// Which recovery point: latest, latest-processed, latest-app-consistent, or an id
     /// (`sitrep points NAME`).
@@ -79,6 +80,71 @@ fn print(r: &FailoverRecord, what: &str) {
     crate::outln!("device {}   image {}", r.device, r.image.display());
 }
 
+/// `sitrep failover --group G --planned` (agent): each member's planned failover in turn. Each
+/// member stays quiesced once it has failed over, so no member's final state can hold a write
+/// that depends on a later write to a member failed over before it: the set is consistent
+/// (docs/architecture.md, *Consistency groups*). A failure stops there and names the members
+/// already failed over.
+fn planned_group(a: &FailoverArgs, group: &str) -> anyhow::Result<Outcome> {
+    let list: serde_json::Value = base::control::ask(
+        &a.socket.path(),
+        &Request::Group {
+            action: base::control::GroupAction::List,
+            group: None,
+            disks: vec![],
+        },
+        Duration::from_secs(30),
+    )?;
+    let members: Vec<String> = list["groups"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["name"] == group))
+        .and_then(|g| g["members"].as_array())
+        .map(|m| {
+            m.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if members.is_empty() {
+        anyhow::bail!("group {group} has no disks on this agent (sitrep group list)");
+    }
+    let mut done: Vec<PlannedReport> = Vec::new();
+    for m in &members {
+        if !a.json {
+            eprintln!("planned failover of group {group}: disk {m} …");
+        }
+        let r: PlannedReport = base::control::ask(
+            &a.socket.path(),
+            &Request::PlannedFailover { name: m.clone() },
+            Duration::from_secs(24 * 3600),
+        )
+        .map_err(|e| {
+            let before: Vec<&str> = done.iter().map(|r| r.disk.as_str()).collect();
+            anyhow::anyhow!(
+                "group {group}: disk {m}: {e:#} (failed over before it: {}); run the command again for the rest",
+                if before.is_empty() { "none".to_string() } else { before.join(", ") }
+            )
+        })?;
+        done.push(r);
+    }
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        for r in &done {
+            crate::outln!(
+                "disk {}: active on the secondary at point {} (device {})",
+                r.disk,
+                r.point,
+                r.device
+            );
+        }
+        crate::outln!(
+            "group {group} failed over (planned); finalize on the secondary with: sitrep commit --group {group}"
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
 fn planned(a: &FailoverArgs, name: &str) -> anyhow::Result<Outcome> {
     if !a.json {
         eprintln!(
@@ -124,6 +190,9 @@ fn planned(a: &FailoverArgs, name: &str) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) fn failover(a: &FailoverArgs) -> anyhow::Result<Outcome> {
+    if let (Some(g), true) = (&a.group, a.planned) {
+        return planned_group(a, g);
+    }
     if let Some(g) = &a.group {
         return super::group_views::failover(
             &a.socket.path(),
