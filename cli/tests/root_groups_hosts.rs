@@ -75,8 +75,8 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
     // The secondary's operator lets sitec's disks join sitea's group.
     ctl(&srv, &["group", "allow", "xg", "sitea"]);
     ctl(&srv, &["group", "allow", "xg", "sitec"]);
-    // Small disks (32 blocks each): the workload's first pass over every block is short.
-    let small = || LoopDevice::new(128 << 10, LoopOptions::default()).unwrap();
+    // Small disks (16 blocks each): the workload's first pass over every block is short.
+    let small = || LoopDevice::new(64 << 10, LoopOptions::default()).unwrap();
     let (da, dc) = (small(), small());
     for (sock, d, name) in [(sites.sock("a"), &da, "a"), (sites.sock("c"), &dc, "c")] {
         ctl(
@@ -95,7 +95,7 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
         wait_caught_up(&sock, name);
     }
 
-    // A causally ordered workload over both disks, ~8 writes/s: a round's window (from the
+    // A causally ordered workload over both disks, ~4 writes/s: a round's window (from the
     // members' cuts to the release, tens of ms here) is often quiet. Group points are
     // exported as they appear (retention keeps only a few).
     let history = sites.path("ac.history");
@@ -108,7 +108,7 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
             "--history",
             &p(&history),
         ])
-        .args(["--duration", "10s", "--queue-depth", "1", "--rate", "32K"])
+        .args(["--duration", "10s", "--queue-depth", "1", "--rate", "16K"])
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
