@@ -87,6 +87,14 @@ async fn no_crash_consistent_point_for_a_slot_and_its_grace_is_a_warning_until_t
         })
         .await;
     assert_eq!(st.health, Health::Normal, "{st:?}");
-    let points = site.points("d").await;
-    assert!(!points.points.is_empty(), "{points:?}");
+    // The verdict reaches the server after the agent has judged the cycle: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let points = site.points("d").await;
+        if !points.points.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{points:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
