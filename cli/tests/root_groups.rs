@@ -107,18 +107,22 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
     wait_caught_up(&s, "a");
     wait_caught_up(&s, "b");
 
-    // Group points: each passes the two-image check at its cut time.
+    // Group points: each passes the two-image check at its cut time. The last cycles' verdicts
+    // follow their `Applied`, and each new group point thins older ones: wait until the list
+    // stands still.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
     let pts = loop {
         let pts = group_points(&srv);
-        if pts.len() >= 3 {
+        if pts.len() >= 3 && pts == last {
             break pts;
         }
         assert!(
             Instant::now() < deadline,
-            "fewer than 3 group points: {pts:?}"
+            "fewer than 3 group points, or never still: {pts:?}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        last = pts;
+        std::thread::sleep(Duration::from_millis(1000));
     };
     let out_dir = sites.path("export");
     std::fs::create_dir(&out_dir).unwrap();

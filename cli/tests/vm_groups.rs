@@ -118,10 +118,9 @@ fn a_group_point_of_a_striped_ext4_mounts_and_fscks_clean() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    run("umount", &[&p(&mnt)]);
-
-    // The newest group point, taken under the writes: both legs exported, assembled, mounted
-    // (journal replay), then checked.
+    // The newest group point, taken under the writes, exported at once (retention thins the
+    // group's points as new ones come); then both legs assembled, mounted (journal replay)
+    // and checked.
     let id = newest["id"].as_u64().unwrap().to_string();
     let out = sites.path("export");
     std::fs::create_dir(&out).unwrap();
@@ -137,6 +136,7 @@ fn a_group_point_of_a_striped_ext4_mounts_and_fscks_clean() {
             &p(&out),
         ],
     );
+    run("umount", &[&p(&mnt)]);
     let ea = LoopDevice::over_file(&out.join("a.img"), LoopOptions::default()).unwrap();
     let eb = LoopDevice::over_file(&out.join("b.img"), LoopOptions::default()).unwrap();
     let restored = DmDevice::create(&striped_table(ea.path(), eb.path())).unwrap();
