@@ -60,23 +60,8 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
     let (da, db) = (loop_dev(16), loop_dev(16));
     let s = sites.sock("a");
     let srv = sites.path("server.sock");
-    for (d, name) in [(&da, "a"), (&db, "b")] {
-        ctl(
-            &s,
-            &[
-                "protect",
-                &p(d.path()),
-                "--to",
-                &sites.to(),
-                "--name",
-                name,
-                "--group",
-                "db",
-            ],
-        );
-    }
-    wait_caught_up(&s, "a");
-    wait_caught_up(&s, "b");
+    protect_in_group(&sites, &s, da.path(), "a", "db");
+    protect_in_group(&sites, &s, db.path(), "b", "db");
     let groups = ctl(&s, &["group", "list"]);
     assert_eq!(
         groups["groups"][0]["members"],

@@ -78,22 +78,8 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
     // Small disks (16 blocks each): the workload's first pass over every block is short.
     let small = || LoopDevice::new(64 << 10, LoopOptions::default()).unwrap();
     let (da, dc) = (small(), small());
-    for (sock, d, name) in [(sites.sock("a"), &da, "a"), (sites.sock("c"), &dc, "c")] {
-        ctl(
-            &sock,
-            &[
-                "protect",
-                &p(d.path()),
-                "--to",
-                &sites.to(),
-                "--name",
-                name,
-                "--group",
-                "xg",
-            ],
-        );
-        wait_caught_up(&sock, name);
-    }
+    protect_in_group(&sites, &sites.sock("a"), da.path(), "a", "xg");
+    protect_in_group(&sites, &sites.sock("c"), dc.path(), "c", "xg");
 
     // A causally ordered workload over both disks, ~4 writes/s: a round's window (from the
     // members' cuts to the release, tens of ms here) is often quiet. Group points are

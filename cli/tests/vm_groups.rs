@@ -57,23 +57,8 @@ fn a_group_point_of_a_striped_ext4_mounts_and_fscks_clean() {
     let (la, lb) = (loop_dev(LEG_MIB), loop_dev(LEG_MIB));
     let s = sites.sock("a");
     let srv = sites.path("server.sock");
-    for (d, name) in [(&la, "a"), (&lb, "b")] {
-        ctl(
-            &s,
-            &[
-                "protect",
-                &p(d.path()),
-                "--to",
-                &sites.to(),
-                "--name",
-                name,
-                "--group",
-                "vg",
-            ],
-        );
-    }
-    wait_caught_up(&s, "a");
-    wait_caught_up(&s, "b");
+    protect_in_group(&sites, &s, la.path(), "a", "vg");
+    protect_in_group(&sites, &s, lb.path(), "b", "vg");
 
     let vol = DmDevice::create(&striped_table(la.path(), lb.path())).unwrap();
     run("mkfs.ext4", &["-q", "-F", &p(vol.path())]);

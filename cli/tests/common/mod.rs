@@ -422,6 +422,26 @@ pub fn test_bpffs() -> PathBuf {
     dir
 }
 
+/// Protects `dev` as disk `name` in consistency group `group`, through the agent at `sock`,
+/// and waits until its initial copy is replicated.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn protect_in_group(sites: &Sites, sock: &Path, dev: &Path, name: &str, group: &str) {
+    ctl(
+        sock,
+        &[
+            "protect",
+            &p(dev),
+            "--to",
+            &sites.to(),
+            "--name",
+            name,
+            "--group",
+            group,
+        ],
+    );
+    wait_caught_up(sock, name);
+}
+
 pub fn sitrep_tests_agent(sites: &Sites) -> Daemon {
     sites.agent("a", "pki-a")
 }
