@@ -192,11 +192,21 @@ pub enum Request {
         discard_target_changes: bool,
         /// Cycle frequency.
         frequency: String,
+        /// The consistency group the reverse protection joins (`sitrep reverse --group G`:
+        /// the reverse direction's points are group points too).
+        #[serde(default)]
+        group: Option<String>,
     },
     /// `sitrep failover NAME` (server): the failover record of a disk (`failover.json`).
     FailoverRecord {
         /// Disk name.
         name: String,
+    },
+    /// `sitrep reverse --group G` (server): the failover record of every member of the group
+    /// (declared by its agents or in its points); fails naming a member without one.
+    GroupFailoverRecords {
+        /// The group.
+        group: String,
     },
     /// `sitrep failback NAME --mode full-download` (agent): copy the whole disk again.
     Recopy {

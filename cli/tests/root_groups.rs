@@ -9,46 +9,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
-
-/// `sitrep check` of the two images (in device order) against `history`; its exit code and
-/// JSON.
-fn check(history: &Path, a: &str, b: &str, t: Option<u64>) -> (Option<i32>, Value) {
-    let mut cmd = sitrep();
-    cmd.args([
-        "check",
-        "--history",
-        &p(history),
-        "--image",
-        a,
-        "--image",
-        b,
-        "--json",
-    ]);
-    if let Some(t) = t {
-        cmd.args(["--point-time", &t.to_string()]);
-    }
-    let out = cmd.output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "check printed no JSON: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), v)
-}
-
-fn group_points(srv: &Path) -> Vec<Value> {
-    ctl(srv, &["points", "--group", "db"])["points"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 #[test]
 fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
@@ -72,43 +34,14 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
     // The causal two-disk workload: ~2,000 writes/s, each issued after the previous one
     // completed, on either disk.
     let history = sites.path("ab.history");
-    let out = sitrep()
-        .args([
-            "workload",
-            &p(da.path()),
-            &p(db.path()),
-            "--history",
-            &p(&history),
-        ])
-        .args(["--duration", "6s", "--queue-depth", "1", "--rate", "8M"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    causal_workload(da.path(), db.path(), &history, "6s", "8M");
     wait_caught_up(&s, "a");
     wait_caught_up(&s, "b");
 
     // Group points: each passes the two-image check at its cut time. The last cycles' verdicts
     // follow their `Applied`, and each new group point thins older ones: wait until the list
     // stands still.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = Vec::new();
-    let pts = loop {
-        let pts = group_points(&srv);
-        if pts.len() >= 3 && pts == last {
-            break pts;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than 3 group points, or never still: {pts:?}"
-        );
-        last = pts;
-        std::thread::sleep(Duration::from_millis(1000));
-    };
+    let pts = settled_group_points(&srv, "db", 3);
     let out_dir = sites.path("export");
     std::fs::create_dir(&out_dir).unwrap();
     let mut member_points = Vec::new();
@@ -131,7 +64,7 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
         );
         assert_eq!(r["images"].as_array().map(Vec::len), Some(2), "{r}");
         let (a, b) = (p(&dir.join("a.img")), p(&dir.join("b.img")));
-        let (code, v) = check(&history, &a, &b, Some(t));
+        let (code, v) = check_pair(&history, &a, &b, Some(t));
         assert_eq!(
             code,
             Some(0),
@@ -144,7 +77,7 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
     // (seconds of causally ordered writes apart) — per-disk points paired by hand.
     let (old_a, _) = &member_points[0];
     let (_, new_b) = &member_points[member_points.len() - 1];
-    let (code, v) = check(&history, old_a, new_b, None);
+    let (code, v) = check_pair(&history, old_a, new_b, None);
     assert_eq!(code, Some(3), "mixed points passed: {v}");
     assert!(
         v["dependencies"]["violations"].as_u64().unwrap_or(0) > 0,
@@ -168,7 +101,7 @@ fn group_points_pass_the_two_disk_check_and_mixed_points_fail_it() {
             .unwrap()
             .to_string()
     };
-    let (code, v) = check(
+    let (code, v) = check_pair(
         &history,
         &dev("a"),
         &dev("b"),

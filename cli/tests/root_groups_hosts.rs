@@ -12,18 +12,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 
-fn group_points(srv: &Path) -> Vec<Value> {
-    ctl(srv, &["points", "--group", "xg"])["points"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn newest_id(srv: &Path) -> u64 {
-    group_points(srv)
+    group_points(srv, "xg")
         .last()
         .and_then(|p| p["id"].as_u64())
         .unwrap_or(0)
@@ -105,7 +97,7 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
     let mut seen = 0u64;
     loop {
         let done = w.try_wait().unwrap().is_some();
-        for gp in group_points(&srv) {
+        for gp in group_points(&srv, "xg") {
             let id = gp["id"].as_u64().unwrap();
             if id <= seen {
                 continue;
@@ -157,22 +149,12 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
 
     // Every exported group point is both disks at its time.
     for (dir, t) in &exported {
-        let out = sitrep()
-            .args(["check", "--history", &p(&history)])
-            .args([
-                "--image",
-                &format!("{dir}/a.img"),
-                "--image",
-                &format!("{dir}/c.img"),
-            ])
-            .args(["--point-time", &t.to_string(), "--json"])
-            .output()
-            .unwrap();
+        let (a, c) = (format!("{dir}/a.img"), format!("{dir}/c.img"));
+        let (code, v) = check_pair(&history, &a, &c, Some(*t));
         assert_eq!(
-            out.status.code(),
+            code,
             Some(0),
-            "group point {dir} is not both disks at {t}: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "group point {dir} is not both disks at {t}: {v}"
         );
     }
 

@@ -11,78 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use sitrep_tests::netns::NetNsPair;
-
-/// The reverse direction's daemons: site A's server and site B's agent.
-struct Reverse {
-    _server_a: Daemon,
-    _agent_b: Daemon,
-    server_a: PathBuf,
-    agent_b: PathBuf,
-}
-
-fn reverse_daemons(sites: &Sites, state_b: &Path) -> Reverse {
-    let a = NetNsPair::ADDR_A.to_string();
-    sitrep_ok(&[
-        "certs",
-        "issue",
-        "--ca",
-        &p(&sites.path("pki-b")),
-        "--name",
-        "sitea-server",
-        "--san",
-        &a,
-        "--out",
-        &p(&sites.path("pki-a-server")),
-    ]);
-    let server_a = Daemon::start(
-        &sites.net.a,
-        &sites.path("server-a.log"),
-        &[
-            "server".into(),
-            "--listen".into(),
-            format!("{a}:{PORT}"),
-            "--store".into(),
-            p(&sites.path("store-a")),
-            "--pki".into(),
-            p(&sites.path("pki-a-server")),
-            "--socket".into(),
-            p(&sites.path("server-a.sock")),
-            "--adopt-from".into(),
-            p(&sites.path("state-a")),
-        ],
-    );
-    let agent_b = Daemon::start(
-        &sites.net.b,
-        &sites.path("agent-b.log"),
-        &[
-            "agent".into(),
-            "--state".into(),
-            p(state_b),
-            "--pki".into(),
-            p(&sites.path("pki-b")),
-            "--socket".into(),
-            p(&sites.path("agent-b.sock")),
-            "--retry-unit".into(),
-            "0.2".into(),
-            "--resync-window".into(),
-            "always".into(),
-        ],
-    );
-    // Both answer before the test goes on.
-    ctl(&sites.path("server-a.sock"), &["status"]);
-    ctl(&sites.path("agent-b.sock"), &["status"]);
-    Reverse {
-        _server_a: server_a,
-        _agent_b: agent_b,
-        server_a: sites.path("server-a.sock"),
-        agent_b: sites.path("agent-b.sock"),
-    }
-}
-
-fn to_a() -> String {
-    format!("{}:{PORT}", NetNsPair::ADDR_A)
-}
 
 /// `sitrep reverse NAME --to TO` against the given sockets: Ok(status JSON) or Err(stderr).
 fn reverse(
@@ -125,16 +53,6 @@ fn sha(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-struct Detach(String);
-
-impl Drop for Detach {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
 }
 
 /// Planned failover A → B, writes on B, reverse B → A (only the changed blocks cross),

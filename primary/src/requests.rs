@@ -223,6 +223,7 @@ impl Agent {
         fork_seq: u64,
         discard_target_changes: bool,
         frequency: &str,
+        group: Option<String>,
     ) -> anyhow::Result<Job> {
         if discard_target_changes {
             anyhow::bail!("{}", discard_refused(&name));
@@ -253,7 +254,7 @@ impl Agent {
                 fork_seq,
                 discard_target_changes: false,
             }),
-            None,
+            group,
         )
         .await
     }
@@ -444,7 +445,8 @@ impl Agent {
             | Request::GroupCommit { .. }
             | Request::GroupAllow { .. }
             | Request::Commit { .. }
-            | Request::FailoverRecord { .. }) => server_only(&r),
+            | Request::FailoverRecord { .. }
+            | Request::GroupFailoverRecords { .. }) => server_only(&r),
             Request::Resync { name, now } => Response::answer(self.request_resync(&name, now)),
             Request::Reverse {
                 name,
@@ -453,6 +455,7 @@ impl Agent {
                 fork_seq,
                 discard_target_changes,
                 frequency,
+                group,
             } => Response::answer(
                 self.reverse(
                     name,
@@ -461,6 +464,7 @@ impl Agent {
                     fork_seq,
                     discard_target_changes,
                     &frequency,
+                    group,
                 )
                 .await,
             ),
@@ -495,7 +499,8 @@ fn server_only(r: &Request) -> Response {
         | Request::GroupCommit { .. }
         | Request::GroupAllow { .. }
         | Request::Commit { .. }
-        | Request::FailoverRecord { .. } => {
+        | Request::FailoverRecord { .. }
+        | Request::GroupFailoverRecords { .. } => {
             "failover and commit run on the secondary: use the server's socket (--socket)"
         }
         _ => "recovery points live on the server: use the server's socket (--socket)",

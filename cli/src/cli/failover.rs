@@ -80,64 +80,15 @@ fn print(r: &FailoverRecord, what: &str) {
     crate::outln!("device {}   image {}", r.device, r.image.display());
 }
 
-/// `sitrep failover --group G --planned` (agent): each member's planned failover in turn. Each
-/// member stays quiesced once it has failed over, so no member's final state can hold a write
-/// that depends on a later write to a member failed over before it: the set is consistent
-/// (docs/architecture.md, *Consistency groups*). A failure stops there and names the members
-/// already failed over.
+/// `sitrep failover --group G --planned` (agent): each member's planned failover in turn
+/// (docs/architecture.md, *Consistency groups*).
 fn planned_group(a: &FailoverArgs, group: &str) -> anyhow::Result<Outcome> {
-    let list: serde_json::Value = base::control::ask(
-        &a.socket.path(),
-        &Request::Group {
-            action: base::control::GroupAction::List,
-            group: None,
-            disks: vec![],
-        },
-        Duration::from_secs(30),
-    )?;
-    let members: Vec<String> = list["groups"]
-        .as_array()
-        .and_then(|gs| gs.iter().find(|g| g["name"] == group))
-        .and_then(|g| g["members"].as_array())
-        .map(|m| {
-            m.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    if members.is_empty() {
-        anyhow::bail!("group {group} has no disks on this agent (sitrep group list)");
-    }
-    let mut done: Vec<PlannedReport> = Vec::new();
-    for m in &members {
-        if !a.json {
-            eprintln!("planned failover of group {group}: disk {m} …");
-        }
-        let r: PlannedReport = base::control::ask(
-            &a.socket.path(),
-            &Request::PlannedFailover { name: m.clone() },
-            Duration::from_secs(24 * 3600),
-        )
-        .map_err(|e| {
-            let before: Vec<&str> = done.iter().map(|r| r.disk.as_str()).collect();
-            anyhow::anyhow!(
-                "group {group}: disk {m}: {e:#} (failed over before it: {}); run the command again for the rest",
-                if before.is_empty() { "none".to_string() } else { before.join(", ") }
-            )
-        })?;
-        done.push(r);
-    }
-    if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
-        for r in &done {
-            crate::outln!(
-                "disk {}: active on the secondary at point {} (device {})",
-                r.disk,
-                r.point,
-                r.device
-            );
-        }
+    let sock = a.socket.path();
+    let members = super::group_moves::agent_members(&sock, group)?;
+    let done =
+        super::group_moves::planned_in_turn(&sock, group, &members, "planned failover", a.json)?;
+    super::group_moves::print_moved(&done, a.json)?;
+    if !a.json {
         crate::outln!(
             "group {group} failed over (planned); finalize on the secondary with: sitrep commit --group {group}"
         );

@@ -8,6 +8,7 @@ pub(crate) mod doctor;
 pub(crate) mod failover;
 pub(crate) mod generate;
 pub(crate) mod group;
+pub(crate) mod group_moves;
 pub(crate) mod group_views;
 pub(crate) mod log;
 pub(crate) mod points_delete;

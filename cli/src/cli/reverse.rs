@@ -18,10 +18,16 @@ use crate::Outcome;
 #[derive(Args)]
 pub(crate) struct ReverseArgs {
     /// The disk name (the same on both sites).
-    name: String,
+    #[arg(required_unless_present = "group")]
+    pub(super) name: Option<String>,
+    /// Reverse every member of this consistency group that failed over to this site (`sitrep
+    /// failover --group G`): each is protected back in group G, so the reverse direction
+    /// has group points too. With NAME: that disk only, joining group G.
+    #[arg(long)]
+    pub(super) group: Option<String>,
     /// `HOST:PORT` of the other site's server (started with --adopt-from its agent's state).
     #[arg(long)]
-    to: String,
+    pub(super) to: String,
     /// No longer honoured (fails with what to do instead): what the other site wrote is
     /// discarded only by that site's operator, with `sitrep reverse-accept NAME
     /// --discard-local-changes` on that site.
@@ -29,22 +35,22 @@ pub(crate) struct ReverseArgs {
     discard_target_changes: bool,
     /// Cycle frequency of the reverse replication: continuous, 30s, 5m or 15m.
     #[arg(long, default_value = "30s")]
-    frequency: String,
+    pub(super) frequency: String,
     /// This site's agent control socket.
     #[arg(long, default_value = AGENT_SOCKET)]
-    socket: PathBuf,
+    pub(super) socket: PathBuf,
     /// This site's server control socket (it holds the failover record).
     #[arg(long, default_value = SERVER_SOCKET)]
-    server_socket: PathBuf,
+    pub(super) server_socket: PathBuf,
     /// Return once the reverse replication is set up, without waiting for the comparison.
     #[arg(long)]
-    no_wait: bool,
+    pub(super) no_wait: bool,
     /// Give up waiting after this many seconds (exit 1; the replication goes on).
     #[arg(long, default_value_t = 86_400)]
-    timeout: u64,
-    /// Machine-readable output: the disk's status at the end.
+    pub(super) timeout: u64,
+    /// Machine-readable output: the disk's status at the end (with --group: each member's).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Arguments of `sitrep reverse-accept`.
@@ -87,26 +93,31 @@ pub(crate) enum FailbackMode {
 #[derive(Args)]
 pub(crate) struct FailbackArgs {
     /// The disk name.
-    name: String,
+    #[arg(required_unless_present = "group")]
+    pub(super) name: Option<String>,
+    /// Fail back every member of this consistency group on this agent, one after the other
+    /// (each stays quiesced once moved, so the set on the other site is consistent).
+    #[arg(long, conflicts_with = "name")]
+    pub(super) group: Option<String>,
     /// sync-first (default) or full-download.
     #[arg(long, value_enum, default_value = "sync-first")]
-    mode: FailbackMode,
+    pub(super) mode: FailbackMode,
     /// This site's agent control socket.
     #[arg(long, default_value = AGENT_SOCKET)]
-    socket: PathBuf,
+    pub(super) socket: PathBuf,
     /// Give up waiting for the full copy after this many seconds (exit 1; it goes on).
     #[arg(long, default_value_t = 86_400)]
-    timeout: u64,
+    pub(super) timeout: u64,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
-fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &Request) -> anyhow::Result<T> {
+pub(super) fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &Request) -> anyhow::Result<T> {
     base::control::ask(sock, req, Duration::from_secs(24 * 3600))
 }
 
-fn disk(sock: &Path, name: &str) -> anyhow::Result<DiskStatus> {
+pub(super) fn disk(sock: &Path, name: &str) -> anyhow::Result<DiskStatus> {
     let r: StatusReport = ask(sock, &Request::Status)?;
     r.disks
         .into_iter()
@@ -115,7 +126,12 @@ fn disk(sock: &Path, name: &str) -> anyhow::Result<DiskStatus> {
 }
 
 /// Waits until disk `name` is protected and caught up after its comparison (or critical).
-fn follow(sock: &Path, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<DiskStatus> {
+pub(super) fn follow(
+    sock: &Path,
+    name: &str,
+    quiet: bool,
+    timeout: u64,
+) -> anyhow::Result<DiskStatus> {
     let mut last = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
@@ -153,36 +169,30 @@ fn follow(sock: &Path, name: &str, quiet: bool, timeout: u64) -> anyhow::Result<
 }
 
 pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
+    let Some(name) = a.name.as_deref() else {
+        let group = a.group.as_deref().unwrap_or_default();
+        return super::group_moves::reverse(a, group);
+    };
     if a.discard_target_changes {
         anyhow::bail!(
             "disk {}: --discard-target-changes is no longer honoured: what the other site wrote is discarded only by that site's operator — run `sitrep reverse-accept {} --discard-local-changes` on the other site (against its server), then this command again without the flag",
-            a.name,
-            a.name
+            name,
+            name
         );
     }
     let rec: FailoverRecord = ask(
         &a.server_socket,
         &Request::FailoverRecord {
-            name: a.name.clone(),
+            name: name.to_string(),
         },
     )?;
     if !a.json {
         eprintln!(
             "reverse replication of disk {}: {} (activated point {}) → {}; only blocks that differ are sent",
-            a.name, rec.device, rec.point.id, a.to
+            name, rec.device, rec.point.id, a.to
         );
     }
-    let job: Job = ask(
-        &a.socket,
-        &Request::Reverse {
-            name: a.name.clone(),
-            device: rec.device.clone(),
-            to: a.to.clone(),
-            fork_seq: rec.point.id,
-            discard_target_changes: false,
-            frequency: a.frequency.clone(),
-        },
-    )?;
+    let job = start(a, name, &rec)?;
     if a.no_wait {
         if a.json {
             crate::outln!("{}", serde_json::to_string_pretty(&job)?);
@@ -194,7 +204,7 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Ok);
     }
-    let d = follow(&a.socket, &a.name, a.json, a.timeout)?;
+    let d = follow(&a.socket, name, a.json, a.timeout)?;
     if a.json {
         crate::outln!("{}", serde_json::to_string_pretty(&d)?);
     } else {
@@ -209,53 +219,72 @@ pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
-    let d = disk(&a.socket, &a.name)?;
-    if d.state == ReplState::FailedOverToPeer {
-        anyhow::bail!("disk {} already failed over from this site", a.name);
+/// Asks this site's agent to protect the disk `rec` activated back to `a.to` (in `a.group`).
+pub(super) fn start(a: &ReverseArgs, name: &str, rec: &FailoverRecord) -> anyhow::Result<Job> {
+    ask(
+        &a.socket,
+        &Request::Reverse {
+            name: name.to_string(),
+            device: rec.device.clone(),
+            to: a.to.clone(),
+            fork_seq: rec.point.id,
+            discard_target_changes: false,
+            frequency: a.frequency.clone(),
+            group: a.group.clone(),
+        },
+    )
+}
+
+/// `sitrep failback --mode full-download`: copies disk `name` whole again and waits for it.
+pub(super) fn full_copy(sock: &Path, name: &str, timeout: u64, quiet: bool) -> anyhow::Result<()> {
+    if !quiet {
+        eprintln!("failback of disk {name}: copying the whole disk first …");
     }
-    if matches!(a.mode, FailbackMode::FullDownload) {
-        if !a.json {
-            eprintln!(
-                "failback of disk {}: copying the whole disk first …",
-                a.name
+    let _: DiskStatus = ask(
+        sock,
+        &Request::Recopy {
+            name: name.to_string(),
+        },
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "disk {name}: the full copy did not finish in {timeout} s (it goes on; see `sitrep jobs`)"
             );
         }
-        let _: DiskStatus = ask(
-            &a.socket,
-            &Request::Recopy {
-                name: a.name.clone(),
-            },
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(a.timeout);
-        loop {
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "disk {}: the full copy did not finish in {} s (it goes on; see `sitrep jobs`)",
-                    a.name,
-                    a.timeout
-                );
-            }
-            let d = disk(&a.socket, &a.name)?;
-            if d.health == Health::Critical {
-                anyhow::bail!("disk {}: {}", a.name, d.error.unwrap_or_default());
-            }
-            if d.copy.as_ref().is_some_and(|c| c.done) && d.state == ReplState::Protected {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
+        let d = disk(sock, name)?;
+        if d.health == Health::Critical {
+            anyhow::bail!("disk {name}: {}", d.error.unwrap_or_default());
         }
+        if d.copy.as_ref().is_some_and(|c| c.done) && d.state == ReplState::Protected {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
+    let Some(name) = a.name.as_deref() else {
+        let group = a.group.as_deref().unwrap_or_default();
+        return super::group_moves::failback(a, group);
+    };
+    let d = disk(&a.socket, name)?;
+    if d.state == ReplState::FailedOverToPeer {
+        anyhow::bail!("disk {name} already failed over from this site");
+    }
+    if matches!(a.mode, FailbackMode::FullDownload) {
+        full_copy(&a.socket, name, a.timeout, a.json)?;
     }
     if !a.json {
         eprintln!(
-            "failback of disk {}: quiescing it here, shipping the rest, comparing, then activating it on the other site …",
-            a.name
+            "failback of disk {name}: quiescing it here, shipping the rest, comparing, then activating it on the other site …"
         );
     }
     let r: base::status::PlannedReport = ask(
         &a.socket,
         &Request::PlannedFailover {
-            name: a.name.clone(),
+            name: name.to_string(),
         },
     )?;
     if a.json {

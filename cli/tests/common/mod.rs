@@ -21,6 +21,13 @@ use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::netns::{NetNs, NetNsPair};
 use sitrep_tests::replay::{fio, fio_engine};
 
+mod groups;
+mod reverse_site;
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use groups::*;
+#[allow(unused_imports)]
+pub use reverse_site::*;
+
 pub const NEEDS: [sitrep_tests::Need; 5] = [
     sitrep_tests::Need::Root,
     sitrep_tests::Need::LoopDevices,
@@ -420,26 +427,6 @@ pub fn test_bpffs() -> PathBuf {
         }
     });
     dir
-}
-
-/// Protects `dev` as disk `name` in consistency group `group`, through the agent at `sock`,
-/// and waits until its initial copy is replicated.
-#[allow(dead_code)] // not every test binary uses every helper
-pub fn protect_in_group(sites: &Sites, sock: &Path, dev: &Path, name: &str, group: &str) {
-    ctl(
-        sock,
-        &[
-            "protect",
-            &p(dev),
-            "--to",
-            &sites.to(),
-            "--name",
-            name,
-            "--group",
-            group,
-        ],
-    );
-    wait_caught_up(sock, name);
 }
 
 pub fn sitrep_tests_agent(sites: &Sites) -> Daemon {

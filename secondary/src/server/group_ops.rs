@@ -14,6 +14,35 @@ use super::session::group::checked_points;
 use super::{Shared, Slot, lock};
 use base::points::PointSel;
 
+/// The group's members on this server: those its agents declared and those of its points.
+///
+/// # Errors
+/// No such group, or a group without members.
+fn members(sh: &Shared, group: &str) -> anyhow::Result<BTreeSet<String>> {
+    let (_, pts) = checked_points(sh, group)
+        .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
+    let mut members: BTreeSet<String> = sh.groups.members(group).into_keys().collect();
+    members.extend(pts.iter().flat_map(|p| p.members.keys().cloned()));
+    if members.is_empty() {
+        anyhow::bail!("group {group} has no members on this server");
+    }
+    Ok(members)
+}
+
+/// `sitrep reverse --group G`: every member's failover record, so that the site the group
+/// failed over to protects each activated disk back in the same group.
+///
+/// # Errors
+/// No such group, or a member that did not fail over to this site (named).
+pub(super) fn records(sh: &Shared, group: &str) -> anyhow::Result<serde_json::Value> {
+    let mut records = Vec::new();
+    for m in members(sh, group)? {
+        records
+            .push(failover::record(sh, &m).map_err(|e| anyhow::anyhow!("group {group}: {e:#}"))?);
+    }
+    Ok(serde_json::json!({ "group": group, "members": records }))
+}
+
 /// `sitrep points --group G`.
 ///
 /// # Errors
@@ -119,10 +148,7 @@ pub(super) fn failover_group(
 ) -> anyhow::Result<serde_json::Value> {
     let kind = if test { Kind::Test } else { Kind::Unplanned };
     if cleanup {
-        let (_, pts) = checked_points(sh, group)
-            .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
-        let members: BTreeSet<String> =
-            pts.iter().flat_map(|p| p.members.keys().cloned()).collect();
+        let members = members(sh, group)?;
         let mut done = Vec::new();
         for m in members {
             let r = failover::run(sh, &m, PointSel::Latest, kind, true)
@@ -153,14 +179,7 @@ pub(super) fn failover_group(
 /// No such group, or a member without an uncommitted failover (checked for all before any
 /// is committed), or a commit failed (named).
 pub(super) fn commit_group(sh: &Shared, group: &str) -> anyhow::Result<serde_json::Value> {
-    let (_, pts) = sh
-        .groups
-        .points(group)
-        .ok_or_else(|| anyhow::anyhow!("no group {group} on this server"))?;
-    let members: BTreeSet<String> = pts.iter().flat_map(|p| p.members.keys().cloned()).collect();
-    if members.is_empty() {
-        anyhow::bail!("group {group} has no group point, so no group failover to commit");
-    }
+    let members = members(sh, group)?;
     for m in &members {
         let r = failover::record(sh, m).map_err(|e| anyhow::anyhow!("group {group}: {e:#}"))?;
         if r.committed {

@@ -79,6 +79,7 @@ fn blocking(sh: &Shared, req: Request) -> Response {
                 .map_err(anyhow::Error::msg),
         ),
         Request::GroupCommit { group } => Response::answer(group_ops::commit_group(sh, &group)),
+        Request::GroupFailoverRecords { group } => Response::answer(group_ops::records(sh, &group)),
         Request::GroupExport {
             group,
             point,

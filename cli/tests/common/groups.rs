@@ -1,0 +1,102 @@
+//! Consistency-group helpers for the root and VM tests: protecting into a group, a group's
+//! points on a server, the causal two-disk workload and the two-image check.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Sites, ctl, p, sitrep, wait_caught_up};
+
+/// Protects `dev` as disk `name` in consistency group `group`, through the agent at `sock`,
+/// and waits until its initial copy is replicated.
+pub fn protect_in_group(sites: &Sites, sock: &Path, dev: &Path, name: &str, group: &str) {
+    ctl(
+        sock,
+        &[
+            "protect",
+            &p(dev),
+            "--to",
+            &sites.to(),
+            "--name",
+            name,
+            "--group",
+            group,
+        ],
+    );
+    wait_caught_up(sock, name);
+}
+
+/// Group `group`'s points on the server at `srv` (`sitrep points --group`).
+pub fn group_points(srv: &Path, group: &str) -> Vec<Value> {
+    ctl(srv, &["points", "--group", group])["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until group `group` has at least `min` points and the list stands still between
+/// two looks a second apart (the last cycles' verdicts follow their `Applied`, and each new
+/// group point thins older ones); returns it.
+pub fn settled_group_points(srv: &Path, group: &str, min: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
+    loop {
+        let pts = group_points(srv, group);
+        if pts.len() >= min && pts == last {
+            return pts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group}: fewer than {min} group points, or never still: {pts:?}"
+        );
+        last = pts;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+}
+
+/// The causally ordered two-disk workload (`sitrep workload A B --queue-depth 1`: every
+/// write issued after the previous one, on either disk, completed), its history in `history`.
+pub fn causal_workload(a: &Path, b: &Path, history: &Path, duration: &str, rate: &str) {
+    let out = sitrep()
+        .args(["workload", &p(a), &p(b), "--history", &p(history)])
+        .args(["--duration", duration, "--queue-depth", "1", "--rate", rate])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `sitrep check` of the two images (in device order) against `history`, at `t` if given:
+/// its exit code and JSON.
+pub fn check_pair(history: &Path, a: &str, b: &str, t: Option<u64>) -> (Option<i32>, Value) {
+    let mut cmd = sitrep();
+    cmd.args([
+        "check",
+        "--history",
+        &p(history),
+        "--image",
+        a,
+        "--image",
+        b,
+        "--json",
+    ]);
+    if let Some(t) = t {
+        cmd.args(["--point-time", &t.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "check printed no JSON: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
