@@ -46,6 +46,8 @@ pub enum GroupAction {
     Delete,
     /// List the groups and their members.
     List,
+    /// Change a group's settings (`freeze`).
+    Set,
 }
 
 /// A request to a daemon.
@@ -100,6 +102,10 @@ pub enum Request {
         /// The disks to add or remove.
         #[serde(default)]
         disks: Vec<String>,
+        /// `create` and `set`: freeze the members' mounted filesystems during the rounds of
+        /// a group spanning agents (so that a round has a point under steady writes).
+        #[serde(default)]
+        freeze: Option<bool>,
     },
     /// `sitrep group allow G CLIENT` (server): the secondary's operator lets `client`'s disks
     /// join group `group` (a group across agents).

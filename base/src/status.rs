@@ -223,6 +223,10 @@ pub struct DiskStatus {
     /// The agent's crash-consistent points of the disk (None on the server).
     #[serde(default)]
     pub crash_points: Option<CrashPointStatus>,
+    /// How long the disk's filesystem was frozen for the last cross-host group round (ms;
+    /// agent, groups with `freeze` on): what the round cost the application's writes.
+    #[serde(default)]
+    pub round_freeze_ms: Option<f64>,
 }
 
 /// When the agent last offered a crash-consistent point of a disk

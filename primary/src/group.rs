@@ -194,6 +194,13 @@ impl Agent {
         r: RoundStep,
     ) -> Result<bool, ReplError> {
         let r = if r.step == 0 {
+            if self.freezes(&r.group) {
+                let (name, dev) = {
+                    let p = lock(&rt.prot);
+                    (p.name.clone(), p.device.clone())
+                };
+                tokio::task::block_in_place(|| rt.round_freeze.freeze(&name, &dev, r.round));
+            }
             s.msg(proto::Msg::GroupRoundDone {
                 group: r.group.clone(),
                 round: r.round,
@@ -202,17 +209,21 @@ impl Agent {
                 quiet: false,
             })
             .await?;
-            match hold(rt, s, own, r.round).await? {
-                Some(cut) => cut,
-                None => return Ok(false),
+            match hold(rt, s, own, r.round).await {
+                Ok(Some(cut)) => cut,
+                other => {
+                    super::rounds::thaw(rt, r.round);
+                    return other.map(|_| false);
+                }
             }
         } else {
             r
         };
         if r.step != 1 {
+            super::rounds::thaw(rt, r.round);
             return Ok(false);
         }
-        let seq = self.cut(rt)?;
+        let seq = self.cut(rt).inspect_err(|_| super::rounds::thaw(rt, r.round))?;
         let before = rt.records_at_cut.load(std::sync::atomic::Ordering::SeqCst);
         *lock(&rt.round) = Some((r.round, seq, before));
         s.msg(proto::Msg::GroupRoundDone {

@@ -1,8 +1,10 @@
 //! `sitrep group create|add|remove|delete|list` on the agent: which of this host's disks
 //! are cut together (`group.rs`). A disk's group is part of its protection
 //! (`protection.json`, `group`); the names of the groups, members or not, are kept in
-//! `STATE/groups.json` (version 1: `{"version":1,"groups":["db"]}`), so an empty group
-//! outlives a restart.
+//! `STATE/groups.json` (version 2: `{"version":2,"groups":["db"],"freeze":["db"]}`; version
+//! 1 had no `freeze`), so an empty group and its settings outlive a restart. `freeze`: the
+//! groups whose members' mounted filesystems are frozen during a cross-host round
+//! (`rounds.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,13 @@ const MAX_GROUPS: usize = 256;
 struct GroupsFile {
     version: u32,
     groups: BTreeSet<String>,
+    /// Groups frozen during cross-host rounds (version 2).
+    #[serde(default)]
+    freeze: BTreeSet<String>,
 }
+
+/// The version this agent writes.
+const VERSION: u32 = 2;
 
 fn groups_path(state: &Path) -> PathBuf {
     state.join("groups.json")
@@ -32,21 +40,22 @@ fn load(state: &Path) -> anyhow::Result<GroupsFile> {
         Ok(b) => {
             let f: GroupsFile = serde_json::from_slice(&b)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            if f.version != 1 {
+            if !(1..=VERSION).contains(&f.version) {
                 anyhow::bail!("{}: unknown version {}", path.display(), f.version);
             }
             Ok(f)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GroupsFile {
-            version: 1,
-            groups: BTreeSet::new(),
+            version: VERSION,
+            ..GroupsFile::default()
         }),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
 }
 
-fn save(state: &Path, f: &GroupsFile) -> anyhow::Result<()> {
+fn save(state: &Path, f: &mut GroupsFile) -> anyhow::Result<()> {
     let path = groups_path(state);
+    f.version = VERSION;
     let bytes = serde_json::to_vec_pretty(f)?;
     base::files::write_atomic(&path, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
@@ -73,8 +82,7 @@ impl Agent {
             if f.groups.len() > MAX_GROUPS {
                 anyhow::bail!("at most {MAX_GROUPS} groups on one agent");
             }
-            f.version = 1;
-            save(&self.opts.state, &f)?;
+            save(&self.opts.state, &mut f)?;
         }
         Ok(())
     }
@@ -85,6 +93,7 @@ impl Agent {
         action: GroupAction,
         group: Option<String>,
         disks: Vec<String>,
+        freeze: Option<bool>,
     ) -> anyhow::Result<serde_json::Value> {
         let state = self.opts.state.clone();
         let group = match (action, group) {
@@ -101,6 +110,19 @@ impl Agent {
                     anyhow::bail!("group {group} exists already");
                 }
                 self.remember_group(&group)?;
+                if freeze == Some(true) {
+                    self.set_freeze(&group, true)?;
+                }
+            }
+            GroupAction::Set => {
+                if !known && self.members(&group).is_empty() {
+                    anyhow::bail!("no group {group} on this agent: `sitrep group create {group}`");
+                }
+                let Some(on) = freeze else {
+                    anyhow::bail!("group {group}: nothing to set (--freeze on|off)");
+                };
+                self.remember_group(&group)?;
+                self.set_freeze(&group, on)?;
             }
             GroupAction::Delete => {
                 let members = self.members(&group);
@@ -113,7 +135,8 @@ impl Agent {
                 if !f.groups.remove(&group) {
                     anyhow::bail!("no group {group} on this agent");
                 }
-                save(&state, &f)?;
+                f.freeze.remove(&group);
+                save(&state, &mut f)?;
             }
             GroupAction::Add | GroupAction::Remove => {
                 if !known {
@@ -128,6 +151,26 @@ impl Agent {
             GroupAction::List => {}
         }
         self.group_list()
+    }
+
+    /// Whether `group`'s members are frozen during cross-host rounds (`sitrep group set G
+    /// --freeze on`). An unreadable `groups.json` reads as no.
+    pub(crate) fn freezes(&self, group: &str) -> bool {
+        load(&self.opts.state).is_ok_and(|f| f.freeze.contains(group))
+    }
+
+    fn set_freeze(&self, group: &str, on: bool) -> anyhow::Result<()> {
+        let mut f = load(&self.opts.state)?;
+        let changed = if on {
+            f.freeze.insert(group.to_string())
+        } else {
+            f.freeze.remove(group)
+        };
+        if changed {
+            save(&self.opts.state, &mut f)?;
+            tracing::info!(group, freeze = on, "group setting changed");
+        }
+        Ok(())
     }
 
     /// Puts `disks` in `group` (`add`) or takes them out; all or nothing.
@@ -171,9 +214,10 @@ impl Agent {
             .collect()
     }
 
-    /// `{"groups":[{"name":"db","members":["data","log"]}]}`.
+    /// `{"groups":[{"name":"db","members":["data","log"],"freeze":false}]}`.
     fn group_list(&self) -> anyhow::Result<serde_json::Value> {
-        let mut names = load(&self.opts.state)?.groups;
+        let f = load(&self.opts.state)?;
+        let mut names = f.groups;
         for rt in lock(&self.disks).values() {
             if let Some(g) = &lock(&rt.prot).group {
                 names.insert(g.clone());
@@ -183,7 +227,8 @@ impl Agent {
             .into_iter()
             .map(|g| {
                 let members = self.members(&g);
-                serde_json::json!({ "name": g, "members": members })
+                let freeze = f.freeze.contains(&g);
+                serde_json::json!({ "name": g, "members": members, "freeze": freeze })
             })
             .collect();
         Ok(serde_json::json!({ "groups": groups }))

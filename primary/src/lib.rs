@@ -131,6 +131,9 @@ pub(crate) struct DiskRt {
     pub(crate) group_cuts: Mutex<BTreeMap<u64, group::GroupCut>>,
     /// The current cross-host round's cut: (round, cycle, change count before the cut).
     pub(crate) round: Mutex<Option<(u64, u64, u64)>>,
+    /// The filesystem frozen for a cross-host round (`rounds.rs`), with the round: thawed
+    /// by the release, a round that ends without a cut, or a watchdog.
+    pub(crate) round_freeze: rounds::RoundFreeze,
     /// The agent's change source (a round's release tags the log from the session's reader
     /// side, `group.rs`).
     pub(crate) source: SourceRef,
@@ -373,6 +376,7 @@ impl Agent {
             cuts: Mutex::new(BTreeMap::new()),
             group_cuts: Mutex::new(BTreeMap::new()),
             round: Mutex::new(None),
+            round_freeze: rounds::RoundFreeze::default(),
             source: self.source.clone(),
             task: Mutex::new(None),
         });

@@ -432,7 +432,8 @@ impl Agent {
                 action,
                 group,
                 disks,
-            } => Response::answer(self.group_request(action, group, disks)),
+                freeze,
+            } => Response::answer(self.group_request(action, group, disks, freeze)),
             r @ (Request::Points { .. }
             | Request::GroupPoints { .. }
             | Request::GroupExport { .. }

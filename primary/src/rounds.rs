@@ -2,7 +2,11 @@
 //! between cycles): the step the server asked for, and the release, answered on receipt by
 //! the session's reader side (`session.rs`) — docs/architecture.md, *Consistency groups*.
 
-use super::{DiskRt, lock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{DiskRt, freeze, lock};
 
 /// A step of a cross-host group round, as the server asked (`GroupRound`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +43,84 @@ pub(crate) fn release(rt: &DiskRt, group: String, round: u64) -> proto::Msg {
         }
         _ => (0, false),
     };
+    // Thawed only now: the change count above was read while nothing could write.
+    thaw(rt, round);
     proto::Msg::GroupRoundDone {
         group,
         round,
         step: 2,
         seq,
         quiet,
+    }
+}
+
+/// The longest a round keeps a filesystem frozen: the hold waiting for the cut
+/// ([`HOLD`](super::group::HOLD)) and a second more for the release.
+pub(crate) const MAX_FREEZE: Duration = Duration::from_secs(2);
+
+/// The filesystem a group with `freeze` on (`sitrep group set G --freeze on`) keeps frozen
+/// from a round's prepare to its release, so that no member is written between the
+/// members' cuts and the release — the round has a point under steady writes, and the
+/// application's writes wait for the round instead (`round_freeze_ms` in `status`). Shared
+/// with a watchdog thread that thaws it after [`MAX_FREEZE`] whatever happens to the round
+/// (a lost server, a session that ends).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RoundFreeze(Arc<Mutex<Option<(u64, freeze::Frozen)>>>);
+
+impl RoundFreeze {
+    /// Freezes the filesystem mounted from `device` for round `round` (nothing if none is
+    /// mounted; a refusal is logged and the round goes on unfrozen). Blocks while the
+    /// filesystem writes its dirty data back (in a child process: the tracker records it).
+    pub(crate) fn freeze(&self, disk: &str, device: &Path, round: u64) {
+        if let Some(ms) = self.thaw(None) {
+            tracing::warn!(disk, ms, "an earlier round's freeze was still held: thawed");
+        }
+        let mount = match freeze::mount_point(device) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(disk, "round {round}: reading the mounts: {e}");
+                return;
+            }
+        };
+        match freeze::Frozen::new(&mount) {
+            Ok(f) => *lock(&self.0) = Some((round, f)),
+            Err(e) => {
+                tracing::warn!(disk, "round {round}: not frozen: {e}");
+                return;
+            }
+        }
+        let me = self.clone();
+        let disk = disk.to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(MAX_FREEZE);
+            if let Some(ms) = me.thaw(Some(round)) {
+                tracing::warn!(disk, ms, "round {round}: thawed by the watchdog (no release came)");
+            }
+        });
+    }
+
+    /// Thaws round `round`'s freeze (any round's with `None`); how long it lasted (ms).
+    pub(crate) fn thaw(&self, round: Option<u64>) -> Option<f64> {
+        let taken = {
+            let mut g = lock(&self.0);
+            if g
+                .as_ref()
+                .is_some_and(|(r, _)| round.is_none_or(|want| want == *r))
+            {
+                g.take()
+            } else {
+                None
+            }
+        };
+        taken.map(|(_, f)| f.thaw())
+    }
+}
+
+/// Thaws `rt`'s filesystem if round `round` froze it, and publishes how long it was frozen.
+pub(crate) fn thaw(rt: &DiskRt, round: u64) {
+    if let Some(ms) = tokio::task::block_in_place(|| rt.round_freeze.thaw(Some(round))) {
+        tracing::debug!(disk = %lock(&rt.prot).name, ms, "round {round}: thawed");
+        rt.set(|s| s.round_freeze_ms = Some(ms));
     }
 }

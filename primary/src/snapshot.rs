@@ -126,6 +126,8 @@ pub(crate) struct DiskSnapshot {
     pub(crate) planned: Option<super::jobs::JobStep>,
     /// The job the disk is running (at most one at a time).
     pub(crate) job: Option<super::jobs::CurrentJob>,
+    /// How long the last cross-host round froze the disk's filesystem (ms).
+    pub(crate) round_freeze_ms: Option<f64>,
 }
 
 impl DiskSnapshot {
@@ -165,6 +167,7 @@ impl DiskSnapshot {
             action: None,
             planned: None,
             job: None,
+            round_freeze_ms: None,
         };
         s.phase = s.phase_now();
         s

@@ -97,6 +97,7 @@ impl Agent {
             retries: st.retries,
             action: if st.critical { st.action.clone() } else { None },
             crash_points: Some(crash_points),
+            round_freeze_ms: st.round_freeze_ms,
         }
     }
 

@@ -53,6 +53,7 @@ async fn group_points_are_states_both_disks_were_in_at_once() {
             action: GroupAction::List,
             group: None,
             disks: vec![],
+            freeze: None,
         })
         .await;
     assert!(r.ok, "{r:?}");

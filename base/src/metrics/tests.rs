@@ -42,6 +42,7 @@ fn disk(name: &str) -> DiskStatus {
         retries: 0,
         action: None,
         crash_points: None,
+        round_freeze_ms: None,
     }
 }
 

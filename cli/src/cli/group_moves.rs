@@ -25,6 +25,7 @@ pub(super) fn agent_members(sock: &Path, group: &str) -> anyhow::Result<Vec<Stri
             action: GroupAction::List,
             group: None,
             disks: vec![],
+            freeze: None,
         },
         Duration::from_secs(30),
     )?;

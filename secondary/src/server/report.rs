@@ -141,6 +141,7 @@ fn disk_status(
         retries: 0,
         action: None,
         crash_points: None,
+        round_freeze_ms: None,
     }
 }
 
@@ -178,6 +179,7 @@ fn unopened(name: String, e: String) -> DiskStatus {
         retries: 0,
         action: None,
         crash_points: None,
+        round_freeze_ms: None,
     }
 }
 
