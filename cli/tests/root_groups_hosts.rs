@@ -21,40 +21,6 @@ fn newest_id(srv: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Agent `sitec`, in site B's namespace (beside the server).
-fn agent_c(sites: &Sites) -> Daemon {
-    sitrep_ok(&[
-        "certs",
-        "issue",
-        "--ca",
-        &p(&sites.path("pki-b")),
-        "--name",
-        "sitec",
-        "--out",
-        &p(&sites.path("pki-c")),
-    ]);
-    Daemon::start(
-        &sites.net.b,
-        &sites.path("agent-c.log"),
-        &[
-            "agent",
-            "--state",
-            &p(&sites.path("state-c")),
-            "--pki",
-            &p(&sites.path("pki-c")),
-            "--socket",
-            &p(&sites.sock("c")),
-            "--retry-unit",
-            "0.2",
-            "--bpffs",
-            &p(&test_bpffs()),
-            "--resync-window",
-            "always",
-        ]
-        .map(String::from),
-    )
-}
-
 #[test]
 fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
     if !sitrep_tests::require!(needs: &NEEDS) {

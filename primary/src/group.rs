@@ -195,11 +195,7 @@ impl Agent {
     ) -> Result<bool, ReplError> {
         let r = if r.step == 0 {
             if self.freezes(&r.group) {
-                let (name, dev) = {
-                    let p = lock(&rt.prot);
-                    (p.name.clone(), p.device.clone())
-                };
-                tokio::task::block_in_place(|| rt.round_freeze.freeze(&name, &dev, r.round));
+                super::rounds::freeze(rt, r.round);
             }
             s.msg(proto::Msg::GroupRoundDone {
                 group: r.group.clone(),

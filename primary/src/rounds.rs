@@ -71,23 +71,23 @@ impl RoundFreeze {
     /// Freezes the filesystem mounted from `device` for round `round` (nothing if none is
     /// mounted; a refusal is logged and the round goes on unfrozen). Blocks while the
     /// filesystem writes its dirty data back (in a child process: the tracker records it).
-    pub(crate) fn freeze(&self, disk: &str, device: &Path, round: u64) {
+    fn freeze(&self, disk: &str, device: &Path, round: u64) -> bool {
         if let Some(ms) = self.thaw(None) {
             tracing::warn!(disk, ms, "an earlier round's freeze was still held: thawed");
         }
         let mount = match freeze::mount_point(device) {
             Ok(Some(m)) => m,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::warn!(disk, "round {round}: reading the mounts: {e}");
-                return;
+                return false;
             }
         };
         match freeze::Frozen::new(&mount) {
             Ok(f) => *lock(&self.0) = Some((round, f)),
             Err(e) => {
                 tracing::warn!(disk, "round {round}: not frozen: {e}");
-                return;
+                return false;
             }
         }
         let me = self.clone();
@@ -98,6 +98,7 @@ impl RoundFreeze {
                 tracing::warn!(disk, ms, "round {round}: thawed by the watchdog (no release came)");
             }
         });
+        true
     }
 
     /// Thaws round `round`'s freeze (any round's with `None`); how long it lasted (ms).
@@ -115,6 +116,25 @@ impl RoundFreeze {
         };
         taken.map(|(_, f)| f.thaw())
     }
+}
+
+/// Freezes the filesystem mounted from `rt`'s device for round `round` (see
+/// [`RoundFreeze`]), then drains the tracker into the log (a tag no verdict reads): the
+/// freeze's own writeback is then counted before the cut, so that the release, comparing
+/// counts, sees only what was written after the cut — nothing, while frozen.
+pub(crate) fn freeze(rt: &DiskRt, round: u64) {
+    let (name, dev) = {
+        let p = lock(&rt.prot);
+        (p.name.clone(), p.device.clone())
+    };
+    tokio::task::block_in_place(|| {
+        if rt.round_freeze.freeze(&name, &dev, round)
+            && let Some(t) = lock(&rt.source).as_mut()
+            && let Err(e) = t.mark(&dev, RELEASE_TAG)
+        {
+            tracing::warn!(disk = %name, "round {round}: draining the tracker: {e}");
+        }
+    });
 }
 
 /// Thaws `rt`'s filesystem if round `round` froze it, and publishes how long it was frozen.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Sites, ctl, p, sitrep, wait_caught_up};
+use super::{Daemon, Sites, ctl, p, sitrep, sitrep_ok, test_bpffs, wait_caught_up};
 
 /// Protects `dev` as disk `name` in consistency group `group`, through the agent at `sock`,
 /// and waits until its initial copy is replicated.
@@ -99,4 +99,38 @@ pub fn check_pair(history: &Path, a: &str, b: &str, t: Option<u64>) -> (Option<i
         )
     });
     (out.status.code(), v)
+}
+
+/// Agent `sitec`, in site B's namespace (beside the server).
+pub fn agent_c(sites: &Sites) -> Daemon {
+    sitrep_ok(&[
+        "certs",
+        "issue",
+        "--ca",
+        &p(&sites.path("pki-b")),
+        "--name",
+        "sitec",
+        "--out",
+        &p(&sites.path("pki-c")),
+    ]);
+    Daemon::start(
+        &sites.net.b,
+        &sites.path("agent-c.log"),
+        &[
+            "agent",
+            "--state",
+            &p(&sites.path("state-c")),
+            "--pki",
+            &p(&sites.path("pki-c")),
+            "--socket",
+            &p(&sites.sock("c")),
+            "--retry-unit",
+            "0.2",
+            "--bpffs",
+            &p(&test_bpffs()),
+            "--resync-window",
+            "always",
+        ]
+        .map(String::from),
+    )
 }
