@@ -23,7 +23,10 @@ use common::*;
 const BLOCK: usize = 4096;
 
 fn run_ok(prog: &str, args: &[&str]) {
-    let out = std::process::Command::new(prog).args(args).output().unwrap();
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{prog} {args:?}: {}{}",
@@ -87,7 +90,11 @@ fn records(file: &Path, odd: bool) -> u64 {
     let bytes = std::fs::read(file).unwrap_or_default();
     let n = (bytes.len() / BLOCK) as u64;
     for (i, b) in bytes.chunks(BLOCK).enumerate() {
-        let want = if odd { 2 * i as u64 + 1 } else { 2 * i as u64 + 2 };
+        let want = if odd {
+            2 * i as u64 + 1
+        } else {
+            2 * i as u64 + 2
+        };
         let got = u64::from_le_bytes(b[..8].try_into().unwrap());
         assert_eq!(got, want, "{}: block {i}", file.display());
     }
@@ -109,9 +116,10 @@ fn is_prefix(na: u64, nc: u64) -> bool {
     na == nc || na == nc + 1
 }
 
-fn percentile(lat: &mut [Duration], q: f64) -> f64 {
+/// The `per_mille`/1000 quantile of `lat`, in ms.
+fn percentile(lat: &mut [Duration], per_mille: usize) -> f64 {
     lat.sort();
-    let i = ((lat.len() as f64 - 1.0) * q).round() as usize;
+    let i = lat.len().saturating_sub(1) * per_mille / 1000;
     lat.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
@@ -222,12 +230,12 @@ fn frozen_rounds_give_group_points_under_steady_writes() {
         frozen.len(),
         lat_plain.len(),
         lat_frozen.len(),
-        percentile(&mut lat_plain, 0.5),
-        percentile(&mut lat_plain, 0.99),
-        percentile(&mut lat_plain, 1.0),
-        percentile(&mut lat_frozen, 0.5),
-        percentile(&mut lat_frozen, 0.99),
-        percentile(&mut lat_frozen, 1.0),
+        percentile(&mut lat_plain, 500),
+        percentile(&mut lat_plain, 990),
+        percentile(&mut lat_plain, 1000),
+        percentile(&mut lat_frozen, 500),
+        percentile(&mut lat_frozen, 990),
+        percentile(&mut lat_frozen, 1000),
         freeze_ms[0],
         freeze_ms[1],
     );

@@ -219,7 +219,9 @@ impl Agent {
             super::rounds::thaw(rt, r.round);
             return Ok(false);
         }
-        let seq = self.cut(rt).inspect_err(|_| super::rounds::thaw(rt, r.round))?;
+        let seq = self
+            .cut(rt)
+            .inspect_err(|_| super::rounds::thaw(rt, r.round))?;
         let before = rt.records_at_cut.load(std::sync::atomic::Ordering::SeqCst);
         *lock(&rt.round) = Some((r.round, seq, before));
         s.msg(proto::Msg::GroupRoundDone {

@@ -234,3 +234,24 @@ impl Agent {
         Ok(serde_json::json!({ "groups": groups }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_reads_and_is_rewritten_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(groups_path(dir.path()), br#"{"version":1,"groups":["db"]}"#).unwrap();
+        let mut f = load(dir.path()).unwrap();
+        assert!(f.groups.contains("db") && f.freeze.is_empty());
+        f.freeze.insert("db".into());
+        save(dir.path(), &mut f).unwrap();
+        let text = std::fs::read_to_string(groups_path(dir.path())).unwrap();
+        assert!(text.contains(r#""version": 2"#), "{text}");
+        assert!(load(dir.path()).unwrap().freeze.contains("db"));
+        // A newer version than this agent knows is refused, not misread.
+        std::fs::write(groups_path(dir.path()), br#"{"version":3,"groups":[]}"#).unwrap();
+        assert!(load(dir.path()).is_err());
+    }
+}

@@ -2,9 +2,10 @@
 //! between cycles): the step the server asked for, and the release, answered on receipt by
 //! the session's reader side (`session.rs`) — docs/architecture.md, *Consistency groups*.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{DiskRt, freeze, lock};
 
@@ -58,22 +59,60 @@ pub(crate) fn release(rt: &DiskRt, group: String, round: u64) -> proto::Msg {
 /// ([`HOLD`](super::group::HOLD)) and a second more for the release.
 pub(crate) const MAX_FREEZE: Duration = Duration::from_secs(2);
 
+/// Rounds may keep a disk's filesystem frozen at most this long per [`FREEZE_WINDOW`] (10 %),
+/// whoever asks how often: a round past it runs unfrozen (and likely has no point). A
+/// server sending prepares back to back cannot stall the application.
+pub(crate) const FREEZE_BUDGET: Duration = Duration::from_secs(6);
+
+/// The window [`FREEZE_BUDGET`] is counted over.
+pub(crate) const FREEZE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a freeze of at most [`MAX_FREEZE`] fits the budget, given the freezes that ended
+/// in the window (older entries are dropped).
+fn budget_allows(recent: &mut VecDeque<(Instant, Duration)>, now: Instant) -> bool {
+    while recent
+        .front()
+        .is_some_and(|(end, _)| now.duration_since(*end) > FREEZE_WINDOW)
+    {
+        recent.pop_front();
+    }
+    let spent: Duration = recent.iter().map(|(_, d)| *d).sum();
+    spent + MAX_FREEZE <= FREEZE_BUDGET
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// The round holding the filesystem frozen.
+    frozen: Option<(u64, freeze::Frozen)>,
+    /// When the freezes of the last [`FREEZE_WINDOW`] ended, and how long each lasted.
+    recent: VecDeque<(Instant, Duration)>,
+}
+
 /// The filesystem a group with `freeze` on (`sitrep group set G --freeze on`) keeps frozen
 /// from a round's prepare to its release, so that no member is written between the
 /// members' cuts and the release — the round has a point under steady writes, and the
 /// application's writes wait for the round instead (`round_freeze_ms` in `status`). Shared
 /// with a watchdog thread that thaws it after [`MAX_FREEZE`] whatever happens to the round
-/// (a lost server, a session that ends).
+/// (a lost server, a session that ends); capped at [`FREEZE_BUDGET`] per minute.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct RoundFreeze(Arc<Mutex<Option<(u64, freeze::Frozen)>>>);
+pub(crate) struct RoundFreeze(Arc<Mutex<Held>>);
 
 impl RoundFreeze {
     /// Freezes the filesystem mounted from `device` for round `round` (nothing if none is
-    /// mounted; a refusal is logged and the round goes on unfrozen). Blocks while the
-    /// filesystem writes its dirty data back (in a child process: the tracker records it).
+    /// mounted or the budget is spent; a refusal is logged and the round goes on unfrozen).
+    /// Blocks while the filesystem writes its dirty data back (in a child process: the
+    /// tracker records it).
     fn freeze(&self, disk: &str, device: &Path, round: u64) -> bool {
         if let Some(ms) = self.thaw(None) {
             tracing::warn!(disk, ms, "an earlier round's freeze was still held: thawed");
+        }
+        if !budget_allows(&mut lock(&self.0).recent, Instant::now()) {
+            tracing::warn!(
+                disk,
+                "round {round}: not frozen: rounds froze the filesystem for {} s of the last minute already",
+                (FREEZE_BUDGET - MAX_FREEZE).as_secs()
+            );
+            return false;
         }
         let mount = match freeze::mount_point(device) {
             Ok(Some(m)) => m,
@@ -84,7 +123,7 @@ impl RoundFreeze {
             }
         };
         match freeze::Frozen::new(&mount) {
-            Ok(f) => *lock(&self.0) = Some((round, f)),
+            Ok(f) => lock(&self.0).frozen = Some((round, f)),
             Err(e) => {
                 tracing::warn!(disk, "round {round}: not frozen: {e}");
                 return false;
@@ -95,7 +134,11 @@ impl RoundFreeze {
         std::thread::spawn(move || {
             std::thread::sleep(MAX_FREEZE);
             if let Some(ms) = me.thaw(Some(round)) {
-                tracing::warn!(disk, ms, "round {round}: thawed by the watchdog (no release came)");
+                tracing::warn!(
+                    disk,
+                    ms,
+                    "round {round}: thawed by the watchdog (no release came)"
+                );
             }
         });
         true
@@ -105,16 +148,20 @@ impl RoundFreeze {
     pub(crate) fn thaw(&self, round: Option<u64>) -> Option<f64> {
         let taken = {
             let mut g = lock(&self.0);
-            if g
+            if g.frozen
                 .as_ref()
                 .is_some_and(|(r, _)| round.is_none_or(|want| want == *r))
             {
-                g.take()
+                g.frozen.take()
             } else {
                 None
             }
         };
-        taken.map(|(_, f)| f.thaw())
+        let ms = taken.map(|(_, f)| f.thaw())?;
+        lock(&self.0)
+            .recent
+            .push_back((Instant::now(), Duration::from_secs_f64(ms / 1000.0)));
+        Some(ms)
     }
 }
 
@@ -142,5 +189,40 @@ pub(crate) fn thaw(rt: &DiskRt, round: u64) {
     if let Some(ms) = tokio::task::block_in_place(|| rt.round_freeze.thaw(Some(round))) {
         tracing::debug!(disk = %lock(&rt.prot).name, ms, "round {round}: thawed");
         rt.set(|s| s.round_freeze_ms = Some(ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freeze_budget_caps_rounds_at_a_tenth_of_the_time() {
+        let t0 = Instant::now();
+        let mut recent = VecDeque::new();
+        assert!(budget_allows(&mut recent, t0));
+        // Normal rounds: 50 ms each, one a second, go on forever.
+        for i in 0..120 {
+            let now = t0 + Duration::from_secs(i);
+            assert!(budget_allows(&mut recent, now), "round {i}");
+            recent.push_back((now, Duration::from_millis(50)));
+        }
+        assert!(
+            recent.len() <= 61,
+            "entries older than the window are dropped"
+        );
+        // A server that never sends the cut: each freeze lasts MAX_FREEZE (the watchdog).
+        let t1 = t0 + Duration::from_secs(1000);
+        let mut frozen = Duration::ZERO;
+        let mut recent = VecDeque::new();
+        for i in 0..600 {
+            let now = t1 + Duration::from_millis(100 * i);
+            if budget_allows(&mut recent, now) {
+                recent.push_back((now + MAX_FREEZE, MAX_FREEZE));
+                frozen += MAX_FREEZE;
+            }
+        }
+        // 60 s of prepares back to back freeze for the budget, and no more.
+        assert_eq!(frozen, FREEZE_BUDGET);
     }
 }

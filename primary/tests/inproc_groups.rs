@@ -140,6 +140,7 @@ async fn group_points_are_states_both_disks_were_in_at_once() {
             action: GroupAction::Remove,
             group: Some("db".into()),
             disks: vec!["b".into()],
+            freeze: None,
         })
         .await;
     assert!(r.ok, "{r:?}");

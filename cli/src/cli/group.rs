@@ -139,7 +139,13 @@ pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
         GroupCommand::Create(c) => {
             freeze = Some(c.freeze);
             let n = &c.name;
-            (GroupAction::Create, Some(&n.group), vec![], &n.socket, n.json)
+            (
+                GroupAction::Create,
+                Some(&n.group),
+                vec![],
+                &n.socket,
+                n.json,
+            )
         }
         GroupCommand::Set(c) => {
             freeze = Some(c.freeze);
