@@ -203,10 +203,16 @@ fn main() -> ExitCode {
         Command::Verify(a) => cli::resync::verify(&a),
         Command::Failover(a) => cli::failover::failover(&a),
         Command::Commit(a) => cli::failover::commit(&a),
-        Command::Reverse(a) => cli::reverse::reverse(&a),
+        Command::Reverse(a) => match a.whole_group() {
+            Some(g) => cli::group_moves::reverse(&a, g),
+            None => cli::reverse::reverse(&a),
+        },
         Command::ReverseAccept(a) => cli::reverse::accept(&a),
         Command::Retired(a) => cli::retired::run(&a),
-        Command::Failback(a) => cli::reverse::failback(&a),
+        Command::Failback(a) => match a.whole_group() {
+            Some(g) => cli::group_moves::failback(&a, g),
+            None => cli::reverse::failback(&a),
+        },
         Command::Workload(a) => cli::workload::run(&a),
         Command::Check(a) => cli::check::run(&a),
         Command::Points(a) => cli::repl::points(&a),

@@ -210,47 +210,12 @@ fn an_unplanned_failover_activates_the_chosen_point_until_commit() {
         .status();
 }
 
-fn run_ok(prog: &str, args: &[&str]) {
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Thaws (a planned failover leaves it frozen) and unmounts on drop.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("fsfreeze")
-            .args(["-u", &p(&self.0)])
-            .status();
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 struct Kill(Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-struct Detach(String);
-
-impl Drop for Detach {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
     }
 }
 

@@ -22,41 +22,13 @@ use common::*;
 
 const BLOCK: usize = 4096;
 
-fn run_ok(prog: &str, args: &[&str]) {
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Unmounts on drop; a source filesystem (`true`) is thawed first, in case a round's freeze
-/// is held when the test ends.
-struct Mounted(PathBuf, bool);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = std::process::Command::new("fsfreeze")
-                .args(["-u", &p(&self.0)])
-                .status();
-        }
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A loop device with ext4, mounted at `dir`.
 fn ext4(dir: &Path) -> (sitrep_tests::loopdev::LoopDevice, Mounted) {
     let d = loop_dev(32);
     run_ok("mkfs.ext4", &["-q", &p(d.path())]);
     std::fs::create_dir(dir).unwrap();
     run_ok("mount", &[&p(d.path()), &p(dir)]);
-    (d, Mounted(dir.to_path_buf(), true))
+    (d, Mounted(dir.to_path_buf()))
 }
 
 /// The causal writer: records `first..` alternately on `fa` (odd k) and `fc` (even k) for
@@ -106,7 +78,7 @@ fn image_records(img: &str, mnt: &Path, odd: bool) -> u64 {
     run_ok("e2fsck", &["-fn", img]);
     std::fs::create_dir_all(mnt).unwrap();
     run_ok("mount", &["-o", "ro,noload,loop", img, &p(mnt)]);
-    let _m = Mounted(mnt.to_path_buf(), false);
+    let _m = Mounted(mnt.to_path_buf());
     records(&mnt.join("records"), odd)
 }
 
@@ -182,31 +154,14 @@ fn frozen_rounds_give_group_points_under_steady_writes() {
     let writer = std::thread::spawn(move || write_records(&fa, &fc, next, Duration::from_secs(8)));
     let mut exported: Vec<(PathBuf, u64)> = Vec::new();
     let mut seen = 0;
+    let out = sites.path("export");
     loop {
         let done = writer.is_finished();
-        for (id, t) in points_since(&srv, t1) {
-            if id <= seen {
-                continue;
-            }
-            seen = id;
-            let dir = sites.path(&format!("export-{id}"));
-            std::fs::create_dir(&dir).unwrap();
-            let r = try_ctl(
-                &srv,
-                &[
-                    "points",
-                    "export",
-                    "--group",
-                    "xg",
-                    &id.to_string(),
-                    "--out-dir",
-                    &p(&dir),
-                ],
-            );
-            if r.is_ok() {
-                exported.push((dir, t));
-            }
-        }
+        exported.extend(
+            export_new_group_points(&srv, "xg", &out, &mut seen)
+                .into_iter()
+                .filter(|(_, t)| *t > t1),
+        );
         if done {
             break;
         }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -59,34 +59,11 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
         .unwrap();
     let out_dir = sites.path("export");
     std::fs::create_dir(&out_dir).unwrap();
-    let mut exported: Vec<(String, u64)> = Vec::new();
+    let mut exported: Vec<(PathBuf, u64)> = Vec::new();
     let mut seen = 0u64;
     loop {
         let done = w.try_wait().unwrap().is_some();
-        for gp in group_points(&srv, "xg") {
-            let id = gp["id"].as_u64().unwrap();
-            if id <= seen {
-                continue;
-            }
-            seen = id;
-            let dir = out_dir.join(id.to_string());
-            std::fs::create_dir(&dir).unwrap();
-            let r = try_ctl(
-                &srv,
-                &[
-                    "points",
-                    "export",
-                    "--group",
-                    "xg",
-                    &id.to_string(),
-                    "--out-dir",
-                    &p(&dir),
-                ],
-            );
-            if r.is_ok() {
-                exported.push((p(&dir), gp["cut_time_ns"].as_u64().unwrap()));
-            }
-        }
+        exported.extend(export_new_group_points(&srv, "xg", &out_dir, &mut seen));
         if done {
             break;
         }
@@ -115,12 +92,13 @@ fn a_group_across_two_agents_gets_coordinated_points_until_a_member_dies() {
 
     // Every exported group point is both disks at its time.
     for (dir, t) in &exported {
-        let (a, c) = (format!("{dir}/a.img"), format!("{dir}/c.img"));
+        let (a, c) = (p(&dir.join("a.img")), p(&dir.join("c.img")));
         let (code, v) = check_pair(&history, &a, &c, Some(*t));
         assert_eq!(
             code,
             Some(0),
-            "group point {dir} is not both disks at {t}: {v}"
+            "group point {} is not both disks at {t}: {v}",
+            dir.display()
         );
     }
 

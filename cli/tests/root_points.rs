@@ -481,16 +481,6 @@ fn an_app_consistent_point_of_a_busy_ext4_passes_fsck() {
     }
 }
 
-fn run_ok(prog: &str, args: &[&str]) {
-    let out = Command::new(prog).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Unmount(PathBuf);
 
 impl Drop for Unmount {

@@ -115,7 +115,7 @@ pub(super) fn print_moved(done: &[PlannedReport], json: bool) -> anyhow::Result<
 
 /// `sitrep failback --group G`: the members' planned failovers back, in turn (after a full
 /// copy of each with `--mode full-download`).
-pub(super) fn failback(a: &FailbackArgs, group: &str) -> anyhow::Result<Outcome> {
+pub(crate) fn failback(a: &FailbackArgs, group: &str) -> anyhow::Result<Outcome> {
     let members = agent_members(&a.socket, group)?;
     if matches!(a.mode, FailbackMode::FullDownload) {
         for m in &members {
@@ -141,7 +141,7 @@ struct Records {
 /// `sitrep reverse --group G --to HOST:PORT`: every member that failed over to this site is
 /// protected back in group G (skipping one this agent already reverse-replicates there),
 /// then followed until each has compared and caught up.
-pub(super) fn reverse(a: &ReverseArgs, group: &str) -> anyhow::Result<Outcome> {
+pub(crate) fn reverse(a: &ReverseArgs, group: &str) -> anyhow::Result<Outcome> {
     let recs: Records = ask(
         &a.server_socket,
         &Request::GroupFailoverRecords {

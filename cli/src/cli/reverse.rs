@@ -53,6 +53,16 @@ pub(crate) struct ReverseArgs {
     pub(super) json: bool,
 }
 
+impl ReverseArgs {
+    /// `--group G` without a disk name: the whole group (`group_moves.rs`).
+    pub(crate) fn whole_group(&self) -> Option<&str> {
+        self.name
+            .is_none()
+            .then_some(self.group.as_deref())
+            .flatten()
+    }
+}
+
 /// Arguments of `sitrep reverse-accept`.
 #[derive(Args)]
 pub(crate) struct AcceptArgs {
@@ -113,6 +123,13 @@ pub(crate) struct FailbackArgs {
     pub(super) json: bool,
 }
 
+impl FailbackArgs {
+    /// `--group G`: every member on this agent (`group_moves.rs`).
+    pub(crate) fn whole_group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+}
+
 pub(super) fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &Request) -> anyhow::Result<T> {
     base::control::ask(sock, req, Duration::from_secs(24 * 3600))
 }
@@ -170,8 +187,7 @@ pub(super) fn follow(
 
 pub(crate) fn reverse(a: &ReverseArgs) -> anyhow::Result<Outcome> {
     let Some(name) = a.name.as_deref() else {
-        let group = a.group.as_deref().unwrap_or_default();
-        return super::group_moves::reverse(a, group);
+        anyhow::bail!("name the disk (or --group)");
     };
     if a.discard_target_changes {
         anyhow::bail!(
@@ -266,8 +282,7 @@ pub(super) fn full_copy(sock: &Path, name: &str, timeout: u64, quiet: bool) -> a
 
 pub(crate) fn failback(a: &FailbackArgs) -> anyhow::Result<Outcome> {
     let Some(name) = a.name.as_deref() else {
-        let group = a.group.as_deref().unwrap_or_default();
-        return super::group_moves::failback(a, group);
+        anyhow::bail!("name the disk (or --group)");
     };
     let d = disk(&a.socket, name)?;
     if d.state == ReplState::FailedOverToPeer {

@@ -2,13 +2,13 @@
 //! points on a server, the causal two-disk workload and the two-image check.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Daemon, Sites, ctl, p, sitrep, sitrep_ok, test_bpffs, wait_caught_up};
+use super::{Daemon, Sites, ctl, p, sitrep, sitrep_ok, test_bpffs, try_ctl, wait_caught_up};
 
 /// Protects `dev` as disk `name` in consistency group `group`, through the agent at `sock`,
 /// and waits until its initial copy is replicated.
@@ -133,4 +133,40 @@ pub fn agent_c(sites: &Sites) -> Daemon {
         ]
         .map(String::from),
     )
+}
+
+/// Exports every point of `group` newer than `*seen` into `out/ID/` (`DISK.img` per member),
+/// skipping one retention thinned meanwhile; returns each export's directory and cut time.
+pub fn export_new_group_points(
+    srv: &Path,
+    group: &str,
+    out: &Path,
+    seen: &mut u64,
+) -> Vec<(PathBuf, u64)> {
+    let mut done = Vec::new();
+    for gp in group_points(srv, group) {
+        let (Some(id), Some(t)) = (gp["id"].as_u64(), gp["cut_time_ns"].as_u64()) else {
+            continue;
+        };
+        if id <= *seen {
+            continue;
+        }
+        *seen = id;
+        let dir = out.join(id.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = id.to_string();
+        let args = [
+            "points",
+            "export",
+            "--group",
+            group,
+            &id,
+            "--out-dir",
+            &p(&dir),
+        ];
+        if try_ctl(srv, &args).is_ok() {
+            done.push((dir, t));
+        }
+    }
+    done
 }

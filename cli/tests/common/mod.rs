@@ -432,3 +432,28 @@ pub fn test_bpffs() -> PathBuf {
 pub fn sitrep_tests_agent(sites: &Sites) -> Daemon {
     sites.agent("a", "pki-a")
 }
+
+/// Runs `prog args…`; the test fails with its output unless it succeeds.
+pub fn run_ok(prog: &str, args: &[&str]) {
+    let out = Command::new(prog).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mounted filesystem, unmounted on drop — thawed first, in case a planned failover or a
+/// group round left it frozen.
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .args(["-u", &p(&self.0)])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
