@@ -214,17 +214,19 @@ impl Agent {
 
     /// `sitrep reverse`: protects the activated `device` back to the other site (see
     /// [`Request::Reverse`]).
-    #[allow(clippy::too_many_arguments)]
-    async fn reverse(
-        self: &Arc<Self>,
-        name: String,
-        device: String,
-        to: String,
-        fork_seq: u64,
-        discard_target_changes: bool,
-        frequency: &str,
-        group: Option<String>,
-    ) -> anyhow::Result<Job> {
+    async fn reverse(self: &Arc<Self>, req: Request) -> anyhow::Result<Job> {
+        let Request::Reverse {
+            name,
+            device,
+            to,
+            fork_seq,
+            discard_target_changes,
+            frequency,
+            group,
+        } = req
+        else {
+            anyhow::bail!("not a reverse request");
+        };
         if discard_target_changes {
             anyhow::bail!("{}", discard_refused(&name));
         }
@@ -246,7 +248,7 @@ impl Agent {
             device,
             to,
             Some(name),
-            frequency,
+            &frequency,
             None,
             (None, None),
             base::points::PointPolicy::default(),
@@ -449,26 +451,7 @@ impl Agent {
             | Request::FailoverRecord { .. }
             | Request::GroupFailoverRecords { .. }) => server_only(&r),
             Request::Resync { name, now } => Response::answer(self.request_resync(&name, now)),
-            Request::Reverse {
-                name,
-                device,
-                to,
-                fork_seq,
-                discard_target_changes,
-                frequency,
-                group,
-            } => Response::answer(
-                self.reverse(
-                    name,
-                    device,
-                    to,
-                    fork_seq,
-                    discard_target_changes,
-                    &frequency,
-                    group,
-                )
-                .await,
-            ),
+            r @ Request::Reverse { .. } => Response::answer(self.reverse(r).await),
             Request::Recopy { name } => Response::answer(self.recopy(&name)),
             Request::PlannedFailover { name } => {
                 Response::answer(self.planned_failover(&name).await)

@@ -190,6 +190,12 @@ pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
         crate::outln!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(Outcome::Ok);
     }
+    print_groups(&resp);
+    Ok(Outcome::Ok)
+}
+
+/// `sitrep group list` for people.
+fn print_groups(resp: &serde_json::Value) {
     let groups = resp["groups"].as_array().cloned().unwrap_or_default();
     if groups.is_empty() {
         crate::outln!("no consistency groups");
@@ -214,5 +220,4 @@ pub(crate) fn group(a: &GroupArgs) -> anyhow::Result<Outcome> {
             }
         );
     }
-    Ok(Outcome::Ok)
 }
