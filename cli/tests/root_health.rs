@@ -542,3 +542,34 @@ fn tls_handshakes_failed(sites: &Sites) -> u64 {
         .and_then(|l| l["handshake_failed"].as_u64())
         .unwrap_or_else(|| panic!("no tls listener in {st}"))
 }
+
+/// An agent started before its network is up (at boot) retries its first connection every
+/// couple of seconds rather than a retry unit later: with a 60 s unit, the disk replicates
+/// within seconds of the link coming up.
+#[test]
+fn an_agent_started_before_the_network_connects_once_it_is_up() {
+    if !sitrep_tests::require!(needs: &NEEDS) {
+        return;
+    }
+    let sites = Sites::new();
+    sites.net.a.ip(&["link", "set", "veth0", "down"]).unwrap();
+    let _agent = agent_unit(&sites, "a", "pki-a", "60");
+    let sock = sites.sock("a");
+    let d = loop_dev(8);
+    random_region(d.path(), 0, 4);
+    protect(&sites, "a", d.path(), "late");
+    // Failing to connect, the next attempt is due within the quick step, not a unit.
+    let st = wait_status(&sock, "late", Duration::from_secs(30), |st| {
+        st["next_retry_unix_ns"].as_u64().is_some()
+    });
+    let due = st["next_retry_unix_ns"].as_u64().unwrap();
+    let wait_s = due.saturating_sub(base::now_ns()) as f64 / 1e9;
+    assert!(
+        wait_s < 10.0,
+        "the first connection is retried in {wait_s:.1} s: {st}"
+    );
+    assert!(error_of(&st).contains("network"), "{st}");
+    sites.net.a.ip(&["link", "set", "veth0", "up"]).unwrap();
+    ctl(&sock, &["wait", "late", "--timeout", "30"]);
+    assert_same(d.path(), &sites.replica("late"));
+}

@@ -22,6 +22,15 @@ use std::time::Duration;
 pub const SCHEDULE: [u32; 5] = [1, 2, 4, 8, 10];
 /// Units between retries once [`SCHEDULE`] is exhausted.
 pub const STEADY: u32 = 30;
+/// **Start-up.** Until a disk's first session reaches the server, and for at most
+/// [`QUICK_WINDOW`] after the agent started it, a network error is retried every
+/// [`QUICK_STEP`] (or one unit, if shorter) instead of on the schedule: an agent started
+/// before the network is up (at boot, its unit ordered before the network) connects as soon
+/// as the network is, not a retry unit later. The schedule itself does not advance.
+pub const QUICK_STEP: Duration = Duration::from_secs(2);
+/// How long after a disk's start [`QUICK_STEP`] retries are allowed.
+pub const QUICK_WINDOW: Duration = Duration::from_secs(120);
+
 /// Most jitter added to a step, in percent of the step.
 pub const JITTER_PERCENT: u64 = 10;
 
@@ -95,6 +104,22 @@ impl Backoff {
     pub fn retry_at(&mut self, now_ns: u64) -> Retry {
         let step = self.next_step();
         let delay = self.next_delay();
+        let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        Retry {
+            step,
+            delay,
+            due_ns: now_ns.saturating_add(delay_ns),
+        }
+    }
+
+    /// A quick retry at `now_ns`, `step` (plus jitter) later, that leaves the schedule where
+    /// it is: the start-up retries of [`QUICK_STEP`], before the first session reached the
+    /// server.
+    pub fn quick_retry_at(&mut self, now_ns: u64, step: Duration) -> Retry {
+        let step_ns = u64::try_from(step.as_nanos()).unwrap_or(u64::MAX);
+        let delay = step.saturating_add(Duration::from_nanos(
+            self.rng.below(step_ns / 100 * JITTER_PERCENT),
+        ));
         let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         Retry {
             step,
@@ -210,6 +235,19 @@ mod tests {
 
     fn within_jitter(delay: Duration, step: Duration) -> bool {
         delay >= step && delay <= step + step / 10
+    }
+
+    #[test]
+    fn quick_start_up_retries_leave_the_schedule_where_it_is() {
+        let mut b = Backoff::with_seed(UNIT, 7);
+        for i in 0..10 {
+            let r = b.quick_retry_at(1_000, QUICK_STEP);
+            assert!(within_jitter(r.delay, QUICK_STEP), "{i}: {r:?}");
+            assert_eq!(r.step, QUICK_STEP);
+        }
+        assert_eq!(b.failures(), 0);
+        // The first scheduled retry after them is still the schedule's first step.
+        assert_eq!(b.retry_at(0).step, UNIT);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use super::session::{
 };
 use super::state::log_dir;
 use super::{Agent, DiskRt, lock};
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use base::net::ReplError;
 use base::status::JobState;
 
@@ -34,6 +34,12 @@ enum Ended {
 pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
     let clock = agent.clock.clone();
     let mut backoff = Backoff::new(agent.opts.retry_unit);
+    let quick_until = clock
+        .now_ns()
+        .saturating_add(u64::try_from(backoff::QUICK_WINDOW.as_nanos()).unwrap_or(u64::MAX));
+    let quick_step = backoff::QUICK_STEP.min(agent.opts.retry_unit);
+    // Whether a session of this disk ever reached the server (see `backoff::QUICK_STEP`).
+    let mut reached = false;
     loop {
         if own.is_stopped() {
             return;
@@ -46,6 +52,7 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
         if rt.snapshot().progress != progress {
             backoff.reset();
         }
+        reached |= rt.snapshot().connected;
         rt.set(|s| s.connected = false);
         // Never leave a filesystem frozen behind a failed session (dropping thaws it, and
         // the requester hears that replication stopped).
@@ -67,7 +74,13 @@ pub(crate) async fn run(agent: Arc<Agent>, rt: Arc<DiskRt>, mut own: Owner) {
                 let name = lock(&rt.prot).name.clone();
                 let msg = format!("disk {name}: {e}");
                 if e.recoverable() {
-                    let retry = backoff.retry_at(clock.now_ns());
+                    let now = clock.now_ns();
+                    let quick = !reached && now < quick_until && matches!(e, ReplError::Net(_));
+                    let retry = if quick {
+                        backoff.quick_retry_at(now, quick_step)
+                    } else {
+                        backoff.retry_at(now)
+                    };
                     tracing::warn!("{msg}; retrying in {:?}", retry.delay);
                     rt.set(|s| {
                         s.error = Some(msg.clone());
