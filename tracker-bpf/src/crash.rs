@@ -93,13 +93,12 @@ impl Guard {
     }
 
     /// What the device may have changed without being logged (after a crash, or while no
-    /// agent ran after a stop), if the sentinel knows — it was running before this tracker (adopted), watching this device
-    /// for this chain (`inherited`), and the device is blk-mq (a bio-based device's bio may
-    /// complete with only its tail in view; see docs/tracking.md). `Some(None)`: the whole
-    /// device.
+    /// agent ran after a stop), if the sentinel knows — it was running before this tracker
+    /// (adopted) and watching this device for this chain (`inherited`). A bio-based device's
+    /// changes still in flight count too (their completions may show only a tail; see
+    /// docs/tracking.md). `Some(None)`: the whole device.
     pub(crate) fn suspect(&self, w: &Watch, info: &DeviceInfo) -> Option<Option<Vec<Extent>>> {
-        (self.sentinel.adopted() && w.inherited && !info.bio_based)
-            .then(|| self.sentinel.suspect(w, info.size))
+        (self.sentinel.adopted() && w.inherited).then(|| self.sentinel.suspect(w, info))
     }
 
     /// Stops watching the device in slot `slot` (its protection ends).

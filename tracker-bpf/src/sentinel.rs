@@ -42,13 +42,18 @@ pub const MAX_DEVICES: u32 = 64;
 const WORDS: usize = 2048;
 const BITS: u64 = WORDS as u64 * 64;
 
-const MAPS: [&str; 4] = ["sen_devs", "sen_bits", "sen_all", "sen_gen"];
+const MAPS: [&str; 5] = ["sen_devs", "sen_bits", "sen_all", "sen_gen", "sen_flight"];
+
+/// `sen_dev.flags`: a bio-based device (`SEN_BIO_BASED`).
+const BIO_BASED: u32 = 1;
 const LINKS: [&str; 3] = ["sen_bio_queue", "sen_rq_complete", "sen_bio_complete"];
 
 /// The pinned sentinel of one agent.
 pub struct Sentinel {
     dir: PathBuf,
     devs: MapHandle,
+    /// Bio-based devices' changes in flight (`sen_flight`).
+    flight: MapHandle,
     bits: MappedWords,
     all: MappedWords,
     generation: MappedWords,
@@ -101,10 +106,12 @@ impl Sentinel {
         let bits = map("sen_bits")?;
         let all = map("sen_all")?;
         let generation = map("sen_gen")?;
+        let flight = map("sen_flight")?;
         let n = MAX_DEVICES as usize * 2;
         Ok(Self {
             dir: dir.to_owned(),
             devs,
+            flight,
             bits: MappedWords::new(&bits, n * WORDS)?,
             all: MappedWords::new(&all, n)?,
             generation: MappedWords::new(&generation, 1)?,
@@ -137,9 +144,11 @@ impl Sentinel {
         // meanwhile, where no tracepoint sees): the identity and the kernel's diskseq (new
         // at every attach) must match too.
         let identity = fnv1a(format!("{:?}#{:?}", dev.identity(), dev.diskseq()).as_bytes());
+        let flags = if dev.bio_based { BIO_BASED } else { 0 };
         if let Some(d) = self.entry(&key)
             && d.chain == chain
             && d.identity == identity
+            && d.flags == flags
             && (d.start_sect, d.nr_sects) == (dev.start_sect, nr_sects)
         {
             return Ok(Watch {
@@ -162,6 +171,8 @@ impl Sentinel {
             identity,
             slot,
             granule_shift: granule_shift(nr_sects),
+            flags,
+            pad: 0,
         };
         self.devs
             .update(&key, as_bytes(&d), MapFlags::ANY)
@@ -208,11 +219,15 @@ impl Sentinel {
         self.entries().iter().map(|(_, d)| d.slot).collect()
     }
 
-    /// What `w`'s device may have changed without being logged: the granules set in either
-    /// generation, as byte extents of a device of `size` bytes; `None` for the whole device.
+    /// What device `dev` (watched as `w`) may have changed without being logged: its changes
+    /// still in flight (a bio-based device's, as queued) and the granules set in either
+    /// generation, as byte extents; `None` for the whole device. The bios in flight are read
+    /// first: one completing meanwhile has marked its granules before leaving the table.
     #[must_use]
-    pub fn suspect(&self, w: &Watch, size: u64) -> Option<Vec<Extent>> {
+    pub fn suspect(&self, w: &Watch, dev: &DeviceInfo) -> Option<Vec<Extent>> {
+        let size = dev.size;
         let granule = 512u64 << w.granule_shift;
+        let mut flying = self.in_flight(dev)?;
         let base = |g: u32| (w.slot as usize * 2 + g as usize) & (MAX_DEVICES as usize * 2 - 1);
         if (0..2).any(|g| self.all.words()[base(g)].load(Ordering::SeqCst) != 0) {
             return None;
@@ -230,13 +245,36 @@ impl Sentinel {
                 if start >= size {
                     continue;
                 }
-                let len = granule.min(size - start);
-                match out.last_mut() {
-                    Some(l) if l.offset() + l.len() == start => {
-                        *l = Extent::new(l.offset(), l.len() + len)?;
-                    }
-                    _ => out.push(Extent::new(start, len)?),
-                }
+                out.push(Extent::new(start, granule.min(size - start))?);
+            }
+        }
+        out.append(&mut flying);
+        Some(merge(out))
+    }
+
+    /// The byte ranges of `dev`'s changes in flight (bio-based devices; empty otherwise),
+    /// clipped to the device; `None` if the table cannot be read (the whole device, then).
+    fn in_flight(&self, dev: &DeviceInfo) -> Option<Vec<Extent>> {
+        if !dev.bio_based {
+            return Some(Vec::new());
+        }
+        let want = dev.kernel_dev();
+        let mut out = Vec::new();
+        for k in self.flight.keys() {
+            let Ok(Some(v)) = self.flight.lookup(&k, MapFlags::ANY) else {
+                continue; // completed meanwhile: its granules are marked
+            };
+            let (sector, nsect, kdev) = flight_entry(&v)?;
+            if kdev != want {
+                continue;
+            }
+            let lo = sector.saturating_sub(dev.start_sect).saturating_mul(512);
+            let hi = (sector.saturating_add(nsect))
+                .saturating_sub(dev.start_sect)
+                .saturating_mul(512)
+                .min(dev.size);
+            if hi > lo {
+                out.push(Extent::new(lo, hi - lo)?);
             }
         }
         Some(out)
@@ -362,6 +400,7 @@ fn load_and_pin(dir: &Path) -> Result<()> {
     pin(skel.maps.sen_bits.pin(dir.join("sen_bits")))?;
     pin(skel.maps.sen_all.pin(dir.join("sen_all")))?;
     pin(skel.maps.sen_gen.pin(dir.join("sen_gen")))?;
+    pin(skel.maps.sen_flight.pin(dir.join("sen_flight")))?;
     for (l, n) in links.iter_mut().zip(LINKS) {
         pin(l.pin(dir.join(n)))?;
     }
@@ -376,9 +415,37 @@ fn remove_pins(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Extents sorted and merged where they touch or overlap.
+fn merge(mut v: Vec<Extent>) -> Vec<Extent> {
+    v.sort_by_key(Extent::offset);
+    let mut out: Vec<Extent> = Vec::with_capacity(v.len());
+    for e in v {
+        match out.last_mut() {
+            Some(l) if e.offset() <= l.offset() + l.len() => {
+                let end = (l.offset() + l.len()).max(e.offset() + e.len());
+                if let Some(m) = Extent::new(l.offset(), end - l.offset()) {
+                    *l = m;
+                }
+            }
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+/// A `sen_flight` value: (sector, sectors, dev_t); `None` if it has another size.
+fn flight_entry(v: &[u8]) -> Option<(u64, u64, u32)> {
+    if v.len() != 24 {
+        return None;
+    }
+    let u64_at = |i: usize| v.get(i..i + 8)?.try_into().ok().map(u64::from_ne_bytes);
+    let dev = v.get(16..20)?.try_into().ok().map(u32::from_ne_bytes)?;
+    Some((u64_at(0)?, u64_at(8)?, dev))
+}
+
 fn as_bytes(d: &sen_dev) -> &[u8] {
     // SAFETY: sen_dev is a #[repr(C)] struct of integers and a byte array with no padding
-    // (8 + 8 + 16 + 8 + 4 + 4 bytes); viewing it as bytes reads only initialised memory.
+    // (8 + 8 + 16 + 8 + 4 × 4 bytes); viewing it as bytes reads only initialised memory.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(d).cast(), size_of::<sen_dev>()) }
 }
 
@@ -404,6 +471,6 @@ mod tests {
             let s = granule_shift(nr);
             assert!(nr.div_ceil(1 << s) <= BITS, "{nr}: shift {s}");
         }
-        assert_eq!(size_of::<sen_dev>(), 48);
+        assert_eq!(size_of::<sen_dev>(), 56);
     }
 }

@@ -92,6 +92,15 @@ struct {
 	__type(value, __u64);
 } sen_gen SEC(".maps");
 
+/* Bio-based devices' changes in flight, by the bio's address: queued here, marked whole and
+ * removed at completion. Full: the device is marked whole (a gap, never silence). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SEN_MAX_FLIGHT);
+	__type(key, __u64);
+	__type(value, struct sen_flight);
+} sen_flight SEC(".maps");
+
 static __always_inline int is_change(__u32 opf, __u64 bytes)
 {
 	__u32 op = opf & REQ_OP_MASK;
@@ -186,13 +195,22 @@ SEC("tp_btf/block_bio_queue")
 int BPF_PROG(sen_bio_queue, struct bio *bio)
 {
 	const struct sen_dev *d = watched(bio);
-	__u64 bytes;
+	struct sen_flight f = {};
+	__u64 bytes, key = (__u64)bio;
 
 	if (!d)
 		return 0;
 	bytes = bio->bi_iter.bi_size;
-	if (is_change(bio->bi_opf, bytes))
-		sen_mark(d, bio->bi_iter.bi_sector, bytes >> 9);
+	if (!is_change(bio->bi_opf, bytes))
+		return 0;
+	sen_mark(d, bio->bi_iter.bi_sector, bytes >> 9);
+	if (d->flags & SEN_BIO_BASED) {
+		f.sector = bio->bi_iter.bi_sector;
+		f.nsect = bytes >> 9;
+		f.dev = bio->bi_bdev->bd_dev;
+		if (bpf_map_update_elem(&sen_flight, &key, &f, BPF_ANY))
+			mark_all(d, generation());
+	}
 	return 0;
 }
 
@@ -233,14 +251,29 @@ SEC("tp_btf/block_bio_complete")
 int BPF_PROG(sen_bio_complete, struct request_queue *q, struct bio *bio)
 {
 	const struct sen_dev *d = watched(bio);
-	__u64 bytes;
+	struct sen_flight *f;
+	__u64 bytes, key = (__u64)bio;
 
 	if (!d)
 		return 0;
-	/* Bio-based devices: the iterator may hold only the tail by now; the queue-time mark
-	 * holds the rest (see docs/tracking.md for the window this leaves). */
+	/* Bio-based devices: the iterator may hold only the tail by now (device-mapper trims a
+	 * split bio to its remainder); the range as queued is in sen_flight. */
+	f = bpf_map_lookup_elem(&sen_flight, &key);
+	if (f) {
+		if (f->dev == bio->bi_bdev->bd_dev)
+			sen_mark(d, f->sector, f->nsect);
+		else
+			mark_all(d, generation());
+		bpf_map_delete_elem(&sen_flight, &key);
+		return 0;
+	}
 	bytes = bio->bi_iter.bi_size;
-	if (is_change(bio->bi_opf, bytes))
+	if (!is_change(bio->bi_opf, bytes))
+		return 0;
+	if (d->flags & SEN_BIO_BASED)
+		/* Queued before the device was watched, or not remembered (sen_flight full). */
+		mark_all(d, generation());
+	else
 		sen_mark(d, bio->bi_iter.bi_sector, bytes >> 9);
 	return 0;
 }
