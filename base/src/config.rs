@@ -120,6 +120,19 @@ impl DiskPolicy {
     }
 }
 
+/// A consistency group's settings in the policy file (`[[group]]`; its members are the
+/// `[[disk]]` entries with `group = NAME`, and disks put in it with `sitrep group add`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPolicy {
+    /// The group.
+    pub name: String,
+    /// Freeze the members' mounted filesystems during the rounds of a group spanning agents
+    /// (`sitrep group set NAME --freeze on`); default false.
+    #[serde(default)]
+    pub freeze: bool,
+}
+
 /// The agent's config file (`sitrep agent --config`): its `[[disk]]` policy, and its
 /// `[agent]` settings (flags, merged before the command line is parsed: the CLI's
 /// `settings.rs`; kept here only to see them change on a re-read).
@@ -132,6 +145,9 @@ pub struct PolicyFile {
     /// Disks to protect when the agent starts (already protected ones are left as they are).
     #[serde(default)]
     pub disk: Vec<DiskPolicy>,
+    /// Consistency groups' settings, applied at start and on every re-read.
+    #[serde(default)]
+    pub group: Vec<GroupPolicy>,
 }
 
 impl PolicyFile {
@@ -152,6 +168,20 @@ impl PolicyFile {
             }
             d.points()
                 .map_err(|e| anyhow::anyhow!("{}: disk {}: {e}", path.display(), d.device))?;
+            if let Some(g) = &d.group
+                && !crate::valid_disk_name(g)
+            {
+                anyhow::bail!(
+                    "{}: disk {}: group name '{g}' is not valid",
+                    path.display(),
+                    d.device
+                );
+            }
+        }
+        for g in &p.group {
+            if !crate::valid_disk_name(&g.name) {
+                anyhow::bail!("{}: group name '{}' is not valid", path.display(), g.name);
+            }
         }
         Ok(p)
     }
@@ -332,5 +362,13 @@ mod tests {
         assert!(d.name.is_some() && d.frequency.is_some() && d.app_consistent_every.is_some());
         assert!(d.pre_hook.is_some() && d.post_hook.is_some() && d.retain.is_some());
         assert!(d.crash_points_every.is_some() && d.max_point_storage.is_some());
+        assert!(d.group.is_some());
+        assert_eq!(
+            p.group,
+            vec![GroupPolicy {
+                name: "db".into(),
+                freeze: true
+            }]
+        );
     }
 }

@@ -159,7 +159,7 @@ impl Agent {
         load(&self.opts.state).is_ok_and(|f| f.freeze.contains(group))
     }
 
-    fn set_freeze(&self, group: &str, on: bool) -> anyhow::Result<()> {
+    pub(crate) fn set_freeze(&self, group: &str, on: bool) -> anyhow::Result<()> {
         let mut f = load(&self.opts.state)?;
         let changed = if on {
             f.freeze.insert(group.to_string())

@@ -582,6 +582,7 @@ pub async fn run_reloading(
     }
     agent.resume_when_present(missing);
     let mut applied = opts.policy.clone().unwrap_or_default();
+    agent.apply_groups(&applied.group);
     agent.protect_listed(&applied.disk).await;
     if let Some(listener) = metrics {
         let a = agent.clone();

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use base::config::{DiskPolicy, Frequency, PolicyFile};
+use base::config::{DiskPolicy, Frequency, GroupPolicy, PolicyFile};
 
 use crate::{Agent, lock};
 
@@ -52,6 +52,19 @@ impl Agent {
         }
     }
 
+    /// Applies the `[[group]]` settings (at start and on every re-read: a group setting,
+    /// unlike a protection, follows the file). A failure is logged for its entry.
+    pub(crate) fn apply_groups(&self, groups: &[GroupPolicy]) {
+        for g in groups {
+            let r = self
+                .remember_group(&g.name)
+                .and_then(|()| self.set_freeze(&g.name, g.freeze));
+            if let Err(e) = r {
+                tracing::error!("policy: group {}: {e:#}", g.name);
+            }
+        }
+    }
+
     /// Applies `newer`, a re-read of the policy file, against `applied` (the file as last
     /// applied): see the module docs for what changes and what is only reported.
     pub(crate) async fn reload_policy(self: &Arc<Self>, applied: &PolicyFile, newer: &PolicyFile) {
@@ -86,6 +99,7 @@ impl Agent {
             removed = c.removed.len(),
             "policy file re-read"
         );
+        self.apply_groups(&newer.group);
         self.protect_listed(&start).await;
     }
 }

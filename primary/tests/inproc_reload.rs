@@ -82,3 +82,58 @@ async fn a_reread_policy_protects_new_disks_and_leaves_running_ones() {
     names.sort();
     assert_eq!(names, ["a", "b", "c"]);
 }
+
+/// The group list (`sitrep group list`) as (name, freeze), once `want` holds.
+async fn groups_once(
+    agent: &Agent,
+    want: impl Fn(&[(String, bool)]) -> bool,
+) -> Vec<(String, bool)> {
+    let mut last = Vec::new();
+    for _ in 0..1000 {
+        let r = agent
+            .request(base::control::Request::Group {
+                action: base::control::GroupAction::List,
+                group: None,
+                disks: vec![],
+                freeze: None,
+            })
+            .await;
+        last = r.data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                (
+                    g["name"].as_str().unwrap_or("").to_string(),
+                    g["freeze"] == true,
+                )
+            })
+            .collect();
+        if want(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the groups never matched: {last:?}");
+}
+
+/// `[[group]]` settings follow the file on every re-read (unlike protections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reread_policy_applies_group_settings() {
+    let site = Site::new();
+    let agent = site.agent("sitea", SimClock::auto()).await;
+    let reload = agent.reload.clone().unwrap();
+    let path = site.dir.path().join("agent.toml");
+    let send = |freeze: bool| {
+        std::fs::write(
+            &path,
+            format!("[[group]]\nname = \"db\"\nfreeze = {freeze}\n"),
+        )
+        .unwrap();
+        PolicyFile::load(&path).unwrap()
+    };
+    reload.send(send(true)).await.unwrap();
+    groups_once(&agent, |g| g == [("db".to_string(), true)]).await;
+    reload.send(send(false)).await.unwrap();
+    groups_once(&agent, |g| g == [("db".to_string(), false)]).await;
+}
