@@ -162,6 +162,10 @@ fn open_store(
         quota: quota::Quota::new(opts.max_store_bytes),
         groups: groups::Groups::open(&opts.store)?,
     });
+    // Retirements a crash interrupted are finished before any session can start one.
+    if let Err(e) = store::retired::sweep(&opts.store, None) {
+        tracing::error!("finishing interrupted retirements in {}: {e}", opts.store.display());
+    }
     for name in store::list_disks(&opts.store)? {
         let slot = shared.slot(&name);
         match Disk::open(&opts.store, &name) {

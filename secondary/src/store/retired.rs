@@ -109,12 +109,13 @@ fn split_dir_name(n: &str) -> Option<(&str, u64)> {
     base::valid_disk_name(name).then_some((name, ns))
 }
 
-/// Every retired copy in `store`, oldest first (after a [`sweep`] of crash leftovers).
+/// Every retired copy in `store`, oldest first. Read only: a `disks/.swap-*` directory may be
+/// a retirement in progress right now (a session installing a full copy), so crash
+/// leftovers are finished by [`sweep`] when the server opens the store, never here.
 ///
 /// # Errors
 /// The store cannot be read.
 pub fn list(store: &Path) -> std::io::Result<Vec<RetiredCopy>> {
-    sweep(store, None)?;
     let mut out = Vec::new();
     let rd = match fs::read_dir(retired_root(store)) {
         Ok(rd) => rd,
@@ -212,7 +213,8 @@ fn loop_backed(image: &Path) -> bool {
 
 /// Finishes what a crash left in `disks/.swap-*` (of disk `only`, or of every disk): an old
 /// entry (it has `retired.json`) moves into `retired/`, a new one that never went live is
-/// removed (see the module doc).
+/// removed (see the module doc). Only where nothing can be installing the disk meanwhile:
+/// at the server's start (every disk), or by the disk's own install (that disk).
 ///
 /// # Errors
 /// A file error.
@@ -463,4 +465,27 @@ fn snapshot(name: &str, device: &Path, to: &Path) -> Result<()> {
 pub struct RetiredReport {
     /// The retired copies listed (or the one purged).
     pub retired: Vec<RetiredCopy>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing (`sitrep retired`) while a session retires an entry must not touch the
+    /// retirement in progress; the server's start finishes one a crash left.
+    #[test]
+    fn listing_leaves_a_retirement_in_progress_alone() {
+        let store = tempfile::tempdir().unwrap();
+        let swap = store.path().join("disks").join(".swap-k-5");
+        fs::create_dir_all(&swap).unwrap();
+        fs::write(swap.join("retired.json"), br#"{"why":"test"}"#).unwrap();
+        fs::write(swap.join("replica.img"), b"x").unwrap();
+        assert!(list(store.path()).unwrap().is_empty());
+        assert!(swap.join("replica.img").exists(), "the listing moved the entry");
+        sweep(store.path(), None).unwrap();
+        assert!(!swap.exists());
+        let copies = list(store.path()).unwrap();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(copies[0].disk, "k");
+    }
 }
