@@ -164,7 +164,10 @@ fn open_store(
     });
     // Retirements a crash interrupted are finished before any session can start one.
     if let Err(e) = store::retired::sweep(&opts.store, None) {
-        tracing::error!("finishing interrupted retirements in {}: {e}", opts.store.display());
+        tracing::error!(
+            "finishing interrupted retirements in {}: {e}",
+            opts.store.display()
+        );
     }
     for name in store::list_disks(&opts.store)? {
         let slot = shared.slot(&name);

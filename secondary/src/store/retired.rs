@@ -481,7 +481,10 @@ mod tests {
         fs::write(swap.join("retired.json"), br#"{"why":"test"}"#).unwrap();
         fs::write(swap.join("replica.img"), b"x").unwrap();
         assert!(list(store.path()).unwrap().is_empty());
-        assert!(swap.join("replica.img").exists(), "the listing moved the entry");
+        assert!(
+            swap.join("replica.img").exists(),
+            "the listing moved the entry"
+        );
         sweep(store.path(), None).unwrap();
         assert!(!swap.exists());
         let copies = list(store.path()).unwrap();
