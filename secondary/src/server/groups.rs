@@ -300,19 +300,26 @@ impl Groups {
     }
 
     /// Drops the group points whose member points `exists` says are gone (retired by the
-    /// quota, a cap or `points delete`); true if any went.
+    /// quota, a cap or `points delete`); true if any went. `exists` is called with no lock
+    /// of the registry held: it locks disks, and a disk's lock is taken before the
+    /// registry's elsewhere (a lock-order cycle here deadlocked the control socket).
     pub(crate) fn drop_broken(&self, group: &str, exists: impl Fn(&str, u64) -> bool) -> bool {
+        let Some((_, points)) = self.points(group) else {
+            return false;
+        };
+        let broken: BTreeSet<u64> = points
+            .iter()
+            .filter(|p| !p.members.iter().all(|(d, id)| exists(d, *id)))
+            .map(|p| p.id)
+            .collect();
+        if broken.is_empty() {
+            return false;
+        }
         let mut all = lock(&self.inner);
         let Some(g) = all.get_mut(group) else {
             return false;
         };
-        let before = g.file.points.len();
-        g.file
-            .points
-            .retain(|p| p.members.iter().all(|(d, id)| exists(d, *id)));
-        if g.file.points.len() == before {
-            return false;
-        }
+        g.file.points.retain(|p| !broken.contains(&p.id));
         if let Err(e) = write_file(&self.dir, &g.file) {
             tracing::warn!(group, "{e}");
         }

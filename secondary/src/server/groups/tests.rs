@@ -153,3 +153,37 @@ fn retention_thins_group_points_and_broken_ones_are_dropped() {
         [5]
     );
 }
+
+/// `drop_broken` asks about member points with the registry unlocked: the question may take
+/// locks that are held, elsewhere, while the registry is asked (a disk's lock) — here, the
+/// registry itself, which deadlocked the old code on the spot (in the server, the cycle
+/// was a disk's lock against the registry's, and the control socket hung).
+#[test]
+fn dropping_broken_points_holds_no_registry_lock_while_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Groups::open(dir.path()).unwrap();
+    let r = keep_all();
+    let m = members(&["a", "b"]);
+    let _ = g
+        .report(&report("g", "a", 1, &m, Some((1, 1))), &r, 10)
+        .unwrap();
+    let _ = g
+        .report(&report("g", "b", 1, &m, Some((2, 1))), &r, 10)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g = std::sync::Arc::new(g);
+    let g2 = g.clone();
+    std::thread::spawn(move || {
+        let dropped = g2.drop_broken("g", |d, _| {
+            // Re-entering the registry, as a lock cycle would.
+            g2.pins(d);
+            false
+        });
+        let _ = tx.send(dropped);
+    });
+    let dropped = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("drop_broken deadlocked");
+    assert!(dropped);
+    assert!(g.points("g").unwrap().1.is_empty());
+}

@@ -113,11 +113,13 @@ pub(crate) fn repin(sh: &Shared, group: &str) {
     };
     let _ = sh.groups.drop_broken(group, exists);
     for m in members {
+        // The registry's lock is never held while a disk's is taken (see `drop_broken`).
+        let pins = sh.groups.pins(m);
         let slot = base::lock(&sh.slots).get(m.as_str()).cloned();
         if let Some(slot) = slot
             && let Some(d) = slot.disk.lock().as_mut()
         {
-            d.set_pins(sh.groups.pins(m));
+            d.set_pins(pins);
         }
     }
 }
