@@ -72,7 +72,13 @@ pub(crate) struct GroupSetArgs {
     name: GroupNameArgs,
     /// Freeze the members' mounted filesystems during cross-host rounds: on or off (see
     /// `sitrep group create --help`).
-    #[arg(long, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
+    #[arg(
+        long,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "on|off",
+        hide_possible_values = true
+    )]
     freeze: bool,
 }
 
