@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use sitrep_tests::replay::{fio, fio_engine};
+use sitrep_tests::replay::fio_engine;
 
 const DISK_MIB: u64 = 64;
 
@@ -29,46 +27,25 @@ fn a_kill_9_under_writes_costs_no_resync() {
     );
     wait_caught_up(&s, "c");
     // 4 KiB random writes over the first 16 MiB; the agent dies in the middle of them.
-    let dev = d.path().to_owned();
-    let writer = std::thread::spawn(move || {
-        fio(
-            &dev,
-            &[
-                "--rw=randwrite",
-                "--bs=4k",
-                "--direct=1",
-                &format!("--ioengine={}", fio_engine()),
-                "--iodepth=8",
-                "--size=16m",
-                "--time_based",
-                "--runtime=4",
-                "--rate=8m",
-            ],
-        );
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    agent.kill9();
-    writer.join().unwrap();
-    // And more while no agent runs at all.
-    random_region(d.path(), 40, 42);
-    agent.spawn();
-    wait_caught_up(&s, "c");
-    let st = disk_status(&s, "c");
-    let log = agent.log_text();
-    assert!(
-        log.contains("crash sentinel kept tracking"),
-        "the restart did not use the sentinel:\n{log}"
+    let engine = format!("--ioengine={}", fio_engine());
+    crash_costs_no_resync(
+        &sites,
+        &mut agent,
+        d.path(),
+        "c",
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--direct=1",
+            &engine,
+            "--iodepth=8",
+            "--size=16m",
+            "--time_based",
+            "--runtime=4",
+            "--rate=8m",
+        ],
+        DISK_MIB << 20,
     );
-    assert_eq!(st["resyncs_completed"], 0, "{st}");
-    assert!(
-        st["resync"].is_null() && st["resync_reason"].is_null(),
-        "{st}"
-    );
-    // Only what changed was shipped again, not the disk.
-    let shipped = st["bytes_shipped"].as_u64().unwrap();
-    assert!(shipped < DISK_MIB << 20, "re-shipped {shipped} bytes: {st}");
-    agent.stop();
-    assert_same(d.path(), &sites.replica("c"));
 }
 
 #[test]

@@ -27,22 +27,7 @@ fn run_json(args: &[&str]) -> Value {
 
 /// `sitrep reverse --group db --to TO` through this site's agent and server.
 fn reverse_group(agent: &Path, server: &Path, to: &str) -> Vec<Value> {
-    let v = run_json(&[
-        "reverse",
-        "--group",
-        "db",
-        "--to",
-        to,
-        "--json",
-        "--frequency",
-        "continuous",
-        "--timeout",
-        "300",
-        "--socket",
-        &p(agent),
-        "--server-socket",
-        &p(server),
-    ]);
+    let v = reverse(agent, server, &["--group", "db"], to, &[]).unwrap();
     assert_eq!(v["group"], "db", "{v}");
     v["members"].as_array().cloned().unwrap()
 }
@@ -72,9 +57,7 @@ fn a_group_reverses_and_fails_back_as_a_group() {
     if !sitrep_tests::require!(needs: &NEEDS) {
         return;
     }
-    let state_b_dir = tempfile::tempdir().unwrap();
-    let state_b = state_b_dir.path().join("state-b");
-    let sites = Sites::with_server_args(&["--adopt-from", &p(&state_b)]);
+    let (_state_b_dir, state_b, sites) = adopting_sites();
     let _agent_a = sitrep_tests_agent(&sites);
     let sa = sites.sock("a");
     let server_b = sites.path("server.sock");

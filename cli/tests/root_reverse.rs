@@ -12,37 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// `sitrep reverse NAME --to TO` against the given sockets: Ok(status JSON) or Err(stderr).
-fn reverse(
-    agent: &Path,
-    server: &Path,
-    name: &str,
-    to: &str,
-    extra: &[&str],
-) -> Result<Value, String> {
-    let out = sitrep()
-        .args([
-            "reverse",
-            name,
-            "--to",
-            to,
-            "--json",
-            "--frequency",
-            "continuous",
-            "--timeout",
-            "300",
-        ])
-        .args(["--socket", &p(agent), "--server-socket", &p(server)])
-        .args(extra)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn sha(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
@@ -63,9 +32,7 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
     if !sitrep_tests::require!(needs: &NEEDS) {
         return;
     }
-    let state_b_dir = tempfile::tempdir().unwrap();
-    let state_b = state_b_dir.path().join("state-b");
-    let sites = Sites::with_server_args(&["--adopt-from", &p(&state_b)]);
+    let (_state_b_dir, state_b, sites) = adopting_sites();
     let _agent_a = sitrep_tests_agent(&sites);
     let sa = sites.sock("a");
     let server_b = sites.path("server.sock");
@@ -86,7 +53,7 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
     random_region(&dev_b, 8, 10);
     // 3. Reverse B → A: only what differs crosses.
     let rv = reverse_daemons(&sites, &state_b);
-    let st = reverse(&rv.agent_b, &server_b, "rv", &to_a(), &[]).unwrap();
+    let st = reverse(&rv.agent_b, &server_b, &["rv"], &to_a(), &[]).unwrap();
     assert_eq!(st["state"], "protected", "{st}");
     let sent = st["last_resync"]["data_bytes_sent"]
         .as_u64()
@@ -131,7 +98,7 @@ fn reverse_and_failback_round_trip_sends_only_changes() {
     let st_a = ctl(&rv.server_a, &["status"]);
     assert_eq!(st_a["disks"][0]["state"], "failed-over", "{st_a}");
     // 5. Reverse A → B: the original direction, nothing to send.
-    let st = reverse(&sa, &rv.server_a, "rv", &sites.to(), &[]).unwrap();
+    let st = reverse(&sa, &rv.server_a, &["rv"], &sites.to(), &[]).unwrap();
     assert_eq!(
         st["last_resync"]["data_bytes_sent"].as_u64(),
         Some(0),
@@ -190,7 +157,7 @@ fn a_split_brain_is_reported_and_nothing_is_overwritten() {
     }
     let before = sha(d.path());
     let rv = reverse_daemons(&sites, &state_b);
-    let err = reverse(&rv.agent_b, &server_b, "sb", &to_a(), &[]).unwrap_err();
+    let err = reverse(&rv.agent_b, &server_b, &["sb"], &to_a(), &[]).unwrap_err();
     assert!(err.contains("split brain"), "{err}");
     assert!(
         err.contains("sitrep reverse-accept sb --discard-local-changes"),
@@ -202,7 +169,7 @@ fn a_split_brain_is_reported_and_nothing_is_overwritten() {
     let err = reverse(
         &rv.agent_b,
         &server_b,
-        "sb",
+        &["sb"],
         &to_a(),
         &["--discard-target-changes"],
     )
@@ -221,7 +188,7 @@ fn a_split_brain_is_reported_and_nothing_is_overwritten() {
         g["local_changes"].is_string(),
         "the operator is shown what A wrote: {g}"
     );
-    let st = reverse(&rv.agent_b, &server_b, "sb", &to_a(), &[]).unwrap();
+    let st = reverse(&rv.agent_b, &server_b, &["sb"], &to_a(), &[]).unwrap();
     assert_eq!(st["state"], "protected", "{st}");
     ctl(&rv.agent_b, &["wait", "sb", "--timeout", "120"]);
     assert_same(&dev_b, d.path());

@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use sitrep_tests::Need;
 use sitrep_tests::dm::DmDevice;
 use sitrep_tests::io::MIB;
-use sitrep_tests::replay::{fio, fio_engine};
+use sitrep_tests::replay::fio_engine;
 
 /// Each leg's size.
 const LEG_MIB: u64 = 32;
@@ -58,46 +56,23 @@ fn a_kill_9_under_writes_to_a_striped_volume_costs_no_resync() {
     wait_caught_up(&s, "st");
     // Random writes of 4 KiB to 192 KiB (most of the large ones cross a chunk boundary and
     // are split) over the first 16 MiB; the agent dies in the middle of them.
-    let dev = vol.path().to_owned();
-    let writer = std::thread::spawn(move || {
-        fio(
-            &dev,
-            &[
-                "--rw=randwrite",
-                "--bsrange=4k-192k",
-                "--direct=1",
-                &format!("--ioengine={}", fio_engine()),
-                "--iodepth=8",
-                "--size=16m",
-                "--time_based",
-                "--runtime=4",
-                "--rate=8m",
-            ],
-        );
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    agent.kill9();
-    writer.join().unwrap();
-    // And more while no agent runs at all.
-    random_region(vol.path(), 40, 42);
-    agent.spawn();
-    wait_caught_up(&s, "st");
-    let st = disk_status(&s, "st");
-    let log = agent.log_text();
-    assert!(
-        log.contains("crash sentinel kept tracking"),
-        "the restart did not use the sentinel:\n{log}"
+    let engine = format!("--ioengine={}", fio_engine());
+    crash_costs_no_resync(
+        &sites,
+        &mut agent,
+        vol.path(),
+        "st",
+        &[
+            "--rw=randwrite",
+            "--bsrange=4k-192k",
+            "--direct=1",
+            &engine,
+            "--iodepth=8",
+            "--size=16m",
+            "--time_based",
+            "--runtime=4",
+            "--rate=8m",
+        ],
+        2 * LEG_MIB * MIB,
     );
-    assert_eq!(st["resyncs_completed"], 0, "{st}");
-    assert!(
-        st["resync"].is_null() && st["resync_reason"].is_null(),
-        "{st}"
-    );
-    let shipped = st["bytes_shipped"].as_u64().unwrap();
-    assert!(
-        shipped < 2 * LEG_MIB * MIB,
-        "re-shipped {shipped} bytes: {st}"
-    );
-    agent.stop();
-    assert_same(vol.path(), &sites.replica("st"));
 }

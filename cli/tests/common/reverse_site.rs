@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use sitrep_tests::netns::NetNsPair;
 
-use super::{Daemon, PORT, Sites, ctl, p, sitrep_ok};
+use serde_json::Value;
+
+use super::{Daemon, PORT, Sites, ctl, p, sitrep, sitrep_ok};
 
 /// The reverse direction's daemons: site A's server and site B's agent.
 pub struct Reverse {
@@ -87,5 +89,39 @@ impl Drop for Detach {
         let _ = std::process::Command::new("losetup")
             .args(["-d", &self.0])
             .status();
+    }
+}
+
+/// Two sites whose site-B server adopts from site B's agent state (`state-b`, in the returned
+/// temporary directory, kept alive by the caller): the reverse direction's set-up.
+pub fn adopting_sites() -> (tempfile::TempDir, PathBuf, Sites) {
+    let dir = tempfile::tempdir().unwrap();
+    let state_b = dir.path().join("state-b");
+    let sites = Sites::with_server_args(&["--adopt-from", &p(&state_b)]);
+    (dir, state_b, sites)
+}
+
+/// `sitrep reverse WHAT… --to TO --json` (WHAT: a disk name, or `--group G`) against this
+/// site's agent and server, continuous: Ok(its JSON) or Err(stderr).
+pub fn reverse(
+    agent: &Path,
+    server: &Path,
+    what: &[&str],
+    to: &str,
+    extra: &[&str],
+) -> Result<Value, String> {
+    let out = sitrep()
+        .arg("reverse")
+        .args(what)
+        .args(["--to", to, "--json", "--frequency", "continuous"])
+        .args(["--timeout", "300"])
+        .args(["--socket", &p(agent), "--server-socket", &p(server)])
+        .args(extra)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
