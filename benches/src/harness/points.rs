@@ -32,7 +32,7 @@ struct Step {
 /// # Errors
 /// Setup or a step fails.
 pub fn run_points(ctx: &Ctx, sc: &mut Scenario) -> anyhow::Result<()> {
-    let secs: u32 = if ctx.quick { 20 } else { 60 };
+    let secs: u32 = if ctx.quick { 8 } else { 60 };
     let logs = ctx.logs("points")?;
     let src = PathBuf::from(format!(
         "/dev/shm/sitrep-bench-points-{}.img",
