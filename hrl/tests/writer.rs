@@ -727,3 +727,26 @@ fn prefaulting_the_mapping_ahead_changes_no_record() {
     assert!(!u.prefault_due(LOW));
     assert_eq!(u.prefault(AHEAD), None);
 }
+
+#[test]
+fn a_recount_forgets_logs_another_process_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = open(dir.path());
+    write(&mut w, 0, 4096);
+    let a = w.rotate().unwrap();
+    write(&mut w, 8192, 4096);
+    let b = w.rotate().unwrap();
+    let before = w.total_bytes();
+    let a_len = std::fs::metadata(&a.path).unwrap().len();
+    // Shipped and deleted by the agent, not through `release`.
+    std::fs::remove_file(&a.path).unwrap();
+    assert_eq!(w.total_bytes(), before, "not noticed before the recount");
+    let sealed = w.recount_sealed().unwrap();
+    assert_eq!(sealed, std::fs::metadata(&b.path).unwrap().len());
+    assert_eq!(w.total_bytes(), before - a_len);
+    // The open log is never counted as sealed.
+    std::fs::remove_file(&b.path).unwrap();
+    assert_eq!(w.recount_sealed().unwrap(), 0);
+    write(&mut w, 0, 4096);
+    w.commit().unwrap();
+}

@@ -33,6 +33,13 @@
 //! would be lost with it). Every `pwrite` of records happens under the writer's mutex, in
 //! sequence order; only syncs run outside it.
 //!
+//! **Cuts and tags** (the control channel, `control.rs`). [`SharedLog::cut`] and
+//! [`SharedLog::mark`] run on the log thread, between its passes: a cut writes out and
+//! publishes everything appended, then seals the open log and opens the next one; a tag is
+//! appended and written before the call returns. Since a change's record is written before
+//! the change is performed, every I/O completed before a cut has its record in the sealed log
+//! or an earlier one: the cut is exact.
+//!
 //! **Failure.** If a batch's write or sync fails, every task waiting on one of its records
 //! fails its I/O with `EIO` (the change is not performed, the flush fails), and the records
 //! stay in front of the batch to be retried with the next change: a record of a change that
@@ -45,6 +52,10 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+
+mod ops;
+mod space;
+mod thread;
 
 use hrl::format::record::MAX_RECORD_EXTENTS;
 use hrl::{Extent, GapReason, GapScope, LogWriter, RecordBody, RecordFlags, RecordKind};
@@ -75,6 +86,18 @@ struct Inner {
     failed_end: AtomicU64,
     kick: Mutex<Kick>,
     kicked: Condvar,
+    /// The writer's space cap ([`hrl::WriterConfig::max_total_bytes`]), for the stats.
+    log_cap: Option<u64>,
+    /// Change records appended since the start (gap records over the cap included, tags
+    /// not).
+    records: AtomicU64,
+    /// Change records that did not fit under the space cap and were appended as extents-only
+    /// tracking gaps instead.
+    overflows: AtomicU64,
+    /// An append hit the space cap since the log thread last recounted the released logs.
+    over_cap: AtomicBool,
+    /// The sealed logs the writer counts against the cap (see `space.rs`).
+    space: Mutex<space::Space>,
     /// A queue has asked the log thread to populate more of the log's mapping (cleared by
     /// the log thread when it takes the request).
     prefault_asked: AtomicBool,
@@ -88,6 +111,8 @@ struct Kick {
     /// Populate the open log's mapping ahead of the appends.
     prefault: bool,
     stop: bool,
+    /// Cuts and tags asked for through the control channel, in order.
+    ops: Vec<ops::Op>,
 }
 
 /// The log thread keeps this much of the open log's mapping populated past its end
@@ -159,7 +184,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SharedLog {
     /// Wraps an open writer and starts its log thread. The writer's
     /// [`hrl::SyncPolicy`] must match `durability` (`Explicit` for `Flush`, `Data` for
-    /// `Write`; `server.rs` configures it).
+    /// `Write`; `server.rs` configures it); `log_cap` is its
+    /// [`hrl::WriterConfig::max_total_bytes`], reported by [`stats`](Self::stats).
     ///
     /// # Errors
     /// If the thread cannot be spawned.
@@ -167,9 +193,11 @@ impl SharedLog {
         writer: LogWriter,
         journal: bool,
         durability: Durability,
+        log_cap: Option<u64>,
     ) -> std::io::Result<Arc<Self>> {
         let start = writer.next_seq().0;
         let disk_size = writer.spec().disk.size;
+        let space = space::Space::new(&writer);
         let inner = Arc::new(Inner {
             writer: Mutex::new(Some(writer)),
             disk_size,
@@ -180,6 +208,11 @@ impl SharedLog {
             failed_end: AtomicU64::new(0),
             kick: Mutex::new(Kick::default()),
             kicked: Condvar::new(),
+            log_cap,
+            records: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
+            over_cap: AtomicBool::new(false),
+            space: Mutex::new(space),
             prefault_asked: AtomicBool::new(false),
             queues: Mutex::new(Vec::new()),
         });
@@ -293,8 +326,11 @@ impl Inner {
         durable: bool,
     ) -> Result<Ticket, LogFailed> {
         match res {
-            Ok(_) => {}
+            Ok(_) => {
+                self.records.fetch_add(1, Ordering::Relaxed);
+            }
             Err(hrl::Error::Full { .. }) if !range.is_empty() => {
+                self.over_cap.store(true, Ordering::Relaxed);
                 w.append(
                     RecordFlags::empty(),
                     &RecordBody::TrackingGap {
@@ -303,8 +339,12 @@ impl Inner {
                     },
                 )
                 .map_err(|e| log_error(&e))?;
+                self.records.fetch_add(1, Ordering::Relaxed);
+                self.overflows.fetch_add(1, Ordering::Relaxed);
             }
-            Err(hrl::Error::Full { .. }) => {}
+            Err(hrl::Error::Full { .. }) => {
+                self.over_cap.store(true, Ordering::Relaxed);
+            }
             Err(e) => return Err(log_error(&e)),
         }
         let need = if self.durability == Durability::Write || durable {
@@ -340,57 +380,6 @@ impl Inner {
         }
     }
 
-    /// If less than [`PREFAULT_LOW`] of the open log's mapping is populated past its end,
-    /// populates it up to [`PREFAULT_AHEAD`], without the writer's mutex (the queues keep
-    /// appending meanwhile).
-    fn prefault(&self) {
-        self.prefault_asked.store(false, Ordering::Release);
-        let Some(p) = lock(&self.writer)
-            .as_mut()
-            .filter(|w| w.prefault_due(PREFAULT_LOW))
-            .and_then(|w| w.prefault(PREFAULT_AHEAD))
-        else {
-            return;
-        };
-        if let Err(e) = p.run() {
-            // Not an error for the disk: the appends take the page faults themselves.
-            tracing::debug!(error = %e, bytes = p.len(), "populating the log's mapping failed");
-        }
-    }
-
-    /// The log thread: commit (`Write`) or sync (`Flush`) each time a queue kicks, until
-    /// stopped (the last pass leaves everything appended durable); keep the open log's
-    /// mapping populated ahead of the appends.
-    fn run(&self) {
-        // The log the server opened: populate its first stretch before the first I/O.
-        self.prefault();
-        loop {
-            let (stop, pending, prefault) = {
-                let mut k = lock(&self.kick);
-                while !k.pending && !k.prefault && !k.stop {
-                    k = self.kicked.wait(k).unwrap_or_else(PoisonError::into_inner);
-                }
-                let taken = (k.stop, k.pending, k.prefault);
-                k.pending = false;
-                k.prefault = false;
-                taken
-            };
-            if pending || stop {
-                match self.durability {
-                    Durability::Write => self.commit_all(),
-                    Durability::Flush => self.sync_all(),
-                }
-            }
-            // After a commit or sync too: either may have rotated to a new, empty log.
-            if prefault || (pending && !stop) {
-                self.prefault();
-            }
-            if stop {
-                return;
-            }
-        }
-    }
-
     /// `Flush` durability, on a queue thread: writes every record appended so far (one
     /// `pwrite`, under the writer's mutex so records land in order) and publishes them as
     /// written. Kicks the log thread if the log is due to rotate.
@@ -420,107 +409,6 @@ impl Inner {
                 // Every record appended so far fails its I/O; they stay in the batch and
                 // are retried with the next change.
                 self.failed_end.fetch_max(end, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// `Flush` durability, on the log thread: writes what is pending, syncs the open log
-    /// without the mutex and publishes it durable, then rotates a full log.
-    fn sync_all(&self) {
-        let (written, handle, rotate) = {
-            let mut guard = lock(&self.writer);
-            let Some(w) = guard.as_mut() else { return };
-            let written = match w.write_pending() {
-                Ok(s) => s,
-                Err(e) => {
-                    let end = w.next_seq().0;
-                    drop(guard);
-                    log_error(&e);
-                    self.failed_end.fetch_max(end, Ordering::SeqCst);
-                    self.notify_queues();
-                    return;
-                }
-            };
-            (written, w.sync_handle(), w.rotation_due())
-        };
-        self.publish_written(written);
-        // The slow part, without the writer's mutex: the queues keep writing records.
-        let synced = match handle {
-            Ok((file, seq)) => file.sync_data().map(|()| seq).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match synced {
-            Ok(seq) => self.publish_durable(seq),
-            Err(e) => {
-                tracing::error!(error = %e, "syncing the change log failed; failing the flushes waiting for it");
-                if let Some(s) = written {
-                    // A later flush syncs again.
-                    self.failed_end.fetch_max(s.0 + 1, Ordering::SeqCst);
-                }
-                self.notify_queues();
-            }
-        }
-        // Rotate after the sync, so the seal (under the mutex) has only the records written
-        // since to make durable, not the whole log.
-        if rotate
-            && let Some(w) = lock(&self.writer).as_mut()
-            && let Err(e) = w.rotate()
-        {
-            // Appends keep going to the full log (or fail if the writer closed).
-            tracing::error!(error = %e, "rotating the change log failed");
-        }
-    }
-
-    /// `Write` durability: commits batch after batch until nothing is pending or a write
-    /// fails.
-    fn commit_all(&self) {
-        loop {
-            let taken = {
-                let mut guard = lock(&self.writer);
-                let Some(w) = guard.as_mut() else { return };
-                // An append may have committed by itself (the writer's batch-size
-                // backstop, while no commit was in flight): publish that first, or its
-                // waiters would wait for a commit that already happened.
-                let durable = w.durable_seq();
-                let taken = w.take_commit();
-                drop(guard);
-                self.publish_durable(durable);
-                match taken {
-                    Ok(Some(p)) => p,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::error!(error = %e, "taking a log batch failed");
-                        return;
-                    }
-                }
-            };
-            let mut p = taken;
-            let end = p.last_seq().0 + 1;
-            // The slow part, without the writer's mutex: queues keep appending meanwhile.
-            let wrote = p.write();
-            let durable = {
-                let mut guard = lock(&self.writer);
-                match guard.as_mut() {
-                    Some(w) => {
-                        if let Err(e) = w.finish_commit(p) {
-                            // The batch is durable; the rotation after it failed (and
-                            // later appends will fail on the closed writer).
-                            tracing::error!(error = %e, "rotating the change log failed");
-                        }
-                        w.durable_seq()
-                    }
-                    None => None,
-                }
-            };
-            match wrote {
-                Ok(()) => self.publish_durable(durable),
-                Err(e) => {
-                    log_error(&e);
-                    self.failed_end.fetch_max(end, Ordering::SeqCst);
-                    self.notify_queues();
-                    // Retried at the next kick, i.e. with the next change; not in a loop.
-                    return;
-                }
             }
         }
     }
@@ -765,3 +653,5 @@ impl Drop for QueueLog {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cut;

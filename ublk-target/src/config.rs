@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 pub const MAX_QUEUES: u16 = 64;
 /// Largest queue depth accepted (the ublk driver's limit).
 pub const MAX_DEPTH: u16 = 4096;
+/// The log space cap of a disk by default (`--log-cap`): 1 GiB.
+pub const DEFAULT_LOG_CAP: u64 = 1 << 30;
+/// The smallest log space cap accepted: one log's worth (16 MiB).
+pub const MIN_LOG_CAP: u64 = 16 << 20;
 
 /// What the log records for a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -83,10 +87,22 @@ pub struct DiskConfig {
     /// The log directory; default `BACKING.hrl/` beside the backing file (created if
     /// missing). An explicitly given directory must exist.
     pub log_dir: Option<PathBuf>,
+    /// The most bytes the disk's logs may take (`hrl::WriterConfig::max_total_bytes`;
+    /// default [`DEFAULT_LOG_CAP`], `None`: no cap). Past it a change is recorded as an
+    /// extents-only tracking gap (the agent reads those ranges from the disk) and still
+    /// performed; a consistency tag is refused.
+    #[serde(default = "default_log_cap")]
+    pub log_cap: Option<u64>,
+}
+
+/// The cap of a config that does not name one (serde's `default`).
+fn default_log_cap() -> Option<u64> {
+    Some(DEFAULT_LOG_CAP)
 }
 
 impl DiskConfig {
-    /// A config with defaults: 1 queue, depth 128, extents mode, log beside the backing.
+    /// A config with defaults: 1 queue, depth 128, extents mode, log beside the backing, a
+    /// log space cap of [`DEFAULT_LOG_CAP`].
     #[must_use]
     pub fn new(backing: impl Into<PathBuf>) -> Self {
         Self {
@@ -97,6 +113,7 @@ impl DiskConfig {
             mode: LogMode::Extents,
             durability: Durability::Flush,
             log_dir: None,
+            log_cap: default_log_cap(),
         }
     }
 
@@ -123,6 +140,13 @@ impl DiskConfig {
             return Err(Error::Config(format!(
                 "--size {size} must be a non-zero multiple of {} bytes",
                 crate::BLOCK_SIZE
+            )));
+        }
+        if let Some(cap) = self.log_cap
+            && cap < MIN_LOG_CAP
+        {
+            return Err(Error::Config(format!(
+                "--log-cap {cap} is below the minimum of {MIN_LOG_CAP} bytes (16M, one log)"
             )));
         }
         Ok(())
@@ -154,6 +178,30 @@ mod tests {
         assert_eq!(
             default_log_dir(Path::new("/srv/disk.img")),
             PathBuf::from("/srv/disk.img.hrl")
+        );
+    }
+
+    #[test]
+    fn the_log_cap_defaults_to_1_gib_and_null_means_none() {
+        assert_eq!(DiskConfig::new("/x").log_cap, Some(DEFAULT_LOG_CAP));
+        let mut v = serde_json::to_value(DiskConfig::new("/x")).unwrap();
+        v.as_object_mut().unwrap().remove("log_cap");
+        let c: DiskConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(c.log_cap, Some(1 << 30), "a config without one");
+        v["log_cap"] = serde_json::Value::Null;
+        let c: DiskConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.log_cap, None);
+        assert!(c.validate().is_ok());
+        let small = DiskConfig {
+            log_cap: Some(MIN_LOG_CAP - 1),
+            ..DiskConfig::new("/x")
+        };
+        assert!(
+            small
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--log-cap")
         );
     }
 

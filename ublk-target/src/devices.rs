@@ -28,6 +28,10 @@ pub struct TargetData {
     pub durability: Durability,
     /// The disk id in the log headers (32 hex digits).
     pub disk_id: String,
+    /// The target's control socket ([`crate::control`]; absent in the json of older
+    /// servers, which had none).
+    #[serde(default)]
+    pub control: Option<PathBuf>,
 }
 
 fn durability_of_older_servers() -> Durability {

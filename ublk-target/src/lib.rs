@@ -7,7 +7,9 @@
 //! - `queue`: the per-queue io_uring event loop and the per-I/O state machine (log →
 //!   perform → complete);
 //! - [`server`]: creating or recovering the device and serving it ([`serve`]);
-//! - [`devices`]: listing and deleting the disks ([`devices::list`], [`devices::delete`]).
+//! - [`devices`]: listing and deleting the disks ([`devices::list`], [`devices::delete`]);
+//! - [`control`]: the control socket through which the agent cuts and tags the logs, and
+//!   its [`control::Client`].
 //!
 //! Why log before performing, not only before completing: a change that reached the
 //! backing store but not the log would be missed silently after a crash. With the log
@@ -20,6 +22,7 @@
 pub mod backing;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod error;
 mod marker;

@@ -17,7 +17,7 @@
 //! apart, and the new server then records a whole-disk gap (a checksum resync).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hrl::chain::list_logs;
@@ -32,6 +32,7 @@ use libublk::{UblkError, UblkFlags, sys};
 use crate::backing::Backing;
 use crate::commit::SharedLog;
 use crate::config::{DiskConfig, Durability, LogMode};
+use crate::control::{self, ControlServer};
 use crate::devices::{self, TargetData};
 use crate::error::{Error, Result};
 use crate::marker::{self, RunMarker};
@@ -109,7 +110,7 @@ where
     let opened = LogWriter::open(
         &prepared.log_dir,
         prepared.spec(cfg),
-        log_writer_config(cfg.durability),
+        log_writer_config(cfg.durability, cfg.log_cap),
     )
     .map_err(Error::from)
     .and_then(|(mut writer, resume)| {
@@ -144,7 +145,8 @@ where
     };
     tracing::info!(device = %info.device.display(), log = info.log_resume,
         recovered, gap_recorded, "serving tracked disk");
-    let log = match SharedLog::new(writer, cfg.mode == LogMode::Journal, cfg.durability) {
+    let journal = cfg.mode == LogMode::Journal;
+    let log = match SharedLog::new(writer, journal, cfg.durability, cfg.log_cap) {
         Ok(l) => l,
         Err(e) => {
             // The writer is dropped unsealed; the next open recovers the (empty) log.
@@ -156,25 +158,28 @@ where
         backing: prepared.backing,
         log: Arc::clone(&log),
     });
-    let target_json = serde_json::json!({ "sitrep": TargetData {
-        backing: info.backing.clone(),
-        log_dir: info.log_dir.clone(),
-        mode: cfg.mode,
-        durability: cfg.durability,
-        disk_id: info.disk_id.clone(),
-    }});
+    let control_path = control::socket_path(&info.disk_id);
+    let target_json = target_json(&info, &control_path);
     let size = prepared.size;
     let fd = shared.backing.raw_fd();
     let q_shared = Arc::clone(&shared);
     let ready_info = info.clone();
+    let control = Arc::new(Mutex::new(None));
+    let (ready_control, ready_log) = (Arc::clone(&control), Arc::clone(&log));
     let run = ctrl.run_target(
         |dev: &mut UblkDev| init_target(dev, fd, size, target_json),
         move |qid, dev: &UblkDev| run_queue(qid, dev, &q_shared),
         move |_ctrl: &UblkCtrl| {
             signals::stop_device_on_signal(dev_id);
+            // Before `on_ready`: once `disk add` returns, the agent can cut.
+            *lock_control(&ready_control) = start_control(&control_path, ready_log);
             on_ready(&ready_info);
         },
     );
+    // No cut or tag after this (a request being served finishes first).
+    if let Some(c) = lock_control(&control).take() {
+        c.stop();
+    }
     // Whatever ended the queues, the log is sealed now: every record in it was written
     // before its I/O was performed, and the seal syncs it, so a clean seal is truthful.
     let sealed = log.take().map(LogWriter::close).transpose();
@@ -185,6 +190,35 @@ where
         info,
         sealed_log: sealed,
     })
+}
+
+/// What the device's libublk json export records about this target (`devices.rs`).
+fn target_json(info: &DiskInfo, control: &Path) -> serde_json::Value {
+    serde_json::json!({ "sitrep": TargetData {
+        backing: info.backing.clone(),
+        log_dir: info.log_dir.clone(),
+        mode: info.mode,
+        durability: info.durability,
+        disk_id: info.disk_id.clone(),
+        control: Some(control.to_owned()),
+    }})
+}
+
+fn lock_control(m: &Mutex<Option<ControlServer>>) -> MutexGuard<'_, Option<ControlServer>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Serves the control socket (the agent's cuts and tags). The disk works without it, so a
+/// failure is logged, not fatal: the agent then finds no socket and says so.
+fn start_control(path: &Path, log: Arc<SharedLog>) -> Option<ControlServer> {
+    match ControlServer::start(path, log) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, socket = %path.display(),
+                "cannot serve the control socket; the agent cannot cut this disk's logs");
+            None
+        }
+    }
 }
 
 /// Everything checked and opened before the kernel is involved.
@@ -451,7 +485,11 @@ fn init_target(
 /// — which stalls every queue, so it must stay rare: 32 MiB is 64 journaled 512 KiB
 /// writes). A batch is bounded anyway by the I/Os in flight, each of which waits for its
 /// record.
-fn log_writer_config(durability: Durability) -> WriterConfig {
+///
+/// `log_cap` is the space cap (`DiskConfig::log_cap`): past it changes are logged as
+/// extents-only gaps (`commit.rs`), and `commit/space.rs` keeps the count true as the agent
+/// deletes shipped logs.
+fn log_writer_config(durability: Durability, log_cap: Option<u64>) -> WriterConfig {
     let (sync, preallocate) = match durability {
         Durability::Flush => (SyncPolicy::Explicit, false),
         Durability::Write => (SyncPolicy::Data, true),
@@ -463,6 +501,7 @@ fn log_writer_config(durability: Durability) -> WriterConfig {
         max_log_bytes: 16 << 20,
         max_batch_bytes: 32 << 20,
         max_batch_records: 1 << 16,
+        max_total_bytes: log_cap,
         ..WriterConfig::default()
     }
 }

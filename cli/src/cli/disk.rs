@@ -64,6 +64,12 @@ pub(crate) struct AddArgs {
     /// The log directory (must exist); default BACKING.hrl/ beside the backing (created).
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Most space the disk's logs may take (e.g. 4G; at least 16M), or `none`. Past it
+    /// (replication far behind) a change is still performed but logged as its ranges only,
+    /// in a tracking-gap record: the agent reads those ranges from the disk instead of the
+    /// log, and consistency tags are refused until shipped logs are released.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    log_cap: String,
     /// Serve in the foreground until Ctrl-C or SIGTERM (which seal the log cleanly).
     #[arg(long)]
     foreground: bool,
@@ -140,9 +146,20 @@ fn config(a: &AddArgs) -> anyhow::Result<DiskConfig> {
             DurabilityArg::Write => Durability::Write,
         },
         log_dir: a.log_dir.clone(),
+        log_cap: log_cap(&a.log_cap)?,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--log-cap`: a size, or `none` for no cap.
+fn log_cap(s: &str) -> anyhow::Result<Option<u64>> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    base::units::parse_size(s)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--log-cap: {e} (or `none`)"))
 }
 
 fn add_foreground(a: &AddArgs) -> anyhow::Result<Outcome> {

@@ -156,6 +156,31 @@ impl LogWriter {
         Ok(sealed)
     }
 
+    /// Counts again the bytes of the sealed logs in the directory (every log but the open
+    /// one), so [`total_bytes`](Self::total_bytes) and the space cap follow logs deleted by
+    /// another process — the replication agent deletes the logs of a ublk target it shipped,
+    /// while the target's writer keeps running. Returns the sealed bytes now counted.
+    ///
+    /// # Errors
+    /// The directory cannot be listed, or a log cannot be measured (one gone meanwhile is
+    /// simply not counted).
+    pub fn recount_sealed(&mut self) -> Result<u64> {
+        let open = self.current_path().map(Path::to_path_buf);
+        let mut bytes = 0u64;
+        for (_, p) in crate::chain::list_logs(&self.dir)? {
+            if open.as_ref() == Some(&p) {
+                continue;
+            }
+            match std::fs::metadata(&p) {
+                Ok(m) => bytes = bytes.saturating_add(m.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, "stat", e)),
+            }
+        }
+        self.sealed_bytes = bytes;
+        Ok(bytes)
+    }
+
     /// Deletes a sealed log that has been shipped and applied, reclaiming its space.
     ///
     /// # Errors

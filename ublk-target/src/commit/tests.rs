@@ -6,14 +6,18 @@ use hrl::{
 
 use super::*;
 
-const DISK: u64 = 64 << 20;
-const BOTH: [Durability; 2] = [Durability::Flush, Durability::Write];
+pub(super) const DISK: u64 = 64 << 20;
+pub(super) const BOTH: [Durability; 2] = [Durability::Flush, Durability::Write];
 
-fn shared(dir: &std::path::Path, d: Durability) -> Arc<SharedLog> {
+pub(super) fn shared(dir: &std::path::Path, d: Durability) -> Arc<SharedLog> {
     shared_with(dir, WriterConfig::default(), d)
 }
 
-fn shared_with(dir: &std::path::Path, cfg: WriterConfig, d: Durability) -> Arc<SharedLog> {
+pub(super) fn shared_with(
+    dir: &std::path::Path,
+    cfg: WriterConfig,
+    d: Durability,
+) -> Arc<SharedLog> {
     let spec = ChainSpec {
         disk: DiskIdentity {
             id: DiskId([1; 16]),
@@ -27,13 +31,14 @@ fn shared_with(dir: &std::path::Path, cfg: WriterConfig, d: Durability) -> Arc<S
         Durability::Flush => SyncPolicy::Explicit,
         Durability::Write => SyncPolicy::Data,
     };
+    let cap = cfg.max_total_bytes;
     let (w, _) = LogWriter::open(dir, spec, WriterConfig { sync, ..cfg }).unwrap();
-    SharedLog::new(w, false, d).unwrap()
+    SharedLog::new(w, false, d, cap).unwrap()
 }
 
 /// What a queue's event loop does, minus io_uring: arm, look at the ticket; while it is
 /// not logged, block on the eventfd the log thread signals.
-fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
+pub(super) fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
     loop {
         q.arm();
         if let Some(ok) = q.state(t) {
@@ -51,7 +56,7 @@ fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
     }
 }
 
-fn write(q: &QueueLog, i: u64) -> Ticket {
+pub(super) fn write(q: &QueueLog, i: u64) -> Ticket {
     let data = [0u8; 4096];
     q.append(Change::Write {
         offset: (i % 1000) * 4096,
@@ -62,7 +67,7 @@ fn write(q: &QueueLog, i: u64) -> Ticket {
 }
 
 /// The records of the disk's open log, read back from the file.
-fn bodies_in_open_log(log: &SharedLog) -> Vec<RecordBody> {
+pub(super) fn bodies_in_open_log(log: &SharedLog) -> Vec<RecordBody> {
     let path = log
         .with_writer(|w| w.current_path().unwrap().to_owned())
         .unwrap();
