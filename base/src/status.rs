@@ -227,6 +227,40 @@ pub struct DiskStatus {
     /// agent, groups with `freeze` on): what the round cost the application's writes.
     #[serde(default)]
     pub round_freeze_ms: Option<f64>,
+    /// Where the disk's changes come from (agent).
+    #[serde(default)]
+    pub source: Option<SourceStatus>,
+}
+
+/// Where a disk's changes come from (agent, `status.disks[].source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The eBPF tracker watching the block layer: cycles are read from the device.
+    Ebpf,
+    /// A sitrep ublk target's own logs, journal mode: the data comes from the logs and every
+    /// log is a crash-consistent point.
+    UblkJournal,
+    /// A sitrep ublk target's own logs, extents mode: ranges from the logs, data read from
+    /// the device.
+    UblkExtents,
+}
+
+/// A disk's change source as `status` shows it (agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// What observes the disk's changes.
+    pub kind: SourceKind,
+    /// Bytes of change logs the source keeps now (ublk targets).
+    #[serde(default)]
+    pub log_bytes: Option<u64>,
+    /// The log space cap (ublk targets): past it, changes are logged as ranges only and
+    /// those ranges are read from the device again (no longer exact).
+    #[serde(default)]
+    pub log_cap: Option<u64>,
+    /// Changes logged as ranges only because the cap was reached, since the target started.
+    #[serde(default)]
+    pub overflows: Option<u64>,
 }
 
 /// When the agent last offered a crash-consistent point of a disk

@@ -68,7 +68,7 @@ use connect::{Connect, TlsConnect};
 use jobs::{JobKind, JobStep};
 use reason::ResyncCause;
 use snapshot::{DiskSnapshot, ProtGuard};
-use source::{ChangeSource, bpf::BpfSource};
+use source::{ChangeSource, bpf::BpfSource, route::Routed};
 
 /// The agent's change source, shared (None once stopped).
 pub(crate) type SourceRef = Arc<Mutex<Option<Box<dyn ChangeSource>>>>;
@@ -108,6 +108,9 @@ pub struct AgentOptions {
     pub digest: base::digest::Algo,
     /// `ADDR:PORT` of the Prometheus endpoint (`--metrics`; None: no endpoint).
     pub metrics: Option<String>,
+    /// Ship a ublk disk's own logs (its sitrep target's) instead of tracking it with eBPF
+    /// (`source::route`).
+    pub ublk_logs: bool,
 }
 
 /// One protected disk at run time: what the control side and the disk's task share.
@@ -121,9 +124,14 @@ pub(crate) struct DiskRt {
     pub(crate) cmd: owner::Commands,
     pub(crate) size: u64,
     pub(crate) block_size: u32,
+    /// The source logs changes before performing them ([`source::Added`]): only logs up to
+    /// the agent's last cut are read.
+    pub(crate) logged_before_performed: bool,
     records_at_cut: AtomicU64,
     /// Records since the cut as `status` last read them (shown while the tracker is busy).
     records_seen: AtomicU64,
+    /// The disk's change source as `status` last read it.
+    pub(crate) source_seen: Mutex<Option<base::status::SourceStatus>>,
     cache: Mutex<BTreeMap<u64, u64>>,
     /// Cut instant and exactness of the logs this agent sealed (see `ChangeSource::cut`).
     pub(crate) cuts: Mutex<BTreeMap<u64, (u64, bool)>>,
@@ -257,11 +265,13 @@ impl Agent {
     /// read last time stands.
     pub(crate) fn records_since_cut_now(&self, rt: &DiskRt) -> u64 {
         let dev = lock(&rt.prot).device.clone();
+        let read = |t: Option<&dyn ChangeSource>| {
+            *lock(&rt.source_seen) = t.and_then(|t| t.describe(&dev));
+            Self::records_in(t, &dev)
+        };
         let now = match self.source.try_lock() {
-            Ok(g) => Self::records_in(g.as_deref(), &dev),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                Self::records_in(p.into_inner().as_deref(), &dev)
-            }
+            Ok(g) => read(g.as_deref()),
+            Err(std::sync::TryLockError::Poisoned(p)) => read(p.into_inner().as_deref()),
             Err(std::sync::TryLockError::WouldBlock) => {
                 return rt.records_seen.load(Ordering::Relaxed);
             }
@@ -370,8 +380,10 @@ impl Agent {
             cmd,
             size: added.size,
             block_size: added.block_size,
+            logged_before_performed: added.logged_before_performed,
             records_at_cut: AtomicU64::new(0),
             records_seen: AtomicU64::new(0),
+            source_seen: Mutex::new(None),
             cache: Mutex::new(BTreeMap::new()),
             cuts: Mutex::new(BTreeMap::new()),
             group_cuts: Mutex::new(BTreeMap::new()),
@@ -497,12 +509,13 @@ pub async fn run(
     reloads: mpsc::Receiver<PolicyFile>,
 ) -> anyhow::Result<()> {
     let cfg = opts.tracker.clone();
+    let ublk = opts.ublk_logs;
     let hooks = Hooks {
         name: identity.name().to_string(),
         source: Box::new(move || -> anyhow::Result<Box<dyn ChangeSource>> {
             let tracker = BpfSource::start(cfg)
                 .map_err(|e| anyhow::anyhow!("starting the eBPF tracker: {e}"))?;
-            Ok(Box::new(tracker))
+            Ok(Box::new(Routed::new(Box::new(tracker), ublk)))
         }),
         connect: Arc::new(TlsConnect::new(identity.client_config()?)),
         clock: Arc::new(SystemClock),

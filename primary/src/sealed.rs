@@ -1,6 +1,14 @@
 //! Shipping sealed logs as cycles: each log's ranges read from the device and sent, the log
 //! tagged once they are read, the cycle judged (crash-consistent or not) and the verdict
 //! sent — with the app-consistent point (or planned failover) waiting on that cycle answered.
+//!
+//! A journal log's pieces whose content the log holds (`crate::cycle`, *Journal-mode
+//! semantics*) are sent from the log, after the device ranges (the two are disjoint, so the
+//! order does not matter to the server; reading first keeps the window between the cut and
+//! the tag, which the race rule judges, as short as it is today). A cycle with no device
+//! range at all ([`CycleExtents::logged_only`]) reads nothing: its log is not tagged (no
+//! read for a change to race), a frozen filesystem is thawed at once, and it is judged
+//! without the race rule ([`judge`]).
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,7 +22,7 @@ use super::session::{GRANULE, Session, send_frame};
 use super::ship::Item;
 use super::state::log_dir;
 use super::{Agent, DiskRt, lock};
-use crate::cycle::{CycleExtents, read_cycle};
+use crate::cycle::{CycleExtents, MAX_LOGGED_DATA, read_cycle_logged};
 use base::net::ReplError;
 
 /// Why shipping stopped before the last sealed log.
@@ -40,8 +48,17 @@ pub(crate) async fn ship_sealed(
         (p.name.clone(), p.device.clone(), p.copy.from_seq)
     };
     let logs = log_dir(&agent.opts.state, &name);
-    let listed = list_logs(&logs)
-        .map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))?;
+    let list = || {
+        list_logs(&logs).map_err(|e| ReplError::Local(format!("disk {name}: listing logs: {e}")))
+    };
+    let mut listed = list()?;
+    if rt.logged_before_performed && sealed_after_last_cut(rt, &listed) {
+        // A log the source sealed by itself (a ublk target's rotation) may name changes
+        // still in flight: an agent cut waits for them to be performed, so that a read of
+        // the device for this cycle — ranges logged without data — sees them.
+        agent.cut(rt)?;
+        listed = list()?;
+    }
     let sealed = &listed[..listed.len().saturating_sub(1)];
     let mut pending_bytes = 0u64;
     let mut pending = Vec::new();
@@ -63,6 +80,10 @@ pub(crate) async fn ship_sealed(
         st.pending_logs = pending.len();
         st.backlog_bytes = pending_bytes;
     });
+    // Every log listed above was sealed before any read below: a cycle of this pass that
+    // read the device and was not proved consistent may have read changes newer than the
+    // later logs' seals (`judge`).
+    let mut stale = false;
     for (seq, path) in pending {
         if let Some(e) = *expected
             && seq != e
@@ -72,19 +93,29 @@ pub(crate) async fn ship_sealed(
                 acked: e.saturating_sub(1),
             })));
         }
-        let cyc = tokio::task::block_in_place(|| read_cycle(&path, rt.size, GRANULE))
-            .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
+        let mut cyc = tokio::task::block_in_place(|| {
+            read_cycle_logged(&path, rt.size, GRANULE, MAX_LOGGED_DATA)
+        })
+        .map_err(|e| ReplError::Local(format!("disk {name}: {e}")))?;
         if let Some(why) = cyc.whole_disk_gap {
             return Ok(Some(ShipEnd::Resync(ResyncCause::TrackingGap { seq, why })));
         }
-        ship_cycle(agent, rt, s, &device, &cyc, own).await?;
+        if cyc.capped {
+            tracing::info!(
+                disk = %name, seq,
+                "journal log past the memory or frame cap: some of its data is read from the device"
+            );
+        }
+        let shipped = cyc.bytes + cyc.logged_bytes;
+        let consistent = ship_cycle(agent, rt, s, &device, &mut cyc, own, stale).await?;
+        stale |= !consistent && !cyc.ranges.is_empty();
         let _ = std::fs::remove_file(&path);
         rt.forget_cached(seq);
         *expected = Some(seq + 1);
         rt.set(|st| {
             st.last_shipped_seq = Some(seq);
             st.pending_logs = st.pending_logs.saturating_sub(1);
-            st.backlog_bytes = st.backlog_bytes.saturating_sub(cyc.bytes);
+            st.backlog_bytes = st.backlog_bytes.saturating_sub(shipped);
         });
         if own.is_stopped() {
             return Ok(Some(ShipEnd::Stopped));
@@ -93,25 +124,35 @@ pub(crate) async fn ship_sealed(
     Ok(None)
 }
 
-/// Ships one cycle and sends its verdict.
+/// Whether a sealed log in `listed` (every log but the newest is sealed) came after the
+/// agent's last cut of the disk (or no cut was made by this agent yet).
+fn sealed_after_last_cut(rt: &DiskRt, listed: &[(hrl::LogSeq, std::path::PathBuf)]) -> bool {
+    let newest_sealed = listed.iter().rev().nth(1).map(|(s, _)| s.0);
+    let last_cut = rt.snapshot().last_cut.map(|(seq, _)| seq);
+    newest_sealed.is_some_and(|n| last_cut.is_none_or(|c| n > c))
+}
+
+/// Ships one cycle and sends its verdict (its logged pieces are moved out to be sent);
+/// returns the verdict. `stale`: see [`judge`].
 async fn ship_cycle(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
     device: &Path,
-    cyc: &CycleExtents,
+    cyc: &mut CycleExtents,
     own: &mut Owner,
-) -> Result<(), ReplError> {
+    stale: bool,
+) -> Result<bool, ReplError> {
     // The cut's instant if this agent cut the log (exact or not); else the seal time (a log
-    // sealed by auto-rotation or crash recovery: never a point).
+    // sealed by auto-rotation or crash recovery: a point only from a journal, `judge`).
     let cut = lock(&rt.cuts).get(&cyc.seq).copied();
     let t0 = Instant::now();
     s.msg(Msg::CycleBegin {
         seq: cyc.seq,
         log_id: cyc.log_id,
         cut_time_ns: cut.map_or(cyc.cut_time_ns, |c| c.0),
-        extents: cyc.ranges.len() as u64,
-        data_bytes: cyc.bytes,
+        extents: (cyc.ranges.len() + cyc.logged.len()) as u64,
+        data_bytes: cyc.bytes + cyc.logged_bytes,
     })
     .await?;
     let (frames, data_bytes) = send_ranges(agent, rt, s, device, cyc, own).await?;
@@ -134,13 +175,13 @@ async fn ship_cycle(
         }
     }
     let t_ack = t0.elapsed();
-    let consistent = judge(agent, rt, cyc, cut)?;
+    let consistent = judge(agent, rt, cyc, cut, stale)?;
     lock(&rt.cuts).remove(&cyc.seq);
     let label = answer_point(rt, own, cyc, cut, consistent);
     tracing::debug!(
         disk = %lock(&rt.prot).name, seq = cyc.seq, extents = cyc.ranges.len(),
-        bytes = cyc.bytes, sent_ms = t_sent.as_millis(), acked_ms = t_ack.as_millis(),
-        judged_ms = t0.elapsed().as_millis(), "cycle shipped"
+        bytes = cyc.bytes, logged = cyc.logged_bytes, sent_ms = t_sent.as_millis(),
+        acked_ms = t_ack.as_millis(), judged_ms = t0.elapsed().as_millis(), "cycle shipped"
     );
     s.msg(Msg::Verdict {
         seq: cyc.seq,
@@ -169,27 +210,59 @@ async fn ship_cycle(
         st.points
             .judged(cut.map_or(cyc.cut_time_ns, |c| c.0), consistent);
     });
-    Ok(())
+    Ok(consistent)
 }
 
-/// Reads the cycle's ranges and sends them; tags the log once they are all read. Returns
-/// the frames and data bytes sent.
+/// Sends the cycle's frames: its device ranges, read — the log tagged once they are all
+/// read — then its pieces known from the log (moved out of `cyc.logged`). A cycle without
+/// device ranges reads nothing and is not tagged. Returns the frames and data bytes sent.
 async fn send_ranges(
     agent: &Agent,
     rt: &DiskRt,
     s: &mut Session,
     device: &Path,
-    cyc: &CycleExtents,
+    cyc: &mut CycleExtents,
     own: &mut Owner,
 ) -> Result<(u64, u64), ReplError> {
-    let mut rx = super::ship::spawn_readers(
-        device.to_path_buf(),
-        rt.size,
-        cyc.ranges.clone(),
-        agent.encode_opts(),
-        super::ship::CYCLE_READERS,
-        Some(s.comp.flag()),
-    );
+    let logged = std::mem::take(&mut cyc.logged);
+    let mut sent = (0, 0);
+    if cyc.logged_only() {
+        // Everything comes from the log, complete since its seal: the cycle's data is
+        // produced already, so a frozen filesystem may thaw now.
+        thaw_if(own, cyc.seq, false);
+    } else {
+        let rx = super::ship::spawn_readers(
+            device.to_path_buf(),
+            rt.size,
+            cyc.ranges.clone(),
+            agent.encode_opts(),
+            super::ship::CYCLE_READERS,
+            Some(s.comp.flag()),
+        );
+        sent = relay(rt, s, rx, own, cyc.seq).await?;
+        // Every range of the cycle is read: tag the log here, so the changes recorded
+        // between the cut and now can be told from later ones — and only then thaw a
+        // frozen filesystem, whose writes would otherwise race the tag.
+        let tagged = agent.mark(rt, cyc.seq);
+        thaw_if(own, cyc.seq, false);
+        tagged?;
+    }
+    if !logged.is_empty() {
+        let rx = super::ship::spawn_logged(logged, agent.encode_opts(), Some(s.comp.flag()));
+        let (frames, data_bytes) = relay(rt, s, rx, own, cyc.seq).await?;
+        sent = (sent.0 + frames, sent.1 + data_bytes);
+    }
+    Ok(sent)
+}
+
+/// Sends the frames `rx` produces until it is done; returns its frames and data bytes.
+async fn relay(
+    rt: &DiskRt,
+    s: &mut Session,
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    own: &mut Owner,
+    seq: u64,
+) -> Result<(u64, u64), ReplError> {
     loop {
         let waiting = Instant::now();
         let item = tokio::select! {
@@ -201,39 +274,66 @@ async fn send_ranges(
                 let (waited, sending) = (waiting.elapsed(), Instant::now());
                 send_frame(s, rt, &bytes, data, zero).await?;
                 s.comp.note(waited, sending.elapsed());
-                thaw_if(own, cyc.seq, true);
+                thaw_if(own, seq, true);
             }
             Some(Item::Mark(_)) => {}
             Some(Item::Failed(e)) => return Err(ReplError::Local(e)),
-            Some(Item::Done { frames, data_bytes }) => {
-                // Every range of the cycle is read: tag the log here, so the changes
-                // recorded between the cut and now can be told from later ones — and only
-                // then thaw a frozen filesystem, whose writes would otherwise race the tag.
-                let tagged = agent.mark(rt, cyc.seq);
-                thaw_if(own, cyc.seq, false);
-                tagged?;
-                return Ok((frames, data_bytes));
+            Some(Item::Done { frames, data_bytes }) => return Ok((frames, data_bytes)),
+            None => {
+                return Err(ReplError::Local(
+                    "the cycle's frame producer stopped".into(),
+                ));
             }
-            None => return Err(ReplError::Local("device reader stopped".into())),
         }
     }
 }
 
-/// Whether the acknowledged cycle is crash-consistent: cut exactly by this agent, after the
-/// points' floor, and no change raced its reads.
+/// Whether the acknowledged cycle is crash-consistent, at or after the points' floor:
+/// - all from its journal log ([`CycleExtents::logged_only`]): the log's prefix state, so a
+///   point at its cut (or seal) if the replica it lands on holds nothing newer than that.
+///   Not if a cycle shipped before it in the same pass (`stale`) read the device without
+///   being proved consistent: those reads ran after this log was sealed. Otherwise, if
+///   - the cycle follows the previous one, judged consistent ([`follows_a_point`]) — a log
+///     sealed by the target itself (rotation, crash recovery) too; or
+///   - the agent cut the log: cuts are made between cycles and after the copy, so every
+///     earlier read feeding the replica was done by then;
+/// - otherwise: cut exactly by this agent, and no change raced its reads.
 fn judge(
     agent: &Agent,
     rt: &DiskRt,
     cyc: &CycleExtents,
     cut: Option<(u64, bool)>,
+    stale: bool,
 ) -> Result<bool, ReplError> {
+    if agent.opts.offer_every_cycle {
+        return Ok(true);
+    }
+    if cyc.seq < lock(&rt.prot).points_from_seq {
+        return Ok(false);
+    }
+    if cyc.logged_only() {
+        return Ok(!stale && (cut.is_some() || follows_a_point(rt, cyc.seq)));
+    }
     let logs = log_dir(&agent.opts.state, &lock(&rt.prot).name);
-    let exact = cut.is_some_and(|c| c.1) && cyc.seq >= lock(&rt.prot).points_from_seq;
-    Ok(agent.opts.offer_every_cycle
-        || (exact
-            && tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
-                .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
-                == Some(false)))
+    Ok(cut.is_some_and(|c| c.1)
+        && tokio::task::block_in_place(|| crate::cycle::raced(&logs, cyc.seq, &cyc.ranges))
+            .map_err(|e| ReplError::Local(format!("{}: {e}", logs.display())))?
+            == Some(false))
+}
+
+/// Whether cycle `seq` directly follows the cycle this agent shipped last, and that one was
+/// judged consistent. The replica then is exactly the source at that cycle's cut: nothing
+/// read from the device after it (a consistent cycle's own reads saw no change since its
+/// cut), so a journal log sealed by itself — the target's rotation, crash recovery — lands
+/// on it as the source at its seal. Otherwise — the first cycles after the copy or an agent
+/// restart, or after an inconsistent cycle: reads may have run past this log's seal — such
+/// a log is no point; the next log the agent cuts is.
+fn follows_a_point(rt: &DiskRt, seq: u64) -> bool {
+    let st = rt.snapshot();
+    st.last_shipped_seq
+        .is_some_and(|l| l.saturating_add(1) == seq)
+        && st.points.last_point_ns.is_some()
+        && st.points.unpointed_since_ns.is_none()
 }
 
 /// Answers the point (or planned failover) waiting on this cycle, if any; returns the

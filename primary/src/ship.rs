@@ -1,7 +1,8 @@
 //! Streaming a device's ranges to the server: a reader thread reads (O_DIRECT), detects zero
 //! runs and encodes frames (compressing when it pays) while the async side writes the
 //! previous frames to the TLS stream — reading, compressing and sending overlap, and the
-//! channel between them bounds the memory in flight.
+//! channel between them bounds the memory in flight. A journal log's pieces (no read) go
+//! the same way ([`spawn_logged`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +13,10 @@ use proto::{EncodeOpts, Frame, Msg};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use base::devread::{Chunk, DevReader};
+use base::devread::{Chunk, DevReader, is_zero};
 use base::net::ReplError;
+
+use crate::cycle::Logged;
 
 /// A write or an expected answer that makes no progress for this long means the peer or
 /// the path is gone (TCP alone would take ~15 minutes to say so).
@@ -125,7 +128,7 @@ pub fn spawn_readers(
 }
 
 /// Reads `ranges` and sends their frames (and a mark after each range when `marks`),
-/// compressed as `opts` says while `compress` (if given) is true, else raw.
+/// encoded by a [`FrameEncoder`] following `compress`.
 /// Returns (frames, data bytes), or None after a failure was sent or the receiver left.
 fn read_share(
     device: &std::path::Path,
@@ -145,36 +148,20 @@ fn read_share(
     };
     let mut frames = 0u64;
     let mut data_bytes = 0u64;
-    // One encoder for the whole stream: it keeps its zstd context (creating one per frame
-    // cost more than compressing a 4 KiB frame: ~15 % of the CPU at 4 KiB writes).
-    let mut enc = proto::Encoder::new(opts);
-    let mut raw = proto::Encoder::new(EncodeOpts {
-        compress_level: None,
-    });
+    let mut enc = FrameEncoder::new(opts);
     for &(s, e) in ranges {
         let res: Result<u64, std::io::Error> = r.read_range(s, e, |c| {
-            let (frame, data, zero) = match c {
-                Chunk::Data { offset, bytes } => (
-                    Frame::Data {
-                        offset,
-                        data: bytes.to_vec(),
-                    },
-                    bytes.len() as u64,
-                    0,
-                ),
-                Chunk::Zero { offset, len } => (Frame::Zero { offset, len }, 0, len),
+            let frame = match c {
+                Chunk::Data { offset, bytes } => Frame::Data {
+                    offset,
+                    data: bytes.to_vec(),
+                },
+                Chunk::Zero { offset, len } => Frame::Zero { offset, len },
             };
-            let mut bytes = Vec::new();
-            let e = if compress.is_none_or(|c| c.load(Ordering::Relaxed)) {
-                &mut enc
-            } else {
-                &mut raw
-            };
-            e.encode(&frame, &mut bytes)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let item = enc.item(&frame, compress).map_err(std::io::Error::other)?;
             frames += 1;
-            data_bytes += data;
-            tx.blocking_send(Item::Frame { bytes, data, zero })
+            data_bytes += item.data_bytes();
+            tx.blocking_send(item)
                 .map_err(|_| std::io::Error::other("sender gone"))
         });
         if let Err(e) = res {
@@ -186,6 +173,127 @@ fn read_share(
         }
     }
     Some((frames, data_bytes))
+}
+
+/// Encodes a stream's Data and Zero frames as a session sends them: compressed as its
+/// [`EncodeOpts`] say while the session's compression flag ([`Compression::flag`], if
+/// given) is on, else raw. One encoder for the whole stream: it keeps its zstd context
+/// (creating one per frame cost more than compressing a 4 KiB frame: ~15 % of the CPU at
+/// 4 KiB writes).
+pub struct FrameEncoder {
+    enc: proto::Encoder,
+    raw: proto::Encoder,
+}
+
+impl FrameEncoder {
+    /// An encoder compressing as `opts` says.
+    #[must_use]
+    pub fn new(opts: EncodeOpts) -> Self {
+        Self {
+            enc: proto::Encoder::new(opts),
+            raw: proto::Encoder::new(EncodeOpts {
+                compress_level: None,
+            }),
+        }
+    }
+
+    /// `frame` encoded, as the [`Item::Frame`] the sender writes.
+    ///
+    /// # Errors
+    /// The frame cannot be encoded (e.g. more than [`proto::MAX_DATA`] bytes of data).
+    pub fn item(&mut self, frame: &Frame, compress: Option<&AtomicBool>) -> Result<Item, String> {
+        let e = if compress.is_none_or(|c| c.load(Ordering::Relaxed)) {
+            &mut self.enc
+        } else {
+            &mut self.raw
+        };
+        let mut bytes = Vec::new();
+        e.encode(frame, &mut bytes).map_err(|e| e.to_string())?;
+        let (data, zero) = match frame {
+            Frame::Data { data, .. } => (data.len() as u64, 0),
+            Frame::Zero { len, .. } => (0, *len),
+            Frame::Control(_) => (0, 0),
+        };
+        Ok(Item::Frame { bytes, data, zero })
+    }
+}
+
+impl Item {
+    /// Data bytes a [`Item::Frame`] carries (0 for anything else).
+    fn data_bytes(&self) -> u64 {
+        match self {
+            Self::Frame { data, .. } => *data,
+            _ => 0,
+        }
+    }
+}
+
+/// Starts a thread encoding the pieces of a cycle its journal log holds (`logged`, from
+/// `crate::cycle::read_cycle_logged`) into frames — no device read — then [`Item::Done`].
+/// Encoded like the readers' frames ([`FrameEncoder`], `compress` as in
+/// [`spawn_readers`]); all-zero data goes as a zero range, as the readers send it. One frame
+/// per piece (a piece of more than [`proto::MAX_DATA`] bytes, which `read_cycle_logged`
+/// never makes, would be split).
+#[must_use]
+pub fn spawn_logged(
+    logged: Vec<Logged>,
+    opts: EncodeOpts,
+    compress: Option<Arc<AtomicBool>>,
+) -> mpsc::Receiver<Item> {
+    let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+    std::thread::spawn(move || {
+        let mut enc = FrameEncoder::new(opts);
+        let (mut frames, mut data_bytes) = (0u64, 0u64);
+        for piece in logged {
+            for frame in frames_of(piece) {
+                let item = match enc.item(&frame, compress.as_deref()) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Item::Failed(e));
+                        return;
+                    }
+                };
+                frames += 1;
+                data_bytes += item.data_bytes();
+                if tx.blocking_send(item).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.blocking_send(Item::Done { frames, data_bytes });
+    });
+    rx
+}
+
+/// The frames of one logged piece: usually one; data in [`proto::MAX_DATA`] chunks, each
+/// all-zero chunk as a zero range.
+fn frames_of(piece: Logged) -> Vec<Frame> {
+    let as_frame = |offset: u64, data: Vec<u8>| {
+        if is_zero(&data) {
+            Frame::Zero {
+                offset,
+                len: data.len() as u64,
+            }
+        } else {
+            Frame::Data { offset, data }
+        }
+    };
+    match piece {
+        Logged::Zero { offset, len } => vec![Frame::Zero { offset, len }],
+        Logged::Data { offset, data } if data.len() <= proto::MAX_DATA => {
+            vec![as_frame(offset, data)]
+        }
+        Logged::Data { offset, data } => {
+            let mut at = offset;
+            data.chunks(proto::MAX_DATA)
+                .map(|c| {
+                    let f = as_frame(at, c.to_vec());
+                    at += c.len() as u64;
+                    f
+                })
+                .collect()
+        }
+    }
 }
 
 /// Bandwidth limit: at most `rate` bytes per second on average, in bursts of ≤ 1 s.
@@ -387,6 +495,64 @@ mod tests {
         a.since = Instant::now() - Compression::WINDOW;
         a.note(Duration::from_millis(90), Duration::ZERO);
         assert!(a.is_on());
+    }
+
+    #[test]
+    fn logged_pieces_become_frames_without_a_device() {
+        let big = proto::MAX_DATA + 512;
+        let logged = vec![
+            Logged::Zero {
+                offset: 0,
+                len: 4096,
+            },
+            Logged::Data {
+                offset: 4096,
+                data: vec![7; 1024],
+            },
+            // All zeros: sent as a zero range.
+            Logged::Data {
+                offset: 8192,
+                data: vec![0; 512],
+            },
+            // Past a frame's cap: split.
+            Logged::Data {
+                offset: 1 << 20,
+                data: vec![1; big],
+            },
+        ];
+        let opts = EncodeOpts {
+            compress_level: Some(1),
+        };
+        let mut rx = spawn_logged(logged, opts, None);
+        let mut got = Vec::new();
+        let done = loop {
+            match rx.blocking_recv() {
+                Some(Item::Frame { bytes, data, zero }) => {
+                    let (f, _) = proto::decode(&bytes).unwrap().unwrap();
+                    let (kind, offset, len) = match f {
+                        Frame::Data { offset, data: d } => ('d', offset, d.len() as u64),
+                        Frame::Zero { offset, len } => ('z', offset, len),
+                        Frame::Control(m) => panic!("{m:?}"),
+                    };
+                    assert_eq!(if kind == 'd' { (len, 0) } else { (0, len) }, (data, zero));
+                    got.push((kind, offset, len));
+                }
+                Some(Item::Done { frames, data_bytes }) => break (frames, data_bytes),
+                other => panic!("{other:?}"),
+            }
+        };
+        let max = proto::MAX_DATA as u64;
+        assert_eq!(
+            got,
+            vec![
+                ('z', 0, 4096),
+                ('d', 4096, 1024),
+                ('z', 8192, 512),
+                ('d', 1 << 20, max),
+                ('d', (1 << 20) + max, 512),
+            ]
+        );
+        assert_eq!(done, (5, 1024 + max + 512));
     }
 
     #[test]

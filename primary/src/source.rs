@@ -1,8 +1,8 @@
 //! Where a protected disk's changes come from: the [`ChangeSource`] seam.
 //!
 //! The agent does not care *how* changes are observed — by the eBPF tracker watching the
-//! block layer ([`bpf::BpfSource`]), by a ublk target logging its own writes (a later
-//! issue), or by a test injecting writes (`fake::FakeSource`, built for tests and with the `test-support` feature). It needs the same five
+//! block layer ([`bpf::BpfSource`]), by a ublk target logging its own writes
+//! ([`ublk::UblkSource`]; [`route::Routed`] picks one of the two per disk), or by a test injecting writes (`fake::FakeSource`, built for tests and with the `test-support` feature). It needs the same five
 //! things from each: start a disk (and learn whether anything was missed since last time),
 //! cut its changes into a sealed log, find the sealed logs in order, tag a log after
 //! everything completed so far, and stop cleanly.
@@ -27,6 +27,8 @@
 pub mod bpf;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod route;
+pub mod ublk;
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +69,10 @@ pub struct Added {
     /// log then starts with a whole-disk tracking gap record, so the gap is in the logs
     /// too — reported here once, for the agent to decide on a resync before shipping.
     pub gap: Option<String>,
+    /// The source logs a change *before* it is performed (a ublk target): a log it sealed
+    /// by itself may name changes still in flight, so the agent reads the device for a log
+    /// only after one of its own cuts — which waits for them — sealed it or a later one.
+    pub logged_before_performed: bool,
 }
 
 /// A sealed log ([`ChangeSource::cut`]).
@@ -172,6 +178,14 @@ pub trait ChangeSource: Send {
     /// Change records (gaps included, tags not) logged for `device` since it was added;
     /// monotonic; 0 if it is not tracked. Must be cheap: `status` calls it.
     fn records(&self, device: &Path) -> u64;
+
+    /// Where the device's changes come from, for `status` (with the log space of a source
+    /// that has one). Must be cheap like [`records`](Self::records); `None` if the device is
+    /// not tracked.
+    fn describe(&self, device: &Path) -> Option<base::status::SourceStatus> {
+        let _ = device;
+        None
+    }
 
     /// The device's sealed logs, oldest first (the current log excluded), as
     /// `(sequence, path)` in its log directory.

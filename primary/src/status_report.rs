@@ -98,6 +98,7 @@ impl Agent {
             action: if st.critical { st.action.clone() } else { None },
             crash_points: Some(crash_points),
             round_freeze_ms: st.round_freeze_ms,
+            source: lock(&rt.source_seen).clone(),
         }
     }
 

@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+mod drain;
 mod ops;
 mod space;
 mod thread;
@@ -98,6 +99,8 @@ struct Inner {
     over_cap: AtomicBool,
     /// The sealed logs the writer counts against the cap (see `space.rs`).
     space: Mutex<space::Space>,
+    /// Changes logged but not yet performed, per cut epoch (`drain.rs`).
+    drain: drain::Drain,
     /// A queue has asked the log thread to populate more of the log's mapping (cleared by
     /// the log thread when it takes the request).
     prefault_asked: AtomicBool,
@@ -168,6 +171,17 @@ pub(crate) struct Ticket {
     /// One past the record.
     end: u64,
     need: Need,
+    /// A change (not a flush): the epoch parity it is counted under until its I/O completes
+    /// ([`QueueLog::performed`], `drain.rs`).
+    parity: Option<u8>,
+}
+
+impl Ticket {
+    /// The epoch parity to hand back to [`QueueLog::performed`] when the change's I/O
+    /// completes; None for a flush.
+    pub(crate) fn parity(&self) -> Option<u8> {
+        self.parity
+    }
 }
 
 /// The log failed: the I/O must fail rather than complete untracked.
@@ -213,6 +227,7 @@ impl SharedLog {
             overflows: AtomicU64::new(0),
             over_cap: AtomicBool::new(false),
             space: Mutex::new(space),
+            drain: drain::Drain::default(),
             prefault_asked: AtomicBool::new(false),
             queues: Mutex::new(Vec::new()),
         });
@@ -355,6 +370,7 @@ impl Inner {
         Ok(Ticket {
             end: w.next_seq().0,
             need,
+            parity: (!range.is_empty()).then(|| self.drain.parity()),
         })
     }
 
@@ -526,6 +542,7 @@ impl QueueLog {
     ) {
         let inner = &self.shared.inner;
         let now = hrl::now_unix_ns();
+        let first = out.len();
         let mut guard = lock(&inner.writer);
         // Consecutive plain writes share one record (extents mode; see `append_writes`).
         let mut writes = std::mem::take(&mut *self.writes.borrow_mut());
@@ -562,6 +579,12 @@ impl QueueLog {
         }
         self.append_writes(guard.as_mut(), &mut writes, now, out);
         *self.writes.borrow_mut() = writes;
+        // Counted in flight before the mutex is let go, so on the right side of any cut.
+        for t in out[first..].iter().flatten() {
+            if let Some(p) = t.parity {
+                inner.drain.begin(p, 1);
+            }
+        }
         if write && inner.durability == Durability::Flush && self.appended.get() {
             inner.write_locked(guard);
             self.written.set(true);
@@ -623,6 +646,12 @@ impl QueueLog {
             }
         }
         inner.kick();
+    }
+
+    /// The I/O of a change whose ticket had `parity` completed to the kernel (performed or
+    /// failed): a cut waiting for it may return (`drain.rs`).
+    pub(crate) fn performed(&self, parity: u8) {
+        self.shared.inner.drain.end(parity);
     }
 
     /// Asks the log thread to signal the eventfd at its next publication (a sync, a commit

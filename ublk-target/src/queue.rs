@@ -17,6 +17,7 @@
 //! where the tags whose records are now logged go on to perform their changes — in the same
 //! turn, before the loop next waits on the ring.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
@@ -81,6 +82,7 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, shared: &Arc<TargetShared>) {
         shared,
         qlog: &qlog,
         retries: vec![0; bufs.len()],
+        performing: vec![Cell::new(None); bufs.len()],
         pending: Vec::new(),
         tickets: Vec::new(),
         waits: Vec::new(),
@@ -216,6 +218,9 @@ struct QueueState<'a> {
     qlog: &'a QueueLog,
     /// EAGAIN resubmissions of each tag's current backing SQE.
     retries: Vec<u8>,
+    /// Each tag's logged change not yet completed: the epoch parity it is counted under
+    /// (a cut waits for it, `commit/drain.rs`).
+    performing: Vec<Cell<Option<u8>>>,
     /// This turn's changes, logged together at its end (one lock of the log writer).
     pending: Vec<(u16, Change<'a>, Then)>,
     tickets: Vec<Result<Ticket, LogFailed>>,
@@ -337,7 +342,12 @@ impl<'a> QueueState<'a> {
             let pending = std::mem::take(&mut self.pending);
             for (&(tag, _, then), t) in pending.iter().zip(tickets.drain(..)) {
                 match t {
-                    Ok(ticket) => self.waits.push(Wait { tag, ticket, then }),
+                    Ok(ticket) => {
+                        if let Some(c) = self.performing.get(usize::from(tag)) {
+                            c.set(ticket.parity());
+                        }
+                        self.waits.push(Wait { tag, ticket, then });
+                    }
                     Err(_) => self.complete(tag, -libc::EIO),
                 }
             }
@@ -456,6 +466,10 @@ impl<'a> QueueState<'a> {
 
     /// Completes the tag's I/O to the kernel (which also fetches its next one).
     fn complete(&self, tag: u16, res: i32) {
+        if let Some(p) = self.performing.get(usize::from(tag)).and_then(Cell::take) {
+            // Performed (or failed): no longer in flight for a cut's wait.
+            self.qlog.performed(p);
+        }
         let Some(buf) = self.bufs.get(usize::from(tag)) else {
             return;
         };

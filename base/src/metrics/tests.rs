@@ -43,6 +43,7 @@ fn disk(name: &str) -> DiskStatus {
         action: None,
         crash_points: None,
         round_freeze_ms: None,
+        source: None,
     }
 }
 

@@ -167,6 +167,11 @@ pub(crate) struct AgentArgs {
     /// agent crash costs a checksum resync of its disks.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     crash_sentinel: bool,
+    /// Protect a ublk disk served by `sitrep disk add` by shipping its target's own change
+    /// logs: no eBPF tracking, and in journal mode no re-read of the disk and a
+    /// crash-consistent point at every log. `false`: track it with eBPF like any device.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    ship_ublk_logs: bool,
 }
 
 /// Logs to stderr (`RUST_LOG`, default `info`).
@@ -331,6 +336,7 @@ pub(crate) fn agent(a: &AgentArgs) -> anyhow::Result<Outcome> {
         resync_log_threshold_pct: a.resync_log_threshold,
         digest: a.digest.parse().map_err(anyhow::Error::msg)?,
         metrics: a.metrics.clone(),
+        ublk_logs: a.ship_ublk_logs,
     };
     let config = a.config.clone();
     runtime()?.block_on(async {

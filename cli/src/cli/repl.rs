@@ -246,7 +246,35 @@ fn print_disk(d: &DiskStatus) {
     if let Some(o) = d.crash_points.as_ref().and_then(|c| c.overdue.as_ref()) {
         crate::outln!("{:<16} warning: {o}", "");
     }
+    print_source(d);
     print_points(d);
+}
+
+/// A ublk disk's own logs (agent): their space, and changes past the cap.
+fn print_source(d: &DiskStatus) {
+    use base::status::SourceKind;
+    let Some(src) = &d.source else { return };
+    let kind = match src.kind {
+        SourceKind::Ebpf => return,
+        SourceKind::UblkJournal => "journal",
+        SourceKind::UblkExtents => "extents",
+    };
+    let cap = src.log_cap.map_or_else(
+        || "no cap".to_string(),
+        |c| format!("cap {}", human::bytes(c)),
+    );
+    crate::outln!(
+        "{:<16} source: the ublk target's own logs ({kind} mode), {} of logs, {cap}",
+        "",
+        human::bytes(src.log_bytes.unwrap_or(0)),
+    );
+    if let Some(n) = src.overflows.filter(|&n| n > 0) {
+        crate::outln!(
+            "{:<16} warning: {n} change(s) logged as ranges only past the log cap \
+             (re-read from the device; raise `disk add --log-cap` or ship faster)",
+            ""
+        );
+    }
 }
 
 /// The recovery-point policy (both sides) and the retained points (server).

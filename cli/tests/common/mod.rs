@@ -22,6 +22,8 @@ use sitrep_tests::netns::{NetNs, NetNsPair};
 use sitrep_tests::replay::{fio, fio_engine};
 
 mod groups;
+#[allow(dead_code)]
+pub mod points;
 mod reverse_site;
 #[allow(unused_imports)] // not every test binary uses every helper
 pub use groups::*;

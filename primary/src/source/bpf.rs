@@ -52,6 +52,7 @@ impl ChangeSource for BpfSource {
             size: report.info.size,
             block_size: report.info.logical_block_size,
             gap: report.gap,
+            logged_before_performed: false,
         })
     }
 
@@ -105,6 +106,17 @@ impl ChangeSource for BpfSource {
             .into_iter()
             .find(|(p, _)| p == device)
             .map_or(0, |(_, s)| s.records)
+    }
+
+    fn describe(&self, device: &Path) -> Option<base::status::SourceStatus> {
+        self.logs
+            .contains_key(device)
+            .then_some(base::status::SourceStatus {
+                kind: base::status::SourceKind::Ebpf,
+                log_bytes: None,
+                log_cap: None,
+                overflows: None,
+            })
     }
 
     fn sealed(&self, device: &Path) -> Result<Vec<(u64, PathBuf)>, SourceError> {

@@ -12,6 +12,14 @@
 //! The handle is shared (`Clone`): a test keeps one, gives the agent another boxed, and
 //! keeps writing and asserting while the agent runs — and after it stops, so a restarted
 //! agent can be given the same fake.
+//!
+//! **Journal mode** ([`FakeSource::journal`]) models a ublk target's `--mode journal`
+//! instead: every write's data goes into a `WriteData` record appended (and committed)
+//! *before* the write is performed, discards and write-zeroes are logged before the range
+//! is zeroed, and the writer seals a log by itself once it passes a size, as the target
+//! rotates at 16 MiB — logs the agent did not cut. [`FakeSource::log_only_write`] logs a
+//! write without performing it, so a test can tell data shipped from the log from data
+//! read from the device.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
@@ -42,6 +50,8 @@ struct Inner {
     missed: BTreeSet<PathBuf>,
     /// Cuts are reported inexact (a test of the consistency verdict).
     inexact: bool,
+    /// Journal mode, sealing a log by itself past this many bytes (module docs).
+    journal: Option<u64>,
 }
 
 struct Disk {
@@ -49,7 +59,13 @@ struct Disk {
     log_dir: PathBuf,
     records: u64,
     queue_marks: bool,
+    /// Logs sealed by a cut (the writer's other rotations it made by itself).
+    cuts: u64,
 }
+
+/// The most data one `WriteData` record of the fake carries (a longer write is logged as
+/// several records, in order).
+const MAX_RECORD_DATA: usize = 1 << 20;
 
 impl Disk {
     fn append(&mut self, device: &Path, body: &RecordBody) -> Result<(), SourceError> {
@@ -61,6 +77,26 @@ impl Disk {
             .append(RecordFlags::empty(), body)
             .map_err(log)?;
         self.writer.commit().map_err(log)?;
+        Ok(())
+    }
+
+    /// Logs `data` at `offset` as `WriteData` records (journal mode).
+    fn append_data(&mut self, device: &Path, offset: u64, data: &[u8]) -> Result<(), SourceError> {
+        let mut at = offset;
+        for chunk in data.chunks(MAX_RECORD_DATA) {
+            self.writer
+                .append_write_data(RecordFlags::empty(), at, chunk)
+                .map_err(|source| SourceError::Log {
+                    device: device.to_owned(),
+                    source,
+                })?;
+            self.records += 1;
+            at += chunk.len() as u64;
+        }
+        self.writer.commit().map_err(|source| SourceError::Log {
+            device: device.to_owned(),
+            source,
+        })?;
         Ok(())
     }
 }
@@ -78,39 +114,105 @@ impl FakeSource {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A fake whose disks log in journal mode (module docs), their writer sealing a log by
+    /// itself once it passes `rotate_at` bytes. A log directory holding another mode's
+    /// chain is refused by `add_device`.
+    #[must_use]
+    pub fn journal(rotate_at: u64) -> Self {
+        let f = Self::default();
+        f.lock().journal = Some(rotate_at);
+        f
+    }
+
     /// Writes `data` at `offset` of `device` (a regular file) and, if it is tracked, logs
-    /// the range and commits before returning. A write to an untracked device makes its
-    /// next `add_device` report a gap.
+    /// it and commits before returning: the range after the write (extents mode), or the
+    /// data before it (journal mode). A write to an untracked device makes its next
+    /// `add_device` report a gap.
     ///
     /// # Errors
-    /// The range runs past the device, the file cannot be written, or the log failed.
+    /// The range runs past the device or is not sector aligned (journal mode), the file
+    /// cannot be written, or the log failed.
     pub fn write(&self, device: &Path, offset: u64, data: &[u8]) -> Result<(), SourceError> {
-        let len = u64::try_from(data.len()).map_err(|e| SourceError::Invalid(e.to_string()))?;
-        let size = file_size(device)?;
-        let extent = Extent::new(offset, len)
-            .filter(|e| e.offset().saturating_add(e.len()) <= size)
-            .ok_or_else(|| {
-                SourceError::Invalid(format!(
-                    "{}: write of {len} bytes at {offset} outside the {size}-byte device",
-                    device.display()
-                ))
-            })?;
+        let extent = inside(device, offset, data.len() as u64)?;
         let mut g = self.lock();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(device)
-            .and_then(|f| f.write_all_at(data, offset))
-            .map_err(|e| SourceError::Invalid(format!("{}: {e}", device.display())))?;
-        match g.disks.get_mut(device) {
-            Some(d) => {
-                d.append(device, &RecordBody::Write(vec![extent]))?;
-                d.records += 1;
-            }
-            None => {
-                g.missed.insert(device.to_owned());
-            }
+        if let Some(d) = g.disks.get_mut(device).filter(|d| d.writer.spec().journal) {
+            d.append_data(device, offset, data)?;
+            return write_file(device, offset, data);
         }
-        Ok(())
+        write_file(device, offset, data)?;
+        g.log_after(device, &RecordBody::Write(vec![extent]))
+    }
+
+    /// Discards `len` bytes at `offset` of `device`: they read zeros after, as a punched
+    /// hole in a file backing does. Logged as a `Discard` (before, in journal mode).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn discard(&self, device: &Path, offset: u64, len: u64) -> Result<(), SourceError> {
+        self.zero(device, offset, len, true)
+    }
+
+    /// Writes zeros over `len` bytes at `offset` of `device`, logged as a `WriteZeroes`
+    /// (before, in journal mode).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn write_zeroes(&self, device: &Path, offset: u64, len: u64) -> Result<(), SourceError> {
+        self.zero(device, offset, len, false)
+    }
+
+    fn zero(&self, device: &Path, offset: u64, len: u64, discard: bool) -> Result<(), SourceError> {
+        let extent = inside(device, offset, len)?;
+        let zeros =
+            vec![0u8; usize::try_from(len).map_err(|e| SourceError::Invalid(e.to_string()))?];
+        let body = if discard {
+            RecordBody::Discard(vec![extent])
+        } else {
+            RecordBody::WriteZeroes(vec![extent])
+        };
+        let mut g = self.lock();
+        if let Some(d) = g.disks.get_mut(device).filter(|d| d.writer.spec().journal) {
+            d.append(device, &body)?;
+            d.records += 1;
+            return write_file(device, offset, &zeros);
+        }
+        write_file(device, offset, &zeros)?;
+        g.log_after(device, &body)
+    }
+
+    /// Logs a write of `data` at `offset` of a journal-mode `device` without performing it:
+    /// the device keeps its bytes (what a target's log holds for a write it never performed
+    /// — a crash in between). A replica holding `data` got it from the log, never from a
+    /// read of the device.
+    ///
+    /// # Errors
+    /// The device is not tracked in journal mode, the range is invalid, or the log failed.
+    pub fn log_only_write(
+        &self,
+        device: &Path,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), SourceError> {
+        inside(device, offset, data.len() as u64)?;
+        self.with_disk(device, |d, _| {
+            if !d.writer.spec().journal {
+                return Err(SourceError::Invalid(format!(
+                    "{} is not logged in journal mode",
+                    device.display()
+                )));
+            }
+            d.append_data(device, offset, data)
+        })
+    }
+
+    /// Logs `device`'s writer sealed by itself (rotation) since it was added, as opposed to
+    /// cuts; 0 if it is not tracked.
+    #[must_use]
+    pub fn self_sealed(&self, device: &Path) -> u64 {
+        self.lock()
+            .disks
+            .get(device)
+            .map_or(0, |d| d.writer.stats().rotations.saturating_sub(d.cuts))
     }
 
     /// Tracking loses events on `device`: its current log gets a whole-disk gap record
@@ -173,6 +275,45 @@ impl FakeSource {
     }
 }
 
+impl Inner {
+    /// Logs `body` for a change just made to `device` (extents mode), or notes the change
+    /// as missed if the device is not tracked.
+    fn log_after(&mut self, device: &Path, body: &RecordBody) -> Result<(), SourceError> {
+        match self.disks.get_mut(device) {
+            Some(d) => {
+                d.append(device, body)?;
+                d.records += 1;
+            }
+            None => {
+                self.missed.insert(device.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The extent `[offset, offset + len)`, checked to lie inside `device`.
+fn inside(device: &Path, offset: u64, len: u64) -> Result<Extent, SourceError> {
+    let size = file_size(device)?;
+    Extent::new(offset, len)
+        .filter(|e| e.offset().saturating_add(e.len()) <= size)
+        .ok_or_else(|| {
+            SourceError::Invalid(format!(
+                "{}: change of {len} bytes at {offset} outside the {size}-byte device",
+                device.display()
+            ))
+        })
+}
+
+/// Writes `data` at `offset` of the file `device`.
+fn write_file(device: &Path, offset: u64, data: &[u8]) -> Result<(), SourceError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .and_then(|f| f.write_all_at(data, offset))
+        .map_err(|e| SourceError::Invalid(format!("{}: {e}", device.display())))
+}
+
 fn gap_body(reason: GapReason) -> RecordBody {
     RecordBody::TrackingGap {
         reason,
@@ -225,11 +366,12 @@ impl ChangeSource for FakeSource {
                 size,
                 logical_block_size: BLOCK_SIZE,
             },
-            journal: false,
+            journal: g.journal.is_some(),
             generation: Generation(1),
         };
         let cfg = WriterConfig {
             sync: SyncPolicy::Never,
+            max_log_bytes: g.journal.unwrap_or(WriterConfig::default().max_log_bytes),
             ..WriterConfig::default()
         };
         let (writer, resume) = LogWriter::open(log_dir, spec, cfg).map_err(log)?;
@@ -245,6 +387,7 @@ impl ChangeSource for FakeSource {
             log_dir: log_dir.to_owned(),
             records: 0,
             queue_marks: false,
+            cuts: 0,
         };
         if gap.is_some() {
             let reason = match resume {
@@ -259,6 +402,8 @@ impl ChangeSource for FakeSource {
             size,
             block_size: BLOCK_SIZE,
             gap: gap.map(str::to_string),
+            // Its writes are performed in the same call that logs them.
+            logged_before_performed: false,
         })
     }
 
@@ -303,6 +448,7 @@ impl ChangeSource for FakeSource {
                     device: (*device).to_owned(),
                     source,
                 })?;
+                d.cuts += 1;
                 Ok(Cut {
                     seq: sealed.header.log_seq.0,
                     path: sealed.path,

@@ -492,6 +492,7 @@ impl Agent {
             resync_log_threshold_pct: 50,
             digest: "xxh3".parse().unwrap(),
             metrics: None,
+            ublk_logs: false,
         };
         let fake = self.fake.clone();
         let hooks = primary::Hooks {

@@ -142,6 +142,7 @@ fn disk_status(
         action: None,
         crash_points: None,
         round_freeze_ms: None,
+        source: None,
     }
 }
 
@@ -180,6 +181,7 @@ fn unopened(name: String, e: String) -> DiskStatus {
         action: None,
         crash_points: None,
         round_freeze_ms: None,
+        source: None,
     }
 }
 

@@ -18,29 +18,47 @@ use crate::control::ControlStats;
 /// A request for the log thread, with where its reply goes.
 #[derive(Debug)]
 pub(super) enum Op {
-    /// Seal the open log and open the next one.
-    Cut(SyncSender<Result<SealedLog, String>>),
+    /// Seal the open log and open the next one; the reply also names the epoch parity
+    /// that ended (`drain.rs`).
+    Cut(SyncSender<Result<(SealedLog, u8), String>>),
     /// Append consistency tag `.0` and write it to the log.
     Mark(u64, SyncSender<Result<(), String>>),
 }
 
 const CLOSED: &str = "the disk's log is closed (the target is stopping)";
 
+/// Longest a cut waits for the changes it sealed to be performed (`drain.rs`).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl SharedLog {
     /// Seals the open log and opens the next one: an **exact cut**. Everything appended so
     /// far is written out first (synced or committed, and published, so the I/Os waiting for
     /// their records go on), then [`hrl::LogWriter::rotate`] seals the log. A change's record
     /// is written before the change is performed, so every I/O completed before this call
-    /// has its record in the sealed log or an earlier one. Runs on the log thread; blocks
-    /// until it is done.
+    /// has its record in the sealed log or an earlier one. The rotation runs on the log
+    /// thread; then this waits until every change recorded in the sealed log has been
+    /// performed (`drain.rs`), so a read of the device after the cut sees all of them.
     ///
     /// # Errors
     /// The log is closed, or the rotation failed (nothing changed then: the open log stays
-    /// open and keeps taking records).
+    /// open and keeps taking records), or the sealed changes were not performed within a
+    /// minute.
     pub fn cut(&self) -> Result<SealedLog, String> {
         let (tx, rx) = sync_channel(1);
         self.inner.request(Op::Cut(tx))?;
-        rx.recv().map_err(|_| CLOSED.to_owned())?
+        let (sealed, ended) = rx.recv().map_err(|_| CLOSED.to_owned())??;
+        // Here, not on the log thread: a change still waiting may need it (a FUA write
+        // waits for its record to be durable).
+        if self.inner.drain.wait(ended, DRAIN_LIMIT) {
+            Ok(sealed)
+        } else {
+            Err(format!(
+                "{} is sealed, but changes it records were not performed within {} s (the \
+                 backing is stuck?): not a usable cut",
+                sealed.path.display(),
+                DRAIN_LIMIT.as_secs()
+            ))
+        }
     }
 
     /// Appends consistency tag `tag` (group [`GroupId::NIL`], as the eBPF tracker tags) and
@@ -98,7 +116,7 @@ impl Inner {
         }
     }
 
-    fn cut_now(&self) -> Result<SealedLog, String> {
+    fn cut_now(&self) -> Result<(SealedLog, u8), String> {
         // Sync or commit what is pending first, without the writer's mutex where the
         // durability allows: the seal below then has little left to make durable.
         self.write_out();
@@ -108,13 +126,15 @@ impl Inner {
         let sealed = w
             .rotate()
             .map_err(|e| format!("sealing the log for a cut: {e}"))?;
+        // Under the mutex: a change appended from now on belongs to the next epoch.
+        let ended = self.drain.next_epoch();
         let durable = w.durable_seq();
         lock(&self.space).recount(w);
         drop(guard);
         self.publish_durable(durable);
         tracing::debug!(log = %sealed.path.display(), records = sealed.seal.record_count,
             "cut: log sealed");
-        Ok(sealed)
+        Ok((sealed, ended))
     }
 
     fn mark_now(&self, tag: u64) -> Result<(), String> {

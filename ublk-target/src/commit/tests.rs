@@ -38,7 +38,18 @@ pub(super) fn shared_with(
 
 /// What a queue's event loop does, minus io_uring: arm, look at the ticket; while it is
 /// not logged, block on the eventfd the log thread signals.
+/// Once logged, the change is "performed" at once and its I/O completed (what lets a cut's
+/// wait end, `drain.rs`); [`wait_logged`] stops before that.
 pub(super) fn wait(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
+    let r = wait_logged(q, t);
+    if let Some(p) = t.parity() {
+        q.performed(p);
+    }
+    r
+}
+
+/// [`wait`] without completing the change's I/O.
+pub(super) fn wait_logged(q: &QueueLog, t: Ticket) -> Result<(), LogFailed> {
     loop {
         q.arm();
         if let Some(ok) = q.state(t) {

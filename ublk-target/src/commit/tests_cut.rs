@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 
 use hrl::{GroupId, LogReader, RecoveryMode, SeqNo, WriterConfig};
 
-use super::tests::{BOTH, bodies_in_open_log, shared, shared_with, wait, write};
+use super::tests::{BOTH, bodies_in_open_log, shared, shared_with, wait, wait_logged, write};
 use super::*;
 
 /// Every log of `dir` in chain order, checked: each links to the one before, and the
@@ -49,16 +49,28 @@ fn a_cut_seals_every_record_appended_before_and_the_next_go_to_the_next_log() {
             wait(&q, *t).unwrap();
         }
         let pending: Vec<Ticket> = (10..13).map(|i| write(&q, i)).collect();
-        let sealed = log.cut().unwrap();
+        let cutter = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || log.cut())
+        };
+        // The cut publishes them: their I/Os go on, durable (the seal synced them), and
+        // the cut returns once they are performed.
+        for t in &pending {
+            wait_logged(&q, *t).unwrap();
+            assert!(log.inner.durable_end.load(Ordering::SeqCst) >= t.end);
+            assert!(
+                !cutter.is_finished(),
+                "{d:?}: the cut returned before its changes were performed"
+            );
+        }
+        for t in &pending {
+            q.performed(t.parity().unwrap());
+        }
+        let sealed = cutter.join().unwrap().unwrap();
         assert_eq!(sealed.seal.record_count, 13, "{d:?}");
         assert_eq!(sealed.seal.next_seq.0, pending[2].end, "{d:?}");
         assert_eq!(sealed.header.log_seq.0, 0);
         assert!(sealed.seal.sealed_unix_ns > 0);
-        // The cut published them: their I/Os go on, durable (the seal synced them).
-        for t in &pending {
-            assert_eq!(q.state(*t), Some(true), "{d:?}");
-            assert!(log.inner.durable_end.load(Ordering::SeqCst) >= t.end);
-        }
         let next: Vec<Ticket> = (13..18).map(|i| write(&q, i)).collect();
         q.after_tick();
         for t in &next {

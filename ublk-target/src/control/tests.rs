@@ -48,6 +48,8 @@ fn writes(q: &QueueLog, n: u64) {
             .unwrap();
         q.after_tick();
         assert_eq!(q.state(t), Some(true));
+        // Performed and completed, as a queue would: a cut waits for that.
+        q.performed(t.parity().unwrap());
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::cycle::{raced, read_cycle};
+use crate::cycle::{Logged, MAX_LOGGED_DATA, raced, read_cycle, read_cycle_logged};
 
 const SIZE: u64 = 1 << 20;
 const GRANULE: u64 = 4096;
@@ -162,4 +162,74 @@ fn release_deletes_sealed_logs_only_and_stop_seals_every_disk() {
     let mut again = boxed(&fake);
     assert_eq!(again.add_device(&dev, &logs).unwrap().gap, None);
     assert_eq!(again.cut(&dev).unwrap().seq, b.seq + 2);
+}
+
+#[test]
+fn journal_mode_logs_the_data_before_the_write_and_seals_logs_by_itself() {
+    let (_d, dev, logs) = setup();
+    let fake = FakeSource::journal(64 << 10);
+    let mut src = boxed(&fake);
+    src.add_device(&dev, &logs).unwrap();
+    src.cut(&dev).unwrap();
+    fake.write(&dev, 1536, &[0xab; 2560]).unwrap();
+    fake.write_zeroes(&dev, 2048, 512).unwrap();
+    fake.discard(&dev, 8192, 4096).unwrap();
+    fake.log_only_write(&dev, 16384, &[0x77; 512]).unwrap();
+    assert!(
+        fake.write(&dev, 100, &[1; 512]).is_err(),
+        "not sector aligned"
+    );
+    let path = src.cut(&dev).unwrap().path;
+    let c = read_cycle_logged(&path, SIZE, GRANULE, MAX_LOGGED_DATA).unwrap();
+    assert!(c.logged_only(), "{c:?}");
+    let spans: Vec<(bool, u64, u64)> = c
+        .logged
+        .iter()
+        .map(|p| (matches!(p, Logged::Data { .. }), p.offset(), p.end()))
+        .collect();
+    assert_eq!(
+        spans,
+        vec![
+            (true, 1536, 2048),
+            (false, 2048, 2560),
+            (true, 2560, 4096),
+            (false, 8192, 12288),
+            (true, 16384, 16896),
+        ]
+    );
+    let data = std::fs::read(&dev).unwrap();
+    assert!(data[1536..2048].iter().all(|&b| b == 0xab));
+    assert!(data[2048..2560].iter().all(|&b| b == 0));
+    assert!(data[2560..4096].iter().all(|&b| b == 0xab));
+    assert!(
+        data[16384..16896].iter().all(|&b| b == 0),
+        "a log-only write is not performed"
+    );
+    // The extents reader names the same bytes as changed ranges.
+    assert_eq!(
+        cycle(&path).ranges,
+        vec![(0, 4096), (8192, 12288), (16384, 20480)]
+    );
+    // Past 64 KiB of log, the writer seals the log itself.
+    assert_eq!(fake.self_sealed(&dev), 0);
+    let before = src.sealed(&dev).unwrap().len();
+    fake.write(&dev, 0, &[1; 80 << 10]).unwrap();
+    assert_eq!(fake.self_sealed(&dev), 1);
+    assert_eq!(src.sealed(&dev).unwrap().len(), before + 1);
+}
+
+#[test]
+fn a_log_only_write_needs_journal_mode() {
+    let (_d, dev, logs) = setup();
+    let fake = FakeSource::new();
+    let mut src = boxed(&fake);
+    src.add_device(&dev, &logs).unwrap();
+    assert!(fake.log_only_write(&dev, 0, &[1; 512]).is_err());
+    // Extents mode logs discards and write-zeroes as ranges.
+    src.cut(&dev).unwrap();
+    fake.discard(&dev, 4096, 512).unwrap();
+    fake.write_zeroes(&dev, 8192, 512).unwrap();
+    let c = cycle(&src.cut(&dev).unwrap().path);
+    assert_eq!(c.ranges, vec![(4096, 12288)]);
+    assert!(!c.journal);
 }

@@ -1,0 +1,284 @@
+//! VM tier (ublk): a ublk disk replicates from its target's own logs (issue 24).
+//!
+//! - Journal mode under `sitrep workload` at full rate: every cycle is judged a
+//!   crash-consistent point (offered ÷ cycles = 1.0), every exported point passes
+//!   `sitrep check` at its cut time, the agent never reads the device after the initial copy
+//!   (the device's read counter does not move), replica == source. The same workload through
+//!   eBPF tracking of the same disk (`--ship-ublk-logs false`) is run for comparison and its
+//!   ratio printed.
+//! - `kill -9` of the agent and of the target under `fio --verify`: the agent continues from
+//!   the sealed logs, the target is recovered by `disk add` (user recovery), fio's verify
+//!   passes, no resync, replica == source.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::points::{check, export, finish, point_list, workload};
+use common::*;
+use serde_json::Value;
+use sitrep_tests::Need;
+use sitrep_tests::replay::{fio, fio_engine};
+
+const DISK_MIB: u64 = 64;
+
+fn needs() -> bool {
+    sitrep_tests::require!(
+        Need::InVm,
+        Need::Root,
+        Need::Bpf,
+        Need::Netns,
+        Need::Path("/dev/ublk-control"),
+        Need::Command("fio")
+    )
+}
+
+/// A journal-mode ublk disk served by `sitrep disk add`; deleted on drop.
+struct UblkDisk {
+    backing: PathBuf,
+    info: Value,
+}
+
+impl UblkDisk {
+    fn add(dir: &Path, mode: &str) -> Self {
+        let backing = dir.join(format!("ublk-{mode}.img"));
+        let f = std::fs::File::create(&backing).unwrap();
+        f.set_len(DISK_MIB << 20).unwrap();
+        let mut d = Self {
+            backing,
+            info: Value::Null,
+        };
+        d.info = d.start(&["--mode", mode]);
+        d
+    }
+
+    /// `sitrep disk add` over the backing (a new device, or the quiesced one recovered).
+    fn start(&self, extra: &[&str]) -> Value {
+        let out = sitrep()
+            .args(["disk", "add", "--backing", &p(&self.backing), "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "disk add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn device(&self) -> PathBuf {
+        PathBuf::from(self.info["device"].as_str().unwrap())
+    }
+
+    fn id(&self) -> String {
+        self.info["id"].to_string()
+    }
+
+    /// Sectors read from the device so far (`/sys/block/ublkbN/stat`, third field).
+    fn sectors_read(&self) -> u64 {
+        let name = self.device();
+        let name = name.file_name().unwrap().to_string_lossy();
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+        stat.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+
+    /// kill -9 of the serving process (the kernel quiesces the device), then `disk add`
+    /// again: user recovery of the same device, the log chain continued.
+    fn crash_and_recover(&mut self) {
+        let pid = self.info["pid"].as_u64().unwrap();
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(500));
+        let info = self.start(&[]);
+        assert_eq!(info["device"], self.info["device"], "{info}");
+        assert_eq!(info["device_recovered"], true, "{info}");
+        assert_eq!(info["gap_recorded"], false, "{info}");
+        self.info = info;
+    }
+}
+
+impl Drop for UblkDisk {
+    fn drop(&mut self) {
+        let _ = sitrep()
+            .args(["disk", "del", &self.id(), "--force"])
+            .output();
+    }
+}
+
+fn protect(sites: &Sites, dev: &Path, name: &str) {
+    let s = sites.sock("a");
+    ctl(
+        &s,
+        &["protect", &p(dev), "--to", &sites.to(), "--name", name],
+    );
+    wait_caught_up(&s, name);
+}
+
+/// (cycles judged, of them consistent) for `name` on agent `a`.
+fn judged(sites: &Sites, name: &str) -> (u64, u64) {
+    let st = disk_status(&sites.sock("a"), name);
+    (
+        st["cycles_judged"].as_u64().unwrap(),
+        st["cycles_consistent"].as_u64().unwrap(),
+    )
+}
+
+/// Runs the workload for `secs` at full rate, exporting the newest new point about once a
+/// second meanwhile; then exports every point cut during the run and checks them all.
+/// Returns (points checked, workload start and end in ns).
+fn run_and_check(sites: &Sites, dev: &Path, name: &str, secs: u32) -> usize {
+    let history = sites.path(&format!("{name}.history"));
+    let started = base_now_ns();
+    let mut child = workload(dev, &history, secs, None, 8);
+    let mut images = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        if let Some(&(id, t)) = point_list(sites, name).last()
+            && !images.iter().any(|(i, _, _)| *i == id)
+            && let Some(img) = export(sites, name, id)
+        {
+            images.push((id, t, img));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    finish(child);
+    let ended = base_now_ns();
+    wait_caught_up(&sites.sock("a"), name);
+    for (id, t) in point_list(sites, name) {
+        if (started..ended).contains(&t)
+            && !images.iter().any(|(i, _, _)| *i == id)
+            && let Some(img) = export(sites, name, id)
+        {
+            images.push((id, t, img));
+        }
+    }
+    for (id, t, img) in &images {
+        if let Err(v) = check(&history, img, *t) {
+            panic!("{name}: point {id} is not the disk at its cut time: {v}");
+        }
+        let _ = std::fs::remove_file(img);
+    }
+    images.len()
+}
+
+fn base_now_ns() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_journal_ublk_disk_ships_its_own_logs_and_every_cycle_is_a_point() {
+    if !needs() {
+        return;
+    }
+    let sites = Sites::with_server_args(&["--keep-points", "1000"]);
+    let disk = UblkDisk::add(&sites.path(""), "journal");
+    let dev = disk.device();
+    let mut agent = sitrep_tests_agent(&sites);
+    protect(&sites, &dev, "uj");
+    let log = agent.log_text();
+    assert!(
+        log.contains("shipping the ublk target's own logs"),
+        "the agent did not use the target's logs:\n{log}"
+    );
+    let read_before = disk.sectors_read();
+    let t0 = Instant::now();
+    let checked = run_and_check(&sites, &dev, "uj", 12);
+    let took = t0.elapsed();
+    let (cycles, consistent) = judged(&sites, "uj");
+    assert!(cycles >= 3, "only {cycles} cycles in {took:?}");
+    assert_eq!(
+        consistent, cycles,
+        "journal cycles are exact: every one must be a point"
+    );
+    assert!(checked >= 3, "only {checked} points exported and checked");
+    assert_eq!(
+        disk.sectors_read(),
+        read_before,
+        "the agent read the device: journal cycles must take their data from the log"
+    );
+    assert_same(&dev, &sites.replica("uj"));
+    eprintln!("journal: {consistent}/{cycles} cycles were points; {checked} checked");
+
+    // The same workload on the same disk through eBPF tracking, for comparison.
+    ctl(&sites.sock("a"), &["unprotect", "uj"]);
+    agent.stop();
+    let _ebpf = sites.agent_with("e", "pki-a", &["--ship-ublk-logs", "false"]);
+    let s = sites.sock("e");
+    ctl(
+        &s,
+        &["protect", &p(&dev), "--to", &sites.to(), "--name", "ue"],
+    );
+    wait_caught_up(&s, "ue");
+    let history = sites.path("ue.history");
+    finish(workload(&dev, &history, 12, None, 8));
+    wait_caught_up(&s, "ue");
+    let st = disk_status(&s, "ue");
+    eprintln!(
+        "eBPF tracking of the same disk: {}/{} cycles were points",
+        st["cycles_consistent"], st["cycles_judged"]
+    );
+    assert_same(&dev, &sites.replica("ue"));
+}
+
+#[test]
+fn kill_9_of_the_agent_and_of_the_target_under_fio_verify_costs_no_resync() {
+    if !needs() {
+        return;
+    }
+    let sites = Sites::with_server_args(&["--keep-points", "1000"]);
+    let mut disk = UblkDisk::add(&sites.path(""), "journal");
+    let dev = disk.device();
+    let mut agent = sitrep_tests_agent(&sites);
+    protect(&sites, &dev, "uk");
+    let d = dev.clone();
+    let engine = format!("--ioengine={}", fio_engine());
+    let writer = std::thread::spawn(move || {
+        fio(
+            &d,
+            &[
+                "--rw=randwrite",
+                "--bsrange=4k-64k",
+                "--direct=1",
+                &engine,
+                "--iodepth=8",
+                "--size=24m",
+                "--rate=3m",
+                "--verify=crc32c",
+                "--verify_fatal=1",
+            ],
+        );
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    agent.spawn();
+    std::thread::sleep(Duration::from_secs(2));
+    disk.crash_and_recover();
+    writer.join().unwrap();
+    let s = sites.sock("a");
+    wait_caught_up(&s, "uk");
+    let st = disk_status(&s, "uk");
+    assert_eq!(st["resyncs_completed"], 0, "{st}");
+    assert!(
+        st["resync"].is_null() && st["resync_reason"].is_null(),
+        "{st}"
+    );
+    assert_eq!(
+        st["cycles_consistent"], st["cycles_judged"],
+        "after the crashes every cycle is still a point: {st}"
+    );
+    assert_same(&dev, &sites.replica("uk"));
+    agent.stop();
+}
