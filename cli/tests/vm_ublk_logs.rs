@@ -23,7 +23,12 @@ use serde_json::Value;
 use sitrep_tests::Need;
 use sitrep_tests::replay::{fio, fio_engine};
 
-const DISK_MIB: u64 = 64;
+// Small: everything runs under TCG, and every point checked is a whole-disk export.
+const DISK_MIB: u64 = 32;
+/// Seconds of `sitrep workload` per source.
+const WORKLOAD_SECS: u32 = 6;
+/// Points exported and checked at most (spread over the run).
+const MAX_CHECKED: usize = 6;
 
 fn needs() -> bool {
     sitrep_tests::require!(
@@ -39,6 +44,7 @@ fn needs() -> bool {
 /// A journal-mode ublk disk served by `sitrep disk add`; deleted on drop.
 struct UblkDisk {
     backing: PathBuf,
+    mode: String,
     info: Value,
 }
 
@@ -49,17 +55,18 @@ impl UblkDisk {
         f.set_len(DISK_MIB << 20).unwrap();
         let mut d = Self {
             backing,
+            mode: mode.to_string(),
             info: Value::Null,
         };
-        d.info = d.start(&["--mode", mode]);
+        d.info = d.start();
         d
     }
 
     /// `sitrep disk add` over the backing (a new device, or the quiesced one recovered).
-    fn start(&self, extra: &[&str]) -> Value {
+    fn start(&self) -> Value {
         let out = sitrep()
             .args(["disk", "add", "--backing", &p(&self.backing), "--json"])
-            .args(extra)
+            .args(["--mode", &self.mode])
             .output()
             .unwrap();
         assert!(
@@ -96,7 +103,7 @@ impl UblkDisk {
             .unwrap();
         assert!(st.success());
         std::thread::sleep(Duration::from_millis(500));
-        let info = self.start(&[]);
+        let info = self.start();
         assert_eq!(info["device"], self.info["device"], "{info}");
         assert_eq!(info["device_recovered"], true, "{info}");
         assert_eq!(info["gap_recorded"], false, "{info}");
@@ -139,7 +146,8 @@ fn run_and_check(sites: &Sites, dev: &Path, name: &str, secs: u32) -> usize {
     let mut child = workload(dev, &history, secs, None, 8);
     let mut images = Vec::new();
     while child.try_wait().unwrap().is_none() {
-        if let Some(&(id, t)) = point_list(sites, name).last()
+        if images.len() < MAX_CHECKED / 2
+            && let Some(&(id, t)) = point_list(sites, name).last()
             && !images.iter().any(|(i, _, _)| *i == id)
             && let Some(img) = export(sites, name, id)
         {
@@ -151,7 +159,8 @@ fn run_and_check(sites: &Sites, dev: &Path, name: &str, secs: u32) -> usize {
     let ended = base_now_ns();
     wait_caught_up(&sites.sock("a"), name);
     for (id, t) in point_list(sites, name) {
-        if (started..ended).contains(&t)
+        if images.len() < MAX_CHECKED
+            && (started..ended).contains(&t)
             && !images.iter().any(|(i, _, _)| *i == id)
             && let Some(img) = export(sites, name, id)
         {
@@ -194,7 +203,7 @@ fn a_journal_ublk_disk_ships_its_own_logs_and_every_cycle_is_a_point() {
     );
     let read_before = disk.sectors_read();
     let t0 = Instant::now();
-    let checked = run_and_check(&sites, &dev, "uj", 12);
+    let checked = run_and_check(&sites, &dev, "uj", WORKLOAD_SECS);
     let took = t0.elapsed();
     let (cycles, consistent) = judged(&sites, "uj");
     assert!(cycles >= 3, "only {cycles} cycles in {took:?}");
@@ -222,7 +231,7 @@ fn a_journal_ublk_disk_ships_its_own_logs_and_every_cycle_is_a_point() {
     );
     wait_caught_up(&s, "ue");
     let history = sites.path("ue.history");
-    finish(workload(&dev, &history, 12, None, 8));
+    finish(workload(&dev, &history, WORKLOAD_SECS, None, 8));
     wait_caught_up(&s, "ue");
     let st = disk_status(&s, "ue");
     eprintln!(
@@ -253,18 +262,21 @@ fn kill_9_of_the_agent_and_of_the_target_under_fio_verify_costs_no_resync() {
                 "--direct=1",
                 &engine,
                 "--iodepth=8",
-                "--size=24m",
-                "--rate=3m",
+                "--size=8m",
+                "--rate=1500k",
                 "--verify=crc32c",
                 "--verify_fatal=1",
             ],
         );
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // fio runs ~5.5 s (8 MiB at 1.5 MB/s; under the 50 % of the disk past which pending logs
+    // are resynced instead): the agent dies at 1.5 s, the target at ~3.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
     agent.kill9();
     std::thread::sleep(Duration::from_millis(500));
     agent.spawn();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!writer.is_finished(), "fio ended before the target's crash");
     disk.crash_and_recover();
     writer.join().unwrap();
     let s = sites.sock("a");
@@ -275,9 +287,18 @@ fn kill_9_of_the_agent_and_of_the_target_under_fio_verify_costs_no_resync() {
         st["resync"].is_null() && st["resync_reason"].is_null(),
         "{st}"
     );
+    // The counters are the restarted agent's. Its first cycle follows one whose verdict it
+    // cannot know (the crashed agent's last), so it is not offered, nor are logs the target
+    // sealed by itself right after it (its recovery); from the next agent cut on, every
+    // cycle is a point — so the replica ends at one.
+    assert!(st["cycles_consistent"].as_u64().unwrap() >= 1, "{st}");
     assert_eq!(
-        st["cycles_consistent"], st["cycles_judged"],
-        "after the crashes every cycle is still a point: {st}"
+        st["crash_points"]["last_cut_unix_ns"], st["last_applied"]["cut_time_unix_ns"],
+        "the last cycle applied is a point: {st}"
+    );
+    eprintln!(
+        "after the crashes: {}/{} cycles were points",
+        st["cycles_consistent"], st["cycles_judged"]
     );
     assert_same(&dev, &sites.replica("uk"));
     agent.stop();

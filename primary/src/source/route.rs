@@ -110,6 +110,10 @@ impl ChangeSource for Routed {
         &mut self,
         devices: &[&Path],
     ) -> Result<Vec<Result<Cut, SourceError>>, SourceError> {
+        // One disk is the ordinary cut, whatever its source.
+        if let [d] = devices {
+            return Ok(vec![self.cut(d)]);
+        }
         for d in devices {
             if self.which(d)? != Which::Tracker {
                 return Err(SourceError::Invalid(format!(

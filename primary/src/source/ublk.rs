@@ -40,6 +40,9 @@ pub struct UblkSource {
 struct UblkDisk {
     /// The agent's log directory (a link to `target_dir`).
     log_dir: PathBuf,
+    /// The target's control socket (named after the disk id, so the same after the target
+    /// restarts; looked up again only if connecting fails).
+    socket: PathBuf,
     /// The connection to the target's control socket; made again after any failure (the
     /// target may have restarted, with user recovery, since).
     client: Option<Client>,
@@ -88,15 +91,25 @@ impl UblkDisk {
     /// The control connection, connecting (again) if needed.
     fn client(&mut self, device: &Path) -> Result<&mut Client, SourceError> {
         if self.client.is_none() {
-            let (socket, _) = ublk_target::control::find(device).ok_or_else(|| {
-                invalid(
-                    device,
-                    "no sitrep ublk target serves it now (stopped or crashed? `sitrep disk list`)",
-                )
-            })?;
-            let c = Client::connect(&socket).map_err(|e| {
-                invalid(device, format!("target control {}: {e}", socket.display()))
-            })?;
+            let c = match Client::connect(&self.socket) {
+                Ok(c) => c,
+                Err(_) => {
+                    let (socket, _) = ublk_target::control::find(device).ok_or_else(|| {
+                        invalid(
+                            device,
+                            "no sitrep ublk target serves it now (stopped or crashed? \
+                             `sitrep disk list`)",
+                        )
+                    })?;
+                    self.socket = socket;
+                    Client::connect(&self.socket).map_err(|e| {
+                        invalid(
+                            device,
+                            format!("target control {}: {e}", self.socket.display()),
+                        )
+                    })?
+                }
+            };
             self.client = Some(c);
         }
         self.client
@@ -189,7 +202,7 @@ impl ChangeSource for UblkSource {
         if self.disks.contains_key(device) {
             return Err(invalid(device, "already tracked"));
         }
-        let (_, target) = ublk_target::control::find(device)
+        let (socket, target) = ublk_target::control::find(device)
             .ok_or_else(|| invalid(device, "not served by a sitrep ublk target"))?;
         let target_dir = std::fs::canonicalize(&target.log_dir).map_err(|e| {
             invalid(
@@ -201,6 +214,7 @@ impl ChangeSource for UblkSource {
         let gap = link_logs(log_dir, &target_dir).map_err(|e| invalid(device, e))?;
         let mut disk = UblkDisk {
             log_dir: log_dir.to_owned(),
+            socket,
             client: None,
             records: Mutex::new(Records::default()),
         };
@@ -258,11 +272,9 @@ impl ChangeSource for UblkSource {
             return 0;
         };
         let cached = disk.records.lock().map_or(0, |r| r.total());
-        // `records` takes `&self` and must be cheap: one short-lived connection, no retry.
-        let Some((socket, _)) = ublk_target::control::find(device) else {
-            return cached;
-        };
-        match Client::connect(&socket).and_then(|mut c| c.stats()) {
+        // `records` takes `&self` and must be cheap: one short-lived connection, no retry
+        // and no lookup (while the target is down, the last count stands).
+        match Client::connect(&disk.socket).and_then(|mut c| c.stats()) {
             Ok(s) => disk.note_stats(&s),
             Err(_) => cached,
         }
