@@ -30,6 +30,16 @@ const WORKLOAD_SECS: u32 = 6;
 /// Points exported and checked at most (spread over the run).
 const MAX_CHECKED: usize = 6;
 
+/// One test at a time: a `disk del` then `disk add` must get its device number back, and
+/// under TCG the tests only slow each other down.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn needs() -> bool {
     sitrep_tests::require!(
         Need::InVm,
@@ -45,17 +55,24 @@ fn needs() -> bool {
 struct UblkDisk {
     backing: PathBuf,
     mode: String,
+    /// More `disk add` arguments.
+    extra: Vec<String>,
     info: Value,
 }
 
 impl UblkDisk {
     fn add(dir: &Path, mode: &str) -> Self {
+        Self::add_with(dir, mode, &[])
+    }
+
+    fn add_with(dir: &Path, mode: &str, extra: &[&str]) -> Self {
         let backing = dir.join(format!("ublk-{mode}.img"));
         let f = std::fs::File::create(&backing).unwrap();
         f.set_len(DISK_MIB << 20).unwrap();
         let mut d = Self {
             backing,
             mode: mode.to_string(),
+            extra: extra.iter().map(|a| (*a).to_string()).collect(),
             info: Value::Null,
         };
         d.info = d.start();
@@ -67,6 +84,7 @@ impl UblkDisk {
         let out = sitrep()
             .args(["disk", "add", "--backing", &p(&self.backing), "--json"])
             .args(["--mode", &self.mode])
+            .args(&self.extra)
             .output()
             .unwrap();
         assert!(
@@ -106,6 +124,23 @@ impl UblkDisk {
         let info = self.start();
         assert_eq!(info["device"], self.info["device"], "{info}");
         assert_eq!(info["device_recovered"], true, "{info}");
+        assert_eq!(info["gap_recorded"], false, "{info}");
+        self.info = info;
+    }
+}
+
+impl UblkDisk {
+    /// `disk del` (a clean stop: the log is sealed, the device deleted), then `disk add`
+    /// again over the same backing: a new device, the same log chain.
+    fn stop_and_add_again(&mut self) {
+        let out = sitrep().args(["disk", "del", &self.id()]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "disk del: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = self.start();
+        assert_eq!(info["log_resume"], "clean", "{info}");
         assert_eq!(info["gap_recorded"], false, "{info}");
         self.info = info;
     }
@@ -191,6 +226,7 @@ fn a_journal_ublk_disk_ships_its_own_logs_and_every_cycle_is_a_point() {
     if !needs() {
         return;
     }
+    let _serial = serial();
     let sites = Sites::with_server_args(&["--keep-points", "1000"]);
     let disk = UblkDisk::add(&sites.path(""), "journal");
     let dev = disk.device();
@@ -246,6 +282,7 @@ fn kill_9_of_the_agent_and_of_the_target_under_fio_verify_costs_no_resync() {
     if !needs() {
         return;
     }
+    let _serial = serial();
     let sites = Sites::with_server_args(&["--keep-points", "1000"]);
     let mut disk = UblkDisk::add(&sites.path(""), "journal");
     let dev = disk.device();
@@ -301,5 +338,50 @@ fn kill_9_of_the_agent_and_of_the_target_under_fio_verify_costs_no_resync() {
         st["cycles_consistent"], st["cycles_judged"]
     );
     assert_same(&dev, &sites.replica("uk"));
+    agent.stop();
+}
+
+#[test]
+fn past_the_log_cap_changes_are_read_from_the_device_and_a_clean_stop_continues_the_chain() {
+    if !needs() {
+        return;
+    }
+    let _serial = serial();
+    let sites = Sites::with_server_args(&["--keep-points", "1000"]);
+    let mut disk = UblkDisk::add_with(&sites.path(""), "journal", &["--log-cap", "16M"]);
+    let dev = disk.device();
+    // Never trade the pending logs for a resync: this test wants them shipped.
+    let mut agent = sites.agent_with("a", "pki-a", &["--resync-log-threshold", "100"]);
+    protect(&sites, &dev, "uo");
+    let s = sites.sock("a");
+    // With no agent shipping, 5 × 4 MiB of journal data outgrow the 16 MiB log cap: the
+    // later writes are logged as ranges only.
+    agent.stop();
+    for _ in 0..5 {
+        random_region(&dev, 4, 8);
+    }
+    agent.spawn();
+    wait_caught_up(&s, "uo");
+    let st = disk_status(&s, "uo");
+    assert_eq!(st["source"]["kind"], "ublk-journal", "{st}");
+    assert!(
+        st["source"]["overflows"].as_u64().unwrap() > 0,
+        "nothing overflowed the log cap: {st}"
+    );
+    assert_eq!(st["resyncs_completed"], 0, "{st}");
+    assert_same(&dev, &sites.replica("uo"));
+    // A clean stop of the target and `disk add` again: the chain continues, no resync.
+    disk.stop_and_add_again();
+    assert_eq!(
+        disk.device(),
+        dev,
+        "the device came back under another number"
+    );
+    random_region(&dev, 20, 22);
+    wait_caught_up(&s, "uo");
+    let st = disk_status(&s, "uo");
+    assert_eq!(st["resyncs_completed"], 0, "{st}");
+    assert!(st["resync_reason"].is_null(), "{st}");
+    assert_same(&dev, &sites.replica("uo"));
     agent.stop();
 }
