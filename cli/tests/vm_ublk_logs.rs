@@ -26,9 +26,9 @@ use sitrep_tests::replay::{fio, fio_engine};
 // Small: everything runs under TCG, and every point checked is a whole-disk export.
 const DISK_MIB: u64 = 32;
 /// Seconds of `sitrep workload` per source.
-const WORKLOAD_SECS: u32 = 6;
+const WORKLOAD_SECS: u32 = 5;
 /// Points exported and checked at most (spread over the run).
-const MAX_CHECKED: usize = 6;
+const MAX_CHECKED: usize = 4;
 
 /// One test at a time: a `disk del` then `disk add` must get its device number back, and
 /// under TCG the tests only slow each other down.
