@@ -13,69 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::points::{check, export, finish, workload};
 use common::*;
 use serde_json::Value;
 use sitrep_tests::io::MIB;
 use sitrep_tests::loopdev::{LoopDevice, LoopOptions};
 use sitrep_tests::{Need, require};
 
-fn workload(dev: &Path, history: &Path, seconds: u32, rate: Option<&str>, qd: u32) -> Child {
-    let mut c = sitrep();
-    c.args(["workload", &p(dev), "--history", &p(history)])
-        .args(["--duration", &format!("{seconds}s")])
-        .args(["--queue-depth", &qd.to_string()]);
-    if let Some(r) = rate {
-        c.args(["--rate", r]);
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(child: Child) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "workload failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn points(sites: &Sites, name: &str) -> Value {
     ctl(&sites.path("server.sock"), &["points", name])
-}
-
-/// Exports point `id` of `name`; None if it was retired before the export started.
-fn export(sites: &Sites, name: &str, id: u64) -> Option<PathBuf> {
-    let out = sites.path(&format!("{name}-{id}.img"));
-    match try_ctl(
-        &sites.path("server.sock"),
-        &["points", "export", name, &id.to_string(), "--out", &p(&out)],
-    ) {
-        Ok(_) => Some(out),
-        Err(e) if e.contains("no recovery point") => None,
-        Err(e) => panic!("export {name} {id}: {e}"),
-    }
-}
-
-/// `sitrep check` at `t`: Ok on exit 0, Err(json) on exit 3.
-fn check(history: &Path, image: &Path, t: u64) -> Result<(), Value> {
-    let out = sitrep()
-        .args(["check", "--history", &p(history), "--image", &p(image)])
-        .args(["--point-time", &t.to_string(), "--json"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    match out.status.code() {
-        Some(0) => Ok(()),
-        Some(3) => Err(v),
-        c => panic!(
-            "check could not run ({c:?}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
 }
 
 /// While `child` runs, exports every new point of `name` (up to `max`); returns
