@@ -27,8 +27,8 @@ use sitrep_tests::replay::{fio, fio_engine};
 const DISK_MIB: u64 = 32;
 /// Seconds of `sitrep workload` per source.
 const WORKLOAD_SECS: u32 = 5;
-/// Points exported and checked at most (spread over the run).
-const MAX_CHECKED: usize = 4;
+/// Points exported while the workload runs (the others after it).
+const DURING: usize = 2;
 
 /// One test at a time: a `disk del` then `disk add` must get its device number back, and
 /// under TCG the tests only slow each other down.
@@ -173,42 +173,45 @@ fn judged(sites: &Sites, name: &str) -> (u64, u64) {
 }
 
 /// Runs the workload for `secs` at full rate, exporting the newest new point about once a
-/// second meanwhile; then exports every point cut during the run and checks them all.
-/// Returns (points checked, workload start and end in ns).
+/// second meanwhile (up to [`DURING`]); then exports every other point offered since the
+/// workload began and checks them all at their cut times. Returns the points checked.
 fn run_and_check(sites: &Sites, dev: &Path, name: &str, secs: u32) -> usize {
     let history = sites.path(&format!("{name}.history"));
     let started = base_now_ns();
     let mut child = workload(dev, &history, secs, None, 8);
-    let mut images = Vec::new();
+    let mut during = 0;
     while child.try_wait().unwrap().is_none() {
-        if images.len() < MAX_CHECKED / 2
-            && let Some(&(id, t)) = point_list(sites, name).last()
-            && !images.iter().any(|(i, _, _)| *i == id)
-            && let Some(img) = export(sites, name, id)
+        if during < DURING
+            && let Some(&(id, _)) = point_list(sites, name).last()
         {
-            images.push((id, t, img));
+            // Exported while replication goes on (checked once the history is complete).
+            let img = export(sites, name, id).unwrap();
+            let kept = sites.path(&format!("{name}-during-{id}.img"));
+            std::fs::rename(&img, &kept).unwrap();
+            during += 1;
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
     finish(child);
-    let ended = base_now_ns();
     wait_caught_up(&sites.sock("a"), name);
+    let mut checked = 0;
     for (id, t) in point_list(sites, name) {
-        if images.len() < MAX_CHECKED
-            && (started..ended).contains(&t)
-            && !images.iter().any(|(i, _, _)| *i == id)
-            && let Some(img) = export(sites, name, id)
-        {
-            images.push((id, t, img));
-        }
-    }
-    for (id, t, img) in &images {
-        if let Err(v) = check(&history, img, *t) {
+        let kept = sites.path(&format!("{name}-during-{id}.img"));
+        let img = if kept.exists() {
+            kept
+        } else if t >= started {
+            export(sites, name, id)
+                .unwrap_or_else(|| panic!("{name}: point {id} was retired (every point is kept)"))
+        } else {
+            continue;
+        };
+        if let Err(v) = check(&history, &img, t) {
             panic!("{name}: point {id} is not the disk at its cut time: {v}");
         }
-        let _ = std::fs::remove_file(img);
+        let _ = std::fs::remove_file(&img);
+        checked += 1;
     }
-    images.len()
+    checked
 }
 
 fn base_now_ns() -> u64 {
