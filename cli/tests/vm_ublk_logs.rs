@@ -355,8 +355,18 @@ fn past_the_log_cap_changes_are_read_from_the_device_and_a_clean_stop_continues_
     let dev = disk.device();
     // Never trade the pending logs for a resync: this test wants them shipped.
     let mut agent = sites.agent_with("a", "pki-a", &["--resync-log-threshold", "100"]);
-    protect(&sites, &dev, "uo");
     let s = sites.sock("a");
+    // Named by its backing file: its device is protected, as a disk named after the file.
+    ctl(&s, &["protect", &p(&disk.backing), "--to", &sites.to()]);
+    let uo = disk
+        .backing
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    wait_caught_up(&s, &uo);
+    assert_eq!(disk_status(&s, &uo)["device"], p(&dev));
     // With no agent shipping, 5 × 4 MiB of journal data outgrow the 16 MiB log cap: the
     // later writes are logged as ranges only.
     agent.stop();
@@ -364,15 +374,15 @@ fn past_the_log_cap_changes_are_read_from_the_device_and_a_clean_stop_continues_
         random_region(&dev, 4, 8);
     }
     agent.spawn();
-    wait_caught_up(&s, "uo");
-    let st = disk_status(&s, "uo");
+    wait_caught_up(&s, &uo);
+    let st = disk_status(&s, &uo);
     assert_eq!(st["source"]["kind"], "ublk-journal", "{st}");
     assert!(
         st["source"]["overflows"].as_u64().unwrap() > 0,
         "nothing overflowed the log cap: {st}"
     );
     assert_eq!(st["resyncs_completed"], 0, "{st}");
-    assert_same(&dev, &sites.replica("uo"));
+    assert_same(&dev, &sites.replica(&uo));
     // A clean stop of the target and `disk add` again: the chain continues, no resync.
     disk.stop_and_add_again();
     assert_eq!(
@@ -381,10 +391,10 @@ fn past_the_log_cap_changes_are_read_from_the_device_and_a_clean_stop_continues_
         "the device came back under another number"
     );
     random_region(&dev, 20, 22);
-    wait_caught_up(&s, "uo");
-    let st = disk_status(&s, "uo");
+    wait_caught_up(&s, &uo);
+    let st = disk_status(&s, &uo);
     assert_eq!(st["resyncs_completed"], 0, "{st}");
     assert!(st["resync_reason"].is_null(), "{st}");
-    assert_same(&dev, &sites.replica("uo"));
+    assert_same(&dev, &sites.replica(&uo));
     agent.stop();
 }

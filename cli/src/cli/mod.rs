@@ -1,5 +1,6 @@
 //! Subcommands of the `sitrep` CLI, one module per noun.
 
+pub(crate) mod backing;
 pub(crate) mod certs;
 pub(crate) mod check;
 pub(crate) mod daemon;

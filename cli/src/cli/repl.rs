@@ -35,7 +35,8 @@ impl SocketArg {
 /// Arguments of `sitrep protect`.
 #[derive(Args)]
 pub(crate) struct ProtectArgs {
-    /// The block device to protect (e.g. /dev/vdb, /dev/loop3).
+    /// The block device to protect (e.g. /dev/vdb, /dev/loop3), or the backing file of a ublk
+    /// disk `sitrep disk add` serves (its /dev/ublkbN is protected, named after the file).
     device: String,
     /// The server: HOST:PORT (its certificate must name HOST).
     #[arg(long)]
@@ -123,12 +124,13 @@ fn ask(socket: &SocketArg, req: &Request, timeout: Duration) -> anyhow::Result<s
 }
 
 pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
+    let target = super::backing::resolve(&a.device)?;
     let resp = ask(
         &a.socket,
         &Request::Protect {
-            device: a.device.clone(),
+            device: target.device.clone(),
             to: a.to.clone(),
-            name: a.name.clone(),
+            name: a.name.clone().or(target.name),
             frequency: a.frequency.clone(),
             app_consistent_every: a.app_consistent_every.clone(),
             pre_hook: a.pre_hook.clone(),
@@ -146,7 +148,7 @@ pub(crate) fn protect(a: &ProtectArgs) -> anyhow::Result<Outcome> {
         let job: Job = serde_json::from_value(resp)?;
         crate::outln!(
             "protecting {} as disk {} → {} (job {}: {}); follow with `sitrep jobs` / `sitrep status`",
-            a.device,
+            target.device,
             job.disk,
             a.to,
             job.id,
