@@ -18,7 +18,9 @@
 //! **The cut is exact.** A change's record is written to the log before the change is
 //! performed ([`crate::commit`]), and a cut seals the log with everything appended before
 //! it: every I/O completed before the cut has its record in the sealed log or an earlier
-//! one (a change in flight may be in either; it is in a later log at the latest).
+//! one (a change in flight may be in either; it is in a later log at the latest). And the
+//! cut answers only once every change recorded in the sealed log has been *performed*
+//! (`commit/drain.rs`), so a read of the device after the cut sees all of them.
 //!
 //! [`Client`] is the agent's side.
 
