@@ -36,6 +36,18 @@ pub(super) fn shared_with(
     SharedLog::new(w, false, d, cap).unwrap()
 }
 
+/// A `flush`-durability log whose space cap fits the first log's header and two records,
+/// and a queue on it.
+pub(super) fn capped(dir: &std::path::Path) -> (Arc<SharedLog>, QueueLog) {
+    let cfg = WriterConfig {
+        max_total_bytes: Some(4096 + 150),
+        ..WriterConfig::default()
+    };
+    let log = shared_with(dir, cfg, Durability::Flush);
+    let q = QueueLog::new(Arc::clone(&log)).unwrap();
+    (log, q)
+}
+
 /// What a queue's event loop does, minus io_uring: arm, look at the ticket; while it is
 /// not logged, block on the eventfd the log thread signals.
 /// Once logged, the change is "performed" at once and its I/O completed (what lets a cut's
@@ -243,12 +255,7 @@ fn a_turns_plain_writes_share_one_record_and_other_changes_keep_their_own() {
 #[test]
 fn over_the_space_cap_a_turns_writes_become_one_gap_and_still_go_ahead() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WriterConfig {
-        max_total_bytes: Some(4096 + 150),
-        ..WriterConfig::default()
-    };
-    let log = shared_with(dir.path(), cfg, Durability::Flush);
-    let q = QueueLog::new(Arc::clone(&log)).unwrap();
+    let (log, q) = capped(dir.path());
     let data = [0u8; 4096];
     let w = |i: u64| Change::Write {
         offset: i * 8192,

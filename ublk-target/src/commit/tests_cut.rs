@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicU64;
 
 use hrl::{GroupId, LogReader, RecoveryMode, SeqNo, WriterConfig};
 
-use super::tests::{BOTH, bodies_in_open_log, shared, shared_with, wait, wait_logged, write};
+use super::tests::{
+    BOTH, bodies_in_open_log, capped, shared, shared_with, wait, wait_logged, write,
+};
 use super::*;
 
 /// Every log of `dir` in chain order, checked: each links to the one before, and the
@@ -168,12 +170,7 @@ fn a_tag_is_in_the_log_file_when_mark_returns() {
 #[test]
 fn over_the_cap_a_tag_is_refused_and_the_overflows_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WriterConfig {
-        max_total_bytes: Some(4096 + 150),
-        ..WriterConfig::default()
-    };
-    let log = shared_with(dir.path(), cfg, Durability::Flush);
-    let q = QueueLog::new(Arc::clone(&log)).unwrap();
+    let (log, q) = capped(dir.path());
     // 56 bytes a record (one write each, FUA so they do not share one): two fit.
     let data = [0u8; 4096];
     let mut out = Vec::new();
